@@ -1,0 +1,217 @@
+"""Settings: the one place that reads the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dash_ray.errors import ConfigError
+
+__all__ = ["QueueSettings", "Settings", "load_settings"]
+
+QUEUE_NAMES = ("training", "upscaling", "generation")
+_RATE = re.compile(r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?$", re.IGNORECASE)
+
+
+class QueueSettings(BaseModel):
+    """Per-queue limits: worker slots per GPU node and the GPU fraction of one worker."""
+
+    name: str
+    concurrency: int
+    gpu_fraction: float
+
+    @property
+    def resource(self) -> str:
+        """The custom Ray resource that counts this queue's worker slots."""
+        return f"dash_{self.name}"
+
+
+def _default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("dash-ray", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """dash-ray settings, from `DASH_*` variables and the seed's `REDIS_*` / `WEBSOCKET_PORT`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DASH_",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    # --- Redis (the seed's variables, plus REDIS_URL) ---
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "DASH_REDIS_URL"))
+    redis_host: str | None = Field(None, validation_alias=AliasChoices("REDIS_HOST"))
+    redis_port: int = Field(6379, ge=1, le=65535, validation_alias=AliasChoices("REDIS_PORT"))
+    redis_password: str | None = Field(None, validation_alias=AliasChoices("REDIS_PASSWORD"))
+    key_prefix: str = Field("bull", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    # --- Gateway ---
+    websocket_port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("WEBSOCKET_PORT", "DASH_PORT"))
+    host: str = "127.0.0.1"
+    gateway_replicas: int = Field(1, ge=1, le=64)
+    token_secret: str | None = Field(None, min_length=16)
+    token_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    rate_submit: str = "120/minute"
+    max_waiting_per_user: int = Field(200, ge=1)
+    max_ws_frame_bytes: int = Field(64 * 1024, ge=1024)
+
+    # --- Storage and retention ---
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    artifacts_url: str | None = None
+    keep_completed: int = Field(1000, ge=1)
+    keep_failed: int = Field(5000, ge=1)
+    finished_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    events_per_job: int = Field(1000, ge=10)
+    user_history_max: int = Field(10_000, ge=10)
+
+    # --- Scheduling ---
+    ray_address: str | None = None
+    num_gpus: float | None = Field(None, ge=0)
+    training_concurrency: int = Field(1, ge=1, le=64)
+    upscaling_concurrency: int = Field(3, ge=1, le=64)
+    generation_concurrency: int = Field(5, ge=1, le=64)
+    training_gpu_fraction: float = Field(1.0, gt=0, le=1)
+    upscaling_gpu_fraction: float = Field(0.33, gt=0, le=1)
+    generation_gpu_fraction: float = Field(0.2, gt=0, le=1)
+    default_attempts: int = Field(3, ge=1, le=100)
+    lock_duration_s: float = Field(30.0, ge=1)
+    stalled_interval_s: float = Field(15.0, ge=0.5)
+    max_stalled_count: int = Field(1, ge=0)
+    worker_idle_s: float = Field(120.0, ge=0)
+    max_pending_workers: int = Field(4, ge=1)
+    progress_max_hz: float = Field(20.0, gt=0)
+    drain_timeout_s: float = Field(30.0, ge=0)
+
+    # --- Workloads ---
+    models: dict[str, str] = Field(default_factory=dict)
+    model_cache_bytes: int = Field(8 * 1024**3, ge=0)
+    allowed_image_hosts: list[str] = Field(default_factory=list)
+    allowed_file_dirs: list[Path] = Field(default_factory=list)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(16 * 1024 * 1024, ge=64 * 64)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                return {}
+            if value.startswith("{"):
+                return json.loads(value)
+            # name=path,name2=path2
+            pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("expected JSON or name=path pairs separated by commas")
+            return {k.strip(): v.strip() for k, v in pairs}
+        return value
+
+    @field_validator("allowed_image_hosts", "allowed_file_dirs", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("rate_submit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if not _RATE.match(value.strip()):
+            raise ValueError("expected a rate like '120/minute' (per second, minute, hour or day)")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _stalled_below_lock(self) -> Settings:
+        if self.stalled_interval_s > self.lock_duration_s:
+            raise ValueError("DASH_STALLED_INTERVAL_S must not exceed DASH_LOCK_DURATION_S")
+        return self
+
+    # --- derived ---
+    @property
+    def redis_configured(self) -> bool:
+        """True when the user pointed us at a Redis server (else we embed one)."""
+        return bool(self.redis_url or self.redis_host)
+
+    def resolved_redis_url(self) -> str | None:
+        """The Redis URL from REDIS_URL or REDIS_HOST/PORT/PASSWORD, or None to embed."""
+        if self.redis_url:
+            return self.redis_url
+        if self.redis_host:
+            auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+            return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
+        return None
+
+    def queue(self, name: str) -> QueueSettings:
+        """Concurrency and GPU fraction of one queue."""
+        return QueueSettings(
+            name=name,
+            concurrency=getattr(self, f"{name}_concurrency", 1),
+            gpu_fraction=getattr(self, f"{name}_gpu_fraction", 0.1),
+        )
+
+    def queues(self) -> list[QueueSettings]:
+        """Settings of the three queues."""
+        return [self.queue(n) for n in QUEUE_NAMES]
+
+    @property
+    def artifacts_location(self) -> str:
+        """Where results are written: DASH_ARTIFACTS_URL or a folder under the data dir."""
+        return self.artifacts_url or str(self.data_dir / "artifacts")
+
+    def secret(self) -> str:
+        """The token secret: DASH_TOKEN_SECRET, else one made once and kept in the data dir."""
+        if self.token_secret:
+            return self.token_secret
+        path = self.data_dir / "token_secret"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            value = secrets.token_urlsafe(32)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(value)
+            return value
+
+
+_ENV_NAMES = {
+    "redis_url": "REDIS_URL",
+    "redis_host": "REDIS_HOST",
+    "redis_port": "REDIS_PORT",
+    "redis_password": "REDIS_PASSWORD",
+    "websocket_port": "WEBSOCKET_PORT",
+}
+
+
+def _env_name(field: str) -> str:
+    return _ENV_NAMES.get(field, f"DASH_{field.upper()}")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment (plus overrides), naming the variable on error."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = err.get("loc") or ()
+            field = str(loc[0]) if loc else "settings"
+            name = _env_name(field) if loc else "settings"
+            problems.append(f"{name}: {err.get('msg')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems), problems=problems) from None
+

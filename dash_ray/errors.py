@@ -1,0 +1,142 @@
+"""One exception tree for dash-ray, each carrying its data as fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DashError",
+    "Forbidden",
+    "InvalidJobState",
+    "InvalidPayload",
+    "JobCancelled",
+    "JobConflict",
+    "JobFailed",
+    "JobNotFound",
+    "RateLimited",
+    "Unauthorized",
+    "UnknownQueue",
+    "WorkerError",
+]
+
+
+class DashError(Exception):
+    """Base of every dash-ray error; `code` is a stable machine-readable name."""
+
+    code = "error"
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a JSON-able dict (`code`, `message`, and its data)."""
+        return {"code": self.code, "message": self.message, **self.data}
+
+
+class ConfigError(DashError):
+    """A setting has a bad value; the message names the environment variable."""
+
+    code = "config"
+
+
+class InvalidPayload(DashError):
+    """A job payload or option failed validation; `errors` lists each field and why."""
+
+    code = "invalid_payload"
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, errors=errors or [])
+        self.errors = errors or []
+
+
+class UnknownQueue(DashError):
+    """The queue name is not one of training, upscaling, generation."""
+
+    code = "unknown_queue"
+
+    def __init__(self, queue: str) -> None:
+        super().__init__(f"unknown queue {queue!r}", queue=queue)
+        self.queue = queue
+
+
+class JobNotFound(DashError):
+    """No job has this id (or it was removed by retention)."""
+
+    code = "not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found", jobId=job_id)
+        self.job_id = job_id
+
+
+class JobConflict(DashError):
+    """A job with this id exists with another payload or in another queue."""
+
+    code = "conflict"
+
+    def __init__(self, job_id: str, reason: str = "a job with this id exists with another payload") -> None:
+        super().__init__(f"job {job_id!r}: {reason}", jobId=job_id)
+        self.job_id = job_id
+
+
+class InvalidJobState(DashError):
+    """The job is in a state that does not allow the operation (e.g. retry of a running job)."""
+
+    code = "invalid_state"
+
+    def __init__(self, job_id: str, state: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id!r} in state {state!r}", jobId=job_id, state=state)
+        self.job_id = job_id
+        self.state = state
+
+
+class Unauthorized(DashError):
+    """No token, or a bad or expired one."""
+
+    code = "unauthorized"
+
+
+class Forbidden(DashError):
+    """The caller may not touch this job or queue."""
+
+    code = "forbidden"
+
+
+class RateLimited(DashError):
+    """Over a per-user limit; try again after `retry_after_s`."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, retryAfterS=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class JobCancelled(DashError):
+    """Raised inside a runner when its job was cancelled; the job ends as `cancelled`."""
+
+    code = "cancelled"
+
+    def __init__(self, job_id: str = "") -> None:
+        super().__init__("cancelled", jobId=job_id)
+        self.job_id = job_id
+
+
+class WorkerError(DashError):
+    """A workload rejected its input or could not run (a clear message, no retry helps)."""
+
+    code = "worker_error"
+
+
+class JobFailed(DashError):
+    """Client side: the job ended failed (or cancelled) with this error."""
+
+    code = "job_failed"
+
+    def __init__(self, job_id: str, error: str) -> None:
+        super().__init__(f"job {job_id!r} failed: {error}", jobId=job_id, error=error)
+        self.job_id = job_id
+        self.error = error

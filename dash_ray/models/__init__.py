@@ -1,0 +1,68 @@
+"""Pydantic models of the wire contract: payloads, options, views, events, WebSocket messages."""
+
+from dash_ray.models.events import (
+    ClientMessage,
+    ErrorMessage,
+    JobCompletedEvent,
+    JobEvent,
+    JobFailedEvent,
+    JobProgressEvent,
+    PingMessage,
+    PongMessage,
+    ServerMessage,
+    SubscribedMessage,
+    SubscribeMessage,
+    UnsubscribeMessage,
+    parse_client_message,
+    parse_event,
+    parse_server_message,
+)
+from dash_ray.models.options import Backoff, JobOptions
+from dash_ray.models.payloads import (
+    GenerationJob,
+    GenerationSettings,
+    JobPayload,
+    SleepJob,
+    TrainingJob,
+    TrainingSettings,
+    UpscalingJob,
+)
+from dash_ray.models.queues import PAYLOADS, QUEUES, parse_options, parse_payload
+from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobStatus, JobView, QueueView, SubmitResult
+
+__all__ = [
+    "PAYLOADS",
+    "QUEUES",
+    "TERMINAL_STATUSES",
+    "Backoff",
+    "ClientMessage",
+    "ErrorMessage",
+    "GenerationJob",
+    "GenerationSettings",
+    "JobCompletedEvent",
+    "JobEvent",
+    "JobFailedEvent",
+    "JobList",
+    "JobOptions",
+    "JobPayload",
+    "JobProgressEvent",
+    "JobStatus",
+    "JobView",
+    "PingMessage",
+    "PongMessage",
+    "QueueView",
+    "ServerMessage",
+    "SleepJob",
+    "SubmitResult",
+    "SubscribeMessage",
+    "SubscribedMessage",
+    "TrainingJob",
+    "TrainingSettings",
+    "UnsubscribeMessage",
+    "UpscalingJob",
+    "parse_client_message",
+    "parse_event",
+    "parse_options",
+    "parse_payload",
+    "parse_server_message",
+]

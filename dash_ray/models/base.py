@@ -1,0 +1,51 @@
+"""Base classes for wire models: snake_case in Python, camelCase on the wire."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+__all__ = ["JobId", "RequestModel", "UserId", "WireModel"]
+
+
+class WireModel(BaseModel):
+    """Something we send: camelCase aliases, unknown fields ignored (forward compatible)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def wire(self, **kwargs: Any) -> dict[str, Any]:
+        """The model as a camelCase JSON-able dict."""
+        return self.model_dump(mode="json", by_alias=True, **kwargs)
+
+
+class RequestModel(WireModel):
+    """Something a caller sends us: unknown fields are an error naming the field."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", str_strip_whitespace=True
+    )
+
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
+
+
+def _job_id(value: str) -> str:
+    if not _ID.match(value):
+        raise ValueError("must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    if value.isdigit():
+        raise ValueError("must not be all digits (BullMQ keeps numeric ids for its own counter)")
+    return value
+
+
+def _user_id(value: str) -> str:
+    if not _USER.match(value):
+        raise ValueError("must be 1-128 letters, digits, '_', '.', '@' or '-'")
+    return value
+
+
+JobId = Annotated[str, AfterValidator(_job_id), Field(min_length=1, max_length=128)]
+UserId = Annotated[str, AfterValidator(_user_id), Field(min_length=1, max_length=128)]

@@ -1,0 +1,160 @@
+"""The seed's job events and the WebSocket messages, as discriminated unions on `type`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from dash_ray.models.base import JobId, RequestModel, WireModel
+
+__all__ = [
+    "ClientMessage",
+    "ErrorMessage",
+    "JobCompletedEvent",
+    "JobEvent",
+    "JobFailedEvent",
+    "JobProgressEvent",
+    "PingMessage",
+    "PongMessage",
+    "ServerMessage",
+    "SubscribeMessage",
+    "SubscribedMessage",
+    "UnsubscribeMessage",
+    "parse_client_message",
+    "parse_event",
+    "parse_server_message",
+]
+
+MAX_SUBSCRIBE_IDS = 200
+
+
+class _Event(WireModel):
+    type: str
+    job_id: str
+    queue: str
+    seq: int = 0
+    ts: float = 0.0
+    user_id: str | None = None
+
+
+class JobProgressEvent(_Event):
+    """`job:progress {jobId, queue, status, progress, message}` plus seq, ts and extras."""
+
+    type: Literal["job:progress"] = "job:progress"
+    status: str
+    progress: float = 0.0
+    message: str = ""
+    queue_position: int | None = None
+    attempt: int | None = None
+    attempts: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = None
+    step: int | None = None
+    steps: int | None = None
+    eta_s: float | None = None
+
+
+class JobCompletedEvent(_Event):
+    """`job:completed {jobId, queue, result}` plus seq and ts."""
+
+    type: Literal["job:completed"] = "job:completed"
+    result: Any = None
+    status: Literal["completed"] = "completed"
+
+
+class JobFailedEvent(_Event):
+    """`job:failed {jobId, queue, error}` plus seq, ts and status (`failed` or `cancelled`)."""
+
+    type: Literal["job:failed"] = "job:failed"
+    error: str
+    status: Literal["failed", "cancelled"] = "failed"
+
+
+JobEvent = Annotated[
+    JobProgressEvent | JobCompletedEvent | JobFailedEvent, Field(discriminator="type")
+]
+
+
+class SubscribeMessage(RequestModel):
+    """Client -> server: `{"type":"subscribe","jobIds":[...]}`; `since` maps jobId -> last seq seen."""
+
+    type: Literal["subscribe"]
+    job_ids: list[JobId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
+    since: dict[JobId, Annotated[int, Field(ge=0)]] | None = None
+
+
+class UnsubscribeMessage(RequestModel):
+    """Client -> server: `{"type":"unsubscribe","jobIds":[...]}`."""
+
+    type: Literal["unsubscribe"]
+    job_ids: list[JobId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
+
+
+class PingMessage(RequestModel):
+    """Client -> server: `{"type":"ping"}`."""
+
+    type: Literal["ping"]
+
+
+ClientMessage = Annotated[
+    SubscribeMessage | UnsubscribeMessage | PingMessage, Field(discriminator="type")
+]
+
+
+class PongMessage(WireModel):
+    """Server -> client: the answer to `ping`."""
+
+    type: Literal["pong"] = "pong"
+    ts: float = 0.0
+
+
+class SubscribedMessage(WireModel):
+    """Server -> client: which job ids are now subscribed."""
+
+    type: Literal["subscribed"] = "subscribed"
+    job_ids: list[str]
+
+
+class ErrorMessage(WireModel):
+    """Server -> client: a request was bad; the socket stays usable."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    job_id: str | None = None
+
+
+ServerMessage = Annotated[
+    JobProgressEvent
+    | JobCompletedEvent
+    | JobFailedEvent
+    | PongMessage
+    | SubscribedMessage
+    | ErrorMessage,
+    Field(discriminator="type"),
+]
+
+_client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
+_server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
+_event_adapter: TypeAdapter[Any] = TypeAdapter(JobEvent)
+
+
+def parse_client_message(raw: str | bytes) -> SubscribeMessage | UnsubscribeMessage | PingMessage:
+    """Parse a client frame; raises pydantic.ValidationError naming the bad field."""
+    return _client_adapter.validate_json(raw)  # type: ignore[no-any-return]
+
+
+def parse_server_message(raw: str | bytes | dict[str, Any]) -> Any:
+    """Parse a server frame into its typed message."""
+    if isinstance(raw, dict):
+        return _server_adapter.validate_python(raw)
+    return _server_adapter.validate_json(raw)
+
+
+def parse_event(raw: str | bytes | dict[str, Any]) -> JobProgressEvent | JobCompletedEvent | JobFailedEvent:
+    """Parse one job event."""
+    if isinstance(raw, dict):
+        return _event_adapter.validate_python(raw)  # type: ignore[no-any-return]
+    return _event_adapter.validate_json(raw)  # type: ignore[no-any-return]

@@ -1,0 +1,155 @@
+"""Job payloads of the three queues, exactly the seed's fields, with typed settings and limits."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, Field
+
+from dash_ray.models.base import JobId, RequestModel, UserId
+
+__all__ = [
+    "MAX_IMAGE_URL_CHARS",
+    "GenerationJob",
+    "GenerationSettings",
+    "JobPayload",
+    "SleepJob",
+    "TrainingJob",
+    "TrainingSettings",
+    "UpscalingJob",
+]
+
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$")
+# data: URLs carry the image itself; the gateway caps the whole body too.
+MAX_IMAGE_URL_CHARS = 32 * 1024 * 1024
+
+
+def _model_name(value: str) -> str:
+    if not _MODEL.match(value):
+        raise ValueError("must be a model name: letters, digits, '_', '.', '-', '/' (1-200)")
+    return value
+
+
+def _multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise ValueError("must be a multiple of 8")
+    return value
+
+
+def _image_url(value: str) -> str:
+    scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+    if scheme not in ("http", "https", "file", "data"):
+        raise ValueError("must be an http(s), file:// or data: URL")
+    return value
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
+Pixels = Annotated[int, Field(ge=64, le=2048), AfterValidator(_multiple_of_8)]
+ImageUrl = Annotated[str, Field(min_length=8, max_length=MAX_IMAGE_URL_CHARS), AfterValidator(_image_url)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+
+
+class GenerationSettings(RequestModel):
+    """How to generate: model, steps, guidance, size, seed, images, optional LoRA."""
+
+    model: ModelName | None = None
+    negative_prompt: str = Field("", max_length=2000)
+    steps: int = Field(30, ge=1, le=150)
+    guidance_scale: float = Field(7.5, ge=0, le=30)
+    width: Pixels = 512
+    height: Pixels = 512
+    seed: Seed | None = None
+    num_images: int = Field(1, ge=1, le=8)
+    lora_id: JobId | None = None
+    lora_weight: float = Field(1.0, ge=0, le=2)
+
+
+class TrainingSettings(RequestModel):
+    """How to train a LoRA: base model, epochs, learning rate, rank, resolution, batch size, seed."""
+
+    base_model: ModelName | None = None
+    epochs: int = Field(10, ge=1, le=1000)
+    learning_rate: float = Field(1e-4, gt=0, le=1e-1)
+    rank: int = Field(8, ge=1, le=256)
+    resolution: Annotated[int, Field(ge=64, le=1024), AfterValidator(_multiple_of_8)] = 512
+    batch_size: int = Field(1, ge=1, le=16)
+    seed: Seed | None = None
+
+
+class JobPayload(RequestModel):
+    """Common shape: every payload names its user and carries its own id field."""
+
+    id_field: ClassVar[str] = "job_id"
+    queue: ClassVar[str] = ""
+
+    user_id: UserId | None = None
+
+    def get_id(self) -> str | None:
+        """The payload's own job id (jobId, or loraId for training), if given."""
+        return getattr(self, self.id_field)
+
+    def with_ids(self, job_id: str, user_id: str) -> JobPayload:
+        """A copy with the job id and user id filled in."""
+        return self.model_copy(update={self.id_field: job_id, "user_id": user_id})
+
+    def model_names(self) -> list[str]:
+        """Model names this payload refers to (checked against the registry at submit)."""
+        return []
+
+
+class TrainingJob(JobPayload):
+    """The seed's training payload: `{loraId, userId, prompt, imageUrls, settings}`."""
+
+    id_field: ClassVar[str] = "lora_id"
+    queue: ClassVar[str] = "training"
+
+    lora_id: JobId | None = None
+    prompt: str = Field(min_length=1, max_length=1000)
+    image_urls: list[ImageUrl] = Field(min_length=1, max_length=64)
+    settings: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    def model_names(self) -> list[str]:
+        """The base model, if named."""
+        return [self.settings.base_model] if self.settings.base_model else []
+
+
+class UpscalingJob(JobPayload):
+    """The seed's upscaling payload: `{jobId, userId, imageUrl, scale, model}`."""
+
+    queue: ClassVar[str] = "upscaling"
+
+    job_id: JobId | None = None
+    image_url: ImageUrl
+    scale: Literal[2, 4] = 2
+    model: ModelName = "lanczos"
+
+    def model_names(self) -> list[str]:
+        """The upscaler, unless it is the built-in Lanczos filter."""
+        return [] if self.model == "lanczos" else [self.model]
+
+
+class GenerationJob(JobPayload):
+    """The seed's generation payload: `{jobId, userId, prompt, settings}`."""
+
+    queue: ClassVar[str] = "generation"
+
+    job_id: JobId | None = None
+    prompt: str = Field(min_length=1, max_length=2000)
+    settings: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    def model_names(self) -> list[str]:
+        """The pipeline model, if named."""
+        return [self.settings.model] if self.settings.model else []
+
+
+class SleepJob(JobPayload):
+    """Test and benchmark payload for the built-in `sleep` runner (not one of the three queues)."""
+
+    queue: ClassVar[str] = "sleep"
+
+    job_id: JobId | None = None
+    duration_s: float = Field(0.0, ge=0, le=3600)
+    steps: int = Field(1, ge=1, le=100_000)
+    fail_attempts: int = Field(0, ge=0, le=100)
+    fail_message: str = Field("planned failure", max_length=500)

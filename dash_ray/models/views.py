@@ -1,0 +1,65 @@
+"""What the API returns: job and queue views."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from dash_ray.models.base import WireModel
+
+__all__ = ["JobList", "JobStatus", "JobView", "QueueView", "SubmitResult", "TERMINAL_STATUSES"]
+
+JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class JobView(WireModel):
+    """One job as a caller sees it."""
+
+    id: str
+    queue: str
+    user_id: str | None = None
+    status: JobStatus
+    progress: float = 0.0
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+    attempts_made: int = 0
+    attempts: int = 1
+    priority: int = 0
+    queue_position: int | None = None
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    seq: int = 0
+
+    @property
+    def done(self) -> bool:
+        """True once the job completed, failed or was cancelled."""
+        return self.status in TERMINAL_STATUSES
+
+
+class SubmitResult(WireModel):
+    """The outcome of an add: the job, and whether it was created now or existed."""
+
+    job: JobView
+    created: bool
+
+
+class JobList(WireModel):
+    """One page of a user's job history, newest first; pass `next_cursor` for the next page."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = None
+
+
+class QueueView(WireModel):
+    """A queue's counts by state, its concurrency per GPU node and whether it is paused."""
+
+    name: str
+    counts: dict[str, int]
+    concurrency: int
+    gpu_fraction: float
+    paused: bool

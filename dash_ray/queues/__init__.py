@@ -1,0 +1,25 @@
+"""Durable queues on Redis (BullMQ's layout and Lua scripts), the event bus and embedded Redis.
+
+Only this package imports bullmq or writes Redis keys.
+"""
+
+from dash_ray.queues.connection import connect
+from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
+from dash_ray.queues.embedded import EmbeddedRedis
+from dash_ray.queues.events import EventBus, EventHub, event_from_state
+from dash_ray.queues.keys import Keys
+from dash_ray.queues.store import JobStore
+
+__all__ = [
+    "ActiveJob",
+    "EmbeddedRedis",
+    "EventBus",
+    "EventHub",
+    "FailOutcome",
+    "JobStore",
+    "Keys",
+    "LockLost",
+    "QueueConsumer",
+    "connect",
+    "event_from_state",
+]

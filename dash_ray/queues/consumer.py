@@ -1,0 +1,304 @@
+"""QueueConsumer: the consumer side of a durable queue (take, complete, fail, locks, stalled jobs).
+
+It speaks BullMQ's Lua scripts directly (rather than running `bullmq.Worker`'s own loop) so
+that the scheduler decides when to take a job: only when a GPU worker is free, which keeps
+priority order honest, and it can chain `complete` with fetching the next job in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from bullmq import Job as BullJob
+from bullmq import Queue as BullQueue
+from bullmq.custom_errors import UnrecoverableError
+from bullmq.scripts import raw2NextJobData
+from redis.asyncio import Redis
+
+from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.queues.events import EventBus
+from dash_ray.queues.keys import Keys
+
+__all__ = ["ActiveJob", "FailOutcome", "LockLost", "QueueConsumer"]
+
+log = logging.getLogger(__name__)
+
+
+class LockLost(Exception):
+    """The job's lock was lost (it stalled and was handed out again); drop this attempt."""
+
+
+@dataclass
+class ActiveJob:
+    """A job this consumer holds the lock of, while one attempt of it runs."""
+
+    id: str
+    queue: str
+    data: dict[str, Any]
+    token: str
+    attempts_made: int
+    attempts: int
+    priority: int
+    created_at: float
+    bull: BullJob = field(repr=False)
+    deferred_failure: str | None = None
+    taken_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number, from 1."""
+        return self.attempts_made + 1
+
+    @property
+    def user_id(self) -> str | None:
+        """The job's owner, from its payload."""
+        uid = self.data.get("userId")
+        return str(uid) if uid is not None else None
+
+
+@dataclass
+class FailOutcome:
+    """What a failure led to: `retrying` (after `delay_s`), `failed` or `cancelled`."""
+
+    status: str
+    delay_s: float = 0.0
+
+
+class QueueConsumer:
+    """Takes jobs of one queue in priority order, holds their locks and finishes them."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        blocking_redis: Redis,
+        queue: str,
+        bus: EventBus,
+        *,
+        prefix: str = "bull",
+        lock_duration_s: float = 30.0,
+        stalled_interval_s: float = 15.0,
+        max_stalled_count: int = 1,
+        consumer_id: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.blocking = blocking_redis
+        self.name = queue
+        self.bus = bus
+        self.keys = Keys(prefix)
+        self.lock_ms = int(lock_duration_s * 1000)
+        self.stalled_ms = int(stalled_interval_s * 1000)
+        self.max_stalled_count = max_stalled_count
+        self.id = consumer_id or uuid.uuid4().hex
+        self.queue = BullQueue(queue, {"connection": redis, "prefix": prefix, "lockDuration": self.lock_ms})
+        self.scripts = self.queue.scripts
+        self.held: dict[str, ActiveJob] = {}
+        self._n = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._next_delayed_ms = 0.0
+
+    # ------------------------------------------------------------ taking
+    def _token(self) -> str:
+        self._n += 1
+        return f"{self.id}:{self._n}"
+
+    def _active(self, raw: list[Any] | None, token: str) -> ActiveJob | None:
+        if not raw:
+            return None
+        job_data, job_id, _limit_until, delay_until = raw
+        if delay_until:
+            self._next_delayed_ms = float(delay_until)
+        if not job_data:
+            return None
+        bull = BullJob.fromJSON(self.queue, job_data, job_id)
+        bull.token = token
+        job = ActiveJob(
+            id=str(job_id),
+            queue=self.name,
+            data=bull.data if isinstance(bull.data, dict) else {"value": bull.data},
+            token=token,
+            attempts_made=bull.attemptsMade,
+            attempts=int(bull.opts.get("attempts") or 1),
+            priority=bull.priority,
+            created_at=bull.timestamp / 1000,
+            bull=bull,
+            deferred_failure=bull.deferredFailure,
+        )
+        self.held[job.id] = job
+        return job
+
+    async def take(self, block_s: float = 0.0, announce: bool = True) -> ActiveJob | None:
+        """Lock the next job (priority, then FIFO; due delayed jobs promoted); wait up to block_s.
+
+        With `announce`, the job's `active` event is published.
+        """
+        job = await self._take(block_s)
+        if job is not None and announce:
+            await self.started(job)
+        return job
+
+    async def _take(self, block_s: float) -> ActiveJob | None:
+        token = self._token()
+        job = self._active(await self.scripts.moveToActive(token, {"lockDuration": self.lock_ms}), token)
+        if job is not None or block_s <= 0:
+            return job
+        timeout = block_s
+        if self._next_delayed_ms:
+            until = self._next_delayed_ms - time.time() * 1000
+            timeout = max(0.002, min(block_s, until / 1000))
+            self._next_delayed_ms = 0.0
+        await self.wait_for_marker(timeout)
+        job = self._active(await self.scripts.moveToActive(token, {"lockDuration": self.lock_ms}), token)
+        return job
+
+    async def wait_for_marker(self, timeout_s: float) -> bool:
+        """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""
+        got = await self.blocking.bzpopmin(self.scripts.keys["marker"], max(timeout_s, 0.002))
+        return bool(got)
+
+    async def started(self, job: ActiveJob, message: str | None = None) -> None:
+        """Publish the `active` event of an attempt."""
+        await self.bus.publish(self._active_event(job, message))
+
+    def _active_event(self, job: ActiveJob, message: str | None = None) -> JobProgressEvent:
+        return JobProgressEvent(
+            job_id=job.id, queue=self.name, user_id=job.user_id, status="active", progress=0,
+            message=message or f"started (attempt {job.attempt} of {job.attempts})",
+            attempt=job.attempt, attempts=job.attempts,
+        )
+
+    # ------------------------------------------------------------ finishing
+    async def complete(self, job: ActiveJob, result: Any, fetch_next: bool = False) -> ActiveJob | None:
+        """Mark the attempt completed and publish `job:completed`; optionally lock the next job.
+
+        Raises LockLost if another consumer owns the job now (then nothing is published).
+        """
+        self.held.pop(job.id, None)
+        # BullMQ locks the next job with the same token (one token per slot, as its workers do).
+        token = job.token
+        remove = job.bull.opts.get("removeOnComplete", False)
+        keys, args = self.scripts.moveToCompletedArgs(job.bull, result, remove, token, fetch_next)
+        raw = await self.scripts.commands["moveToFinished"](keys=keys, args=args)
+        if isinstance(raw, int) and raw < 0:
+            raise LockLost(f"job {job.id}: cannot complete (code {raw})")
+        nxt = self._active(raw2NextJobData(raw), token) if fetch_next and raw else None
+        pipe = self.redis.pipeline(transaction=False)
+        await self.bus.publish(JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
+                                                 result=result), pipe=pipe)
+        if nxt is not None:
+            await self.bus.publish(self._active_event(nxt), pipe=pipe)
+        pipe.delete(self.keys.cancel(job.id))
+        await pipe.execute()
+        return nxt
+
+    async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False) -> FailOutcome:
+        """Fail the attempt: retry per attempts/backoff, else fail (or cancel) for good; publish it."""
+        self.held.pop(job.id, None)
+        final = cancelled or not retry or job.attempt >= job.attempts
+        err: Exception = UnrecoverableError(error) if final else Exception(error)
+        try:
+            await job.bull.moveToFailed(err, job.token)
+        except Exception as exc:  # lock lost: someone else has it now
+            raise LockLost(f"job {job.id}: cannot fail ({exc})") from exc
+        if final:
+            status = "cancelled" if cancelled else "failed"
+            pipe = self.redis.pipeline(transaction=False)
+            await self.bus.publish(JobFailedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
+                                                  error=error, status=status), pipe=pipe)  # type: ignore[arg-type]
+            pipe.delete(self.keys.cancel(job.id))
+            await pipe.execute()
+            return FailOutcome(status)
+        delay_s = (job.bull.delay or 0) / 1000
+        when = f" in {delay_s:g}s" if delay_s else ""
+        await self.bus.publish(JobProgressEvent(
+            job_id=job.id, queue=self.name, user_id=job.user_id, status="retrying", progress=0,
+            message=f"attempt {job.attempt} of {job.attempts} failed: {error}; retrying{when}",
+            attempt=job.attempt + 1, attempts=job.attempts,
+        ), position_in=None if delay_s else self.name)
+        return FailOutcome("retrying", delay_s)
+
+    async def release(self, job: ActiveJob) -> None:
+        """Stop tracking a job whose lock is gone (it will be recovered as stalled)."""
+        self.held.pop(job.id, None)
+
+    async def is_cancel_requested(self, job_id: str) -> bool:
+        """True if a cancel was requested for this job."""
+        return bool(await self.redis.exists(self.keys.cancel(job_id)))
+
+    # ------------------------------------------------------------ locks and stalls
+    async def renew_locks(self) -> list[str]:
+        """Extend the locks of all held jobs; returns the ids whose lock could not be renewed."""
+        if not self.held:
+            return []
+        jobs = list(self.held.values())
+        lost = await self.scripts.extendJobLocks([j.id for j in jobs], [j.token for j in jobs], self.lock_ms)
+        return [str(x) for x in (lost or [])]
+
+    async def recover_stalled(self) -> list[str]:
+        """Move jobs whose consumer died back to waiting (BullMQ's two-pass stalled check)."""
+        ids = await self.scripts.moveStalledJobsToWait(self.max_stalled_count, self.stalled_ms)
+        ids = [str(i) for i in (ids or [])]
+        for job_id in ids:
+            log.warning("job %s stalled (its consumer stopped); back to waiting", job_id,
+                        extra={"job_id": job_id})
+            with contextlib.suppress(Exception):
+                owner = await self.redis.hget(self.keys.job(job_id), "userId")
+                await self.bus.publish(JobProgressEvent(
+                    job_id=job_id, queue=self.name, user_id=owner, status="waiting", progress=0,
+                    message="recovered after its worker stopped; waiting to run again",
+                ), position_in=self.name)
+        return ids
+
+    async def backlog(self) -> int:
+        """Jobs ready to run now (waiting + prioritized), 0 while the queue is paused."""
+        k = self.scripts.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(k["wait"])
+        pipe.zcard(k["prioritized"])
+        pipe.hexists(k["meta"], "paused")
+        wait, prio, paused = await pipe.execute()
+        return 0 if paused else int(wait) + int(prio)
+
+    def start_maintenance(self) -> None:
+        """Start background lock renewal and stalled-job checks."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._every(self.lock_ms / 2000, self._renew), name=f"locks-{self.name}"),
+            asyncio.create_task(self._every(self.stalled_ms / 1000, self.recover_stalled), name=f"stalled-{self.name}"),
+        ]
+
+    async def _renew(self) -> None:
+        lost = await self.renew_locks()
+        for job_id in lost:
+            log.warning("lost the lock of job %s", job_id, extra={"job_id": job_id})
+
+    async def _every(self, interval_s: float, fn: Any) -> None:
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed", getattr(fn, "__name__", fn))
+            await asyncio.sleep(interval_s)
+
+    async def close(self) -> None:
+        """Stop background tasks (held jobs keep their locks until they expire)."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+
+
+def encode_result(result: Any) -> str:
+    """JSON text of a result (what BullMQ stores as returnvalue)."""
+    return json.dumps(result, separators=(",", ":"), allow_nan=False)

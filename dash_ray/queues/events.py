@@ -1,0 +1,227 @@
+"""Event bus: job events through Redis pub/sub, with a per-job replay stream and latest state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.queues.keys import Keys
+from dash_ray.queues.lua import PUBLISH
+
+__all__ = ["AnyEvent", "EventBus", "EventHub", "event_from_state"]
+
+log = logging.getLogger(__name__)
+
+AnyEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent
+_LIVE_AGAIN = frozenset({"waiting", "delayed", "retrying"})
+
+
+def _state_fields(event: AnyEvent) -> list[str]:
+    fields: dict[str, Any] = {"queue": event.queue, "updated": event.ts}
+    if event.user_id:
+        fields["userId"] = event.user_id
+    if isinstance(event, JobCompletedEvent):
+        fields.update(status="completed", progress=100, message="",
+                      result=json.dumps(event.result, separators=(",", ":")), finished=event.ts)
+    elif isinstance(event, JobFailedEvent):
+        fields.update(status=event.status, error=event.error, finished=event.ts, message=event.error)
+    else:
+        fields.update(status=event.status, progress=event.progress, message=event.message)
+        if event.status == "active":
+            fields["started"] = event.ts
+        if event.attempt is not None:
+            fields["attempt"] = event.attempt
+    flat: list[str] = []
+    for k, v in fields.items():
+        flat += [k, str(v)]
+    return flat
+
+
+def event_from_state(job_id: str, state: dict[str, str]) -> AnyEvent | None:
+    """The job's latest state (our job hash) as the event a late subscriber should get."""
+    status = state.get("status")
+    if not status:
+        return None
+    common: dict[str, Any] = {
+        "job_id": job_id,
+        "queue": state.get("queue", ""),
+        "seq": int(state.get("seq", 0)),
+        "ts": float(state.get("updated", 0) or 0),
+        "user_id": state.get("userId"),
+    }
+    if status == "completed":
+        raw = state.get("result")
+        return JobCompletedEvent(result=json.loads(raw) if raw else None, **common)
+    if status in ("failed", "cancelled"):
+        return JobFailedEvent(error=state.get("error", status), status=status, **common)
+    return JobProgressEvent(
+        status=status,
+        progress=float(state.get("progress", 0) or 0),
+        message=state.get("message", ""),
+        **common,
+    )
+
+
+class EventBus:
+    """Publishes job events (pub/sub + capped stream + latest state, atomically) and reads them back."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        events_per_job: int = 1000,
+        finished_ttl_s: int = 7 * 24 * 3600,
+        keep_finished: int = 6000,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.events_per_job = events_per_job
+        self.finished_ttl_s = finished_ttl_s
+        self.keep_finished = keep_finished
+        self._publish = redis.register_script(PUBLISH)
+
+    def _call(self, event: AnyEvent, position_in: str | None) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        if isinstance(event, JobCompletedEvent | JobFailedEvent):
+            mode = "1"
+        elif event.status in _LIVE_AGAIN:
+            mode = "2"
+        else:
+            mode = "0"
+        if not event.ts:
+            event.ts = round(time.time(), 3)
+        body = event.model_dump_json(by_alias=True, exclude_none=True, exclude={"seq"})[:-1]
+        wait_key = k.bull(position_in, "wait") if position_in else ""
+        prio_key = k.bull(position_in, "prioritized") if position_in else ""
+        keys = [
+            k.job(event.job_id),
+            k.events(event.job_id),
+            k.finished(event.queue),
+            k.waiting_count(event.user_id or "_"),
+        ]
+        args: list[Any] = [
+            k.channel(event.job_id), body, mode, self.events_per_job, self.finished_ttl_s,
+            self.keep_finished, event.job_id, k.ns, int(event.ts * 1000), wait_key, prio_key,
+            *_state_fields(event),
+        ]
+        return keys, args
+
+    async def publish(self, event: AnyEvent, *, pipe: Any = None, position_in: str | None = None) -> int | None:
+        """Publish one event; returns its seq (None when queued on a pipeline).
+
+        `position_in` names the queue whose wait list gives the event a `queuePosition`.
+        """
+        keys, args = self._call(event, position_in)
+        if pipe is not None:
+            await self._publish(keys=keys, args=args, client=pipe)
+            return None
+        return int(await self._publish(keys=keys, args=args))
+
+    async def state(self, job_id: str) -> dict[str, str]:
+        """Our hash of the job: queue, owner, status, progress, message, result, seq..."""
+        return await self.redis.hgetall(self.keys.job(job_id))  # type: ignore[no-any-return]
+
+    async def latest(self, job_id: str) -> AnyEvent | None:
+        """The job's latest state as an event, or None for an unknown job."""
+        return event_from_state(job_id, await self.state(job_id))
+
+    async def replay(self, job_id: str, after_seq: int = 0, limit: int = 10_000) -> list[str]:
+        """The job's events with seq > after_seq, oldest first, as JSON strings."""
+        entries = await self.redis.xrange(self.keys.events(job_id), min=f"{after_seq + 1}-0", count=limit)
+        return [fields["m"] for _id, fields in entries]
+
+
+Listener = Callable[[str, str], None]
+
+
+class EventHub:
+    """One pub/sub connection that fans channel messages out to local listeners.
+
+    Listeners are called as `listener(channel, data)` on the hub's event loop; they must not block.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._listeners: dict[str, set[Listener]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start the reader task."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="dash-event-hub")
+
+    async def close(self) -> None:
+        """Stop reading and close the connection."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self._pubsub.aclose()
+
+    @property
+    def channels(self) -> int:
+        """How many channels have listeners."""
+        return len(self._listeners)
+
+    async def add(self, channel: str, listener: Listener) -> None:
+        """Call `listener` for every message on `channel` from now on."""
+        async with self._lock:
+            subs = self._listeners.get(channel)
+            if subs is None:
+                self._listeners[channel] = {listener}
+                await self._pubsub.subscribe(channel)
+                self._ready.set()
+            else:
+                subs.add(listener)
+
+    async def remove(self, channel: str, listener: Listener) -> None:
+        """Stop calling `listener` for `channel`."""
+        async with self._lock:
+            subs = self._listeners.get(channel)
+            if not subs:
+                return
+            subs.discard(listener)
+            if not subs:
+                del self._listeners[channel]
+                with contextlib.suppress(Exception):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not self._pubsub.subscribed:
+                    self._ready.clear()
+                    await self._ready.wait()
+                msg = await self._pubsub.get_message(timeout=1.0)
+                if msg is None or msg.get("type") not in ("message", "pmessage"):
+                    continue
+                channel = msg["channel"]
+                data = msg["data"]
+                for listener in tuple(self._listeners.get(channel, ())):
+                    try:
+                        listener(channel, data)
+                    except Exception:
+                        log.exception("event listener failed on %s", channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event hub read failed; reconnecting")
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    async with self._lock:
+                        if self._listeners:
+                            await self._pubsub.subscribe(*self._listeners)

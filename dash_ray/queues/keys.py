@@ -1,0 +1,69 @@
+"""Every Redis key and channel name dash-ray uses, in one place.
+
+BullMQ's own keys (`{prefix}:{queue}:...`) are left to BullMQ; ours live under
+`{prefix}:__dash__:` so BullMQ dashboards that list `{prefix}:*:meta` do not see them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """Key and channel names for one key prefix."""
+
+    def __init__(self, prefix: str = "bull") -> None:
+        self.prefix = prefix
+        self.ns = f"{prefix}:__dash__:"
+
+    # BullMQ's keys, for reads that BullMQ's API does not offer.
+    def bull(self, queue: str, suffix: str) -> str:
+        """A BullMQ key of a queue: `{prefix}:{queue}:{suffix}` (suffix may be a job id)."""
+        return f"{self.prefix}:{queue}:{suffix}"
+
+    # Ours.
+    def job(self, job_id: str) -> str:
+        """Hash: the job's queue, owner, payload digest and latest state (status, progress, seq...)."""
+        return f"{self.ns}job:{job_id}"
+
+    def events(self, job_id: str) -> str:
+        """Stream: the job's events, entry id `{seq}-0`, capped."""
+        return f"{self.ns}ev:{job_id}"
+
+    def channel(self, job_id: str) -> str:
+        """Pub/sub channel of one job's live events."""
+        return f"{self.ns}ch:{job_id}"
+
+    def user_jobs(self, user_id: str) -> str:
+        """Sorted set: a user's job ids, scored by a per-user submission counter."""
+        return f"{self.ns}user:{user_id}"
+
+    def user_counter(self, user_id: str) -> str:
+        """Counter behind `user_jobs` scores."""
+        return f"{self.ns}usern:{user_id}"
+
+    def finished(self, queue: str) -> str:
+        """Sorted set: finished job ids of a queue by finish time, trimmed for retention."""
+        return f"{self.ns}fin:{queue}"
+
+    def cancel(self, job_id: str) -> str:
+        """Flag: a cancel was requested for this (running) job."""
+        return f"{self.ns}cancel:{job_id}"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel on which cancel requests of running jobs are announced."""
+        return f"{self.ns}cancel"
+
+    def metrics(self, queue: str) -> str:
+        """Hash: per-queue job duration histogram and counters."""
+        return f"{self.ns}metrics:{queue}"
+
+    @property
+    def ratelimit_prefix(self) -> str:
+        """Prefix handed to the `limits` storage for per-user rate limits."""
+        return f"{self.ns}rl"
+
+    def waiting_count(self, user_id: str) -> str:
+        """Set: a user's jobs that are not finished yet (for the waiting-jobs limit)."""
+        return f"{self.ns}open:{user_id}"

@@ -1,0 +1,417 @@
+"""JobStore: the producer side of the durable queues (add, get, list, cancel, retry, pause)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bullmq import Job as BullJob
+from bullmq import Queue as BullQueue
+from redis.asyncio import Redis
+
+from dash_ray.errors import Forbidden, InvalidJobState, InvalidPayload, JobConflict, JobNotFound, UnknownQueue
+from dash_ray.models.events import JobFailedEvent, JobProgressEvent
+from dash_ray.models.options import JobOptions
+from dash_ray.models.payloads import JobPayload
+from dash_ray.models.queues import QUEUES, parse_options, parse_payload
+from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, SubmitResult
+from dash_ray.queues.events import EventBus
+from dash_ray.queues.keys import Keys
+from dash_ray.queues.lua import POSITION, RESERVE
+
+__all__ = ["JobStore", "bull_opts", "view_status"]
+
+log = logging.getLogger(__name__)
+
+Validator = Callable[[JobPayload], None]
+
+
+def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int, keep_failed: int) -> dict[str, Any]:
+    """BullMQ job options for our options (BullMQ's names and units: milliseconds)."""
+    out: dict[str, Any] = {
+        "jobId": job_id,
+        "priority": opts.priority,
+        "attempts": attempts,
+        "backoff": {"type": opts.backoff.type, "delay": int(opts.backoff.delay_s * 1000)},
+        "removeOnComplete": {"count": keep_completed},
+        "removeOnFail": {"count": keep_failed},
+    }
+    if opts.delay_s:
+        out["delay"] = int(opts.delay_s * 1000)
+    return out
+
+
+def view_status(bull_state: str | None, ours: dict[str, str], attempts_made: int) -> str:
+    """Our status from BullMQ's state (the truth) refined by our hash (cancelled, retrying)."""
+    mine = ours.get("status")
+    if bull_state in (None, "unknown"):
+        return mine or "waiting"
+    if bull_state == "completed":
+        return "completed"
+    if bull_state == "failed":
+        return "cancelled" if mine == "cancelled" else "failed"
+    if bull_state == "active":
+        return "active"
+    if bull_state == "delayed":
+        return "retrying" if attempts_made > 0 else "delayed"
+    # waiting, prioritized, waiting-children
+    return "retrying" if attempts_made > 0 and mine == "retrying" else "waiting"
+
+
+def _digest(data: dict[str, Any]) -> str:
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _f(value: str | None) -> float | None:
+    return float(value) if value not in (None, "", "0") else None
+
+
+class JobStore:
+    """Durable jobs on Redis in BullMQ's layout, plus our per-job state and history index."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "bull",
+        keep_completed: int = 1000,
+        keep_failed: int = 5000,
+        default_attempts: int = 3,
+        finished_ttl_s: int = 7 * 24 * 3600,
+        events_per_job: int = 1000,
+        user_history_max: int = 10_000,
+        queues: Iterable[str] = QUEUES,
+        validate: Validator | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.prefix = prefix
+        self.keep_completed = keep_completed
+        self.keep_failed = keep_failed
+        self.default_attempts = default_attempts
+        self.user_history_max = user_history_max
+        self.queue_names = tuple(queues)
+        self.validate = validate
+        self.bus = EventBus(
+            redis, self.keys, events_per_job=events_per_job, finished_ttl_s=finished_ttl_s,
+            keep_finished=keep_completed + keep_failed,
+        )
+        self._reserve = redis.register_script(RESERVE)
+        self._position = redis.register_script(POSITION)
+        self._queues: dict[str, BullQueue] = {}
+
+    def queue(self, name: str) -> BullQueue:
+        """The BullMQ queue object of `name` (sharing our Redis client)."""
+        if name not in self.queue_names:
+            raise UnknownQueue(name)
+        q = self._queues.get(name)
+        if q is None:
+            q = BullQueue(name, {"connection": self.redis, "prefix": self.prefix})
+            self._queues[name] = q
+        return q
+
+    # ------------------------------------------------------------------ add
+    async def add(
+        self,
+        queue: str,
+        data: dict[str, Any] | JobPayload,
+        options: dict[str, Any] | JobOptions | None = None,
+        user_id: str | None = None,
+    ) -> SubmitResult:
+        """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict)."""
+        bq = self.queue(queue)
+        payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_sleep=True)
+        opts = parse_options(options)
+        owner = payload.user_id or user_id
+        if payload.user_id and user_id and payload.user_id != user_id:
+            raise Forbidden("userId in the payload does not match the caller", field="userId")
+        if not owner:
+            raise InvalidPayload("invalid payload: userId: required", errors=[{"field": "userId", "message": "required"}])
+        given = payload.get_id()
+        if given and opts.job_id and given != opts.job_id:
+            raise InvalidPayload(
+                f"invalid payload: {payload.id_field} and options.jobId differ",
+                errors=[{"field": "options.jobId", "message": f"must equal the payload's {payload.id_field}"}],
+            )
+        job_id = given or opts.job_id or uuid.uuid4().hex
+        payload = payload.with_ids(job_id, owner)
+        if self.validate:
+            self.validate(payload)
+        wire = payload.wire(exclude_none=True)
+        digest = _digest(wire)
+        now_ms = int(time.time() * 1000)
+        k = self.keys
+        found = await self._reserve(
+            keys=[k.job(job_id), k.user_jobs(owner), k.user_counter(owner), k.waiting_count(owner)],
+            args=[queue, digest, owner, now_ms, self.user_history_max, job_id],
+        )
+        if found:
+            fq, fdigest, fstatus = found
+            if fq != queue:
+                raise JobConflict(job_id, f"a job with this id exists in queue {fq!r}")
+            if fdigest != digest:
+                raise JobConflict(job_id)
+            if fstatus in TERMINAL_STATUSES or await self.redis.exists(k.bull(queue, job_id)):
+                return SubmitResult(job=await self.get(job_id), created=False)
+            log.warning("re-adding job %s: reserved but missing in BullMQ", job_id, extra={"job_id": job_id})
+        attempts = opts.attempts or self.default_attempts
+        bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, self.keep_completed, self.keep_failed))
+        event = JobProgressEvent(
+            job_id=job_id, queue=queue, user_id=owner,
+            status="delayed" if opts.delay_s else "waiting", progress=0,
+            message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        await bq.scripts.addJob(bjob, pipe)
+        await self.bus.publish(event, pipe=pipe, position_in=None if opts.delay_s else queue)
+        added, _seq = await pipe.execute()
+        if isinstance(added, int) and added < 0:
+            raise RuntimeError(f"BullMQ refused job {job_id}: code {added}")
+        view = JobView(
+            id=job_id, queue=queue, user_id=owner, status=event.status, message=event.message,
+            data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
+            seq=int(_seq),
+        )
+        if not opts.delay_s:
+            view.queue_position = await self.position(job_id, queue)
+        return SubmitResult(job=view, created=True)
+
+    # ------------------------------------------------------------------ read
+    async def find_queue(self, job_id: str) -> str | None:
+        """The queue of a job: from our hash, else by looking in each queue (plain BullMQ jobs)."""
+        q = await self.redis.hget(self.keys.job(job_id), "queue")
+        if q:
+            return str(q)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in self.queue_names:
+            pipe.exists(self.keys.bull(name, job_id))
+        for name, exists in zip(self.queue_names, await pipe.execute(), strict=True):
+            if exists:
+                return name
+        return None
+
+    async def position(self, job_id: str, queue: str) -> int | None:
+        """1-based place in line of a waiting job (1 = next), else None."""
+        k = self.keys
+        pos = await self._position(keys=[k.bull(queue, "wait"), k.bull(queue, "prioritized")], args=[job_id])
+        return int(pos) if pos and int(pos) > 0 else None
+
+    async def get(self, job_id: str) -> JobView:
+        """The job's view; raises JobNotFound."""
+        queue = await self.find_queue(job_id)
+        if queue is None:
+            raise JobNotFound(job_id)
+        views = await self._views([(job_id, queue)], with_state=True)
+        if not views:
+            raise JobNotFound(job_id)
+        return views[0]
+
+    async def _views(self, ids: list[tuple[str, str]], with_state: bool) -> list[JobView]:
+        if not ids:
+            return []
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, queue in ids:
+            pipe.hgetall(k.job(job_id))
+            pipe.hgetall(k.bull(queue, job_id))
+            if with_state:
+                bq = self.queue(queue)
+                await bq.scripts.commands["getStateV2"](
+                    keys=bq.scripts.getKeys(["completed", "failed", "delayed", "active", "wait",
+                                             "paused", "waiting-children", "prioritized"]),
+                    args=[job_id, k.bull(queue, job_id)], client=pipe,
+                )
+                await self._position(keys=[k.bull(queue, "wait"), k.bull(queue, "prioritized")],
+                                     args=[job_id], client=pipe)
+        raw = await pipe.execute()
+        step = 4 if with_state else 2
+        out = []
+        for i, (job_id, queue) in enumerate(ids):
+            ours, bull = raw[i * step], raw[i * step + 1]
+            state = raw[i * step + 2] if with_state else None
+            pos = raw[i * step + 3] if with_state else None
+            if not ours and not bull:
+                continue
+            out.append(self._view(job_id, queue, ours, bull, state, pos))
+        return out
+
+    def _view(self, job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
+              state: str | None, pos: Any) -> JobView:
+        attempts_made = int(bull.get("atm") or bull.get("attemptsMade") or 0)
+        if state is None:
+            state = None if not bull else _state_from_hash(bull, ours)
+        status = view_status(state, ours, attempts_made)
+        data = json.loads(bull["data"]) if bull.get("data") else {}
+        opts = json.loads(bull["opts"]) if bull.get("opts") else {}
+        result: Any = None
+        if ours.get("result"):
+            result = json.loads(ours["result"])
+        elif bull.get("returnvalue"):
+            result = json.loads(bull["returnvalue"])
+        error = ours.get("error") or bull.get("failedReason") or None
+        if status in ("waiting", "delayed", "active", "retrying", "completed"):
+            error = None if status == "completed" else error
+        progress = float(ours.get("progress") or 0)
+        if status == "completed":
+            progress = 100.0
+        return JobView(
+            id=job_id,
+            queue=queue,
+            user_id=ours.get("userId") or data.get("userId"),
+            status=status,  # type: ignore[arg-type]
+            progress=progress,
+            message=ours.get("message", ""),
+            data=data,
+            result=result,
+            error=error if status in ("failed", "cancelled", "retrying") else None,
+            attempts_made=attempts_made,
+            attempts=int(opts.get("attempts") or 1),
+            priority=int(bull.get("priority") or 0),
+            queue_position=int(pos) if pos and int(pos) > 0 and status == "waiting" else None,
+            created_at=(_f(bull.get("timestamp")) or _f(ours.get("created")) or 0) / 1000 or None,
+            started_at=(_f(bull.get("processedOn")) or 0) / 1000 or _f(ours.get("started")),
+            finished_at=(_f(bull.get("finishedOn")) or 0) / 1000 or _f(ours.get("finished")),
+            seq=int(ours.get("seq") or 0),
+        )
+
+    async def list(
+        self,
+        user_id: str | None,
+        queue: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobList:
+        """A user's jobs, newest first, optionally by queue and status; `cursor` pages on."""
+        if queue is not None and queue not in self.queue_names:
+            raise UnknownQueue(queue)
+        if user_id is None:
+            raise InvalidPayload("user is required to list jobs")
+        limit = max(1, min(limit, 200))
+        key = self.keys.user_jobs(user_id)
+        try:
+            top = f"({int(cursor)}" if cursor else "+inf"
+        except ValueError:
+            raise InvalidPayload("invalid cursor", errors=[{"field": "cursor", "message": "invalid"}]) from None
+        found: list[JobView] = []
+        next_cursor: str | None = None
+        scanned = 0
+        while len(found) < limit and scanned < 50 * limit:
+            batch = await self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=max(limit, 50), withscores=True)
+            if not batch:
+                next_cursor = None
+                break
+            scanned += len(batch)
+            pipe = self.redis.pipeline(transaction=False)
+            for member, _score in batch:
+                pipe.hget(self.keys.job(member), "queue")
+            queues = await pipe.execute()
+            ids = [(m, q) for (m, _s), q in zip(batch, queues, strict=True) if q]
+            views = {v.id: v for v in await self._views(ids, with_state=False)}
+            stale = [m for (m, _s), q in zip(batch, queues, strict=True) if not q]
+            if stale:
+                await self.redis.zrem(key, *stale)
+            for member, score in batch:
+                top = f"({int(score)}"
+                v = views.get(member)
+                if v is None or (queue and v.queue != queue) or (status and v.status != status):
+                    continue
+                found.append(v)
+                if len(found) >= limit:
+                    next_cursor = str(int(score))
+                    break
+            if len(batch) < max(limit, 50):
+                break
+        if next_cursor and not await self.redis.zcount(key, "-inf", f"({next_cursor}"):
+            next_cursor = None
+        return JobList(jobs=found, next_cursor=next_cursor)
+
+    async def open_jobs(self, user_id: str) -> int:
+        """How many of the user's jobs are not finished (waiting, delayed or running)."""
+        return int(await self.redis.scard(self.keys.waiting_count(user_id)))
+
+    # ------------------------------------------------------------------ control
+    async def cancel(self, job_id: str) -> JobView:
+        """Cancel: a waiting or delayed job is removed; a running one is told to stop."""
+        view = await self.get(job_id)
+        if view.status in TERMINAL_STATUSES:
+            raise InvalidJobState(job_id, view.status, "cancel")
+        bq = self.queue(view.queue)
+        if view.status != "active":
+            removed = await bq.backend.remove(job_id, True)
+            if removed:
+                await self.bus.publish(JobFailedEvent(
+                    job_id=job_id, queue=view.queue, user_id=view.user_id, error="cancelled", status="cancelled",
+                ))
+                return await self.get(job_id)
+            # It became active in between: cancel it as a running job.
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(k.cancel(job_id), "1", ex=24 * 3600)
+        pipe.publish(k.cancel_channel, job_id)
+        await pipe.execute()
+        return await self.get(job_id)
+
+    async def retry(self, job_id: str) -> JobView:
+        """Run a failed (or cancelled-while-running) job again, with fresh attempts."""
+        view = await self.get(job_id)
+        if view.status not in ("failed", "cancelled"):
+            raise InvalidJobState(job_id, view.status, "retry")
+        bq = self.queue(view.queue)
+        bjob = await BullJob.fromId(bq, job_id)
+        if bjob is None:
+            raise InvalidJobState(job_id, view.status, "retry (the job was removed)")
+        await self.redis.delete(self.keys.cancel(job_id))
+        try:
+            await bjob.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
+        except Exception as exc:
+            raise InvalidJobState(job_id, view.status, f"retry ({exc})") from None
+        await self.bus.publish(JobProgressEvent(
+            job_id=job_id, queue=view.queue, user_id=view.user_id, status="waiting", progress=0,
+            message="retry requested",
+        ), position_in=view.queue)
+        return await self.get(job_id)
+
+    async def pause(self, queue: str) -> None:
+        """Stop handing out this queue's jobs (running ones finish)."""
+        await self.queue(queue).pause()
+
+    async def resume(self, queue: str) -> None:
+        """Hand out this queue's jobs again."""
+        await self.queue(queue).resume()
+
+    async def is_paused(self, queue: str) -> bool:
+        """True while the queue is paused."""
+        return bool(await self.queue(queue).isPaused())
+
+    async def counts(self, queue: str) -> dict[str, int]:
+        """Jobs per state: waiting (incl. prioritized), delayed, active, completed, failed."""
+        raw = await self.queue(queue).backend.getCounts(
+            ["wait", "paused", "prioritized", "delayed", "active", "completed", "failed"]
+        )
+        wait, paused, prio, delayed, active, completed, failed = (int(x) for x in raw)
+        return {
+            "waiting": wait + paused + prio,
+            "delayed": delayed,
+            "active": active,
+            "completed": completed,
+            "failed": failed,
+        }
+
+
+def _state_from_hash(bull: dict[str, str], ours: dict[str, str]) -> str:
+    """A cheap BullMQ state guess from the job hash alone (used for lists)."""
+    if bull.get("finishedOn"):
+        return "failed" if bull.get("failedReason") and not bull.get("returnvalue") else "completed"
+    mine = ours.get("status")
+    if mine == "active":
+        return "active"
+    if mine in ("delayed", "retrying"):
+        return "delayed"
+    return "waiting"
