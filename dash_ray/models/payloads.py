@@ -149,7 +149,7 @@ class SleepJob(JobPayload):
     queue: ClassVar[str] = "sleep"
 
     job_id: JobId | None = None
-    duration_s: float = Field(0.0, ge=0, le=3600)
-    steps: int = Field(1, ge=1, le=100_000)
-    fail_attempts: int = Field(0, ge=0, le=100)
-    fail_message: str = Field("planned failure", max_length=500)
+    duration_s: float | None = Field(None, ge=0, le=3600)
+    steps: int | None = Field(None, ge=1, le=100_000)
+    fail_attempts: int | None = Field(None, ge=0, le=100)
+    fail_message: str | None = Field(None, max_length=500)

@@ -23,6 +23,7 @@ from bullmq.scripts import raw2NextJobData
 from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
 
@@ -98,6 +99,7 @@ class QueueConsumer:
         self.id = consumer_id or uuid.uuid4().hex
         self.queue = BullQueue(queue, {"connection": redis, "prefix": prefix, "lockDuration": self.lock_ms})
         self.scripts = self.queue.scripts
+        register(*self.scripts.commands.values())
         self.held: dict[str, ActiveJob] = {}
         self._n = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -144,18 +146,19 @@ class QueueConsumer:
         return job
 
     async def _take(self, block_s: float) -> ActiveJob | None:
-        token = self._token()
-        job = self._active(await self.scripts.moveToActive(token, {"lockDuration": self.lock_ms}), token)
-        if job is not None or block_s <= 0:
-            return job
-        timeout = block_s
-        if self._next_delayed_ms:
-            until = self._next_delayed_ms - time.time() * 1000
-            timeout = max(0.002, min(block_s, until / 1000))
+        deadline = time.monotonic() + block_s
+        while True:
+            token = self._token()
             self._next_delayed_ms = 0.0
-        await self.wait_for_marker(timeout)
-        job = self._active(await self.scripts.moveToActive(token, {"lockDuration": self.lock_ms}), token)
-        return job
+            raw = await self.scripts.moveToActive(token, {"lockDuration": self.lock_ms})
+            job = self._active(raw, token)
+            left = deadline - time.monotonic()
+            if job is not None or left <= 0:
+                return job
+            timeout = left
+            if self._next_delayed_ms:
+                timeout = min(left, max(0.002, (self._next_delayed_ms - time.time() * 1000) / 1000))
+            await self.wait_for_marker(timeout)
 
     async def wait_for_marker(self, timeout_s: float) -> bool:
         """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""
@@ -188,13 +191,12 @@ class QueueConsumer:
         if isinstance(raw, int) and raw < 0:
             raise LockLost(f"job {job.id}: cannot complete (code {raw})")
         nxt = self._active(raw2NextJobData(raw), token) if fetch_next and raw else None
-        pipe = self.redis.pipeline(transaction=False)
+        batch = Batch(self.redis)
         await self.bus.publish(JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
-                                                 result=result), pipe=pipe)
+                                                 result=result), batch=batch)
         if nxt is not None:
-            await self.bus.publish(self._active_event(nxt), pipe=pipe)
-        pipe.delete(self.keys.cancel(job.id))
-        await pipe.execute()
+            await self.bus.publish(self._active_event(nxt), batch=batch)
+        await batch.execute()
         return nxt
 
     async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False) -> FailOutcome:
@@ -208,11 +210,8 @@ class QueueConsumer:
             raise LockLost(f"job {job.id}: cannot fail ({exc})") from exc
         if final:
             status = "cancelled" if cancelled else "failed"
-            pipe = self.redis.pipeline(transaction=False)
             await self.bus.publish(JobFailedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
-                                                  error=error, status=status), pipe=pipe)  # type: ignore[arg-type]
-            pipe.delete(self.keys.cancel(job.id))
-            await pipe.execute()
+                                                  error=error, status=status))  # type: ignore[arg-type]
             return FailOutcome(status)
         delay_s = (job.bull.delay or 0) / 1000
         when = f" in {delay_s:g}s" if delay_s else ""

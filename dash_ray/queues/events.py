@@ -13,6 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import PUBLISH
 
@@ -88,6 +89,7 @@ class EventBus:
         self.finished_ttl_s = finished_ttl_s
         self.keep_finished = keep_finished
         self._publish = redis.register_script(PUBLISH)
+        register(self._publish)
 
     def _call(self, event: AnyEvent, position_in: str | None) -> tuple[list[str], list[Any]]:
         k = self.keys
@@ -107,6 +109,7 @@ class EventBus:
             k.events(event.job_id),
             k.finished(event.queue),
             k.waiting_count(event.user_id or "_"),
+            k.cancel(event.job_id),
         ]
         args: list[Any] = [
             k.channel(event.job_id), body, mode, self.events_per_job, self.finished_ttl_s,
@@ -115,16 +118,17 @@ class EventBus:
         ]
         return keys, args
 
-    async def publish(self, event: AnyEvent, *, pipe: Any = None, position_in: str | None = None) -> int | None:
-        """Publish one event; returns its seq (None when queued on a pipeline).
+    async def publish(self, event: AnyEvent, *, batch: Batch | None = None, position_in: str | None = None) -> int | None:
+        """Publish one event; returns its seq (None when queued on a batch: its reply is [seq, pos]).
 
         `position_in` names the queue whose wait list gives the event a `queuePosition`.
         """
         keys, args = self._call(event, position_in)
-        if pipe is not None:
-            await self._publish(keys=keys, args=args, client=pipe)
+        if batch is not None:
+            await self._publish(keys=keys, args=args, client=batch)
             return None
-        return int(await self._publish(keys=keys, args=args))
+        seq, _pos = await self._publish(keys=keys, args=args)
+        return int(seq)
 
     async def state(self, job_id: str) -> dict[str, str]:
         """Our hash of the job: queue, owner, status, progress, message, result, seq..."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 __all__ = ["POSITION", "PUBLISH", "RESERVE"]
 
 # Publish one job event atomically: next seq, latest state, capped stream, pub/sub.
-# KEYS: 1 job hash, 2 events stream, 3 finished zset, 4 open-jobs set of the user (or a dummy)
+# Returns {seq, queue position or -1}.
+# KEYS: 1 job hash, 2 events stream, 3 finished zset, 4 open-jobs set of the user (or a dummy),
+#       5 cancel flag
 # ARGV: 1 channel, 2 event JSON without its closing brace, 3 mode ('0' plain, '1' terminal,
 #       '2' restart: the job is live again), 4 stream maxlen, 5 ttl seconds, 6 finished keep,
 #       7 job id, 8 namespace prefix, 9 now ms, 10 position mode ('' none, else wait key),
@@ -13,8 +15,8 @@ __all__ = ["POSITION", "PUBLISH", "RESERVE"]
 PUBLISH = r"""
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local body = ARGV[2]
+local pos = -1
 if ARGV[10] ~= '' then
-  local pos = -1
   local rank = redis.call('ZRANK', ARGV[11], ARGV[7])
   local waitLen = redis.call('LLEN', ARGV[10])
   if rank then
@@ -38,6 +40,7 @@ if ARGV[3] == '1' then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('SREM', KEYS[4], ARGV[7])
+  redis.call('DEL', KEYS[5])
   redis.call('ZADD', KEYS[3], ARGV[9], ARGV[7])
   local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[6])
   if excess > 0 then
@@ -53,7 +56,7 @@ elseif ARGV[3] == '2' then
   redis.call('ZREM', KEYS[3], ARGV[7])
   redis.call('SADD', KEYS[4], ARGV[7])
 end
-return seq
+return {seq, pos}
 """
 
 # Reserve a job id: create our job hash unless it exists.

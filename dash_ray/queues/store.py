@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import QUEUES, parse_options, parse_payload
 from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, SubmitResult
+from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import POSITION, RESERVE
@@ -104,6 +106,7 @@ class JobStore:
         )
         self._reserve = redis.register_script(RESERVE)
         self._position = redis.register_script(POSITION)
+        register(self._reserve, self._position)
         self._queues: dict[str, BullQueue] = {}
 
     def queue(self, name: str) -> BullQueue:
@@ -113,6 +116,7 @@ class JobStore:
         q = self._queues.get(name)
         if q is None:
             q = BullQueue(name, {"connection": self.redis, "prefix": self.prefix})
+            register(*q.scripts.commands.values())
             self._queues[name] = q
         return q
 
@@ -140,6 +144,7 @@ class JobStore:
                 errors=[{"field": "options.jobId", "message": f"must equal the payload's {payload.id_field}"}],
             )
         job_id = given or opts.job_id or uuid.uuid4().hex
+        fresh = not (given or opts.job_id)  # a new uuid: no earlier job can hold it
         payload = payload.with_ids(job_id, owner)
         if self.validate:
             self.validate(payload)
@@ -147,19 +152,24 @@ class JobStore:
         digest = _digest(wire)
         now_ms = int(time.time() * 1000)
         k = self.keys
-        found = await self._reserve(
-            keys=[k.job(job_id), k.user_jobs(owner), k.user_counter(owner), k.waiting_count(owner)],
-            args=[queue, digest, owner, now_ms, self.user_history_max, job_id],
-        )
-        if found:
-            fq, fdigest, fstatus = found
-            if fq != queue:
-                raise JobConflict(job_id, f"a job with this id exists in queue {fq!r}")
-            if fdigest != digest:
-                raise JobConflict(job_id)
-            if fstatus in TERMINAL_STATUSES or await self.redis.exists(k.bull(queue, job_id)):
-                return SubmitResult(job=await self.get(job_id), created=False)
-            log.warning("re-adding job %s: reserved but missing in BullMQ", job_id, extra={"job_id": job_id})
+        reserve = {
+            "keys": [k.job(job_id), k.user_jobs(owner), k.user_counter(owner), k.waiting_count(owner)],
+            "args": [queue, digest, owner, now_ms, self.user_history_max, job_id],
+        }
+        batch = Batch(self.redis)
+        if fresh:
+            await self._reserve(**reserve, client=batch)
+        else:
+            found = await self._reserve(**reserve)
+            if found:
+                fq, fdigest, fstatus = found
+                if fq != queue:
+                    raise JobConflict(job_id, f"a job with this id exists in queue {fq!r}")
+                if fdigest != digest:
+                    raise JobConflict(job_id)
+                if fstatus in TERMINAL_STATUSES or await self._appears(k.bull(queue, job_id)):
+                    return SubmitResult(job=await self.get(job_id), created=False)
+                log.warning("re-adding job %s: reserved but missing in BullMQ", job_id, extra={"job_id": job_id})
         attempts = opts.attempts or self.default_attempts
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, self.keep_completed, self.keep_failed))
         event = JobProgressEvent(
@@ -167,20 +177,27 @@ class JobStore:
             status="delayed" if opts.delay_s else "waiting", progress=0,
             message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
         )
-        pipe = self.redis.pipeline(transaction=False)
-        await bq.scripts.addJob(bjob, pipe)
-        await self.bus.publish(event, pipe=pipe, position_in=None if opts.delay_s else queue)
-        added, _seq = await pipe.execute()
+        await bq.scripts.addJob(bjob, batch)  # type: ignore[arg-type]
+        await self.bus.publish(event, batch=batch, position_in=None if opts.delay_s else queue)
+        *_reserved, added, (seq, pos) = await batch.execute()
         if isinstance(added, int) and added < 0:
             raise RuntimeError(f"BullMQ refused job {job_id}: code {added}")
         view = JobView(
             id=job_id, queue=queue, user_id=owner, status=event.status, message=event.message,
             data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
-            seq=int(_seq),
+            seq=int(seq), queue_position=int(pos) if int(pos) > 0 else None,
         )
-        if not opts.delay_s:
-            view.queue_position = await self.position(job_id, queue)
         return SubmitResult(job=view, created=True)
+
+    async def _appears(self, key: str, wait_s: float = 2.0) -> bool:
+        """True once `key` exists; a concurrent add of the same id may be between its two steps."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            if await self.redis.exists(key):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ read
     async def find_queue(self, job_id: str) -> str | None:
@@ -216,20 +233,20 @@ class JobStore:
         if not ids:
             return []
         k = self.keys
-        pipe = self.redis.pipeline(transaction=False)
+        batch = Batch(self.redis)
         for job_id, queue in ids:
-            pipe.hgetall(k.job(job_id))
-            pipe.hgetall(k.bull(queue, job_id))
+            batch.add("hgetall", k.job(job_id))
+            batch.add("hgetall", k.bull(queue, job_id))
             if with_state:
                 bq = self.queue(queue)
                 await bq.scripts.commands["getStateV2"](
                     keys=bq.scripts.getKeys(["completed", "failed", "delayed", "active", "wait",
                                              "paused", "waiting-children", "prioritized"]),
-                    args=[job_id, k.bull(queue, job_id)], client=pipe,
+                    args=[job_id, k.bull(queue, job_id)], client=batch,
                 )
                 await self._position(keys=[k.bull(queue, "wait"), k.bull(queue, "prioritized")],
-                                     args=[job_id], client=pipe)
-        raw = await pipe.execute()
+                                     args=[job_id], client=batch)
+        raw = await batch.execute()
         step = 4 if with_state else 2
         out = []
         for i, (job_id, queue) in enumerate(ids):

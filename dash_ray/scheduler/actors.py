@@ -1,0 +1,62 @@
+"""Thin Ray actor shells around ConsumerService and WorkerCore."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ray
+
+from dash_ray.config import Settings
+from dash_ray.scheduler.resources import QueueSpec
+from dash_ray.scheduler.runner import RunnerSpec
+from dash_ray.scheduler.service import ConsumerService
+from dash_ray.scheduler.worker import WorkerCore
+
+__all__ = ["ConsumerActor", "WorkerActor"]
+
+
+@ray.remote
+class WorkerActor:
+    """A GPU worker: one job at a time; holds its runner (and models) between jobs."""
+
+    def __init__(self, queue: str, settings: Settings, spec: RunnerSpec, redis_url: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.core = WorkerCore(queue, settings, spec, redis_url)
+
+    async def ready(self) -> dict[str, Any]:
+        return await self.core.load()
+
+    async def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        out = await self.core.run(job)
+        out["models"] = self.core.info()["models"]
+        return out
+
+    async def cancel(self, job_id: str) -> bool:
+        return self.core.cancel(job_id)
+
+    async def info(self) -> dict[str, Any]:
+        return self.core.info()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class ConsumerActor:
+    """One queue's consumer; Ray restarts it if it dies, and it starts serving again by itself."""
+
+    def __init__(self, spec: QueueSpec, settings: Settings, redis_url: str) -> None:
+        logging.basicConfig(level=logging.INFO)
+        self.service = ConsumerService(spec, settings, redis_url, WorkerActor)
+        self._task = asyncio.get_event_loop().create_task(self.service.run())
+
+    async def ready(self) -> dict[str, Any]:
+        return self.service.stats()
+
+    async def stats(self) -> dict[str, Any]:
+        return self.service.stats()
+
+    async def drain(self, timeout_s: float) -> dict[str, Any]:
+        return await self.service.drain(timeout_s)
+
+    async def release_idle(self, older_than_s: float) -> int:
+        return self.service.release_idle(older_than_s)

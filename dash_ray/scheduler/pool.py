@@ -1,0 +1,199 @@
+"""WorkerPool: a queue's GPU worker actors: start on demand, reuse, stop when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Slot", "WorkerPool"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Slot:
+    """One worker actor and what the pool knows of it."""
+
+    id: int
+    handle: Any
+    state: str = "pending"  # pending -> idle <-> busy; dead
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    models: tuple[str, ...] = ()
+    pid: int | None = None
+    jobs: int = 0
+
+
+class WorkerPool:
+    """Keeps worker actors of one queue. Ray places them; a worker that cannot be placed waits pending.
+
+    `factory()` returns a new actor handle (with its GPU fraction and queue resource);
+    `kill(handle)` ends one. Both are injected so the policy here is testable without Ray.
+    """
+
+    def __init__(self, factory: Callable[[], Any], kill: Callable[[Any], None], *,
+                 idle_s: float = 120.0, max_pending: int = 4) -> None:
+        self.factory = factory
+        self.kill = kill
+        self.idle_s = idle_s
+        self.max_pending = max_pending
+        self.slots: dict[int, Slot] = {}
+        self._ids = itertools.count(1)
+        self._changed = asyncio.Event()
+        self._ready_tasks: set[asyncio.Task[None]] = set()
+
+    # --- counts ---
+    def count(self, state: str) -> int:
+        """Workers in a state: pending, idle or busy."""
+        return sum(1 for s in self.slots.values() if s.state == state)
+
+    @property
+    def size(self) -> int:
+        """Live workers (pending, idle or busy)."""
+        return len(self.slots)
+
+    # --- growth ---
+    def spawn(self, n: int) -> int:
+        """Start up to n workers without exceeding max_pending; returns how many were started."""
+        started = 0
+        while started < n and self.count("pending") < self.max_pending:
+            slot = Slot(id=next(self._ids), handle=self.factory())
+            self.slots[slot.id] = slot
+            task = asyncio.create_task(self._await_ready(slot))
+            self._ready_tasks.add(task)
+            task.add_done_callback(self._ready_tasks.discard)
+            started += 1
+        return started
+
+    async def _await_ready(self, slot: Slot) -> None:
+        try:
+            info = await slot.handle.ready.remote()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("worker %d failed to start: %s", slot.id, exc)
+            self.discard(slot)
+            return
+        if slot.state != "pending":
+            return
+        slot.state = "idle"
+        slot.last_used = time.monotonic()
+        slot.pid = info.get("pid")
+        slot.models = tuple(info.get("models", ()))
+        log.info("worker %d ready (pid %s) after %.1fs", slot.id, slot.pid, time.monotonic() - slot.created)
+        self._notify()
+
+    # --- use ---
+    def take_idle(self, model: str | None = None) -> Slot | None:
+        """An idle worker, preferring one that holds `model` (then the most recently used)."""
+        idle = [s for s in self.slots.values() if s.state == "idle"]
+        if not idle:
+            return None
+        idle.sort(key=lambda s: (model is not None and model in s.models, s.last_used), reverse=True)
+        slot = idle[0]
+        slot.state = "busy"
+        return slot
+
+    def unreserve(self, slot: Slot) -> None:
+        """Give back a worker taken with take_idle() but not used (its idle clock keeps running)."""
+        if slot.state == "busy":
+            slot.state = "idle"
+
+    def prefer(self, slot: Slot, model: str | None) -> Slot:
+        """Swap a reserved worker for an idle one that already holds `model` (model affinity)."""
+        if model is None or model in slot.models:
+            return slot
+        for other in self.slots.values():
+            if other.state == "idle" and model in other.models:
+                self.unreserve(slot)
+                other.state = "busy"
+                return other
+        return slot
+
+    def has_idle(self) -> bool:
+        """True if a worker is idle now."""
+        return any(s.state == "idle" for s in self.slots.values())
+
+    def release(self, slot: Slot, models: tuple[str, ...] | None = None) -> None:
+        """A busy worker is idle again."""
+        if slot.state == "dead":
+            return
+        slot.state = "idle"
+        slot.last_used = time.monotonic()
+        slot.jobs += 1
+        if models is not None:
+            slot.models = models
+        self._notify()
+
+    def discard(self, slot: Slot) -> None:
+        """Drop a worker (dead or unwanted) and end its actor."""
+        if slot.state == "dead":
+            return
+        slot.state = "dead"
+        self.slots.pop(slot.id, None)
+        with contextlib.suppress(Exception):
+            self.kill(slot.handle)
+        self._notify()
+
+    # --- shrink ---
+    def reap_idle(self, keep: int = 0) -> int:
+        """Stop workers idle longer than idle_s (keeping `keep` idle ones); returns how many."""
+        now = time.monotonic()
+        idle = sorted((s for s in self.slots.values() if s.state == "idle"), key=lambda s: s.last_used)
+        stale = [s for s in idle if now - s.last_used >= self.idle_s]
+        reaped = 0
+        for s in stale[: max(0, len(idle) - keep)]:
+            log.info("worker %d idle for %.0fs: stopping it", s.id, now - s.last_used)
+            self.discard(s)
+            reaped += 1
+        return reaped
+
+    def drop_pending(self, keep: int) -> int:
+        """Cancel pending workers beyond `keep` (the backlog went away)."""
+        pending = sorted((s for s in self.slots.values() if s.state == "pending"), key=lambda s: s.created)
+        dropped = 0
+        for s in pending[keep:]:
+            self.discard(s)
+            dropped += 1
+        return dropped
+
+    def release_idle(self, older_than_s: float) -> int:
+        """Stop idle workers unused for `older_than_s`, to free their GPU share for another queue."""
+        now = time.monotonic()
+        n = 0
+        for s in [s for s in self.slots.values() if s.state == "idle" and now - s.last_used >= older_than_s]:
+            self.discard(s)
+            n += 1
+        return n
+
+    # --- waiting ---
+    def _notify(self) -> None:
+        self._changed.set()
+
+    async def wait_change(self, timeout_s: float) -> None:
+        """Wait until a worker becomes ready or idle (or the timeout)."""
+        self._changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout_s)
+
+    def shutdown(self) -> None:
+        """End every worker."""
+        for t in list(self._ready_tasks):
+            t.cancel()
+        for s in list(self.slots.values()):
+            self.discard(s)
+
+    def stats(self) -> dict[str, int]:
+        """Workers by state."""
+        return {state: self.count(state) for state in ("pending", "idle", "busy")}
+
+    def detail(self) -> list[dict[str, Any]]:
+        """Each worker: id, state, pid, jobs done, models held."""
+        return [{"id": s.id, "state": s.state, "pid": s.pid, "jobs": s.jobs, "models": list(s.models)}
+                for s in self.slots.values()]

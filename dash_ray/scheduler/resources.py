@@ -1,0 +1,74 @@
+"""Queue specs and the Ray resources that enforce per-queue concurrency."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dash_ray.config import Settings
+from dash_ray.scheduler.runner import RunnerSpec
+
+__all__ = ["DEFAULT_RUNNERS", "QueueSpec", "logical_gpus", "node_resources", "queue_specs"]
+
+DEFAULT_RUNNERS: dict[str, RunnerSpec] = {
+    "training": RunnerSpec("dash_ray.workers.training:TrainingRunner"),
+    "upscaling": RunnerSpec("dash_ray.workers.upscaling:UpscalingRunner"),
+    "generation": RunnerSpec("dash_ray.workers.generation:GenerationRunner"),
+    "sleep": RunnerSpec("dash_ray.scheduler.sleep:SleepRunner"),
+}
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """A queue as the scheduler runs it: slots per GPU node, GPU share per worker, its runner."""
+
+    name: str
+    concurrency: int
+    gpu_fraction: float
+    runner: RunnerSpec
+    num_cpus: float = 0.0
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def resource(self) -> str:
+        """The custom Ray resource counting this queue's worker slots (`dash_<queue>`)."""
+        return f"dash_{self.name}"
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray options of one worker actor: its GPU share plus one unit of the queue's resource."""
+        opts: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.gpu_fraction,
+            "resources": {self.resource: 1},
+            "max_restarts": 0,
+        }
+        if self.worker_env:
+            opts["runtime_env"] = {"env_vars": dict(self.worker_env)}
+        return opts
+
+
+def queue_specs(settings: Settings, runners: dict[str, RunnerSpec] | None = None,
+                sleep_queue: bool = False) -> list[QueueSpec]:
+    """The three queues from settings (runners overridable, e.g. by the sleep runner in tests)."""
+    runners = {**DEFAULT_RUNNERS, **(runners or {})}
+    specs = [QueueSpec(q.name, q.concurrency, q.gpu_fraction, runners[q.name]) for q in settings.queues()]
+    if sleep_queue:
+        gen = settings.queue("generation")
+        specs.append(QueueSpec("sleep", gen.concurrency, gen.gpu_fraction, runners["sleep"]))
+    return specs
+
+
+def with_runner(specs: list[QueueSpec], runner: RunnerSpec) -> list[QueueSpec]:
+    """The same queues, every one running `runner` (tests and benchmarks)."""
+    return [replace(s, runner=runner) for s in specs]
+
+
+def node_resources(specs: list[QueueSpec]) -> dict[str, float]:
+    """Custom resources one GPU node offers: each queue's slots (`dash_generation: 5`, ...)."""
+    return {s.resource: float(s.concurrency) for s in specs}
+
+
+def logical_gpus(specs: list[QueueSpec]) -> float:
+    """Logical GPUs a GPU-less node declares so every queue can fill its slots at once."""
+    return float(max(1, math.ceil(sum(s.concurrency * s.gpu_fraction for s in specs) - 1e-9)))

@@ -1,0 +1,71 @@
+"""ConsumerService: wires a queue's consumer, worker pool and dispatcher to Redis and Ray."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any
+
+import ray
+
+from dash_ray.config import Settings
+from dash_ray.queues import EventBus, EventHub, Keys, QueueConsumer, connect
+from dash_ray.scheduler.dispatcher import Dispatcher
+from dash_ray.scheduler.pool import WorkerPool
+from dash_ray.scheduler.resources import QueueSpec
+
+__all__ = ["ConsumerService"]
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerService:
+    """Everything one consumer actor runs; `worker_cls` is the Ray actor class of its workers."""
+
+    def __init__(self, spec: QueueSpec, settings: Settings, redis_url: str, worker_cls: Any) -> None:
+        self.spec = spec
+        keys = Keys(settings.key_prefix)
+        redis = connect(redis_url, name=f"dash:consumer:{spec.name}")
+        bus = EventBus(redis, keys, events_per_job=settings.events_per_job,
+                       finished_ttl_s=settings.finished_ttl_s,
+                       keep_finished=settings.keep_completed + settings.keep_failed)
+        consumer = QueueConsumer(
+            redis, connect(redis_url, blocking=True), spec.name, bus, prefix=settings.key_prefix,
+            lock_duration_s=settings.lock_duration_s, stalled_interval_s=settings.stalled_interval_s,
+            max_stalled_count=settings.max_stalled_count,
+            consumer_id=f"{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        )
+        options = spec.actor_options()
+
+        def factory() -> Any:
+            return worker_cls.options(**options).remote(spec.name, settings, spec.runner, redis_url)
+
+        def kill(handle: Any) -> None:
+            ray.kill(handle, no_restart=True)
+
+        pool = WorkerPool(factory, kill, idle_s=settings.worker_idle_s, max_pending=settings.max_pending_workers)
+        self.dispatcher = Dispatcher(consumer, pool, hub=EventHub(connect(redis_url)),
+                                     cancel_channel=keys.cancel_channel)
+
+    async def run(self) -> None:
+        """Serve until drained."""
+        try:
+            await self.dispatcher.run()
+        except Exception:
+            log.exception("consumer of %s stopped", self.spec.name)
+            raise
+
+    async def drain(self, timeout_s: float) -> dict[str, Any]:
+        """Stop taking jobs, let running ones finish (up to timeout_s), then release the workers."""
+        out = await self.dispatcher.drain(timeout_s)
+        await self.dispatcher.close()
+        return {"queue": self.spec.name, **out}
+
+    def release_idle(self, older_than_s: float) -> int:
+        """Stop idle workers (another queue needs their GPU share)."""
+        return self.dispatcher.pool.release_idle(older_than_s)
+
+    def stats(self) -> dict[str, Any]:
+        """The dispatcher's counters."""
+        return self.dispatcher.stats()

@@ -1,0 +1,118 @@
+"""Shared fixtures: one real Redis per session (embedded unless REDIS_URL is set), a key prefix per test."""
+
+from __future__ import annotations
+
+import os
+
+# Keep every Ray process of the test session on loopback (read by Ray at import time).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dash_ray.config import load_settings
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis: REDIS_URL / REDIS_HOST if configured, else the embedded server."""
+    url = load_settings().resolved_redis_url()
+    if url:
+        yield url
+        return
+    from dash_ray.queues import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A fresh key prefix, so tests never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def _delete_prefix(r: Any, prefix: str) -> None:
+    batch = []
+    async for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            await r.delete(*batch)
+            batch = []
+    if batch:
+        await r.delete(*batch)
+
+
+@pytest.fixture
+async def redis(redis_url: str, prefix: str) -> AsyncIterator[Any]:
+    """An asyncio Redis client; the test's keys are deleted afterwards."""
+    from dash_ray.queues import connect
+
+    r = connect(redis_url)
+    try:
+        yield r
+    finally:
+        with contextlib.suppress(Exception):
+            await _delete_prefix(r, prefix)
+        await r.aclose()
+
+
+@pytest.fixture
+async def blocking_redis(redis_url: str) -> AsyncIterator[Any]:
+    """A separate client for blocking waits."""
+    from dash_ray.queues import connect
+
+    r = connect(redis_url, blocking=True)
+    try:
+        yield r
+    finally:
+        await r.aclose()
+
+
+@pytest.fixture
+def make_store(redis: Any, prefix: str) -> Callable[..., Any]:
+    """Factory of JobStores on the test's prefix (sleep queue enabled)."""
+    from dash_ray.queues import JobStore
+
+    def make(**kwargs: Any) -> Any:
+        kwargs.setdefault("queues", ("training", "upscaling", "generation", "sleep"))
+        return JobStore(redis, prefix=prefix, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def make_consumer(redis: Any, blocking_redis: Any, prefix: str) -> Iterator[Callable[..., Any]]:
+    """Factory of QueueConsumers on the test's prefix; maintenance tasks stopped afterwards."""
+    from dash_ray.queues import QueueConsumer
+
+    made: list[Any] = []
+
+    def make(queue: str, store: Any, **kwargs: Any) -> Any:
+        c = QueueConsumer(redis, blocking_redis, queue, store.bus, prefix=prefix, **kwargs)
+        made.append(c)
+        return c
+
+    yield make
+    # close() is async; maintenance tasks die with the test's event loop.
+    for c in made:
+        for t in c._tasks:
+            t.cancel()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by folder: unit, redis, ray, e2e."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for marker in ("unit", "redis", "ray", "e2e"):
+            if marker in parts:
+                item.add_marker(getattr(pytest.mark, marker))

@@ -1,0 +1,47 @@
+"""One local Ray for the session (loopback, logical GPUs, the queues' resources); a scheduler per test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dash_ray.config import load_settings
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[dict[str, Any]]:
+    """A local Ray whose one node offers dash_training 1, dash_upscaling 3, dash_generation 5, dash_sleep 5."""
+    import ray
+
+    from dash_ray.scheduler import queue_specs
+    from dash_ray.scheduler.cluster import init_ray
+
+    settings = load_settings()
+    resources = init_ray(settings, queue_specs(settings, sleep_queue=True), num_cpus=2)
+    yield resources
+    ray.shutdown()
+
+
+@pytest.fixture
+def make_scheduler(ray_session: Any, redis_url: str, prefix: str) -> Iterator[Callable[..., Any]]:
+    """Factory: a Scheduler on the test's key prefix whose queues run the sleep runner."""
+    from dash_ray.scheduler import RunnerSpec, queue_specs
+    from dash_ray.scheduler.cluster import Scheduler
+    from dash_ray.scheduler.resources import with_runner
+
+    made: list[Any] = []
+
+    def make(queues: tuple[str, ...] = ("sleep",), runner: dict[str, Any] | None = None, **overrides: Any) -> Any:
+        settings = load_settings(key_prefix=prefix, **overrides)
+        specs = with_runner(queue_specs(settings, sleep_queue=True),
+                            RunnerSpec("dash_ray.scheduler.sleep:SleepRunner", runner or {}))
+        sched = Scheduler(settings, redis_url, [s for s in specs if s.name in queues])
+        sched.start()
+        made.append(sched)
+        return sched
+
+    yield make
+    for sched in made:
+        sched.stop(drain_timeout_s=2)

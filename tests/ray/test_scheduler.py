@@ -1,0 +1,177 @@
+"""The Ray scheduling core on a local Ray and a real Redis, with the sleep runner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from tests.helpers import assert_well_formed, events, intervals, max_overlap, wait_for, wait_status
+
+TRN = {"userId": "alice", "prompt": "sks", "imageUrls": ["https://img.example.com/1.png"]}
+UPS = {"userId": "alice", "imageUrl": "https://img.example.com/1.png"}
+GEN = {"userId": "alice", "prompt": "a fox"}
+
+
+async def test_per_queue_concurrency_reaches_and_never_exceeds_limits(make_scheduler: Any, make_store: Any) -> None:
+    make_scheduler(queues=("training", "upscaling", "generation"), runner={"duration_s": 1.2, "steps": 2})
+    store = make_store()
+    ids: dict[str, list[str]] = {"generation": [], "upscaling": [], "training": []}
+    adds = [("generation", GEN)] * 12 + [("upscaling", UPS)] * 8 + [("training", TRN)] * 4
+    for queue, data in adds:
+        ids[queue].append((await store.add(queue, data)).job.id)
+    for queue, job_ids in ids.items():
+        for job_id in job_ids:
+            await wait_status(store, job_id, ("completed",), timeout_s=90)
+    for queue, limit in (("generation", 5), ("upscaling", 3), ("training", 1)):
+        spans = []
+        for job_id in ids[queue]:
+            evs = await events(store, job_id)
+            assert_well_formed(evs)
+            spans += intervals(evs)
+        assert len(spans) == len(ids[queue])
+        assert max_overlap(spans) == limit, (queue, max_overlap(spans))
+
+
+async def test_training_priorities_start_in_order(make_scheduler: Any, make_store: Any) -> None:
+    make_scheduler(queues=("training",), runner={"duration_s": 0.3})
+    store = make_store()
+    first = (await store.add("training", TRN, {"jobId": "blocker"})).job.id
+    await wait_status(store, first, ("active",))
+    for prio in (3, 1, 2):
+        await store.add("training", TRN, {"priority": prio, "jobId": f"p{prio}"})
+    for job_id in ("p1", "p2", "p3"):
+        await wait_status(store, job_id, ("completed",), timeout_s=30)
+    starts = {}
+    for job_id in ("p1", "p2", "p3"):
+        evs = await events(store, job_id)
+        assert_well_formed(evs)
+        starts[job_id] = intervals(evs)[0][0]
+    assert sorted(starts, key=starts.__getitem__) == ["p1", "p2", "p3"]
+
+
+async def test_cancel_running_job_within_a_second_and_worker_stays_usable(make_scheduler: Any, make_store: Any) -> None:
+    make_scheduler(queues=("sleep",))
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "long", "durationS": 30, "steps": 30})
+
+    async def reported() -> bool:
+        return any(e.get("step") for e in await events(store, "long"))
+
+    await wait_for(reported, 30)
+    first = next(e for e in await events(store, "long") if e.get("step"))
+    t0 = time.time()
+    view = await store.cancel("long")
+    assert view.status == "active"
+    done = await wait_status(store, "long", ("cancelled",), timeout_s=5)
+    evs = await events(store, "long")
+    assert_well_formed(evs)
+    last = evs[-1]
+    assert last["type"] == "job:failed" and last["error"] == "cancelled" and last["status"] == "cancelled"
+    assert last["ts"] - t0 <= 1.0, last["ts"] - t0
+    assert done.status == "cancelled"
+    # the same worker then completes another job
+    await store.add("sleep", {"userId": "alice", "jobId": "after"})
+    after = await wait_status(store, "after", ("completed",), timeout_s=30)
+    assert after.result["pid"] == first.get("pid", after.result["pid"])
+    pids = {e["result"]["pid"] for e in await events(store, "after") if e["type"] == "job:completed"}
+    assert len(pids) == 1
+
+
+async def test_worker_killed_mid_job_retries_on_a_fresh_worker(make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("sleep",))
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "victim", "durationS": 2, "steps": 4},
+                    {"attempts": 3, "backoff": {"type": "fixed", "delayS": 0}})
+    await wait_status(store, "victim", ("active",))
+
+    async def worker_pid() -> int | None:
+        stats = await asyncio.to_thread(sched.stats)
+        return stats["sleep"]["running_jobs"].get("victim")
+
+    pid = await wait_for(worker_pid, 30)
+    os.kill(pid, signal.SIGKILL)
+    view = await wait_status(store, "victim", ("completed",), timeout_s=60)
+    assert view.attempts_made == 2 and view.result["attempt"] == 2
+    assert view.result["pid"] != pid
+    evs = await events(store, "victim")
+    assert_well_formed(evs)
+    assert any(e.get("status") == "retrying" and "worker died" in e["message"] for e in evs)
+
+
+async def test_consumer_killed_with_50_in_flight_completes_each_once(make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("sleep",), runner={"duration_s": 0.5}, lock_duration_s=2, stalled_interval_s=1)
+    store = make_store()
+    ids = [(await store.add("sleep", {"userId": "alice"})).job.id for _ in range(50)]
+
+    async def some_running() -> dict[str, Any] | None:
+        stats = (await asyncio.to_thread(sched.stats))["sleep"]
+        return stats if stats["running"] >= 3 and stats["completed"] >= 3 else None
+
+    stats = await wait_for(some_running, 60)
+    os.kill(stats["pid"], signal.SIGKILL)
+
+    async def all_done() -> bool:
+        counts = await store.counts("sleep")
+        return counts["completed"] == 50
+
+    await wait_for(all_done, 120, interval_s=0.25)
+    restarted = (await asyncio.to_thread(sched.stats))["sleep"]
+    assert restarted["pid"] != stats["pid"]
+    counts = await store.counts("sleep")
+    assert counts == {"waiting": 0, "delayed": 0, "active": 0, "completed": 50, "failed": 0}
+    stalled = 0
+    for job_id in ids:
+        evs = await events(store, job_id)
+        assert_well_formed(evs)
+        assert sum(e["type"] == "job:completed" for e in evs) == 1
+        stalled += any("recovered" in e.get("message", "") for e in evs)
+    assert stalled >= 1  # the jobs the dead consumer held came back through stalled recovery
+
+
+async def test_retry_per_options_through_ray(make_scheduler: Any, make_store: Any) -> None:
+    make_scheduler(queues=("sleep",))
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "flaky", "failAttempts": 2},
+                    {"attempts": 3, "backoff": {"type": "exponential", "delayS": 0.1}})
+    view = await wait_status(store, "flaky", ("completed", "failed"), timeout_s=30)
+    assert view.status == "completed" and view.result["attempt"] == 3
+    await store.add("sleep", {"userId": "alice", "jobId": "doomed", "failAttempts": 5, "failMessage": "bad luck"},
+                    {"attempts": 2, "backoff": {"type": "fixed", "delayS": 0}})
+    view = await wait_status(store, "doomed", ("failed",), timeout_s=30)
+    assert "bad luck" in view.error
+    for job_id in ("flaky", "doomed"):
+        assert_well_formed(await events(store, job_id))
+
+
+async def test_drain_finishes_running_and_keeps_waiting(make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("training",), runner={"duration_s": 1.0})
+    store = make_store()
+    for i in range(3):
+        await store.add("training", TRN, {"jobId": f"d{i}"})
+    await wait_status(store, "d0", ("active",))
+    t0 = time.monotonic()
+    out = await asyncio.to_thread(sched.drain, 10)
+    assert time.monotonic() - t0 < 10
+    assert out["training"]["unfinished"] == 0
+    assert (await store.get("d0")).status == "completed"
+    assert [(await store.get(f"d{i}")).status for i in (1, 2)] == ["waiting", "waiting"]
+    await asyncio.to_thread(sched.stop, 1)
+    make_scheduler(queues=("training",), runner={"duration_s": 0.1})
+    for i in (1, 2):
+        await wait_status(store, f"d{i}", ("completed",), timeout_s=60)
+
+
+async def test_idle_workers_stop(make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("sleep",), worker_idle_s=1.0)
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "one"})
+    await wait_status(store, "one", ("completed",), timeout_s=30)
+
+    async def no_workers() -> bool:
+        stats = (await asyncio.to_thread(sched.stats))["sleep"]
+        return not stats["worker_detail"]
+
+    await wait_for(no_workers, 10, interval_s=0.25)

@@ -1,0 +1,95 @@
+"""Stalled-job recovery: a consumer process SIGKILLed mid-job; its job completes exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Any
+
+import pytest
+
+from dash_ray.queues import LockLost
+
+HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from dash_ray.queues import JobStore, QueueConsumer, connect
+
+    async def main(url, prefix):
+        r, b = connect(url), connect(url, blocking=True)
+        store = JobStore(r, prefix=prefix, queues=("sleep",))
+        c = QueueConsumer(r, b, "sleep", store.bus, prefix=prefix, lock_duration_s=1.0, stalled_interval_s=0.5)
+        c.start_maintenance()
+        job = await c.take(block_s=10)
+        print("TAKEN", job.id, flush=True)
+        await asyncio.sleep(3600)   # "running" the job, renewing its lock, until killed
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+async def test_sigkilled_consumer_job_completes_exactly_once(
+    make_store: Any, make_consumer: Any, redis_url: str, prefix: str
+) -> None:
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "victim"})
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, redis_url, prefix], stdout=subprocess.PIPE, text=True)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)  # type: ignore[union-attr]
+        assert line.strip() == "TAKEN victim"
+        second = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
+        # While the holder is alive and renewing, nothing is recovered.
+        await asyncio.sleep(1.5)
+        await second.recover_stalled()
+        assert await second.take() is None
+        assert (await store.get("victim")).status == "active"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        t0 = time.monotonic()
+        job = None
+        while job is None and time.monotonic() - t0 < 10:
+            await second.recover_stalled()
+            job = await second.take(block_s=0.25)
+        assert job is not None and job.id == "victim"
+        recovered_after = time.monotonic() - t0
+        await second.complete(job, {"by": "second"})
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    view = await store.get("victim")
+    assert view.status == "completed" and view.result == {"by": "second"}
+    events = [json.loads(e) for e in await store.bus.replay("victim")]
+    assert sum(e["type"] == "job:completed" for e in events) == 1
+    assert [e["type"] for e in events][-1] == "job:completed"
+    assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})
+    assert recovered_after < 5
+
+
+async def test_a_consumer_that_lost_its_lock_cannot_complete(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "zombie"})
+    slow = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
+    fast = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
+    stale = await slow.take()
+    assert stale is not None
+    # slow never renews; its lock expires and the job is recovered by `fast`.
+    job = None
+    t0 = time.monotonic()
+    while job is None and time.monotonic() - t0 < 10:
+        await fast.recover_stalled()
+        job = await fast.take(block_s=0.25)
+    assert job is not None
+    await fast.complete(job, {"by": "fast"})
+    with pytest.raises(LockLost):
+        await slow.complete(stale, {"by": "slow"})
+    events = [json.loads(e) for e in await store.bus.replay("zombie")]
+    assert sum(e["type"] == "job:completed" for e in events) == 1
+    assert (await store.get("zombie")).result == {"by": "fast"}

@@ -1,0 +1,244 @@
+"""The durable queues on a real Redis: ordering, delay, retries, idempotency, cancel, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from dash_ray.errors import InvalidJobState, InvalidPayload, JobConflict, UnknownQueue
+
+TRN = {"userId": "bob", "prompt": "sks dog", "imageUrls": ["https://img.example.com/1.png"]}
+
+
+def sleep_job(**kw: Any) -> dict[str, Any]:
+    return {"userId": "alice", **kw}
+
+
+async def drain(consumer: Any, result: Any = None) -> list[str]:
+    order = []
+    while (job := await consumer.take()) is not None:
+        order.append(job.id)
+        await consumer.complete(job, result or {"ok": True})
+    return order
+
+
+async def test_priority_order_then_fifo(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    for i, prio in enumerate([3, 1, 2, 1, 3, 2]):
+        await store.add("training", {**TRN, "loraId": f"l{i}"}, {"priority": prio})
+    order = await drain(make_consumer("training", store))
+    assert order == ["l1", "l3", "l2", "l5", "l0", "l4"]
+
+
+async def test_delay(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="later"), {"delayS": 0.6})
+    await store.add("sleep", sleep_job(jobId="now"))
+    assert (await store.get("later")).status == "delayed"
+    c = make_consumer("sleep", store)
+    t0 = time.monotonic()
+    first = await c.take()
+    assert first is not None and first.id == "now"
+    await c.complete(first, {})
+    assert await c.take() is None
+    job = await c.take(block_s=3)
+    assert job is not None and job.id == "later"
+    assert time.monotonic() - t0 >= 0.5
+
+
+async def test_retry_with_exponential_backoff_then_success(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="flaky"), {"attempts": 3, "backoff": {"type": "exponential", "delayS": 0.2}})
+    c = make_consumer("sleep", store)
+    starts = []
+    for expected_delay in (0.2, 0.4):
+        job = await c.take(block_s=3)
+        assert job is not None
+        starts.append(time.monotonic())
+        out = await c.fail(job, "transient")
+        assert out.status == "retrying" and out.delay_s == pytest.approx(expected_delay)
+        assert (await store.get("flaky")).status == "retrying"
+    job = await c.take(block_s=3)
+    assert job is not None and job.attempt == 3
+    starts.append(time.monotonic())
+    await c.complete(job, {"done": 1})
+    view = await store.get("flaky")
+    assert view.status == "completed" and view.attempts_made == 3 and view.result == {"done": 1}
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert gaps[0] >= 0.18 and gaps[1] >= 0.38  # exponential: 0.2 s then 0.4 s
+
+
+async def test_final_failure_after_last_attempt(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="doomed"), {"attempts": 2, "backoff": {"type": "fixed", "delayS": 0}})
+    c = make_consumer("sleep", store)
+    for _ in range(2):
+        job = await c.take(block_s=2)
+        assert job is not None
+        out = await c.fail(job, "always broken")
+    assert out.status == "failed"
+    view = await store.get("doomed")
+    assert view.status == "failed" and view.error == "always broken" and view.attempts_made == 2
+    assert await c.take() is None
+    events = [json.loads(e) for e in await store.bus.replay("doomed")]
+    assert [e["type"] for e in events][-1] == "job:failed"
+    assert sum(e["type"] == "job:failed" for e in events) == 1
+
+
+async def test_idempotent_add_and_conflict(make_store: Any) -> None:
+    store = make_store()
+    first = await store.add("generation", {"userId": "a", "prompt": "cat", "jobId": "same"})
+    again = await store.add("generation", {"userId": "a", "prompt": "cat", "jobId": "same"})
+    assert first.created and not again.created and again.job.id == "same"
+    with pytest.raises(JobConflict):
+        await store.add("generation", {"userId": "a", "prompt": "dog", "jobId": "same"})
+    with pytest.raises(JobConflict):
+        await store.add("upscaling", {"userId": "a", "imageUrl": "https://x.y/z.png", "jobId": "same"})
+    assert (await store.counts("generation"))["waiting"] == 1
+    # options.jobId works too and is the same id space
+    via_opts = await store.add("generation", {"userId": "a", "prompt": "cat"}, {"jobId": "same"})
+    assert not via_opts.created
+
+
+async def test_concurrent_adds_of_one_id_make_one_job(make_store: Any) -> None:
+    store = make_store()
+    results = await asyncio.gather(*[
+        store.add("generation", {"userId": "a", "prompt": "cat", "jobId": "race"}) for _ in range(10)
+    ])
+    assert sum(r.created for r in results) == 1
+    assert (await store.counts("generation"))["waiting"] == 1
+
+
+async def test_cancel_waiting_job(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="c1"))
+    await store.add("sleep", sleep_job(jobId="c2"))
+    view = await store.cancel("c1")
+    assert view.status == "cancelled"
+    assert await drain(make_consumer("sleep", store)) == ["c2"]
+    with pytest.raises(InvalidJobState):
+        await store.cancel("c1")
+    last = json.loads((await store.bus.replay("c1"))[-1])
+    assert last["type"] == "job:failed" and last["error"] == "cancelled" and last["status"] == "cancelled"
+
+
+async def test_cancel_running_job_sets_flag(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="r1"))
+    c = make_consumer("sleep", store)
+    job = await c.take()
+    view = await store.cancel("r1")
+    assert view.status == "active"
+    assert await c.is_cancel_requested("r1")
+    out = await c.fail(job, "cancelled", cancelled=True)
+    assert out.status == "cancelled"
+    assert (await store.get("r1")).status == "cancelled"
+    assert not await c.is_cancel_requested("r1")
+
+
+async def test_pause_resume(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.pause("sleep")
+    assert await store.is_paused("sleep")
+    await store.add("sleep", sleep_job(jobId="p1"))
+    c = make_consumer("sleep", store)
+    assert await c.take() is None
+    assert await c.backlog() == 0
+    await store.resume("sleep")
+    assert not await store.is_paused("sleep")
+    assert await drain(c) == ["p1"]
+
+
+async def test_counts_and_queue_position(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    views = [(await store.add("sleep", sleep_job(jobId=f"q{i}"), {"priority": 2})).job for i in range(4)]
+    assert [v.queue_position for v in views] == [1, 2, 3, 4]
+    hi = (await store.add("sleep", sleep_job(jobId="vip"), {"priority": 1})).job
+    assert hi.queue_position == 1
+    assert (await store.get("q0")).queue_position == 2
+    await store.add("sleep", sleep_job(jobId="d"), {"delayS": 60})
+    c = make_consumer("sleep", store)
+    job = await c.take()
+    assert job is not None and job.id == "vip"
+    await c.complete(job, {})
+    job = await c.take()
+    assert job is not None
+    await c.fail(job, "x", retry=False)
+    counts = await store.counts("sleep")
+    assert counts == {"waiting": 3, "delayed": 1, "active": 0, "completed": 1, "failed": 1}
+    assert (await store.get("q3")).queue_position == 3
+
+
+async def test_retention_keeps_last_n(make_store: Any, make_consumer: Any, redis: Any, prefix: str) -> None:
+    store = make_store(keep_completed=3, keep_failed=2)
+    for i in range(8):
+        await store.add("sleep", sleep_job(jobId=f"k{i}"))
+    c = make_consumer("sleep", store)
+    for i in range(8):
+        job = await c.take()
+        assert job is not None
+        if i < 5:
+            await c.complete(job, {"i": i})
+        else:
+            await c.fail(job, "no", retry=False)
+    counts = await store.counts("sleep")
+    assert counts["completed"] == 3 and counts["failed"] == 2
+    # BullMQ's job hashes and our per-job keys are bounded too
+    bull_hashes = [k async for k in redis.scan_iter(match=f"{prefix}:sleep:k*") if k.count(":") == 2]
+    ours = [k async for k in redis.scan_iter(match=f"{prefix}:__dash__:job:*")]
+    assert len(bull_hashes) == 5
+    assert len(ours) == 5
+
+
+async def test_history_pagination_by_queue_and_status(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    for i in range(7):
+        await store.add("sleep", sleep_job(jobId=f"h{i}"))
+    await store.add("generation", {"userId": "alice", "prompt": "x", "jobId": "g0"})
+    await store.add("sleep", {"userId": "mallory", "jobId": "other"})
+    c = make_consumer("sleep", store)
+    job = await c.take()
+    await c.complete(job, {})
+    page1 = await store.list("alice", limit=3)
+    assert [v.id for v in page1.jobs] == ["g0", "h6", "h5"]
+    page2 = await store.list("alice", limit=3, cursor=page1.next_cursor)
+    assert [v.id for v in page2.jobs] == ["h4", "h3", "h2"]
+    page3 = await store.list("alice", limit=3, cursor=page2.next_cursor)
+    assert [v.id for v in page3.jobs] == ["h1", "h0"] and page3.next_cursor is None
+    only_sleep = await store.list("alice", queue="sleep", limit=100)
+    assert len(only_sleep.jobs) == 7
+    done = await store.list("alice", status="completed")
+    assert [v.id for v in done.jobs] == ["h0"]
+    with pytest.raises(UnknownQueue):
+        await store.list("alice", queue="nope")
+
+
+async def test_bad_payload_enqueues_nothing(make_store: Any, redis: Any, prefix: str) -> None:
+    store = make_store()
+    with pytest.raises(InvalidPayload):
+        await store.add("generation", {"userId": "a", "prompt": "", "jobId": "bad"})
+    with pytest.raises(InvalidPayload):
+        await store.add("generation", {"userId": "a", "prompt": "ok"}, {"priority": 9})
+    with pytest.raises(UnknownQueue):
+        await store.add("painting", {"userId": "a", "prompt": "ok"})
+    assert [k async for k in redis.scan_iter(match=f"{prefix}:*")] == []
+
+
+async def test_retry_failed_job(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="again"), {"attempts": 1})
+    c = make_consumer("sleep", store)
+    job = await c.take()
+    await c.fail(job, "broken")
+    assert (await store.get("again")).status == "failed"
+    view = await store.retry("again")
+    assert view.status == "waiting"
+    job = await c.take()
+    assert job is not None and job.id == "again"
+    await c.complete(job, {"ok": 1})
+    with pytest.raises(InvalidJobState):
+        await store.retry("again")

@@ -1,0 +1,45 @@
+"""Settings come from the environment; a bad value names its variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from dash_ray.config import load_settings
+from dash_ray.errors import ConfigError
+
+
+def test_defaults_follow_the_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("REDIS_URL", "REDIS_HOST", "WEBSOCKET_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    s = load_settings()
+    assert [(q.name, q.concurrency) for q in s.queues()] == [("training", 1), ("upscaling", 3), ("generation", 5)]
+    assert s.queue("generation").resource == "dash_generation"
+    assert s.resolved_redis_url() is None and not s.redis_configured
+    assert s.websocket_port == 8000
+
+
+def test_seed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("REDIS_HOST", "10.1.2.3")
+    monkeypatch.setenv("REDIS_PORT", "6380")
+    monkeypatch.setenv("REDIS_PASSWORD", "p@ss")
+    monkeypatch.setenv("WEBSOCKET_PORT", "3001")
+    monkeypatch.setenv("DASH_GENERATION_CONCURRENCY", "7")
+    monkeypatch.setenv("DASH_MODELS", '{"sd15": "/models/sd15"}')
+    s = load_settings()
+    assert s.resolved_redis_url() == "redis://:p%40ss@10.1.2.3:6380/0"
+    assert s.websocket_port == 3001
+    assert s.queue("generation").concurrency == 7
+    assert s.models == {"sd15": "/models/sd15"}
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [("REDIS_PORT", "abc"), ("WEBSOCKET_PORT", "70000"), ("DASH_GENERATION_CONCURRENCY", "0"),
+     ("DASH_TRAINING_GPU_FRACTION", "1.5"), ("DASH_RATE_SUBMIT", "lots"), ("DASH_KEY_PREFIX", "a b")],
+)
+def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert var in str(info.value)
