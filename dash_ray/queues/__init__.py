@@ -3,10 +3,10 @@
 Only this package imports bullmq or writes Redis keys.
 """
 
-from dash_ray.queues.connection import connect
+from dash_ray.queues.connection import connect, connect_sync
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
-from dash_ray.queues.events import EventBus, EventHub, event_from_state
+from dash_ray.queues.events import EventBus, EventHub, SyncEventBus, event_from_state
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.store import JobStore
 
@@ -20,6 +20,8 @@ __all__ = [
     "Keys",
     "LockLost",
     "QueueConsumer",
+    "SyncEventBus",
     "connect",
+    "connect_sync",
     "event_from_state",
 ]

@@ -50,6 +50,7 @@ class ActiveJob:
     created_at: float
     bull: BullJob = field(repr=False)
     deferred_failure: str | None = None
+    cancel_requested: bool = False
     taken_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -166,8 +167,12 @@ class QueueConsumer:
         return bool(got)
 
     async def started(self, job: ActiveJob, message: str | None = None) -> None:
-        """Publish the `active` event of an attempt."""
-        await self.bus.publish(self._active_event(job, message))
+        """Publish the `active` event of an attempt; notes whether a cancel was already requested."""
+        batch = Batch(self.redis)
+        await self.bus.publish(self._active_event(job, message), batch=batch)
+        batch.add("exists", self.keys.cancel(job.id))
+        _seq, cancelled = await batch.execute()
+        job.cancel_requested = bool(cancelled)
 
     def _active_event(self, job: ActiveJob, message: str | None = None) -> JobProgressEvent:
         return JobProgressEvent(
@@ -177,8 +182,10 @@ class QueueConsumer:
         )
 
     # ------------------------------------------------------------ finishing
-    async def complete(self, job: ActiveJob, result: Any, fetch_next: bool = False) -> ActiveJob | None:
-        """Mark the attempt completed and publish `job:completed`; optionally lock the next job.
+    async def complete(self, job: ActiveJob, result: Any, fetch_next: bool = False,
+                       announce_next: bool = True) -> ActiveJob | None:
+        """Mark the attempt completed and publish `job:completed`; optionally lock the next job
+        (and publish its `active` event unless `announce_next` is False: its worker will).
 
         Raises LockLost if another consumer owns the job now (then nothing is published).
         """
@@ -187,16 +194,20 @@ class QueueConsumer:
         token = job.token
         remove = job.bull.opts.get("removeOnComplete", False)
         keys, args = self.scripts.moveToCompletedArgs(job.bull, result, remove, token, fetch_next)
-        raw = await self.scripts.commands["moveToFinished"](keys=keys, args=args)
+        finished_on = str(args[1])
+        batch = Batch(self.redis)
+        await self.scripts.commands["moveToFinished"](keys=keys, args=args, client=batch)  # type: ignore[arg-type]
+        event = JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id, result=result)
+        # Published in the same round trip, but only if the completion above was ours.
+        await self.bus.publish(event, batch=batch, guard=(self.keys.bull(self.name, job.id), finished_on))
+        raw, (seq, _pos) = await batch.execute()
         if isinstance(raw, int) and raw < 0:
             raise LockLost(f"job {job.id}: cannot complete (code {raw})")
+        if not int(seq):  # ours, but its hash was trimmed by retention before the guard ran
+            await self.bus.publish(event)
         nxt = self._active(raw2NextJobData(raw), token) if fetch_next and raw else None
-        batch = Batch(self.redis)
-        await self.bus.publish(JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
-                                                 result=result), batch=batch)
-        if nxt is not None:
-            await self.bus.publish(self._active_event(nxt), batch=batch)
-        await batch.execute()
+        if nxt is not None and announce_next:
+            await self.started(nxt)
         return nxt
 
     async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False) -> FailOutcome:

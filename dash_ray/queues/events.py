@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from redis import Redis as SyncRedis
+from redis.exceptions import NoScriptError
 from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
@@ -17,7 +19,7 @@ from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import PUBLISH
 
-__all__ = ["AnyEvent", "EventBus", "EventHub", "event_from_state"]
+__all__ = ["AnyEvent", "EventBus", "EventHub", "SyncEventBus", "event_from_state"]
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +73,17 @@ def event_from_state(job_id: str, state: dict[str, str]) -> AnyEvent | None:
     )
 
 
-class EventBus:
-    """Publishes job events (pub/sub + capped stream + latest state, atomically) and reads them back."""
+class _Publisher:
+    """Shared by the async and sync buses: the PUBLISH script's keys and arguments."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        keys: Keys,
-        *,
-        events_per_job: int = 1000,
-        finished_ttl_s: int = 7 * 24 * 3600,
-        keep_finished: int = 6000,
-    ) -> None:
-        self.redis = redis
+    def __init__(self, keys: Keys, events_per_job: int, finished_ttl_s: int, keep_finished: int) -> None:
         self.keys = keys
         self.events_per_job = events_per_job
         self.finished_ttl_s = finished_ttl_s
         self.keep_finished = keep_finished
-        self._publish = redis.register_script(PUBLISH)
-        register(self._publish)
 
-    def _call(self, event: AnyEvent, position_in: str | None) -> tuple[list[str], list[Any]]:
+    def _call(self, event: AnyEvent, position_in: str | None,
+              guard: tuple[str, str] | None = None) -> tuple[list[str], list[Any]]:
         k = self.keys
         if isinstance(event, JobCompletedEvent | JobFailedEvent):
             mode = "1"
@@ -114,16 +106,72 @@ class EventBus:
         args: list[Any] = [
             k.channel(event.job_id), body, mode, self.events_per_job, self.finished_ttl_s,
             self.keep_finished, event.job_id, k.ns, int(event.ts * 1000), wait_key, prio_key,
-            *_state_fields(event),
+            *(guard or ("", "")), *_state_fields(event),
         ]
         return keys, args
 
-    async def publish(self, event: AnyEvent, *, batch: Batch | None = None, position_in: str | None = None) -> int | None:
+
+class SyncEventBus(_Publisher):
+    """Publishes job events from plain threads (GPU workers) with a blocking Redis client."""
+
+    def __init__(self, redis: SyncRedis, keys: Keys, *, events_per_job: int = 1000,
+                 finished_ttl_s: int = 7 * 24 * 3600, keep_finished: int = 6000) -> None:
+        super().__init__(keys, events_per_job, finished_ttl_s, keep_finished)
+        self.redis = redis
+        self._publish = redis.register_script(PUBLISH)
+
+    def publish(self, event: AnyEvent) -> int:
+        """Publish one event; returns its seq."""
+        keys, args = self._call(event, None)
+        seq, _pos = self._publish(keys=keys, args=args)
+        return int(seq)
+
+    def publish_batch(self, events: list[AnyEvent], check_keys: list[str]) -> list[bool]:
+        """Publish events in order and tell which of `check_keys` exist, in one round trip."""
+        calls = [self._call(e, None) for e in events]
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
+        for key in check_keys:
+            pipe.exists(key)
+        replies = pipe.execute(raise_on_error=False)
+        for (keys, args), reply in zip(calls, replies, strict=False):
+            if isinstance(reply, NoScriptError):
+                self._publish(keys=keys, args=args)  # loads the script, then runs it
+            elif isinstance(reply, Exception):
+                raise reply
+        found = replies[len(calls):]
+        for reply in found:
+            if isinstance(reply, Exception):
+                raise reply
+        return [bool(x) for x in found]
+
+
+class EventBus(_Publisher):
+    """Publishes job events (pub/sub + capped stream + latest state, atomically) and reads them back."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        events_per_job: int = 1000,
+        finished_ttl_s: int = 7 * 24 * 3600,
+        keep_finished: int = 6000,
+    ) -> None:
+        super().__init__(keys, events_per_job, finished_ttl_s, keep_finished)
+        self.redis = redis
+        self._publish = redis.register_script(PUBLISH)
+        register(self._publish)
+
+    async def publish(self, event: AnyEvent, *, batch: Batch | None = None, position_in: str | None = None,
+                      guard: tuple[str, str] | None = None) -> int | None:
         """Publish one event; returns its seq (None when queued on a batch: its reply is [seq, pos]).
 
-        `position_in` names the queue whose wait list gives the event a `queuePosition`.
+        `position_in` names the queue whose wait list gives the event a `queuePosition`;
+        `guard` = (BullMQ job key, finishedOn): publish only if the job holds that finishedOn.
         """
-        keys, args = self._call(event, position_in)
+        keys, args = self._call(event, position_in, guard)
         if batch is not None:
             await self._publish(keys=keys, args=args, client=batch)
             return None

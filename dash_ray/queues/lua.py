@@ -5,14 +5,18 @@ from __future__ import annotations
 __all__ = ["POSITION", "PUBLISH", "RESERVE"]
 
 # Publish one job event atomically: next seq, latest state, capped stream, pub/sub.
-# Returns {seq, queue position or -1}.
+# Returns {seq, queue position or -1}; {0, -1} when the guard says the completion was not ours.
 # KEYS: 1 job hash, 2 events stream, 3 finished zset, 4 open-jobs set of the user (or a dummy),
 #       5 cancel flag
 # ARGV: 1 channel, 2 event JSON without its closing brace, 3 mode ('0' plain, '1' terminal,
 #       '2' restart: the job is live again), 4 stream maxlen, 5 ttl seconds, 6 finished keep,
 #       7 job id, 8 namespace prefix, 9 now ms, 10 position mode ('' none, else wait key),
-#       11 prioritized key, then field/value pairs for the state hash.
+#       11 prioritized key, 12 guard: a BullMQ job hash ('' for none), 13 the finishedOn it must
+#       hold (publish only if that completion was ours), then field/value pairs for the state hash.
 PUBLISH = r"""
+if ARGV[12] ~= '' and redis.call('HGET', ARGV[12], 'finishedOn') ~= ARGV[13] then
+  return {0, -1}
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local body = ARGV[2]
 local pos = -1
@@ -30,8 +34,8 @@ if ARGV[10] ~= '' then
   end
 end
 local msg = body .. ',"seq":' .. seq .. '}'
-if #ARGV >= 12 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 12, #ARGV))
+if #ARGV >= 14 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 14, #ARGV))
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'm', msg)
 redis.call('PUBLISH', ARGV[1], msg)

@@ -17,26 +17,26 @@ from dash_ray.scheduler.worker import WorkerCore
 __all__ = ["ConsumerActor", "WorkerActor"]
 
 
-@ray.remote
+@ray.remote(max_concurrency=4)
 class WorkerActor:
-    """A GPU worker: one job at a time; holds its runner (and models) between jobs."""
+    """A GPU worker: one job at a time (threaded, so `cancel` lands while `run` runs)."""
 
     def __init__(self, queue: str, settings: Settings, spec: RunnerSpec, redis_url: str) -> None:
         logging.basicConfig(level=logging.INFO)
         self.core = WorkerCore(queue, settings, spec, redis_url)
 
-    async def ready(self) -> dict[str, Any]:
-        return await self.core.load()
+    def ready(self) -> dict[str, Any]:
+        return self.core.load()
 
-    async def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        out = await self.core.run(job)
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        out = self.core.run(job)
         out["models"] = self.core.info()["models"]
         return out
 
-    async def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str) -> bool:
         return self.core.cancel(job_id)
 
-    async def info(self) -> dict[str, Any]:
+    def info(self) -> dict[str, Any]:
         return self.core.info()
 
 

@@ -45,6 +45,7 @@ class Dispatcher:
         self.cancel_channel = cancel_channel
         self.idle_keep = idle_keep
         self.running: dict[str, Slot] = {}
+        self._early_cancels: set[str] = set()
         self.stopping = False
         self.stopped = asyncio.Event()
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -96,7 +97,7 @@ class Dispatcher:
             self.pool.unreserve(slot)
             return
         slot = self.pool.prefer(slot, model_of(job.data))
-        await self.consumer.started(job)
+        # The worker publishes the job's `active` event as it starts it.
         task = asyncio.create_task(self._run(slot, job), name=f"job-{job.id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
@@ -111,7 +112,8 @@ class Dispatcher:
             try:
                 if outcome.get("ok"):
                     fetch = alive and not self.stopping
-                    nxt = await self.consumer.complete(job, outcome.get("result"), fetch_next=fetch)
+                    nxt = await self.consumer.complete(job, outcome.get("result"), fetch_next=fetch,
+                                                       announce_next=False)
                     self.completed += 1
                 else:
                     await self.consumer.fail(job, str(outcome.get("error", "failed")),
@@ -129,9 +131,11 @@ class Dispatcher:
     async def _attempt(self, slot: Slot, job: ActiveJob) -> tuple[dict[str, Any], bool]:
         if job.deferred_failure:
             return {"ok": False, "retry": False, "error": job.deferred_failure}, True
-        ctx = JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
-                         attempts=job.attempts, user_id=job.user_id)
         self.running[job.id] = slot
+        ctx = JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
+                         attempts=job.attempts, user_id=job.user_id,
+                         cancelled=job.cancel_requested or job.id in self._early_cancels)
+        self._early_cancels.discard(job.id)
         try:
             return await slot.handle.run.remote(ctx.to_dict()), True
         except asyncio.CancelledError:
@@ -149,6 +153,8 @@ class Dispatcher:
         if slot is not None:
             log.info("cancelling running job %s", job_id, extra={"job_id": job_id})
             slot.handle.cancel.remote(job_id)
+        elif job_id in self.consumer.held:  # taken, not yet handed to its worker
+            self._early_cancels.add(job_id)
 
     async def _housekeeping(self) -> None:
         while True:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
 import logging
+import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from dash_ray.errors import JobCancelled
 from dash_ray.models.events import JobProgressEvent
 
-__all__ = ["JobContext", "Reporter", "Runner", "RunnerSpec", "load_runner"]
+__all__ = ["JobContext", "Publisher", "Reporter", "Runner", "RunnerSpec", "load_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +29,12 @@ class JobContext:
     attempt: int = 1
     attempts: int = 1
     user_id: str | None = None
+    cancelled: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for sending to a worker actor."""
         return {"id": self.id, "queue": self.queue, "data": self.data, "attempt": self.attempt,
-                "attempts": self.attempts, "user_id": self.user_id}
+                "attempts": self.attempts, "user_id": self.user_id, "cancelled": self.cancelled}
 
 
 @runtime_checkable
@@ -64,22 +64,84 @@ def load_runner(spec: RunnerSpec, settings: Any) -> Runner:
     return cls(settings=settings, **spec.kwargs)  # type: ignore[no-any-return]
 
 
-Publish = Callable[[JobProgressEvent], Awaitable[Any]]
+class Publisher:
+    """A worker's background thread that publishes events in order, off the runner's thread.
+
+    Events queued together go out in one round trip. `bus.publish_batch(events, keys)`
+    publishes the events and returns, for each key, whether it exists (cancel flags).
+    """
+
+    def __init__(self, bus: Any) -> None:
+        self._bus = bus
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="dash-publisher", daemon=True)
+        self._thread.start()
+
+    def send(self, event: JobProgressEvent, check: tuple[str, threading.Event] | None = None) -> None:
+        """Publish an event (in order); with `check=(key, flag)`, set flag if key exists in Redis."""
+        self._queue.put(("event", event, check))
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run fn on the publisher thread, after everything queued before it."""
+        self._queue.put(("call", fn))
+
+    def publish_now(self, event: JobProgressEvent) -> None:
+        """Publish on the calling thread (used by the publisher thread itself)."""
+        self._bus.publish_batch([event], [])
+
+    def wait(self) -> None:
+        """Block until everything queued so far is published."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Stop the thread after what is queued."""
+        self._queue.put(None)
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            items = [first]
+            while first is not None and first[0] == "event":
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                items.append(nxt)
+                if nxt is None or nxt[0] != "event":
+                    break
+            events = [it for it in items if it is not None and it[0] == "event"]
+            try:
+                if events:
+                    checks = [it[2] for it in events if it[2] is not None]
+                    found = self._bus.publish_batch([it[1] for it in events], [c[0] for c in checks])
+                    for (_key, flag), exists in zip(checks, found, strict=True):
+                        if exists:
+                            flag.set()
+                last = items[-1]
+                if last is not None and last[0] == "call":
+                    last[1]()
+            except Exception:
+                log.exception("event publish failed")
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+            if items[-1] is None:
+                return
 
 
 class Reporter:
-    """Progress from a runner thread to the event bus: throttled, ordered, never decreasing.
+    """Progress from a runner to the event bus: throttled, ordered, never decreasing, never blocking.
 
     At most `max_hz` events a second are published; a report that comes too soon is held
     and sent when its turn comes (the last one is always sent). `progress()` and `check()`
     raise JobCancelled once the job was cancelled.
     """
 
-    def __init__(self, job: JobContext, publish: Publish, loop: asyncio.AbstractEventLoop,
-                 *, max_hz: float = 20.0, cancelled: threading.Event | None = None) -> None:
+    def __init__(self, job: JobContext, publisher: Publisher, *, max_hz: float = 20.0,
+                 cancelled: threading.Event | None = None) -> None:
         self.job = job
-        self._publish = publish
-        self._loop = loop
+        self._pub = publisher
         self._interval = 1.0 / max_hz
         self._cancel = cancelled or threading.Event()
         self._lock = threading.Lock()
@@ -88,11 +150,8 @@ class Reporter:
         self._pending: JobProgressEvent | None = None
         self._timer_armed = False
         self._started = time.monotonic()
-        self._queue: asyncio.Queue[JobProgressEvent | None] = asyncio.Queue()
-        self._task = loop.create_task(self._drain())
         self.sent = 0
 
-    # --- runner side (any thread) ---
     @property
     def cancelled(self) -> bool:
         """True once a cancel was requested."""
@@ -115,48 +174,37 @@ class Reporter:
             event = JobProgressEvent(
                 job_id=self.job.id, queue=self.job.queue, user_id=self.job.user_id, status="active",
                 progress=round(progress, 2), message=message, attempt=self.job.attempt,
-                attempts=self.job.attempts, eta_s=round(eta, 2) if eta is not None else None, **extra,
+                attempts=self.job.attempts, eta_s=round(eta, 2) if eta is not None else None,
+                ts=round(time.time(), 3), **extra,
             )
             wait = self._interval - (now - self._last_sent)
             if wait <= 0:
                 self._last_sent = now
                 self._pending = None
-                self._send(event)
+                self.sent += 1
+                self._pub.send(event)
             else:
                 self._pending = event
                 if not self._timer_armed:
                     self._timer_armed = True
-                    self._loop.call_soon_threadsafe(self._loop.call_later, wait, self._flush_pending)
+                    due = now + wait
+                    self._pub.submit(lambda: self._send_pending(due))
 
-    def _send(self, event: JobProgressEvent) -> None:
-        self.sent += 1
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-
-    def _flush_pending(self) -> None:
+    def _send_pending(self, due: float) -> None:
+        """On the publisher thread: wait for the held report's turn, then send it."""
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
         with self._lock:
             self._timer_armed = False
             event, self._pending = self._pending, None
-            if event is not None:
-                self._last_sent = time.monotonic()
-                self.sent += 1
-                self._queue.put_nowait(event)
+            if event is None:
+                return
+            self._last_sent = time.monotonic()
+            self.sent += 1
+        self._pub.publish_now(event)
 
-    # --- worker side (event loop) ---
-    async def _drain(self) -> None:
-        while True:
-            event = await self._queue.get()
-            try:
-                if event is None:
-                    return
-                await self._publish(event)
-            except Exception:
-                log.exception("progress publish failed", extra={"job_id": self.job.id})
-            finally:
-                self._queue.task_done()
-
-    async def flush(self) -> None:
-        """Send the held report, wait until every report is published, stop."""
-        self._flush_pending()
-        self._queue.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+    def flush(self) -> None:
+        """Send the held report now and wait until every report is published."""
+        self._pub.submit(lambda: self._send_pending(0.0))
+        self._pub.wait()

@@ -1,0 +1,188 @@
+"""Jobs through the whole Ray path (Redis -> consumer actor -> worker actor -> Redis), with the sleep runner.
+
+    python bench/scheduler_bench.py [--jobs 2000] [--latency-jobs 200]
+
+Prints: end-to-end jobs/s for N sleep(0) jobs on warm workers; submit-to-start latency
+p50/p99 on an idle system (one job at a time); progress publish-to-subscriber latency
+p50/p99. Local Ray on loopback; REDIS_URL if set, else an embedded Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dash_ray.config import load_settings
+from dash_ray.queues import EmbeddedRedis, EventHub, JobStore, connect
+from dash_ray.scheduler import queue_specs
+from dash_ray.scheduler.cluster import Scheduler, init_ray
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank)."""
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
+
+
+async def throughput(store: JobStore, hub: EventHub, n: int, prefill: bool = False) -> float:
+    """Jobs/s from submit to the last completion; with prefill, submit into a paused queue and
+    time only the drain (the Ray path alone, without the submitting client competing for CPU)."""
+    done = asyncio.Event()
+    finished = 0
+
+    def on_event(_ch: str, data: str) -> None:
+        nonlocal finished
+        if '"type":"job:completed"' in data:
+            finished += 1
+            if finished >= n:
+                done.set()
+
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    for job_id in ids:
+        await hub.add(store.keys.channel(job_id), on_event)
+    sem = asyncio.Semaphore(64)
+
+    async def submit(job_id: str) -> None:
+        async with sem:
+            await store.add("sleep", {"userId": "bench", "jobId": job_id})
+
+    if prefill:
+        await store.pause("sleep")
+        await asyncio.gather(*(submit(i) for i in ids))
+        t0 = time.perf_counter()
+        await store.resume("sleep")
+    else:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(submit(i) for i in ids))
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - t0
+    for job_id in ids:
+        await hub.remove(store.keys.channel(job_id), on_event)
+    return n / elapsed
+
+
+async def start_latency(store: JobStore, hub: EventHub, n: int) -> list[float]:
+    """Submit one job at a time on an idle system; ms from submit to its `active` event."""
+    out = []
+    for _ in range(n):
+        job_id = uuid.uuid4().hex
+        got: dict[str, float] = {}
+        done = asyncio.Event()
+
+        def on_event(_ch: str, data: str, got: dict[str, float] = got, done: asyncio.Event = done) -> None:
+            ev = json.loads(data)
+            if ev.get("status") == "active" and "active" not in got:
+                got["active"] = time.time()
+            if ev["type"] == "job:completed":
+                done.set()
+
+        await hub.add(store.keys.channel(job_id), on_event)
+        t0 = time.time()
+        await store.add("sleep", {"userId": "bench", "jobId": job_id})
+        await asyncio.wait_for(done.wait(), 30)
+        await hub.remove(store.keys.channel(job_id), on_event)
+        out.append((got["active"] - t0) * 1000)
+        await asyncio.sleep(0.02)
+    return out
+
+
+async def event_latency(store: JobStore, hub: EventHub, jobs: int, steps: int) -> list[float]:
+    """ms from a progress event's publish (its ts) to its arrival at a pub/sub subscriber."""
+    lat: list[float] = []
+    done = asyncio.Event()
+    finished = 0
+
+    def on_event(_ch: str, data: str) -> None:
+        nonlocal finished
+        now = time.time()
+        ev = json.loads(data)
+        if ev.get("step"):
+            lat.append((now - ev["ts"]) * 1000)
+        if ev["type"] == "job:completed":
+            finished += 1
+            if finished >= jobs:
+                done.set()
+
+    ids = [uuid.uuid4().hex for _ in range(jobs)]
+    for job_id in ids:
+        await hub.add(store.keys.channel(job_id), on_event)
+    for job_id in ids:
+        # 10 steps over 1 s: 10 events/s per job, under the 20/s throttle so every one is sent
+        await store.add("sleep", {"userId": "bench", "jobId": job_id, "durationS": steps / 10, "steps": steps})
+    await asyncio.wait_for(done.wait(), 120)
+    return lat
+
+
+async def run(url: str, args: argparse.Namespace) -> None:
+    prefix = f"bench{uuid.uuid4().hex[:6]}"
+    settings = load_settings(key_prefix=prefix, worker_idle_s=600)
+    specs = [s for s in queue_specs(settings, sleep_queue=True) if s.name == "sleep"]
+    t0 = time.perf_counter()
+    init_ray(settings, queue_specs(settings, sleep_queue=True))
+    sched = Scheduler(settings, url, specs)
+    sched.start()
+    print(f"ray + scheduler up in {time.perf_counter() - t0:.1f}s")
+    r = connect(url)
+    store = JobStore(r, prefix=prefix, queues=("sleep",), user_history_max=100)
+    hub = EventHub(connect(url))
+    await hub.start()
+    try:
+        # warm the 5 workers
+        await throughput(store, hub, 50)
+        while (await asyncio.to_thread(sched.stats))["sleep"]["workers"]["pending"]:
+            await throughput(store, hub, 20)
+        drain = await throughput(store, hub, args.jobs, prefill=True)
+        jps = await throughput(store, hub, args.jobs)
+        lat = await start_latency(store, hub, args.latency_jobs)
+        ev = await event_latency(store, hub, jobs=5, steps=10)
+        workers = (await asyncio.to_thread(sched.stats))["sleep"]["workers"]
+        print(f"\nworkers: {workers}  redis: {'embedded' if 'embedded' in url else url}")
+        print(f"through Ray       {drain:8.0f} jobs/s   ({args.jobs} queued sleep(0) jobs drained by 5 warm workers)   target >= 300")
+        print(f"submit+complete   {jps:8.0f} jobs/s   ({args.jobs} jobs submitted by this client while they run)")
+        print(f"submit-to-start   p50 {statistics.median(lat):6.2f} ms   p99 {pct(lat, 99):6.2f} ms   "
+              f"({len(lat)} jobs, one at a time)   target p50 <= 20 ms")
+        print(f"progress event    p50 {statistics.median(ev):6.2f} ms   p99 {pct(ev, 99):6.2f} ms   "
+              f"({len(ev)} events, publish -> subscriber)   target p99 <= 10 ms")
+    finally:
+        await hub.close()
+        keys = [k async for k in r.scan_iter(match=f"{prefix}:*", count=5000)]
+        for i in range(0, len(keys), 1000):
+            await r.delete(*keys[i : i + 1000])
+        await r.aclose()
+        sched.stop(5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--latency-jobs", type=int, default=200)
+    args = ap.parse_args()
+    url = load_settings().resolved_redis_url()
+    server = None
+    if url is None:
+        server = EmbeddedRedis(tempfile.mkdtemp(prefix="dash-bench-"))
+        url = server.start()
+    try:
+        asyncio.run(run(url, args))
+    finally:
+        import ray
+
+        ray.shutdown()
+        if server:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
