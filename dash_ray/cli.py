@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -25,23 +26,78 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    """Start everything locally and serve until Ctrl-C or SIGTERM."""
+    """Start Redis (embedded unless configured), a local Ray, the scheduler and the gateway."""
+    import time
+
     from dash_ray.queues import EmbeddedRedis
 
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+
+    # Before start-up too, so an early Ctrl-C still cleans up (re-armed below: Ray installs its own).
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
+    t0 = time.monotonic()
     server = None
     url = settings.resolved_redis_url()
     if url is None:
         server = EmbeddedRedis(settings.data_dir / "redis")
         url = server.start()
     try:
-        print(f"dash-ray: redis at {url}", flush=True)
-        stop.wait()
+        import ray
+        from ray import serve
+
+        from dash_ray.gateway.auth import TokenAuth
+        from dash_ray.gateway.serve import build_app
+        from dash_ray.scheduler.cluster import init_ray
+        from dash_ray.scheduler.resources import queue_specs
+
+        specs = queue_specs(settings, sleep_queue=settings.enable_sleep_queue)
+        resources = init_ray(settings, specs)
+        serve.start(http_options={"host": settings.host, "port": settings.websocket_port})
+        serve.run(build_app(settings, url, specs), name="dash", route_prefix="/", blocking=False)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+        base = f"http://{settings.host}:{settings.websocket_port}"
+        token = TokenAuth(settings.secret(), settings.token_ttl_s).mint(args.user)
+        gpus = resources.get("GPU", 0)
+        print(
+            f"dash-ray is up in {time.monotonic() - t0:.1f}s\n"
+            f"  API        {base}\n"
+            f"  Docs       {base}/docs\n"
+            f"  WebSocket  ws://{settings.host}:{settings.websocket_port}/ws?token=<token>\n"
+            f"  Redis      {url}{' (embedded)' if server else ''}\n"
+            f"  Queues     " + ", ".join(f"{s.name} x{s.concurrency}" for s in specs) + f" on {gpus:g} GPU(s)\n"
+            f"  Token for user {args.user!r}:\n{token}\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while not stop.wait(0.5):
+            pass
+        print("dash-ray: stopping (running jobs get "
+              f"{settings.drain_timeout_s:g}s to finish; waiting jobs stay queued)", flush=True)
+        try:
+            sup = serve.get_deployment_handle("SchedulerSupervisor", app_name="dash")
+            sup.drain.remote(settings.drain_timeout_s).result(timeout_s=settings.drain_timeout_s + 30)
+        except Exception as exc:
+            log.warning("drain failed: %s", exc)
+        serve.shutdown()
+        ray.shutdown()
     finally:
         if server:
             server.stop()
+    print("dash-ray: stopped", flush=True)
+    return 0
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Print an API token for a user."""
+    from dash_ray.gateway.auth import TokenAuth
+
+    ttl = int(args.ttl_h * 3600) if args.ttl_h else None
+    print(TokenAuth(settings.secret(), settings.token_ttl_s).mint(args.user, admin=args.admin, ttl_s=ttl))
     return 0
 
 
@@ -51,12 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Redis, Ray, the scheduler and the gateway locally")
+    up.add_argument("--user", default="demo", help="user of the printed token (default: demo)")
     up.set_defaults(fn=cmd_up)
+    tok = sub.add_parser("token", help="mint an API token")
+    tok.add_argument("--user", required=True)
+    tok.add_argument("--admin", action="store_true", help="with the admin role (pause/resume, see all jobs)")
+    tok.add_argument("--ttl-h", type=float, default=None, help="hours until it expires (default: settings)")
+    tok.set_defaults(fn=cmd_token)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dash-ray` console script."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray stays on loopback
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

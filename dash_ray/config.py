@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     websocket_port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("WEBSOCKET_PORT", "DASH_PORT"))
     host: str = "127.0.0.1"
     gateway_replicas: int = Field(1, ge=1, le=64)
-    token_secret: str | None = Field(None, min_length=16)
+    token_secret: str | None = Field(None, min_length=32)
     token_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     rate_submit: str = "120/minute"
     max_waiting_per_user: int = Field(200, ge=1)
@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     worker_idle_s: float = Field(120.0, ge=0)
     max_pending_workers: int = Field(4, ge=1)
     progress_max_hz: float = Field(20.0, gt=0)
+    enable_sleep_queue: bool = False  # a fourth queue running the built-in sleep runner: tests, benchmarks
     drain_timeout_s: float = Field(30.0, ge=0)
 
     # --- Workloads ---

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-__all__ = ["JobId", "RequestModel", "UserId", "WireModel"]
+__all__ = ["BULLMQ_RESERVED", "JobId", "LookupId", "RequestModel", "UserId", "WireModel", "is_lookup_id"]
 
 
 class WireModel(BaseModel):
@@ -38,6 +38,27 @@ def _job_id(value: str) -> str:
         raise ValueError("must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
     if value.isdigit():
         raise ValueError("must not be all digits (BullMQ keeps numeric ids for its own counter)")
+    if value in BULLMQ_RESERVED:
+        raise ValueError(f"{value!r} is reserved by BullMQ")
+    return value
+
+
+# Key suffixes BullMQ uses next to job ids: an id equal to one would name a queue structure.
+BULLMQ_RESERVED = frozenset({
+    "wait", "active", "paused", "completed", "failed", "delayed", "prioritized", "meta", "id",
+    "events", "stalled", "stalled-check", "limiter", "marker", "pc", "repeat", "de", "metrics",
+    "waiting-children", "priority",
+})
+
+
+def is_lookup_id(value: str) -> bool:
+    """True if `value` can name an existing job (ours, or BullMQ's numeric ids)."""
+    return bool(_ID.match(value)) and value not in BULLMQ_RESERVED
+
+
+def _lookup_id(value: str) -> str:
+    if not is_lookup_id(value):
+        raise ValueError("not a job id")
     return value
 
 
@@ -48,4 +69,5 @@ def _user_id(value: str) -> str:
 
 
 JobId = Annotated[str, AfterValidator(_job_id), Field(min_length=1, max_length=128)]
+LookupId = Annotated[str, AfterValidator(_lookup_id), Field(min_length=1, max_length=128)]
 UserId = Annotated[str, AfterValidator(_user_id), Field(min_length=1, max_length=128)]

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
-from dash_ray.models.base import JobId, RequestModel, WireModel
+from dash_ray.models.base import LookupId, RequestModel, WireModel
 
 __all__ = [
     "ClientMessage",
@@ -81,15 +81,15 @@ class SubscribeMessage(RequestModel):
     """Client -> server: `{"type":"subscribe","jobIds":[...]}`; `since` maps jobId -> last seq seen."""
 
     type: Literal["subscribe"]
-    job_ids: list[JobId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
-    since: dict[JobId, Annotated[int, Field(ge=0)]] | None = None
+    job_ids: list[LookupId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
+    since: dict[LookupId, Annotated[int, Field(ge=0)]] | None = None
 
 
 class UnsubscribeMessage(RequestModel):
     """Client -> server: `{"type":"unsubscribe","jobIds":[...]}`."""
 
     type: Literal["unsubscribe"]
-    job_ids: list[JobId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
+    job_ids: list[LookupId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
 
 
 class PingMessage(RequestModel):

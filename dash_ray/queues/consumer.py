@@ -200,7 +200,11 @@ class QueueConsumer:
         event = JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id, result=result)
         # Published in the same round trip, but only if the completion above was ours.
         await self.bus.publish(event, batch=batch, guard=(self.keys.bull(self.name, job.id), finished_on))
-        raw, (seq, _pos) = await batch.execute()
+        took = time.monotonic() - job.taken_at
+        metrics = self.keys.metrics(self.name)
+        batch.add("hincrby", metrics, duration_bucket(took), 1)
+        batch.add("hincrbyfloat", metrics, "sum", round(took, 6))
+        raw, (seq, _pos), *_ = await batch.execute()
         if isinstance(raw, int) and raw < 0:
             raise LockLost(f"job {job.id}: cannot complete (code {raw})")
         if not int(seq):  # ours, but its hash was trimmed by retention before the guard ran
@@ -307,6 +311,17 @@ class QueueConsumer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks = []
+
+
+DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def duration_bucket(seconds: float) -> str:
+    """The histogram field of a duration: `le_<bound>` of the first bound it fits, else `le_inf`."""
+    for b in DURATION_BUCKETS:
+        if seconds <= b:
+            return f"le_{b:g}"
+    return "le_inf"
 
 
 def encode_result(result: Any) -> str:

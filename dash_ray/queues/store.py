@@ -16,6 +16,7 @@ from bullmq import Queue as BullQueue
 from redis.asyncio import Redis
 
 from dash_ray.errors import Forbidden, InvalidJobState, InvalidPayload, JobConflict, JobNotFound, UnknownQueue
+from dash_ray.models.base import is_lookup_id
 from dash_ray.models.events import JobFailedEvent, JobProgressEvent
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import JobPayload
@@ -202,14 +203,16 @@ class JobStore:
     # ------------------------------------------------------------------ read
     async def find_queue(self, job_id: str) -> str | None:
         """The queue of a job: from our hash, else by looking in each queue (plain BullMQ jobs)."""
+        if not is_lookup_id(job_id):
+            return None
         q = await self.redis.hget(self.keys.job(job_id), "queue")
         if q:
             return str(q)
         pipe = self.redis.pipeline(transaction=False)
         for name in self.queue_names:
-            pipe.exists(self.keys.bull(name, job_id))
-        for name, exists in zip(self.queue_names, await pipe.execute(), strict=True):
-            if exists:
+            pipe.type(self.keys.bull(name, job_id))
+        for name, kind in zip(self.queue_names, await pipe.execute(), strict=True):
+            if kind == "hash":
                 return name
         return None
 
@@ -406,6 +409,10 @@ class JobStore:
     async def is_paused(self, queue: str) -> bool:
         """True while the queue is paused."""
         return bool(await self.queue(queue).isPaused())
+
+    async def durations(self, queue: str) -> dict[str, str]:
+        """The queue's job-duration histogram (bucket counts and sum) as kept by its consumer."""
+        return await self.redis.hgetall(self.keys.metrics(queue))  # type: ignore[no-any-return]
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs per state: waiting (incl. prioritized), delayed, active, completed, failed."""

@@ -26,7 +26,9 @@ class WorkerActor:
         self.core = WorkerCore(queue, settings, spec, redis_url)
 
     def ready(self) -> dict[str, Any]:
-        return self.core.load()
+        info = self.core.load()
+        info["resources"] = ray.get_runtime_context().get_assigned_resources()
+        return info
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         out = self.core.run(job)

@@ -28,6 +28,7 @@ class Slot:
     models: tuple[str, ...] = ()
     pid: int | None = None
     jobs: int = 0
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 class WorkerPool:
@@ -85,6 +86,7 @@ class WorkerPool:
         slot.state = "idle"
         slot.last_used = time.monotonic()
         slot.pid = info.get("pid")
+        slot.resources = dict(info.get("resources", {}))
         slot.models = tuple(info.get("models", ()))
         log.info("worker %d ready (pid %s) after %.1fs", slot.id, slot.pid, time.monotonic() - slot.created)
         self._notify()
@@ -195,5 +197,6 @@ class WorkerPool:
 
     def detail(self) -> list[dict[str, Any]]:
         """Each worker: id, state, pid, jobs done, models held."""
-        return [{"id": s.id, "state": s.state, "pid": s.pid, "jobs": s.jobs, "models": list(s.models)}
+        return [{"id": s.id, "state": s.state, "pid": s.pid, "jobs": s.jobs, "models": list(s.models),
+                 "resources": s.resources}
                 for s in self.slots.values()]

@@ -35,6 +35,18 @@ async def test_per_queue_concurrency_reaches_and_never_exceeds_limits(make_sched
         assert max_overlap(spans) == limit, (queue, max_overlap(spans))
 
 
+async def test_workers_hold_their_gpu_fraction_and_queue_slot(make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("upscaling",), runner={"duration_s": 0.5})
+    store = make_store()
+    ids = [(await store.add("upscaling", UPS)).job.id for _ in range(4)]
+    for job_id in ids:
+        await wait_status(store, job_id, ("completed",), timeout_s=60)
+    workers = (await asyncio.to_thread(sched.stats))["upscaling"]["worker_detail"]
+    assert 1 <= len(workers) <= 3
+    for w in workers:
+        assert w["resources"]["GPU"] == 0.33 and w["resources"]["dash_upscaling"] == 1
+
+
 async def test_training_priorities_start_in_order(make_scheduler: Any, make_store: Any) -> None:
     make_scheduler(queues=("training",), runner={"duration_s": 0.3})
     store = make_store()

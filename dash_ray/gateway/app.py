@@ -1,0 +1,283 @@
+"""The gateway app factory: REST + WebSocket on one port, given its services (no Ray needed)."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+
+from dash_ray import __version__
+from dash_ray.errors import Forbidden, JobNotFound, UnknownQueue
+from dash_ray.gateway import errors
+from dash_ray.gateway.auth import Principal
+from dash_ray.gateway.metrics import render
+from dash_ray.gateway.services import GatewayServices
+from dash_ray.gateway.ws import serve_socket
+from dash_ray.models import GenerationJob, JobList, JobOptions, JobView, QueueView, TrainingJob, UpscalingJob
+from dash_ray.models.payloads import JobPayload
+from dash_ray.models.queues import parse_payload
+from dash_ray.workers.artifacts import InvalidArtifactPath
+
+__all__ = ["create_app"]
+
+
+class TrainingSubmit(TrainingJob):
+    """The seed's training payload plus optional job options."""
+
+    options: JobOptions | None = None
+
+
+class UpscalingSubmit(UpscalingJob):
+    """The seed's upscaling payload plus optional job options."""
+
+    options: JobOptions | None = None
+
+
+class GenerationSubmit(GenerationJob):
+    """The seed's generation payload plus optional job options."""
+
+    options: JobOptions | None = None
+
+
+def _services(request: Request) -> GatewayServices:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def _bearer(request: Request, allow_query: bool = False) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.query_params.get("token") if allow_query else None
+
+
+def _caller(request: Request) -> Principal:
+    return _services(request).auth.verify(_bearer(request))
+
+
+def _caller_or_query(request: Request) -> Principal:
+    """Like _caller, but `?token=` works too (an <img src> cannot send headers)."""
+    return _services(request).auth.verify(_bearer(request, allow_query=True))
+
+
+Svc = Annotated[GatewayServices, Depends(_services)]
+Caller = Annotated[Principal, Depends(_caller)]
+
+router = APIRouter()
+
+
+async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who: Principal,
+                  svc: GatewayServices) -> JSONResponse:
+    if body.user_id and body.user_id != who.user_id and not who.admin:
+        raise Forbidden("userId in the payload does not match the token", field="userId")
+    owner = body.user_id if (who.admin and body.user_id) else who.user_id
+    await svc.limiter.check(owner)
+    result = await svc.store.add(queue, body, options, user_id=owner)
+    return JSONResponse(result.job.wire(), status_code=201 if result.created else 200)
+
+
+def _payload(model: type[JobPayload], body: JobPayload) -> JobPayload:
+    return model.model_validate(body.model_dump(exclude={"options"}, exclude_unset=True))
+
+
+@router.post("/v1/jobs/training", status_code=201, response_model=JobView, tags=["jobs"])
+async def submit_training(body: TrainingSubmit, who: Caller, svc: Svc) -> JSONResponse:
+    """Queue a LoRA training job (201; 200 with the existing job when its loraId was seen before)."""
+    return await _submit("training", _payload(TrainingJob, body), body.options, who, svc)
+
+
+@router.post("/v1/jobs/upscaling", status_code=201, response_model=JobView, tags=["jobs"])
+async def submit_upscaling(body: UpscalingSubmit, who: Caller, svc: Svc) -> JSONResponse:
+    """Queue an upscaling job."""
+    return await _submit("upscaling", _payload(UpscalingJob, body), body.options, who, svc)
+
+
+@router.post("/v1/jobs/generation", status_code=201, response_model=JobView, tags=["jobs"])
+async def submit_generation(body: GenerationSubmit, who: Caller, svc: Svc) -> JSONResponse:
+    """Queue an image generation job."""
+    return await _submit("generation", _payload(GenerationJob, body), body.options, who, svc)
+
+
+@router.post("/v1/jobs/{queue}", status_code=201, response_model=JobView, tags=["jobs"],
+             include_in_schema=False)
+async def submit_other(queue: str, who: Caller, svc: Svc,
+                       body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    """Any other queue: the test-only `sleep` queue when enabled, else 404 unknown queue."""
+    if queue not in svc.queues:
+        raise UnknownQueue(queue)
+    options = body.pop("options", None)
+    payload = parse_payload(queue, body, allow_sleep=True)
+    return await _submit(queue, payload, JobOptions.model_validate(options) if options else None, who, svc)
+
+
+async def _owned(job_id: str, who: Principal, svc: GatewayServices) -> JobView:
+    view = await svc.store.get(job_id)
+    if not who.may_see(view.user_id):
+        raise JobNotFound(job_id)  # other users' jobs look like jobs that do not exist
+    return view
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+async def get_job(job_id: str, who: Caller, svc: Svc) -> JSONResponse:
+    """One of your jobs."""
+    return JSONResponse((await _owned(job_id, who, svc)).wire())
+
+
+@router.get("/v1/jobs", response_model=JobList, tags=["jobs"])
+async def list_jobs(
+    who: Caller, svc: Svc,
+    queue: str | None = None,
+    status: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+    cursor: Annotated[str | None, Query(max_length=32)] = None,
+    user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
+) -> JSONResponse:
+    """Your jobs, newest first (history); pass `nextCursor` back as `cursor` for the next page."""
+    if user_id and user_id != who.user_id and not who.admin:
+        raise Forbidden("only an admin may list another user's jobs")
+    page = await svc.store.list(user_id or who.user_id, queue=queue, status=status, limit=limit, cursor=cursor)
+    return JSONResponse(page.wire())
+
+
+@router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+async def cancel_job(job_id: str, who: Caller, svc: Svc) -> JSONResponse:
+    """Cancel: a waiting job is removed (200); a running one stops at its next step (202)."""
+    await _owned(job_id, who, svc)
+    view = await svc.store.cancel(job_id)
+    return JSONResponse(view.wire(), status_code=202 if view.status == "active" else 200)
+
+
+@router.post("/v1/jobs/{job_id}/retry", response_model=JobView, tags=["jobs"])
+async def retry_job(job_id: str, who: Caller, svc: Svc) -> JSONResponse:
+    """Run a failed or cancelled job again."""
+    await _owned(job_id, who, svc)
+    return JSONResponse((await svc.store.retry(job_id)).wire())
+
+
+async def _queue_view(name: str, svc: GatewayServices) -> QueueView:
+    info = svc.queue_info(name)
+    return QueueView(name=name, counts=await svc.store.counts(name), paused=await svc.store.is_paused(name), **info)
+
+
+@router.get("/v1/queues", response_model=list[QueueView], tags=["queues"])
+async def list_queues(who: Caller, svc: Svc) -> JSONResponse:
+    """Each queue: jobs by state, concurrency per GPU node, GPU share per worker, paused."""
+    return JSONResponse([(await _queue_view(q, svc)).wire() for q in svc.queues])
+
+
+def _admin(who: Principal) -> None:
+    if not who.admin:
+        raise Forbidden("admin only")
+
+
+@router.post("/v1/queues/{queue}/pause", response_model=QueueView, tags=["queues"])
+async def pause_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
+    """Stop starting this queue's jobs (admin)."""
+    _admin(who)
+    if queue not in svc.queues:
+        raise UnknownQueue(queue)
+    await svc.store.pause(queue)
+    return JSONResponse((await _queue_view(queue, svc)).wire())
+
+
+@router.post("/v1/queues/{queue}/resume", response_model=QueueView, tags=["queues"])
+async def resume_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
+    """Start this queue's jobs again (admin)."""
+    _admin(who)
+    if queue not in svc.queues:
+        raise UnknownQueue(queue)
+    await svc.store.resume(queue)
+    return JSONResponse((await _queue_view(queue, svc)).wire())
+
+
+@router.get("/v1/artifacts/{path:path}", tags=["artifacts"], response_class=Response)
+async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
+    """A result file of one of your jobs (`?token=` works, for <img src>)."""
+    who = _caller_or_query(request)
+    try:
+        owner = svc.artifacts.check(path)[0]
+    except InvalidArtifactPath:
+        raise JobNotFound(path) from None
+    if not who.may_see(owner) or not svc.artifacts.exists(path):
+        raise JobNotFound(path)
+    media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+    local = svc.artifacts.local_path(path)
+    if svc.artifacts.fs.protocol in ("file", ("file", "local")) or "file" in svc.artifacts.fs.protocol:
+        return FileResponse(local, media_type=media)
+
+    def chunks() -> Any:
+        with svc.artifacts.open(path) as f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type=media)
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz(svc: Svc) -> JSONResponse:
+    """200 when Redis answers."""
+    try:
+        await svc.redis.ping()
+    except Exception as exc:
+        return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503)
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+@router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+async def metrics(svc: Svc) -> PlainTextResponse:
+    """Prometheus text: queue depth, jobs by state, job durations, events sent, open sockets."""
+    counts = {q: await svc.store.counts(q) for q in svc.queues}
+    durations = {q: await svc.store.durations(q) for q in svc.queues}
+    return PlainTextResponse(render(counts, durations, svc.metrics), media_type="text/plain; version=0.0.4")
+
+
+class _BodyLimit:
+    """Refuse bodies over `limit` bytes (413) before reading them."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    body = b'{"error":{"code":"too_large","message":"request body too large"}}'
+                    await send({"type": "http.response.start", "status": 413,
+                                "headers": [(b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
+
+
+def create_app(services: GatewayServices, *, max_body_bytes: int = 48 * 1024 * 1024) -> FastAPI:
+    """The gateway app; its lifespan starts and closes `services`."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(
+        title="dash-ray",
+        version=__version__,
+        description="GPU job scheduler for AI image services: training, upscaling and generation queues "
+                    "with live progress over WebSocket at `/ws`.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    errors.install(app)
+    app.include_router(router)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await serve_socket(websocket, services)
+
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    return app

@@ -1,0 +1,61 @@
+"""Prometheus text exposition: queue depths and job durations (from Redis), per-replica counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dash_ray.queues.consumer import DURATION_BUCKETS
+
+__all__ = ["ReplicaMetrics", "render"]
+
+
+@dataclass
+class ReplicaMetrics:
+    """Counters of one gateway replica."""
+
+    replica: str
+    events_sent: int = 0
+    open_sockets: int = 0
+    requests: dict[str, int] = field(default_factory=dict)
+
+
+def _line(name: str, labels: dict[str, str], value: float) -> str:
+    lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}"
+
+
+def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str]], replica: ReplicaMetrics) -> str:
+    """The metrics page: counts[queue][state], durations[queue] (our Redis histogram hash)."""
+    out = [
+        "# HELP dash_jobs Jobs per queue and state.",
+        "# TYPE dash_jobs gauge",
+    ]
+    for queue, states in counts.items():
+        for state, n in states.items():
+            out.append(_line("dash_jobs", {"queue": queue, "state": state}, n))
+    out += ["# HELP dash_queue_depth Jobs waiting to run.", "# TYPE dash_queue_depth gauge"]
+    for queue, states in counts.items():
+        out.append(_line("dash_queue_depth", {"queue": queue}, states.get("waiting", 0)))
+    out += ["# HELP dash_job_duration_seconds Run time of completed attempts.",
+            "# TYPE dash_job_duration_seconds histogram"]
+    for queue, h in durations.items():
+        cum = 0
+        for b in DURATION_BUCKETS:
+            cum += int(h.get(f"le_{b:g}", 0))
+            out.append(_line("dash_job_duration_seconds_bucket", {"queue": queue, "le": f"{b:g}"}, cum))
+        cum += int(h.get("le_inf", 0))
+        out.append(_line("dash_job_duration_seconds_bucket", {"queue": queue, "le": "+Inf"}, cum))
+        out.append(_line("dash_job_duration_seconds_sum", {"queue": queue}, float(h.get("sum", 0))))
+        out.append(_line("dash_job_duration_seconds_count", {"queue": queue}, cum))
+    r = {"replica": replica.replica}
+    out += ["# HELP dash_ws_events_sent_total Events sent to sockets by this replica.",
+            "# TYPE dash_ws_events_sent_total counter",
+            _line("dash_ws_events_sent_total", r, replica.events_sent),
+            "# HELP dash_ws_open_sockets Open sockets on this replica.",
+            "# TYPE dash_ws_open_sockets gauge",
+            _line("dash_ws_open_sockets", r, replica.open_sockets),
+            "# HELP dash_http_requests_total Requests by route on this replica.",
+            "# TYPE dash_http_requests_total counter"]
+    for route, n in sorted(replica.requests.items()):
+        out.append(_line("dash_http_requests_total", {**r, "route": route}, n))
+    return "\n".join(out) + "\n"

@@ -1,0 +1,255 @@
+"""The seed's WebSocket protocol: subscribe / unsubscribe / ping; job events pushed as they happen.
+
+On subscribe the socket first gets each job's current state (or, with `since`, exactly the
+events it missed), then live events; nothing is sent twice or out of order (events carry
+an increasing `seq`, and live events that race the snapshot are held until it is sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from dash_ray.errors import DashError, InvalidPayload, JobNotFound, Unauthorized
+from dash_ray.gateway.auth import Principal
+from dash_ray.gateway.errors import ws_error
+from dash_ray.gateway.services import GatewayServices
+from dash_ray.models.events import (
+    ErrorMessage,
+    PingMessage,
+    PongMessage,
+    SubscribedMessage,
+    SubscribeMessage,
+    UnsubscribeMessage,
+    parse_client_message,
+)
+from dash_ray.models.queues import validation_errors
+from dash_ray.queues import event_from_state
+
+__all__ = ["serve_socket"]
+
+log = logging.getLogger(__name__)
+
+MAX_SUBSCRIPTIONS = 1000
+MAX_BUFFERED = 20_000  # messages queued for one slow client before it is disconnected
+CLOSE_TOO_BIG = 1009
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_SLOW = 1013
+
+
+def _seq_of(data: str) -> int:
+    """The seq of an event as published (its JSON always ends with `"seq":N}`)."""
+    i = data.rfind('"seq":')
+    try:
+        return int(data[i + 6 : -1])
+    except ValueError:
+        return 0
+
+
+@dataclass
+class _Sub:
+    channel: str
+    seq: int = -1  # last seq sent; -1 until the snapshot is out
+    held: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _Session:
+    def __init__(self, ws: WebSocket, who: Principal, svc: GatewayServices) -> None:
+        self.ws = ws
+        self.who = who
+        self.svc = svc
+        self.subs: dict[str, _Sub] = {}
+        self.out: asyncio.Queue[str] = asyncio.Queue()
+        self.closing = False
+
+    # --- outgoing ---
+    def _enqueue(self, text: str) -> None:
+        if self.closing:
+            return
+        if self.out.qsize() >= MAX_BUFFERED:
+            log.warning("socket of %s is not reading; closing it", self.who.user_id)
+            self.closing = True
+            self.out.put_nowait("")  # wakes the sender, which closes
+            return
+        self.out.put_nowait(text)
+
+    def send_model(self, model: Any) -> None:
+        self._enqueue(model.model_dump_json(by_alias=True, exclude_none=True))
+
+    async def sender(self) -> None:
+        while True:
+            text = await self.out.get()
+            if self.closing and not text:
+                with contextlib.suppress(Exception):
+                    await self.ws.close(CLOSE_TOO_SLOW)
+                return
+            await self.ws.send_text(text)
+            self.svc.metrics.events_sent += 1
+
+    # --- live events ---
+    def on_event(self, channel: str, data: str) -> None:
+        job_id = channel[len(self.svc.store.keys.channel("")):]
+        sub = self.subs.get(job_id)
+        if sub is None:
+            return
+        seq = _seq_of(data)
+        if sub.seq < 0:
+            sub.held.append((seq, data))
+        elif seq > sub.seq:
+            sub.seq = seq
+            self._enqueue(data)
+
+    # --- requests ---
+    async def handle(self, raw: str | bytes) -> None:
+        try:
+            msg = parse_client_message(raw)
+        except ValidationError as exc:
+            errs = validation_errors(exc)
+            if any(e["message"].startswith("Invalid JSON") for e in errs):
+                self.send_model(ErrorMessage(code="bad_json", message="frame is not valid JSON"))
+            else:
+                text = "; ".join(f"{e['field']}: {e['message']}" for e in errs)
+                self.send_model(ErrorMessage(code="bad_request", message=f"invalid message: {text}"))
+            return
+        if isinstance(msg, PingMessage):
+            import time
+
+            self.send_model(PongMessage(ts=round(time.time(), 3)))
+        elif isinstance(msg, SubscribeMessage):
+            await self.subscribe(msg)
+        elif isinstance(msg, UnsubscribeMessage):
+            for job_id in msg.job_ids:
+                await self.drop(job_id)
+            self.send_model(SubscribedMessage(job_ids=sorted(self.subs)))
+
+    async def _owner(self, job_id: str) -> tuple[str | None, dict[str, str]]:
+        state = await self.svc.store.bus.state(job_id)
+        if state.get("userId"):
+            return state["userId"], state
+        view = await self.svc.store.get(job_id)  # a job added by plain BullMQ has no state hash yet
+        return view.user_id, state
+
+    async def subscribe(self, msg: SubscribeMessage) -> None:
+        since = msg.since or {}
+        for job_id in dict.fromkeys(msg.job_ids):
+            if job_id in self.subs:
+                continue
+            if len(self.subs) >= MAX_SUBSCRIPTIONS:
+                self.send_model(ErrorMessage(code="too_many", message=f"at most {MAX_SUBSCRIPTIONS} subscriptions",
+                                             job_id=job_id))
+                continue
+            try:
+                owner, _ = await self._owner(job_id)
+                if not self.who.may_see(owner):
+                    raise JobNotFound(job_id)  # the same answer as for a job that does not exist
+            except DashError as exc:
+                self._enqueue_error(exc, job_id)
+                continue
+            sub = _Sub(channel=self.svc.store.keys.channel(job_id))
+            self.subs[job_id] = sub
+            await self.svc.hub.add(sub.channel, self.on_event)
+            last = await self._snapshot(job_id, since.get(job_id))
+            sub.seq = last
+            for seq, data in sorted(sub.held):
+                if seq > sub.seq:
+                    sub.seq = seq
+                    self._enqueue(data)
+            sub.held.clear()
+        self.send_model(SubscribedMessage(job_ids=sorted(self.subs)))
+
+    async def _snapshot(self, job_id: str, since: int | None) -> int:
+        bus = self.svc.store.bus
+        if since is not None:
+            last = since
+            for data in await bus.replay(job_id, since):
+                last = _seq_of(data)
+                self._enqueue(data)
+            return last
+        state = await bus.state(job_id)
+        if not state:  # plain BullMQ job that no dash-ray consumer touched yet
+            view = await self.svc.store.get(job_id)
+            state = {"status": view.status, "queue": view.queue, "userId": view.user_id or "",
+                     "progress": str(view.progress), "seq": "0"}
+        event = event_from_state(job_id, state)
+        if event is None:
+            return 0
+        self.send_model(event)
+        return event.seq
+
+    async def drop(self, job_id: str) -> None:
+        sub = self.subs.pop(job_id, None)
+        if sub is not None:
+            await self.svc.hub.remove(sub.channel, self.on_event)
+
+    def _enqueue_error(self, exc: DashError, job_id: str | None = None) -> None:
+        import json
+
+        self._enqueue(json.dumps(ws_error(exc, job_id), separators=(",", ":")))
+
+    async def close(self) -> None:
+        for job_id in list(self.subs):
+            await self.drop(job_id)
+
+
+def _token(ws: WebSocket) -> str | None:
+    token = ws.query_params.get("token")
+    if token:
+        return token
+    auth = ws.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
+    """Run one client socket until it goes away."""
+    await ws.accept()
+    try:
+        who = svc.auth.verify(_token(ws))
+    except Unauthorized as exc:
+        await ws.send_json(ws_error(exc))
+        await ws.close(CLOSE_UNAUTHORIZED)
+        return
+    session = _Session(ws, who, svc)
+    svc.metrics.open_sockets += 1
+    sender = asyncio.create_task(session.sender())
+    limit = svc.settings.max_ws_frame_bytes
+    try:
+        while not session.closing:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes")
+            if raw is None:
+                continue
+            size = len(raw) if isinstance(raw, bytes) or len(raw) * 4 <= limit else len(raw.encode())
+            if size > limit:
+                await ws.close(CLOSE_TOO_BIG, reason=f"frame over {limit} bytes")
+                break
+            try:
+                await session.handle(raw)
+            except DashError as exc:
+                session._enqueue_error(exc)
+            except Exception:
+                log.exception("socket request failed")
+                session._enqueue_error(InvalidPayload("could not handle the message"))
+            if sender.done():
+                break
+    except WebSocketDisconnect:
+        pass
+    finally:
+        session.closing = True
+        svc.metrics.open_sockets -= 1
+        await session.close()
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+        if ws.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close()

@@ -1,0 +1,68 @@
+"""Artifacts: result files written through fsspec under DASH_ARTIFACTS_URL, served by the gateway."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import IO, Any
+
+import fsspec
+
+__all__ = ["ArtifactStore", "InvalidArtifactPath"]
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,199}$")
+
+
+class InvalidArtifactPath(ValueError):
+    """The path is not `user/job/file` made of plain segments."""
+
+
+class ArtifactStore:
+    """Files under one root (a local folder or any fsspec URL), addressed as `user/job/name`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        if self.fs.protocol in ("file", ("file", "local")) or "file" in (self.fs.protocol or ()):
+            self.fs.makedirs(self.root, exist_ok=True)
+
+    @staticmethod
+    def check(rel: str) -> list[str]:
+        """The segments of a relative path; raises InvalidArtifactPath on anything odd."""
+        parts = rel.split("/")
+        if len(parts) < 3 or not all(_SEGMENT.match(p) for p in parts) or any(p in (".", "..") for p in parts):
+            raise InvalidArtifactPath(f"bad artifact path {rel!r}")
+        return parts
+
+    def _full(self, rel: str) -> str:
+        self.check(rel)
+        return posixpath.join(self.root, rel)
+
+    def put(self, rel: str, data: bytes) -> str:
+        """Write a file; returns its relative path."""
+        full = self._full(rel)
+        self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
+        with self.fs.open(full, "wb") as f:
+            f.write(data)
+        return rel
+
+    def exists(self, rel: str) -> bool:
+        """True if the file exists."""
+        return bool(self.fs.exists(self._full(rel)))
+
+    def open(self, rel: str) -> IO[Any]:
+        """Open a file for reading (binary)."""
+        return self.fs.open(self._full(rel), "rb")  # type: ignore[no-any-return]
+
+    def size(self, rel: str) -> int:
+        """Size in bytes."""
+        return int(self.fs.size(self._full(rel)))
+
+    def local_path(self, rel: str) -> str:
+        """Where a file lives (a path for local storage, a URL otherwise)."""
+        return self._full(rel)
+
+    @staticmethod
+    def url_for(rel: str) -> str:
+        """The gateway URL path that serves this artifact."""
+        return f"/v1/artifacts/{rel}"

@@ -1,0 +1,268 @@
+"""The gateway app on a real Redis via TestClient: REST, auth, limits, the seed's socket protocol."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from starlette.websockets import WebSocketDisconnect
+
+from dash_ray.models import JobProgressEvent
+from dash_ray.queues import JobStore, QueueConsumer, connect
+from tests.redis.conftest import run_async
+
+GEN = {"userId": "alice", "prompt": "a red fox"}
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def run_one(redis_url: str, prefix: str, queue: str, steps: int = 3, result: Any = None, fail: str | None = None) -> str:
+    """Take one job like a worker would: progress events, then complete (or fail)."""
+
+    async def go() -> str:
+        r, b = connect(redis_url), connect(redis_url, blocking=True)
+        store = JobStore(r, prefix=prefix, queues=("training", "upscaling", "generation", "sleep"))
+        c = QueueConsumer(r, b, queue, store.bus, prefix=prefix)
+        job = await c.take(block_s=5)
+        assert job is not None
+        for i in range(1, steps + 1):
+            await store.bus.publish(JobProgressEvent(job_id=job.id, queue=queue, user_id=job.user_id,
+                                                     status="active", progress=100 * i / steps,
+                                                     message=f"step {i}/{steps}", step=i, steps=steps))
+        if fail:
+            await c.fail(job, fail, retry=False)
+        else:
+            await c.complete(job, result if result is not None else {"images": ["x.png"]})
+        await r.aclose()
+        await b.aclose()
+        return job.id
+
+    return run_async(go())
+
+
+def recv_until(ws: Any, pred: Any, limit: int = 50) -> list[dict[str, Any]]:
+    got = []
+    for _ in range(limit):
+        msg = ws.receive_json()
+        got.append(msg)
+        if pred(msg):
+            return got
+    raise AssertionError(f"no matching message in {got}")
+
+
+# ---------------------------------------------------------------- REST
+
+
+def test_auth_required_and_checked(make_client: Any, tokens: Any) -> None:
+    c = make_client()
+    assert c.post("/v1/jobs/generation", json=GEN).status_code == 401
+    r = c.get("/v1/jobs", headers=auth("not-a-token"))
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    expired = tokens("alice", ttl_s=-10)
+    r = c.get("/v1/jobs", headers=auth(expired))
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+    from dash_ray.gateway import TokenAuth
+
+    forged = TokenAuth("another-secret-0123456789-abcdefghijkl").mint("alice")
+    assert c.get("/v1/jobs", headers=auth(forged)).status_code == 401
+    assert c.get("/v1/jobs", headers=auth(tokens("alice"))).status_code == 200
+
+
+def test_submit_idempotent_conflict_and_validation(make_client: Any, tokens: Any) -> None:
+    c = make_client()
+    h = auth(tokens("alice"))
+    r = c.post("/v1/jobs/generation", json={**GEN, "jobId": "g1", "options": {"priority": 1}}, headers=h)
+    assert r.status_code == 201
+    view = r.json()
+    assert view["id"] == "g1" and view["status"] == "waiting" and view["queuePosition"] == 1
+    assert view["data"]["userId"] == "alice" and view["priority"] == 1
+    assert c.post("/v1/jobs/generation", json={**GEN, "jobId": "g1", "options": {"priority": 1}}, headers=h).status_code == 200
+    r = c.post("/v1/jobs/generation", json={**GEN, "prompt": "other", "jobId": "g1"}, headers=h)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
+    # userId is filled from the token when absent, and must match it when present
+    r = c.post("/v1/jobs/generation", json={"prompt": "no user"}, headers=h)
+    assert r.status_code == 201 and r.json()["userId"] == "alice"
+    assert c.post("/v1/jobs/generation", json={**GEN, "userId": "mallory"}, headers=h).status_code == 403
+    r = c.post("/v1/jobs/generation", json={**GEN, "settings": {"width": 100}}, headers=h)
+    assert r.status_code == 422 and "settings.width" in r.json()["error"]["message"]
+    r = c.post("/v1/jobs/upscaling", json={"imageUrl": "https://x.y/z.png", "scale": 3}, headers=h)
+    assert r.status_code == 422 and "scale" in r.json()["error"]["message"]
+    r = c.post("/v1/jobs/painting", json=GEN, headers=h)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_queue"
+    r = c.post("/v1/jobs/generation", content=b"{not json", headers={**h, "content-type": "application/json"})
+    assert r.status_code == 422
+    queues = {q["name"]: q for q in c.get("/v1/queues", headers=h).json()}
+    assert queues["generation"]["counts"]["waiting"] == 2
+    assert queues["generation"]["concurrency"] == 5 and queues["training"]["concurrency"] == 1
+
+
+def test_users_only_see_their_own_jobs(make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    c = make_client()
+    a, b, admin = auth(tokens("alice")), auth(tokens("bob")), auth(tokens("root", admin=True))
+    job = c.post("/v1/jobs/sleep", json={"jobId": "secret", "userId": "alice"}, headers=a).json()
+    failed = c.post("/v1/jobs/sleep", json={"jobId": "broken", "userId": "alice"},
+                    headers=a).json()
+    assert job["id"] == "secret" and failed["id"] == "broken"
+    assert c.get("/v1/jobs/secret", headers=a).status_code == 200
+    assert c.get("/v1/jobs/secret", headers=b).status_code == 404
+    assert c.get("/v1/jobs", headers=b).json()["jobs"] == []
+    assert c.get("/v1/jobs?userId=alice", headers=b).status_code == 403
+    assert len(c.get("/v1/jobs?userId=alice", headers=admin).json()["jobs"]) == 2
+    assert c.delete("/v1/jobs/secret", headers=b).status_code == 404
+    run_one(redis_url, prefix, "sleep")  # "secret" completes
+    run_one(redis_url, prefix, "sleep", fail="boom")  # "broken" fails
+    assert c.post("/v1/jobs/broken/retry", headers=b).status_code == 404
+    r = c.post("/v1/jobs/broken/retry", headers=a)
+    assert r.status_code == 200 and r.json()["status"] == "waiting"
+    assert c.post("/v1/jobs/secret/retry", headers=a).status_code == 409
+    r = c.delete("/v1/jobs/broken", headers=a)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert c.get("/v1/jobs/secret", headers=admin).status_code == 200
+
+
+def test_pause_resume_is_admin_only(make_client: Any, tokens: Any) -> None:
+    c = make_client()
+    r = c.post("/v1/queues/generation/pause", headers=auth(tokens("alice")))
+    assert r.status_code == 403
+    r = c.post("/v1/queues/generation/pause", headers=auth(tokens("root", admin=True)))
+    assert r.status_code == 200 and r.json()["paused"] is True
+    r = c.post("/v1/queues/generation/resume", headers=auth(tokens("root", admin=True)))
+    assert r.json()["paused"] is False
+    assert c.post("/v1/queues/nope/pause", headers=auth(tokens("root", admin=True))).status_code == 404
+
+
+def test_rate_limits_return_429_and_enqueue_nothing(make_client: Any, tokens: Any) -> None:
+    c = make_client(rate_submit="3/minute")
+    h = auth(tokens("alice"))
+    for _ in range(3):
+        assert c.post("/v1/jobs/generation", json=GEN, headers=h).status_code == 201
+    r = c.post("/v1/jobs/generation", json=GEN, headers=h)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert c.get("/v1/queues", headers=h).json()[2]["counts"]["waiting"] == 3
+    # another user has their own budget
+    assert c.post("/v1/jobs/generation", json={"prompt": "x"}, headers=auth(tokens("bob"))).status_code == 201
+    c2 = make_client(max_waiting_per_user=2)
+    h2 = auth(tokens("carol"))
+    assert [c2.post("/v1/jobs/generation", json={"prompt": "x"}, headers=h2).status_code for _ in range(3)] == [201, 201, 429]
+
+
+def test_health_metrics_and_docs(make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    c = make_client()
+    assert c.get("/healthz").json()["status"] == "ok"
+    c.post("/v1/jobs/sleep", json={"userId": "alice"}, headers=auth(tokens("alice")))
+    run_one(redis_url, prefix, "sleep")
+    text = c.get("/metrics").text
+    assert 'dash_jobs{queue="sleep",state="completed"} 1' in text
+    assert 'dash_job_duration_seconds_count{queue="sleep"} 1' in text
+    assert "dash_ws_open_sockets" in text and "dash_queue_depth" in text
+    assert c.get("/docs").status_code == 200
+    paths = c.get("/openapi.json").json()["paths"]
+    assert {"/v1/jobs/generation", "/v1/jobs/{job_id}", "/v1/queues"} <= set(paths)
+
+
+def test_artifacts_are_served_to_their_owner_only(make_client: Any, tokens: Any) -> None:
+    c = make_client()
+    c.services.artifacts.put("alice/job1/image-0.png", b"\x89PNG fake")
+    r = c.get("/v1/artifacts/alice/job1/image-0.png", headers=auth(tokens("alice")))
+    assert r.status_code == 200 and r.content == b"\x89PNG fake" and r.headers["content-type"] == "image/png"
+    assert c.get(f"/v1/artifacts/alice/job1/image-0.png?token={tokens('alice')}").status_code == 200
+    assert c.get("/v1/artifacts/alice/job1/image-0.png", headers=auth(tokens("bob"))).status_code == 404
+    assert c.get("/v1/artifacts/alice/../etc/passwd", headers=auth(tokens("alice"))).status_code == 404
+
+
+# ---------------------------------------------------------------- WebSocket
+
+
+def test_socket_seed_protocol_progress_then_completed(make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    c = make_client()
+    h = auth(tokens("alice"))
+    job_id = c.post("/v1/jobs/generation", json=GEN, headers=h).json()["id"]
+    with c.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
+        ws.send_text(json.dumps({"type": "subscribe", "jobIds": [job_id]}))  # the seed's exact message
+        first = ws.receive_json()
+        assert first["type"] == "job:progress" and first["status"] == "waiting" and first["jobId"] == job_id
+        assert ws.receive_json() == {"type": "subscribed", "jobIds": [job_id]}
+        run_one(redis_url, prefix, "generation", steps=4)
+        got = recv_until(ws, lambda m: m["type"] == "job:completed")
+    progress = [m for m in got if m["type"] == "job:progress"]
+    assert [m["status"] for m in progress][:1] == ["active"]
+    assert [m["progress"] for m in progress if m.get("step")] == [25, 50, 75, 100]
+    seqs = [first["seq"]] + [m["seq"] for m in got]
+    assert seqs == sorted(set(seqs))
+    done = got[-1]
+    assert {"jobId", "queue", "result", "seq", "ts"} <= set(done) and done["result"] == {"images": ["x.png"]}
+    for m in progress:
+        assert {"jobId", "queue", "status", "progress", "message"} <= set(m)
+
+
+def test_late_subscriber_and_replay_since(make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    c = make_client()
+    job_id = c.post("/v1/jobs/generation", json=GEN, headers=auth(tokens("alice"))).json()["id"]
+    run_one(redis_url, prefix, "generation", steps=5)
+    with c.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
+        ws.send_json({"type": "subscribe", "jobIds": [job_id]})
+        final = ws.receive_json()
+        assert final["type"] == "job:completed" and final["jobId"] == job_id  # at once, no waiting
+        assert ws.receive_json()["type"] == "subscribed"
+        total = final["seq"]
+        ws.send_json({"type": "unsubscribe", "jobIds": [job_id]})
+        assert ws.receive_json() == {"type": "subscribed", "jobIds": []}
+        ws.send_json({"type": "subscribe", "jobIds": [job_id], "since": {job_id: 3}})
+        missed = recv_until(ws, lambda m: m["type"] == "subscribed")[:-1]
+    assert [m["seq"] for m in missed] == list(range(4, total + 1))
+    assert missed[-1]["type"] == "job:completed"
+
+
+def test_socket_errors_keep_it_usable(make_client: Any, tokens: Any) -> None:
+    c = make_client()
+    mine = c.post("/v1/jobs/generation", json=GEN, headers=auth(tokens("alice"))).json()["id"]
+    theirs = c.post("/v1/jobs/generation", json={"prompt": "b"}, headers=auth(tokens("bob"))).json()["id"]
+    with c.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
+        ws.send_text("{not json")
+        assert ws.receive_json()["code"] == "bad_json"
+        ws.send_json({"type": "dance"})
+        assert ws.receive_json()["type"] == "error"
+        ws.send_json({"type": "subscribe"})
+        err = ws.receive_json()
+        assert err["type"] == "error" and "jobIds" in err["message"]
+        ws.send_json({"type": "subscribe", "jobIds": [theirs, "missing-job"]})
+        e1, e2, ack = ws.receive_json(), ws.receive_json(), ws.receive_json()
+        assert e1["code"] == e2["code"] == "not_found" and {e1["jobId"], e2["jobId"]} == {theirs, "missing-job"}
+        assert ack == {"type": "subscribed", "jobIds": []}  # no events of bob's job
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json()["type"] == "pong"
+        ws.send_json({"type": "subscribe", "jobIds": [mine]})
+        assert ws.receive_json()["jobId"] == mine
+        ws.send_text("x" * (64 * 1024 + 1))
+        with pytest.raises(WebSocketDisconnect) as info:
+            for _ in range(5):
+                ws.receive_json()
+        assert info.value.code == 1009
+
+
+def test_socket_needs_a_token(make_client: Any, tokens: Any) -> None:
+    c = make_client()
+    with c.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["code"] == "unauthorized"
+        with pytest.raises(WebSocketDisconnect) as info:
+            ws.receive_json()
+        assert info.value.code == 4401
+    with c.websocket_connect("/ws", headers=auth(tokens("alice"))) as ws:
+        ws.send_json({"type": "ping"})
+        assert ws.receive_json()["type"] == "pong"
+
+
+def test_two_replicas_share_events_through_redis(make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    one, two = make_client(), make_client()
+    job_id = one.post("/v1/jobs/generation", json=GEN, headers=auth(tokens("alice"))).json()["id"]
+    with two.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
+        ws.send_json({"type": "subscribe", "jobIds": [job_id]})
+        recv_until(ws, lambda m: m["type"] == "subscribed")
+        t0 = time.time()
+        run_one(redis_url, prefix, "generation")
+        got = recv_until(ws, lambda m: m["type"] == "job:completed")
+    assert got[-1]["jobId"] == job_id and time.time() - t0 < 5

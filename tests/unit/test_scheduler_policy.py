@@ -1,0 +1,114 @@
+"""Scheduler policy without Ray: resources, the reporter's throttle, the worker pool."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from dash_ray.config import load_settings
+from dash_ray.errors import JobCancelled
+from dash_ray.scheduler import JobContext, Reporter, node_resources, queue_specs
+from dash_ray.scheduler.pool import WorkerPool
+from dash_ray.scheduler.resources import logical_gpus
+from dash_ray.scheduler.runner import Publisher
+
+
+def test_specs_and_node_resources() -> None:
+    specs = queue_specs(load_settings())
+    assert node_resources(specs) == {"dash_training": 1.0, "dash_upscaling": 3.0, "dash_generation": 5.0}
+    opts = {s.name: s.actor_options() for s in specs}
+    assert opts["generation"]["num_gpus"] == 0.2 and opts["generation"]["resources"] == {"dash_generation": 1}
+    assert opts["training"]["num_gpus"] == 1.0
+    assert logical_gpus(specs) == 3.0  # 1.0 + 3 x 0.33 + 5 x 0.2, rounded up
+
+
+class FakeBus:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.times: list[float] = []
+
+    def publish_batch(self, events: list[Any], keys: list[str]) -> list[bool]:
+        for e in events:
+            self.events.append(e)
+            self.times.append(time.monotonic())
+        return [k == "cancelled-key" for k in keys]
+
+
+def test_reporter_throttles_keeps_last_and_never_decreases() -> None:
+    bus = FakeBus()
+    pub = Publisher(bus)
+    job = JobContext(id="j", queue="generation", data={})
+    rep = Reporter(job, pub, max_hz=20)
+    for i in range(200):
+        rep.progress(i / 2, f"{i}")
+        time.sleep(0.002)
+    rep.progress(10, "lower")  # never goes down
+    rep.flush()
+    pub.close()
+    sent = [e.progress for e in bus.events]
+    assert sent == sorted(sent) and sent[-1] == 99.5
+    elapsed = bus.times[-1] - bus.times[0]
+    assert len(sent) <= elapsed * 20 + 2, (len(sent), elapsed)
+    assert bus.events[-1].message == "lower"
+
+
+def test_reporter_cancel_raises_at_next_check() -> None:
+    bus = FakeBus()
+    pub = Publisher(bus)
+    flag = threading.Event()
+    rep = Reporter(JobContext(id="j", queue="q", data={}), pub, cancelled=flag)
+    rep.progress(1)
+    flag.set()
+    with pytest.raises(JobCancelled):
+        rep.progress(2)
+    with pytest.raises(JobCancelled):
+        rep.check()
+    pub.close()
+
+
+def test_publisher_sets_flag_when_cancel_key_exists() -> None:
+    bus = FakeBus()
+    pub = Publisher(bus)
+    flag = threading.Event()
+    pub.send(object(), check=("cancelled-key", flag))  # type: ignore[arg-type]
+    pub.wait()
+    pub.close()
+    assert flag.is_set()
+
+
+class Handle:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+        class Ready:
+            async def remote(_self) -> dict[str, Any]:  # noqa: N805
+                await asyncio.sleep(0)
+                return {"pid": 1000 + n, "models": ["m"] if n % 2 else []}
+
+        self.ready = Ready()
+
+
+async def test_pool_spawns_reuses_prefers_model_and_reaps() -> None:
+    made: list[Handle] = []
+    killed: list[Handle] = []
+
+    def factory() -> Handle:
+        made.append(Handle(len(made)))
+        return made[-1]
+
+    pool = WorkerPool(factory, killed.append, idle_s=0.2, max_pending=2)
+    assert pool.spawn(5) == 2  # bounded pending
+    await pool.wait_change(1)
+    await asyncio.sleep(0.01)
+    assert pool.stats()["idle"] == 2
+    slot = pool.take_idle()
+    assert slot is not None
+    better = pool.prefer(slot, "m")
+    assert "m" in better.models
+    pool.release(better)
+    time.sleep(0.25)
+    assert pool.reap_idle() == 2 and len(killed) == 2 and pool.size == 0
