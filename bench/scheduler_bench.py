@@ -136,7 +136,7 @@ async def run(url: str, args: argparse.Namespace) -> None:
     print(f"ray + scheduler up in {time.perf_counter() - t0:.1f}s")
     r = connect(url)
     store = JobStore(r, prefix=prefix, queues=("sleep",), user_history_max=100)
-    hub = EventHub(connect(url))
+    hub = EventHub(url)
     await hub.start()
     try:
         # warm the 5 workers

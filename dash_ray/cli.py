@@ -56,8 +56,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
         specs = queue_specs(settings, sleep_queue=settings.enable_sleep_queue)
         resources = init_ray(settings, specs)
-        serve.start(http_options={"host": settings.host, "port": settings.websocket_port})
+        if settings.ingress == "direct":  # the gateway replicas serve the port themselves
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": settings.host, "port": settings.websocket_port})
         serve.run(build_app(settings, url, specs), name="dash", route_prefix="/", blocking=False)
+        _wait_http(f"http://{settings.host}:{settings.websocket_port}/healthz")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
         base = f"http://{settings.host}:{settings.websocket_port}"
@@ -90,6 +94,23 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             server.stop()
     print("dash-ray: stopped", flush=True)
     return 0
+
+
+def _wait_http(url: str, timeout_s: float = 60.0) -> None:
+    """Wait until the gateway answers."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator, model_validator
@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     websocket_port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("WEBSOCKET_PORT", "DASH_PORT"))
     host: str = "127.0.0.1"
     gateway_replicas: int = Field(1, ge=1, le=64)
+    # direct: each gateway replica serves host:port itself (SO_REUSEPORT shares the port between
+    # a node's replicas); serve: through Ray Serve's HTTP proxy (about 10x the CPU per socket message).
+    ingress: Literal["direct", "serve"] = "direct"
     token_secret: str | None = Field(None, min_length=32)
     token_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     rate_submit: str = "120/minute"

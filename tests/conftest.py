@@ -109,6 +109,20 @@ def make_consumer(redis: Any, blocking_redis: Any, prefix: str) -> Iterator[Call
             t.cancel()
 
 
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[dict[str, Any]]:
+    """A local Ray whose one node offers dash_training 1, dash_upscaling 3, dash_generation 5, dash_sleep 5."""
+    import ray
+
+    from dash_ray.scheduler import queue_specs
+    from dash_ray.scheduler.cluster import init_ray
+
+    settings = load_settings()
+    resources = init_ray(settings, queue_specs(settings, sleep_queue=True), num_cpus=2)
+    yield resources
+    ray.shutdown()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests by folder: unit, redis, ray, e2e."""
     for item in items:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from typing import Any
+
+import uvicorn
 
 from ray import serve
 from ray.serve import Application
@@ -34,24 +38,62 @@ class SchedulerSupervisor:
         return self.scheduler.stop(timeout_s)
 
 
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other replicas on this node may bind too (the kernel spreads clients)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=5000)
 @serve.ingress()
 class Gateway:
-    """REST + WebSocket; keeps no job state, so any replica serves any client."""
+    """REST + WebSocket; keeps no job state, so any replica serves any client.
+
+    With `DASH_INGRESS=direct` (the default) each replica runs its own HTTP server on
+    host:port; with `serve`, Serve's proxy forwards requests to the replicas.
+    """
 
     def __init__(self, settings: Settings, redis_url: str, queues: tuple[str, ...], scheduler: Any = None) -> None:
         logging.basicConfig(level=logging.INFO)
+        self.settings = settings
         self.services = GatewayServices.create(settings, redis_url, queues=queues)
         self.services.scheduler = scheduler  # type: ignore[attr-defined]
+        self.server: uvicorn.Server | None = None
+        if settings.ingress == "direct":
+            self._serve_directly()
+
+    def _serve_directly(self) -> None:
+        app = create_app(self.services)
+        config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on",
+                                ws_per_message_deflate=False, timeout_keep_alive=30)
+        self.server = uvicorn.Server(config)
+        sock = _reuseport_socket(self.settings.host, self.settings.websocket_port)
+        threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,
+                         name="dash-gateway-http").start()
 
     def __serve_build_asgi_app__(self) -> Any:
+        if self.server is not None:
+            # Serve's own ASGI path is unused (no proxy); keep the services on one event loop.
+            from fastapi import FastAPI
+
+            return FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         return create_app(self.services)
 
+    def __del__(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
 
-def build_app(settings: Settings, redis_url: str, specs: list[QueueSpec] | None = None) -> Application:
-    """The Serve application: gateway replicas plus the scheduler supervisor."""
+
+def build_app(settings: Settings, redis_url: str, specs: list[QueueSpec] | None = None,
+              scheduler: bool = True) -> Application:
+    """The Serve application: gateway replicas plus (unless `scheduler=False`) the scheduler supervisor."""
     specs = specs if specs is not None else queue_specs(settings, sleep_queue=settings.enable_sleep_queue)
-    supervisor = SchedulerSupervisor.bind(settings, redis_url, specs)
+    supervisor = SchedulerSupervisor.bind(settings, redis_url, specs) if scheduler else None
     queues = tuple(s.name for s in specs)
     return Gateway.options(num_replicas=settings.gateway_replicas).bind(settings, redis_url, queues, supervisor)
 

@@ -52,7 +52,7 @@ class GatewayServices:
         limiter = SubmitLimiter(redis_url, store.keys.ratelimit_prefix, settings.rate_submit,
                                 settings.max_waiting_per_user, store.open_jobs)
         return cls(
-            settings=settings, redis=redis, store=store, hub=EventHub(connect(redis_url, name="dash:hub")),
+            settings=settings, redis=redis, store=store, hub=EventHub(redis_url),
             auth=TokenAuth(settings.secret(), settings.token_ttl_s), limiter=limiter,
             artifacts=ArtifactStore(settings.artifacts_location), queues=queues,
         )

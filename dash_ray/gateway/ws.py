@@ -120,7 +120,7 @@ class _Session:
         if isinstance(msg, PingMessage):
             import time
 
-            self.send_model(PongMessage(ts=round(time.time(), 3)))
+            self.send_model(PongMessage(ts=round(time.time(), 3), replica=self.svc.metrics.replica))
         elif isinstance(msg, SubscribeMessage):
             await self.subscribe(msg)
         elif isinstance(msg, UnsubscribeMessage):

@@ -108,6 +108,7 @@ class PongMessage(WireModel):
 
     type: Literal["pong"] = "pong"
     ts: float = 0.0
+    replica: str | None = None
 
 
 class SubscribedMessage(WireModel):

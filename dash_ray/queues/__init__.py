@@ -3,6 +3,7 @@
 Only this package imports bullmq or writes Redis keys.
 """
 
+from dash_ray.queues.batch import Batch
 from dash_ray.queues.connection import connect, connect_sync
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
@@ -12,6 +13,7 @@ from dash_ray.queues.store import JobStore
 
 __all__ = [
     "ActiveJob",
+    "Batch",
     "EmbeddedRedis",
     "EventBus",
     "EventHub",

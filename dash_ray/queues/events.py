@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -18,6 +16,7 @@ from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgres
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import PUBLISH
+from dash_ray.queues.pubsub import RawPubSub
 
 __all__ = ["AnyEvent", "EventBus", "EventHub", "SyncEventBus", "event_from_state"]
 
@@ -201,28 +200,18 @@ class EventHub:
     Listeners are called as `listener(channel, data)` on the hub's event loop; they must not block.
     """
 
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    def __init__(self, url: str) -> None:
         self._listeners: dict[str, set[Listener]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._ready = asyncio.Event()
+        self._sub = RawPubSub(url, self._dispatch)
 
     async def start(self) -> None:
-        """Start the reader task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="dash-event-hub")
+        """Connect and start reading."""
+        await self._sub.start()
+        await self._sub.wait_connected()
 
     async def close(self) -> None:
         """Stop reading and close the connection."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-        with contextlib.suppress(Exception):
-            await self._pubsub.aclose()
+        await self._sub.close()
 
     @property
     def channels(self) -> int:
@@ -230,50 +219,31 @@ class EventHub:
         return len(self._listeners)
 
     async def add(self, channel: str, listener: Listener) -> None:
-        """Call `listener` for every message on `channel` from now on."""
-        async with self._lock:
-            subs = self._listeners.get(channel)
-            if subs is None:
-                self._listeners[channel] = {listener}
-                await self._pubsub.subscribe(channel)
-                self._ready.set()
-            else:
-                subs.add(listener)
+        """Call `listener` for every message on `channel` from now on.
+
+        Returns once Redis confirmed the subscription: state read after this, on any
+        connection, plus the live events, miss nothing (the WebSocket snapshot relies on it).
+        """
+        subs = self._listeners.get(channel)
+        if subs is None:
+            self._listeners[channel] = {listener}
+            await self._sub.subscribe_confirmed([channel])
+        else:
+            subs.add(listener)
 
     async def remove(self, channel: str, listener: Listener) -> None:
         """Stop calling `listener` for `channel`."""
-        async with self._lock:
-            subs = self._listeners.get(channel)
-            if not subs:
-                return
-            subs.discard(listener)
-            if not subs:
-                del self._listeners[channel]
-                with contextlib.suppress(Exception):
-                    await self._pubsub.unsubscribe(channel)
+        subs = self._listeners.get(channel)
+        if not subs:
+            return
+        subs.discard(listener)
+        if not subs:
+            del self._listeners[channel]
+            self._sub.unsubscribe([channel])
 
-    async def _run(self) -> None:
-        while True:
+    def _dispatch(self, channel: str, data: str) -> None:
+        for listener in tuple(self._listeners.get(channel, ())):
             try:
-                if not self._pubsub.subscribed:
-                    self._ready.clear()
-                    await self._ready.wait()
-                msg = await self._pubsub.get_message(timeout=1.0)
-                if msg is None or msg.get("type") not in ("message", "pmessage"):
-                    continue
-                channel = msg["channel"]
-                data = msg["data"]
-                for listener in tuple(self._listeners.get(channel, ())):
-                    try:
-                        listener(channel, data)
-                    except Exception:
-                        log.exception("event listener failed on %s", channel)
-            except asyncio.CancelledError:
-                raise
+                listener(channel, data)
             except Exception:
-                log.exception("event hub read failed; reconnecting")
-                await asyncio.sleep(0.5)
-                with contextlib.suppress(Exception):
-                    async with self._lock:
-                        if self._listeners:
-                            await self._pubsub.subscribe(*self._listeners)
+                log.exception("event listener failed on %s", channel)

@@ -45,7 +45,7 @@ class ConsumerService:
             ray.kill(handle, no_restart=True)
 
         pool = WorkerPool(factory, kill, idle_s=settings.worker_idle_s, max_pending=settings.max_pending_workers)
-        self.dispatcher = Dispatcher(consumer, pool, hub=EventHub(connect(redis_url)),
+        self.dispatcher = Dispatcher(consumer, pool, hub=EventHub(redis_url),
                                      cancel_channel=keys.cancel_channel)
 
     async def run(self) -> None:

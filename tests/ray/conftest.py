@@ -10,20 +10,6 @@ import pytest
 from dash_ray.config import load_settings
 
 
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[dict[str, Any]]:
-    """A local Ray whose one node offers dash_training 1, dash_upscaling 3, dash_generation 5, dash_sleep 5."""
-    import ray
-
-    from dash_ray.scheduler import queue_specs
-    from dash_ray.scheduler.cluster import init_ray
-
-    settings = load_settings()
-    resources = init_ray(settings, queue_specs(settings, sleep_queue=True), num_cpus=2)
-    yield resources
-    ray.shutdown()
-
-
 @pytest.fixture
 def make_scheduler(ray_session: Any, redis_url: str, prefix: str) -> Iterator[Callable[..., Any]]:
     """Factory: a Scheduler on the test's key prefix whose queues run the sleep runner."""

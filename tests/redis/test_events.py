@@ -28,9 +28,9 @@ async def test_seq_replay_and_latest(make_store: Any) -> None:
     assert await bus.latest("missing") is None
 
 
-async def test_hub_delivers_live_events_in_order(make_store: Any, redis: Any) -> None:
+async def test_hub_delivers_live_events_in_order(make_store: Any, redis_url: str) -> None:
     store = make_store()
-    hub = EventHub(redis)
+    hub = EventHub(redis_url)
     await hub.start()
     got: list[dict[str, Any]] = []
     done = asyncio.Event()

@@ -1,0 +1,71 @@
+"""The whole stack through Ray Serve's proxy on loopback: 2 gateway replicas, the scheduler, sleep queue."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dash_ray.config import load_settings
+from tests.redis.conftest import SECRET
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module", params=["direct", "serve"])
+def stack(request: pytest.FixtureRequest, ray_session: Any, redis_url: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Serve app `dash-e2e` on a free loopback port, served by the replicas themselves (`direct`)
+    or through Serve's proxy (`serve`); yields its base URL and a token minter."""
+    import uuid
+
+    from ray import serve
+
+    from dash_ray.gateway import TokenAuth
+    from dash_ray.gateway.serve import build_app
+    from dash_ray.scheduler import RunnerSpec, queue_specs
+    from dash_ray.scheduler.resources import with_runner
+
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    settings = load_settings(
+        key_prefix=prefix, token_secret=SECRET, data_dir=tmp_path_factory.mktemp("e2e"),
+        gateway_replicas=2, worker_idle_s=5, enable_sleep_queue=True, ingress=request.param,
+        websocket_port=port,
+    )
+    specs = [s for s in with_runner(queue_specs(settings, sleep_queue=True),
+                                     RunnerSpec("dash_ray.scheduler.sleep:SleepRunner")) if s.name == "sleep"]
+    if request.param == "direct":
+        serve.start(proxy_location="Disabled")
+    else:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(settings, redis_url, specs), name="dash-e2e", route_prefix="/", blocking=False)
+    import httpx
+
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        import time
+
+        time.sleep(0.2)
+    auth = TokenAuth(SECRET)
+    yield {"base": base, "ws": f"ws://127.0.0.1:{port}/ws", "token": auth.mint, "prefix": prefix,
+           "settings": settings}
+    serve.delete("dash-e2e")
+    serve.shutdown()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path
