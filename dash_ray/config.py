@@ -100,6 +100,9 @@ class Settings(BaseSettings):
 
     # --- Workloads ---
     models: dict[str, str] = Field(default_factory=dict)
+    default_model: str = "tiny"
+    torch_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, le=256)
     model_cache_bytes: int = Field(8 * 1024**3, ge=0)
     allowed_image_hosts: list[str] = Field(default_factory=list)
     allowed_file_dirs: list[Path] = Field(default_factory=list)
@@ -171,6 +174,11 @@ class Settings(BaseSettings):
     def queues(self) -> list[QueueSettings]:
         """Settings of the three queues."""
         return [self.queue(n) for n in QUEUE_NAMES]
+
+    @property
+    def models_dir(self) -> Path:
+        """Where built-in models are built and cached."""
+        return self.data_dir / "models"
 
     @property
     def artifacts_location(self) -> str:

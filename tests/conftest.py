@@ -127,6 +127,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark tests by folder: unit, redis, ray, e2e."""
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for marker in ("unit", "redis", "ray", "e2e"):
+        for marker in ("unit", "redis", "ray", "e2e", "workers"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))

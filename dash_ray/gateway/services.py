@@ -18,6 +18,7 @@ from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import QUEUES
 from dash_ray.queues import EventHub, JobStore, connect
 from dash_ray.workers.artifacts import ArtifactStore
+from dash_ray.workers.registry import ModelRegistry
 
 __all__ = ["GatewayServices"]
 
@@ -42,6 +43,9 @@ class GatewayServices:
                validate: Callable[[JobPayload], None] | None = None) -> GatewayServices:
         """Build the services of one replica from settings and a Redis URL."""
         queues = tuple(queues)
+        artifacts = ArtifactStore(settings.artifacts_location)
+        if validate is None:
+            validate = ModelRegistry(settings, artifacts).validate
         redis = connect(redis_url, name="dash:gateway")
         store = JobStore(
             redis, prefix=settings.key_prefix, keep_completed=settings.keep_completed,
@@ -54,7 +58,7 @@ class GatewayServices:
         return cls(
             settings=settings, redis=redis, store=store, hub=EventHub(redis_url),
             auth=TokenAuth(settings.secret(), settings.token_ttl_s), limiter=limiter,
-            artifacts=ArtifactStore(settings.artifacts_location), queues=queues,
+            artifacts=artifacts, queues=queues,
         )
 
     async def start(self) -> None:

@@ -46,6 +46,12 @@ class ArtifactStore:
             f.write(data)
         return rel
 
+    def delete(self, rel: str) -> None:
+        """Remove a file if it exists."""
+        full = self._full(rel)
+        if self.fs.exists(full):
+            self.fs.rm(full)
+
     def exists(self, rel: str) -> bool:
         """True if the file exists."""
         return bool(self.fs.exists(self._full(rel)))

@@ -1,0 +1,90 @@
+"""What the three runners share: settings, device, model cache, artifacts, pipeline loading."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from dash_ray.config import Settings
+from dash_ray.errors import WorkerError
+from dash_ray.workers.artifacts import ArtifactStore
+from dash_ray.workers.cache import ModelCache, device_and_dtype, free_memory
+from dash_ray.workers.registry import ModelRegistry
+from dash_ray.workers.tiny import ensure_tiny
+
+__all__ = ["TorchRunner"]
+
+log = logging.getLogger(__name__)
+
+
+class TorchRunner:
+    """Base of the GPU runners: one per worker actor, holding its models between jobs."""
+
+    def __init__(self, settings: Settings) -> None:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import torch
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        diffusers_logging.set_verbosity_error()
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.settings = settings
+        self.device, self.dtype = device_and_dtype(settings.torch_dtype)
+        self.cache = ModelCache(settings.model_cache_bytes)
+        self.artifacts = ArtifactStore(settings.artifacts_location)
+        self.registry = ModelRegistry(settings, self.artifacts)
+        self.timings: dict[str, float] = {}
+
+    # --- models ---
+    def location(self, name: str | None) -> tuple[str, str]:
+        """(name, local path or hub id) of a model, building a built-in one on first use."""
+        try:
+            name, loc = self.registry.resolve(name)
+        except KeyError:
+            raise WorkerError(f"unknown model {name!r}") from None
+        if loc.startswith("builtin:"):
+            loc = str(ensure_tiny(loc.split(":", 1)[1], self.settings.models_dir))
+        return name, loc
+
+    def pipeline(self, name: str | None, cls: Any) -> tuple[str, Any]:
+        """A loaded pipeline of `cls` for a model (from the cache when warm)."""
+        name, loc = self.location(name)
+
+        def load() -> Any:
+            t0 = time.perf_counter()
+            pipe = cls.from_pretrained(loc, dtype=self.dtype)
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=True)
+            self.timings["load_s"] = time.perf_counter() - t0
+            log.info("loaded model %s on %s (%s) in %.2fs", name, self.device, self.dtype, self.timings["load_s"])
+            return pipe
+
+        self.timings["load_s"] = 0.0
+        return name, self.cache.get((name, str(self.dtype)), load)
+
+    def loaded_models(self) -> list[str]:
+        """Names of the models this worker holds (the consumer prefers it for them)."""
+        return self.cache.names()
+
+    def after_job(self) -> None:
+        """Give memory back between jobs (more so after a failure or cancel)."""
+        free_memory()
+
+    def on_oom(self) -> None:
+        """Out of GPU memory: drop every cached model."""
+        log.warning("out of memory: dropping cached models")
+        self.cache.clear()
+
+    def close(self) -> None:
+        """Drop the models."""
+        self.cache.clear()
+
+    def generator(self, seed: int) -> Any:
+        """A torch Generator on the worker's device, seeded."""
+        import torch
+
+        return torch.Generator(device="cpu" if self.device == "cpu" else self.device).manual_seed(seed)

@@ -1,0 +1,60 @@
+"""The model registry: short names -> local paths or hub ids, checked at submit (no torch here)."""
+
+from __future__ import annotations
+
+from dash_ray.config import Settings
+from dash_ray.errors import InvalidPayload
+from dash_ray.models.payloads import GenerationJob, JobPayload, TrainingJob, UpscalingJob
+from dash_ray.workers.artifacts import ArtifactStore
+from dash_ray.workers.tiny import TINY_SD, TINY_UPSCALER
+
+__all__ = ["ModelRegistry", "lora_path"]
+
+BUILTIN = {TINY_SD: "builtin:" + TINY_SD, TINY_UPSCALER: "builtin:" + TINY_UPSCALER}
+
+
+def lora_path(user_id: str, lora_id: str) -> str:
+    """Artifact path of a trained LoRA."""
+    return f"{user_id}/{lora_id}/pytorch_lora_weights.safetensors"
+
+
+class ModelRegistry:
+    """Known models: DASH_MODELS plus the built-in `tiny` (SD) and `tiny-upscaler` (SD x4)."""
+
+    def __init__(self, settings: Settings, artifacts: ArtifactStore | None = None) -> None:
+        self.models = {**BUILTIN, **settings.models}
+        self.default = settings.default_model
+        self.artifacts = artifacts
+
+    def resolve(self, name: str | None) -> tuple[str, str]:
+        """(name, location) of a model; location is a path, a hub id or `builtin:<name>`."""
+        name = name or self.default
+        if name not in self.models:
+            raise KeyError(name)
+        return name, self.models[name]
+
+    def _check(self, field: str, name: str | None) -> None:
+        try:
+            self.resolve(name)
+        except KeyError:
+            known = ", ".join(sorted(self.models))
+            raise InvalidPayload(
+                f"invalid payload: {field}: unknown model {name or self.default!r} (known: {known})",
+                errors=[{"field": field, "message": f"unknown model {name or self.default!r}"}],
+            ) from None
+
+    def validate(self, payload: JobPayload) -> None:
+        """Raise InvalidPayload (422) for an unknown model or a LoRA that was not trained."""
+        if isinstance(payload, GenerationJob):
+            self._check("settings.model", payload.settings.model)
+            lora = payload.settings.lora_id
+            if lora and self.artifacts is not None and payload.user_id:
+                if not self.artifacts.exists(lora_path(payload.user_id, lora)):
+                    raise InvalidPayload(
+                        f"invalid payload: settings.loraId: no trained LoRA {lora!r} (train it first)",
+                        errors=[{"field": "settings.loraId", "message": "no trained LoRA with this id"}],
+                    )
+        elif isinstance(payload, TrainingJob):
+            self._check("settings.baseModel", payload.settings.base_model)
+        elif isinstance(payload, UpscalingJob) and payload.model != "lanczos":
+            self._check("model", payload.model)

@@ -1,0 +1,92 @@
+"""Runners on tiny models built from configs at test time (nothing downloaded); no Ray, no Redis."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dash_ray.config import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def worker_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings whose data dir holds the tiny models (built once for the session)."""
+    from dash_ray.workers.tiny import TINY_SD, TINY_UPSCALER, ensure_tiny
+
+    root = tmp_path_factory.mktemp("workers")
+    settings = load_settings(data_dir=root / "data", artifacts_url=str(root / "artifacts"), torch_threads=1,
+                             allowed_file_dirs=[str(root)], allowed_image_hosts=["127.0.0.1"])
+    ensure_tiny(TINY_SD, settings.models_dir)
+    ensure_tiny(TINY_UPSCALER, settings.models_dir)
+    return settings
+
+
+class RecordingBus:
+    """Collects published events (the reporter's publisher talks to this instead of Redis)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.lock = threading.Lock()
+
+    def publish_batch(self, events: list[Any], keys: list[str]) -> list[bool]:
+        with self.lock:
+            self.events += events
+        return [False] * len(keys)
+
+
+@pytest.fixture
+def run_job() -> Callable[..., Any]:
+    """Run a job with a runner; returns (result or exception, events, cancel flag)."""
+    from dash_ray.scheduler.runner import JobContext, Publisher, Reporter
+
+    def run(runner: Any, queue: str, data: dict[str, Any], job_id: str = "j1", attempt: int = 1,
+            cancel: threading.Event | None = None) -> tuple[Any, list[Any]]:
+        bus = RecordingBus()
+        pub = Publisher(bus)
+        job = JobContext(id=job_id, queue=queue, data=data, attempt=attempt, attempts=3, user_id=data.get("userId"))
+        rep = Reporter(job, pub, max_hz=1000, cancelled=cancel)
+        try:
+            result: Any = runner.run(job, rep)
+        except Exception as exc:  # returned for the test to inspect
+            result = exc
+        rep.flush()
+        pub.close()
+        return result, bus.events
+
+    return run
+
+
+def png_data_url(width: int = 32, height: int = 24, color: tuple[int, int, int] = (200, 30, 30)) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def giant_png(width: int = 10_000, height: int = 10_000) -> bytes:
+    """A PNG whose header claims width x height (100 MP) while the file stays tiny."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = 8 + 8  # signature, then length + "IHDR"
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[12:ihdr + 13])) & 0xFFFFFFFF
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def artifact(settings: Settings, url: str) -> Path:
+    """Local file of an artifact URL (/v1/artifacts/<path>)."""
+    return Path(settings.artifacts_location) / url.removeprefix("/v1/artifacts/")
