@@ -123,6 +123,17 @@ def ray_session() -> Iterator[dict[str, Any]]:
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir whose models/ holds the built-in tiny models, built once per session."""
+    from dash_ray.workers.tiny import TINY_SD, TINY_UPSCALER, ensure_tiny
+
+    root = tmp_path_factory.mktemp("tinydata")
+    ensure_tiny(TINY_SD, root / "models")
+    ensure_tiny(TINY_UPSCALER, root / "models")
+    return root
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests by folder: unit, redis, ray, e2e."""
     for item in items:

@@ -42,6 +42,7 @@ class UpscalingRunner(TorchRunner):
 
                 out = out.resize(target, Image.Resampling.LANCZOS)
         rel = self.artifacts.put(f"{p.user_id}/{job.id}/upscaled.png", png_bytes(out))
+        reporter.progress(100, f"upscaled to {out.size[0]}x{out.size[1]}")
         return {"image": self.artifacts.url_for(rel), "width": out.size[0], "height": out.size[1],
                 "scale": p.scale, "model": p.model, "timings": {"total_s": round(time.perf_counter() - t0, 4)}}
 

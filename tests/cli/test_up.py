@@ -19,6 +19,8 @@ import psutil
 import pytest
 from websockets.sync.client import connect
 
+from tests.workers.conftest import png_data_url
+
 pytestmark = pytest.mark.e2e
 
 
@@ -31,8 +33,7 @@ def free_port() -> int:
 def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "DASH_DATA_DIR": str(tmp_path / "data"), "WEBSOCKET_PORT": str(port),
-           "DASH_KEY_PREFIX": f"up{uuid.uuid4().hex[:6]}", "DASH_ENABLE_SLEEP_QUEUE": "1",
-           "PYTHONUNBUFFERED": "1"}
+           "DASH_KEY_PREFIX": f"up{uuid.uuid4().hex[:6]}", "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "dash_ray.cli", "up", "--user", "tester"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -61,7 +62,8 @@ def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
 
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
-        r = httpx.post(f"{base}/v1/jobs/sleep", json={"durationS": 0.5, "steps": 2},
+        # a real workload: Lanczos upscaling of an inline image (no model to build)
+        r = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": png_data_url(), "scale": 2},
                        headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
@@ -70,7 +72,9 @@ def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
             deadline = time.monotonic() + 60
             while True:
                 msg = json.loads(ws.recv(timeout=deadline - time.monotonic()))
+                assert msg["type"] != "job:failed", msg
                 if msg["type"] == "job:completed":
+                    assert msg["result"]["width"] == 64
                     break
         family += [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
     except BaseException:

@@ -31,3 +31,27 @@ def make_scheduler(ray_session: Any, redis_url: str, prefix: str) -> Iterator[Ca
     yield make
     for sched in made:
         sched.stop(drain_timeout_s=2)
+
+
+@pytest.fixture
+def make_real_scheduler(ray_session: Any, redis_url: str, prefix: str, tiny_data_dir: Any,
+                        tmp_path: Any) -> Iterator[Callable[..., Any]]:
+    """Factory: a Scheduler on the test's prefix running the real workloads on tiny models."""
+    from dash_ray.scheduler import queue_specs
+    from dash_ray.scheduler.cluster import Scheduler
+
+    made: list[Any] = []
+
+    def make(queues: tuple[str, ...], **overrides: Any) -> Any:
+        overrides.setdefault("artifacts_url", str(tmp_path / "artifacts"))
+        overrides.setdefault("allowed_file_dirs", [str(tmp_path)])
+        settings = load_settings(key_prefix=prefix, data_dir=tiny_data_dir, torch_threads=1, **overrides)
+        sched = Scheduler(settings, redis_url, [s for s in queue_specs(settings) if s.name in queues])
+        sched.start()
+        sched.test_settings = settings  # type: ignore[attr-defined]
+        made.append(sched)
+        return sched
+
+    yield make
+    for sched in made:
+        sched.stop(drain_timeout_s=2)

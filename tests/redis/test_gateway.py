@@ -91,6 +91,10 @@ def test_submit_idempotent_conflict_and_validation(make_client: Any, tokens: Any
     assert r.status_code == 422 and "settings.width" in r.json()["error"]["message"]
     r = c.post("/v1/jobs/upscaling", json={"imageUrl": "https://x.y/z.png", "scale": 3}, headers=h)
     assert r.status_code == 422 and "scale" in r.json()["error"]["message"]
+    r = c.post("/v1/jobs/generation", json={**GEN, "settings": {"model": "sd99"}}, headers=h)
+    assert r.status_code == 422 and "unknown model 'sd99'" in r.json()["error"]["message"]
+    r = c.post("/v1/jobs/generation", json={**GEN, "settings": {"loraId": "never-trained"}}, headers=h)
+    assert r.status_code == 422 and "settings.loraId" in r.json()["error"]["message"]
     r = c.post("/v1/jobs/painting", json=GEN, headers=h)
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_queue"
     r = c.post("/v1/jobs/generation", content=b"{not json", headers={**h, "content-type": "application/json"})

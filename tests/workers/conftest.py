@@ -15,16 +15,11 @@ from dash_ray.config import Settings, load_settings
 
 
 @pytest.fixture(scope="session")
-def worker_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def worker_settings(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Path) -> Settings:
     """Settings whose data dir holds the tiny models (built once for the session)."""
-    from dash_ray.workers.tiny import TINY_SD, TINY_UPSCALER, ensure_tiny
-
     root = tmp_path_factory.mktemp("workers")
-    settings = load_settings(data_dir=root / "data", artifacts_url=str(root / "artifacts"), torch_threads=1,
-                             allowed_file_dirs=[str(root)], allowed_image_hosts=["127.0.0.1"])
-    ensure_tiny(TINY_SD, settings.models_dir)
-    ensure_tiny(TINY_UPSCALER, settings.models_dir)
-    return settings
+    return load_settings(data_dir=tiny_data_dir, artifacts_url=str(root / "artifacts"), torch_threads=1,
+                         allowed_file_dirs=[str(root)], allowed_image_hosts=["127.0.0.1"])
 
 
 class RecordingBus:
