@@ -89,7 +89,7 @@ def build_tiny_sd(path: Path, seed: int = 0) -> None:
 
     tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       num_train_timesteps=1000)
+                                       num_train_timesteps=1000, steps_offset=1)
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
