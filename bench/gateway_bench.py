@@ -77,7 +77,7 @@ def publisher(url: str, prefix: str, ids: list[str], rate: float, seconds: float
                 JobProgressEvent(job_id=job_id, queue="sleep", user_id="bench", status="active",
                                  progress=100 * tick / ticks, message=f"tick {tick}", step=tick, steps=ticks)
                 for job_id in group
-            ], [])
+            ])
             delay = t0 + (tick - 1 + (k + 1) / slices) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)

@@ -168,10 +168,7 @@ class QueueConsumer:
 
     async def started(self, job: ActiveJob, message: str | None = None) -> None:
         """Publish the `active` event of an attempt; notes whether a cancel was already requested."""
-        batch = Batch(self.redis)
-        await self.bus.publish(self._active_event(job, message), batch=batch)
-        batch.add("exists", self.keys.cancel(job.id))
-        _seq, cancelled = await batch.execute()
+        _seq, _pos, cancelled = await self.bus.publish_raw(self._active_event(job, message))
         job.cancel_requested = bool(cancelled)
 
     def _active_event(self, job: ActiveJob, message: str | None = None) -> JobProgressEvent:
@@ -199,12 +196,9 @@ class QueueConsumer:
         await self.scripts.commands["moveToFinished"](keys=keys, args=args, client=batch)  # type: ignore[arg-type]
         event = JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id, result=result)
         # Published in the same round trip, but only if the completion above was ours.
-        await self.bus.publish(event, batch=batch, guard=(self.keys.bull(self.name, job.id), finished_on))
-        took = time.monotonic() - job.taken_at
-        metrics = self.keys.metrics(self.name)
-        batch.add("hincrby", metrics, duration_bucket(took), 1)
-        batch.add("hincrbyfloat", metrics, "sum", round(took, 6))
-        raw, (seq, _pos), *_ = await batch.execute()
+        await self.bus.publish(event, batch=batch, guard=(self.keys.bull(self.name, job.id), finished_on),
+                               duration_s=time.monotonic() - job.taken_at)
+        raw, (seq, _pos, _c) = await batch.execute()
         if isinstance(raw, int) and raw < 0:
             raise LockLost(f"job {job.id}: cannot complete (code {raw})")
         if not int(seq):  # ours, but its hash was trimmed by retention before the guard ran
@@ -311,17 +305,6 @@ class QueueConsumer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks = []
-
-
-DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
-
-
-def duration_bucket(seconds: float) -> str:
-    """The histogram field of a duration: `le_<bound>` of the first bound it fits, else `le_inf`."""
-    for b in DURATION_BUCKETS:
-        if seconds <= b:
-            return f"le_{b:g}"
-    return "le_inf"
 
 
 def encode_result(result: Any) -> str:

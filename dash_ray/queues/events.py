@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lua import PUBLISH
+from dash_ray.queues.lua import publish_script
 from dash_ray.queues.pubsub import RawPubSub
 
 __all__ = ["AnyEvent", "EventBus", "EventHub", "SyncEventBus", "event_from_state"]
@@ -26,7 +26,11 @@ AnyEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent
 _LIVE_AGAIN = frozenset({"waiting", "delayed", "retrying"})
 
 
-def _state_fields(event: AnyEvent) -> list[str]:
+_SEP = "\x1f"
+
+
+def _state_fields(event: AnyEvent) -> str:
+    """The job hash fields an event sets, as one argument: key, value, ... joined by \\x1f."""
     fields: dict[str, Any] = {"queue": event.queue, "updated": event.ts}
     if event.user_id:
         fields["userId"] = event.user_id
@@ -41,10 +45,7 @@ def _state_fields(event: AnyEvent) -> list[str]:
             fields["started"] = event.ts
         if event.attempt is not None:
             fields["attempt"] = event.attempt
-    flat: list[str] = []
-    for k, v in fields.items():
-        flat += [k, str(v)]
-    return flat
+    return _SEP.join(f"{k}{_SEP}{str(v).replace(_SEP, ' ')}" for k, v in fields.items())
 
 
 def event_from_state(job_id: str, state: dict[str, str]) -> AnyEvent | None:
@@ -72,6 +73,17 @@ def event_from_state(job_id: str, state: dict[str, str]) -> AnyEvent | None:
     )
 
 
+DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def duration_bucket(seconds: float) -> str:
+    """The histogram field of a duration: `le_<bound>` of the first bound it fits, else `le_inf`."""
+    for b in DURATION_BUCKETS:
+        if seconds <= b:
+            return f"le_{b:g}"
+    return "le_inf"
+
+
 class _Publisher:
     """Shared by the async and sync buses: the PUBLISH script's keys and arguments."""
 
@@ -81,8 +93,8 @@ class _Publisher:
         self.finished_ttl_s = finished_ttl_s
         self.keep_finished = keep_finished
 
-    def _call(self, event: AnyEvent, position_in: str | None,
-              guard: tuple[str, str] | None = None) -> tuple[list[str], list[Any]]:
+    def _call(self, event: AnyEvent, position_in: str | None, guard: tuple[str, str] | None = None,
+              duration_s: float | None = None) -> tuple[list[str], list[Any]]:
         k = self.keys
         if isinstance(event, JobCompletedEvent | JobFailedEvent):
             mode = "1"
@@ -101,13 +113,17 @@ class _Publisher:
             k.finished(event.queue),
             k.waiting_count(event.user_id or "_"),
             k.cancel(event.job_id),
+            k.metrics(event.queue),
         ]
         args: list[Any] = [
-            k.channel(event.job_id), body, mode, self.events_per_job, self.finished_ttl_s,
-            self.keep_finished, event.job_id, k.ns, int(event.ts * 1000), wait_key, prio_key,
-            *(guard or ("", "")), *_state_fields(event),
+            k.channel(event.job_id), body, mode, event.job_id, int(event.ts * 1000), wait_key, prio_key,
+            *(guard or ("", "")), _state_fields(event),
+            duration_bucket(duration_s) if duration_s is not None else "", round(duration_s or 0.0, 6),
         ]
         return keys, args
+
+    def _script_text(self) -> str:
+        return publish_script(self.events_per_job, self.finished_ttl_s, self.keep_finished, self.keys.ns)
 
 
 class SyncEventBus(_Publisher):
@@ -117,33 +133,30 @@ class SyncEventBus(_Publisher):
                  finished_ttl_s: int = 7 * 24 * 3600, keep_finished: int = 6000) -> None:
         super().__init__(keys, events_per_job, finished_ttl_s, keep_finished)
         self.redis = redis
-        self._publish = redis.register_script(PUBLISH)
+        self._publish = redis.register_script(self._script_text())
 
     def publish(self, event: AnyEvent) -> int:
         """Publish one event; returns its seq."""
         keys, args = self._call(event, None)
-        seq, _pos = self._publish(keys=keys, args=args)
+        seq, _pos, _cancelled = self._publish(keys=keys, args=args)
         return int(seq)
 
-    def publish_batch(self, events: list[AnyEvent], check_keys: list[str]) -> list[bool]:
-        """Publish events in order and tell which of `check_keys` exist, in one round trip."""
+    def publish_batch(self, events: list[AnyEvent]) -> list[bool]:
+        """Publish events in order in one round trip; returns, per event, whether a cancel was
+        requested for its (live) job."""
         calls = [self._call(e, None) for e in events]
         pipe = self.redis.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(self._publish.sha, len(keys), *keys, *args)
-        for key in check_keys:
-            pipe.exists(key)
         replies = pipe.execute(raise_on_error=False)
-        for (keys, args), reply in zip(calls, replies, strict=False):
+        out = []
+        for (keys, args), reply in zip(calls, replies, strict=True):
             if isinstance(reply, NoScriptError):
-                self._publish(keys=keys, args=args)  # loads the script, then runs it
+                reply = self._publish(keys=keys, args=args)  # loads the script, then runs it
             elif isinstance(reply, Exception):
                 raise reply
-        found = replies[len(calls):]
-        for reply in found:
-            if isinstance(reply, Exception):
-                raise reply
-        return [bool(x) for x in found]
+            out.append(bool(int(reply[2])))
+        return out
 
 
 class EventBus(_Publisher):
@@ -160,22 +173,29 @@ class EventBus(_Publisher):
     ) -> None:
         super().__init__(keys, events_per_job, finished_ttl_s, keep_finished)
         self.redis = redis
-        self._publish = redis.register_script(PUBLISH)
+        self._publish = redis.register_script(self._script_text())
         register(self._publish)
 
     async def publish(self, event: AnyEvent, *, batch: Batch | None = None, position_in: str | None = None,
-                      guard: tuple[str, str] | None = None) -> int | None:
-        """Publish one event; returns its seq (None when queued on a batch: its reply is [seq, pos]).
+                      guard: tuple[str, str] | None = None, duration_s: float | None = None) -> int | None:
+        """Publish one event; returns its seq (None when queued on a batch: its reply is
+        [seq, position, cancel requested]).
 
         `position_in` names the queue whose wait list gives the event a `queuePosition`;
-        `guard` = (BullMQ job key, finishedOn): publish only if the job holds that finishedOn.
+        `guard` = (BullMQ job key, finishedOn): publish only if the job holds that finishedOn;
+        `duration_s` (terminal events) is counted in the queue's duration histogram.
         """
-        keys, args = self._call(event, position_in, guard)
+        keys, args = self._call(event, position_in, guard, duration_s)
         if batch is not None:
             await self._publish(keys=keys, args=args, client=batch)
             return None
-        seq, _pos = await self._publish(keys=keys, args=args)
+        seq, _pos, _cancelled = await self._publish(keys=keys, args=args)
         return int(seq)
+
+    async def publish_raw(self, event: AnyEvent) -> list[int]:
+        """Publish one event; returns the script's reply [seq, position, cancel requested]."""
+        keys, args = self._call(event, None)
+        return [int(x) for x in await self._publish(keys=keys, args=args)]
 
     async def state(self, job_id: str) -> dict[str, str]:
         """Our hash of the job: queue, owner, status, progress, message, result, seq..."""

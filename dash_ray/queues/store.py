@@ -180,7 +180,7 @@ class JobStore:
         )
         await bq.scripts.addJob(bjob, batch)  # type: ignore[arg-type]
         await self.bus.publish(event, batch=batch, position_in=None if opts.delay_s else queue)
-        *_reserved, added, (seq, pos) = await batch.execute()
+        *_reserved, added, (seq, pos, _c) = await batch.execute()
         if isinstance(added, int) and added < 0:
             raise RuntimeError(f"BullMQ refused job {job_id}: code {added}")
         view = JobView(

@@ -67,8 +67,8 @@ def load_runner(spec: RunnerSpec, settings: Any) -> Runner:
 class Publisher:
     """A worker's background thread that publishes events in order, off the runner's thread.
 
-    Events queued together go out in one round trip. `bus.publish_batch(events, keys)`
-    publishes the events and returns, for each key, whether it exists (cancel flags).
+    Events queued together go out in one round trip. `bus.publish_batch(events)` publishes
+    them and returns, per event, whether a cancel was requested for its job.
     """
 
     def __init__(self, bus: Any) -> None:
@@ -77,9 +77,9 @@ class Publisher:
         self._thread = threading.Thread(target=self._loop, name="dash-publisher", daemon=True)
         self._thread.start()
 
-    def send(self, event: JobProgressEvent, check: tuple[str, threading.Event] | None = None) -> None:
-        """Publish an event (in order); with `check=(key, flag)`, set flag if key exists in Redis."""
-        self._queue.put(("event", event, check))
+    def send(self, event: JobProgressEvent, cancel: threading.Event | None = None) -> None:
+        """Publish an event (in order); with `cancel`, set it if a cancel was requested for the job."""
+        self._queue.put(("event", event, cancel))
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run fn on the publisher thread, after everything queued before it."""
@@ -87,7 +87,7 @@ class Publisher:
 
     def publish_now(self, event: JobProgressEvent) -> None:
         """Publish on the calling thread (used by the publisher thread itself)."""
-        self._bus.publish_batch([event], [])
+        self._bus.publish_batch([event])
 
     def wait(self) -> None:
         """Block until everything queued so far is published."""
@@ -113,11 +113,10 @@ class Publisher:
             events = [it for it in items if it is not None and it[0] == "event"]
             try:
                 if events:
-                    checks = [it[2] for it in events if it[2] is not None]
-                    found = self._bus.publish_batch([it[1] for it in events], [c[0] for c in checks])
-                    for (_key, flag), exists in zip(checks, found, strict=True):
-                        if exists:
-                            flag.set()
+                    cancelled = self._bus.publish_batch([it[1] for it in events])
+                    for it, was_cancelled in zip(events, cancelled, strict=True):
+                        if it[2] is not None and was_cancelled:
+                            it[2].set()
                 last = items[-1]
                 if last is not None and last[0] == "call":
                     last[1]()

@@ -77,7 +77,7 @@ class WorkerCore:
         if ctx.cancelled:
             cancel.set()
         # The start event, and whether a cancel came before it, go out with the first reports.
-        self.publisher.send(started, check=(self.keys.cancel(ctx.id), cancel))
+        self.publisher.send(started, cancel=cancel)
         reporter = Reporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
         try:
             reporter.check()

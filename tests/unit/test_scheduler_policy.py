@@ -11,6 +11,7 @@ import pytest
 
 from dash_ray.config import load_settings
 from dash_ray.errors import JobCancelled
+from dash_ray.models import JobProgressEvent
 from dash_ray.scheduler import JobContext, Reporter, node_resources, queue_specs
 from dash_ray.scheduler.pool import WorkerPool
 from dash_ray.scheduler.resources import logical_gpus
@@ -31,11 +32,11 @@ class FakeBus:
         self.events: list[Any] = []
         self.times: list[float] = []
 
-    def publish_batch(self, events: list[Any], keys: list[str]) -> list[bool]:
+    def publish_batch(self, events: list[Any]) -> list[bool]:
         for e in events:
             self.events.append(e)
             self.times.append(time.monotonic())
-        return [k == "cancelled-key" for k in keys]
+        return [getattr(e, "message", "") == "cancel me" for e in events]
 
 
 def test_reporter_throttles_keeps_last_and_never_decreases() -> None:
@@ -70,11 +71,11 @@ def test_reporter_cancel_raises_at_next_check() -> None:
     pub.close()
 
 
-def test_publisher_sets_flag_when_cancel_key_exists() -> None:
+def test_publisher_sets_flag_when_a_cancel_was_requested() -> None:
     bus = FakeBus()
     pub = Publisher(bus)
     flag = threading.Event()
-    pub.send(object(), check=("cancelled-key", flag))  # type: ignore[arg-type]
+    pub.send(JobProgressEvent(job_id="j", queue="q", status="active", message="cancel me"), cancel=flag)
     pub.wait()
     pub.close()
     assert flag.is_set()

@@ -29,10 +29,10 @@ class RecordingBus:
         self.events: list[Any] = []
         self.lock = threading.Lock()
 
-    def publish_batch(self, events: list[Any], keys: list[str]) -> list[bool]:
+    def publish_batch(self, events: list[Any]) -> list[bool]:
         with self.lock:
             self.events += events
-        return [False] * len(keys)
+        return [False] * len(events)
 
 
 @pytest.fixture

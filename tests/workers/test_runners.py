@@ -127,8 +127,8 @@ def test_training_resumes_from_the_last_finished_epoch(trainer: Any, run_job: An
     from tests.workers.conftest import RecordingBus
 
     class StopAt2(RecordingBus):
-        def publish_batch(self, events: list[Any], keys: list[str]) -> list[bool]:
-            out = super().publish_batch(events, keys)
+        def publish_batch(self, events: list[Any]) -> list[bool]:
+            out = super().publish_batch(events)
             if any(e.epoch == 2 and e.loss is not None for e in events):
                 cancel.set()
             return out
