@@ -29,9 +29,9 @@ _LIVE_AGAIN = frozenset({"waiting", "delayed", "retrying"})
 _SEP = "\x1f"
 
 
-def _state_fields(event: AnyEvent) -> str:
+def _state_fields(event: AnyEvent, extra: dict[str, Any] | None = None) -> str:
     """The job hash fields an event sets, as one argument: key, value, ... joined by \\x1f."""
-    fields: dict[str, Any] = {"queue": event.queue, "updated": event.ts}
+    fields: dict[str, Any] = {"queue": event.queue, "updated": event.ts, **(extra or {})}
     if event.user_id:
         fields["userId"] = event.user_id
     if isinstance(event, JobCompletedEvent):
@@ -94,9 +94,12 @@ class _Publisher:
         self.keep_finished = keep_finished
 
     def _call(self, event: AnyEvent, position_in: str | None, guard: tuple[str, str] | None = None,
-              duration_s: float | None = None) -> tuple[list[str], list[Any]]:
+              duration_s: float | None = None, new_job: dict[str, Any] | None = None,
+              history_max: int = 0) -> tuple[list[str], list[Any]]:
         k = self.keys
-        if isinstance(event, JobCompletedEvent | JobFailedEvent):
+        if new_job is not None:
+            mode = "3"
+        elif isinstance(event, JobCompletedEvent | JobFailedEvent):
             mode = "1"
         elif event.status in _LIVE_AGAIN:
             mode = "2"
@@ -114,11 +117,14 @@ class _Publisher:
             k.waiting_count(event.user_id or "_"),
             k.cancel(event.job_id),
             k.metrics(event.queue),
+            k.user_jobs(event.user_id or "_"),
+            k.user_counter(event.user_id or "_"),
         ]
         args: list[Any] = [
             k.channel(event.job_id), body, mode, event.job_id, int(event.ts * 1000), wait_key, prio_key,
-            *(guard or ("", "")), _state_fields(event),
+            *(guard or ("", "")), _state_fields(event, new_job),
             duration_bucket(duration_s) if duration_s is not None else "", round(duration_s or 0.0, 6),
+            history_max,
         ]
         return keys, args
 
@@ -177,15 +183,17 @@ class EventBus(_Publisher):
         register(self._publish)
 
     async def publish(self, event: AnyEvent, *, batch: Batch | None = None, position_in: str | None = None,
-                      guard: tuple[str, str] | None = None, duration_s: float | None = None) -> int | None:
+                      guard: tuple[str, str] | None = None, duration_s: float | None = None,
+                      new_job: dict[str, Any] | None = None, history_max: int = 0) -> int | None:
         """Publish one event; returns its seq (None when queued on a batch: its reply is
         [seq, position, cancel requested]).
 
         `position_in` names the queue whose wait list gives the event a `queuePosition`;
         `guard` = (BullMQ job key, finishedOn): publish only if the job holds that finishedOn;
-        `duration_s` (terminal events) is counted in the queue's duration histogram.
+        `duration_s` (terminal events) is counted in the queue's duration histogram;
+        `new_job` (fields of a brand-new job's hash) also indexes it in its user's history.
         """
-        keys, args = self._call(event, position_in, guard, duration_s)
+        keys, args = self._call(event, position_in, guard, duration_s, new_job, history_max)
         if batch is not None:
             await self._publish(keys=keys, args=args, client=batch)
             return None

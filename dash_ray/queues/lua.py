@@ -7,13 +7,14 @@ __all__ = ["POSITION", "RESERVE", "publish_script"]
 # Publish one job event atomically: next seq, latest state, capped stream, pub/sub.
 # The bus's constants are baked into the text (see publish_script), so a call packs few arguments.
 # KEYS: 1 job hash, 2 events stream, 3 finished zset, 4 open-jobs set of the user (or a dummy),
-#       5 cancel flag, 6 the queue's duration histogram
+#       5 cancel flag, 6 the queue's duration histogram, 7 the user's history zset, 8 its counter
 # ARGV: 1 channel, 2 event JSON without its closing brace, 3 mode ('0' plain, '1' terminal,
-#       '2' restart: the job is live again), 4 job id, 5 now ms, 6 wait list key for a
+#       '2' restart: the job is live again, '3' a new job: also index it in the user's history), 4 job id, 5 now ms, 6 wait list key for a
 #       queuePosition ('' for none), 7 prioritized key, 8 guard: a BullMQ job hash ('' for none),
 #       9 the finishedOn it must hold (publish only if that completion was ours),
 #       10 state fields for the job hash: key, value, key, value... joined by \x1f,
-#       11 (terminal events) a duration histogram field to count ('' for none), 12 its seconds.
+#       11 (terminal events) a duration histogram field to count ('' for none), 12 its seconds,
+#       13 (mode '3': a brand-new job, its fields in ARGV[10]) the most history entries per user.
 # Returns {seq, queue position or -1, 1 if a cancel was requested for a live job else 0};
 # {0, -1, 0} when the guard says the completion was not ours.
 _PUBLISH = r"""
@@ -74,7 +75,15 @@ if ARGV[3] == '1' then
   end
 else
   cancelled = redis.call('EXISTS', KEYS[5])
-  if ARGV[3] == '2' then
+  if ARGV[3] == '3' then
+    local n = redis.call('INCR', KEYS[8])
+    redis.call('ZADD', KEYS[7], n, ARGV[4])
+    local over = redis.call('ZCARD', KEYS[7]) - tonumber(ARGV[13])
+    if over > 0 then
+      redis.call('ZREMRANGEBYRANK', KEYS[7], 0, over - 1)
+    end
+  end
+  if ARGV[3] == '2' or ARGV[3] == '3' then
     redis.call('PERSIST', KEYS[1])
     redis.call('PERSIST', KEYS[2])
     redis.call('ZREM', KEYS[3], ARGV[4])

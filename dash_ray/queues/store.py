@@ -158,9 +158,7 @@ class JobStore:
             "args": [queue, digest, owner, now_ms, self.user_history_max, job_id],
         }
         batch = Batch(self.redis)
-        if fresh:
-            await self._reserve(**reserve, client=batch)
-        else:
+        if not fresh:
             found = await self._reserve(**reserve)
             if found:
                 fq, fdigest, fstatus = found
@@ -179,8 +177,11 @@ class JobStore:
             message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
         )
         await bq.scripts.addJob(bjob, batch)  # type: ignore[arg-type]
-        await self.bus.publish(event, batch=batch, position_in=None if opts.delay_s else queue)
-        *_reserved, added, (seq, pos, _c) = await batch.execute()
+        # A new uuid cannot collide: its job hash and history entry are made by the event itself.
+        new_job = {"digest": digest, "created": now_ms} if fresh else None
+        await self.bus.publish(event, batch=batch, position_in=None if opts.delay_s else queue,
+                               new_job=new_job, history_max=self.user_history_max)
+        added, (seq, pos, _c) = await batch.execute()
         if isinstance(added, int) and added < 0:
             raise RuntimeError(f"BullMQ refused job {job_id}: code {added}")
         view = JobView(
