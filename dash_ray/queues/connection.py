@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import hiredis
+
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, SSLConnection
 
 __all__ = ["connect", "connect_sync"]
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis (C) instead of redis-py's Python packer: ~9x faster per
+    command, which showed as the largest single cost of adding and finishing jobs."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " in args[0]:  # e.g. "SCRIPT LOAD": separate words
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+class _FastConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, SSLConnection):
+    pass
 
 
 def connect(url: str, *, blocking: bool = False, name: str | None = None, max_connections: int = 64) -> Redis:
@@ -23,7 +46,9 @@ def connect(url: str, *, blocking: bool = False, name: str | None = None, max_co
         kwargs["client_name"] = name
     if blocking:
         return Redis.from_url(url, single_connection_client=True, **kwargs)  # type: ignore[arg-type]
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30, **kwargs)
+    fast = _FastSSLConnection if url.startswith("rediss://") else _FastConnection
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30,
+                                           connection_class=fast, **kwargs)
     return Redis(connection_pool=pool)
 
 

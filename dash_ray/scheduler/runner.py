@@ -132,8 +132,9 @@ class Publisher:
 class Reporter:
     """Progress from a runner to the event bus: throttled, ordered, never decreasing, never blocking.
 
-    At most `max_hz` events a second are published; a report that comes too soon is held
-    and sent when its turn comes (the last one is always sent). `progress()` and `check()`
+    Ordinary reports are held to `max_hz` a second: one that comes too soon is held and sent
+    when its turn comes, replaced by a newer one meanwhile (the last one is always sent).
+    Milestones (a finished denoising step, a finished epoch) are never held or dropped. `progress()` and `check()`
     raise JobCancelled once the job was cancelled.
     """
 
@@ -161,8 +162,12 @@ class Reporter:
         if self._cancel.is_set():
             raise JobCancelled(self.job.id)
 
-    def progress(self, progress: float, message: str = "", **extra: Any) -> None:
-        """Report progress 0-100 with a message (and extras: epoch, epochs, loss, step, steps)."""
+    def progress(self, progress: float, message: str = "", *, milestone: bool = False, **extra: Any) -> None:
+        """Report progress 0-100 with a message (and extras: epoch, epochs, loss, step, steps).
+
+        A `milestone` (a finished denoising step, a finished epoch) is always sent at once, in
+        order; other reports are held to `max_hz`. The last report is always sent.
+        """
         self.check()
         now = time.monotonic()
         with self._lock:
@@ -177,7 +182,7 @@ class Reporter:
                 ts=round(time.time(), 3), **extra,
             )
             wait = self._interval - (now - self._last_sent)
-            if wait <= 0:
+            if milestone or wait <= 0:
                 self._last_sent = now
                 self._pending = None
                 self.sent += 1

@@ -39,7 +39,8 @@ class GenerationRunner(TorchRunner):
         steps = s.steps
 
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            reporter.progress(100.0 * (i + 1) / steps, f"step {i + 1}/{steps}", step=i + 1, steps=steps)
+            reporter.progress(100.0 * (i + 1) / steps, f"step {i + 1}/{steps}", step=i + 1, steps=steps,
+                              milestone=True)
             return kwargs
 
         reporter.progress(0, f"generating with {name}", step=0, steps=steps)

@@ -75,7 +75,7 @@ class TrainingRunner(TorchRunner):
                 start_epoch = int(ckpt["epoch"]) + 1
                 reporter.progress(100.0 * ckpt["epoch"] / s.epochs,
                                   f"resuming after epoch {ckpt['epoch']}/{s.epochs}",
-                                  epoch=int(ckpt["epoch"]), epochs=s.epochs, loss=ckpt.get("loss"))
+                                  epoch=int(ckpt["epoch"]), epochs=s.epochs, loss=ckpt.get("loss"), milestone=True)
 
         mixed = "no" if self.device == "cpu" else ("bf16" if self.dtype == torch.bfloat16 else "fp16")
         accelerator = Accelerator(mixed_precision=mixed, cpu=self.device == "cpu")
@@ -120,7 +120,7 @@ class TrainingRunner(TorchRunner):
             self._checkpoint(ckpt_rel, accelerator.unwrap_model(unet), optimizer, epoch, s, loss_value,
                              get_peft_model_state_dict, torch)
             reporter.progress(100.0 * epoch / s.epochs, f"epoch {epoch}/{s.epochs} loss {loss_value:.4f}",
-                              epoch=epoch, epochs=s.epochs, loss=round(loss_value, 6))
+                              epoch=epoch, epochs=s.epochs, loss=round(loss_value, 6), milestone=True)
 
         unet = accelerator.unwrap_model(unet)
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))

@@ -55,7 +55,8 @@ class UpscalingRunner(TorchRunner):
 
         # This pipeline has only the older `callback=` interface: progress and cancel go through it.
         def on_step(i: int, _t: Any, _latents: Any) -> None:
-            reporter.progress(10 + 85.0 * (i + 1) / steps, f"step {i + 1}/{steps}", step=i + 1, steps=steps)
+            reporter.progress(10 + 85.0 * (i + 1) / steps, f"step {i + 1}/{steps}", step=i + 1, steps=steps,
+                              milestone=True)
 
         try:
             with torch.inference_mode():

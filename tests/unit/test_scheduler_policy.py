@@ -113,3 +113,16 @@ async def test_pool_spawns_reuses_prefers_model_and_reaps() -> None:
     pool.release(better)
     time.sleep(0.25)
     assert pool.reap_idle() == 2 and len(killed) == 2 and pool.size == 0
+
+
+def test_milestones_are_never_dropped_even_in_a_fast_loop() -> None:
+    bus = FakeBus()
+    pub = Publisher(bus)
+    rep = Reporter(JobContext(id="j", queue="q", data={}), pub, max_hz=20)
+    for step in range(1, 51):
+        rep.progress(step * 2 - 1, f"inside step {step}")  # throttled
+        rep.progress(step * 2, f"step {step}/50", step=step, steps=50, milestone=True)
+    rep.flush()
+    pub.close()
+    assert [e.step for e in bus.events if e.step] == list(range(1, 51))
+    assert len([e for e in bus.events if not e.step]) <= 3
