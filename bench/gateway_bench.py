@@ -140,7 +140,7 @@ async def sockets_phase(args: argparse.Namespace, url: str, prefix: str, base: s
             if failed:
                 print("  first failure:", repr(failed[0].exception()))
             if time.monotonic() - t_connect > 120:
-                raise RuntimeError("sockets did not all subscribe")
+                raise RuntimeError("sockets did not all subscribe") from None
     connect_s = time.monotonic() - t_connect
     start_at = time.time() + 1.0
     proc = mp.get_context("spawn").Process(target=publisher, args=(url, prefix, ids, args.rate, args.seconds, start_at))

@@ -19,7 +19,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,13 +29,46 @@ from dash_ray.scheduler import queue_specs
 from dash_ray.scheduler.cluster import Scheduler, init_ray
 
 
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds used so far by each kind of process on this machine (Linux /proc)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        used = (int(fields[11]) + int(fields[12])) / tick
+        if int(pid) == os.getpid():
+            kind = "bench client"
+        elif "ray::ConsumerActor" in cmd:
+            kind = "consumer actor"
+        elif "ray::WorkerActor" in cmd:
+            kind = "worker actors"
+        elif "redis-server" in cmd:
+            kind = "redis"
+        elif "ray" in cmd:
+            kind = "ray system"
+        else:
+            kind = "other"
+        out[kind] = out.get(kind, 0.0) + used
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank)."""
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))]
 
 
-async def throughput(store: JobStore, hub: EventHub, n: int, prefill: bool = False) -> float:
+async def throughput(store: JobStore, hub: EventHub, n: int, prefill: bool = False,
+                     cpu: list[dict[str, float]] | None = None) -> float:
     """Jobs/s from submit to the last completion; with prefill, submit into a paused queue and
     time only the drain (the Ray path alone, without the submitting client competing for CPU)."""
     done = asyncio.Event()
@@ -61,6 +93,8 @@ async def throughput(store: JobStore, hub: EventHub, n: int, prefill: bool = Fal
     if prefill:
         await store.pause("sleep")
         await asyncio.gather(*(submit(i) for i in ids))
+        if cpu is not None and sys.platform == "linux":
+            cpu.append(cpu_by_process())
         t0 = time.perf_counter()
         await store.resume("sleep")
     else:
@@ -68,6 +102,8 @@ async def throughput(store: JobStore, hub: EventHub, n: int, prefill: bool = Fal
         await asyncio.gather(*(submit(i) for i in ids))
     await asyncio.wait_for(done.wait(), 600)
     elapsed = time.perf_counter() - t0
+    if cpu:
+        cpu.append(cpu_by_process())
     for job_id in ids:
         await hub.remove(store.keys.channel(job_id), on_event)
     return n / elapsed
@@ -143,13 +179,19 @@ async def run(url: str, args: argparse.Namespace) -> None:
         await throughput(store, hub, 50)
         while (await asyncio.to_thread(sched.stats))["sleep"]["workers"]["pending"]:
             await throughput(store, hub, 20)
-        drain = await throughput(store, hub, args.jobs, prefill=True)
+        cpu: list[dict[str, float]] = []
+        drain = await throughput(store, hub, args.jobs, prefill=True, cpu=cpu)
         jps = await throughput(store, hub, args.jobs)
         lat = await start_latency(store, hub, args.latency_jobs)
         ev = await event_latency(store, hub, jobs=5, steps=10)
         workers = (await asyncio.to_thread(sched.stats))["sleep"]["workers"]
         print(f"\nworkers: {workers}  redis: {'embedded' if 'embedded' in url else url}")
         print(f"through Ray       {drain:8.0f} jobs/s   ({args.jobs} queued sleep(0) jobs drained by 5 warm workers)   target >= 300")
+        if cpu:
+            cpu0, cpu1 = cpu
+            parts = sorted(((k, (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / args.jobs) for k in cpu1), key=lambda kv: -kv[1])
+            print("CPU per job while draining: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts if v >= 0.01)
+                  + f"; total {sum(v for _, v in parts):.2f} ms")
         print(f"submit+complete   {jps:8.0f} jobs/s   ({args.jobs} jobs submitted by this client while they run)")
         print(f"submit-to-start   p50 {statistics.median(lat):6.2f} ms   p99 {pct(lat, 99):6.2f} ms   "
               f"({len(lat)} jobs, one at a time)   target p50 <= 20 ms")

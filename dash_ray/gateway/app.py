@@ -18,7 +18,15 @@ from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.metrics import render
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.ws import serve_socket
-from dash_ray.models import GenerationJob, JobList, JobOptions, JobView, QueueView, TrainingJob, UpscalingJob
+from dash_ray.models import (
+    GenerationJob,
+    JobList,
+    JobOptions,
+    JobView,
+    QueueView,
+    TrainingJob,
+    UpscalingJob,
+)
 from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import parse_payload
 from dash_ray.workers.artifacts import InvalidArtifactPath

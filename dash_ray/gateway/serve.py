@@ -8,7 +8,6 @@ import threading
 from typing import Any
 
 import uvicorn
-
 from ray import serve
 from ray.serve import Application
 

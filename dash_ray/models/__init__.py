@@ -28,7 +28,14 @@ from dash_ray.models.payloads import (
     UpscalingJob,
 )
 from dash_ray.models.queues import PAYLOADS, QUEUES, parse_options, parse_payload
-from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobStatus, JobView, QueueView, SubmitResult
+from dash_ray.models.views import (
+    TERMINAL_STATUSES,
+    JobList,
+    JobStatus,
+    JobView,
+    QueueView,
+    SubmitResult,
+)
 
 __all__ = [
     "PAYLOADS",

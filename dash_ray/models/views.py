@@ -8,7 +8,7 @@ from pydantic import Field
 
 from dash_ray.models.base import WireModel
 
-__all__ = ["JobList", "JobStatus", "JobView", "QueueView", "SubmitResult", "TERMINAL_STATUSES"]
+__all__ = ["TERMINAL_STATUSES", "JobList", "JobStatus", "JobView", "QueueView", "SubmitResult"]
 
 JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})

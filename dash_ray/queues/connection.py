@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import hiredis
-
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection

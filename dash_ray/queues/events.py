@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from redis import Redis as SyncRedis
-from redis.exceptions import NoScriptError
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
 from dash_ray.queues.batch import Batch, register

@@ -15,7 +15,14 @@ from bullmq import Job as BullJob
 from bullmq import Queue as BullQueue
 from redis.asyncio import Redis
 
-from dash_ray.errors import Forbidden, InvalidJobState, InvalidPayload, JobConflict, JobNotFound, UnknownQueue
+from dash_ray.errors import (
+    Forbidden,
+    InvalidJobState,
+    InvalidPayload,
+    JobConflict,
+    JobNotFound,
+    UnknownQueue,
+)
 from dash_ray.models.base import is_lookup_id
 from dash_ray.models.events import JobFailedEvent, JobProgressEvent
 from dash_ray.models.options import JobOptions

@@ -17,9 +17,11 @@ from dash_ray.scheduler.worker import WorkerCore
 __all__ = ["ConsumerActor", "WorkerActor"]
 
 
-@ray.remote(max_concurrency=4)
+@ray.remote(concurrency_groups={"control": 2}, enable_task_events=False)
 class WorkerActor:
-    """A GPU worker: one job at a time (threaded, so `cancel` lands while `run` runs)."""
+    """A GPU worker: one job at a time; `cancel` and `info` run in their own concurrency group
+    (a thread of their own), so they land while `run` runs. Ray's per-task event reports are off:
+    a job's own events are in Redis, and they cost the GCS a message per job."""
 
     def __init__(self, queue: str, settings: Settings, spec: RunnerSpec, redis_url: str) -> None:
         logging.basicConfig(level=logging.INFO)
@@ -35,9 +37,11 @@ class WorkerActor:
         out["models"] = self.core.info()["models"]
         return out
 
+    @ray.method(concurrency_group="control")
     def cancel(self, job_id: str) -> bool:
         return self.core.cancel(job_id)
 
+    @ray.method(concurrency_group="control")
     def info(self) -> dict[str, Any]:
         return self.core.info()
 

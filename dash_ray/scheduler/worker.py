@@ -19,7 +19,14 @@ from dash_ray.config import Settings
 from dash_ray.errors import JobCancelled, WorkerError
 from dash_ray.models.events import JobProgressEvent
 from dash_ray.queues import Keys, SyncEventBus, connect_sync
-from dash_ray.scheduler.runner import JobContext, Publisher, Reporter, Runner, RunnerSpec, load_runner
+from dash_ray.scheduler.runner import (
+    JobContext,
+    Publisher,
+    Reporter,
+    Runner,
+    RunnerSpec,
+    load_runner,
+)
 
 __all__ = ["WorkerCore"]
 
@@ -65,7 +72,7 @@ class WorkerCore:
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run one job; returns {ok, result} or {ok: False, error, cancelled, retry}."""
         ctx = JobContext(**job)
-        runner = self.runner or self.load() and self.runner
+        runner = self.runner or (self.load() and self.runner)
         assert runner is not None
         cancel = threading.Event()
         self._cancels[ctx.id] = cancel

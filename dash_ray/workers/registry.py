@@ -48,12 +48,12 @@ class ModelRegistry:
         if isinstance(payload, GenerationJob):
             self._check("settings.model", payload.settings.model)
             lora = payload.settings.lora_id
-            if lora and self.artifacts is not None and payload.user_id:
-                if not self.artifacts.exists(lora_path(payload.user_id, lora)):
-                    raise InvalidPayload(
-                        f"invalid payload: settings.loraId: no trained LoRA {lora!r} (train it first)",
-                        errors=[{"field": "settings.loraId", "message": "no trained LoRA with this id"}],
-                    )
+            if (lora and self.artifacts is not None and payload.user_id
+                    and not self.artifacts.exists(lora_path(payload.user_id, lora))):
+                raise InvalidPayload(
+                    f"invalid payload: settings.loraId: no trained LoRA {lora!r} (train it first)",
+                    errors=[{"field": "settings.loraId", "message": "no trained LoRA with this id"}],
+                )
         elif isinstance(payload, TrainingJob):
             self._check("settings.baseModel", payload.settings.base_model)
         elif isinstance(payload, UpscalingJob) and payload.model != "lanczos":

@@ -67,7 +67,12 @@ def _text_encoder(projection_dim: int | None = None):  # type: ignore[no-untyped
 def build_tiny_sd(path: Path, seed: int = 0) -> None:
     """A tiny StableDiffusionPipeline (64 px, ~1M-parameter UNet) saved to `path`."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -101,7 +106,13 @@ def build_tiny_sd(path: Path, seed: int = 0) -> None:
 def build_tiny_upscaler(path: Path, seed: int = 0) -> None:
     """A tiny StableDiffusionUpscalePipeline (x4, SD x4-upscaler class) saved to `path`."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMScheduler,
+        StableDiffusionUpscalePipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(

@@ -35,7 +35,7 @@ class TrainingRunner(TorchRunner):
     def run(self, job: JobContext, reporter: Reporter) -> dict[str, Any]:
         """Train; returns the URL of `pytorch_lora_weights.safetensors` (stored under the loraId)."""
         import torch
-        import torch.nn.functional as F  # noqa: N812
+        import torch.nn.functional as F
         from accelerate import Accelerator
         from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
         from diffusers.utils import convert_state_dict_to_diffusers

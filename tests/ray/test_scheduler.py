@@ -22,7 +22,7 @@ async def test_per_queue_concurrency_reaches_and_never_exceeds_limits(make_sched
     adds = [("generation", GEN)] * 12 + [("upscaling", UPS)] * 8 + [("training", TRN)] * 4
     for queue, data in adds:
         ids[queue].append((await store.add(queue, data)).job.id)
-    for queue, job_ids in ids.items():
+    for job_ids in ids.values():
         for job_id in job_ids:
             await wait_status(store, job_id, ("completed",), timeout_s=90)
     for queue, limit in (("generation", 5), ("upscaling", 3), ("training", 1)):

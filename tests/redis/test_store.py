@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -68,7 +69,7 @@ async def test_retry_with_exponential_backoff_then_success(make_store: Any, make
     await c.complete(job, {"done": 1})
     view = await store.get("flaky")
     assert view.status == "completed" and view.attempts_made == 3 and view.result == {"done": 1}
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps[0] >= 0.18 and gaps[1] >= 0.38  # exponential: 0.2 s then 0.4 s
 
 

@@ -86,7 +86,7 @@ class Handle:
         self.n = n
 
         class Ready:
-            async def remote(_self) -> dict[str, Any]:  # noqa: N805
+            async def remote(_self) -> dict[str, Any]:
                 await asyncio.sleep(0)
                 return {"pid": 1000 + n, "models": ["m"] if n % 2 else []}
 
@@ -126,3 +126,38 @@ def test_milestones_are_never_dropped_even_in_a_fast_loop() -> None:
     pub.close()
     assert [e.step for e in bus.events if e.step] == list(range(1, 51))
     assert len([e for e in bus.events if not e.step]) <= 3
+
+
+class SlowBus(FakeBus):
+    def publish_batch(self, events: list[Any]) -> list[bool]:
+        time.sleep(0.001)  # a round trip: the background thread is often mid-batch
+        return super().publish_batch(events)
+
+
+def test_publisher_keeps_order_when_wait_publishes_on_the_callers_thread() -> None:
+    bus = SlowBus()
+    pub = Publisher(bus)
+    n = 0
+    for _job in range(40):
+        for _ in range(5):
+            n += 1
+            pub.send(JobProgressEvent(job_id="j", queue="q", status="active", progress=0, message=str(n)))
+        pub.wait()  # returns only once everything sent so far is out
+        assert bus.events[-1].message == str(n)
+    pub.close()
+    assert [e.message for e in bus.events] == [str(i) for i in range(1, n + 1)]
+
+
+def test_flush_sends_a_held_report_at_once() -> None:
+    bus = FakeBus()
+    pub = Publisher(bus)
+    rep = Reporter(JobContext(id="j", queue="q", data={}), pub, max_hz=2)  # a held report waits 0.5 s
+    rep.progress(10, "first")
+    rep.progress(20, "held")
+    t0 = time.monotonic()
+    rep.flush()
+    assert time.monotonic() - t0 < 0.25
+    assert [e.message for e in bus.events] == ["first", "held"]
+    time.sleep(0.6)  # the armed timer finds nothing held: no duplicate
+    pub.close()
+    assert [e.message for e in bus.events] == ["first", "held"]
