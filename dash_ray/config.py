@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     # --- Scheduling ---
     ray_address: str | None = None
     num_gpus: float | None = Field(None, ge=0)
+    worker_niceness: int = Field(0, ge=0, le=19)
     training_concurrency: int = Field(1, ge=1, le=64)
     upscaling_concurrency: int = Field(3, ge=1, le=64)
     generation_concurrency: int = Field(5, ge=1, le=64)

@@ -59,6 +59,10 @@ def init_ray(settings: Settings, specs: list[QueueSpec], *, num_cpus: int | None
             resources=node_resources(specs),
             include_dashboard=False,
             log_to_driver=False,
+            # Ray starts its worker processes at niceness 15 so that its own daemons come first.
+            # Here those workers are the node's workload (gateway replicas serving live sockets,
+            # GPU workers) and share the machine with Redis at niceness 0.
+            _system_config={"worker_niceness": settings.worker_niceness},
         )
     return dict(ray.cluster_resources())
 
