@@ -1,10 +1,11 @@
 """Jobs through the whole Ray path (Redis -> consumer actor -> worker actor -> Redis), with the sleep runner.
 
-    python bench/scheduler_bench.py [--jobs 2000] [--latency-jobs 200]
+    python bench/scheduler_bench.py [--jobs 2000] [--latency-jobs 200] [--baseline]
 
 Prints: end-to-end jobs/s for N sleep(0) jobs on warm workers; submit-to-start latency
 p50/p99 on an idle system (one job at a time); progress publish-to-subscriber latency
-p50/p99. Local Ray on loopback; REDIS_URL if set, else an embedded Redis.
+p50/p99; the CPU each kind of process spent per job. With --baseline, bare Ray actor calls
+of the same shape for comparison. Local Ray on loopback; REDIS_URL if set, else an embedded Redis.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,6 +61,62 @@ def cpu_by_process() -> dict[str, float]:
             kind = "other"
         out[kind] = out.get(kind, 0.0) + used
     return out
+
+
+def ray_baseline(workers: int, calls: int) -> tuple[float, float]:
+    """Bare Ray for comparison: an async actor calling a no-op method of `workers` actors shaped
+    like dash-ray's workers (a control concurrency group, task events off), one call in flight per
+    actor. Returns (calls/s, CPU ms per call of the caller and the actors together)."""
+    import ray
+
+    @ray.remote(num_cpus=0, concurrency_groups={"control": 2}, enable_task_events=False)
+    class Noop:
+        def run(self, job: dict[str, Any]) -> dict[str, Any]:
+            return {"ok": True, "result": {"attempt": job["attempt"]}}
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    @ray.remote(num_cpus=0)
+    class Caller:
+        def __init__(self, targets: list[Any]) -> None:
+            self.targets = targets
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        async def go(self, n: int) -> float:
+            left = n
+
+            async def loop(target: Any) -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    await target.run.remote({"id": "x" * 32, "queue": "sleep", "data": {"userId": "bench"},
+                                             "attempt": 1})
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(loop(t) for t in self.targets))
+            return n / (time.perf_counter() - t0)
+
+    def cpu_of(pids: list[int]) -> float:
+        total = 0.0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    targets = [Noop.remote() for _ in range(workers)]
+    caller = Caller.remote(targets)
+    pids = ray.get([t.pid.remote() for t in targets] + [caller.pid.remote()])
+    ray.get(caller.go.remote(200))
+    c0 = cpu_of(pids) if sys.platform == "linux" else 0.0
+    rate = ray.get(caller.go.remote(calls))
+    c1 = cpu_of(pids) if sys.platform == "linux" else 0.0
+    for actor in [*targets, caller]:
+        ray.kill(actor)
+    return rate, (c1 - c0) * 1000 / calls
 
 
 def pct(values: list[float], p: float) -> float:
@@ -180,17 +238,25 @@ async def run(url: str, args: argparse.Namespace) -> None:
         slots = specs[0].concurrency
         for _ in range(30):
             workers = (await asyncio.to_thread(sched.stats))["sleep"]["workers"]
-            if not workers["pending"] and workers["idle"] + workers["busy"] >= slots:
+            if workers["idle"] + workers["busy"] >= slots:
                 break
             await throughput(store, hub, 200, prefill=True)
         else:
             raise RuntimeError(f"could not start {slots} workers: {workers}")
+        for _ in range(50):  # surplus workers asked for during the warm-up are dropped once idle
+            if not (await asyncio.to_thread(sched.stats))["sleep"]["workers"]["pending"]:
+                break
+            await asyncio.sleep(0.1)
         cpu: list[dict[str, float]] = []
         drain = await throughput(store, hub, args.jobs, prefill=True, cpu=cpu)
         jps = await throughput(store, hub, args.jobs)
         lat = await start_latency(store, hub, args.latency_jobs)
         ev = await event_latency(store, hub, jobs=5, steps=10)
         workers = (await asyncio.to_thread(sched.stats))["sleep"]["workers"]
+        base = None
+        if args.baseline:
+            await asyncio.to_thread(sched.stop, 5)  # its workers leave the machine to the baseline
+            base = await asyncio.to_thread(ray_baseline, slots, args.jobs)
         print(f"\nworkers: {workers}  redis: {'embedded' if 'embedded' in url else url}")
         print(f"through Ray       {drain:8.0f} jobs/s   ({args.jobs} queued sleep(0) jobs drained by {slots} warm workers)   target >= 300")
         if cpu:
@@ -198,6 +264,9 @@ async def run(url: str, args: argparse.Namespace) -> None:
             parts = sorted(((k, (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / args.jobs) for k in cpu1), key=lambda kv: -kv[1])
             print("CPU per job while draining: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts if v >= 0.01)
                   + f"; total {sum(v for _, v in parts):.2f} ms")
+        if base:
+            print(f"bare Ray baseline {base[0]:8.0f} calls/s  ({args.jobs} no-op actor calls, {slots} actors, "
+                  f"one call in flight each; {base[1]:.2f} ms of CPU per call)")
         print(f"submit+complete   {jps:8.0f} jobs/s   ({args.jobs} jobs submitted by this client while they run)")
         print(f"submit-to-start   p50 {statistics.median(lat):6.2f} ms   p99 {pct(lat, 99):6.2f} ms   "
               f"({len(lat)} jobs, one at a time)   target p50 <= 20 ms")
@@ -216,6 +285,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=2000)
     ap.add_argument("--latency-jobs", type=int, default=200)
+    ap.add_argument("--baseline", action="store_true",
+                    help="also time bare Ray actor calls of the same shape, without Redis or dash-ray")
     args = ap.parse_args()
     url = load_settings().resolved_redis_url()
     server = None
