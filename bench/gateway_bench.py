@@ -37,6 +37,7 @@ import websockets
 
 from dash_ray.config import load_settings
 from dash_ray.gateway import TokenAuth
+from dash_ray.gateway.serve import build_app, run_gateway, wait_healthy
 from dash_ray.models import JobProgressEvent
 from dash_ray.queues import EmbeddedRedis, JobStore, connect
 
@@ -175,18 +176,6 @@ async def rest_phase(base: str, n: int, in_flight: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-def wait_healthy(base: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("gateway did not come up")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["serve", "direct"], default="serve")
@@ -213,31 +202,19 @@ def main() -> None:
     uv = None
     try:
         if args.mode == "serve":
-            from ray import serve
-
-            from dash_ray.gateway.serve import build_app
             from dash_ray.scheduler.cluster import init_ray
             from dash_ray.scheduler.resources import queue_specs
 
-            settings = load_settings(**env_settings, websocket_port=port)
+            settings = load_settings(**env_settings, host="127.0.0.1", websocket_port=port)
             init_ray(settings, queue_specs(settings))
-            if settings.ingress == "direct":
-                serve.start(proxy_location="Disabled")
-            else:
-                serve.start(http_options={"host": "127.0.0.1", "port": port})
             # the gateway alone: its queues are known but no consumer runs (jobs just wait)
             app = build_app(settings, url, specs=queue_specs(settings), scheduler=False)
-            serve.run(app, name="bench", route_prefix="/", blocking=False)
+            run_gateway(settings, app, "bench", timeout_s=120)
         else:
             env = {**os.environ, "REDIS_URL": url, **{f"DASH_{k.upper()}": str(v) for k, v in env_settings.items()}}
-            cmd = [sys.executable, "-m", "uvicorn", "--factory", "dash_ray.gateway.asgi:app",
-                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                   "--ws", os.environ.get("DASH_BENCH_WS", "auto")]
-            if os.environ.get("DASH_BENCH_UVICORN_CMD"):
-                cmd = [sys.executable, os.environ["DASH_BENCH_UVICORN_CMD"]]
-                env["PORT"] = str(port)
-            uv = subprocess.Popen(cmd, env=env)
-        wait_healthy(base)
+            uv = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "dash_ray.gateway.asgi:app",
+                                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env)
+            wait_healthy(base, timeout_s=120)
         os.nice(NICE)
         ws = asyncio.run(sockets_phase(args, url, prefix, base))
         rest = asyncio.run(rest_phase(base, args.rest_jobs, args.rest_in_flight))

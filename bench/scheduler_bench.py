@@ -31,22 +31,25 @@ from dash_ray.scheduler import queue_specs
 from dash_ray.scheduler.cluster import Scheduler, init_ray
 
 
+def cpu_seconds(pid: int | str) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_by_process() -> dict[str, float]:
     """CPU seconds used so far by each kind of process on this machine (Linux /proc)."""
     out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
+            used = cpu_seconds(pid)
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        used = (int(fields[11]) + int(fields[12])) / tick
         if int(pid) == os.getpid():
             kind = "bench client"
         elif "ray::ConsumerActor" in cmd:
@@ -100,12 +103,7 @@ def ray_baseline(workers: int, calls: int) -> tuple[float, float]:
             return n / (time.perf_counter() - t0)
 
     def cpu_of(pids: list[int]) -> float:
-        total = 0.0
-        for pid in pids:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return sum(cpu_seconds(pid) for pid in pids)
 
     targets = [Noop.remote() for _ in range(workers)]
     caller = Caller.remote(targets)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -50,21 +49,15 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         from ray import serve
 
         from dash_ray.gateway.auth import TokenAuth
-        from dash_ray.gateway.serve import build_app
+        from dash_ray.gateway.serve import build_app, run_gateway
         from dash_ray.scheduler.cluster import init_ray
         from dash_ray.scheduler.resources import queue_specs
 
         specs = queue_specs(settings, sleep_queue=settings.enable_sleep_queue)
         resources = init_ray(settings, specs)
-        if settings.ingress == "direct":  # the gateway replicas serve the port themselves
-            serve.start(proxy_location="Disabled")
-        else:
-            serve.start(http_options={"host": settings.host, "port": settings.websocket_port})
-        serve.run(build_app(settings, url, specs), name="dash", route_prefix="/", blocking=False)
-        _wait_http(f"http://{settings.host}:{settings.websocket_port}/healthz")
+        base = run_gateway(settings, build_app(settings, url, specs), "dash")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        base = f"http://{settings.host}:{settings.websocket_port}"
         token = TokenAuth(settings.secret(), settings.token_ttl_s).mint(args.user)
         gpus = resources.get("GPU", 0)
         print(
@@ -96,23 +89,6 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_http(url: str, timeout_s: float = 60.0) -> None:
-    """Wait until the gateway answers."""
-    import time
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     """Print an API token for a user."""
     from dash_ray.gateway.auth import TokenAuth
@@ -140,7 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dash-ray` console script."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a local Ray stays on loopback
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:

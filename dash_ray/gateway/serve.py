@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
+import urllib.request
 from typing import Any
 
 import uvicorn
@@ -95,6 +97,33 @@ def build_app(settings: Settings, redis_url: str, specs: list[QueueSpec] | None 
     supervisor = SchedulerSupervisor.bind(settings, redis_url, specs) if scheduler else None
     queues = tuple(s.name for s in specs)
     return Gateway.options(num_replicas=settings.gateway_replicas).bind(settings, redis_url, queues, supervisor)
+
+
+def wait_healthy(base_url: str, timeout_s: float = 60.0) -> None:
+    """Block until `base_url`/healthz answers 200; the last error once `timeout_s` has passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def run_gateway(settings: Settings, app: Application, name: str, timeout_s: float = 60.0) -> str:
+    """Start Serve for `settings.ingress` (no proxy when the replicas serve the port themselves),
+    run `app` as `name` and wait until it answers; returns its base URL."""
+    if settings.ingress == "direct":
+        serve.start(proxy_location="Disabled")
+    else:
+        serve.start(http_options={"host": settings.host, "port": settings.websocket_port})
+    serve.run(app, name=name, route_prefix="/", blocking=False)
+    base = f"http://{settings.host}:{settings.websocket_port}"
+    wait_healthy(base, timeout_s)
+    return base
 
 
 def app_builder(args: dict[str, str]) -> Application:

@@ -21,14 +21,6 @@ __all__ = ["RawPubSub"]
 log = logging.getLogger(__name__)
 
 
-def _pack(*args: str) -> bytes:
-    out = [f"*{len(args)}\r\n".encode()]
-    for a in args:
-        b = a.encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
 class RawPubSub:
     """Subscribes to channels and calls `on_message(channel, data)` for each message; reconnects."""
 
@@ -69,7 +61,7 @@ class RawPubSub:
         new = [c for c in channels if c not in self.channels]
         self.channels.update(new)
         if new and self._writer is not None:
-            self._writer.write(_pack("SUBSCRIBE", *new))
+            self._writer.write(hiredis.pack_command(("SUBSCRIBE", *new)))
 
     async def subscribe_confirmed(self, channels: Iterable[str], timeout_s: float = 10.0) -> None:
         """Subscribe and wait until Redis confirms (so no later publish is missed)."""
@@ -87,7 +79,7 @@ class RawPubSub:
         gone = [c for c in channels if c in self.channels]
         self.channels.difference_update(gone)
         if gone and self._writer is not None:
-            self._writer.write(_pack("UNSUBSCRIBE", *gone))
+            self._writer.write(hiredis.pack_command(("UNSUBSCRIBE", *gone)))
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         """Wait until the socket is up and subscribed."""
@@ -98,14 +90,14 @@ class RawPubSub:
         parser = hiredis.Reader(encoding="utf-8", errors="replace")
         if self.password:
             auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-            writer.write(_pack(*auth))  # type: ignore[arg-type]
+            writer.write(hiredis.pack_command(auth))
             while (reply := parser.gets()) is False:
                 parser.feed(await reader.read(4096))
             if isinstance(reply, hiredis.ReplyError):
                 writer.close()
                 raise ConnectionError(f"Redis AUTH failed: {reply}")
         if self.channels:
-            writer.write(_pack("SUBSCRIBE", *sorted(self.channels)))
+            writer.write(hiredis.pack_command(("SUBSCRIBE", *sorted(self.channels))))
         await writer.drain()
         return reader, writer, parser
 

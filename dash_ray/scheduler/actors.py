@@ -34,7 +34,7 @@ class WorkerActor:
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         out = self.core.run(job)
-        out["models"] = self.core.info()["models"]
+        out["models"] = self.core.models()
         return out
 
     @ray.method(concurrency_group="control")

@@ -30,11 +30,11 @@ def local_node_gpus(settings: Settings, specs: list[QueueSpec]) -> float:
     if settings.num_gpus is not None:
         return float(settings.num_gpus)
     try:
-        import torch  # only to count devices; the node runs the workers anyway
+        from dash_ray.workers.cache import cuda_devices
 
-        if torch.cuda.is_available():
-            return float(torch.cuda.device_count())
-    except Exception:
+        if devices := cuda_devices():
+            return float(devices)
+    except Exception:  # installed without the workers extra, or CUDA unusable
         pass
     return logical_gpus(specs)
 

@@ -60,19 +60,22 @@ class WorkerCore:
                 self.runner = load_runner(self.spec, self.settings)
         return self.info()
 
-    def info(self) -> dict[str, Any]:
-        """pid, queue, jobs done and the models this worker holds (for model affinity)."""
-        models: list[str] = []
+    def models(self) -> list[str]:
+        """The models this worker holds (for model affinity)."""
         loaded = getattr(self.runner, "loaded_models", None)
-        if callable(loaded):
-            models = list(loaded())
-        return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": models,
+        return list(loaded()) if callable(loaded) else []
+
+    def info(self) -> dict[str, Any]:
+        """pid, queue, jobs done, the models held and the jobs running."""
+        return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": self.models(),
                 "running": list(self._cancels)}
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run one job; returns {ok, result} or {ok: False, error, cancelled, retry}."""
         ctx = JobContext(**job)
-        runner = self.runner or (self.load() and self.runner)
+        if self.runner is None:
+            self.load()
+        runner = self.runner
         assert runner is not None
         cancel = threading.Event()
         self._cancels[ctx.id] = cancel

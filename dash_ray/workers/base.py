@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from dash_ray.config import Settings
@@ -74,10 +76,17 @@ class TorchRunner:
         """Give memory back between jobs (more so after a failure or cancel)."""
         free_memory()
 
-    def on_oom(self) -> None:
-        """Out of GPU memory: drop every cached model."""
-        log.warning("out of memory: dropping cached models")
-        self.cache.clear()
+    @contextlib.contextmanager
+    def dropping_models_on_oom(self) -> Iterator[None]:
+        """Run a pipeline; out of GPU memory, drop every cached model (then the error goes on)."""
+        import torch
+
+        try:
+            yield
+        except torch.cuda.OutOfMemoryError:
+            log.warning("out of memory: dropping cached models")
+            self.cache.clear()
+            raise
 
     def close(self) -> None:
         """Drop the models."""

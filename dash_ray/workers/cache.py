@@ -10,9 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelCache", "device_and_dtype", "free_memory", "model_bytes"]
+__all__ = ["ModelCache", "cuda_devices", "device_and_dtype", "free_memory", "model_bytes"]
 
 log = logging.getLogger(__name__)
+
+
+def cuda_devices() -> int:
+    """How many CUDA devices this machine has (0 without CUDA)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def device_and_dtype(preference: str = "auto") -> tuple[str, Any]:

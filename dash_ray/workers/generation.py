@@ -46,7 +46,7 @@ class GenerationRunner(TorchRunner):
         reporter.progress(0, f"generating with {name}", step=0, steps=steps)
         t1 = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with self.dropping_models_on_oom(), torch.inference_mode():
                 out = pipe(
                     prompt=p.prompt,
                     negative_prompt=s.negative_prompt or None,
@@ -58,9 +58,6 @@ class GenerationRunner(TorchRunner):
                     generator=self.generator(seed),
                     callback_on_step_end=on_step,
                 )
-        except torch.cuda.OutOfMemoryError:
-            self.on_oom()
-            raise
         finally:
             if adapter:
                 pipe.unload_lora_weights()

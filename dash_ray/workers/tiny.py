@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TINY_SD", "TINY_UPSCALER", "build_tiny_sd", "build_tiny_upscaler", "ensure_tiny"]
 
@@ -34,8 +35,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def _tiny_tokenizer(path: Path) -> None:
-    """A byte-level CLIP tokenizer (no merges): every character is a token. Written to `path`."""
+def _tiny_tokenizer(path: Path) -> Any:
+    """A byte-level CLIP tokenizer (no merges): every character is a token. Built in `path`
+    (removed afterwards: the pipeline saves its own copy)."""
     from transformers import CLIPTokenizer
 
     chars = list(_bytes_to_unicode().values())
@@ -51,6 +53,9 @@ def _tiny_tokenizer(path: Path) -> None:
     (path / "merges.txt").write_text("#version: 0.2\n")
     tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
     tok.save_pretrained(str(path))
+    tokenizer = CLIPTokenizer.from_pretrained(str(path))
+    shutil.rmtree(path, ignore_errors=True)
+    return tokenizer
 
 
 def _text_encoder(projection_dim: int | None = None):  # type: ignore[no-untyped-def]
@@ -88,11 +93,7 @@ def build_tiny_sd(path: Path, seed: int = 0) -> None:
     )
     torch.manual_seed(seed)
     text_encoder = _text_encoder()
-    tok_dir = path / "_tok"
-    _tiny_tokenizer(tok_dir)
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = _tiny_tokenizer(path / "_tok")
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        num_train_timesteps=1000, steps_offset=1)
     pipe = StableDiffusionPipeline(
@@ -100,7 +101,6 @@ def build_tiny_sd(path: Path, seed: int = 0) -> None:
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(str(path), safe_serialization=True)
-    shutil.rmtree(tok_dir, ignore_errors=True)
 
 
 def build_tiny_upscaler(path: Path, seed: int = 0) -> None:
@@ -130,17 +130,12 @@ def build_tiny_upscaler(path: Path, seed: int = 0) -> None:
     )
     torch.manual_seed(seed)
     text_encoder = _text_encoder(projection_dim=512)
-    tok_dir = path / "_tok"
-    _tiny_tokenizer(tok_dir)
-    from transformers import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
+    tokenizer = _tiny_tokenizer(path / "_tok")
     pipe = StableDiffusionUpscalePipeline(
         unet=unet, low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, max_noise_level=350,
     )
     pipe.save_pretrained(str(path), safe_serialization=True)
-    shutil.rmtree(tok_dir, ignore_errors=True)
 
 
 _BUILDERS = {TINY_SD: build_tiny_sd, TINY_UPSCALER: build_tiny_upscaler}

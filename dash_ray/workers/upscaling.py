@@ -30,16 +30,14 @@ class UpscalingRunner(TorchRunner):
         if target[0] * target[1] > self.settings.max_image_pixels:
             raise WorkerError(f"result would be {target[0]}x{target[1]}, over {self.settings.max_image_pixels} pixels")
         reporter.progress(10, f"upscaling {w}x{h} x{p.scale} with {p.model}")
-        if p.model == "lanczos":
-            from PIL import Image
+        from PIL import Image
 
+        if p.model == "lanczos":
             out = img.resize(target, Image.Resampling.LANCZOS)
             reporter.progress(90, "resized", step=1, steps=1)
         else:
             out = self._diffusion(p, img, reporter)
             if out.size != target:
-                from PIL import Image
-
                 out = out.resize(target, Image.Resampling.LANCZOS)
         rel = self.artifacts.put(f"{p.user_id}/{job.id}/upscaled.png", png_bytes(out))
         reporter.progress(100, f"upscaled to {out.size[0]}x{out.size[1]}")
@@ -58,11 +56,7 @@ class UpscalingRunner(TorchRunner):
             reporter.progress(10 + 85.0 * (i + 1) / steps, f"step {i + 1}/{steps}", step=i + 1, steps=steps,
                               milestone=True)
 
-        try:
-            with torch.inference_mode():
-                result = pipe(prompt="", image=img, num_inference_steps=steps, callback=on_step, callback_steps=1,
-                              generator=self.generator(0))
-        except torch.cuda.OutOfMemoryError:
-            self.on_oom()
-            raise
+        with self.dropping_models_on_oom(), torch.inference_mode():
+            result = pipe(prompt="", image=img, num_inference_steps=steps, callback=on_step, callback_steps=1,
+                          generator=self.generator(0))
         return result.images[0]

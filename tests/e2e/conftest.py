@@ -29,7 +29,7 @@ def stack(request: pytest.FixtureRequest, ray_session: Any, redis_url: str,
     from ray import serve
 
     from dash_ray.gateway import TokenAuth
-    from dash_ray.gateway.serve import build_app
+    from dash_ray.gateway.serve import build_app, run_gateway
     from dash_ray.scheduler import RunnerSpec, queue_specs
     from dash_ray.scheduler.resources import with_runner
 
@@ -42,23 +42,7 @@ def stack(request: pytest.FixtureRequest, ray_session: Any, redis_url: str,
     )
     specs = [s for s in with_runner(queue_specs(settings, sleep_queue=True),
                                      RunnerSpec("dash_ray.scheduler.sleep:SleepRunner")) if s.name == "sleep"]
-    if request.param == "direct":
-        serve.start(proxy_location="Disabled")
-    else:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(settings, redis_url, specs), name="dash-e2e", route_prefix="/", blocking=False)
-    import httpx
-
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        import time
-
-        time.sleep(0.2)
+    base = run_gateway(settings, build_app(settings, redis_url, specs), "dash-e2e")
     auth = TokenAuth(SECRET)
     yield {"base": base, "ws": f"ws://127.0.0.1:{port}/ws", "token": auth.mint, "prefix": prefix,
            "settings": settings}
