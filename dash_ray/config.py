@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     worker_idle_s: float = Field(120.0, ge=0)
     max_pending_workers: int = Field(4, ge=1)
     progress_max_hz: float = Field(20.0, gt=0)
+    # Short jobs go to a worker several per Ray call: as many as fit in this many seconds of
+    # measured run time (0 turns it off), at most max_batch. Long jobs always go one by one.
+    batch_budget_s: float = Field(0.02, ge=0, le=10)
+    max_batch: int = Field(8, ge=1, le=256)
     enable_sleep_queue: bool = False  # a fourth queue running the built-in sleep runner: tests, benchmarks
     drain_timeout_s: float = Field(30.0, ge=0)
 

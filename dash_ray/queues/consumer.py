@@ -16,9 +16,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 from bullmq import Job as BullJob
 from bullmq import Queue as BullQueue
 from bullmq.custom_errors import UnrecoverableError
+from bullmq.redis_connection import loadScript
 from bullmq.scripts import raw2NextJobData
 from redis.asyncio import Redis
 
@@ -100,7 +102,9 @@ class QueueConsumer:
         self.id = consumer_id or uuid.uuid4().hex
         self.queue = BullQueue(queue, {"connection": redis, "prefix": prefix, "lockDuration": self.lock_ms})
         self.scripts = self.queue.scripts
-        register(*self.scripts.commands.values())
+        # BullMQ ships this script but its Python client does not load it: put back a job that never started.
+        self._requeue = redis.register_script(loadScript("moveJobFromActiveToWait-9.lua"))
+        register(*self.scripts.commands.values(), self._requeue)
         self.held: dict[str, ActiveJob] = {}
         self._n = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -161,6 +165,26 @@ class QueueConsumer:
                 timeout = min(left, max(0.002, (self._next_delayed_ms - time.time() * 1000) / 1000))
             await self.wait_for_marker(timeout)
 
+    async def take_more(self, n: int) -> list[ActiveJob]:
+        """Lock up to n more ready jobs in one round trip (no waiting); in priority order."""
+        if n <= 0:
+            return []
+        batch = Batch(self.redis)
+        tokens = [self._token() for _ in range(n)]
+        keys = self.scripts.getKeys(["wait", "active", "prioritized", "events", "stalled", "limiter",
+                                     "delayed", "paused", "meta", "pc", "marker"])
+        now = round(time.time() * 1000)
+        for token in tokens:  # the arguments of BullMQ's Scripts.moveToActive
+            opts = msgpack.packb({"token": token, "lockDuration": self.lock_ms, "limiter": None}, use_bin_type=True)
+            await self.scripts.commands["moveToActive"](keys=keys, args=[self.scripts.keys[""], now, opts],
+                                                        client=batch)  # type: ignore[arg-type]
+        out = []
+        for raw, token in zip(await batch.execute(), tokens, strict=True):
+            job = self._active(raw2NextJobData(raw) if raw else None, token)
+            if job is not None:
+                out.append(job)
+        return out
+
     async def wait_for_marker(self, timeout_s: float) -> bool:
         """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""
         got = await self.blocking.bzpopmin(self.scripts.keys["marker"], max(timeout_s, 0.002))
@@ -186,27 +210,59 @@ class QueueConsumer:
 
         Raises LockLost if another consumer owns the job now (then nothing is published).
         """
-        self.held.pop(job.id, None)
-        # BullMQ locks the next job with the same token (one token per slot, as its workers do).
-        token = job.token
-        remove = job.bull.opts.get("removeOnComplete", False)
-        keys, args = self.scripts.moveToCompletedArgs(job.bull, result, remove, token, fetch_next)
-        finished_on = str(args[1])
+        nxt, lost = await self.complete_many([(job, result)], fetch_next=int(fetch_next))
+        if lost:
+            raise lost[0]
+        if nxt and announce_next:
+            await self.started(nxt[0])
+        return nxt[0] if nxt else None
+
+    async def complete_many(self, done: list[tuple[ActiveJob, Any]], fetch_next: int = 0,
+                            ) -> tuple[list[ActiveJob], list[LockLost]]:
+        """Complete several attempts in one round trip, each publishing its `job:completed`; the
+        first `fetch_next` of them also lock a next job (BullMQ's fetch-next, one per completion).
+
+        Returns (the next jobs, a LockLost per job another consumer owns now: nothing published for it).
+        """
         batch = Batch(self.redis)
-        await self.scripts.commands["moveToFinished"](keys=keys, args=args, client=batch)  # type: ignore[arg-type]
-        event = JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id, result=result)
-        # Published in the same round trip, but only if the completion above was ours.
-        await self.bus.publish(event, batch=batch, guard=(self.keys.bull(self.name, job.id), finished_on),
-                               duration_s=time.monotonic() - job.taken_at)
-        raw, (seq, _pos, _c) = await batch.execute()
-        if isinstance(raw, int) and raw < 0:
-            raise LockLost(f"job {job.id}: cannot complete (code {raw})")
-        if not int(seq):  # ours, but its hash was trimmed by retention before the guard ran
-            await self.bus.publish(event)
-        nxt = self._active(raw2NextJobData(raw), token) if fetch_next and raw else None
-        if nxt is not None and announce_next:
-            await self.started(nxt)
-        return nxt
+        calls = []
+        for i, (job, result) in enumerate(done):
+            self.held.pop(job.id, None)
+            fetch = i < fetch_next
+            # BullMQ locks the next job with the same token (one token per slot, as its workers do).
+            remove = job.bull.opts.get("removeOnComplete", False)
+            keys, args = self.scripts.moveToCompletedArgs(job.bull, result, remove, job.token, fetch)
+            await self.scripts.commands["moveToFinished"](keys=keys, args=args, client=batch)  # type: ignore[arg-type]
+            event = JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id, result=result)
+            # Published in the same round trip, but only if the completion above was ours.
+            await self.bus.publish(event, batch=batch, guard=(self.keys.bull(self.name, job.id), str(args[1])),
+                                   duration_s=time.monotonic() - job.taken_at)
+            calls.append((job, event, fetch))
+        replies = await batch.execute()
+        nxt: list[ActiveJob] = []
+        lost: list[LockLost] = []
+        for (job, event, fetch), raw, (seq, _pos, _c) in zip(calls, replies[::2], replies[1::2], strict=True):
+            if isinstance(raw, int) and raw < 0:
+                lost.append(LockLost(f"job {job.id}: cannot complete (code {raw})"))
+                continue
+            if not int(seq):  # ours, but its hash was trimmed by retention before the guard ran
+                await self.bus.publish(event)
+            following = self._active(raw2NextJobData(raw), job.token) if fetch and raw else None
+            if following is not None:
+                nxt.append(following)
+        return nxt, lost
+
+    async def requeue(self, job: ActiveJob) -> bool:
+        """Put a held job that never started back at the head of its queue (no attempt used)."""
+        self.held.pop(job.id, None)
+        k = self.scripts.keys
+        keys = [k["active"], k["wait"], k["stalled"], k["paused"], k["meta"], k["limiter"],
+                k["prioritized"], k["marker"], k["events"]]
+        code = await self._requeue(keys=keys, args=[job.id, job.token, self.keys.bull(self.name, job.id)])
+        if isinstance(code, int) and code < 0:
+            log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
+            return False
+        return True
 
     async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False) -> FailOutcome:
         """Fail the attempt: retry per attempts/backoff, else fail (or cancel) for good; publish it."""

@@ -32,10 +32,9 @@ class WorkerActor:
         info["resources"] = ray.get_runtime_context().get_assigned_resources()
         return info
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        out = self.core.run(job)
-        out["models"] = self.core.models()
-        return out
+    def run(self, jobs: list[dict[str, Any]], budget_s: float = 0.0) -> dict[str, Any]:
+        """Run a batch of jobs (usually one); see WorkerCore.run_batch."""
+        return {"outcomes": self.core.run_batch(jobs, budget_s), "models": self.core.models()}
 
     @ray.method(concurrency_group="control")
     def cancel(self, job_id: str) -> bool:

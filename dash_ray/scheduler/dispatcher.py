@@ -38,12 +38,16 @@ class Dispatcher:
     """Moves one queue's jobs from Redis to its worker pool and back."""
 
     def __init__(self, consumer: QueueConsumer, pool: WorkerPool, *, hub: EventHub | None = None,
-                 cancel_channel: str | None = None, idle_keep: int = 0) -> None:
+                 cancel_channel: str | None = None, idle_keep: int = 0, batch_budget_s: float = 0.02,
+                 max_batch: int = 8) -> None:
         self.consumer = consumer
         self.pool = pool
         self.hub = hub
         self.cancel_channel = cancel_channel
         self.idle_keep = idle_keep
+        self.batch_budget_s = batch_budget_s
+        self.max_batch = max_batch
+        self.cost_s: float | None = None  # moving average of a job's run time on its worker
         self.running: dict[str, Slot] = {}
         self._early_cancels: set[str] = set()
         self.stopping = False
@@ -51,6 +55,8 @@ class Dispatcher:
         self._job_tasks: set[asyncio.Task[None]] = set()
         self.completed = 0
         self.failed = 0
+        self.requeued = 0  # handed to a worker in a batch, not started, put back
+        self.calls = 0  # Ray calls to workers (a call may carry a batch of jobs)
         self.started_at = time.time()
 
     @property
@@ -97,24 +103,51 @@ class Dispatcher:
             self.pool.unreserve(slot)
             return
         slot = self.pool.prefer(slot, model_of(job.data))
-        # The worker publishes the job's `active` event as it starts it.
-        task = asyncio.create_task(self._run(slot, job), name=f"job-{job.id}")
+        jobs = [job, *await self.consumer.take_more(self.batch_size() - 1)]
+        # The worker publishes each job's `active` event as it starts it.
+        task = asyncio.create_task(self._run(slot, jobs), name=f"job-{job.id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
 
-    async def _run(self, slot: Slot, job: ActiveJob | None) -> None:
+    # ------------------------------------------------------------------ batching
+    def batch_size(self) -> int:
+        """How many jobs to hand a worker in one Ray call.
+
+        One, unless this queue's jobs have been measured to be short: then as many as fit in
+        `batch_budget_s` (at most `max_batch`). A Ray call costs ~2 ms of CPU on each side, which
+        dwarfs a job of a millisecond, while a batch of 0.1 s jobs would make a later
+        higher-priority job wait behind it; the budget bounds that wait.
+        """
+        if self.cost_s is None or self.batch_budget_s <= 0 or self.max_batch <= 1:
+            return 1
+        return max(1, min(self.max_batch, int(self.batch_budget_s / max(self.cost_s, 1e-4))))
+
+    def _measured(self, seconds: float) -> None:
+        """Fold one job's run time on its worker into the queue's moving average."""
+        self.cost_s = seconds if self.cost_s is None else 0.8 * self.cost_s + 0.2 * seconds
+
+    async def _run(self, slot: Slot, jobs: list[ActiveJob]) -> None:
         alive = True
         models: tuple[str, ...] | None = None
-        while job is not None:
-            outcome, alive = await self._attempt(slot, job)
-            models = tuple(outcome.get("models", ())) or models
-            nxt = None
+        while jobs:
+            outcomes, models_now, alive = await self._attempt(slot, jobs)
+            models = models_now or models
+            jobs = await self._finish(jobs, outcomes, fetch=alive and not self.stopping)
+        if alive:
+            self.pool.release(slot, models)
+
+    async def _finish(self, jobs: list[ActiveJob], outcomes: list[dict[str, Any]], fetch: bool) -> list[ActiveJob]:
+        """Record a batch's outcomes in Redis; returns the next jobs for the same worker."""
+        done = []
+        skipped = []
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if "s" in outcome:
+                self._measured(float(outcome["s"]))
             try:
                 if outcome.get("ok"):
-                    fetch = alive and not self.stopping
-                    nxt = await self.consumer.complete(job, outcome.get("result"), fetch_next=fetch,
-                                                       announce_next=False)
-                    self.completed += 1
+                    done.append((job, outcome.get("result")))
+                elif outcome.get("skipped"):
+                    skipped.append(job)
                 else:
                     await self.consumer.fail(job, str(outcome.get("error", "failed")),
                                              retry=bool(outcome.get("retry", True)),
@@ -124,29 +157,81 @@ class Dispatcher:
                 log.warning("%s", exc, extra={"job_id": job.id})
             except Exception:
                 log.exception("could not finish job %s", job.id, extra={"job_id": job.id})
-            job = nxt
-        if alive:
-            self.pool.release(slot, models)
+        for job in reversed(skipped):  # each goes back to the head of the queue: last first keeps their order
+            try:
+                await self.consumer.requeue(job)
+            except Exception:
+                log.exception("could not requeue job %s", job.id, extra={"job_id": job.id})
+        self.requeued += len(skipped)
+        want = self.batch_size() if fetch else 0
+        nxt: list[ActiveJob] = []
+        if done:
+            try:
+                nxt, lost = await self.consumer.complete_many(done, fetch_next=want)
+                self.completed += len(done) - len(lost)
+                for exc in lost:
+                    log.warning("%s", exc)
+            except Exception:
+                log.exception("could not complete %d jobs", len(done))
+        if fetch and nxt and len(nxt) < want:  # the batch size grew, and the queue is not empty
+            nxt += await self.consumer.take_more(want - len(nxt))
+        return nxt
 
-    async def _attempt(self, slot: Slot, job: ActiveJob) -> tuple[dict[str, Any], bool]:
-        if job.deferred_failure:
-            return {"ok": False, "retry": False, "error": job.deferred_failure}, True
-        self.running[job.id] = slot
-        ctx = JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
-                         attempts=job.attempts, user_id=job.user_id,
-                         cancelled=job.cancel_requested or job.id in self._early_cancels)
-        self._early_cancels.discard(job.id)
+    async def _attempt(self, slot: Slot, jobs: list[ActiveJob]) -> tuple[list[dict[str, Any]], tuple[str, ...], bool]:
+        """Run jobs on a worker; returns (outcome per job, the models it holds, whether it lives)."""
+        outcomes: dict[str, dict[str, Any]] = {}
+        ctxs = []
+        for job in jobs:
+            if job.deferred_failure:
+                outcomes[job.id] = {"ok": False, "retry": False, "error": job.deferred_failure}
+                continue
+            self.running[job.id] = slot
+            ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
+                                   attempts=job.attempts, user_id=job.user_id,
+                                   cancelled=job.cancel_requested or job.id in self._early_cancels).to_dict())
+            self._early_cancels.discard(job.id)
+        alive, models = True, ()
         try:
-            return await slot.handle.run.remote(ctx.to_dict()), True
+            if ctxs:
+                budget = 2 * self.batch_budget_s if len(ctxs) > 1 else 0.0
+                self.calls += 1
+                reply = await slot.handle.run.remote(ctxs, budget)
+                models = tuple(reply.get("models", ()))
+                outcomes.update(zip((c["id"] for c in ctxs), reply["outcomes"], strict=True))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the worker actor died (killed, OOM, node lost)
-            log.warning("worker %d died running job %s: %s", slot.id, job.id, type(exc).__name__,
-                        extra={"job_id": job.id})
+            alive = False
+            log.warning("worker %d died running %s: %s", slot.id, [c["id"] for c in ctxs], type(exc).__name__)
             self.pool.discard(slot)
-            return {"ok": False, "retry": True, "error": f"worker died: {type(exc).__name__}"}, False
+            started = await self._started([j for j in jobs if j.id not in outcomes])
+            for job in jobs:
+                if job.id not in outcomes:
+                    outcomes[job.id] = ({"ok": False, "retry": True, "error": f"worker died: {type(exc).__name__}"}
+                                        if job.id in started else {"ok": False, "skipped": True})
         finally:
-            self.running.pop(job.id, None)
+            for c in ctxs:
+                self.running.pop(c["id"], None)
+        return [outcomes[j.id] for j in jobs], models, alive
+
+    async def _started(self, jobs: list[ActiveJob]) -> set[str]:
+        """Which of these jobs' current attempts had started on their worker (by their state in Redis).
+
+        A batch's lone or first job counts as started whatever Redis says: its `active` event may
+        not have gone out before the worker died.
+        """
+        if len(jobs) <= 1:
+            return {j.id for j in jobs}
+        started = {jobs[0].id}
+        try:
+            for job in jobs[1:]:
+                status, attempt = await self.consumer.redis.hmget(self.consumer.keys.job(job.id), "status", "attempt")
+                if status == "active" and str(attempt) == str(job.attempt):
+                    started.add(job.id)
+        except Exception:
+            log.exception("could not read job states; counting them all as started")
+            return {j.id for j in jobs}
+        return started
 
     def _on_cancel(self, _channel: str, job_id: str) -> None:
         slot = self.running.get(job_id)
@@ -190,6 +275,8 @@ class Dispatcher:
     def stats(self) -> dict[str, Any]:
         """Counters and the pool's workers by state."""
         return {"queue": self.queue, "running": len(self.running), "completed": self.completed,
-                "failed": self.failed, "workers": self.pool.stats(), "worker_detail": self.pool.detail(),
+                "failed": self.failed, "requeued": self.requeued, "worker_calls": self.calls,
+                "batch_size": self.batch_size(),
+                "job_ms": round(self.cost_s * 1000, 3) if self.cost_s is not None else None, "workers": self.pool.stats(), "worker_detail": self.pool.detail(),
                 "running_jobs": {job_id: slot.pid for job_id, slot in self.running.items()},
                 "stopping": self.stopping, "pid": os.getpid()}

@@ -77,8 +77,8 @@ class WorkerCore:
             self.load()
         runner = self.runner
         assert runner is not None
-        cancel = threading.Event()
-        self._cancels[ctx.id] = cancel
+        cancel = self._cancels.setdefault(ctx.id, threading.Event())  # run_batch may have made it
+        t0 = time.perf_counter()
         started = JobProgressEvent(
             job_id=ctx.id, queue=ctx.queue, user_id=ctx.user_id, status="active", progress=0,
             message=f"started (attempt {ctx.attempt} of {ctx.attempts})", attempt=ctx.attempt,
@@ -94,19 +94,22 @@ class WorkerCore:
             result = runner.run(ctx, reporter)
             reporter.flush()
             self.jobs_done += 1
-            return {"ok": True, "result": result}
+            return {"ok": True, "result": result, "s": time.perf_counter() - t0}
         except JobCancelled:
             reporter.flush()
             log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": True, "retry": False, "error": "cancelled"}
+            return {"ok": False, "cancelled": True, "retry": False, "error": "cancelled",
+                    "s": time.perf_counter() - t0}
         except WorkerError as exc:
             reporter.flush()
             log.info("job %s rejected: %s", ctx.id, exc, extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": False, "retry": False, "error": str(exc)}
+            return {"ok": False, "cancelled": False, "retry": False, "error": str(exc),
+                    "s": time.perf_counter() - t0}
         except Exception as exc:
             reporter.flush()
             log.warning("job %s failed: %s\n%s", ctx.id, exc, traceback.format_exc(), extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": False, "retry": True, "error": f"{type(exc).__name__}: {exc}"}
+            return {"ok": False, "cancelled": False, "retry": True, "error": f"{type(exc).__name__}: {exc}",
+                    "s": time.perf_counter() - t0}
         finally:
             self._cancels.pop(ctx.id, None)
             after = getattr(runner, "after_job", None)
@@ -115,6 +118,29 @@ class WorkerCore:
                     after()
                 except Exception:
                     log.exception("runner cleanup failed")
+
+    def run_batch(self, jobs: list[dict[str, Any]], budget_s: float = 0.0) -> list[dict[str, Any]]:
+        """Run jobs one after another; returns an outcome per job, in order.
+
+        Every job of the batch can be cancelled from the start. Once the batch has run longer
+        than `budget_s` (when > 0), the jobs not yet started come back as `{"skipped": True}`
+        (the consumer puts them back at the head of the queue), so a misjudged batch cannot hold
+        jobs, or a higher-priority job behind them, for long.
+        """
+        for job in jobs:
+            self._cancels.setdefault(job["id"], threading.Event())
+        out: list[dict[str, Any]] = []
+        t0 = time.perf_counter()
+        try:
+            for i, job in enumerate(jobs):
+                if i and budget_s and time.perf_counter() - t0 > budget_s:
+                    out.extend({"ok": False, "skipped": True} for _ in jobs[i:])
+                    break
+                out.append(self.run(job))
+        finally:
+            for job in jobs:
+                self._cancels.pop(job["id"], None)
+        return out
 
     def cancel(self, job_id: str) -> bool:
         """Ask the running job to stop at its next progress check; False if not running here."""

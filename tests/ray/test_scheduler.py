@@ -188,3 +188,60 @@ async def test_idle_workers_stop(make_scheduler: Any, make_store: Any) -> None:
         return not stats["worker_detail"]
 
     await wait_for(no_workers, 10, interval_s=0.25)
+
+
+async def test_short_jobs_go_in_batches_long_ones_one_by_one(make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("sleep",))
+    store = make_store()
+    ids = [(await store.add("sleep", {"userId": "alice"})).job.id for _ in range(300)]
+    for job_id in ids:
+        await wait_status(store, job_id, ("completed",), timeout_s=60)
+    stats = (await asyncio.to_thread(sched.stats))["sleep"]
+    assert stats["completed"] == 300 and stats["failed"] == 0
+    assert stats["worker_calls"] <= 150, stats  # several sleep(0) jobs per Ray call
+    assert stats["batch_size"] > 1 and stats["job_ms"] < 10
+    for job_id in ids[::30]:
+        evs = await events(store, job_id)
+        assert_well_formed(evs)
+        assert sum(e.get("message", "").startswith("started") for e in evs) == 1
+    await asyncio.to_thread(sched.stop, 2)
+
+    sched = make_scheduler(queues=("sleep",), runner={"duration_s": 0.05})
+    ids = [(await store.add("sleep", {"userId": "alice"})).job.id for _ in range(8)]
+    for job_id in ids:
+        await wait_status(store, job_id, ("completed",), timeout_s=60)
+    stats = (await asyncio.to_thread(sched.stats))["sleep"]
+    assert stats["worker_calls"] == 8 and stats["batch_size"] == 1  # 50 ms jobs: over the 20 ms budget
+
+
+async def test_worker_killed_mid_batch_retries_the_running_job_and_requeues_the_rest(
+        make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("sleep",))
+    store = make_store()
+    for job_id in [(await store.add("sleep", {"userId": "alice"})).job.id for _ in range(20)]:
+        await wait_status(store, job_id, ("completed",), timeout_s=60)  # the queue's jobs are measured short
+    assert (await asyncio.to_thread(sched.stats))["sleep"]["batch_size"] > 3
+    await store.pause("sleep")
+    await store.add("sleep", {"userId": "alice", "jobId": "victim", "durationS": 3, "steps": 3},
+                    {"attempts": 2, "backoff": {"type": "fixed", "delayS": 0}})
+    for i in range(3):
+        await store.add("sleep", {"userId": "alice", "jobId": f"behind{i}"}, {"attempts": 1})
+    await store.resume("sleep")
+    await wait_status(store, "victim", ("active",))
+
+    async def batched_with_victim() -> int | None:
+        running = (await asyncio.to_thread(sched.stats))["sleep"]["running_jobs"]
+        pid = running.get("victim")
+        return pid if pid and all(running.get(f"behind{i}") == pid for i in range(3)) else None
+
+    pid = await wait_for(batched_with_victim, 10)
+    os.kill(pid, signal.SIGKILL)
+    view = await wait_status(store, "victim", ("completed",), timeout_s=60)
+    assert view.result["attempt"] == 2 and view.result["pid"] != pid
+    for i in range(3):  # never started, so no attempt used: a one-attempt job still completes
+        view = await wait_status(store, f"behind{i}", ("completed", "failed"), timeout_s=60)
+        assert view.status == "completed" and view.result["attempt"] == 1
+        evs = await events(store, f"behind{i}")
+        assert_well_formed(evs)
+        assert not any(e.get("status") == "retrying" for e in evs)
+    assert (await asyncio.to_thread(sched.stats))["sleep"]["requeued"] >= 3

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from dash_ray.errors import InvalidJobState, InvalidPayload, JobConflict, UnknownQueue
+from tests.helpers import assert_well_formed, events
 
 TRN = {"userId": "bob", "prompt": "sks dog", "imageUrls": ["https://img.example.com/1.png"]}
 
@@ -247,3 +248,37 @@ async def test_retry_failed_job(make_store: Any, make_consumer: Any) -> None:
     await c.complete(job, {"ok": 1})
     with pytest.raises(InvalidJobState):
         await store.retry("again")
+
+
+async def test_take_more_complete_many_and_requeue(make_store: Any, make_consumer: Any) -> None:
+    """A batch for one worker: locked in one round trip in priority order, completed in one (each
+    publishing its own `job:completed`, the first ones fetching a next job), and a job that never
+    started put back at the head of the queue without using an attempt."""
+    store = make_store()
+    for i, prio in enumerate([2, 1, 2, 1, 3, 3]):
+        await store.add("training", {**TRN, "loraId": f"b{i}"}, {"priority": prio, "attempts": 1})
+    c = make_consumer("training", store)
+    first = await c.take()
+    assert first is not None and first.id == "b1"
+    more = await c.take_more(3)
+    assert [j.id for j in more] == ["b3", "b0", "b2"]
+    assert set(c.held) == {"b1", "b3", "b0", "b2"}
+    # b2 never started: back at the head of its priority, attempts untouched
+    assert await c.requeue(more[2])
+    assert (await store.get("b2")).status == "waiting"
+    assert (await store.counts("training"))["active"] == 3
+    nxt, lost = await c.complete_many([(first, {"n": 1}), (more[0], {"n": 2}), (more[1], {"n": 3})], fetch_next=2)
+    assert not lost
+    assert [j.id for j in nxt] == ["b2", "b4"]
+    for job_id, n in (("b1", 1), ("b3", 2), ("b0", 3)):
+        view = await store.get(job_id)
+        assert view.status == "completed" and view.result == {"n": n}
+        evs = await events(store, job_id)
+        assert_well_formed(evs)
+        assert [e["type"] for e in evs].count("job:completed") == 1
+    nxt2, lost2 = await c.complete_many([(j, {}) for j in nxt])
+    assert nxt2 == [] and not lost2
+    b2 = await store.get("b2")
+    assert b2.status == "completed" and b2.attempts_made == 1  # one attempt: the requeue used none
+    assert [j.id for j in await c.take_more(5)] == ["b5"]
+    assert await c.take_more(0) == []
