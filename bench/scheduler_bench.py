@@ -1,11 +1,12 @@
 """Jobs through the whole Ray path (Redis -> consumer actor -> worker actor -> Redis), with the sleep runner.
 
-    python bench/scheduler_bench.py [--jobs 2000] [--latency-jobs 200] [--baseline]
+    python bench/scheduler_bench.py [--jobs 2000] [--latency-jobs 200] [--baseline] [--batch-budget S]
 
 Prints: end-to-end jobs/s for N sleep(0) jobs on warm workers; submit-to-start latency
 p50/p99 on an idle system (one job at a time); progress publish-to-subscriber latency
 p50/p99; the CPU each kind of process spent per job. With --baseline, bare Ray actor calls
-of the same shape for comparison. Local Ray on loopback; REDIS_URL if set, else an embedded Redis.
+of the same shape for comparison. `--batch-budget 0` hands each job to its worker in a Ray call
+of its own (the default batches short jobs, see DASH_BATCH_BUDGET_S). Local Ray on loopback; REDIS_URL if set, else an embedded Redis.
 """
 
 from __future__ import annotations
@@ -219,7 +220,8 @@ async def event_latency(store: JobStore, hub: EventHub, jobs: int, steps: int) -
 
 async def run(url: str, args: argparse.Namespace) -> None:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
-    settings = load_settings(key_prefix=prefix, worker_idle_s=600)
+    extra = {} if args.batch_budget is None else {"batch_budget_s": args.batch_budget}
+    settings = load_settings(key_prefix=prefix, worker_idle_s=600, **extra)
     specs = [s for s in queue_specs(settings, sleep_queue=True) if s.name == "sleep"]
     t0 = time.perf_counter()
     init_ray(settings, queue_specs(settings, sleep_queue=True))
@@ -246,7 +248,9 @@ async def run(url: str, args: argparse.Namespace) -> None:
                 break
             await asyncio.sleep(0.1)
         cpu: list[dict[str, float]] = []
+        calls0 = (await asyncio.to_thread(sched.stats))["sleep"]["worker_calls"]
         drain = await throughput(store, hub, args.jobs, prefill=True, cpu=cpu)
+        calls = (await asyncio.to_thread(sched.stats))["sleep"]["worker_calls"] - calls0
         jps = await throughput(store, hub, args.jobs)
         lat = await start_latency(store, hub, args.latency_jobs)
         ev = await event_latency(store, hub, jobs=5, steps=10)
@@ -256,7 +260,8 @@ async def run(url: str, args: argparse.Namespace) -> None:
             await asyncio.to_thread(sched.stop, 5)  # its workers leave the machine to the baseline
             base = await asyncio.to_thread(ray_baseline, slots, args.jobs)
         print(f"\nworkers: {workers}  redis: {'embedded' if 'embedded' in url else url}")
-        print(f"through Ray       {drain:8.0f} jobs/s   ({args.jobs} queued sleep(0) jobs drained by {slots} warm workers)   target >= 300")
+        print(f"through Ray       {drain:8.0f} jobs/s   ({args.jobs} queued sleep(0) jobs drained by {slots} warm workers, "
+              f"{args.jobs / max(calls, 1):.1f} jobs per Ray call, batch budget {settings.batch_budget_s:g} s)   target >= 300")
         if cpu:
             cpu0, cpu1 = cpu
             parts = sorted(((k, (cpu1[k] - cpu0.get(k, 0.0)) * 1000 / args.jobs) for k in cpu1), key=lambda kv: -kv[1])
@@ -285,6 +290,8 @@ def main() -> None:
     ap.add_argument("--latency-jobs", type=int, default=200)
     ap.add_argument("--baseline", action="store_true",
                     help="also time bare Ray actor calls of the same shape, without Redis or dash-ray")
+    ap.add_argument("--batch-budget", type=float, default=None,
+                    help="seconds of short jobs a worker gets per Ray call (default: DASH_BATCH_BUDGET_S; 0: one job per call)")
     args = ap.parse_args()
     url = load_settings().resolved_redis_url()
     server = None
