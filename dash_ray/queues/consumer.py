@@ -109,6 +109,7 @@ class QueueConsumer:
         self._n = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._next_delayed_ms = 0.0
+        self.ready_hint = 0  # jobs ready in the queue right after the last take()
 
     # ------------------------------------------------------------ taking
     def _token(self) -> str:
@@ -152,11 +153,16 @@ class QueueConsumer:
 
     async def _take(self, block_s: float) -> ActiveJob | None:
         deadline = time.monotonic() + block_s
+        k = self.scripts.keys
         while True:
             token = self._token()
             self._next_delayed_ms = 0.0
-            raw = await self.scripts.moveToActive(token, {"lockDuration": self.lock_ms})
-            job = self._active(raw, token)
+            batch = Batch(self.redis)
+            await self._move_to_active(batch, token, round(time.time() * 1000))
+            batch.add("llen", k["wait"]).add("zcard", k["prioritized"])  # what is left, in the same round trip
+            raw, wait, prio = await batch.execute()
+            self.ready_hint = int(wait) + int(prio)
+            job = self._active(raw2NextJobData(raw) if raw else None, token)
             left = deadline - time.monotonic()
             if job is not None or left <= 0:
                 return job
@@ -165,19 +171,23 @@ class QueueConsumer:
                 timeout = min(left, max(0.002, (self._next_delayed_ms - time.time() * 1000) / 1000))
             await self.wait_for_marker(timeout)
 
+    async def _move_to_active(self, batch: Batch, token: str, now_ms: int) -> None:
+        """Queue BullMQ's moveToActive (its Scripts.moveToActive's keys and arguments) on a batch."""
+        keys = self.scripts.getKeys(["wait", "active", "prioritized", "events", "stalled", "limiter",
+                                     "delayed", "paused", "meta", "pc", "marker"])
+        opts = msgpack.packb({"token": token, "lockDuration": self.lock_ms, "limiter": None}, use_bin_type=True)
+        await self.scripts.commands["moveToActive"](keys=keys, args=[self.scripts.keys[""], now_ms, opts],
+                                                    client=batch)  # type: ignore[arg-type]
+
     async def take_more(self, n: int) -> list[ActiveJob]:
         """Lock up to n more ready jobs in one round trip (no waiting); in priority order."""
         if n <= 0:
             return []
         batch = Batch(self.redis)
         tokens = [self._token() for _ in range(n)]
-        keys = self.scripts.getKeys(["wait", "active", "prioritized", "events", "stalled", "limiter",
-                                     "delayed", "paused", "meta", "pc", "marker"])
         now = round(time.time() * 1000)
-        for token in tokens:  # the arguments of BullMQ's Scripts.moveToActive
-            opts = msgpack.packb({"token": token, "lockDuration": self.lock_ms, "limiter": None}, use_bin_type=True)
-            await self.scripts.commands["moveToActive"](keys=keys, args=[self.scripts.keys[""], now, opts],
-                                                        client=batch)  # type: ignore[arg-type]
+        for token in tokens:
+            await self._move_to_active(batch, token, now)
         out = []
         for raw, token in zip(await batch.execute(), tokens, strict=True):
             job = self._active(raw2NextJobData(raw) if raw else None, token)

@@ -103,7 +103,8 @@ class Dispatcher:
             self.pool.unreserve(slot)
             return
         slot = self.pool.prefer(slot, model_of(job.data))
-        jobs = [job, *await self.consumer.take_more(self.batch_size() - 1)]
+        # No second round trip when the queue was left empty (an idle system, one job at a time).
+        jobs = [job, *await self.consumer.take_more(min(self.batch_size() - 1, self.consumer.ready_hint))]
         # The worker publishes each job's `active` event as it starts it.
         task = asyncio.create_task(self._run(slot, jobs), name=f"job-{job.id}")
         self._job_tasks.add(task)
