@@ -1,8 +1,9 @@
 """Dispatcher: one queue's scheduling policy, as plain async code.
 
 Takes a job only when a worker is free (so priority order holds), hands it to the worker,
-and on completion chains straight into the next job on the same worker. Workers are
-started while there is a backlog and stopped when idle; Ray's resources cap how many run.
+and on completion chains straight into the next job on the same worker. Jobs measured to be
+short go to a worker a few per Ray call (see `batch_size`). Workers are started while there is
+a backlog and stopped when idle; Ray's resources cap how many run.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class Dispatcher:
         """How many jobs to hand a worker in one Ray call.
 
         One, unless this queue's jobs have been measured to be short: then as many as fit in
-        `batch_budget_s` (at most `max_batch`). A Ray call costs ~2 ms of CPU on each side, which
+        `batch_budget_s` (at most `max_batch`). A Ray call costs ~2 ms of CPU in all, which
         dwarfs a job of a millisecond, while a batch of 0.1 s jobs would make a later
         higher-priority job wait behind it; the budget bounds that wait.
         """
@@ -278,6 +279,7 @@ class Dispatcher:
         return {"queue": self.queue, "running": len(self.running), "completed": self.completed,
                 "failed": self.failed, "requeued": self.requeued, "worker_calls": self.calls,
                 "batch_size": self.batch_size(),
-                "job_ms": round(self.cost_s * 1000, 3) if self.cost_s is not None else None, "workers": self.pool.stats(), "worker_detail": self.pool.detail(),
+                "job_ms": round(self.cost_s * 1000, 3) if self.cost_s is not None else None,
+                "workers": self.pool.stats(), "worker_detail": self.pool.detail(),
                 "running_jobs": {job_id: slot.pid for job_id, slot in self.running.items()},
                 "stopping": self.stopping, "pid": os.getpid()}
