@@ -16,7 +16,10 @@ GEN = {"userId": "alice", "prompt": "a fox"}
 
 
 async def test_per_queue_concurrency_reaches_and_never_exceeds_limits(make_scheduler: Any, make_store: Any) -> None:
-    make_scheduler(queues=("training", "upscaling", "generation"), runner={"duration_s": 1.2, "steps": 2})
+    # Every slot's worker is started at once (not 4 at a time, the default) and jobs last long
+    # enough that a worker that imports slowly on a busy machine still finds work.
+    make_scheduler(queues=("training", "upscaling", "generation"), runner={"duration_s": 2.0, "steps": 2},
+                   max_pending_workers=8)
     store = make_store()
     ids: dict[str, list[str]] = {"generation": [], "upscaling": [], "training": []}
     adds = [("generation", GEN)] * 12 + [("upscaling", UPS)] * 8 + [("training", TRN)] * 4
@@ -245,3 +248,28 @@ async def test_worker_killed_mid_batch_retries_the_running_job_and_requeues_the_
         assert_well_formed(evs)
         assert not any(e.get("status") == "retrying" for e in evs)
     assert (await asyncio.to_thread(sched.stats))["sleep"]["requeued"] >= 3
+
+
+async def test_a_higher_priority_job_overtakes_a_backlog_of_batched_short_jobs(
+        make_scheduler: Any, make_store: Any) -> None:
+    sched = make_scheduler(queues=("sleep",), runner={"duration_s": 0.003})
+    store = make_store()
+    for job_id in [(await store.add("sleep", {"userId": "alice"})).job.id for _ in range(20)]:
+        await wait_status(store, job_id, ("completed",), timeout_s=60)
+    assert (await asyncio.to_thread(sched.stats))["sleep"]["batch_size"] > 1
+    await store.pause("sleep")
+    backlog = [(await store.add("sleep", {"userId": "alice"}, {"priority": 3})).job.id for _ in range(400)]
+    await store.resume("sleep")
+    await store.add("sleep", {"userId": "alice", "jobId": "urgent"}, {"priority": 1})
+    await wait_status(store, "urgent", ("completed",), timeout_s=60)
+    for job_id in backlog:
+        await wait_status(store, job_id, ("completed",), timeout_s=60)
+    urgent = intervals(await events(store, "urgent"))[0][0]
+    before = 0
+    for job_id in backlog:
+        evs = await events(store, job_id)
+        assert_well_formed(evs)
+        before += intervals(evs)[0][0] < urgent
+    # At most the batches already handed out (5 workers x 8) and those taken while it was being
+    # added run first (3 in runs here); in plain FIFO order it would have come after all 400.
+    assert before < 100, before
