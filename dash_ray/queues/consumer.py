@@ -116,7 +116,9 @@ class QueueConsumer:
         self._n += 1
         return f"{self.id}:{self._n}"
 
-    def _active(self, raw: list[Any] | None, token: str) -> ActiveJob | None:
+    def _active(self, reply: Any, token: str) -> ActiveJob | None:
+        """The job a moveToActive / moveToFinished-with-fetch reply locked with `token`, if any."""
+        raw = raw2NextJobData(reply) if reply else None
         if not raw:
             return None
         job_data, job_id, _limit_until, delay_until = raw
@@ -153,16 +155,14 @@ class QueueConsumer:
 
     async def _take(self, block_s: float) -> ActiveJob | None:
         deadline = time.monotonic() + block_s
-        k = self.scripts.keys
         while True:
             token = self._token()
             self._next_delayed_ms = 0.0
             batch = Batch(self.redis)
             await self._move_to_active(batch, token, round(time.time() * 1000))
-            batch.add("llen", k["wait"]).add("zcard", k["prioritized"])  # what is left, in the same round trip
-            raw, wait, prio = await batch.execute()
-            self.ready_hint = int(wait) + int(prio)
-            job = self._active(raw2NextJobData(raw) if raw else None, token)
+            raw, *counts = await self._count_ready(batch).execute()  # what is left, in the same round trip
+            self.ready_hint = self._ready(*counts)
+            job = self._active(raw, token)
             left = deadline - time.monotonic()
             if job is not None or left <= 0:
                 return job
@@ -188,12 +188,8 @@ class QueueConsumer:
         now = round(time.time() * 1000)
         for token in tokens:
             await self._move_to_active(batch, token, now)
-        out = []
-        for raw, token in zip(await batch.execute(), tokens, strict=True):
-            job = self._active(raw2NextJobData(raw) if raw else None, token)
-            if job is not None:
-                out.append(job)
-        return out
+        jobs = (self._active(raw, token) for raw, token in zip(await batch.execute(), tokens, strict=True))
+        return [job for job in jobs if job is not None]
 
     async def wait_for_marker(self, timeout_s: float) -> bool:
         """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""
@@ -213,17 +209,16 @@ class QueueConsumer:
         )
 
     # ------------------------------------------------------------ finishing
-    async def complete(self, job: ActiveJob, result: Any, fetch_next: bool = False,
-                       announce_next: bool = True) -> ActiveJob | None:
+    async def complete(self, job: ActiveJob, result: Any, fetch_next: bool = False) -> ActiveJob | None:
         """Mark the attempt completed and publish `job:completed`; optionally lock the next job
-        (and publish its `active` event unless `announce_next` is False: its worker will).
+        and publish its `active` event.
 
         Raises LockLost if another consumer owns the job now (then nothing is published).
         """
         nxt, lost = await self.complete_many([(job, result)], fetch_next=int(fetch_next))
         if lost:
             raise lost[0]
-        if nxt and announce_next:
+        if nxt:
             await self.started(nxt[0])
         return nxt[0] if nxt else None
 
@@ -257,22 +252,38 @@ class QueueConsumer:
                 continue
             if not int(seq):  # ours, but its hash was trimmed by retention before the guard ran
                 await self.bus.publish(event)
-            following = self._active(raw2NextJobData(raw), job.token) if fetch and raw else None
+            following = self._active(raw, job.token) if fetch else None
             if following is not None:
                 nxt.append(following)
         return nxt, lost
 
-    async def requeue(self, job: ActiveJob) -> bool:
-        """Put a held job that never started back at the head of its queue (no attempt used)."""
-        self.held.pop(job.id, None)
+    async def requeue(self, *jobs: ActiveJob) -> bool:
+        """Put held jobs that never started back at the head of their queue, in their order, in one
+        round trip (no attempt used); False if any could not be (its lock was lost)."""
         k = self.scripts.keys
         keys = [k["active"], k["wait"], k["stalled"], k["paused"], k["meta"], k["limiter"],
                 k["prioritized"], k["marker"], k["events"]]
-        code = await self._requeue(keys=keys, args=[job.id, job.token, self.keys.bull(self.name, job.id)])
-        if isinstance(code, int) and code < 0:
-            log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
-            return False
-        return True
+        batch = Batch(self.redis)
+        for job in reversed(jobs):  # each goes to the head: the last one first keeps their order
+            self.held.pop(job.id, None)
+            await self._requeue(keys=keys, args=[job.id, job.token, self.keys.bull(self.name, job.id)],
+                                client=batch)  # type: ignore[arg-type]
+        ok = True
+        for job, code in zip(reversed(jobs), await batch.execute(), strict=True):
+            if isinstance(code, int) and code < 0:
+                log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
+                ok = False
+        return ok
+
+    async def attempts_started(self, jobs: list[ActiveJob]) -> set[str]:
+        """Which of these held jobs' current attempts have begun on a worker: their `active` event
+        of this attempt is in their state (one round trip)."""
+        batch = Batch(self.redis)
+        for job in jobs:
+            batch.add("hmget", self.keys.job(job.id), "status", "attempt")
+        replies = await batch.execute() if jobs else []
+        return {job.id for job, (status, attempt) in zip(jobs, replies, strict=True)
+                if status == "active" and str(attempt) == str(job.attempt)}
 
     async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False) -> FailOutcome:
         """Fail the attempt: retry per attempts/backoff, else fail (or cancel) for good; publish it."""
@@ -331,12 +342,16 @@ class QueueConsumer:
 
     async def backlog(self) -> int:
         """Jobs ready to run now (waiting + prioritized), 0 while the queue is paused."""
+        return self._ready(*await self._count_ready(Batch(self.redis)).execute())
+
+    def _count_ready(self, batch: Batch) -> Batch:
+        """Queue the reads `_ready` needs on a batch."""
         k = self.scripts.keys
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.llen(k["wait"])
-        pipe.zcard(k["prioritized"])
-        pipe.hexists(k["meta"], "paused")
-        wait, prio, paused = await pipe.execute()
+        return batch.add("llen", k["wait"]).add("zcard", k["prioritized"]).add("hexists", k["meta"], "paused")
+
+    @staticmethod
+    def _ready(wait: Any, prio: Any, paused: Any) -> int:
+        """Jobs ready to run from the replies of `_count_ready`: 0 while paused."""
         return 0 if paused else int(wait) + int(prio)
 
     def start_maintenance(self) -> None:

@@ -159,12 +159,12 @@ class Dispatcher:
                 log.warning("%s", exc, extra={"job_id": job.id})
             except Exception:
                 log.exception("could not finish job %s", job.id, extra={"job_id": job.id})
-        for job in reversed(skipped):  # each goes back to the head of the queue: last first keeps their order
+        if skipped:
             try:
-                await self.consumer.requeue(job)
+                await self.consumer.requeue(*skipped)
             except Exception:
-                log.exception("could not requeue job %s", job.id, extra={"job_id": job.id})
-        self.requeued += len(skipped)
+                log.exception("could not requeue %d jobs", len(skipped))
+            self.requeued += len(skipped)
         want = self.batch_size() if fetch else 0
         nxt: list[ActiveJob] = []
         if done:
@@ -217,23 +217,16 @@ class Dispatcher:
         return [outcomes[j.id] for j in jobs], models, alive
 
     async def _started(self, jobs: list[ActiveJob]) -> set[str]:
-        """Which of these jobs' current attempts had started on their worker (by their state in Redis).
-
-        A batch's lone or first job counts as started whatever Redis says: its `active` event may
-        not have gone out before the worker died.
-        """
-        if len(jobs) <= 1:
-            return {j.id for j in jobs}
-        started = {jobs[0].id}
+        """Which of a dead worker's unfinished jobs had started. The first always counts (its
+        `active` event may not have gone out before the worker died); the others by their state
+        in Redis, all of them if that cannot be read."""
+        if not jobs:
+            return set()
         try:
-            for job in jobs[1:]:
-                status, attempt = await self.consumer.redis.hmget(self.consumer.keys.job(job.id), "status", "attempt")
-                if status == "active" and str(attempt) == str(job.attempt):
-                    started.add(job.id)
+            return {jobs[0].id} | await self.consumer.attempts_started(jobs[1:])
         except Exception:
             log.exception("could not read job states; counting them all as started")
             return {j.id for j in jobs}
-        return started
 
     def _on_cancel(self, _channel: str, job_id: str) -> None:
         slot = self.running.get(job_id)

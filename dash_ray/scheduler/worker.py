@@ -71,7 +71,7 @@ class WorkerCore:
                 "running": list(self._cancels)}
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Run one job; returns {ok, result} or {ok: False, error, cancelled, retry}."""
+        """Run one job; returns {ok, result, s} or {ok: False, error, cancelled, retry, s} (s: seconds it ran)."""
         ctx = JobContext(**job)
         if self.runner is None:
             self.load()
@@ -90,26 +90,10 @@ class WorkerCore:
         self.publisher.send(started, cancel=cancel)
         reporter = Reporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
         try:
-            reporter.check()
-            result = runner.run(ctx, reporter)
-            reporter.flush()
-            self.jobs_done += 1
-            return {"ok": True, "result": result, "s": time.perf_counter() - t0}
-        except JobCancelled:
-            reporter.flush()
-            log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": True, "retry": False, "error": "cancelled",
-                    "s": time.perf_counter() - t0}
-        except WorkerError as exc:
-            reporter.flush()
-            log.info("job %s rejected: %s", ctx.id, exc, extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": False, "retry": False, "error": str(exc),
-                    "s": time.perf_counter() - t0}
-        except Exception as exc:
-            reporter.flush()
-            log.warning("job %s failed: %s\n%s", ctx.id, exc, traceback.format_exc(), extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": False, "retry": True, "error": f"{type(exc).__name__}: {exc}",
-                    "s": time.perf_counter() - t0}
+            out = self._outcome(runner, ctx, reporter)
+            reporter.flush()  # every report is published before the outcome goes back
+            out["s"] = time.perf_counter() - t0  # the job's run time, for the consumer's batch sizing
+            return out
         finally:
             self._cancels.pop(ctx.id, None)
             after = getattr(runner, "after_job", None)
@@ -118,6 +102,23 @@ class WorkerCore:
                     after()
                 except Exception:
                     log.exception("runner cleanup failed")
+
+    def _outcome(self, runner: Runner, ctx: JobContext, reporter: Reporter) -> dict[str, Any]:
+        """Run the runner: {ok, result} or {ok: False, error, cancelled, retry}."""
+        try:
+            reporter.check()
+            result = runner.run(ctx, reporter)
+            self.jobs_done += 1
+            return {"ok": True, "result": result}
+        except JobCancelled:
+            log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
+            return {"ok": False, "cancelled": True, "retry": False, "error": "cancelled"}
+        except WorkerError as exc:
+            log.info("job %s rejected: %s", ctx.id, exc, extra={"job_id": ctx.id})
+            return {"ok": False, "cancelled": False, "retry": False, "error": str(exc)}
+        except Exception as exc:
+            log.warning("job %s failed: %s\n%s", ctx.id, exc, traceback.format_exc(), extra={"job_id": ctx.id})
+            return {"ok": False, "cancelled": False, "retry": True, "error": f"{type(exc).__name__}: {exc}"}
 
     def run_batch(self, jobs: list[dict[str, Any]], budget_s: float = 0.0) -> list[dict[str, Any]]:
         """Run jobs one after another; returns an outcome per job, in order.
