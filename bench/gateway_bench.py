@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import websockets
 
+from dash_ray.app import build_app, run_gateway, wait_healthy
 from dash_ray.config import load_settings
 from dash_ray.gateway import TokenAuth
-from dash_ray.gateway.serve import build_app, run_gateway, wait_healthy
 from dash_ray.models import JobProgressEvent
 from dash_ray.queues import EmbeddedRedis, JobStore, connect
 
@@ -60,12 +60,12 @@ def free_port() -> int:
 
 
 def publisher(url: str, prefix: str, ids: list[str], rate: float, seconds: float, start_at: float) -> None:
-    """Separate process publishing the way GPU workers do (SyncEventBus): `rate` progress events/s
+    """Separate process publishing the way GPU workers do (SyncLifecycle): `rate` progress events/s
     for every job, spread over each period in 10 slices, one round trip per slice."""
-    from dash_ray.queues import Keys, SyncEventBus, connect_sync
+    from dash_ray.queues import Keys, SyncLifecycle, connect_sync
 
     os.nice(NICE)
-    bus = SyncEventBus(connect_sync(url), Keys(prefix))
+    bus = SyncLifecycle(connect_sync(url), Keys(prefix))
     while time.time() < start_at:
         time.sleep(0.005)
     ticks = int(seconds * rate)
@@ -74,7 +74,7 @@ def publisher(url: str, prefix: str, ids: list[str], rate: float, seconds: float
     t0 = time.monotonic()
     for tick in range(1, ticks + 1):
         for k, group in enumerate(groups):
-            bus.publish_batch([
+            bus.publish([
                 JobProgressEvent(job_id=job_id, queue="sleep", user_id="bench", status="active",
                                  progress=100 * tick / ticks, message=f"tick {tick}", step=tick, steps=ticks)
                 for job_id in group

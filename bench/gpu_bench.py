@@ -33,9 +33,9 @@ def build_small_sd(path: Path) -> None:
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from dash_ray.workers.tiny import _tiny_tokenizer
+    from dash_ray.workers.tiny import tiny_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -50,9 +50,8 @@ def build_small_sd(path: Path) -> None:
     text = CLIPTextModel(CLIPTextConfig(bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=512,
                                         intermediate_size=2048, num_attention_heads=8, num_hidden_layers=6,
                                         vocab_size=1000, max_position_embeddings=77))
-    _tiny_tokenizer(path / "_tok")
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text,
-                                   tokenizer=CLIPTokenizer.from_pretrained(str(path / "_tok")),
+                                   tokenizer=tiny_tokenizer(path / "_tok"),
                                    scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
                                                                     beta_end=0.012),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -68,7 +67,7 @@ def main() -> None:
     import torch
 
     from dash_ray.config import load_settings
-    from dash_ray.queues import EmbeddedRedis, Keys, SyncEventBus, connect_sync
+    from dash_ray.queues import EmbeddedRedis, Keys, SyncLifecycle, connect_sync
     from dash_ray.scheduler.runner import JobContext, Publisher, Reporter
 
     cuda = torch.cuda.is_available()
@@ -89,8 +88,7 @@ def main() -> None:
         device = "CPU (no CUDA device: the figures below are the CPU fallback, not GPU figures)"
     settings = load_settings(data_dir=root / "data", artifacts_url=str(root / "artifacts"), models=models,
                              key_prefix="gpubench")
-    bus = SyncEventBus(connect_sync(redis_url), Keys("gpubench"))
-    pub = Publisher(bus)
+    pub = Publisher(SyncLifecycle(connect_sync(redis_url), Keys("gpubench")))
 
     def run(runner: Any, queue: str, data: dict[str, Any], job_id: str) -> dict[str, Any]:
         job = JobContext(id=job_id, queue=queue, data=data, user_id="bench")

@@ -18,13 +18,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bullmq import Queue, Worker
 
 from dash_ray.config import load_settings
-from dash_ray.queues import EmbeddedRedis, JobStore, QueueConsumer, connect
+from dash_ray.queues import EmbeddedRedis, JobStore, QueueConsumer, connect, started_event
 
 
 async def bounded(n: int, in_flight: int, make) -> float:  # type: ignore[no-untyped-def]
@@ -77,14 +78,16 @@ async def run_dash(url: str, n: int, in_flight: int, consumers: int) -> dict[str
     async def loop() -> None:
         nonlocal done
         b = connect(url, blocking=True)
-        c = QueueConsumer(r, b, "sleep", store.bus, prefix=prefix)
-        job = await c.take()
+        c = QueueConsumer(r, b, "sleep", store.lifecycle, prefix=prefix)
+        jobs: list[Any] = []
         while done < n:
-            if job is None:
-                job = await c.take(block_s=0.05)
+            if not jobs:
+                jobs = await c.take(block_s=0.05)
                 continue
+            job = jobs[0]  # started as a worker starts it: its `active` event
+            await store.lifecycle.report(started_event(job.id, job.queue, job.user_id, job.attempt, job.attempts))
             done += 1
-            job = await c.complete(job, None, fetch_next=True)
+            jobs, _lost = await c.complete([(job, None)], fetch_next=1)
         await b.aclose()
 
     t0 = time.perf_counter()

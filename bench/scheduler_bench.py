@@ -222,9 +222,9 @@ async def run(url: str, args: argparse.Namespace) -> None:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     extra = {} if args.batch_budget is None else {"batch_budget_s": args.batch_budget}
     settings = load_settings(key_prefix=prefix, worker_idle_s=600, **extra)
-    specs = [s for s in queue_specs(settings, sleep_queue=True) if s.name == "sleep"]
+    specs = [s for s in queue_specs(settings, test_queues=True) if s.name == "sleep"]
     t0 = time.perf_counter()
-    init_ray(settings, queue_specs(settings, sleep_queue=True))
+    init_ray(settings, queue_specs(settings, test_queues=True))
     sched = Scheduler(settings, url, specs)
     sched.start()
     print(f"ray + scheduler up in {time.perf_counter() - t0:.1f}s")

@@ -1,13 +1,11 @@
 """dash-ray: a Ray-based GPU job scheduler for AI image services.
 
-`import dash_ray` is light: it loads the client and the models, never torch or Ray.
+`import dash_ray` is light: it loads the models, never torch or Ray.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from dash_ray.errors import DashError, JobFailed
+from dash_ray.errors import DashError
 from dash_ray.models import (
     GenerationJob,
     GenerationSettings,
@@ -21,12 +19,9 @@ from dash_ray.models import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncClient",
-    "Client",
     "DashError",
     "GenerationJob",
     "GenerationSettings",
-    "JobFailed",
     "JobOptions",
     "JobView",
     "TrainingJob",
@@ -34,14 +29,3 @@ __all__ = [
     "UpscalingJob",
     "__version__",
 ]
-
-if TYPE_CHECKING:
-    from dash_ray.client import AsyncClient, Client
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("Client", "AsyncClient"):
-        from dash_ray import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module 'dash_ray' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""dash-ray command line: up | token | submit | watch | status | cancel."""
+"""dash-ray command line: `up` (everything local) and `token` (mint an API token)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,13 @@ import sys
 import threading
 from typing import Any
 
+from dash_ray import runtime
 from dash_ray.config import Settings, load_settings
 from dash_ray.errors import DashError
 
 __all__ = ["main"]
 
 log = logging.getLogger("dash_ray")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
@@ -48,13 +42,13 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         import ray
         from ray import serve
 
+        from dash_ray.app import build_app, node_gpus, run_gateway
         from dash_ray.gateway.auth import TokenAuth
-        from dash_ray.gateway.serve import build_app, run_gateway
         from dash_ray.scheduler.cluster import init_ray
         from dash_ray.scheduler.resources import queue_specs
 
-        specs = queue_specs(settings, sleep_queue=settings.enable_sleep_queue)
-        resources = init_ray(settings, specs)
+        specs = queue_specs(settings)
+        resources = init_ray(settings, specs, num_gpus=None if settings.ray_address else node_gpus(settings, specs))
         base = run_gateway(settings, build_app(settings, url, specs), "dash")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
@@ -117,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dash-ray` console script."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    runtime.setup(verbose=args.verbose)
     try:
         settings = load_settings()
         fn: Any = args.fn

@@ -15,25 +15,27 @@ from pydantic import (
     BaseModel,
     Field,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dash_ray.errors import ConfigError
+from dash_ray.models.queues import QUEUE_TABLE, QUEUES
 
 __all__ = ["QueueSettings", "Settings", "load_settings"]
 
-QUEUE_NAMES = ("training", "upscaling", "generation")
 _RATE = re.compile(r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?$", re.IGNORECASE)
 
 
 class QueueSettings(BaseModel):
-    """Per-queue limits: worker slots per GPU node and the GPU fraction of one worker."""
+    """One queue as configured: worker slots per GPU node, the GPU fraction of one worker, its runner."""
 
     name: str
     concurrency: int
     gpu_fraction: float
+    runner: str
 
     @property
     def resource(self) -> str:
@@ -47,7 +49,23 @@ def _default_data_dir() -> Path:
     return Path(user_data_dir("dash-ray", appauthor=False))
 
 
-class Settings(BaseSettings):
+# Each queue of the table gets `DASH_<QUEUE>_CONCURRENCY` and `DASH_<QUEUE>_GPU_FRACTION`,
+# defaulting to the table's limits: a new queue needs no change here.
+_QueueFields: Any = create_model(  # type: ignore[call-overload]
+    "_QueueFields",
+    __base__=BaseSettings,
+    **{
+        field: spec
+        for q in QUEUE_TABLE.values()
+        for field, spec in (
+            (f"{q.name}_concurrency", (int, Field(q.concurrency, ge=1, le=64))),
+            (f"{q.name}_gpu_fraction", (float, Field(q.gpu_fraction, gt=0, le=1))),
+        )
+    },
+)
+
+
+class Settings(_QueueFields):
     """dash-ray settings, from `DASH_*` variables and the seed's `REDIS_*` / `WEBSOCKET_PORT`."""
 
     model_config = SettingsConfigDict(
@@ -90,12 +108,7 @@ class Settings(BaseSettings):
     ray_address: str | None = None
     num_gpus: float | None = Field(None, ge=0)
     worker_niceness: int = Field(0, ge=0, le=19)
-    training_concurrency: int = Field(1, ge=1, le=64)
-    upscaling_concurrency: int = Field(3, ge=1, le=64)
-    generation_concurrency: int = Field(5, ge=1, le=64)
-    training_gpu_fraction: float = Field(1.0, gt=0, le=1)
-    upscaling_gpu_fraction: float = Field(0.33, gt=0, le=1)
-    generation_gpu_fraction: float = Field(0.2, gt=0, le=1)
+    # Per queue (from the queue table): <queue>_concurrency, <queue>_gpu_fraction.
     default_attempts: int = Field(3, ge=1, le=100)
     lock_duration_s: float = Field(30.0, ge=1)
     stalled_interval_s: float = Field(15.0, ge=0.5)
@@ -107,7 +120,7 @@ class Settings(BaseSettings):
     # measured run time (0 turns it off), at most max_batch. Long jobs always go one by one.
     batch_budget_s: float = Field(0.02, ge=0, le=10)
     max_batch: int = Field(8, ge=1, le=256)
-    enable_sleep_queue: bool = False  # a fourth queue running the built-in sleep runner: tests, benchmarks
+    enable_sleep_queue: bool = False  # serve the test-only queues (the built-in sleep runner): tests, benchmarks
     drain_timeout_s: float = Field(30.0, ge=0)
 
     # --- Workloads ---
@@ -176,16 +189,24 @@ class Settings(BaseSettings):
         return None
 
     def queue(self, name: str) -> QueueSettings:
-        """Concurrency and GPU fraction of one queue."""
+        """Concurrency, GPU fraction and runner of one queue of the table."""
         return QueueSettings(
             name=name,
-            concurrency=getattr(self, f"{name}_concurrency", 1),
-            gpu_fraction=getattr(self, f"{name}_gpu_fraction", 0.1),
+            concurrency=getattr(self, f"{name}_concurrency"),
+            gpu_fraction=getattr(self, f"{name}_gpu_fraction"),
+            runner=QUEUE_TABLE[name].runner,
         )
 
+    @property
+    def queue_names(self) -> tuple[str, ...]:
+        """The queues this deployment serves: the table's, plus the test-only ones when enabled."""
+        if self.enable_sleep_queue:
+            return tuple(QUEUE_TABLE)
+        return QUEUES
+
     def queues(self) -> list[QueueSettings]:
-        """Settings of the three queues."""
-        return [self.queue(n) for n in QUEUE_NAMES]
+        """Settings of the queues this deployment serves."""
+        return [self.queue(n) for n in self.queue_names]
 
     @property
     def models_dir(self) -> Path:

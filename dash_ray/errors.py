@@ -12,7 +12,6 @@ __all__ = [
     "InvalidPayload",
     "JobCancelled",
     "JobConflict",
-    "JobFailed",
     "JobNotFound",
     "RateLimited",
     "Unauthorized",
@@ -129,14 +128,3 @@ class WorkerError(DashError):
     """A workload rejected its input or could not run (a clear message, no retry helps)."""
 
     code = "worker_error"
-
-
-class JobFailed(DashError):
-    """Client side: the job ended failed (or cancelled) with this error."""
-
-    code = "job_failed"
-
-    def __init__(self, job_id: str, error: str) -> None:
-        super().__init__(f"job {job_id!r} failed: {error}", jobId=job_id, error=error)
-        self.job_id = job_id
-        self.error = error

@@ -91,14 +91,17 @@ def make_store(redis: Any, prefix: str) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def make_consumer(redis: Any, blocking_redis: Any, prefix: str) -> Iterator[Callable[..., Any]]:
-    """Factory of QueueConsumers on the test's prefix; maintenance tasks stopped afterwards."""
-    from dash_ray.queues import QueueConsumer
+def make_consumer(redis: Any, blocking_redis: Any, redis_url: str, prefix: str) -> Iterator[Callable[..., Any]]:
+    """Factory of QueueConsumers on the test's prefix, each with the `worker_lifecycle` a worker
+    would publish its events with (see `helpers.take_one`); maintenance tasks stopped afterwards."""
+    from dash_ray.queues import Keys, QueueConsumer, SyncLifecycle, connect_sync
 
     made: list[Any] = []
+    sync = connect_sync(redis_url)
 
     def make(queue: str, store: Any, **kwargs: Any) -> Any:
-        c = QueueConsumer(redis, blocking_redis, queue, store.bus, prefix=prefix, **kwargs)
+        c = QueueConsumer(redis, blocking_redis, queue, store.lifecycle, prefix=prefix, **kwargs)
+        c.worker_lifecycle = SyncLifecycle(sync, Keys(prefix))
         made.append(c)
         return c
 
@@ -107,6 +110,7 @@ def make_consumer(redis: Any, blocking_redis: Any, prefix: str) -> Iterator[Call
     for c in made:
         for t in c._tasks:
             t.cancel()
+    sync.close()
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +122,7 @@ def ray_session() -> Iterator[dict[str, Any]]:
     from dash_ray.scheduler.cluster import init_ray
 
     settings = load_settings()
-    resources = init_ray(settings, queue_specs(settings, sleep_queue=True), num_cpus=2)
+    resources = init_ray(settings, queue_specs(settings, test_queues=True), num_cpus=2)
     yield resources
     ray.shutdown()
 
@@ -126,7 +130,8 @@ def ray_session() -> Iterator[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir whose models/ holds the built-in tiny models, built once per session."""
-    from dash_ray.workers.tiny import TINY_SD, TINY_UPSCALER, ensure_tiny
+    from dash_ray.services import TINY_SD, TINY_UPSCALER
+    from dash_ray.workers.tiny import ensure_tiny
 
     root = tmp_path_factory.mktemp("tinydata")
     ensure_tiny(TINY_SD, root / "models")

@@ -65,3 +65,25 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
         cur += d
         best = max(best, cur)
     return best
+
+
+async def take_one(consumer: Any, block_s: float = 0.0) -> Any:
+    """Take one job the way the scheduler does and start it the way a worker does (its `active`
+    event through a worker's SyncLifecycle, which `make_consumer` gives each consumer as
+    `worker_lifecycle`); None if nothing came within block_s."""
+    from dash_ray.queues import started_event
+
+    jobs = await consumer.take(block_s)
+    if not jobs:
+        return None
+    job = jobs[0]
+    await asyncio.to_thread(consumer.worker_lifecycle.publish,
+                            [started_event(job.id, job.queue, job.user_id, job.attempt, job.attempts)])
+    return job
+
+
+async def complete(consumer: Any, job: Any, result: Any) -> None:
+    """Complete one job as the scheduler does; raises LockLost if it was not ours any more."""
+    _next, lost = await consumer.complete([(job, result)])
+    if lost:
+        raise lost[0]

@@ -2,58 +2,31 @@
 
 from __future__ import annotations
 
-import gc
 import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import create_model
 
-from dash_ray import __version__
+from dash_ray import __version__, runtime
 from dash_ray.errors import Forbidden, JobNotFound, UnknownQueue
 from dash_ray.gateway import errors
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.metrics import render
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.ws import serve_socket
-from dash_ray.models import (
-    GenerationJob,
-    JobList,
-    JobOptions,
-    JobView,
-    QueueView,
-    TrainingJob,
-    UpscalingJob,
-)
+from dash_ray.models import QUEUE_TABLE, JobList, JobOptions, JobView, QueueDef, QueueView
 from dash_ray.models.payloads import JobPayload
-from dash_ray.models.queues import parse_payload
-from dash_ray.workers.artifacts import InvalidArtifactPath
+from dash_ray.services import InvalidArtifactPath
 
 __all__ = ["create_app"]
 
 
-class TrainingSubmit(TrainingJob):
-    """The seed's training payload plus optional job options."""
-
-    options: JobOptions | None = None
-
-
-class UpscalingSubmit(UpscalingJob):
-    """The seed's upscaling payload plus optional job options."""
-
-    options: JobOptions | None = None
-
-
-class GenerationSubmit(GenerationJob):
-    """The seed's generation payload plus optional job options."""
-
-    options: JobOptions | None = None
-
-
 def _services(request: Request) -> GatewayServices:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.state.services
 
 
 def _bearer(request: Request, allow_query: bool = False) -> str | None:
@@ -88,38 +61,38 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
     return JSONResponse(result.job.wire(), status_code=201 if result.created else 200)
 
 
-def _payload(model: type[JobPayload], body: JobPayload) -> JobPayload:
-    return model.model_validate(body.model_dump(exclude={"options"}, exclude_unset=True))
+def _add_submit_route(q: QueueDef) -> None:
+    """`POST /v1/jobs/<queue>`: the queue's payload plus optional job options, typed in OpenAPI."""
+    body_model = create_model(f"{q.name.capitalize()}Submit", __base__=q.payload,
+                              __doc__=f"The {q.title} payload plus optional job options.",
+                              options=(JobOptions | None, None))
+
+    async def submit(body: Any, who: Principal, svc: GatewayServices) -> JSONResponse:
+        if q.name not in svc.queues:
+            raise UnknownQueue(q.name)
+        payload = q.payload.model_validate(body.model_dump(exclude={"options"}, exclude_unset=True))
+        return await _submit(q.name, payload, body.options, who, svc)
+
+    # Real types, not the strings `from __future__ import annotations` leaves: FastAPI reads them.
+    submit.__annotations__ = {"body": body_model, "who": Caller, "svc": Svc, "return": JSONResponse}
+    router.add_api_route(
+        f"/v1/jobs/{q.name}", submit, methods=["POST"], status_code=201, response_model=JobView, tags=["jobs"],
+        name=f"submit_{q.name}", summary=f"Queue a {q.title} job",
+        description="201 with the new job; 200 with the existing job when its id was seen before "
+                    "with the same payload; 409 when it was seen with another.",
+        include_in_schema=not q.test_only,
+    )
 
 
-@router.post("/v1/jobs/training", status_code=201, response_model=JobView, tags=["jobs"])
-async def submit_training(body: TrainingSubmit, who: Caller, svc: Svc) -> JSONResponse:
-    """Queue a LoRA training job (201; 200 with the existing job when its loraId was seen before)."""
-    return await _submit("training", _payload(TrainingJob, body), body.options, who, svc)
-
-
-@router.post("/v1/jobs/upscaling", status_code=201, response_model=JobView, tags=["jobs"])
-async def submit_upscaling(body: UpscalingSubmit, who: Caller, svc: Svc) -> JSONResponse:
-    """Queue an upscaling job."""
-    return await _submit("upscaling", _payload(UpscalingJob, body), body.options, who, svc)
-
-
-@router.post("/v1/jobs/generation", status_code=201, response_model=JobView, tags=["jobs"])
-async def submit_generation(body: GenerationSubmit, who: Caller, svc: Svc) -> JSONResponse:
-    """Queue an image generation job."""
-    return await _submit("generation", _payload(GenerationJob, body), body.options, who, svc)
+for _queue in QUEUE_TABLE.values():
+    _add_submit_route(_queue)
 
 
 @router.post("/v1/jobs/{queue}", status_code=201, response_model=JobView, tags=["jobs"],
              include_in_schema=False)
-async def submit_other(queue: str, who: Caller, svc: Svc,
-                       body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
-    """Any other queue: the test-only `sleep` queue when enabled, else 404 unknown queue."""
-    if queue not in svc.queues:
-        raise UnknownQueue(queue)
-    options = body.pop("options", None)
-    payload = parse_payload(queue, body, allow_sleep=True)
-    return await _submit(queue, payload, JobOptions.model_validate(options) if options else None, who, svc)
+async def submit_unknown(queue: str, who: Caller) -> JSONResponse:
+    """A queue that does not exist: 404 `unknown_queue` (after auth)."""
+    raise UnknownQueue(queue)
 
 
 async def _owned(job_id: str, who: Principal, svc: GatewayServices) -> JobView:
@@ -283,10 +256,7 @@ def create_app(services: GatewayServices, *, max_body_bytes: int = 48 * 1024 * 1
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await services.start()
-        # Long-lived start-up objects leave the GC's view, and young-generation collections run
-        # less often: fewer pauses while thousands of events a second go out to sockets.
-        gc.freeze()
-        gc.set_threshold(20_000, 50, 100)
+        runtime.tune_gc_for_serving()
         try:
             yield
         finally:

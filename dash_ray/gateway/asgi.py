@@ -7,19 +7,19 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from dash_ray import runtime
 from dash_ray.config import load_settings
 from dash_ray.gateway.app import create_app
 from dash_ray.gateway.services import GatewayServices
-from dash_ray.scheduler.resources import queue_specs
 
 __all__ = ["app"]
 
 
 def app() -> FastAPI:
     """Build the app from the environment."""
+    runtime.setup()
     settings = load_settings()
     url = settings.resolved_redis_url()
     if url is None:
         raise RuntimeError("set REDIS_URL (or REDIS_HOST/REDIS_PORT) for the gateway")
-    queues = tuple(s.name for s in queue_specs(settings, sleep_queue=settings.enable_sleep_queue))
-    return create_app(GatewayServices.create(settings, url, queues=queues))
+    return create_app(GatewayServices.create(settings, url))

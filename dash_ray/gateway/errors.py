@@ -45,7 +45,7 @@ def status_of(exc: DashError) -> int:
     """The HTTP status of an error."""
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return 400
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dash_ray.queues.events import DURATION_BUCKETS
+from dash_ray.queues.lifecycle import DURATION_BUCKETS
 
 __all__ = ["ReplicaMetrics", "render"]
 

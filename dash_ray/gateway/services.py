@@ -15,10 +15,8 @@ from dash_ray.gateway.auth import TokenAuth
 from dash_ray.gateway.metrics import ReplicaMetrics
 from dash_ray.gateway.ratelimit import SubmitLimiter
 from dash_ray.models.payloads import JobPayload
-from dash_ray.models.queues import QUEUES
 from dash_ray.queues import EventHub, JobStore, connect
-from dash_ray.workers.artifacts import ArtifactStore
-from dash_ray.workers.registry import ModelRegistry
+from dash_ray.services import ArtifactStore, ModelRegistry
 
 __all__ = ["GatewayServices"]
 
@@ -39,10 +37,11 @@ class GatewayServices:
     started: bool = False
 
     @classmethod
-    def create(cls, settings: Settings, redis_url: str, *, queues: Iterable[str] = QUEUES,
+    def create(cls, settings: Settings, redis_url: str, *, queues: Iterable[str] | None = None,
                validate: Callable[[JobPayload], None] | None = None) -> GatewayServices:
-        """Build the services of one replica from settings and a Redis URL."""
-        queues = tuple(queues)
+        """Build the services of one replica from settings and a Redis URL (`queues`: those it
+        serves, by default the settings' queues)."""
+        queues = tuple(queues) if queues is not None else settings.queue_names
         artifacts = ArtifactStore(settings.artifacts_location)
         if validate is None:
             validate = ModelRegistry(settings, artifacts).validate

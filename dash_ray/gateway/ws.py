@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ from dash_ray.models.events import (
     parse_client_message,
 )
 from dash_ray.models.queues import validation_errors
-from dash_ray.queues import event_from_state
+from dash_ray.queues import event_from_state, frame_seq
 
 __all__ = ["serve_socket"]
 
@@ -41,15 +43,6 @@ MAX_BUFFERED = 20_000  # messages queued for one slow client before it is discon
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 1013
-
-
-def _seq_of(data: str) -> int:
-    """The seq of an event as published (its JSON always ends with `"seq":N}`)."""
-    i = data.rfind('"seq":')
-    try:
-        return int(data[i + 6 : -1])
-    except ValueError:
-        return 0
 
 
 @dataclass
@@ -98,7 +91,7 @@ class _Session:
         sub = self.subs.get(job_id)
         if sub is None:
             return
-        seq = _seq_of(data)
+        seq = frame_seq(data)
         if sub.seq < 0:
             sub.held.append((seq, data))
         elif seq > sub.seq:
@@ -118,8 +111,6 @@ class _Session:
                 self.send_model(ErrorMessage(code="bad_request", message=f"invalid message: {text}"))
             return
         if isinstance(msg, PingMessage):
-            import time
-
             self.send_model(PongMessage(ts=round(time.time(), 3), replica=self.svc.metrics.replica))
         elif isinstance(msg, SubscribeMessage):
             await self.subscribe(msg)
@@ -168,7 +159,7 @@ class _Session:
         if since is not None:
             last = since
             for data in await bus.replay(job_id, since):
-                last = _seq_of(data)
+                last = frame_seq(data)
                 self._enqueue(data)
             return last
         state = await bus.state(job_id)
@@ -188,8 +179,6 @@ class _Session:
             await self.svc.hub.remove(sub.channel, self.on_event)
 
     def _enqueue_error(self, exc: DashError, job_id: str | None = None) -> None:
-        import json
-
         self._enqueue(json.dumps(ws_error(exc, job_id), separators=(",", ":")))
 
     async def close(self) -> None:

@@ -15,7 +15,6 @@ from dash_ray.models.events import (
     UnsubscribeMessage,
     parse_client_message,
     parse_event,
-    parse_server_message,
 )
 from dash_ray.models.options import Backoff, JobOptions
 from dash_ray.models.payloads import (
@@ -27,7 +26,7 @@ from dash_ray.models.payloads import (
     TrainingSettings,
     UpscalingJob,
 )
-from dash_ray.models.queues import PAYLOADS, QUEUES, parse_options, parse_payload
+from dash_ray.models.queues import QUEUE_TABLE, QUEUES, QueueDef, parse_options, parse_payload
 from dash_ray.models.views import (
     TERMINAL_STATUSES,
     JobList,
@@ -38,8 +37,8 @@ from dash_ray.models.views import (
 )
 
 __all__ = [
-    "PAYLOADS",
     "QUEUES",
+    "QUEUE_TABLE",
     "TERMINAL_STATUSES",
     "Backoff",
     "ClientMessage",
@@ -57,6 +56,7 @@ __all__ = [
     "JobView",
     "PingMessage",
     "PongMessage",
+    "QueueDef",
     "QueueView",
     "ServerMessage",
     "SleepJob",
@@ -71,5 +71,4 @@ __all__ = [
     "parse_event",
     "parse_options",
     "parse_payload",
-    "parse_server_message",
 ]

@@ -23,7 +23,6 @@ __all__ = [
     "UnsubscribeMessage",
     "parse_client_message",
     "parse_event",
-    "parse_server_message",
 ]
 
 MAX_SUBSCRIBE_IDS = 200
@@ -138,24 +137,16 @@ ServerMessage = Annotated[
 ]
 
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
-_server_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 _event_adapter: TypeAdapter[Any] = TypeAdapter(JobEvent)
 
 
 def parse_client_message(raw: str | bytes) -> SubscribeMessage | UnsubscribeMessage | PingMessage:
     """Parse a client frame; raises pydantic.ValidationError naming the bad field."""
-    return _client_adapter.validate_json(raw)  # type: ignore[no-any-return]
-
-
-def parse_server_message(raw: str | bytes | dict[str, Any]) -> Any:
-    """Parse a server frame into its typed message."""
-    if isinstance(raw, dict):
-        return _server_adapter.validate_python(raw)
-    return _server_adapter.validate_json(raw)
+    return _client_adapter.validate_json(raw)
 
 
 def parse_event(raw: str | bytes | dict[str, Any]) -> JobProgressEvent | JobCompletedEvent | JobFailedEvent:
     """Parse one job event."""
     if isinstance(raw, dict):
-        return _event_adapter.validate_python(raw)  # type: ignore[no-any-return]
-    return _event_adapter.validate_json(raw)  # type: ignore[no-any-return]
+        return _event_adapter.validate_python(raw)
+    return _event_adapter.validate_json(raw)

@@ -93,10 +93,6 @@ class JobPayload(RequestModel):
         """A copy with the job id and user id filled in."""
         return self.model_copy(update={self.id_field: job_id, "user_id": user_id})
 
-    def model_names(self) -> list[str]:
-        """Model names this payload refers to (checked against the registry at submit)."""
-        return []
-
 
 class TrainingJob(JobPayload):
     """The seed's training payload: `{loraId, userId, prompt, imageUrls, settings}`."""
@@ -109,10 +105,6 @@ class TrainingJob(JobPayload):
     image_urls: list[ImageUrl] = Field(min_length=1, max_length=64)
     settings: TrainingSettings = Field(default_factory=TrainingSettings)
 
-    def model_names(self) -> list[str]:
-        """The base model, if named."""
-        return [self.settings.base_model] if self.settings.base_model else []
-
 
 class UpscalingJob(JobPayload):
     """The seed's upscaling payload: `{jobId, userId, imageUrl, scale, model}`."""
@@ -124,10 +116,6 @@ class UpscalingJob(JobPayload):
     scale: Literal[2, 4] = 2
     model: ModelName = "lanczos"
 
-    def model_names(self) -> list[str]:
-        """The upscaler, unless it is the built-in Lanczos filter."""
-        return [] if self.model == "lanczos" else [self.model]
-
 
 class GenerationJob(JobPayload):
     """The seed's generation payload: `{jobId, userId, prompt, settings}`."""
@@ -137,10 +125,6 @@ class GenerationJob(JobPayload):
     job_id: JobId | None = None
     prompt: str = Field(min_length=1, max_length=2000)
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
-
-    def model_names(self) -> list[str]:
-        """The pipeline model, if named."""
-        return [self.settings.model] if self.settings.model else []
 
 
 class SleepJob(JobPayload):

@@ -1,7 +1,12 @@
-"""The queue registry: names and their payload models."""
+"""The queue table: every queue's name, payload model, runner and default limits, defined once.
+
+A queue is one row of `QUEUE_TABLE`. Settings (`DASH_<QUEUE>_CONCURRENCY`, ...), the gateway's
+routes, the job store and the scheduler all read it; nothing else names the queues.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,15 +15,51 @@ from dash_ray.errors import InvalidPayload, UnknownQueue
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import GenerationJob, JobPayload, SleepJob, TrainingJob, UpscalingJob
 
-__all__ = ["PAYLOADS", "QUEUES", "parse_options", "parse_payload", "validation_errors"]
+__all__ = [
+    "QUEUES",
+    "QUEUE_TABLE",
+    "QueueDef",
+    "parse_options",
+    "parse_payload",
+    "payload_model",
+    "queue_def",
+    "validation_errors",
+]
 
-QUEUES: tuple[str, ...] = ("training", "upscaling", "generation")
-PAYLOADS: dict[str, type[JobPayload]] = {
-    "training": TrainingJob,
-    "upscaling": UpscalingJob,
-    "generation": GenerationJob,
-    "sleep": SleepJob,
-}
+
+@dataclass(frozen=True)
+class QueueDef:
+    """One queue: its payload model, its runner (`module:Class`, imported only by a worker) and
+    its default limits (worker slots per GPU node, GPU share of one worker, run-time limit)."""
+
+    name: str
+    title: str
+    payload: type[JobPayload]
+    runner: str
+    concurrency: int
+    gpu_fraction: float
+    test_only: bool = False  # served only with DASH_ENABLE_SLEEP_QUEUE (tests, benchmarks)
+
+
+QUEUE_TABLE: dict[str, QueueDef] = {q.name: q for q in (
+    QueueDef("training", "LoRA training", TrainingJob, "dash_ray.workers.training:TrainingRunner", 1, 1.0),
+    QueueDef("upscaling", "image upscaling", UpscalingJob, "dash_ray.workers.upscaling:UpscalingRunner", 3, 0.33),
+    QueueDef("generation", "image generation", GenerationJob, "dash_ray.workers.generation:GenerationRunner",
+             5, 0.2),
+    QueueDef("sleep", "sleep (tests and benchmarks)", SleepJob, "dash_ray.scheduler.sleep:SleepRunner", 5, 0.2,
+             test_only=True),
+)}
+
+# The queues a deployment serves (the test-only ones are added by a setting).
+QUEUES: tuple[str, ...] = tuple(q.name for q in QUEUE_TABLE.values() if not q.test_only)
+
+
+def queue_def(name: str) -> QueueDef:
+    """The table row of a queue, or UnknownQueue."""
+    q = QUEUE_TABLE.get(name)
+    if q is None:
+        raise UnknownQueue(name)
+    return q
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
@@ -36,17 +77,17 @@ def _invalid(prefix: str, exc: ValidationError) -> InvalidPayload:
     return InvalidPayload(f"invalid payload: {text}", errors=errors)
 
 
-def payload_model(queue: str, allow_sleep: bool = False) -> type[JobPayload]:
+def payload_model(queue: str, allow_test_only: bool = False) -> type[JobPayload]:
     """The payload model of a queue, or UnknownQueue."""
-    model = PAYLOADS.get(queue)
-    if model is None or (queue == "sleep" and not allow_sleep):
+    q = QUEUE_TABLE.get(queue)
+    if q is None or (q.test_only and not allow_test_only):
         raise UnknownQueue(queue)
-    return model
+    return q.payload
 
 
-def parse_payload(queue: str, data: Any, allow_sleep: bool = False) -> JobPayload:
+def parse_payload(queue: str, data: Any, allow_test_only: bool = False) -> JobPayload:
     """Validate a payload for a queue; raises UnknownQueue or InvalidPayload naming each field."""
-    model = payload_model(queue, allow_sleep)
+    model = payload_model(queue, allow_test_only)
     if not isinstance(data, dict):
         raise InvalidPayload("invalid payload: the body must be a JSON object", errors=[{"field": "(body)", "message": "must be an object"}])
     try:

@@ -1,4 +1,5 @@
-"""Durable queues on Redis (BullMQ's layout and Lua scripts), the event bus and embedded Redis.
+"""Durable queues on Redis (BullMQ's layout and Lua scripts), the job lifecycle, events and
+embedded Redis.
 
 Only this package imports bullmq or writes Redis keys.
 """
@@ -7,8 +8,9 @@ from dash_ray.queues.batch import Batch
 from dash_ray.queues.connection import connect, connect_sync
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
-from dash_ray.queues.events import EventBus, EventHub, SyncEventBus, event_from_state
+from dash_ray.queues.events import EventBus, EventHub, event_from_state
 from dash_ray.queues.keys import Keys
+from dash_ray.queues.lifecycle import Lifecycle, Retention, SyncLifecycle, frame_seq, started_event
 from dash_ray.queues.store import JobStore
 
 __all__ = [
@@ -20,10 +22,14 @@ __all__ = [
     "FailOutcome",
     "JobStore",
     "Keys",
+    "Lifecycle",
     "LockLost",
     "QueueConsumer",
-    "SyncEventBus",
+    "Retention",
+    "SyncLifecycle",
     "connect",
     "connect_sync",
     "event_from_state",
+    "frame_seq",
+    "started_event",
 ]

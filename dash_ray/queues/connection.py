@@ -56,4 +56,4 @@ def connect_sync(url: str, *, name: str | None = None) -> SyncRedis:
     kwargs: dict[str, object] = {"decode_responses": True, "health_check_interval": 30, "socket_keepalive": True}
     if name:
         kwargs["client_name"] = name
-    return SyncRedis.from_url(url, **kwargs)  # type: ignore[arg-type]
+    return SyncRedis.from_url(url, **kwargs)

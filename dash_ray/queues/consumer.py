@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -24,10 +23,10 @@ from bullmq.redis_connection import loadScript
 from bullmq.scripts import raw2NextJobData
 from redis.asyncio import Redis
 
-from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
 from dash_ray.queues.batch import Batch, register
-from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
+from dash_ray.queues.lifecycle import Lifecycle
 
 __all__ = ["ActiveJob", "FailOutcome", "LockLost", "QueueConsumer"]
 
@@ -52,7 +51,6 @@ class ActiveJob:
     created_at: float
     bull: BullJob = field(repr=False)
     deferred_failure: str | None = None
-    cancel_requested: bool = False
     taken_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -83,7 +81,7 @@ class QueueConsumer:
         redis: Redis,
         blocking_redis: Redis,
         queue: str,
-        bus: EventBus,
+        lifecycle: Lifecycle,
         *,
         prefix: str = "bull",
         lock_duration_s: float = 30.0,
@@ -94,7 +92,7 @@ class QueueConsumer:
         self.redis = redis
         self.blocking = blocking_redis
         self.name = queue
-        self.bus = bus
+        self.lifecycle = lifecycle
         self.keys = Keys(prefix)
         self.lock_ms = int(lock_duration_s * 1000)
         self.stalled_ms = int(stalled_interval_s * 1000)
@@ -109,7 +107,6 @@ class QueueConsumer:
         self._n = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._next_delayed_ms = 0.0
-        self.ready_hint = 0  # jobs ready in the queue right after the last take()
 
     # ------------------------------------------------------------ taking
     def _token(self) -> str:
@@ -143,29 +140,27 @@ class QueueConsumer:
         self.held[job.id] = job
         return job
 
-    async def take(self, block_s: float = 0.0, announce: bool = True) -> ActiveJob | None:
-        """Lock the next job (priority, then FIFO; due delayed jobs promoted); wait up to block_s.
+    async def take(self, block_s: float = 0.0, up_to: int = 1) -> list[ActiveJob]:
+        """Lock the next job (priority, then FIFO; due delayed jobs promoted), waiting up to
+        block_s for one; then up to `up_to - 1` more of those ready, in priority order.
 
-        With `announce`, the job's `active` event is published.
+        The first take also counts what is left in the queue, in the same round trip, so a
+        lone job costs one round trip.
         """
-        job = await self._take(block_s)
-        if job is not None and announce:
-            await self.started(job)
-        return job
-
-    async def _take(self, block_s: float) -> ActiveJob | None:
         deadline = time.monotonic() + block_s
         while True:
             token = self._token()
             self._next_delayed_ms = 0.0
             batch = Batch(self.redis)
             await self._move_to_active(batch, token, round(time.time() * 1000))
-            raw, *counts = await self._count_ready(batch).execute()  # what is left, in the same round trip
-            self.ready_hint = self._ready(*counts)
+            raw, *counts = await self._count_ready(batch).execute()
             job = self._active(raw, token)
+            if job is not None:
+                more = min(up_to - 1, self._ready(*counts))
+                return [job, *await self.take_more(more)] if more > 0 else [job]
             left = deadline - time.monotonic()
-            if job is not None or left <= 0:
-                return job
+            if left <= 0:
+                return []
             timeout = left
             if self._next_delayed_ms:
                 timeout = min(left, max(0.002, (self._next_delayed_ms - time.time() * 1000) / 1000))
@@ -177,7 +172,7 @@ class QueueConsumer:
                                      "delayed", "paused", "meta", "pc", "marker"])
         opts = msgpack.packb({"token": token, "lockDuration": self.lock_ms, "limiter": None}, use_bin_type=True)
         await self.scripts.commands["moveToActive"](keys=keys, args=[self.scripts.keys[""], now_ms, opts],
-                                                    client=batch)  # type: ignore[arg-type]
+                                                    client=batch)
 
     async def take_more(self, n: int) -> list[ActiveJob]:
         """Lock up to n more ready jobs in one round trip (no waiting); in priority order."""
@@ -196,34 +191,8 @@ class QueueConsumer:
         got = await self.blocking.bzpopmin(self.scripts.keys["marker"], max(timeout_s, 0.002))
         return bool(got)
 
-    async def started(self, job: ActiveJob, message: str | None = None) -> None:
-        """Publish the `active` event of an attempt; notes whether a cancel was already requested."""
-        _seq, _pos, cancelled = await self.bus.publish_raw(self._active_event(job, message))
-        job.cancel_requested = bool(cancelled)
-
-    def _active_event(self, job: ActiveJob, message: str | None = None) -> JobProgressEvent:
-        return JobProgressEvent(
-            job_id=job.id, queue=self.name, user_id=job.user_id, status="active", progress=0,
-            message=message or f"started (attempt {job.attempt} of {job.attempts})",
-            attempt=job.attempt, attempts=job.attempts,
-        )
-
-    # ------------------------------------------------------------ finishing
-    async def complete(self, job: ActiveJob, result: Any, fetch_next: bool = False) -> ActiveJob | None:
-        """Mark the attempt completed and publish `job:completed`; optionally lock the next job
-        and publish its `active` event.
-
-        Raises LockLost if another consumer owns the job now (then nothing is published).
-        """
-        nxt, lost = await self.complete_many([(job, result)], fetch_next=int(fetch_next))
-        if lost:
-            raise lost[0]
-        if nxt:
-            await self.started(nxt[0])
-        return nxt[0] if nxt else None
-
-    async def complete_many(self, done: list[tuple[ActiveJob, Any]], fetch_next: int = 0,
-                            ) -> tuple[list[ActiveJob], list[LockLost]]:
+    async def complete(self, done: list[tuple[ActiveJob, Any]], fetch_next: int = 0,
+                       ) -> tuple[list[ActiveJob], list[LockLost]]:
         """Complete several attempts in one round trip, each publishing its `job:completed`; the
         first `fetch_next` of them also lock a next job (BullMQ's fetch-next, one per completion).
 
@@ -237,21 +206,21 @@ class QueueConsumer:
             # BullMQ locks the next job with the same token (one token per slot, as its workers do).
             remove = job.bull.opts.get("removeOnComplete", False)
             keys, args = self.scripts.moveToCompletedArgs(job.bull, result, remove, job.token, fetch)
-            await self.scripts.commands["moveToFinished"](keys=keys, args=args, client=batch)  # type: ignore[arg-type]
+            await self.scripts.commands["moveToFinished"](keys=keys, args=args, client=batch)
             event = JobCompletedEvent(job_id=job.id, queue=self.name, user_id=job.user_id, result=result)
             # Published in the same round trip, but only if the completion above was ours.
-            await self.bus.publish(event, batch=batch, guard=(self.keys.bull(self.name, job.id), str(args[1])),
-                                   duration_s=time.monotonic() - job.taken_at)
+            await self.lifecycle.finish(event, batch=batch, guard=str(args[1]),
+                                        duration_s=time.monotonic() - job.taken_at)
             calls.append((job, event, fetch))
         replies = await batch.execute()
         nxt: list[ActiveJob] = []
         lost: list[LockLost] = []
-        for (job, event, fetch), raw, (seq, _pos, _c) in zip(calls, replies[::2], replies[1::2], strict=True):
+        for (job, event, fetch), raw, (seq,) in zip(calls, replies[::2], replies[1::2], strict=True):
             if isinstance(raw, int) and raw < 0:
                 lost.append(LockLost(f"job {job.id}: cannot complete (code {raw})"))
                 continue
-            if not int(seq):  # ours, but its hash was trimmed by retention before the guard ran
-                await self.bus.publish(event)
+            if not int(seq):  # ours, but BullMQ's retention removed its hash before the guard ran
+                await self.lifecycle.finish(event)
             following = self._active(raw, job.token) if fetch else None
             if following is not None:
                 nxt.append(following)
@@ -295,26 +264,16 @@ class QueueConsumer:
         except Exception as exc:  # lock lost: someone else has it now
             raise LockLost(f"job {job.id}: cannot fail ({exc})") from exc
         if final:
-            status = "cancelled" if cancelled else "failed"
-            await self.bus.publish(JobFailedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
-                                                  error=error, status=status))  # type: ignore[arg-type]
-            return FailOutcome(status)
+            await self.lifecycle.finish(JobFailedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
+                                                       error=error, status="cancelled" if cancelled else "failed"))
+            return FailOutcome("cancelled" if cancelled else "failed")
         delay_s = (job.bull.delay or 0) / 1000
         when = f" in {delay_s:g}s" if delay_s else ""
-        await self.bus.publish(JobProgressEvent(
-            job_id=job.id, queue=self.name, user_id=job.user_id, status="retrying", progress=0,
-            message=f"attempt {job.attempt} of {job.attempts} failed: {error}; retrying{when}",
-            attempt=job.attempt + 1, attempts=job.attempts,
-        ), position_in=None if delay_s else self.name)
+        await self.lifecycle.wait_again(
+            job.id, self.name, job.user_id, f"attempt {job.attempt} of {job.attempts} failed: {error}; retrying{when}",
+            status="retrying", attempt=job.attempt + 1, attempts=job.attempts, position=not delay_s,
+        )
         return FailOutcome("retrying", delay_s)
-
-    async def release(self, job: ActiveJob) -> None:
-        """Stop tracking a job whose lock is gone (it will be recovered as stalled)."""
-        self.held.pop(job.id, None)
-
-    async def is_cancel_requested(self, job_id: str) -> bool:
-        """True if a cancel was requested for this job."""
-        return bool(await self.redis.exists(self.keys.cancel(job_id)))
 
     # ------------------------------------------------------------ locks and stalls
     async def renew_locks(self) -> list[str]:
@@ -334,10 +293,8 @@ class QueueConsumer:
                         extra={"job_id": job_id})
             with contextlib.suppress(Exception):
                 owner = await self.redis.hget(self.keys.job(job_id), "userId")
-                await self.bus.publish(JobProgressEvent(
-                    job_id=job_id, queue=self.name, user_id=owner, status="waiting", progress=0,
-                    message="recovered after its worker stopped; waiting to run again",
-                ), position_in=self.name)
+                await self.lifecycle.wait_again(job_id, self.name, str(owner) if owner else None,
+                                                "recovered after its worker stopped; waiting to run again")
         return ids
 
     async def backlog(self) -> int:
@@ -387,7 +344,3 @@ class QueueConsumer:
                 await t
         self._tasks = []
 
-
-def encode_result(result: Any) -> str:
-    """JSON text of a result (what BullMQ stores as returnvalue)."""
-    return json.dumps(result, separators=(",", ":"), allow_nan=False)

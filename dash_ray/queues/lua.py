@@ -1,128 +1,170 @@
-"""Lua scripts for dash-ray's own keys (BullMQ's scripts stay BullMQ's)."""
+"""The Lua scripts of the job lifecycle (dash-ray's own keys; BullMQ's scripts stay BullMQ's).
+
+Each script names its keys and arguments once, in a `Script`: the script reads them as
+`K.<name>` / `A.<name>` (a prelude maps names to KEYS[i] / ARGV[i]) and callers pass them by
+name (`Script.pack`). Constants of a deployment (stream length, retention, key namespace) are
+baked into the text by `Script.text`, so a call sends few arguments.
+
+The event frame: Python sends the event's JSON without its closing brace (`A.frame`); `emit`
+appends `,"queuePosition":N` (when asked and the job is waiting) and `,"seq":N}`. The frame is
+stored in the job's replay stream and published on its channel, and the job hash takes the
+state fields in `A.fields` (key, value, ... joined by \\x1f).
+"""
 
 from __future__ import annotations
 
-__all__ = ["POSITION", "RESERVE", "publish_script"]
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-# Publish one job event atomically: next seq, latest state, capped stream, pub/sub.
-# The bus's constants are baked into the text (see publish_script), so a call packs few arguments.
-# KEYS: 1 job hash, 2 events stream, 3 finished zset, 4 open-jobs set of the user (or a dummy),
-#       5 cancel flag, 6 the queue's duration histogram, 7 the user's history zset, 8 its counter
-# ARGV: 1 channel, 2 event JSON without its closing brace, 3 mode ('0' plain, '1' terminal,
-#       '2' restart: the job is live again, '3' a new job: also index it in the user's history), 4 job id, 5 now ms, 6 wait list key for a
-#       queuePosition ('' for none), 7 prioritized key, 8 guard: a BullMQ job hash ('' for none),
-#       9 the finishedOn it must hold (publish only if that completion was ours),
-#       10 state fields for the job hash: key, value, key, value... joined by \x1f,
-#       11 (terminal events) a duration histogram field to count ('' for none), 12 its seconds,
-#       13 (mode '3': a brand-new job, its fields in ARGV[10]) the most history entries per user.
-# Returns {seq, queue position or -1, 1 if a cancel was requested for a live job else 0};
-# {0, -1, 0} when the guard says the completion was not ours.
-_PUBLISH = r"""
-local MAXLEN, TTL, KEEP, NS = %(maxlen)d, %(ttl)d, %(keep)d, "%(ns)s"
-if ARGV[8] ~= '' and redis.call('HGET', ARGV[8], 'finishedOn') ~= ARGV[9] then
-  return {0, -1, 0}
-end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local body = ARGV[2]
-local pos = -1
-if ARGV[6] ~= '' then
-  local rank = redis.call('ZRANK', ARGV[7], ARGV[4])
-  local waitLen = redis.call('LLEN', ARGV[6])
-  if rank then
-    pos = waitLen + rank + 1
-  else
-    local idx = redis.call('LPOS', ARGV[6], ARGV[4], 'MAXLEN', 100000)
-    if idx then pos = waitLen - idx end
-  end
-  if pos > 0 then
-    body = body .. ',"queuePosition":' .. pos
-  end
-end
-local msg = body .. ',"seq":' .. seq .. '}'
-local fields, s, from = {}, ARGV[10], 1
-while s ~= '' do
-  local i = string.find(s, '\31', from, true)
-  if not i then
-    fields[#fields + 1] = string.sub(s, from)
-    break
-  end
-  fields[#fields + 1] = string.sub(s, from, i - 1)
-  from = i + 1
-end
-if #fields >= 2 then
-  redis.call('HSET', KEYS[1], unpack(fields))
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', MAXLEN, seq .. '-0', 'm', msg)
-redis.call('PUBLISH', ARGV[1], msg)
-local cancelled = 0
-if ARGV[3] == '1' then
-  if ARGV[11] ~= '' then
-    redis.call('HINCRBY', KEYS[6], ARGV[11], 1)
-    redis.call('HINCRBYFLOAT', KEYS[6], 'sum', ARGV[12])
-  end
-  redis.call('EXPIRE', KEYS[1], TTL)
-  redis.call('EXPIRE', KEYS[2], TTL)
-  redis.call('SREM', KEYS[4], ARGV[4])
-  redis.call('DEL', KEYS[5])
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-  local excess = redis.call('ZCARD', KEYS[3]) - KEEP
-  if excess > 0 then
-    local old = redis.call('ZRANGE', KEYS[3], 0, excess - 1)
-    for _, id in ipairs(old) do
-      redis.call('DEL', NS .. 'job:' .. id, NS .. 'ev:' .. id)
+__all__ = ["CREATE", "EVENT", "FINISH", "POSITION", "Script"]
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script with named KEYS and ARGV."""
+
+    name: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    body: str
+
+    def text(self, **constants: Any) -> str:
+        """The script's source: the name prelude, the shared functions, the body (constants baked in)."""
+        k = ", ".join(f"{n} = KEYS[{i}]" for i, n in enumerate(self.keys, 1))
+        a = ", ".join(f"{n} = ARGV[{i}]" for i, n in enumerate(self.args, 1))
+        consts = "\n".join(f"local {n.upper()} = {_lua(v)}" for n, v in sorted(constants.items()))
+        return f"local K = {{{k}}}\nlocal A = {{{a}}}\n{consts}\n{_EMIT}\n{self.body}"
+
+    def pack(self, keys: Mapping[str, str], args: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV in the script's order from name -> value maps (every name required)."""
+        return [keys[n] for n in self.keys], [args[n] for n in self.args]
+
+
+def _lua(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value)
+    if not all(c.isalnum() or c in "_.-:" for c in text):
+        raise ValueError(f"unsafe Lua constant {text!r}")
+    return f'"{text}"'
+
+
+# Shared by every script: the next seq, the frame completed, the state written, the event
+# stored and published. Expects K.job, K.events, A.channel, A.frame, A.fields, A.job_id, and
+# (with `position`) K.wait and K.prioritized. Returns seq and the queue position (or -1).
+_EMIT = r"""
+local function emit(position)
+  local seq = redis.call('HINCRBY', K.job, 'seq', 1)
+  local body = A.frame
+  local pos = -1
+  if position then
+    local rank = redis.call('ZRANK', K.prioritized, A.job_id)
+    local waitLen = redis.call('LLEN', K.wait)
+    if rank then
+      pos = waitLen + rank + 1
+    else
+      local idx = redis.call('LPOS', K.wait, A.job_id, 'MAXLEN', 100000)
+      if idx then pos = waitLen - idx end
     end
-    redis.call('ZREMRANGEBYRANK', KEYS[3], 0, excess - 1)
+    if pos > 0 then body = body .. ',"queuePosition":' .. pos end
   end
-else
-  cancelled = redis.call('EXISTS', KEYS[5])
-  if ARGV[3] == '3' then
-    local n = redis.call('INCR', KEYS[8])
-    redis.call('ZADD', KEYS[7], n, ARGV[4])
-    local over = redis.call('ZCARD', KEYS[7]) - tonumber(ARGV[13])
-    if over > 0 then
-      redis.call('ZREMRANGEBYRANK', KEYS[7], 0, over - 1)
+  local msg = body .. ',"seq":' .. seq .. '}'
+  local fields, s, from = {}, A.fields, 1
+  while s ~= '' do
+    local i = string.find(s, '\31', from, true)
+    if not i then
+      fields[#fields + 1] = string.sub(s, from)
+      break
     end
+    fields[#fields + 1] = string.sub(s, from, i - 1)
+    from = i + 1
   end
-  if ARGV[3] == '2' or ARGV[3] == '3' then
-    redis.call('PERSIST', KEYS[1])
-    redis.call('PERSIST', KEYS[2])
-    redis.call('ZREM', KEYS[3], ARGV[4])
-    redis.call('SADD', KEYS[4], ARGV[4])
-  end
+  if #fields >= 2 then redis.call('HSET', K.job, unpack(fields)) end
+  redis.call('XADD', K.events, 'MAXLEN', '~', MAXLEN, seq .. '-0', 'm', msg)
+  redis.call('PUBLISH', A.channel, msg)
+  return seq, pos
 end
-return {seq, pos, cancelled}
+
+local function live_again()
+  redis.call('PERSIST', K.job)
+  redis.call('PERSIST', K.events)
+  redis.call('ZREM', K.finished, A.job_id)
+  redis.call('SADD', K.open, A.job_id)
+end
 """
 
+# create: a new job's record (its BullMQ job must exist: added in the same round trip, before),
+# its user's history entry and open set, and its `waiting` / `delayed` event.
+# Returns {seq, position} or, when a job with this id already has a record,
+# {0, -1, queue, digest, status} and changes nothing.
+CREATE = Script(
+    "create",
+    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job"),
+    args=("channel", "frame", "fields", "job_id", "digest", "position"),
+    body=r"""
+local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status')
+if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or ''} end
+if redis.call('EXISTS', K.bull_job) == 0 then return {0, -1, '', '', ''} end
+redis.call('HSET', K.job, 'digest', A.digest)
+local n = redis.call('INCR', K.history_n)
+redis.call('ZADD', K.history, n, A.job_id)
+local over = redis.call('ZCARD', K.history) - HISTORY_MAX
+if over > 0 then redis.call('ZREMRANGEBYRANK', K.history, 0, over - 1) end
+live_again()
+local seq, pos = emit(A.position == '1')
+return {seq, pos}
+""")
 
-def publish_script(maxlen: int, ttl_s: int, keep: int, ns: str) -> str:
-    """The PUBLISH script for one bus's constants (stream length, TTL, retention, key namespace)."""
-    if not all(c.isalnum() or c in "_.-:" for c in ns):
-        raise ValueError(f"bad key namespace {ns!r}")
-    return _PUBLISH % {"maxlen": maxlen, "ttl": ttl_s, "keep": keep, "ns": ns}
+# event: a non-final event of a live job: an attempt started, its progress, or the job is
+# waiting again (`live` = '1': retried, recovered, requeued). Returns {seq, position,
+# 1 if a cancel was requested for the job else 0}.
+EVENT = Script(
+    "event",
+    keys=("job", "events", "finished", "open", "cancel", "wait", "prioritized"),
+    args=("channel", "frame", "fields", "job_id", "live", "position"),
+    body=r"""
+if A.live == '1' then live_again() end
+local seq, pos = emit(A.position == '1')
+return {seq, pos, redis.call('EXISTS', K.cancel)}
+""")
 
-
-# Reserve a job id: create our job hash unless it exists.
-# KEYS: 1 job hash, 2 user jobs zset, 3 user counter, 4 user open-jobs set
-# ARGV: 1 queue, 2 digest, 3 user id, 4 created ms, 5 max history per user, 6 job id
-# Returns false when created, else {queue, digest, status}.
-RESERVE = r"""
-local cur = redis.call('HMGET', KEYS[1], 'queue', 'digest', 'status')
-if cur[1] then
-  return {cur[1], cur[2] or '', cur[3] or ''}
+# finish: the final event (completed, failed, cancelled). With `finished_on`, only if BullMQ's
+# job holds that finishedOn (the completion in the same round trip was ours). Counts the run
+# time in the queue's histogram (`bucket` '' for none), starts the record's expiry and trims
+# the queue's finished jobs to the retention. Returns {seq}, or {0} when the guard refused.
+FINISH = Script(
+    "finish",
+    keys=("job", "events", "finished", "open", "cancel", "durations", "bull_job"),
+    args=("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds"),
+    body=r"""
+if A.finished_on ~= '' and redis.call('HGET', K.bull_job, 'finishedOn') ~= A.finished_on then
+  return {0}
 end
-redis.call('HSET', KEYS[1], 'queue', ARGV[1], 'digest', ARGV[2], 'userId', ARGV[3],
-  'created', ARGV[4], 'status', 'waiting', 'progress', '0', 'message', '')
-local n = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[2], n, ARGV[6])
-redis.call('SADD', KEYS[4], ARGV[6])
-local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+local seq = emit(false)
+if A.bucket ~= '' then
+  redis.call('HINCRBY', K.durations, A.bucket, 1)
+  redis.call('HINCRBYFLOAT', K.durations, 'sum', A.seconds)
+end
+redis.call('EXPIRE', K.job, TTL)
+redis.call('EXPIRE', K.events, TTL)
+redis.call('SREM', K.open, A.job_id)
+redis.call('DEL', K.cancel)
+redis.call('ZADD', K.finished, A.now_ms, A.job_id)
+local excess = redis.call('ZCARD', K.finished) - KEEP
 if excess > 0 then
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, excess - 1)
+  local old = redis.call('ZRANGE', K.finished, 0, excess - 1)
+  for _, id in ipairs(old) do
+    redis.call('DEL', NS .. 'job:' .. id, NS .. 'ev:' .. id)
+  end
+  redis.call('ZREMRANGEBYRANK', K.finished, 0, excess - 1)
 end
-return false
-"""
+return {seq}
+""")
 
-# Queue position of a waiting job (1 = next), or -1.
+# A read, not a transition: the queue position of a waiting job (1 = next), or -1.
 # KEYS: 1 wait list, 2 prioritized zset; ARGV: 1 job id
 POSITION = r"""
 local rank = redis.call('ZRANK', KEYS[2], ARGV[1])

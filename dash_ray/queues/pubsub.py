@@ -12,6 +12,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import hiredis
@@ -19,6 +20,11 @@ import hiredis
 __all__ = ["RawPubSub"]
 
 log = logging.getLogger(__name__)
+
+
+def _pack(command: tuple[str, ...]) -> bytes:
+    """One Redis command in RESP (hiredis's stub types its argument as a 1-tuple)."""
+    return hiredis.pack_command(cast(Any, command))
 
 
 class RawPubSub:
@@ -61,7 +67,7 @@ class RawPubSub:
         new = [c for c in channels if c not in self.channels]
         self.channels.update(new)
         if new and self._writer is not None:
-            self._writer.write(hiredis.pack_command(("SUBSCRIBE", *new)))
+            self._writer.write(_pack(("SUBSCRIBE", *new)))
 
     async def subscribe_confirmed(self, channels: Iterable[str], timeout_s: float = 10.0) -> None:
         """Subscribe and wait until Redis confirms (so no later publish is missed)."""
@@ -79,7 +85,7 @@ class RawPubSub:
         gone = [c for c in channels if c in self.channels]
         self.channels.difference_update(gone)
         if gone and self._writer is not None:
-            self._writer.write(hiredis.pack_command(("UNSUBSCRIBE", *gone)))
+            self._writer.write(_pack(("UNSUBSCRIBE", *gone)))
 
     async def wait_connected(self, timeout_s: float = 10.0) -> None:
         """Wait until the socket is up and subscribed."""
@@ -90,14 +96,14 @@ class RawPubSub:
         parser = hiredis.Reader(encoding="utf-8", errors="replace")
         if self.password:
             auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-            writer.write(hiredis.pack_command(auth))
+            writer.write(_pack(auth))
             while (reply := parser.gets()) is False:
                 parser.feed(await reader.read(4096))
             if isinstance(reply, hiredis.ReplyError):
                 writer.close()
                 raise ConnectionError(f"Redis AUTH failed: {reply}")
         if self.channels:
-            writer.write(hiredis.pack_command(("SUBSCRIBE", *sorted(self.channels))))
+            writer.write(_pack(("SUBSCRIBE", *sorted(self.channels))))
         await writer.drain()
         return reader, writer, parser
 

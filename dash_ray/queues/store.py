@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from bullmq import Job as BullJob
 from bullmq import Queue as BullQueue
@@ -32,7 +31,8 @@ from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, SubmitRes
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lua import POSITION, RESERVE
+from dash_ray.queues.lifecycle import Created, Lifecycle, Retention
+from dash_ray.queues.lua import POSITION
 
 __all__ = ["JobStore", "bull_opts", "view_status"]
 
@@ -105,16 +105,15 @@ class JobStore:
         self.keep_completed = keep_completed
         self.keep_failed = keep_failed
         self.default_attempts = default_attempts
-        self.user_history_max = user_history_max
         self.queue_names = tuple(queues)
         self.validate = validate
-        self.bus = EventBus(
-            redis, self.keys, events_per_job=events_per_job, finished_ttl_s=finished_ttl_s,
-            keep_finished=keep_completed + keep_failed,
-        )
-        self._reserve = redis.register_script(RESERVE)
-        self._position = redis.register_script(POSITION)
-        register(self._reserve, self._position)
+        self.bus = EventBus(redis, self.keys)
+        self.lifecycle = Lifecycle(redis, self.keys, Retention(
+            events_per_job=events_per_job, finished_ttl_s=finished_ttl_s,
+            keep_finished=keep_completed + keep_failed, history_max=user_history_max,
+        ))
+        self._position: Any = redis.register_script(POSITION)  # called with a Batch as its client too
+        register(self._position)
         self._queues: dict[str, BullQueue] = {}
 
     def queue(self, name: str) -> BullQueue:
@@ -138,7 +137,7 @@ class JobStore:
     ) -> SubmitResult:
         """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict)."""
         bq = self.queue(queue)
-        payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_sleep=True)
+        payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_test_only=True)
         opts = parse_options(options)
         owner = payload.user_id or user_id
         if payload.user_id and user_id and payload.user_id != user_id:
@@ -152,30 +151,15 @@ class JobStore:
                 errors=[{"field": "options.jobId", "message": f"must equal the payload's {payload.id_field}"}],
             )
         job_id = given or opts.job_id or uuid.uuid4().hex
-        fresh = not (given or opts.job_id)  # a new uuid: no earlier job can hold it
         payload = payload.with_ids(job_id, owner)
         if self.validate:
             self.validate(payload)
         wire = payload.wire(exclude_none=True)
         digest = _digest(wire)
-        now_ms = int(time.time() * 1000)
-        k = self.keys
-        reserve = {
-            "keys": [k.job(job_id), k.user_jobs(owner), k.user_counter(owner), k.waiting_count(owner)],
-            "args": [queue, digest, owner, now_ms, self.user_history_max, job_id],
-        }
-        batch = Batch(self.redis)
-        if not fresh:
-            found = await self._reserve(**reserve)
-            if found:
-                fq, fdigest, fstatus = found
-                if fq != queue:
-                    raise JobConflict(job_id, f"a job with this id exists in queue {fq!r}")
-                if fdigest != digest:
-                    raise JobConflict(job_id)
-                if fstatus in TERMINAL_STATUSES or await self._appears(k.bull(queue, job_id)):
-                    return SubmitResult(job=await self.get(job_id), created=False)
-                log.warning("re-adding job %s: reserved but missing in BullMQ", job_id, extra={"job_id": job_id})
+        if given or opts.job_id:  # a client-chosen id: an earlier job may hold it
+            found = await self.redis.hmget(self.keys.job(job_id), "queue", "digest", "status")
+            if found[1]:
+                return await self._existing(job_id, queue, digest, Created(0, None, *(str(x or "") for x in found)))
         attempts = opts.attempts or self.default_attempts
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, self.keep_completed, self.keep_failed))
         event = JobProgressEvent(
@@ -183,30 +167,30 @@ class JobStore:
             status="delayed" if opts.delay_s else "waiting", progress=0,
             message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
         )
-        await bq.scripts.addJob(bjob, batch)  # type: ignore[arg-type]
-        # A new uuid cannot collide: its job hash and history entry are made by the event itself.
-        new_job = {"digest": digest, "created": now_ms} if fresh else None
-        await self.bus.publish(event, batch=batch, position_in=None if opts.delay_s else queue,
-                               new_job=new_job, history_max=self.user_history_max)
-        added, (seq, pos, _c) = await batch.execute()
+        now_ms = int(time.time() * 1000)
+        batch = Batch(self.redis)
+        await bq.scripts.addJob(bjob, batch)
+        await self.lifecycle.create(event, digest=digest, created_ms=now_ms, batch=batch, position=not opts.delay_s)
+        added, reply = await batch.execute()
         if isinstance(added, int) and added < 0:
             raise RuntimeError(f"BullMQ refused job {job_id}: code {added}")
+        made = Lifecycle.created_reply(reply)
+        if not made.created:  # the same id was added concurrently
+            return await self._existing(job_id, queue, digest, made)
         view = JobView(
             id=job_id, queue=queue, user_id=owner, status=event.status, message=event.message,
             data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
-            seq=int(seq), queue_position=int(pos) if int(pos) > 0 else None,
+            seq=made.seq, queue_position=made.position,
         )
         return SubmitResult(job=view, created=True)
 
-    async def _appears(self, key: str, wait_s: float = 2.0) -> bool:
-        """True once `key` exists; a concurrent add of the same id may be between its two steps."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            if await self.redis.exists(key):
-                return True
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
+    async def _existing(self, job_id: str, queue: str, digest: str, found: Created) -> SubmitResult:
+        """An add whose id a job holds already: that job (same queue and payload) or JobConflict."""
+        if found.queue != queue:
+            raise JobConflict(job_id, f"a job with this id exists in queue {found.queue!r}")
+        if found.digest != digest:
+            raise JobConflict(job_id)
+        return SubmitResult(job=await self.get(job_id), created=False)
 
     # ------------------------------------------------------------------ read
     async def find_queue(self, job_id: str) -> str | None:
@@ -223,12 +207,6 @@ class JobStore:
             if kind == "hash":
                 return name
         return None
-
-    async def position(self, job_id: str, queue: str) -> int | None:
-        """1-based place in line of a waiting job (1 = next), else None."""
-        k = self.keys
-        pos = await self._position(keys=[k.bull(queue, "wait"), k.bull(queue, "prioritized")], args=[job_id])
-        return int(pos) if pos and int(pos) > 0 else None
 
     async def get(self, job_id: str) -> JobView:
         """The job's view; raises JobNotFound."""
@@ -292,7 +270,7 @@ class JobStore:
             id=job_id,
             queue=queue,
             user_id=ours.get("userId") or data.get("userId"),
-            status=status,  # type: ignore[arg-type]
+            status=status,
             progress=progress,
             message=ours.get("message", ""),
             data=data,
@@ -331,7 +309,8 @@ class JobStore:
         next_cursor: str | None = None
         scanned = 0
         while len(found) < limit and scanned < 50 * limit:
-            batch = await self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=max(limit, 50), withscores=True)
+            batch = cast(list[tuple[str, float]], await self.redis.zrevrangebyscore(
+                key, top, "-inf", start=0, num=max(limit, 50), withscores=True))
             if not batch:
                 next_cursor = None
                 break
@@ -374,16 +353,12 @@ class JobStore:
         if view.status != "active":
             removed = await bq.backend.remove(job_id, True)
             if removed:
-                await self.bus.publish(JobFailedEvent(
+                await self.lifecycle.finish(JobFailedEvent(
                     job_id=job_id, queue=view.queue, user_id=view.user_id, error="cancelled", status="cancelled",
                 ))
                 return await self.get(job_id)
             # It became active in between: cancel it as a running job.
-        k = self.keys
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(k.cancel(job_id), "1", ex=24 * 3600)
-        pipe.publish(k.cancel_channel, job_id)
-        await pipe.execute()
+        await self.lifecycle.cancel(job_id)
         return await self.get(job_id)
 
     async def retry(self, job_id: str) -> JobView:
@@ -400,10 +375,7 @@ class JobStore:
             await bjob.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
         except Exception as exc:
             raise InvalidJobState(job_id, view.status, f"retry ({exc})") from None
-        await self.bus.publish(JobProgressEvent(
-            job_id=job_id, queue=view.queue, user_id=view.user_id, status="waiting", progress=0,
-            message="retry requested",
-        ), position_in=view.queue)
+        await self.lifecycle.wait_again(job_id, view.queue, view.user_id, "retry requested")
         return await self.get(job_id)
 
     async def pause(self, queue: str) -> None:
@@ -420,7 +392,7 @@ class JobStore:
 
     async def durations(self, queue: str) -> dict[str, str]:
         """The queue's job-duration histogram (bucket counts and sum) as kept by its consumer."""
-        return await self.redis.hgetall(self.keys.metrics(queue))  # type: ignore[no-any-return]
+        return cast(dict[str, str], await self.redis.hgetall(self.keys.metrics(queue)))
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs per state: waiting (incl. prioritized), delayed, active, completed, failed."""

@@ -3,16 +3,19 @@
 The policy (Dispatcher, WorkerPool, Reporter) is plain code; the actors are thin shells.
 """
 
-from dash_ray.scheduler.resources import DEFAULT_RUNNERS, QueueSpec, node_resources, queue_specs
+from dash_ray.scheduler.contract import BatchReply, Outcome
+from dash_ray.scheduler.resources import QueueSpec, node_resources, queue_specs, with_runner
 from dash_ray.scheduler.runner import JobContext, Reporter, Runner, RunnerSpec
 
 __all__ = [
-    "DEFAULT_RUNNERS",
+    "BatchReply",
     "JobContext",
+    "Outcome",
     "QueueSpec",
     "Reporter",
     "Runner",
     "RunnerSpec",
     "node_resources",
     "queue_specs",
+    "with_runner",
 ]

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import ray
 
+from dash_ray import runtime
 from dash_ray.config import Settings
+from dash_ray.scheduler.contract import BatchReply
 from dash_ray.scheduler.resources import QueueSpec
-from dash_ray.scheduler.runner import RunnerSpec
+from dash_ray.scheduler.runner import JobContext, RunnerSpec
 from dash_ray.scheduler.service import ConsumerService
 from dash_ray.scheduler.worker import WorkerCore
 
 __all__ = ["ConsumerActor", "WorkerActor"]
 
 
-@ray.remote(concurrency_groups={"control": 2}, enable_task_events=False)
+@ray.remote(concurrency_groups={"control": 2}, enable_task_events=False)  # type: ignore[call-overload]
 class WorkerActor:
     """A GPU worker: one job at a time; `cancel` and `info` run in their own concurrency group
     (a thread of their own), so they land while `run` runs. Ray's per-task event reports are off:
     a job's own events are in Redis, and they cost the GCS a message per job."""
 
     def __init__(self, queue: str, settings: Settings, spec: RunnerSpec, redis_url: str) -> None:
-        logging.basicConfig(level=logging.INFO)
+        runtime.setup()
         self.core = WorkerCore(queue, settings, spec, redis_url)
 
     def ready(self) -> dict[str, Any]:
@@ -32,9 +33,9 @@ class WorkerActor:
         info["resources"] = ray.get_runtime_context().get_assigned_resources()
         return info
 
-    def run(self, jobs: list[dict[str, Any]], budget_s: float = 0.0) -> dict[str, Any]:
+    def run(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
         """Run a batch of jobs (usually one); see WorkerCore.run_batch."""
-        return {"outcomes": self.core.run_batch(jobs, budget_s), "models": self.core.models()}
+        return self.core.run_batch(jobs, budget_s)
 
     @ray.method(concurrency_group="control")
     def cancel(self, job_id: str) -> bool:
@@ -50,7 +51,7 @@ class ConsumerActor:
     """One queue's consumer; Ray restarts it if it dies, and it starts serving again by itself."""
 
     def __init__(self, spec: QueueSpec, settings: Settings, redis_url: str) -> None:
-        logging.basicConfig(level=logging.INFO)
+        runtime.setup()
         self.service = ConsumerService(spec, settings, redis_url, WorkerActor)
         self._task = asyncio.get_event_loop().create_task(self.service.run())
 
@@ -62,6 +63,3 @@ class ConsumerActor:
 
     async def drain(self, timeout_s: float) -> dict[str, Any]:
         return await self.service.drain(timeout_s)
-
-    async def release_idle(self, older_than_s: float) -> int:
-        return self.service.release_idle(older_than_s)

@@ -3,45 +3,24 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
-from typing import Any
+from typing import Any, cast
 
+from dash_ray import runtime
 from dash_ray.config import Settings
 from dash_ray.scheduler.resources import QueueSpec, logical_gpus, node_resources
 
-__all__ = ["Scheduler", "init_ray", "local_node_gpus"]
+__all__ = ["NAMESPACE", "Scheduler", "init_ray"]
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "dash"
 
 
-def _loopback_only() -> None:
-    """Keep a local Ray on 127.0.0.1 (Ray reads this when it picks the node address)."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray._private.ray_constants as rc
-
-    rc.ENABLE_RAY_CLUSTER = False
-
-
-def local_node_gpus(settings: Settings, specs: list[QueueSpec]) -> float:
-    """GPUs of the local node: DASH_NUM_GPUS, else the real count, else enough logical ones."""
-    if settings.num_gpus is not None:
-        return float(settings.num_gpus)
-    try:
-        from dash_ray.workers.cache import cuda_devices
-
-        if devices := cuda_devices():
-            return float(devices)
-    except Exception:  # installed without the workers extra, or CUDA unusable
-        pass
-    return logical_gpus(specs)
-
-
 def init_ray(settings: Settings, specs: list[QueueSpec], *, num_cpus: int | None = None,
              num_gpus: float | None = None) -> dict[str, Any]:
-    """Join DASH_RAY_ADDRESS, or start a local Ray on loopback whose node offers the queues' slots."""
+    """Join DASH_RAY_ADDRESS, or start a local Ray on loopback whose node offers the queues' slots
+    and `num_gpus` GPUs (default: DASH_NUM_GPUS, else enough logical ones for the queues)."""
     import ray
 
     if ray.is_initialized():
@@ -49,13 +28,14 @@ def init_ray(settings: Settings, specs: list[QueueSpec], *, num_cpus: int | None
     if settings.ray_address:
         ray.init(address=settings.ray_address, namespace=NAMESPACE, log_to_driver=False)
     else:
-        _loopback_only()
-        gpus = num_gpus if num_gpus is not None else local_node_gpus(settings, specs)
+        runtime.loopback_ray()
+        if num_gpus is None:
+            num_gpus = settings.num_gpus if settings.num_gpus is not None else logical_gpus(specs)
         ray.init(
             address="local",
             namespace=NAMESPACE,
             num_cpus=num_cpus,
-            num_gpus=gpus,
+            num_gpus=num_gpus,  # type: ignore[arg-type]  # Ray takes fractional GPUs; its stub says int
             resources=node_resources(specs),
             include_dashboard=False,
             log_to_driver=False,
@@ -94,7 +74,8 @@ class Scheduler:
                                     "get_if_exists": True}
             if self.detached:
                 opts["lifetime"] = "detached"
-            self.actors[spec.name] = ConsumerActor.options(**opts).remote(spec, self.settings, self.redis_url)
+            actor_cls = cast(Any, ConsumerActor)  # @ray.remote adds .options/.remote, unseen by mypy
+            self.actors[spec.name] = actor_cls.options(**opts).remote(spec, self.settings, self.redis_url)
         t0 = time.monotonic()
         ray.get([a.ready.remote() for a in self.actors.values()], timeout=timeout_s)
         log.info("scheduler up: %s in %.1fs", ", ".join(self.actors), time.monotonic() - t0)

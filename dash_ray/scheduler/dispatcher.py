@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from typing import Any
 
 from dash_ray.queues import ActiveJob, EventHub, LockLost, QueueConsumer
+from dash_ray.scheduler.contract import SKIPPED, Outcome
 from dash_ray.scheduler.pool import Slot, WorkerPool
 from dash_ray.scheduler.runner import JobContext
 
@@ -39,18 +39,15 @@ class Dispatcher:
     """Moves one queue's jobs from Redis to its worker pool and back."""
 
     def __init__(self, consumer: QueueConsumer, pool: WorkerPool, *, hub: EventHub | None = None,
-                 cancel_channel: str | None = None, idle_keep: int = 0, batch_budget_s: float = 0.02,
-                 max_batch: int = 8) -> None:
+                 cancel_channel: str | None = None, batch_budget_s: float = 0.02, max_batch: int = 8) -> None:
         self.consumer = consumer
         self.pool = pool
         self.hub = hub
         self.cancel_channel = cancel_channel
-        self.idle_keep = idle_keep
         self.batch_budget_s = batch_budget_s
         self.max_batch = max_batch
         self.cost_s: float | None = None  # moving average of a job's run time on its worker
         self.running: dict[str, Slot] = {}
-        self._early_cancels: set[str] = set()
         self.stopping = False
         self.stopped = asyncio.Event()
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -58,7 +55,6 @@ class Dispatcher:
         self.failed = 0
         self.requeued = 0  # handed to a worker in a batch, not started, put back
         self.calls = 0  # Ray calls to workers (a call may carry a batch of jobs)
-        self.started_at = time.time()
 
     @property
     def queue(self) -> str:
@@ -90,7 +86,7 @@ class Dispatcher:
             self.stopped.set()
 
     async def _step(self) -> None:
-        self.pool.reap_idle(keep=self.idle_keep)  # here, not in a timer: no race with take_idle
+        self.pool.reap_idle()  # here, not in a timer: no race with take_idle
         slot = self.pool.take_idle()
         if slot is None:
             backlog = await self.consumer.backlog()
@@ -99,15 +95,17 @@ class Dispatcher:
                 self.pool.spawn(backlog - pending)
             await self.pool.wait_change(0.2 if backlog else 0.5)
             return
-        job = await self.consumer.take(block_s=0.5, announce=False)
-        if job is None:
+        try:
+            jobs = await self.consumer.take(block_s=0.5, up_to=self.batch_size())
+        except BaseException:
+            self.pool.unreserve(slot)  # the worker goes back, whatever failed
+            raise
+        if not jobs:
             self.pool.unreserve(slot)
             return
-        slot = self.pool.prefer(slot, model_of(job.data))
-        # No second round trip when the queue was left empty (an idle system, one job at a time).
-        jobs = [job, *await self.consumer.take_more(min(self.batch_size() - 1, self.consumer.ready_hint))]
+        slot = self.pool.prefer(slot, model_of(jobs[0].data))
         # The worker publishes each job's `active` event as it starts it.
-        task = asyncio.create_task(self._run(slot, jobs), name=f"job-{job.id}")
+        task = asyncio.create_task(self._run(slot, jobs), name=f"job-{jobs[0].id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
 
@@ -138,22 +136,21 @@ class Dispatcher:
         if alive:
             self.pool.release(slot, models)
 
-    async def _finish(self, jobs: list[ActiveJob], outcomes: list[dict[str, Any]], fetch: bool) -> list[ActiveJob]:
+    async def _finish(self, jobs: list[ActiveJob], outcomes: list[Outcome], fetch: bool) -> list[ActiveJob]:
         """Record a batch's outcomes in Redis; returns the next jobs for the same worker."""
         done = []
         skipped = []
         for job, outcome in zip(jobs, outcomes, strict=True):
-            if "s" in outcome:
-                self._measured(float(outcome["s"]))
+            if outcome.run_s is not None:
+                self._measured(outcome.run_s)
             try:
-                if outcome.get("ok"):
-                    done.append((job, outcome.get("result")))
-                elif outcome.get("skipped"):
+                if outcome.kind == "done":
+                    done.append((job, outcome.result))
+                elif outcome.kind == "skipped":
                     skipped.append(job)
                 else:
-                    await self.consumer.fail(job, str(outcome.get("error", "failed")),
-                                             retry=bool(outcome.get("retry", True)),
-                                             cancelled=bool(outcome.get("cancelled")))
+                    await self.consumer.fail(job, outcome.error or "failed", retry=outcome.retry,
+                                             cancelled=outcome.kind == "cancelled")
                     self.failed += 1
             except LockLost as exc:
                 log.warning("%s", exc, extra={"job_id": job.id})
@@ -169,51 +166,49 @@ class Dispatcher:
         nxt: list[ActiveJob] = []
         if done:
             try:
-                nxt, lost = await self.consumer.complete_many(done, fetch_next=want)
+                nxt, lost = await self.consumer.complete(done, fetch_next=want)
                 self.completed += len(done) - len(lost)
-                for exc in lost:
-                    log.warning("%s", exc)
+                for lock_lost in lost:
+                    log.warning("%s", lock_lost)
             except Exception:
                 log.exception("could not complete %d jobs", len(done))
         if fetch and nxt and len(nxt) < want:  # the batch size grew, and the queue is not empty
             nxt += await self.consumer.take_more(want - len(nxt))
         return nxt
 
-    async def _attempt(self, slot: Slot, jobs: list[ActiveJob]) -> tuple[list[dict[str, Any]], tuple[str, ...], bool]:
+    async def _attempt(self, slot: Slot, jobs: list[ActiveJob]) -> tuple[list[Outcome], tuple[str, ...], bool]:
         """Run jobs on a worker; returns (outcome per job, the models it holds, whether it lives)."""
-        outcomes: dict[str, dict[str, Any]] = {}
+        outcomes: dict[str, Outcome] = {}
         ctxs = []
         for job in jobs:
             if job.deferred_failure:
-                outcomes[job.id] = {"ok": False, "retry": False, "error": job.deferred_failure}
+                outcomes[job.id] = Outcome.failure(job.deferred_failure, retry=False)
                 continue
             self.running[job.id] = slot
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
-                                   attempts=job.attempts, user_id=job.user_id,
-                                   cancelled=job.cancel_requested or job.id in self._early_cancels).to_dict())
-            self._early_cancels.discard(job.id)
+                                   attempts=job.attempts, user_id=job.user_id))
         alive, models = True, ()
         try:
             if ctxs:
                 budget = 2 * self.batch_budget_s if len(ctxs) > 1 else 0.0
                 self.calls += 1
                 reply = await slot.handle.run.remote(ctxs, budget)
-                models = tuple(reply.get("models", ()))
-                outcomes.update(zip((c["id"] for c in ctxs), reply["outcomes"], strict=True))
+                models = reply.models
+                outcomes.update(zip((c.id for c in ctxs), reply.outcomes, strict=True))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the worker actor died (killed, OOM, node lost)
             alive = False
-            log.warning("worker %d died running %s: %s", slot.id, [c["id"] for c in ctxs], type(exc).__name__)
+            log.warning("worker %d died running %s: %s", slot.id, [c.id for c in ctxs], type(exc).__name__)
             self.pool.discard(slot)
             started = await self._started([j for j in jobs if j.id not in outcomes])
             for job in jobs:
                 if job.id not in outcomes:
-                    outcomes[job.id] = ({"ok": False, "retry": True, "error": f"worker died: {type(exc).__name__}"}
-                                        if job.id in started else {"ok": False, "skipped": True})
+                    outcomes[job.id] = (Outcome.failure(f"worker died: {type(exc).__name__}")
+                                        if job.id in started else SKIPPED)
         finally:
             for c in ctxs:
-                self.running.pop(c["id"], None)
+                self.running.pop(c.id, None)
         return [outcomes[j.id] for j in jobs], models, alive
 
     async def _started(self, jobs: list[ActiveJob]) -> set[str]:
@@ -229,12 +224,12 @@ class Dispatcher:
             return {j.id for j in jobs}
 
     def _on_cancel(self, _channel: str, job_id: str) -> None:
+        """The one cancel notification: tell the job's worker now. A job not handed to a worker
+        yet learns of its cancel flag with its first event."""
         slot = self.running.get(job_id)
         if slot is not None:
             log.info("cancelling running job %s", job_id, extra={"job_id": job_id})
             slot.handle.cancel.remote(job_id)
-        elif job_id in self.consumer.held:  # taken, not yet handed to its worker
-            self._early_cancels.add(job_id)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -252,7 +247,8 @@ class Dispatcher:
         """Stop taking jobs; wait up to timeout_s for running ones. Waiting jobs stay in Redis."""
         self.stopping = True
         tasks = list(self._job_tasks)
-        done, pending = (set(), set())
+        done: set[asyncio.Task[None]] = set()
+        pending: set[asyncio.Task[None]] = set()
         if tasks:
             done, pending = await asyncio.wait(tasks, timeout=timeout_s)
         with contextlib.suppress(asyncio.TimeoutError):

@@ -118,10 +118,6 @@ class WorkerPool:
                 return other
         return slot
 
-    def has_idle(self) -> bool:
-        """True if a worker is idle now."""
-        return any(s.state == "idle" for s in self.slots.values())
-
     def release(self, slot: Slot, models: tuple[str, ...] | None = None) -> None:
         """A busy worker is idle again."""
         if slot.state == "dead":
@@ -144,13 +140,11 @@ class WorkerPool:
         self._notify()
 
     # --- shrink ---
-    def reap_idle(self, keep: int = 0) -> int:
-        """Stop workers idle longer than idle_s (keeping `keep` idle ones); returns how many."""
+    def reap_idle(self) -> int:
+        """Stop workers idle longer than idle_s; returns how many."""
         now = time.monotonic()
-        idle = sorted((s for s in self.slots.values() if s.state == "idle"), key=lambda s: s.last_used)
-        stale = [s for s in idle if now - s.last_used >= self.idle_s]
         reaped = 0
-        for s in stale[: max(0, len(idle) - keep)]:
+        for s in [s for s in self.slots.values() if s.state == "idle" and now - s.last_used >= self.idle_s]:
             log.info("worker %d idle for %.0fs: stopping it", s.id, now - s.last_used)
             self.discard(s)
             reaped += 1
@@ -164,15 +158,6 @@ class WorkerPool:
             self.discard(s)
             dropped += 1
         return dropped
-
-    def release_idle(self, older_than_s: float) -> int:
-        """Stop idle workers unused for `older_than_s`, to free their GPU share for another queue."""
-        now = time.monotonic()
-        n = 0
-        for s in [s for s in self.slots.values() if s.state == "idle" and now - s.last_used >= older_than_s]:
-            self.discard(s)
-            n += 1
-        return n
 
     # --- waiting ---
     def _notify(self) -> None:

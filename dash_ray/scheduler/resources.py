@@ -7,16 +7,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dash_ray.config import Settings
+from dash_ray.models.queues import QUEUE_TABLE
 from dash_ray.scheduler.runner import RunnerSpec
 
-__all__ = ["DEFAULT_RUNNERS", "QueueSpec", "logical_gpus", "node_resources", "queue_specs"]
-
-DEFAULT_RUNNERS: dict[str, RunnerSpec] = {
-    "training": RunnerSpec("dash_ray.workers.training:TrainingRunner"),
-    "upscaling": RunnerSpec("dash_ray.workers.upscaling:UpscalingRunner"),
-    "generation": RunnerSpec("dash_ray.workers.generation:GenerationRunner"),
-    "sleep": RunnerSpec("dash_ray.scheduler.sleep:SleepRunner"),
-}
+__all__ = ["QueueSpec", "logical_gpus", "node_resources", "queue_specs", "with_runner"]
 
 
 @dataclass(frozen=True)
@@ -48,15 +42,11 @@ class QueueSpec:
         return opts
 
 
-def queue_specs(settings: Settings, runners: dict[str, RunnerSpec] | None = None,
-                sleep_queue: bool = False) -> list[QueueSpec]:
-    """The three queues from settings (runners overridable, e.g. by the sleep runner in tests)."""
-    runners = {**DEFAULT_RUNNERS, **(runners or {})}
-    specs = [QueueSpec(q.name, q.concurrency, q.gpu_fraction, runners[q.name]) for q in settings.queues()]
-    if sleep_queue:
-        gen = settings.queue("generation")
-        specs.append(QueueSpec("sleep", gen.concurrency, gen.gpu_fraction, runners["sleep"]))
-    return specs
+def queue_specs(settings: Settings, *, test_queues: bool = False) -> list[QueueSpec]:
+    """The queues settings serve (with `test_queues`, the test-only ones too), as the scheduler runs them."""
+    names = tuple(QUEUE_TABLE) if test_queues else settings.queue_names
+    return [QueueSpec(q.name, q.concurrency, q.gpu_fraction, RunnerSpec(q.runner))
+            for q in (settings.queue(n) for n in names)]
 
 
 def with_runner(specs: list[QueueSpec], runner: RunnerSpec) -> list[QueueSpec]:

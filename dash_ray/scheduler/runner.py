@@ -29,12 +29,6 @@ class JobContext:
     attempt: int = 1
     attempts: int = 1
     user_id: str | None = None
-    cancelled: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict, for sending to a worker actor."""
-        return {"id": self.id, "queue": self.queue, "data": self.data, "attempt": self.attempt,
-                "attempts": self.attempts, "user_id": self.user_id, "cancelled": self.cancelled}
 
 
 @runtime_checkable
@@ -61,20 +55,20 @@ def load_runner(spec: RunnerSpec, settings: Any) -> Runner:
     """Import and build the runner of a spec; it gets `settings=` plus the spec's kwargs."""
     module, _, name = spec.path.partition(":")
     cls = getattr(importlib.import_module(module), name)
-    return cls(settings=settings, **spec.kwargs)  # type: ignore[no-any-return]
+    return cls(settings=settings, **spec.kwargs)
 
 
 class Publisher:
     """A worker's background thread that publishes events in order, off the runner's thread.
 
-    Events queued together go out in one round trip. `bus.publish_batch(events)` publishes
+    Events queued together go out in one round trip. `lifecycle.publish(events)` publishes
     them and returns, per event, whether a cancel was requested for its job. `wait()` (the end
     of a job) publishes what is still queued on the calling thread when the background thread
     is idle, which saves a thread hand-off per job; one batch is in flight at a time, so order holds.
     """
 
-    def __init__(self, bus: Any) -> None:
-        self._bus = bus
+    def __init__(self, lifecycle: Any) -> None:
+        self._lifecycle = lifecycle
         self._items: deque[tuple[Any, ...]] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -92,7 +86,7 @@ class Publisher:
 
     def publish_now(self, event: JobProgressEvent) -> None:
         """Publish on the calling thread (used by the publisher thread itself)."""
-        self._bus.publish_batch([event])
+        self._lifecycle.publish([event])
 
     def wait(self) -> None:
         """Return once everything queued so far is published (publishing it here if need be)."""
@@ -133,7 +127,7 @@ class Publisher:
         try:
             events = [it for it in batch if it[0] == "event"]
             if events:
-                cancelled = self._bus.publish_batch([it[1] for it in events])
+                cancelled = self._lifecycle.publish([it[1] for it in events])
                 for it, was_cancelled in zip(events, cancelled, strict=True):
                     if it[2] is not None and was_cancelled:
                         it[2].set()
@@ -178,7 +172,6 @@ class Reporter:
         self._pending: JobProgressEvent | None = None
         self._timer_armed = False
         self._started = time.monotonic()
-        self.sent = 0
 
     @property
     def cancelled(self) -> bool:
@@ -213,7 +206,6 @@ class Reporter:
             if milestone or wait <= 0:
                 self._last_sent = now
                 self._pending = None
-                self.sent += 1
                 self._pub.send(event)
             else:
                 self._pending = event
@@ -237,7 +229,6 @@ class Reporter:
             if event is None:
                 return
             self._last_sent = time.monotonic()
-            self.sent += 1
         self._pub.publish_now(event)
 
     def flush(self) -> None:
@@ -246,6 +237,5 @@ class Reporter:
             event, self._pending = self._pending, None
             if event is not None:  # a queued timer finds nothing held and returns at once
                 self._last_sent = time.monotonic()
-                self.sent += 1
                 self._pub.send(event)
         self._pub.wait()

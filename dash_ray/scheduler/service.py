@@ -10,7 +10,7 @@ from typing import Any
 import ray
 
 from dash_ray.config import Settings
-from dash_ray.queues import EventBus, EventHub, Keys, QueueConsumer, connect
+from dash_ray.queues import EventHub, Keys, Lifecycle, QueueConsumer, Retention, connect
 from dash_ray.scheduler.dispatcher import Dispatcher
 from dash_ray.scheduler.pool import WorkerPool
 from dash_ray.scheduler.resources import QueueSpec
@@ -27,11 +27,8 @@ class ConsumerService:
         self.spec = spec
         keys = Keys(settings.key_prefix)
         redis = connect(redis_url, name=f"dash:consumer:{spec.name}")
-        bus = EventBus(redis, keys, events_per_job=settings.events_per_job,
-                       finished_ttl_s=settings.finished_ttl_s,
-                       keep_finished=settings.keep_completed + settings.keep_failed)
         consumer = QueueConsumer(
-            redis, connect(redis_url, blocking=True), spec.name, bus, prefix=settings.key_prefix,
+            redis, connect(redis_url, blocking=True), spec.name, Lifecycle(redis, keys, Retention.of(settings)), prefix=settings.key_prefix,
             lock_duration_s=settings.lock_duration_s, stalled_interval_s=settings.stalled_interval_s,
             max_stalled_count=settings.max_stalled_count,
             consumer_id=f"{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
@@ -62,10 +59,6 @@ class ConsumerService:
         out = await self.dispatcher.drain(timeout_s)
         await self.dispatcher.close()
         return {"queue": self.spec.name, **out}
-
-    def release_idle(self, older_than_s: float) -> int:
-        """Stop idle workers (another queue needs their GPU share)."""
-        return self.dispatcher.pool.release_idle(older_than_s)
 
     def stats(self) -> dict[str, Any]:
         """The dispatcher's counters."""

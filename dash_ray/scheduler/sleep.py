@@ -23,7 +23,6 @@ class SleepRunner:
         self.duration_s = duration_s
         self.steps = steps
         self.fail_attempts = fail_attempts
-        self.jobs_run = 0
 
     def run(self, job: JobContext, reporter: Reporter) -> dict[str, Any]:
         """Sleep and report; returns the attempt number and how long it slept."""
@@ -41,5 +40,4 @@ class SleepRunner:
                     reporter.check()
                     time.sleep(min(left, 0.05))
             reporter.progress(100.0 * i / steps, f"step {i}/{steps}", step=i, steps=steps)
-        self.jobs_run += 1
         return {"attempt": job.attempt, "slept_s": round(time.monotonic() - t0, 4), "pid": os.getpid()}

@@ -3,7 +3,8 @@
 The worker is a threaded actor: `run` executes the runner on the calling thread (no event
 loop in the way: a Ray call to an async actor costs ~60% more CPU here), while `cancel`
 arrives on another thread and sets the job's cancel flag. Events go out on a publisher
-thread so a slow Redis never stalls a GPU step.
+thread so a slow Redis never stalls a GPU step; each reply says whether the job's cancel
+flag is set in Redis, so a cancel that came before the job started lands at its first report.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import os
 import threading
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 from dash_ray.config import Settings
 from dash_ray.errors import JobCancelled, WorkerError
-from dash_ray.models.events import JobProgressEvent
-from dash_ray.queues import Keys, SyncEventBus, connect_sync
+from dash_ray.queues import Keys, Retention, SyncLifecycle, connect_sync, started_event
+from dash_ray.scheduler.contract import SKIPPED, BatchReply, Outcome
 from dash_ray.scheduler.runner import (
     JobContext,
     Publisher,
@@ -40,18 +42,13 @@ class WorkerCore:
         self.queue = queue
         self.settings = settings
         self.spec = spec
-        self.keys = Keys(settings.key_prefix)
-        self.bus = SyncEventBus(
-            connect_sync(redis_url, name=f"dash:worker:{queue}"), self.keys,
-            events_per_job=settings.events_per_job, finished_ttl_s=settings.finished_ttl_s,
-            keep_finished=settings.keep_completed + settings.keep_failed,
-        )
-        self.publisher = Publisher(self.bus)
+        self.lifecycle = SyncLifecycle(connect_sync(redis_url, name=f"dash:worker:{queue}"),
+                                       Keys(settings.key_prefix), Retention.of(settings))
+        self.publisher = Publisher(self.lifecycle)
         self.runner: Runner | None = None
         self._load_lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}
         self.jobs_done = 0
-        self.started_at = time.time()
 
     def load(self) -> dict[str, Any]:
         """Build the runner (imports torch etc. once); returns `info()`."""
@@ -60,40 +57,31 @@ class WorkerCore:
                 self.runner = load_runner(self.spec, self.settings)
         return self.info()
 
-    def models(self) -> list[str]:
+    def models(self) -> tuple[str, ...]:
         """The models this worker holds (for model affinity)."""
         loaded = getattr(self.runner, "loaded_models", None)
-        return list(loaded()) if callable(loaded) else []
+        return tuple(loaded()) if callable(loaded) else ()
 
     def info(self) -> dict[str, Any]:
         """pid, queue, jobs done, the models held and the jobs running."""
-        return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": self.models(),
+        return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": list(self.models()),
                 "running": list(self._cancels)}
 
-    def run(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Run one job; returns {ok, result, s} or {ok: False, error, cancelled, retry, s} (s: seconds it ran)."""
-        ctx = JobContext(**job)
+    def run(self, ctx: JobContext) -> Outcome:
+        """Run one job to its outcome (with the seconds it ran)."""
         if self.runner is None:
             self.load()
         runner = self.runner
         assert runner is not None
         cancel = self._cancels.setdefault(ctx.id, threading.Event())  # run_batch may have made it
         t0 = time.perf_counter()
-        started = JobProgressEvent(
-            job_id=ctx.id, queue=ctx.queue, user_id=ctx.user_id, status="active", progress=0,
-            message=f"started (attempt {ctx.attempt} of {ctx.attempts})", attempt=ctx.attempt,
-            attempts=ctx.attempts,
-        )
-        if ctx.cancelled:
-            cancel.set()
         # The start event, and whether a cancel came before it, go out with the first reports.
-        self.publisher.send(started, cancel=cancel)
+        self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts), cancel=cancel)
         reporter = Reporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
         try:
             out = self._outcome(runner, ctx, reporter)
             reporter.flush()  # every report is published before the outcome goes back
-            out["s"] = time.perf_counter() - t0  # the job's run time, for the consumer's batch sizing
-            return out
+            return replace(out, run_s=time.perf_counter() - t0)
         finally:
             self._cancels.pop(ctx.id, None)
             after = getattr(runner, "after_job", None)
@@ -103,45 +91,44 @@ class WorkerCore:
                 except Exception:
                     log.exception("runner cleanup failed")
 
-    def _outcome(self, runner: Runner, ctx: JobContext, reporter: Reporter) -> dict[str, Any]:
-        """Run the runner: {ok, result} or {ok: False, error, cancelled, retry}."""
+    def _outcome(self, runner: Runner, ctx: JobContext, reporter: Reporter) -> Outcome:
         try:
             reporter.check()
             result = runner.run(ctx, reporter)
             self.jobs_done += 1
-            return {"ok": True, "result": result}
+            return Outcome("done", result)
         except JobCancelled:
             log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": True, "retry": False, "error": "cancelled"}
+            return Outcome("cancelled", error="cancelled")
         except WorkerError as exc:
             log.info("job %s rejected: %s", ctx.id, exc, extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": False, "retry": False, "error": str(exc)}
+            return Outcome.failure(str(exc), retry=False)
         except Exception as exc:
             log.warning("job %s failed: %s\n%s", ctx.id, exc, traceback.format_exc(), extra={"job_id": ctx.id})
-            return {"ok": False, "cancelled": False, "retry": True, "error": f"{type(exc).__name__}: {exc}"}
+            return Outcome.failure(f"{type(exc).__name__}: {exc}")
 
-    def run_batch(self, jobs: list[dict[str, Any]], budget_s: float = 0.0) -> list[dict[str, Any]]:
-        """Run jobs one after another; returns an outcome per job, in order.
+    def run_batch(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
+        """Run jobs one after another; an outcome per job, in order, and the models held after.
 
         Every job of the batch can be cancelled from the start. Once the batch has run longer
-        than `budget_s` (when > 0), the jobs not yet started come back as `{"skipped": True}`
-        (the consumer puts them back at the head of the queue), so a misjudged batch cannot hold
-        jobs, or a higher-priority job behind them, for long.
+        than `budget_s` (when > 0), the jobs not yet started come back `skipped` (the consumer
+        puts them back at the head of the queue), so a misjudged batch cannot hold jobs, or a
+        higher-priority job behind them, for long.
         """
         for job in jobs:
-            self._cancels.setdefault(job["id"], threading.Event())
-        out: list[dict[str, Any]] = []
+            self._cancels.setdefault(job.id, threading.Event())
+        out: list[Outcome] = []
         t0 = time.perf_counter()
         try:
             for i, job in enumerate(jobs):
                 if i and budget_s and time.perf_counter() - t0 > budget_s:
-                    out.extend({"ok": False, "skipped": True} for _ in jobs[i:])
+                    out.extend(SKIPPED for _ in jobs[i:])
                     break
                 out.append(self.run(job))
         finally:
             for job in jobs:
-                self._cancels.pop(job["id"], None)
-        return out
+                self._cancels.pop(job.id, None)
+        return BatchReply(out, self.models())
 
     def cancel(self, job_id: str) -> bool:
         """Ask the running job to stop at its next progress check; False if not running here."""
@@ -157,4 +144,4 @@ class WorkerCore:
         if callable(close):
             close()
         self.publisher.close()
-        self.bus.redis.close()
+        self.lifecycle.redis.close()

@@ -1,7 +1,7 @@
-"""GPU workloads: generation, upscaling and LoRA training runners, model cache and artifacts.
+"""GPU workloads: generation, upscaling and LoRA training runners, the model cache, tiny models.
 
 Only this package imports torch and diffusers, and only in the runner modules: importing
-`dash_ray.workers` or `dash_ray.workers.artifacts` stays light.
+`dash_ray.workers` stays light.
 """
 
 __all__: list[str] = []

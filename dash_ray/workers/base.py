@@ -11,9 +11,9 @@ from typing import Any
 
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
-from dash_ray.workers.artifacts import ArtifactStore
+from dash_ray.services.artifacts import ArtifactStore
+from dash_ray.services.registry import ModelRegistry
 from dash_ray.workers.cache import ModelCache, device_and_dtype, free_memory
-from dash_ray.workers.registry import ModelRegistry
 from dash_ray.workers.tiny import ensure_tiny
 
 __all__ = ["TorchRunner"]

@@ -74,7 +74,6 @@ class ModelCache:
     entries: OrderedDict[tuple[str, str], _Entry] = field(default_factory=OrderedDict)
     loads: int = 0
     hits: int = 0
-    evictions: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, key: tuple[str, str], load: Callable[[], Any]) -> Any:
@@ -97,7 +96,6 @@ class ModelCache:
         while self.total_bytes > self.budget_bytes and len(self.entries) > 1:
             old_key = next(k for k in self.entries if k != keep)
             self.entries.pop(old_key)
-            self.evictions += 1
             log.info("model cache: evicted %s (budget %d bytes)", old_key, self.budget_bytes)
         free_memory()
 
@@ -115,8 +113,3 @@ class ModelCache:
     def names(self) -> list[str]:
         """Model names held (for model affinity)."""
         return [k[0] for k in self.entries]
-
-    def stats(self) -> dict[str, Any]:
-        """Loads, hits, evictions and bytes held."""
-        return {"loads": self.loads, "hits": self.hits, "evictions": self.evictions,
-                "bytes": self.total_bytes, "models": self.names()}

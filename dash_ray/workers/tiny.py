@@ -15,12 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_SD", "TINY_UPSCALER", "build_tiny_sd", "build_tiny_upscaler", "ensure_tiny"]
+from dash_ray.services.registry import TINY_SD, TINY_UPSCALER
+
+__all__ = ["build_tiny_sd", "build_tiny_upscaler", "ensure_tiny", "tiny_tokenizer"]
 
 log = logging.getLogger(__name__)
-
-TINY_SD = "tiny"
-TINY_UPSCALER = "tiny-upscaler"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -35,7 +34,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
-def _tiny_tokenizer(path: Path) -> Any:
+def tiny_tokenizer(path: Path) -> Any:
     """A byte-level CLIP tokenizer (no merges): every character is a token. Built in `path`
     (removed afterwards: the pipeline saves its own copy)."""
     from transformers import CLIPTokenizer
@@ -58,13 +57,14 @@ def _tiny_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
-def _text_encoder(projection_dim: int | None = None):  # type: ignore[no-untyped-def]
+def _text_encoder(projection_dim: int | None = None) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    extra: dict[str, Any] = {"projection_dim": projection_dim, "hidden_act": "gelu"} if projection_dim else {}
     config = CLIPTextConfig(
         bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
         layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
-        max_position_embeddings=77, **({"projection_dim": projection_dim, "hidden_act": "gelu"} if projection_dim else {}),
+        max_position_embeddings=77, **extra,
     )
     return CLIPTextModel(config)
 
@@ -93,10 +93,10 @@ def build_tiny_sd(path: Path, seed: int = 0) -> None:
     )
     torch.manual_seed(seed)
     text_encoder = _text_encoder()
-    tokenizer = _tiny_tokenizer(path / "_tok")
+    tokenizer = tiny_tokenizer(path / "_tok")
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        num_train_timesteps=1000, steps_offset=1)
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -130,8 +130,8 @@ def build_tiny_upscaler(path: Path, seed: int = 0) -> None:
     )
     torch.manual_seed(seed)
     text_encoder = _text_encoder(projection_dim=512)
-    tokenizer = _tiny_tokenizer(path / "_tok")
-    pipe = StableDiffusionUpscalePipeline(
+    tokenizer = tiny_tokenizer(path / "_tok")
+    pipe: Any = StableDiffusionUpscalePipeline(
         unet=unet, low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"),
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, max_noise_level=350,
     )

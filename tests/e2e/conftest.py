@@ -28,8 +28,8 @@ def stack(request: pytest.FixtureRequest, ray_session: Any, redis_url: str,
 
     from ray import serve
 
+    from dash_ray.app import build_app, run_gateway
     from dash_ray.gateway import TokenAuth
-    from dash_ray.gateway.serve import build_app, run_gateway
     from dash_ray.scheduler import RunnerSpec, queue_specs
     from dash_ray.scheduler.resources import with_runner
 
@@ -40,7 +40,7 @@ def stack(request: pytest.FixtureRequest, ray_session: Any, redis_url: str,
         gateway_replicas=2, worker_idle_s=5, enable_sleep_queue=True, ingress=request.param,
         websocket_port=port,
     )
-    specs = [s for s in with_runner(queue_specs(settings, sleep_queue=True),
+    specs = [s for s in with_runner(queue_specs(settings, test_queues=True),
                                      RunnerSpec("dash_ray.scheduler.sleep:SleepRunner")) if s.name == "sleep"]
     base = run_gateway(settings, build_app(settings, redis_url, specs), "dash-e2e")
     auth = TokenAuth(SECRET)

@@ -21,7 +21,7 @@ def make_scheduler(ray_session: Any, redis_url: str, prefix: str) -> Iterator[Ca
 
     def make(queues: tuple[str, ...] = ("sleep",), runner: dict[str, Any] | None = None, **overrides: Any) -> Any:
         settings = load_settings(key_prefix=prefix, **overrides)
-        specs = with_runner(queue_specs(settings, sleep_queue=True),
+        specs = with_runner(queue_specs(settings, test_queues=True),
                             RunnerSpec("dash_ray.scheduler.sleep:SleepRunner", runner or {}))
         sched = Scheduler(settings, redis_url, [s for s in specs if s.name in queues])
         sched.start()

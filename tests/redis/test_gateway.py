@@ -10,7 +10,16 @@ import pytest
 from starlette.websockets import WebSocketDisconnect
 
 from dash_ray.models import JobProgressEvent
-from dash_ray.queues import JobStore, QueueConsumer, connect
+from dash_ray.queues import (
+    JobStore,
+    Keys,
+    QueueConsumer,
+    SyncLifecycle,
+    connect,
+    connect_sync,
+    started_event,
+)
+from tests.helpers import complete
 from tests.redis.conftest import run_async
 
 GEN = {"userId": "alice", "prompt": "a red fox"}
@@ -21,22 +30,24 @@ def auth(token: str) -> dict[str, str]:
 
 
 def run_one(redis_url: str, prefix: str, queue: str, steps: int = 3, result: Any = None, fail: str | None = None) -> str:
-    """Take one job like a worker would: progress events, then complete (or fail)."""
+    """Take one job as the scheduler does, publish its start and progress as a worker does, then
+    complete (or fail) it."""
 
     async def go() -> str:
         r, b = connect(redis_url), connect(redis_url, blocking=True)
         store = JobStore(r, prefix=prefix, queues=("training", "upscaling", "generation", "sleep"))
-        c = QueueConsumer(r, b, queue, store.bus, prefix=prefix)
-        job = await c.take(block_s=5)
-        assert job is not None
-        for i in range(1, steps + 1):
-            await store.bus.publish(JobProgressEvent(job_id=job.id, queue=queue, user_id=job.user_id,
-                                                     status="active", progress=100 * i / steps,
-                                                     message=f"step {i}/{steps}", step=i, steps=steps))
+        c = QueueConsumer(r, b, queue, store.lifecycle, prefix=prefix)
+        [job] = await c.take(block_s=5)
+        worker = SyncLifecycle(connect_sync(redis_url), Keys(prefix))
+        worker.publish([started_event(job.id, queue, job.user_id, job.attempt, job.attempts)] + [
+            JobProgressEvent(job_id=job.id, queue=queue, user_id=job.user_id, status="active",
+                             progress=100 * i / steps, message=f"step {i}/{steps}", step=i, steps=steps)
+            for i in range(1, steps + 1)])
+        worker.redis.close()
         if fail:
             await c.fail(job, fail, retry=False)
         else:
-            await c.complete(job, result if result is not None else {"images": ["x.png"]})
+            await complete(c, job, result if result is not None else {"images": ["x.png"]})
         await r.aclose()
         await b.aclose()
         return job.id

@@ -7,6 +7,8 @@ from typing import Any
 
 from bullmq import Job, Queue, Worker
 
+from tests.helpers import complete, take_one
+
 
 async def test_plain_bullmq_sees_and_processes_our_jobs(make_store: Any, redis_url: str, prefix: str) -> None:
     store = make_store()
@@ -46,8 +48,8 @@ async def test_we_consume_jobs_added_by_plain_bullmq(make_store: Any, make_consu
         await queue.close()
     assert (await store.get("theirs")).status == "waiting"
     consumer = make_consumer("generation", store)
-    job = await consumer.take()
+    job = await take_one(consumer)
     assert job is not None and job.id == "theirs" and job.data["prompt"] == "from node"
-    await consumer.complete(job, {"ok": True})
+    await complete(consumer, job, {"ok": True})
     view = await store.get("theirs")
     assert view.status == "completed" and view.user_id == "node-user" and view.result == {"ok": True}

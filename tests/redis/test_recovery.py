@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from dash_ray.queues import LockLost
+from tests.helpers import complete, take_one
 
 HOLDER = textwrap.dedent(
     """
@@ -24,9 +25,10 @@ HOLDER = textwrap.dedent(
     async def main(url, prefix):
         r, b = connect(url), connect(url, blocking=True)
         store = JobStore(r, prefix=prefix, queues=("sleep",))
-        c = QueueConsumer(r, b, "sleep", store.bus, prefix=prefix, lock_duration_s=1.0, stalled_interval_s=0.5)
+        c = QueueConsumer(r, b, "sleep", store.lifecycle, prefix=prefix, lock_duration_s=1.0,
+                          stalled_interval_s=0.5)
         c.start_maintenance()
-        job = await c.take(block_s=10)
+        [job] = await c.take(block_s=10)
         print("TAKEN", job.id, flush=True)
         await asyncio.sleep(3600)   # "running" the job, renewing its lock, until killed
 
@@ -48,7 +50,7 @@ async def test_sigkilled_consumer_job_completes_exactly_once(
         # While the holder is alive and renewing, nothing is recovered.
         await asyncio.sleep(1.5)
         await second.recover_stalled()
-        assert await second.take() is None
+        assert await take_one(second) is None
         assert (await store.get("victim")).status == "active"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -56,10 +58,10 @@ async def test_sigkilled_consumer_job_completes_exactly_once(
         job = None
         while job is None and time.monotonic() - t0 < 10:
             await second.recover_stalled()
-            job = await second.take(block_s=0.25)
+            job = await take_one(second, block_s=0.25)
         assert job is not None and job.id == "victim"
         recovered_after = time.monotonic() - t0
-        await second.complete(job, {"by": "second"})
+        await complete(second, job, {"by": "second"})
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -78,18 +80,18 @@ async def test_a_consumer_that_lost_its_lock_cannot_complete(make_store: Any, ma
     await store.add("sleep", {"userId": "alice", "jobId": "zombie"})
     slow = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
     fast = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
-    stale = await slow.take()
+    stale = await take_one(slow)
     assert stale is not None
     # slow never renews; its lock expires and the job is recovered by `fast`.
     job = None
     t0 = time.monotonic()
     while job is None and time.monotonic() - t0 < 10:
         await fast.recover_stalled()
-        job = await fast.take(block_s=0.25)
+        job = await take_one(fast, block_s=0.25)
     assert job is not None
-    await fast.complete(job, {"by": "fast"})
+    await complete(fast, job, {"by": "fast"})
     with pytest.raises(LockLost):
-        await slow.complete(stale, {"by": "slow"})
+        await complete(slow, stale, {"by": "slow"})
     events = [json.loads(e) for e in await store.bus.replay("zombie")]
     assert sum(e["type"] == "job:completed" for e in events) == 1
     assert (await store.get("zombie")).result == {"by": "fast"}

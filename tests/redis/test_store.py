@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dash_ray.errors import InvalidJobState, InvalidPayload, JobConflict, UnknownQueue
-from tests.helpers import assert_well_formed, events
+from tests.helpers import assert_well_formed, complete, events, take_one
 
 TRN = {"userId": "bob", "prompt": "sks dog", "imageUrls": ["https://img.example.com/1.png"]}
 
@@ -22,9 +22,9 @@ def sleep_job(**kw: Any) -> dict[str, Any]:
 
 async def drain(consumer: Any, result: Any = None) -> list[str]:
     order = []
-    while (job := await consumer.take()) is not None:
+    while (job := await take_one(consumer)) is not None:
         order.append(job.id)
-        await consumer.complete(job, result or {"ok": True})
+        await complete(consumer, job, result or {"ok": True})
     return order
 
 
@@ -43,11 +43,11 @@ async def test_delay(make_store: Any, make_consumer: Any) -> None:
     assert (await store.get("later")).status == "delayed"
     c = make_consumer("sleep", store)
     t0 = time.monotonic()
-    first = await c.take()
+    first = await take_one(c)
     assert first is not None and first.id == "now"
-    await c.complete(first, {})
-    assert await c.take() is None
-    job = await c.take(block_s=3)
+    await complete(c, first, {})
+    assert await take_one(c) is None
+    job = await take_one(c, block_s=3)
     assert job is not None and job.id == "later"
     assert time.monotonic() - t0 >= 0.5
 
@@ -58,16 +58,16 @@ async def test_retry_with_exponential_backoff_then_success(make_store: Any, make
     c = make_consumer("sleep", store)
     starts = []
     for expected_delay in (0.2, 0.4):
-        job = await c.take(block_s=3)
+        job = await take_one(c, block_s=3)
         assert job is not None
         starts.append(time.monotonic())
         out = await c.fail(job, "transient")
         assert out.status == "retrying" and out.delay_s == pytest.approx(expected_delay)
         assert (await store.get("flaky")).status == "retrying"
-    job = await c.take(block_s=3)
+    job = await take_one(c, block_s=3)
     assert job is not None and job.attempt == 3
     starts.append(time.monotonic())
-    await c.complete(job, {"done": 1})
+    await complete(c, job, {"done": 1})
     view = await store.get("flaky")
     assert view.status == "completed" and view.attempts_made == 3 and view.result == {"done": 1}
     gaps = [b - a for a, b in itertools.pairwise(starts)]
@@ -79,13 +79,13 @@ async def test_final_failure_after_last_attempt(make_store: Any, make_consumer: 
     await store.add("sleep", sleep_job(jobId="doomed"), {"attempts": 2, "backoff": {"type": "fixed", "delayS": 0}})
     c = make_consumer("sleep", store)
     for _ in range(2):
-        job = await c.take(block_s=2)
+        job = await take_one(c, block_s=2)
         assert job is not None
         out = await c.fail(job, "always broken")
     assert out.status == "failed"
     view = await store.get("doomed")
     assert view.status == "failed" and view.error == "always broken" and view.attempts_made == 2
-    assert await c.take() is None
+    assert await take_one(c) is None
     events = [json.loads(e) for e in await store.bus.replay("doomed")]
     assert [e["type"] for e in events][-1] == "job:failed"
     assert sum(e["type"] == "job:failed" for e in events) == 1
@@ -132,14 +132,14 @@ async def test_cancel_running_job_sets_flag(make_store: Any, make_consumer: Any)
     store = make_store()
     await store.add("sleep", sleep_job(jobId="r1"))
     c = make_consumer("sleep", store)
-    job = await c.take()
+    job = await take_one(c)
     view = await store.cancel("r1")
     assert view.status == "active"
-    assert await c.is_cancel_requested("r1")
+    assert await store.redis.exists(store.keys.cancel("r1"))  # the flag a worker reads with each event
     out = await c.fail(job, "cancelled", cancelled=True)
     assert out.status == "cancelled"
     assert (await store.get("r1")).status == "cancelled"
-    assert not await c.is_cancel_requested("r1")
+    assert not await store.redis.exists(store.keys.cancel("r1"))
 
 
 async def test_pause_resume(make_store: Any, make_consumer: Any) -> None:
@@ -148,7 +148,7 @@ async def test_pause_resume(make_store: Any, make_consumer: Any) -> None:
     assert await store.is_paused("sleep")
     await store.add("sleep", sleep_job(jobId="p1"))
     c = make_consumer("sleep", store)
-    assert await c.take() is None
+    assert await take_one(c) is None
     assert await c.backlog() == 0
     await store.resume("sleep")
     assert not await store.is_paused("sleep")
@@ -164,10 +164,10 @@ async def test_counts_and_queue_position(make_store: Any, make_consumer: Any) ->
     assert (await store.get("q0")).queue_position == 2
     await store.add("sleep", sleep_job(jobId="d"), {"delayS": 60})
     c = make_consumer("sleep", store)
-    job = await c.take()
+    job = await take_one(c)
     assert job is not None and job.id == "vip"
-    await c.complete(job, {})
-    job = await c.take()
+    await complete(c, job, {})
+    job = await take_one(c)
     assert job is not None
     await c.fail(job, "x", retry=False)
     counts = await store.counts("sleep")
@@ -181,10 +181,10 @@ async def test_retention_keeps_last_n(make_store: Any, make_consumer: Any, redis
         await store.add("sleep", sleep_job(jobId=f"k{i}"))
     c = make_consumer("sleep", store)
     for i in range(8):
-        job = await c.take()
+        job = await take_one(c)
         assert job is not None
         if i < 5:
-            await c.complete(job, {"i": i})
+            await complete(c, job, {"i": i})
         else:
             await c.fail(job, "no", retry=False)
     counts = await store.counts("sleep")
@@ -203,8 +203,8 @@ async def test_history_pagination_by_queue_and_status(make_store: Any, make_cons
     await store.add("generation", {"userId": "alice", "prompt": "x", "jobId": "g0"})
     await store.add("sleep", {"userId": "mallory", "jobId": "other"})
     c = make_consumer("sleep", store)
-    job = await c.take()
-    await c.complete(job, {})
+    job = await take_one(c)
+    await complete(c, job, {})
     page1 = await store.list("alice", limit=3)
     assert [v.id for v in page1.jobs] == ["g0", "h6", "h5"]
     page2 = await store.list("alice", limit=3, cursor=page1.next_cursor)
@@ -238,19 +238,19 @@ async def test_retry_failed_job(make_store: Any, make_consumer: Any) -> None:
     store = make_store()
     await store.add("sleep", sleep_job(jobId="again"), {"attempts": 1})
     c = make_consumer("sleep", store)
-    job = await c.take()
+    job = await take_one(c)
     await c.fail(job, "broken")
     assert (await store.get("again")).status == "failed"
     view = await store.retry("again")
     assert view.status == "waiting"
-    job = await c.take()
+    job = await take_one(c)
     assert job is not None and job.id == "again"
-    await c.complete(job, {"ok": 1})
+    await complete(c, job, {"ok": 1})
     with pytest.raises(InvalidJobState):
         await store.retry("again")
 
 
-async def test_take_more_complete_many_and_requeue(make_store: Any, make_consumer: Any) -> None:
+async def test_take_a_batch_complete_it_and_requeue(make_store: Any, make_consumer: Any) -> None:
     """A batch for one worker: locked in one round trip in priority order, completed in one (each
     publishing its own `job:completed`, the first ones fetching a next job), and a job that never
     started put back at the head of the queue without using an attempt."""
@@ -258,16 +258,15 @@ async def test_take_more_complete_many_and_requeue(make_store: Any, make_consume
     for i, prio in enumerate([2, 1, 2, 1, 3, 3]):
         await store.add("training", {**TRN, "loraId": f"b{i}"}, {"priority": prio, "attempts": 1})
     c = make_consumer("training", store)
-    first = await c.take()
-    assert first is not None and first.id == "b1"
-    more = await c.take_more(3)
+    first, *more = await c.take(up_to=4)
+    assert first.id == "b1"
     assert [j.id for j in more] == ["b3", "b0", "b2"]
     assert set(c.held) == {"b1", "b3", "b0", "b2"}
     # b2 never started: back at the head of its priority, attempts untouched
     assert await c.requeue(more[2])
     assert (await store.get("b2")).status == "waiting"
     assert (await store.counts("training"))["active"] == 3
-    nxt, lost = await c.complete_many([(first, {"n": 1}), (more[0], {"n": 2}), (more[1], {"n": 3})], fetch_next=2)
+    nxt, lost = await c.complete([(first, {"n": 1}), (more[0], {"n": 2}), (more[1], {"n": 3})], fetch_next=2)
     assert not lost
     assert [j.id for j in nxt] == ["b2", "b4"]
     for job_id, n in (("b1", 1), ("b3", 2), ("b0", 3)):
@@ -276,7 +275,7 @@ async def test_take_more_complete_many_and_requeue(make_store: Any, make_consume
         evs = await events(store, job_id)
         assert_well_formed(evs)
         assert [e["type"] for e in evs].count("job:completed") == 1
-    nxt2, lost2 = await c.complete_many([(j, {}) for j in nxt])
+    nxt2, lost2 = await c.complete([(j, {}) for j in nxt])
     assert nxt2 == [] and not lost2
     b2 = await store.get("b2")
     assert b2.status == "completed" and b2.attempts_made == 1  # one attempt: the requeue used none

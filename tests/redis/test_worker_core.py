@@ -7,12 +7,12 @@ import time
 from typing import Any
 
 from dash_ray.config import load_settings
-from dash_ray.scheduler import RunnerSpec
+from dash_ray.scheduler import JobContext, Outcome, RunnerSpec
 from dash_ray.scheduler.worker import WorkerCore
 
 
-def job(job_id: str, **data: Any) -> dict[str, Any]:
-    return {"id": job_id, "queue": "sleep", "data": {"userId": "alice", **data}, "attempt": 1, "attempts": 1}
+def job(job_id: str, **data: Any) -> JobContext:
+    return JobContext(id=job_id, queue="sleep", data={"userId": "alice", **data}, user_id="alice")
 
 
 def make_core(redis_url: str, prefix: str) -> WorkerCore:
@@ -23,18 +23,19 @@ def make_core(redis_url: str, prefix: str) -> WorkerCore:
 def test_batch_runs_in_order_and_a_later_job_can_be_cancelled_before_it_starts(redis_url: str, prefix: str) -> None:
     core = make_core(redis_url, prefix)
     try:
-        out: list[Any] = []
+        out: list[Outcome] = []
         t = threading.Thread(target=lambda: out.extend(core.run_batch(
-            [job("a", durationS=0.4, steps=2), job("b"), job("c")])))
+            [job("a", durationS=0.4, steps=2), job("b"), job("c")]).outcomes))
         t.start()
         deadline = time.monotonic() + 5
         while "b" not in core.info()["running"] and time.monotonic() < deadline:
             time.sleep(0.01)
         assert core.cancel("b")  # b is waiting behind a: its cancel is kept for when it starts
         t.join(10)
-        assert [o["ok"] for o in out] == [True, False, True]
-        assert out[1]["cancelled"] and out[1]["error"] == "cancelled"
-        assert all(o["s"] >= 0 for o in out) and out[0]["s"] >= 0.35
+        assert [o.kind for o in out] == ["done", "cancelled", "done"]
+        assert out[1].error == "cancelled" and not out[1].retry
+        assert all(o.run_s is not None and o.run_s >= 0 for o in out)
+        assert out[0].run_s is not None and out[0].run_s >= 0.35
         assert core.info()["running"] == []
         assert not core.cancel("c")  # finished: nothing to cancel
     finally:
@@ -44,9 +45,9 @@ def test_batch_runs_in_order_and_a_later_job_can_be_cancelled_before_it_starts(r
 def test_batch_past_its_budget_hands_back_the_jobs_it_did_not_start(redis_url: str, prefix: str) -> None:
     core = make_core(redis_url, prefix)
     try:
-        out = core.run_batch([job("slow", durationS=0.2), job("x"), job("y")], budget_s=0.05)
-        assert out[0]["ok"] and out[1:] == [{"ok": False, "skipped": True}] * 2
-        out = core.run_batch([job("p"), job("q")], budget_s=0.05)
-        assert [o["ok"] for o in out] == [True, True]
+        out = core.run_batch([job("slow", durationS=0.2), job("x"), job("y")], budget_s=0.05).outcomes
+        assert [o.kind for o in out] == ["done", "skipped", "skipped"]
+        out = core.run_batch([job("p"), job("q")], budget_s=0.05).outcomes
+        assert [o.kind for o in out] == ["done", "done"]
     finally:
         core.close()

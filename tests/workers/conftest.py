@@ -29,7 +29,7 @@ class RecordingBus:
         self.events: list[Any] = []
         self.lock = threading.Lock()
 
-    def publish_batch(self, events: list[Any]) -> list[bool]:
+    def publish(self, events: list[Any]) -> list[bool]:
         with self.lock:
             self.events += events
         return [False] * len(events)

@@ -127,8 +127,8 @@ def test_training_resumes_from_the_last_finished_epoch(trainer: Any, run_job: An
     from tests.workers.conftest import RecordingBus
 
     class StopAt2(RecordingBus):
-        def publish_batch(self, events: list[Any]) -> list[bool]:
-            out = super().publish_batch(events)
+        def publish(self, events: list[Any]) -> list[bool]:
+            out = super().publish(events)
             if any(e.epoch == 2 and e.loss is not None for e in events):
                 cancel.set()
             return out
@@ -162,7 +162,7 @@ def test_cancel_mid_generation_stops_after_the_next_step(gen: Any, run_job: Any)
 
 
 def test_bad_inputs_get_clear_errors(ups: Any, trainer: Any, run_job: Any, worker_settings: Any, tmp_path: Any) -> None:
-    from dash_ray.workers.registry import ModelRegistry
+    from dash_ray.services.registry import ModelRegistry
 
     reg = ModelRegistry(worker_settings)
     with pytest.raises(InvalidPayload, match="unknown model"):

@@ -5,10 +5,13 @@ from __future__ import annotations
 from dash_ray.config import Settings
 from dash_ray.errors import InvalidPayload
 from dash_ray.models.payloads import GenerationJob, JobPayload, TrainingJob, UpscalingJob
-from dash_ray.workers.artifacts import ArtifactStore
-from dash_ray.workers.tiny import TINY_SD, TINY_UPSCALER
+from dash_ray.services.artifacts import ArtifactStore
 
-__all__ = ["ModelRegistry", "lora_path"]
+__all__ = ["TINY_SD", "TINY_UPSCALER", "ModelRegistry", "lora_path"]
+
+# The built-in models (random weights, built from configs by `workers/tiny.py` on first use).
+TINY_SD = "tiny"
+TINY_UPSCALER = "tiny-upscaler"
 
 BUILTIN = {TINY_SD: "builtin:" + TINY_SD, TINY_UPSCALER: "builtin:" + TINY_UPSCALER}
 

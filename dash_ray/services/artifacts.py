@@ -58,11 +58,7 @@ class ArtifactStore:
 
     def open(self, rel: str) -> IO[Any]:
         """Open a file for reading (binary)."""
-        return self.fs.open(self._full(rel), "rb")  # type: ignore[no-any-return]
-
-    def size(self, rel: str) -> int:
-        """Size in bytes."""
-        return int(self.fs.size(self._full(rel)))
+        return self.fs.open(self._full(rel), "rb")
 
     def local_path(self, rel: str) -> str:
         """Where a file lives (a path for local storage, a URL otherwise)."""

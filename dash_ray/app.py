@@ -1,34 +1,36 @@
-"""Ray Serve wiring: the gateway deployment (N stateless replicas) and the scheduler supervisor."""
+"""The Serve composition: gateway replicas and the scheduler supervisor on one Ray cluster.
+
+`build_app` is what `dash-ray up`, `serve run dash_ray.app:app_builder` and the tests deploy.
+This module sits above the gateway and the scheduler and is the one place that joins them.
+"""
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import time
 import urllib.request
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from ray import serve
 from ray.serve import Application
 
+from dash_ray import runtime
 from dash_ray.config import Settings, load_settings
 from dash_ray.gateway.app import create_app
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.scheduler.cluster import Scheduler
-from dash_ray.scheduler.resources import QueueSpec, queue_specs
+from dash_ray.scheduler.resources import QueueSpec, logical_gpus, queue_specs
 
-__all__ = ["Gateway", "SchedulerSupervisor", "app_builder", "build_app"]
-
-log = logging.getLogger(__name__)
-
+__all__ = ["Gateway", "SchedulerSupervisor", "app_builder", "build_app", "node_gpus", "run_gateway", "wait_healthy"]
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class SchedulerSupervisor:
     """Owns the queue consumer actors (one per queue); Serve restarts it, and so them, if it dies."""
 
     def __init__(self, settings: Settings, redis_url: str, specs: list[QueueSpec]) -> None:
+        runtime.setup()
         self.scheduler = Scheduler(settings, redis_url, specs)
         self.scheduler.start()
 
@@ -60,10 +62,10 @@ class Gateway:
     """
 
     def __init__(self, settings: Settings, redis_url: str, queues: tuple[str, ...], scheduler: Any = None) -> None:
-        logging.basicConfig(level=logging.INFO)
+        runtime.setup()
         self.settings = settings
         self.services = GatewayServices.create(settings, redis_url, queues=queues)
-        self.services.scheduler = scheduler  # type: ignore[attr-defined]
+        self.scheduler = scheduler  # held so that Serve deploys the supervisor with the gateway
         self.server: uvicorn.Server | None = None
         if settings.ingress == "direct":
             self._serve_directly()
@@ -93,10 +95,27 @@ class Gateway:
 def build_app(settings: Settings, redis_url: str, specs: list[QueueSpec] | None = None,
               scheduler: bool = True) -> Application:
     """The Serve application: gateway replicas plus (unless `scheduler=False`) the scheduler supervisor."""
-    specs = specs if specs is not None else queue_specs(settings, sleep_queue=settings.enable_sleep_queue)
-    supervisor = SchedulerSupervisor.bind(settings, redis_url, specs) if scheduler else None
+    specs = specs if specs is not None else queue_specs(settings)
+    # @serve.deployment adds .bind/.options, unseen by mypy.
+    supervisor = cast(Any, SchedulerSupervisor).bind(settings, redis_url, specs) if scheduler else None
     queues = tuple(s.name for s in specs)
-    return Gateway.options(num_replicas=settings.gateway_replicas).bind(settings, redis_url, queues, supervisor)
+    gateway = cast(Any, Gateway).options(num_replicas=settings.gateway_replicas)
+    return cast(Application, gateway.bind(settings, redis_url, queues, supervisor))
+
+
+def node_gpus(settings: Settings, specs: list[QueueSpec]) -> float:
+    """GPUs of the local node: DASH_NUM_GPUS, else the CUDA devices, else enough logical ones
+    for every queue to fill its slots (a GPU-less machine still runs every queue)."""
+    if settings.num_gpus is not None:
+        return float(settings.num_gpus)
+    try:
+        from dash_ray.workers.cache import cuda_devices
+
+        if devices := cuda_devices():
+            return float(devices)
+    except Exception:  # installed without the workers extra, or CUDA unusable
+        pass
+    return logical_gpus(specs)
 
 
 def wait_healthy(base_url: str, timeout_s: float = 60.0) -> None:
@@ -127,7 +146,7 @@ def run_gateway(settings: Settings, app: Application, name: str, timeout_s: floa
 
 
 def app_builder(args: dict[str, str]) -> Application:
-    """`serve run dash_ray.gateway.serve:app_builder` / deployments/dash.yaml: settings from the environment.
+    """`serve run dash_ray.app:app_builder` / deployments/dash.yaml: settings from the environment.
 
     On a cluster, Redis must be reachable from every node: set REDIS_URL (or REDIS_HOST...).
     """

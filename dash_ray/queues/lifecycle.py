@@ -1,0 +1,274 @@
+"""The job lifecycle: every write of a job's state, as explicit operations.
+
+| operation  | when                                                   | script  |
+|------------|--------------------------------------------------------|---------|
+| `create`   | a job is added (after BullMQ's add, same round trip)   | CREATE  |
+| `start`    | an attempt begins on a worker                          | EVENT   |
+| `progress` | the running attempt reports                            | EVENT   |
+| `wait_again` | the job waits again: retried, recovered, attempt failed | EVENT (live) |
+| `finish`   | completed, failed or cancelled for good                | FINISH  |
+| `cancel`   | a running job is asked to stop: the flag, one notification |  -   |
+
+Each operation builds its event here (the only place that does) and runs one script
+(`queues/lua.py`). `Lifecycle` runs them on an asyncio client, optionally on a `Batch`;
+`SyncLifecycle` publishes the worker's `start` and `progress` events from plain threads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from dash_ray.config import Settings
+from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.queues.batch import Batch, register
+from dash_ray.queues.keys import Keys
+from dash_ray.queues.lua import CREATE, EVENT, FINISH, Script
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "AnyEvent",
+    "Created",
+    "Lifecycle",
+    "Retention",
+    "SyncLifecycle",
+    "duration_bucket",
+    "frame_seq",
+    "started_event",
+]
+
+AnyEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent
+_SEP = "\x1f"
+DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long job records live: events kept per job, seconds a finished job's record lives,
+    finished jobs kept per queue, history entries kept per user."""
+
+    events_per_job: int = 1000
+    finished_ttl_s: int = 7 * 24 * 3600
+    keep_finished: int = 6000
+    history_max: int = 10_000
+
+    @classmethod
+    def of(cls, settings: Settings) -> Retention:
+        """The retention a deployment's settings ask for."""
+        return cls(events_per_job=settings.events_per_job, finished_ttl_s=settings.finished_ttl_s,
+                   keep_finished=settings.keep_completed + settings.keep_failed,
+                   history_max=settings.user_history_max)
+
+
+@dataclass(frozen=True)
+class Created:
+    """What `create` did: `seq`/`position` of the new job's event, or (seq 0) the existing
+    record's queue, digest and status."""
+
+    seq: int
+    position: int | None
+    queue: str = ""
+    digest: str = ""
+    status: str = ""
+
+    @property
+    def created(self) -> bool:
+        """True when the job was new."""
+        return self.seq > 0
+
+
+# ------------------------------------------------------------------ the event frame
+def frame_body(event: AnyEvent) -> str:
+    """An event's frame as the scripts take it: its JSON without `seq` and the closing brace."""
+    if not event.ts:
+        event.ts = round(time.time(), 3)
+    return event.model_dump_json(by_alias=True, exclude_none=True, exclude={"seq"})[:-1]
+
+
+def frame_seq(frame: str) -> int:
+    """The seq of a published frame (the scripts end every frame with `"seq":N}`)."""
+    i = frame.rfind('"seq":')
+    try:
+        return int(frame[i + 6 : -1])
+    except ValueError:
+        return 0
+
+
+def state_fields(event: AnyEvent, extra: dict[str, Any] | None = None) -> str:
+    """The job hash fields an event sets, as one argument: key, value, ... joined by \\x1f."""
+    fields: dict[str, Any] = {"queue": event.queue, "updated": event.ts, **(extra or {})}
+    if event.user_id:
+        fields["userId"] = event.user_id
+    if isinstance(event, JobCompletedEvent):
+        fields.update(status="completed", progress=100, message="",
+                      result=json.dumps(event.result, separators=(",", ":")), finished=event.ts)
+    elif isinstance(event, JobFailedEvent):
+        fields.update(status=event.status, error=event.error, finished=event.ts, message=event.error)
+    else:
+        fields.update(status=event.status, progress=event.progress, message=event.message)
+        if event.status == "active":
+            fields["started"] = event.ts
+        if event.attempt is not None:
+            fields["attempt"] = event.attempt
+    return _SEP.join(f"{k}{_SEP}{str(v).replace(_SEP, ' ')}" for k, v in fields.items())
+
+
+def duration_bucket(seconds: float) -> str:
+    """The histogram field of a duration: `le_<bound>` of the first bound it fits, else `le_inf`."""
+    for b in DURATION_BUCKETS:
+        if seconds <= b:
+            return f"le_{b:g}"
+    return "le_inf"
+
+
+def started_event(job_id: str, queue: str, user_id: str | None, attempt: int, attempts: int) -> JobProgressEvent:
+    """The `active` event of an attempt that begins on a worker."""
+    return JobProgressEvent(
+        job_id=job_id, queue=queue, user_id=user_id, status="active", progress=0,
+        message=f"started (attempt {attempt} of {attempts})", attempt=attempt, attempts=attempts,
+    )
+
+
+# ------------------------------------------------------------------ calls
+class _Calls:
+    """The keys and arguments of each operation (shared by the async and sync runners)."""
+
+    def __init__(self, keys: Keys, retention: Retention) -> None:
+        self.keys = keys
+        self.retention = retention
+        r = retention
+        self.texts = {s.name: s.text(maxlen=r.events_per_job, ttl=r.finished_ttl_s, keep=r.keep_finished,
+                                     ns=keys.ns, history_max=r.history_max) for s in (CREATE, EVENT, FINISH)}
+
+    def _common(self, event: AnyEvent) -> tuple[dict[str, str], dict[str, Any]]:
+        k = self.keys
+        user = event.user_id or "_"
+        keys = {"job": k.job(event.job_id), "events": k.events(event.job_id), "finished": k.finished(event.queue),
+                "open": k.waiting_count(user)}
+        args = {"channel": k.channel(event.job_id), "frame": frame_body(event), "job_id": event.job_id}
+        return keys, args
+
+    def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool) -> tuple[list[str], list[Any]]:
+        keys, args = self._common(event)
+        user = event.user_id or "_"
+        k = self.keys
+        keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
+                    prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id))
+        args.update(fields=state_fields(event, {"created": created_ms}), digest=digest, position="1" if position else "")
+        return CREATE.pack(keys, args)
+
+    def event(self, event: JobProgressEvent, live: bool = False, position: bool = False) -> tuple[list[str], list[Any]]:
+        keys, args = self._common(event)
+        keys.update(cancel=self.keys.cancel(event.job_id), wait=self.keys.bull(event.queue, "wait"),
+                    prioritized=self.keys.bull(event.queue, "prioritized"))
+        args.update(fields=state_fields(event), live="1" if live else "", position="1" if position else "")
+        return EVENT.pack(keys, args)
+
+    def finish(self, event: JobCompletedEvent | JobFailedEvent, guard: str | None,
+               duration_s: float | None) -> tuple[list[str], list[Any]]:
+        keys, args = self._common(event)
+        keys.update(cancel=self.keys.cancel(event.job_id), durations=self.keys.metrics(event.queue),
+                    bull_job=self.keys.bull(event.queue, event.job_id))
+        args.update(fields=state_fields(event), now_ms=int(event.ts * 1000), finished_on=guard or "",
+                    bucket=duration_bucket(duration_s) if duration_s is not None else "",
+                    seconds=round(duration_s or 0.0, 6))
+        return FINISH.pack(keys, args)
+
+
+class Lifecycle:
+    """The lifecycle operations on an asyncio Redis client; `batch=` queues one on a Batch
+    (its reply then comes from `batch.execute()`)."""
+
+    def __init__(self, redis: Redis, keys: Keys, retention: Retention | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.calls = _Calls(keys, retention or Retention())
+        self._scripts: dict[str, Any] = {n: redis.register_script(t) for n, t in self.calls.texts.items()}
+        register(*self._scripts.values())
+
+    async def _run(self, script: Script, call: tuple[list[str], list[Any]], batch: Batch | None) -> Any:
+        keys, args = call
+        if batch is not None:
+            await self._scripts[script.name](keys=keys, args=args, client=batch)
+            return None
+        return await self._scripts[script.name](keys=keys, args=args)
+
+    async def create(self, event: JobProgressEvent, *, digest: str, created_ms: int, batch: Batch,
+                     position: bool = True) -> None:
+        """Queue the record, history entry and first event of a job whose BullMQ add is queued
+        on the same batch just before; `created_reply` reads its reply."""
+        await self._run(CREATE, self.calls.create(event, digest, created_ms, position), batch)
+
+    @staticmethod
+    def created_reply(reply: list[Any]) -> Created:
+        """The reply of `create` as a `Created`."""
+        seq, pos = int(reply[0]), int(reply[1])
+        if seq:
+            return Created(seq, pos if pos > 0 else None)
+        return Created(0, None, *(str(x) for x in reply[2:5]))
+
+    async def report(self, event: JobProgressEvent, *, batch: Batch | None = None) -> bool | None:
+        """A `start` (`started_event`) or `progress` event from asyncio code, the twin of
+        `SyncLifecycle.publish`; returns whether a cancel was requested for the job (None when
+        queued on a batch)."""
+        reply = await self._run(EVENT, self.calls.event(event), batch)
+        return None if reply is None else bool(int(reply[2]))
+
+    async def wait_again(self, job_id: str, queue: str, user_id: str | None, message: str, *,
+                      status: str = "waiting", attempt: int | None = None, attempts: int | None = None,
+                      position: bool = True) -> int:
+        """The job waits again (retried, recovered, or its attempt failed with retries left);
+        returns the event's seq."""
+        event = JobProgressEvent(job_id=job_id, queue=queue, user_id=user_id, status=status, progress=0,
+                                 message=message, attempt=attempt, attempts=attempts)
+        seq, _pos, _c = await self._run(EVENT, self.calls.event(event, live=True, position=position), None)
+        return int(seq)
+
+    async def finish(self, event: JobCompletedEvent | JobFailedEvent, *, batch: Batch | None = None,
+                     guard: str | None = None, duration_s: float | None = None) -> int | None:
+        """The job's final event: completed, failed or cancelled. With `guard` (the finishedOn of
+        BullMQ's completion in the same batch) only if that completion was ours. Returns the
+        seq (0: the guard refused), or None when queued on a batch (its reply is [seq])."""
+        reply = await self._run(FINISH, self.calls.finish(event, guard, duration_s), batch)
+        return None if reply is None else int(reply[0])
+
+    async def cancel(self, job_id: str) -> None:
+        """Ask a running job to stop: the flag in Redis (read with each of its events) and one
+        notification to its consumer, which tells the worker at once."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.cancel(job_id), "1", ex=24 * 3600)
+        pipe.publish(self.keys.cancel_channel, job_id)
+        await pipe.execute()
+
+
+class SyncLifecycle:
+    """`start` (`started_event`) and `progress` events from plain threads (GPU workers), several
+    per round trip."""
+
+    def __init__(self, redis: SyncRedis, keys: Keys, retention: Retention | None = None) -> None:
+        self.redis = redis
+        self.calls = _Calls(keys, retention or Retention())
+        self._event = redis.register_script(self.calls.texts[EVENT.name])
+
+    def publish(self, events: list[JobProgressEvent]) -> list[bool]:
+        """Publish `start`/`progress` events in order in one round trip; returns, per event,
+        whether a cancel was requested for its job."""
+        calls = [self.calls.event(e) for e in events]
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._event.sha, len(keys), *keys, *args)
+        replies = pipe.execute(raise_on_error=False)
+        out = []
+        for (keys, args), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, NoScriptError):
+                reply = self._event(keys=keys, args=args)  # loads the script, then runs it
+            elif isinstance(reply, Exception):
+                raise reply
+            out.append(bool(int(reply[2])))
+        return out
