@@ -76,8 +76,15 @@ class Gateway:
                                 ws_per_message_deflate=False, timeout_keep_alive=30)
         self.server = uvicorn.Server(config)
         sock = _reuseport_socket(self.settings.host, self.settings.websocket_port)
-        threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,
-                         name="dash-gateway-http").start()
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,
+                                        name="dash-gateway-http")
+        self._thread.start()
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose HTTP server stopped is replaced. (A Redis outage
+        is not the replica's fault: `/healthz` answers 503 then, and the replica recovers.)"""
+        if self.server is not None and not self._thread.is_alive():
+            raise RuntimeError("the gateway's HTTP server stopped")
 
     def __serve_build_asgi_app__(self) -> Any:
         if self.server is not None:

@@ -36,7 +36,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     server = None
     url = settings.resolved_redis_url()
     if url is None:
-        server = EmbeddedRedis(settings.data_dir / "redis")
+        server = EmbeddedRedis(settings.data_dir / "redis", fsync=settings.redis_fsync,
+                               maxmemory=settings.redis_maxmemory)
         url = server.start()
     try:
         import ray
@@ -44,11 +45,17 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
 
         from dash_ray.app import build_app, node_gpus, run_gateway
         from dash_ray.gateway.auth import TokenAuth
-        from dash_ray.scheduler.cluster import init_ray
+        from dash_ray.scheduler.cluster import init_ray, record_local_ray, stop_recorded_ray
         from dash_ray.scheduler.resources import queue_specs
 
         specs = queue_specs(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ray_pids = settings.data_dir / "ray.pids"
+        if not settings.ray_address:
+            stop_recorded_ray(ray_pids)  # what a killed earlier run on this data dir left running
         resources = init_ray(settings, specs, num_gpus=None if settings.ray_address else node_gpus(settings, specs))
+        if not settings.ray_address:
+            record_local_ray(ray_pids)
         base = run_gateway(settings, build_app(settings, url, specs), "dash")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)

@@ -36,6 +36,7 @@ class QueueSettings(BaseModel):
     concurrency: int
     gpu_fraction: float
     runner: str
+    timeout_s: float
 
     @property
     def resource(self) -> str:
@@ -49,7 +50,7 @@ def _default_data_dir() -> Path:
     return Path(user_data_dir("dash-ray", appauthor=False))
 
 
-# Each queue of the table gets `DASH_<QUEUE>_CONCURRENCY` and `DASH_<QUEUE>_GPU_FRACTION`,
+# Each queue of the table gets `DASH_<QUEUE>_CONCURRENCY`, `DASH_<QUEUE>_GPU_FRACTION` and `_TIMEOUT_S`,
 # defaulting to the table's limits: a new queue needs no change here.
 _QueueFields: Any = create_model(  # type: ignore[call-overload]
     "_QueueFields",
@@ -60,6 +61,7 @@ _QueueFields: Any = create_model(  # type: ignore[call-overload]
         for field, spec in (
             (f"{q.name}_concurrency", (int, Field(q.concurrency, ge=1, le=64))),
             (f"{q.name}_gpu_fraction", (float, Field(q.gpu_fraction, gt=0, le=1))),
+            (f"{q.name}_timeout_s", (float, Field(q.timeout_s, ge=1))),
         )
     },
 )
@@ -97,6 +99,10 @@ class Settings(_QueueFields):
 
     # --- Storage and retention ---
     data_dir: Path = Field(default_factory=_default_data_dir)
+    # The embedded Redis: `everysec` may lose the last second of writes if the machine (or Redis)
+    # is killed; `always` loses nothing and costs a disk sync per write.
+    redis_fsync: Literal["everysec", "always"] = "everysec"
+    redis_maxmemory: str = Field("2gb", pattern=r"^\d+(kb|mb|gb)?$")  # full: submits answer 503
     artifacts_url: str | None = None
     keep_completed: int = Field(1000, ge=1)
     keep_failed: int = Field(5000, ge=1)
@@ -122,6 +128,8 @@ class Settings(_QueueFields):
     max_batch: int = Field(8, ge=1, le=256)
     enable_sleep_queue: bool = False  # serve the test-only queues (the built-in sleep runner): tests, benchmarks
     drain_timeout_s: float = Field(30.0, ge=0)
+    cancel_grace_s: float = Field(3.0, ge=0.1)  # a cancelled job still running after this: its worker is killed
+    worker_max_failures: int = Field(3, ge=1)  # a worker whose jobs fail this many times in a row is replaced
 
     # --- Workloads ---
     models: dict[str, str] = Field(default_factory=dict)
@@ -195,6 +203,7 @@ class Settings(_QueueFields):
             concurrency=getattr(self, f"{name}_concurrency"),
             gpu_fraction=getattr(self, f"{name}_gpu_fraction"),
             runner=QUEUE_TABLE[name].runner,
+            timeout_s=getattr(self, f"{name}_timeout_s"),
         )
 
     @property

@@ -15,6 +15,7 @@ __all__ = [
     "JobNotFound",
     "RateLimited",
     "Unauthorized",
+    "Unavailable",
     "UnknownQueue",
     "WorkerError",
 ]
@@ -128,3 +129,17 @@ class WorkerError(DashError):
     """A workload rejected its input or could not run (a clear message, no retry helps)."""
 
     code = "worker_error"
+
+
+class Unavailable(DashError):
+    """A dependency (Redis) cannot be reached now; try again after `retry_after_s`.
+
+    A submit that got this may or may not have created its job: retry it with the same
+    `jobId` (or `loraId`) and it is created at most once.
+    """
+
+    code = "unavailable"
+
+    def __init__(self, message: str = "the job store is unavailable; try again shortly", retry_after_s: int = 1) -> None:
+        super().__init__(message, retryAfterS=retry_after_s)
+        self.retry_after_s = retry_after_s

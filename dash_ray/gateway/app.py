@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -200,11 +201,14 @@ async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
 
 @router.get("/healthz", tags=["ops"])
 async def healthz(svc: Svc) -> JSONResponse:
-    """200 when Redis answers."""
+    """200 when this replica can serve: Redis answers within 2 s and its event feed is connected;
+    503 otherwise (a load balancer sends clients elsewhere; the replica recovers by itself)."""
     try:
-        await svc.redis.ping()
+        await asyncio.wait_for(svc.redis.ping(), 2.0)
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "unavailable", "error": type(exc).__name__ or "timeout"}, status_code=503)
+    if not svc.hub.connected:
+        return JSONResponse({"status": "unavailable", "error": "event feed reconnecting"}, status_code=503)
     return JSONResponse({"status": "ok", "version": __version__})
 
 

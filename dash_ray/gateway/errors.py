@@ -19,9 +19,11 @@ from dash_ray.errors import (
     JobNotFound,
     RateLimited,
     Unauthorized,
+    Unavailable,
     UnknownQueue,
     WorkerError,
 )
+from dash_ray.queues import is_transient
 
 __all__ = ["STATUS", "error_body", "install", "status_of", "ws_error"]
 
@@ -37,6 +39,7 @@ STATUS: dict[type[DashError], int] = {
     Unauthorized: 401,
     Forbidden: 403,
     RateLimited: 429,
+    Unavailable: 503,
     ConfigError: 500,
 }
 
@@ -67,7 +70,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(DashError)
     async def _dash(_req: Request, exc: DashError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, RateLimited) else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if isinstance(exc, Unauthorized):
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(error_body(exc), status_code=status_of(exc), headers=headers)
@@ -90,5 +94,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(req: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):  # Redis is down, restarting or full: the client may retry
+            log.warning("%s %s: Redis unavailable (%s)", req.method, req.url.path, type(exc).__name__)
+            return await _dash(req, Unavailable())
         log.exception("unhandled error on %s %s", req.method, req.url.path)
         return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)

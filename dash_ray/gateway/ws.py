@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from dash_ray.errors import DashError, InvalidPayload, JobNotFound, Unauthorized
+from dash_ray.errors import DashError, InvalidPayload, JobNotFound, Unauthorized, Unavailable
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.errors import ws_error
 from dash_ray.gateway.services import GatewayServices
@@ -32,7 +32,7 @@ from dash_ray.models.events import (
     parse_client_message,
 )
 from dash_ray.models.queues import validation_errors
-from dash_ray.queues import event_from_state, frame_seq
+from dash_ray.queues import event_from_state, frame_seq, is_transient
 
 __all__ = ["serve_socket"]
 
@@ -43,6 +43,7 @@ MAX_BUFFERED = 20_000  # messages queued for one slow client before it is discon
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 1013
+CLOSE_RESTART = 1012  # "service restart": reconnect and subscribe with `since`
 
 
 @dataclass
@@ -60,6 +61,7 @@ class _Session:
         self.subs: dict[str, _Sub] = {}
         self.out: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
+        self.close_code = CLOSE_TOO_SLOW
 
     # --- outgoing ---
     def _enqueue(self, text: str) -> None:
@@ -67,10 +69,17 @@ class _Session:
             return
         if self.out.qsize() >= MAX_BUFFERED:
             log.warning("socket of %s is not reading; closing it", self.who.user_id)
-            self.closing = True
-            self.out.put_nowait("")  # wakes the sender, which closes
+            self.close_later(CLOSE_TOO_SLOW)
             return
         self.out.put_nowait(text)
+
+    def close_later(self, code: int) -> None:
+        """Close the socket with `code` once what is queued before is sent."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self.out.put_nowait("")  # wakes the sender, which closes
 
     def send_model(self, model: Any) -> None:
         self._enqueue(model.model_dump_json(by_alias=True, exclude_none=True))
@@ -80,7 +89,7 @@ class _Session:
             text = await self.out.get()
             if self.closing and not text:
                 with contextlib.suppress(Exception):
-                    await self.ws.close(CLOSE_TOO_SLOW)
+                    await self.ws.close(self.close_code)
                 return
             await self.ws.send_text(text)
             self.svc.metrics.events_sent += 1
@@ -144,15 +153,43 @@ class _Session:
                 continue
             sub = _Sub(channel=self.svc.store.keys.channel(job_id))
             self.subs[job_id] = sub
-            await self.svc.hub.add(sub.channel, self.on_event)
-            last = await self._snapshot(job_id, since.get(job_id))
-            sub.seq = last
-            for seq, data in sorted(sub.held):
-                if seq > sub.seq:
-                    sub.seq = seq
-                    self._enqueue(data)
-            sub.held.clear()
+            try:
+                await self.svc.hub.add(sub.channel, self.on_event)
+                self._release(sub, await self._snapshot(job_id, since.get(job_id)))
+            except BaseException:
+                await self.drop(job_id)  # a subscribe fully succeeds or leaves nothing behind
+                raise
         self.send_model(SubscribedMessage(job_ids=sorted(self.subs)))
+
+    def _release(self, sub: _Sub, last: int) -> None:
+        """The snapshot or catch-up up to `last` is queued: send the live events held meanwhile."""
+        sub.seq = last
+        for seq, data in sorted(sub.held):
+            if seq > sub.seq:
+                sub.seq = seq
+                self._enqueue(data)
+        sub.held.clear()
+
+    async def resync(self) -> None:
+        """The hub's pub/sub connection came back: send every subscription the events it missed
+        (from the job's replay stream, after its last seq), or, if that cannot be read, close
+        with 1012 so that the client reconnects and subscribes with `since`."""
+        for job_id, sub in list(self.subs.items()):
+            if sub.seq < 0 or self.closing:  # its snapshot is on the way: it holds live events itself
+                continue
+            last, sub.seq = sub.seq, -1
+            try:
+                frames = await self.svc.store.bus.replay(job_id, last)
+            except Exception as exc:
+                log.warning("cannot catch a socket up after a pub/sub reconnect (%s); closing it 1012", exc)
+                self.close_later(CLOSE_RESTART)
+                return
+            for data in frames:
+                seq = frame_seq(data)
+                if seq > last:
+                    last = seq
+                    self._enqueue(data)
+            self._release(sub, last)
 
     async def _snapshot(self, job_id: str, since: int | None) -> int:
         bus = self.svc.store.bus
@@ -204,6 +241,7 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
         await ws.close(CLOSE_UNAUTHORIZED)
         return
     session = _Session(ws, who, svc)
+    svc.hub.on_resync(session.resync)
     svc.metrics.open_sockets += 1
     sender = asyncio.create_task(session.sender())
     limit = svc.settings.max_ws_frame_bytes
@@ -225,15 +263,19 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
                 await session.handle(raw)
             except DashError as exc:
                 session._enqueue_error(exc)
-            except Exception:
-                log.exception("socket request failed")
-                session._enqueue_error(InvalidPayload("could not handle the message"))
+            except Exception as exc:
+                if is_transient(exc):
+                    session._enqueue_error(Unavailable())
+                else:
+                    log.exception("socket request failed")
+                    session._enqueue_error(InvalidPayload("could not handle the message"))
             if sender.done():
                 break
     except WebSocketDisconnect:
         pass
     finally:
         session.closing = True
+        svc.hub.off_resync(session.resync)
         svc.metrics.open_sockets -= 1
         await session.close()
         sender.cancel()

@@ -22,10 +22,11 @@ class Backoff(RequestModel):
 
 
 class JobOptions(RequestModel):
-    """How a job is queued: priority 1-3 (1 = high), delay, attempts, backoff, job id."""
+    """How a job is queued: priority 1-3 (1 = high), delay, attempts, backoff, job id, run-time limit."""
 
     priority: Priority = 2
     delay_s: float = Field(0.0, ge=0, le=MAX_DELAY_S)
     attempts: int | None = Field(None, ge=1, le=100)
     backoff: Backoff = Field(default_factory=Backoff)
     job_id: JobId | None = None
+    timeout_s: float | None = Field(None, ge=1, le=7 * 24 * 3600)  # capped by the queue's DASH_<QUEUE>_TIMEOUT_S

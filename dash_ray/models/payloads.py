@@ -137,3 +137,4 @@ class SleepJob(JobPayload):
     steps: int | None = Field(None, ge=1, le=100_000)
     fail_attempts: int | None = Field(None, ge=0, le=100)
     fail_message: str | None = Field(None, max_length=500)
+    crash: Literal["segfault"] | None = None  # the worker process dies mid-job, every attempt

@@ -38,16 +38,19 @@ class QueueDef:
     runner: str
     concurrency: int
     gpu_fraction: float
+    timeout_s: float  # an attempt running longer is stopped (its worker killed) and retried
     test_only: bool = False  # served only with DASH_ENABLE_SLEEP_QUEUE (tests, benchmarks)
 
 
 QUEUE_TABLE: dict[str, QueueDef] = {q.name: q for q in (
-    QueueDef("training", "LoRA training", TrainingJob, "dash_ray.workers.training:TrainingRunner", 1, 1.0),
-    QueueDef("upscaling", "image upscaling", UpscalingJob, "dash_ray.workers.upscaling:UpscalingRunner", 3, 0.33),
+    QueueDef("training", "LoRA training", TrainingJob, "dash_ray.workers.training:TrainingRunner",
+             1, 1.0, timeout_s=6 * 3600),
+    QueueDef("upscaling", "image upscaling", UpscalingJob, "dash_ray.workers.upscaling:UpscalingRunner",
+             3, 0.33, timeout_s=600),
     QueueDef("generation", "image generation", GenerationJob, "dash_ray.workers.generation:GenerationRunner",
-             5, 0.2),
-    QueueDef("sleep", "sleep (tests and benchmarks)", SleepJob, "dash_ray.scheduler.sleep:SleepRunner", 5, 0.2,
-             test_only=True),
+             5, 0.2, timeout_s=600),
+    QueueDef("sleep", "sleep (tests and benchmarks)", SleepJob, "dash_ray.scheduler.sleep:SleepRunner",
+             5, 0.2, timeout_s=600, test_only=True),
 )}
 
 # The queues a deployment serves (the test-only ones are added by a setting).

@@ -5,7 +5,7 @@ Only this package imports bullmq or writes Redis keys.
 """
 
 from dash_ray.queues.batch import Batch
-from dash_ray.queues.connection import connect, connect_sync
+from dash_ray.queues.connection import TRANSIENT_ERRORS, connect, connect_sync, is_transient
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
 from dash_ray.queues.events import EventBus, EventHub, event_from_state
@@ -14,6 +14,7 @@ from dash_ray.queues.lifecycle import Lifecycle, Retention, SyncLifecycle, frame
 from dash_ray.queues.store import JobStore
 
 __all__ = [
+    "TRANSIENT_ERRORS",
     "ActiveJob",
     "Batch",
     "EmbeddedRedis",
@@ -31,5 +32,6 @@ __all__ = [
     "connect_sync",
     "event_from_state",
     "frame_seq",
+    "is_transient",
     "started_event",
 ]

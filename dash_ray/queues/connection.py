@@ -8,8 +8,28 @@ import hiredis
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
-__all__ = ["connect", "connect_sync"]
+__all__ = ["TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient"]
+
+# Errors that pass when Redis comes back: lost or refused connections, time-outs, a Redis still
+# loading its data (BusyLoadingError is a ConnectionError), a read-only replica mid-failover.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, TimeoutError, OSError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an error that a retry after Redis comes back fixes (including a full Redis:
+    `maxmemory` reached with `noeviction` refuses writes until memory is freed)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN"))
 
 
 class _HiredisPacking:
@@ -33,6 +53,9 @@ class _FastSSLConnection(_HiredisPacking, SSLConnection):
 def connect(url: str, *, blocking: bool = False, name: str | None = None, max_connections: int = 64) -> Redis:
     """An asyncio Redis client (str responses, as BullMQ needs); `blocking` for BZPOPMIN waits.
 
+    A command that meets a dropped connection (Redis restarted) is retried on a new one, up to
+    three times within about a second; longer outages surface as `TRANSIENT_ERRORS`.
+
     Its pool holds at most `max_connections`; a request beyond that waits for a free one
     (up to 30 s) instead of failing, so a burst of clients cannot exhaust Redis or the pool.
     """
@@ -40,6 +63,7 @@ def connect(url: str, *, blocking: bool = False, name: str | None = None, max_co
         "decode_responses": True,
         "health_check_interval": 30,
         "socket_keepalive": True,
+        "retry": AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3),
     }
     if name:
         kwargs["client_name"] = name
@@ -53,7 +77,8 @@ def connect(url: str, *, blocking: bool = False, name: str | None = None, max_co
 
 def connect_sync(url: str, *, name: str | None = None) -> SyncRedis:
     """A blocking Redis client, for code that runs in plain threads (GPU workers)."""
-    kwargs: dict[str, object] = {"decode_responses": True, "health_check_interval": 30, "socket_keepalive": True}
+    kwargs: dict[str, object] = {"decode_responses": True, "health_check_interval": 30, "socket_keepalive": True,
+                                 "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)}
     if name:
         kwargs["client_name"] = name
     return SyncRedis.from_url(url, **kwargs)

@@ -25,8 +25,10 @@ from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
 from dash_ray.queues.batch import Batch, register
+from dash_ray.queues.connection import is_transient
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import Lifecycle
+from dash_ray.queues.lua import EXTEND_LOCKS
 
 __all__ = ["ActiveJob", "FailOutcome", "LockLost", "QueueConsumer"]
 
@@ -51,6 +53,8 @@ class ActiveJob:
     created_at: float
     bull: BullJob = field(repr=False)
     deferred_failure: str | None = None
+    timeout_s: float | None = None  # the job's own run-time limit (options.timeoutS), if any
+    moved_to_failed: bool = False  # fail() got past BullMQ's move (a retried fail() skips it)
     taken_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -102,7 +106,8 @@ class QueueConsumer:
         self.scripts = self.queue.scripts
         # BullMQ ships this script but its Python client does not load it: put back a job that never started.
         self._requeue = redis.register_script(loadScript("moveJobFromActiveToWait-9.lua"))
-        register(*self.scripts.commands.values(), self._requeue)
+        self._extend = redis.register_script(EXTEND_LOCKS)
+        register(*self.scripts.commands.values(), self._requeue, self._extend)
         self.held: dict[str, ActiveJob] = {}
         self._n = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -136,6 +141,7 @@ class QueueConsumer:
             created_at=bull.timestamp / 1000,
             bull=bull,
             deferred_failure=bull.deferredFailure,
+            timeout_s=float(bull.opts.get("timeoutS") or 0) or None,
         )
         self.held[job.id] = job
         return job
@@ -201,7 +207,6 @@ class QueueConsumer:
         batch = Batch(self.redis)
         calls = []
         for i, (job, result) in enumerate(done):
-            self.held.pop(job.id, None)
             fetch = i < fetch_next
             # BullMQ locks the next job with the same token (one token per slot, as its workers do).
             remove = job.bull.opts.get("removeOnComplete", False)
@@ -212,10 +217,12 @@ class QueueConsumer:
             await self.lifecycle.finish(event, batch=batch, guard=str(args[1]),
                                         duration_s=time.monotonic() - job.taken_at)
             calls.append((job, event, fetch))
+        # Raises if Redis cannot be reached: the jobs stay held (their locks renewed) for a retry.
         replies = await batch.execute()
         nxt: list[ActiveJob] = []
         lost: list[LockLost] = []
         for (job, event, fetch), raw, (seq,) in zip(calls, replies[::2], replies[1::2], strict=True):
+            self.held.pop(job.id, None)
             if isinstance(raw, int) and raw < 0:
                 lost.append(LockLost(f"job {job.id}: cannot complete (code {raw})"))
                 continue
@@ -234,11 +241,11 @@ class QueueConsumer:
                 k["prioritized"], k["marker"], k["events"]]
         batch = Batch(self.redis)
         for job in reversed(jobs):  # each goes to the head: the last one first keeps their order
-            self.held.pop(job.id, None)
             await self._requeue(keys=keys, args=[job.id, job.token, self.keys.bull(self.name, job.id)],
                                 client=batch)  # type: ignore[arg-type]
         ok = True
         for job, code in zip(reversed(jobs), await batch.execute(), strict=True):
+            self.held.pop(job.id, None)
             if isinstance(code, int) and code < 0:
                 log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
                 ok = False
@@ -255,14 +262,23 @@ class QueueConsumer:
                 if status == "active" and str(attempt) == str(job.attempt)}
 
     async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False) -> FailOutcome:
-        """Fail the attempt: retry per attempts/backoff, else fail (or cancel) for good; publish it."""
-        self.held.pop(job.id, None)
+        """Fail the attempt: retry per attempts/backoff, else fail (or cancel) for good; publish it.
+
+        Raises a transient error if Redis cannot be reached: call again with the same job (the
+        step that went through is not repeated); the job stays held until its failure is written.
+        """
         final = cancelled or not retry or job.attempt >= job.attempts
-        err: Exception = UnrecoverableError(error) if final else Exception(error)
-        try:
-            await job.bull.moveToFailed(err, job.token)
-        except Exception as exc:  # lock lost: someone else has it now
-            raise LockLost(f"job {job.id}: cannot fail ({exc})") from exc
+        if not job.moved_to_failed:
+            err: Exception = UnrecoverableError(error) if final else Exception(error)
+            try:
+                await job.bull.moveToFailed(err, job.token)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                self.held.pop(job.id, None)  # lock lost: someone else has it now
+                raise LockLost(f"job {job.id}: cannot fail ({exc})") from exc
+            job.moved_to_failed = True
+        self.held.pop(job.id, None)  # BullMQ holds its outcome now; the event below may be retried
         if final:
             await self.lifecycle.finish(JobFailedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
                                                        error=error, status="cancelled" if cancelled else "failed"))
@@ -280,8 +296,11 @@ class QueueConsumer:
         """Extend the locks of all held jobs; returns the ids whose lock could not be renewed."""
         if not self.held:
             return []
-        jobs = list(self.held.values())
-        lost = await self.scripts.extendJobLocks([j.id for j in jobs], [j.token for j in jobs], self.lock_ms)
+        k = self.scripts.keys
+        args: list[Any] = [self.keys.bull(self.name, ""), self.lock_ms]
+        for job in self.held.values():
+            args += [job.id, job.token]
+        lost = await self._extend(keys=[k["stalled"], k["active"]], args=args)
         return [str(x) for x in (lost or [])]
 
     async def recover_stalled(self) -> list[str]:

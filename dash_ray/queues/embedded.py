@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -36,6 +37,34 @@ def redis_server_binary() -> str:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _stop_pid(pid: int, timeout_s: float) -> None:
+    """SIGTERM a process we own (by pid), then SIGKILL if it does not exit in time."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -51,16 +80,80 @@ def _ping(port: int, timeout_s: float = 0.2) -> bool:
         return False
 
 
-class EmbeddedRedis:
-    """A redis-server child process on 127.0.0.1 with append-only persistence in `data_dir`.
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    Jobs survive a restart: the AOF in `data_dir` is replayed on the next start.
+
+def _redis_pid(port: int) -> int | None:
+    """The process id the Redis answering on `port` reports, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"INFO server\r\n")
+            data = b""
+            while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+class EmbeddedRedis:
+    """A redis-server on 127.0.0.1 with append-only persistence in `data_dir`, one per data dir.
+
+    Jobs survive a restart: the AOF in `data_dir` is replayed on the next start. The data dir
+    has one owner: `redis.owner` (pid and port of the running server) and a lock held while
+    starting. A server left running by an owner that was killed is taken over if it answers
+    (same port, nothing lost), stopped if it does not; two servers never share one AOF.
     """
 
-    def __init__(self, data_dir: Path | str, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path | str, port: int | None = None, *, fsync: str = "everysec",
+                 maxmemory: str = "0") -> None:
         self.data_dir = Path(data_dir)
         self.port = port or 0
+        self.fsync = fsync
+        self.maxmemory = maxmemory
         self.proc: subprocess.Popen[bytes] | None = None
+        self.adopted_pid: int | None = None  # a server a previous owner left running, now ours
+
+    @property
+    def _owner_file(self) -> Path:
+        return self.data_dir / "redis.owner"
+
+    def _read_owner(self) -> tuple[int, int] | None:
+        try:
+            pid, port = (int(x) for x in self._owner_file.read_text().split())
+            return pid, port
+        except (OSError, ValueError):
+            return None
+
+    def _take_over_or_clear(self) -> bool:
+        """A server recorded in the owner file: adopt it if it answers as that process (True),
+        else stop what is left of it and keep its port for the new one."""
+        found = self._read_owner()
+        if found is None:
+            return False
+        pid, port = found
+        if _alive(pid) and _redis_pid(port) == pid:
+            log.info("embedded redis pid %d on port %d is still running: taking it over", pid, port)
+            self.port, self.adopted_pid = port, pid
+            return True
+        if _alive(pid) and "redis" in _cmdline(pid):
+            log.warning("embedded redis pid %d does not answer: stopping it", pid)
+            _stop_pid(pid, 10.0)
+        self.port = self.port or (port if _port_free(port) else 0)
+        return False
 
     @property
     def url(self) -> str:
@@ -72,13 +165,27 @@ class EmbeddedRedis:
     @property
     def pid(self) -> int | None:
         """PID of the redis-server process, if started."""
-        return self.proc.pid if self.proc else None
+        return self.proc.pid if self.proc else self.adopted_pid
 
     def start(self, timeout_s: float = 10.0) -> str:
-        """Start redis-server and wait until it answers PING; returns its URL."""
-        if self.proc and self.proc.poll() is None:
+        """Start redis-server (or take over the one this data dir's last owner left running) and
+        wait until it answers PING; returns its URL."""
+        if (self.proc and self.proc.poll() is None) or self.adopted_pid:
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / "redis.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time per data dir
+            try:
+                if self._take_over_or_clear():
+                    atexit.register(self.stop)
+                    return self.url
+                url = self._spawn(timeout_s)
+                self._owner_file.write_text(f"{self.pid} {self.port}\n")
+                return url
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _spawn(self, timeout_s: float) -> str:
         self.port = self.port or _free_port()
         args = [
             redis_server_binary(),
@@ -86,9 +193,10 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
-            "--appendfsync", "everysec",
+            "--appendfsync", self.fsync,
             "--save", "",
             "--protected-mode", "yes",
+            "--maxmemory", self.maxmemory,
             "--maxmemory-policy", "noeviction",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
@@ -117,6 +225,12 @@ class EmbeddedRedis:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the server (it flushes its AOF on SIGTERM); kill it if it does not exit."""
         proc, self.proc = self.proc, None
+        adopted, self.adopted_pid = self.adopted_pid, None
+        if adopted:
+            _stop_pid(adopted, timeout_s)
+        if (adopted or proc) and self._read_owner() is not None:
+            with contextlib.suppress(OSError):
+                self._owner_file.unlink()
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -73,16 +74,47 @@ class EventHub:
     """One pub/sub connection that fans channel messages out to local listeners.
 
     Listeners are called as `listener(channel, data)` on the hub's event loop; they must not block.
+    The connection comes back by itself after a Redis outage; what was published meanwhile is
+    not delivered, so after each reconnect the hub runs its `on_resync` callbacks (the WebSocket
+    sessions catch up from the replay streams).
     """
 
     def __init__(self, url: str) -> None:
         self._listeners: dict[str, set[Listener]] = {}
-        self._sub = RawPubSub(url, self._dispatch)
+        self._resync: set[Callable[[], Awaitable[None]]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sub = RawPubSub(url, self._dispatch, self._resubscribed)
 
-    async def start(self) -> None:
-        """Connect and start reading."""
+    async def start(self, wait_s: float = 0.0) -> None:
+        """Start connecting and reading; with `wait_s`, wait that long for the first connection
+        (raises TimeoutError). Without, a Redis that is down now is waited for in the background."""
         await self._sub.start()
-        await self._sub.wait_connected()
+        if wait_s:
+            await self._sub.wait_connected(wait_s)
+
+    @property
+    def connected(self) -> bool:
+        """True while the pub/sub connection is up."""
+        return self._sub._connected.is_set()
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection came back."""
+        return self._sub.reconnects
+
+    def on_resync(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run `await callback()` after each reconnect, once every channel is subscribed again."""
+        self._resync.add(callback)
+
+    def off_resync(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Stop calling `callback` after reconnects."""
+        self._resync.discard(callback)
+
+    def _resubscribed(self) -> None:
+        for callback in tuple(self._resync):
+            task = asyncio.ensure_future(callback())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Stop reading and close the connection."""
@@ -93,16 +125,24 @@ class EventHub:
         """How many channels have listeners."""
         return len(self._listeners)
 
-    async def add(self, channel: str, listener: Listener) -> None:
+    async def add(self, channel: str, listener: Listener, *, confirm: bool = True) -> None:
         """Call `listener` for every message on `channel` from now on.
 
-        Returns once Redis confirmed the subscription: state read after this, on any
-        connection, plus the live events, miss nothing (the WebSocket snapshot relies on it).
+        With `confirm`, returns once Redis confirmed the subscription: state read after this, on
+        any connection, plus the live events, miss nothing (the WebSocket snapshot relies on it).
+        If that fails (Redis down), nothing is left subscribed and the error is raised.
         """
         subs = self._listeners.get(channel)
         if subs is None:
             self._listeners[channel] = {listener}
-            await self._sub.subscribe_confirmed([channel])
+            if not confirm:
+                self._sub.subscribe([channel])
+                return
+            try:
+                await self._sub.subscribe_confirmed([channel])
+            except BaseException:
+                await self.remove(channel, listener)
+                raise
         else:
             subs.add(listener)
 

@@ -163,11 +163,14 @@ class _Calls:
         args.update(fields=state_fields(event, {"created": created_ms}), digest=digest, position="1" if position else "")
         return CREATE.pack(keys, args)
 
-    def event(self, event: JobProgressEvent, live: bool = False, position: bool = False) -> tuple[list[str], list[Any]]:
+    def event(self, event: JobProgressEvent, live: bool = False, position: bool = False,
+              token: str = "") -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         keys.update(cancel=self.keys.cancel(event.job_id), wait=self.keys.bull(event.queue, "wait"),
-                    prioritized=self.keys.bull(event.queue, "prioritized"))
-        args.update(fields=state_fields(event), live="1" if live else "", position="1" if position else "")
+                    prioritized=self.keys.bull(event.queue, "prioritized"),
+                    lock=self.keys.bull(event.queue, f"{event.job_id}:lock"))
+        args.update(fields=state_fields(event), live="1" if live else "", position="1" if position else "",
+                    token=token)
         return EVENT.pack(keys, args)
 
     def finish(self, event: JobCompletedEvent | JobFailedEvent, guard: str | None,
@@ -213,11 +216,10 @@ class Lifecycle:
             return Created(seq, pos if pos > 0 else None)
         return Created(0, None, *(str(x) for x in reply[2:5]))
 
-    async def report(self, event: JobProgressEvent, *, batch: Batch | None = None) -> bool | None:
+    async def report(self, event: JobProgressEvent, *, token: str = "", batch: Batch | None = None) -> bool | None:
         """A `start` (`started_event`) or `progress` event from asyncio code, the twin of
-        `SyncLifecycle.publish`; returns whether a cancel was requested for the job (None when
-        queued on a batch)."""
-        reply = await self._run(EVENT, self.calls.event(event), batch)
+        `SyncLifecycle.publish`; returns whether the job should stop (None when queued on a batch)."""
+        reply = await self._run(EVENT, self.calls.event(event, token=token), batch)
         return None if reply is None else bool(int(reply[2]))
 
     async def wait_again(self, job_id: str, queue: str, user_id: str | None, message: str, *,
@@ -256,10 +258,11 @@ class SyncLifecycle:
         self.calls = _Calls(keys, retention or Retention())
         self._event = redis.register_script(self.calls.texts[EVENT.name])
 
-    def publish(self, events: list[JobProgressEvent]) -> list[bool]:
+    def publish(self, events: list[JobProgressEvent], tokens: list[str] | None = None) -> list[bool]:
         """Publish `start`/`progress` events in order in one round trip; returns, per event,
-        whether a cancel was requested for its job."""
-        calls = [self.calls.event(e) for e in events]
+        whether its job should stop: a cancel was requested, or (with the attempt's lock token
+        in `tokens`) another attempt holds the job now, or it is already final."""
+        calls = [self.calls.event(e, token=t) for e, t in zip(events, tokens or [""] * len(events), strict=True)]
         pipe = self.redis.pipeline(transaction=False)
         for keys, args in calls:
             pipe.evalsha(self._event.sha, len(keys), *keys, *args)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CREATE", "EVENT", "FINISH", "POSITION", "Script"]
+__all__ = ["CREATE", "EVENT", "EXTEND_LOCKS", "FINISH", "POSITION", "Script"]
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,24 @@ return {seq, pos}
 # event: a non-final event of a live job: an attempt started, its progress, or the job is
 # waiting again (`live` = '1': retried, recovered, requeued). Returns {seq, position,
 # 1 if a cancel was requested for the job else 0}.
+# Fenced: an attempt's event (`token` = its BullMQ lock token) is refused once another attempt
+# holds the job's lock, and any event but `live` once the job is final; a refused event returns
+# {0, -1, 1}, which tells a stale attempt to stop as if cancelled.
 EVENT = Script(
     "event",
-    keys=("job", "events", "finished", "open", "cancel", "wait", "prioritized"),
-    args=("channel", "frame", "fields", "job_id", "live", "position"),
+    keys=("job", "events", "finished", "open", "cancel", "wait", "prioritized", "lock"),
+    args=("channel", "frame", "fields", "job_id", "live", "position", "token"),
     body=r"""
-if A.live == '1' then live_again() end
+if A.live == '1' then
+  live_again()
+else
+  local st = redis.call('HGET', K.job, 'status')
+  if st == 'completed' or st == 'failed' or st == 'cancelled' then return {0, -1, 1} end
+  if A.token ~= '' then
+    local owner = redis.call('GET', K.lock)
+    if owner and owner ~= A.token then return {0, -1, 1} end
+  end
+end
 local seq, pos = emit(A.position == '1')
 return {seq, pos, redis.call('EXISTS', K.cancel)}
 """)
@@ -143,6 +155,8 @@ FINISH = Script(
 if A.finished_on ~= '' and redis.call('HGET', K.bull_job, 'finishedOn') ~= A.finished_on then
   return {0}
 end
+local st = redis.call('HGET', K.job, 'status')
+if st == 'completed' or st == 'failed' or st == 'cancelled' then return {0} end
 local seq = emit(false)
 if A.bucket ~= '' then
   redis.call('HINCRBY', K.durations, A.bucket, 1)
@@ -173,4 +187,26 @@ if rank then return waitLen + rank + 1 end
 local idx = redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', 100000)
 if idx then return waitLen - idx end
 return -1
+"""
+
+# BullMQ's extendLocks, plus: a lock that expired while its consumer could not reach Redis (an
+# outage longer than the lock) is taken back if the job is still active and not yet handed
+# to anyone else. BullMQ's stalled check moves a job only on its second pass, so a consumer
+# that renews within one stalled interval of Redis coming back keeps its running jobs.
+# KEYS: 1 stalled set, 2 active list; ARGV: 1 job key base (`{prefix}:{queue}:`), 2 lock ms,
+# then job id, token, job id, token... Returns the ids whose lock is someone else's now.
+EXTEND_LOCKS = r"""
+local failed = {}
+for i = 3, #ARGV, 2 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local lockKey = ARGV[1] .. id .. ':lock'
+  local cur = redis.call('GET', lockKey)
+  if cur == token or (not cur and redis.call('LPOS', KEYS[2], id)) then
+    redis.call('SET', lockKey, token, 'PX', ARGV[2])
+    redis.call('SREM', KEYS[1], id)
+  else
+    failed[#failed + 1] = id
+  end
+end
+return failed
 """

@@ -28,9 +28,15 @@ def _pack(command: tuple[str, ...]) -> bytes:
 
 
 class RawPubSub:
-    """Subscribes to channels and calls `on_message(channel, data)` for each message; reconnects."""
+    """Subscribes to channels and calls `on_message(channel, data)` for each message; reconnects.
 
-    def __init__(self, url: str, on_message: Callable[[str, str], None]) -> None:
+    Messages published while the connection was down are lost to pub/sub: after a reconnect,
+    once Redis has confirmed every channel again, `on_resubscribed()` is called so that the
+    owner can catch up from durable state.
+    """
+
+    def __init__(self, url: str, on_message: Callable[[str, str], None],
+                 on_resubscribed: Callable[[], None] | None = None) -> None:
         u = urlparse(url)
         if u.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {u.scheme!r} for pub/sub")
@@ -40,7 +46,10 @@ class RawPubSub:
         self.password = unquote(u.password) if u.password else None
         self.ssl = ssl.create_default_context() if u.scheme == "rediss" else None
         self.on_message = on_message
+        self.on_resubscribed = on_resubscribed
         self.channels: set[str] = set()
+        self._unconfirmed: set[str] | None = None  # channels re-subscribed after a reconnect
+        self.reconnects = 0
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -84,6 +93,11 @@ class RawPubSub:
         """Unsubscribe."""
         gone = [c for c in channels if c in self.channels]
         self.channels.difference_update(gone)
+        if self._unconfirmed is not None:
+            self._unconfirmed.difference_update(gone)
+            if not self._unconfirmed:
+                self._unconfirmed = None
+                self._resubscribed()
         if gone and self._writer is not None:
             self._writer.write(_pack(("UNSUBSCRIBE", *gone)))
 
@@ -107,14 +121,40 @@ class RawPubSub:
         await writer.drain()
         return reader, writer, parser
 
+    def _confirmed(self, channel: str) -> None:
+        for fut in self._waiters.pop(channel, ()):
+            if not fut.done():
+                fut.set_result(None)
+        if self._unconfirmed is not None:
+            self._unconfirmed.discard(channel)
+            if not self._unconfirmed:
+                self._unconfirmed = None
+                self._resubscribed()
+
+    def _resubscribed(self) -> None:
+        if self.on_resubscribed is not None:
+            try:
+                self.on_resubscribed()
+            except Exception:
+                log.exception("pub/sub resubscribe listener failed")
+
     async def _run(self) -> None:
         delay = 0.1
+        connected_before = False
         while True:
             try:
                 reader, writer, parser = await self._connect()
                 self._writer = writer
                 self._connected.set()
                 delay = 0.1
+                if connected_before:
+                    self.reconnects += 1
+                    log.info("pub/sub reconnected (%d channels)", len(self.channels))
+                    self._unconfirmed = set(self.channels)
+                    if not self._unconfirmed:
+                        self._unconfirmed = None
+                        self._resubscribed()
+                connected_before = True
                 while True:
                     data = await reader.read(1 << 16)
                     if not data:
@@ -129,14 +169,13 @@ class RawPubSub:
                             except Exception:
                                 log.exception("pub/sub listener failed on %s", reply[1])
                         elif reply[0] == "subscribe":
-                            for fut in self._waiters.pop(reply[1], ()):
-                                if not fut.done():
-                                    fut.set_result(None)
+                            self._confirmed(reply[1])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._connected.clear()
                 self._writer = None
+                self._unconfirmed = None
                 log.warning("pub/sub connection lost (%s); reconnecting in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

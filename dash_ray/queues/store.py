@@ -53,6 +53,8 @@ def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int,
     }
     if opts.delay_s:
         out["delay"] = int(opts.delay_s * 1000)
+    if opts.timeout_s:
+        out["timeoutS"] = opts.timeout_s  # ours: BullMQ keeps unknown options and ignores them
     return out
 
 

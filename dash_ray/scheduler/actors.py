@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from typing import Any
 
 import ray
@@ -54,6 +56,14 @@ class ConsumerActor:
         runtime.setup()
         self.service = ConsumerService(spec, settings, redis_url, WorkerActor)
         self._task = asyncio.get_event_loop().create_task(self.service.run())
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The serving loop ended: fine after a drain; otherwise exit, so that Ray restarts the actor
+        (a consumer that answers calls but serves nothing would stop its queue silently)."""
+        if not self.service.dispatcher.stopping:
+            logging.getLogger(__name__).error("consumer of %s stopped unexpectedly; restarting", self.service.spec.name)
+            os._exit(1)
 
     async def ready(self) -> dict[str, Any]:
         return self.service.stats()

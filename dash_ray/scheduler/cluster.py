@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any, cast
 
 from dash_ray import runtime
 from dash_ray.config import Settings
 from dash_ray.scheduler.resources import QueueSpec, logical_gpus, node_resources
 
-__all__ = ["NAMESPACE", "Scheduler", "init_ray"]
+__all__ = ["NAMESPACE", "Scheduler", "init_ray", "record_local_ray", "stop_recorded_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,52 @@ def init_ray(settings: Settings, specs: list[QueueSpec], *, num_cpus: int | None
             _system_config={"worker_niceness": settings.worker_niceness},
         )
     return dict(ray.cluster_resources())
+
+
+def record_local_ray(path: Path) -> None:
+    """Write the pids of the local Ray this process started (its GCS, raylet, agents) to `path`,
+    so that the next `dash-ray up` on the same data dir can end them if this process is killed
+    without cleaning up (a SIGKILLed driver leaves them running)."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:
+        return
+    pids = sorted({p.pid for _kind, p in node.live_processes()})
+    path.write_text("".join(f"{pid}\n" for pid in pids))
+
+
+def stop_recorded_ray(path: Path, timeout_s: float = 10.0) -> int:
+    """End the processes a previous run recorded with `record_local_ray` that are still Ray's
+    (checked by their command line); returns how many were running."""
+    try:
+        pids = [int(x) for x in path.read_text().split()]
+    except (OSError, ValueError):
+        return 0
+    running = [pid for pid in pids if _is_ray_process(pid)]
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_is_ray_process(pid) for pid in running):
+        time.sleep(0.1)
+    for pid in running:
+        if _is_ray_process(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        path.unlink()
+    if running:
+        log.warning("ended %d processes of a previous run's local Ray", len(running))
+    return len(running)
+
+
+def _is_ray_process(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ray" in cmd or b"gcs_server" in cmd or b"raylet" in cmd
 
 
 class Scheduler:

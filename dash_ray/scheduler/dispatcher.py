@@ -12,9 +12,12 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import Any
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from dash_ray.queues import ActiveJob, EventHub, LockLost, QueueConsumer
+from dash_ray.queues import ActiveJob, EventHub, LockLost, QueueConsumer, is_transient
 from dash_ray.scheduler.contract import SKIPPED, Outcome
 from dash_ray.scheduler.pool import Slot, WorkerPool
 from dash_ray.scheduler.runner import JobContext
@@ -22,6 +25,31 @@ from dash_ray.scheduler.runner import JobContext
 __all__ = ["Dispatcher", "model_of"]
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+class _Backoff:
+    """Exponential backoff with jitter: sleep first_s, then twice as long... up to max_s."""
+
+    def __init__(self, first_s: float = 0.1, max_s: float = 5.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.tries = 0
+
+    def reset(self) -> None:
+        self.tries = 0
+
+    async def sleep(self) -> None:
+        delay = min(self.max_s, self.first_s * 2**self.tries)
+        self.tries += 1
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+
+
+def _sick(error: str) -> bool:
+    """True for a failure that leaves a worker unusable (a CUDA error poisons its context)."""
+    return "CUDA error" in error or "CUBLAS_STATUS" in error or "cuDNN error" in error
 
 
 def model_of(data: dict[str, Any]) -> str | None:
@@ -39,15 +67,21 @@ class Dispatcher:
     """Moves one queue's jobs from Redis to its worker pool and back."""
 
     def __init__(self, consumer: QueueConsumer, pool: WorkerPool, *, hub: EventHub | None = None,
-                 cancel_channel: str | None = None, batch_budget_s: float = 0.02, max_batch: int = 8) -> None:
+                 cancel_channel: str | None = None, batch_budget_s: float = 0.02, max_batch: int = 8,
+                 timeout_s: float = 600.0, cancel_grace_s: float = 3.0, max_failures: int = 3) -> None:
         self.consumer = consumer
         self.pool = pool
         self.hub = hub
         self.cancel_channel = cancel_channel
         self.batch_budget_s = batch_budget_s
         self.max_batch = max_batch
+        self.timeout_s = timeout_s  # the queue's run-time limit; a job's own timeoutS may be lower
+        self.cancel_grace_s = cancel_grace_s  # a cancelled job that has not stopped by then: its worker is killed
+        self.max_failures = max_failures  # a worker whose jobs failed this many times in a row is replaced
         self.cost_s: float | None = None  # moving average of a job's run time on its worker
         self.running: dict[str, Slot] = {}
+        self._deadlines: dict[str, tuple[float, str]] = {}  # job id -> (monotonic deadline, why it ends)
+        self._kill_reasons: dict[int, str] = {}  # worker slot id -> why the watchdog killed it
         self.stopping = False
         self.stopped = asyncio.Event()
         self._job_tasks: set[asyncio.Task[None]] = set()
@@ -67,18 +101,23 @@ class Dispatcher:
         self.consumer.start_maintenance()
         if self.hub is not None and self.cancel_channel:
             await self.hub.start()
-            await self.hub.add(self.cancel_channel, self._on_cancel)
+            await self.hub.add(self.cancel_channel, self._on_cancel, confirm=False)
         house = asyncio.create_task(self._housekeeping())
         log.info("dispatcher for %s started (consumer %s)", self.queue, self.consumer.id)
+        backoff = _Backoff()
         try:
             while not self.stopping:
                 try:
                     await self._step()
+                    backoff.reset()
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    log.exception("dispatcher step failed on %s", self.queue)
-                    await asyncio.sleep(0.5)
+                except Exception as exc:
+                    if is_transient(exc):
+                        log.warning("%s: Redis unavailable (%s); retrying", self.queue, type(exc).__name__)
+                    else:
+                        log.exception("dispatcher step failed on %s", self.queue)
+                    await backoff.sleep()
         finally:
             house.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -129,64 +168,97 @@ class Dispatcher:
     async def _run(self, slot: Slot, jobs: list[ActiveJob]) -> None:
         alive = True
         models: tuple[str, ...] | None = None
-        while jobs:
-            outcomes, models_now, alive = await self._attempt(slot, jobs)
-            models = models_now or models
-            jobs = await self._finish(jobs, outcomes, fetch=alive and not self.stopping)
-        if alive:
-            self.pool.release(slot, models)
+        try:
+            while jobs:
+                outcomes, models_now, alive = await self._attempt(slot, jobs)
+                models = models_now or models
+                jobs = await self._finish(slot, jobs, outcomes, fetch=alive and not self.stopping)
+        except Exception:
+            log.exception("lost track of %d jobs on worker %d", len(jobs), slot.id)  # their locks expire
+        finally:
+            if slot.failures >= self.max_failures:
+                log.warning("worker %d failed %d jobs in a row; replacing it", slot.id, slot.failures)
+                self.pool.discard(slot)
+            elif alive:
+                self.pool.release(slot, models)
 
-    async def _finish(self, jobs: list[ActiveJob], outcomes: list[Outcome], fetch: bool) -> list[ActiveJob]:
+    async def _written(self, what: str, write: Callable[[], Awaitable[T]]) -> T:
+        """Run a write of a job's outcome until it goes through: while Redis is down, restarting or
+        full, retry with backoff and jitter. The job stays held meanwhile, so its lock is renewed
+        (or taken back) as soon as Redis returns; nothing is dropped before it is written."""
+        backoff = _Backoff(first_s=0.05, max_s=2.0)
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if backoff.tries == 0:
+                    log.warning("%s on %s: Redis unavailable (%s); retrying until it is back",
+                                what, self.queue, type(exc).__name__)
+                await backoff.sleep()
+
+    async def _finish(self, slot: Slot, jobs: list[ActiveJob], outcomes: list[Outcome],
+                      fetch: bool) -> list[ActiveJob]:
         """Record a batch's outcomes in Redis; returns the next jobs for the same worker."""
         done = []
         skipped = []
         for job, outcome in zip(jobs, outcomes, strict=True):
             if outcome.run_s is not None:
                 self._measured(outcome.run_s)
+            if outcome.kind == "done":
+                slot.failures = 0
+                done.append((job, outcome.result))
+                continue
+            if outcome.kind == "skipped":
+                skipped.append(job)
+                continue
+            if outcome.kind == "failed" and outcome.retry:  # a bad input or a cancel says nothing of the worker
+                slot.failures = self.max_failures if _sick(outcome.error) else slot.failures + 1
             try:
-                if outcome.kind == "done":
-                    done.append((job, outcome.result))
-                elif outcome.kind == "skipped":
-                    skipped.append(job)
-                else:
-                    await self.consumer.fail(job, outcome.error or "failed", retry=outcome.retry,
-                                             cancelled=outcome.kind == "cancelled")
-                    self.failed += 1
+                await self._written("failing a job", lambda job=job, outcome=outcome: self.consumer.fail(  # type: ignore[misc]
+                    job, outcome.error or "failed", retry=outcome.retry, cancelled=outcome.kind == "cancelled"))
+                self.failed += 1
             except LockLost as exc:
                 log.warning("%s", exc, extra={"job_id": job.id})
             except Exception:
                 log.exception("could not finish job %s", job.id, extra={"job_id": job.id})
         if skipped:
             try:
-                await self.consumer.requeue(*skipped)
+                await self._written("requeueing jobs", lambda: self.consumer.requeue(*skipped))
             except Exception:
                 log.exception("could not requeue %d jobs", len(skipped))
             self.requeued += len(skipped)
+        fetch = fetch and slot.failures < self.max_failures
         want = self.batch_size() if fetch else 0
         nxt: list[ActiveJob] = []
         if done:
             try:
-                nxt, lost = await self.consumer.complete(done, fetch_next=want)
+                nxt, lost = await self._written("completing jobs", lambda: self.consumer.complete(done, fetch_next=want))
                 self.completed += len(done) - len(lost)
                 for lock_lost in lost:
                     log.warning("%s", lock_lost)
             except Exception:
                 log.exception("could not complete %d jobs", len(done))
         if fetch and nxt and len(nxt) < want:  # the batch size grew, and the queue is not empty
-            nxt += await self.consumer.take_more(want - len(nxt))
+            with contextlib.suppress(Exception):  # the next round takes them otherwise
+                nxt += await self.consumer.take_more(want - len(nxt))
         return nxt
 
     async def _attempt(self, slot: Slot, jobs: list[ActiveJob]) -> tuple[list[Outcome], tuple[str, ...], bool]:
         """Run jobs on a worker; returns (outcome per job, the models it holds, whether it lives)."""
         outcomes: dict[str, Outcome] = {}
         ctxs = []
+        now = time.monotonic()
         for job in jobs:
             if job.deferred_failure:
                 outcomes[job.id] = Outcome.failure(job.deferred_failure, retry=False)
                 continue
             self.running[job.id] = slot
+            limit = min(job.timeout_s or self.timeout_s, self.timeout_s)
+            self._deadlines[job.id] = (now + limit, f"timeout: ran longer than {limit:g}s")
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
-                                   attempts=job.attempts, user_id=job.user_id))
+                                   attempts=job.attempts, user_id=job.user_id, token=job.token))
         alive, models = True, ()
         try:
             if ctxs:
@@ -197,19 +269,40 @@ class Dispatcher:
                 outcomes.update(zip((c.id for c in ctxs), reply.outcomes, strict=True))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the worker actor died (killed, OOM, node lost)
+        except Exception as exc:  # the worker actor died (killed by us, crashed, OOM, node lost)
             alive = False
-            log.warning("worker %d died running %s: %s", slot.id, [c.id for c in ctxs], type(exc).__name__)
+            reason = self._kill_reasons.pop(slot.id, None)
+            log.warning("worker %d died running %s: %s", slot.id, [c.id for c in ctxs], reason or type(exc).__name__)
             self.pool.discard(slot)
             started = await self._started([j for j in jobs if j.id not in outcomes])
             for job in jobs:
-                if job.id not in outcomes:
-                    outcomes[job.id] = (Outcome.failure(f"worker died: {type(exc).__name__}")
-                                        if job.id in started else SKIPPED)
+                if job.id in outcomes:
+                    continue
+                if job.id not in started:
+                    outcomes[job.id] = SKIPPED
+                elif reason == "cancelled":
+                    outcomes[job.id] = Outcome("cancelled", error="cancelled")
+                else:
+                    outcomes[job.id] = Outcome.failure(
+                        reason or f"the worker process died while running the job ({type(exc).__name__})")
         finally:
             for c in ctxs:
                 self.running.pop(c.id, None)
+                self._deadlines.pop(c.id, None)
         return [outcomes[j.id] for j in jobs], models, alive
+
+    def _watch(self) -> None:
+        """Kill the worker of a job past its deadline (its run-time limit, or the grace after a
+        cancel): a hung or stopped worker cannot hold its GPU slot or its job forever."""
+        now = time.monotonic()
+        for job_id, (deadline, why) in list(self._deadlines.items()):
+            slot = self.running.get(job_id)
+            if slot is None or now < deadline or slot.id in self._kill_reasons:
+                continue
+            log.warning("job %s: %s; killing worker %d (pid %s)", job_id, why, slot.id, slot.pid,
+                        extra={"job_id": job_id})
+            self._kill_reasons[slot.id] = why
+            self.pool.kill(slot.handle)  # its pending call fails; _attempt records the outcome
 
     async def _started(self, jobs: list[ActiveJob]) -> set[str]:
         """Which of a dead worker's unfinished jobs had started. The first always counts (its
@@ -224,16 +317,25 @@ class Dispatcher:
             return {j.id for j in jobs}
 
     def _on_cancel(self, _channel: str, job_id: str) -> None:
-        """The one cancel notification: tell the job's worker now. A job not handed to a worker
-        yet learns of its cancel flag with its first event."""
+        """The one cancel notification: tell the job's worker now, and kill the worker if the job
+        has not stopped within the grace period (a hung job). A job not handed to a worker yet
+        learns of its cancel flag with its first event."""
         slot = self.running.get(job_id)
         if slot is not None:
             log.info("cancelling running job %s", job_id, extra={"job_id": job_id})
             slot.handle.cancel.remote(job_id)
+            deadline = time.monotonic() + self.cancel_grace_s
+            if deadline < self._deadlines.get(job_id, (float("inf"), ""))[0]:
+                self._deadlines[job_id] = (deadline, "cancelled")
 
     async def _housekeeping(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
+            ticks += 1
+            self._watch()
+            if ticks % 2:
+                continue
             try:
                 if self.pool.count("pending") and await self.consumer.backlog() == 0:
                     self.pool.drop_pending(0)

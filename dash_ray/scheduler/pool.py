@@ -28,6 +28,7 @@ class Slot:
     models: tuple[str, ...] = ()
     pid: int | None = None
     jobs: int = 0
+    failures: int = 0  # jobs failed in a row (a worker that keeps failing is replaced)
     resources: dict[str, float] = field(default_factory=dict)
 
 

@@ -21,6 +21,7 @@ class QueueSpec:
     concurrency: int
     gpu_fraction: float
     runner: RunnerSpec
+    timeout_s: float = 600.0
     num_cpus: float = 0.0
     worker_env: dict[str, str] = field(default_factory=dict)
 
@@ -45,7 +46,7 @@ class QueueSpec:
 def queue_specs(settings: Settings, *, test_queues: bool = False) -> list[QueueSpec]:
     """The queues settings serve (with `test_queues`, the test-only ones too), as the scheduler runs them."""
     names = tuple(QUEUE_TABLE) if test_queues else settings.queue_names
-    return [QueueSpec(q.name, q.concurrency, q.gpu_fraction, RunnerSpec(q.runner))
+    return [QueueSpec(q.name, q.concurrency, q.gpu_fraction, RunnerSpec(q.runner), q.timeout_s)
             for q in (settings.queue(n) for n in names)]
 
 

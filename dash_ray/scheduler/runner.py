@@ -29,6 +29,7 @@ class JobContext:
     attempt: int = 1
     attempts: int = 1
     user_id: str | None = None
+    token: str = ""  # this attempt's lock token: its events are refused once another attempt holds the job
 
 
 @runtime_checkable
@@ -76,17 +77,18 @@ class Publisher:
         self._thread = threading.Thread(target=self._loop, name="dash-publisher", daemon=True)
         self._thread.start()
 
-    def send(self, event: JobProgressEvent, cancel: threading.Event | None = None) -> None:
-        """Publish an event (in order); with `cancel`, set it if a cancel was requested for the job."""
-        self._put(("event", event, cancel))
+    def send(self, event: JobProgressEvent, cancel: threading.Event | None = None, token: str = "") -> None:
+        """Publish an event (in order) of the attempt holding `token`; with `cancel`, set it if
+        the job should stop (a cancel was requested, or the attempt is stale)."""
+        self._put(("event", event, cancel, token))
 
     def submit(self, fn: Callable[[], None]) -> None:
         """Run fn on the publisher thread, after everything queued before it."""
         self._put(("call", fn))
 
-    def publish_now(self, event: JobProgressEvent) -> None:
+    def publish_now(self, event: JobProgressEvent, token: str = "") -> None:
         """Publish on the calling thread (used by the publisher thread itself)."""
-        self._lifecycle.publish([event])
+        self._lifecycle.publish([event], [token])
 
     def wait(self) -> None:
         """Return once everything queued so far is published (publishing it here if need be)."""
@@ -127,7 +129,7 @@ class Publisher:
         try:
             events = [it for it in batch if it[0] == "event"]
             if events:
-                cancelled = self._lifecycle.publish([it[1] for it in events])
+                cancelled = self._lifecycle.publish([it[1] for it in events], [it[3] for it in events])
                 for it, was_cancelled in zip(events, cancelled, strict=True):
                     if it[2] is not None and was_cancelled:
                         it[2].set()
@@ -206,7 +208,7 @@ class Reporter:
             if milestone or wait <= 0:
                 self._last_sent = now
                 self._pending = None
-                self._pub.send(event)
+                self._pub.send(event, token=self.job.token)
             else:
                 self._pending = event
                 if not self._timer_armed:
@@ -229,7 +231,7 @@ class Reporter:
             if event is None:
                 return
             self._last_sent = time.monotonic()
-        self._pub.publish_now(event)
+        self._pub.publish_now(event, self.job.token)
 
     def flush(self) -> None:
         """Send the held report now and wait until every report is published."""
@@ -237,5 +239,5 @@ class Reporter:
             event, self._pending = self._pending, None
             if event is not None:  # a queued timer finds nothing held and returns at once
                 self._last_sent = time.monotonic()
-                self._pub.send(event)
+                self._pub.send(event, token=self.job.token)
         self._pub.wait()

@@ -44,7 +44,9 @@ class ConsumerService:
         pool = WorkerPool(factory, kill, idle_s=settings.worker_idle_s, max_pending=settings.max_pending_workers)
         self.dispatcher = Dispatcher(consumer, pool, hub=EventHub(redis_url),
                                      cancel_channel=keys.cancel_channel, batch_budget_s=settings.batch_budget_s,
-                                     max_batch=settings.max_batch)
+                                     max_batch=settings.max_batch, timeout_s=spec.timeout_s,
+                                     cancel_grace_s=settings.cancel_grace_s,
+                                     max_failures=settings.worker_max_failures)
 
     async def run(self) -> None:
         """Serve until drained."""

@@ -76,7 +76,8 @@ class WorkerCore:
         cancel = self._cancels.setdefault(ctx.id, threading.Event())  # run_batch may have made it
         t0 = time.perf_counter()
         # The start event, and whether a cancel came before it, go out with the first reports.
-        self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts), cancel=cancel)
+        self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts), cancel=cancel,
+                            token=ctx.token)
         reporter = Reporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
         try:
             out = self._outcome(runner, ctx, reporter)

@@ -114,7 +114,7 @@ async def test_worker_killed_mid_job_retries_on_a_fresh_worker(make_scheduler: A
     assert view.result["pid"] != pid
     evs = await events(store, "victim")
     assert_well_formed(evs)
-    assert any(e.get("status") == "retrying" and "worker died" in e["message"] for e in evs)
+    assert any(e.get("status") == "retrying" and "worker process died" in e["message"] for e in evs)
 
 
 async def test_consumer_killed_with_50_in_flight_completes_each_once(make_scheduler: Any, make_store: Any) -> None:

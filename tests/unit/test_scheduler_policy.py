@@ -32,7 +32,7 @@ class FakeBus:
         self.events: list[Any] = []
         self.times: list[float] = []
 
-    def publish(self, events: list[Any]) -> list[bool]:
+    def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
         for e in events:
             self.events.append(e)
             self.times.append(time.monotonic())
@@ -129,9 +129,9 @@ def test_milestones_are_never_dropped_even_in_a_fast_loop() -> None:
 
 
 class SlowBus(FakeBus):
-    def publish(self, events: list[Any]) -> list[bool]:
+    def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
         time.sleep(0.001)  # a round trip: the background thread is often mid-batch
-        return super().publish(events)
+        return super().publish(events, tokens)
 
 
 def test_publisher_keeps_order_when_wait_publishes_on_the_callers_thread() -> None:

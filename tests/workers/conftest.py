@@ -29,7 +29,7 @@ class RecordingBus:
         self.events: list[Any] = []
         self.lock = threading.Lock()
 
-    def publish(self, events: list[Any]) -> list[bool]:
+    def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
         with self.lock:
             self.events += events
         return [False] * len(events)

@@ -127,8 +127,8 @@ def test_training_resumes_from_the_last_finished_epoch(trainer: Any, run_job: An
     from tests.workers.conftest import RecordingBus
 
     class StopAt2(RecordingBus):
-        def publish(self, events: list[Any]) -> list[bool]:
-            out = super().publish(events)
+        def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
+            out = super().publish(events, tokens)
             if any(e.epoch == 2 and e.loss is not None for e in events):
                 cancel.set()
             return out

@@ -1,0 +1,205 @@
+"""Faults from the outside: Redis restarted, SIGKILLed or cutting connections; workers stopped
+(SIGSTOP) or crashing. Each test has a Redis of its own (AOF, fsync always) that it breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dash_ray.config import load_settings
+from dash_ray.queues import EmbeddedRedis, JobStore, connect
+from dash_ray.scheduler import RunnerSpec, queue_specs, with_runner
+from dash_ray.scheduler.cluster import Scheduler
+from tests.helpers import events, intervals, max_overlap, wait_for
+
+pytestmark = pytest.mark.slow
+
+SLEEP = "dash_ray.scheduler.sleep:SleepRunner"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis for this test alone, which it may stop, kill and start again on the same port."""
+    server = EmbeddedRedis(tmp_path / "redis", fsync="always")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def start_scheduler(ray_session: Any, own_redis: EmbeddedRedis, prefix: str, tmp_path: Path) -> Iterator[Any]:
+    """Factory: the sleep queue's scheduler on the test's own Redis; its runner records every
+    execution in `tmp_path/runs/<job id>`."""
+    made: list[Scheduler] = []
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    def start(**overrides: Any) -> Scheduler:
+        settings = load_settings(key_prefix=prefix, worker_idle_s=600, **overrides)
+        specs = with_runner(queue_specs(settings, test_queues=True), RunnerSpec(SLEEP, {"record_dir": str(runs)}))
+        sched = Scheduler(settings, own_redis.url, [s for s in specs if s.name == "sleep"])
+        sched.start()
+        made.append(sched)
+        return sched
+
+    yield start
+    for sched in made:
+        sched.stop(drain_timeout_s=2)
+
+
+def executions(tmp_path: Path, job_id: str) -> int:
+    path = tmp_path / "runs" / job_id
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def store_on(server: EmbeddedRedis, prefix: str) -> JobStore:
+    return JobStore(connect(server.url), prefix=prefix, queues=("sleep",))
+
+
+async def all_done(store: JobStore, ids: list[str], timeout_s: float) -> list[Any]:
+    async def check() -> list[Any] | None:
+        views = [await store.get(i) for i in ids]
+        return views if all(v.status in ("completed", "failed", "cancelled") for v in views) else None
+
+    return await wait_for(check, timeout_s, interval_s=0.2)  # type: ignore[no-any-return]
+
+
+async def add(store: JobStore, n: int, **data: Any) -> list[str]:
+    return [(await store.add("sleep", {"userId": "chaos", **data})).job.id for _ in range(n)]
+
+
+async def test_a_queue_runs_at_full_concurrency_after_five_redis_restarts(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str) -> None:
+    start_scheduler()
+    store = store_on(own_redis, prefix)
+    await all_done(store, await add(store, 5, durationS=1.0), 60)  # five warm workers, now idle
+    for _ in range(5):
+        own_redis.stop()
+        await asyncio.sleep(2)
+        own_redis.start()
+        await asyncio.sleep(0.3)
+    store = store_on(own_redis, prefix)
+    ids = await add(store, 5, durationS=3.0, steps=3)
+    views = await all_done(store, ids, 60)
+    assert [v.status for v in views] == ["completed"] * 5
+    spans = [s for i in ids for s in intervals(await events(store, i))]
+    assert max_overlap(spans) == 5, spans
+
+
+async def test_redis_sigkilled_mid_run_every_job_runs_exactly_once(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
+    start_scheduler()
+    store = store_on(own_redis, prefix)
+    await all_done(store, await add(store, 5, durationS=0.5), 60)  # warm
+    ids = await add(store, 300, durationS=0.05)
+    await asyncio.sleep(1.5)
+    os.kill(own_redis.pid or 0, signal.SIGKILL)  # our own redis-server
+    own_redis.proc.wait(10)  # type: ignore[union-attr]
+    own_redis.proc = None
+    await asyncio.sleep(3)
+    own_redis.start()  # replays its append-only file
+    store = store_on(own_redis, prefix)
+    after = await add(store, 10, durationS=0.05)  # accepted after the outage: they run too
+    views = await all_done(store, ids + after, 120)
+    assert {v.status for v in views} == {"completed"}
+    counts = {i: executions(tmp_path, i) for i in ids + after}
+    assert set(counts.values()) == {1}, {i: n for i, n in counts.items() if n != 1}
+    for i in ids[:20] + after:
+        evs = await events(store, i)
+        assert [e["type"] for e in evs].count("job:completed") == 1
+
+
+async def test_connections_killed_every_300ms_lose_and_repeat_nothing(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
+    start_scheduler()
+    store = store_on(own_redis, prefix)
+    await all_done(store, await add(store, 5, durationS=0.5), 60)
+    ids = await add(store, 300, durationS=0.1)
+    killer = connect(own_redis.url)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        await killer.execute_command("CLIENT", "KILL", "TYPE", "normal")
+        await killer.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await asyncio.sleep(0.3)
+    await killer.aclose()
+    store = store_on(own_redis, prefix)
+    views = await all_done(store, ids, 120)
+    assert {v.status for v in views} == {"completed"}
+    counts = {i: executions(tmp_path, i) for i in ids}
+    assert set(counts.values()) == {1}, {i: n for i, n in counts.items() if n != 1}
+
+
+def _pid_of(sched: Scheduler, job_id: str) -> int | None:
+    return sched.stats()["sleep"]["running_jobs"].get(job_id)
+
+
+async def test_a_stopped_worker_times_out_and_its_job_runs_again(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
+    sched = start_scheduler()
+    store = store_on(own_redis, prefix)
+    job = (await store.add("sleep", {"userId": "u", "durationS": 3.0, "steps": 30},
+                           {"timeoutS": 6, "backoff": {"delayS": 0}})).job.id
+    pid = await wait_for(lambda: asyncio.to_thread(_pid_of, sched, job), 60)
+    await asyncio.sleep(0.5)
+    os.kill(pid, signal.SIGSTOP)  # a hung driver, a deadlock: the worker stops making progress
+    try:
+        view = await all_done(store, [job], 60)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert view[0].status == "completed" and view[0].attempts_made == 2
+    evs = await events(store, job)
+    assert any(e.get("status") == "retrying" and "timeout" in e["message"] for e in evs)
+    assert executions(tmp_path, job) == 2
+    nxt = await add(store, 1, durationS=0.1)
+    assert (await all_done(store, nxt, 30))[0].status == "completed"
+
+
+async def test_cancel_of_a_stopped_worker_ends_the_job_within_5s(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str) -> None:
+    sched = start_scheduler()
+    store = store_on(own_redis, prefix)
+    job = (await store.add("sleep", {"userId": "u", "durationS": 60.0, "steps": 60})).job.id
+    pid = await wait_for(lambda: asyncio.to_thread(_pid_of, sched, job), 60)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        await store.cancel(job)
+        view = await all_done(store, [job], 10)
+        took = time.monotonic() - t0
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert view[0].status == "cancelled" and took < 5, took
+
+
+async def test_a_job_that_crashes_its_worker_runs_at_most_attempts_times(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
+    start_scheduler()
+    store = store_on(own_redis, prefix)
+    bad = (await store.add("sleep", {"userId": "u", "crash": "segfault"},
+                           {"attempts": 3, "backoff": {"delayS": 0}})).job.id
+    good = await add(store, 8, durationS=0.2)
+    views = await all_done(store, [bad, *good], 120)
+    assert views[0].status == "failed" and "worker process died" in (views[0].error or ""), views[0].error
+    assert executions(tmp_path, bad) == 3
+    assert [v.status for v in views[1:]] == ["completed"] * 8
+    evs = await events(store, bad)
+    assert evs[-1]["type"] == "job:failed" and [e["type"] for e in evs].count("job:failed") == 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
