@@ -23,7 +23,7 @@ from dash_ray.errors import (
     UnknownQueue,
     WorkerError,
 )
-from dash_ray.queues import is_transient
+from dash_ray.queues import MAYBE_TRANSIENT, is_transient
 
 __all__ = ["STATUS", "error_body", "install", "status_of", "ws_error"]
 
@@ -92,10 +92,16 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def _crash(req: Request, exc: Exception) -> JSONResponse:
+    async def _transient(req: Request, exc: Exception) -> JSONResponse:
         if is_transient(exc):  # Redis is down, restarting or full: the client may retry
             log.warning("%s %s: Redis unavailable (%s)", req.method, req.url.path, type(exc).__name__)
             return await _dash(req, Unavailable())
+        return await _crash(req, exc)
+
+    for cls in MAYBE_TRANSIENT:
+        app.add_exception_handler(cls, _transient)
+
+    @app.exception_handler(Exception)
+    async def _crash(req: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", req.method, req.url.path)
         return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)

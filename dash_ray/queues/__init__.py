@@ -5,7 +5,13 @@ Only this package imports bullmq or writes Redis keys.
 """
 
 from dash_ray.queues.batch import Batch
-from dash_ray.queues.connection import TRANSIENT_ERRORS, connect, connect_sync, is_transient
+from dash_ray.queues.connection import (
+    MAYBE_TRANSIENT,
+    TRANSIENT_ERRORS,
+    connect,
+    connect_sync,
+    is_transient,
+)
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
 from dash_ray.queues.events import EventBus, EventHub, event_from_state
@@ -14,6 +20,7 @@ from dash_ray.queues.lifecycle import Lifecycle, Retention, SyncLifecycle, frame
 from dash_ray.queues.store import JobStore
 
 __all__ = [
+    "MAYBE_TRANSIENT",
     "TRANSIENT_ERRORS",
     "ActiveJob",
     "Batch",

@@ -15,13 +15,17 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-__all__ = ["TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient"]
+__all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient"]
 
 # Errors that pass when Redis comes back: lost or refused connections, time-outs, a Redis still
 # loading its data (BusyLoadingError is a ConnectionError), a read-only replica mid-failover.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, TimeoutError, OSError,
+    RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, TimeoutError,
 )
+
+
+# The classes `is_transient` may say yes to (for exception handlers keyed by class).
+MAYBE_TRANSIENT: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, ResponseError)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -54,10 +54,15 @@ def _stop_pid(pid: int, timeout_s: float) -> None:
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
 
 def _port_free(port: int) -> bool:
+    """True if a server could listen on the port now (as Redis binds: with SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -81,13 +86,17 @@ def _ping(port: int, timeout_s: float = 0.2) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
 
 
 def _redis_pid(port: int) -> int | None:
@@ -145,14 +154,18 @@ class EmbeddedRedis:
         if found is None:
             return False
         pid, port = found
-        if _alive(pid) and _redis_pid(port) == pid:
+        if pid > 0 and _alive(pid) and _redis_pid(port) == pid:
             log.info("embedded redis pid %d on port %d is still running: taking it over", pid, port)
             self.port, self.adopted_pid = port, pid
             return True
-        if _alive(pid) and "redis" in _cmdline(pid):
+        if pid > 0 and _alive(pid) and "redis" in _cmdline(pid):
             log.warning("embedded redis pid %d does not answer: stopping it", pid)
-            _stop_pid(pid, 10.0)
-        self.port = self.port or (port if _port_free(port) else 0)
+            _stop_pid(pid, 3.0)
+        if not self.port:
+            deadline = time.monotonic() + 2.0  # a server just ended may take a moment to let go of it
+            while not _port_free(port) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.port = port if _port_free(port) else 0
         return False
 
     @property
@@ -228,9 +241,9 @@ class EmbeddedRedis:
         adopted, self.adopted_pid = self.adopted_pid, None
         if adopted:
             _stop_pid(adopted, timeout_s)
-        if (adopted or proc) and self._read_owner() is not None:
+        if adopted or proc:  # stopped: no pid, but the port stays this data dir's next choice
             with contextlib.suppress(OSError):
-                self._owner_file.unlink()
+                self._owner_file.write_text(f"0 {self.port}\n")
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

@@ -177,6 +177,13 @@ class JobStore:
         if isinstance(added, int) and added < 0:
             raise RuntimeError(f"BullMQ refused job {job_id}: code {added}")
         made = Lifecycle.created_reply(reply)
+        if not made.created and not made.digest:
+            # BullMQ's add ran after the record's script (a script healed after a Redis restart
+            # runs late): now that the job exists, make its record.
+            retry = Batch(self.redis)
+            await self.lifecycle.create(event, digest=digest, created_ms=now_ms, batch=retry,
+                                        position=not opts.delay_s)
+            made = Lifecycle.created_reply((await retry.execute())[0])
         if not made.created:  # the same id was added concurrently
             return await self._existing(job_id, queue, digest, made)
         view = JobView(

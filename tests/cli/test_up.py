@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -90,3 +91,105 @@ def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
         time.sleep(0.5)
         left = [p for p in left if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert not left, [psutil.Process(p).cmdline()[:2] for p in left]
+
+
+def _start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """`dash-ray up` until it prints its token; returns (process, token, output so far)."""
+    proc = subprocess.Popen([sys.executable, "-m", "dash_ray.cli", "up", "--user", "tester"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    log: list[str] = []
+    token = ""
+    t0 = time.monotonic()
+    while True:
+        line = lines.get(timeout=max(1.0, 120 - (time.monotonic() - t0)))
+        log.append(line)
+        if log[-2:-1] and "Token for user 'tester'" in log[-2]:
+            token = line.strip()
+        if "Press Ctrl-C" in line:
+            return proc, token, log
+
+
+def _redis_servers_in(folder: Path) -> list[int]:
+    """redis-server processes working in `folder` (Redis runs in its --dir)."""
+    out = []
+    for p in psutil.process_iter(["name", "cwd"]):
+        if "redis" in (p.info["name"] or "") and p.info["cwd"] == str(folder):
+            out.append(p.pid)
+    return out
+
+
+def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_path: Path) -> None:
+    import asyncio
+
+    from dash_ray.queues import JobStore, connect
+
+    port = free_port()
+    data = tmp_path / "data"
+    prefix = f"up{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "DASH_DATA_DIR": str(data), "WEBSOCKET_PORT": str(port), "DASH_KEY_PREFIX": prefix,
+           "PYTHONUNBUFFERED": "1", "DASH_ENABLE_SLEEP_QUEUE": "1", "DASH_SLEEP_CONCURRENCY": "2",
+           "DASH_REDIS_FSYNC": "always", "DASH_LOCK_DURATION_S": "5", "DASH_STALLED_INTERVAL_S": "2"}
+    env.pop("REDIS_URL", None)
+    env.pop("REDIS_HOST", None)
+    base = f"http://127.0.0.1:{port}"
+    first, token, _log = _start_up(env)
+    h = {"Authorization": f"Bearer {token}"}
+    second = None
+    try:
+        ids = {"running": [], "waiting": [], "delayed": []}
+        for kind, n, body in (("running", 2, {"durationS": 6, "steps": 6}), ("waiting", 4, {"durationS": 0.2}),
+                              ("delayed", 2, {"durationS": 0.1, "options": {"delayS": 20}})):
+            for _ in range(n):
+                r = httpx.post(f"{base}/v1/jobs/sleep", json=body, headers=h, timeout=10)
+                assert r.status_code == 201, r.text
+                ids[kind].append(r.json()["id"])
+        deadline = time.monotonic() + 60
+        while not all(httpx.get(f"{base}/v1/jobs/{i}", headers=h, timeout=10).json()["status"] == "active"
+                      for i in ids["running"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        first.kill()  # SIGKILL of `dash-ray up` alone: its Redis and Ray are left running
+        first.wait(10)
+        assert len(_redis_servers_in(data / "redis")) == 1
+
+        second, token, log = _start_up(env)
+        h = {"Authorization": f"Bearer {token}"}
+        assert len(_redis_servers_in(data / "redis")) == 1, "".join(log)
+        every = [i for group in ids.values() for i in group]
+        deadline = time.monotonic() + 90
+        views: dict[str, Any] = {}
+        while len(views) < len(every):
+            assert time.monotonic() < deadline, views
+            for i in every:
+                v = httpx.get(f"{base}/v1/jobs/{i}", headers=h, timeout=10).json()
+                if v["status"] in ("completed", "failed", "cancelled"):
+                    views[i] = v
+            time.sleep(0.5)
+        assert {v["status"] for v in views.values()} == {"completed"}, views
+        for i in ids["delayed"]:
+            assert views[i]["startedAt"] >= views[i]["createdAt"] + 19.9, views[i]
+
+        _owner_pid, redis_port = (int(x) for x in (data / "redis" / "redis.owner").read_text().split())
+
+        async def completions() -> dict[str, int]:
+            r = connect(f"redis://127.0.0.1:{redis_port}/0")
+            store = JobStore(r, prefix=prefix, queues=("sleep",))
+            out = {}
+            for i in every:
+                frames = [json.loads(f) for f in await store.bus.replay(i)]
+                out[i] = sum(f["type"] == "job:completed" for f in frames)
+            await r.aclose()
+            return out
+
+        assert set(asyncio.run(completions()).values()) == {1}
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    assert _redis_servers_in(data / "redis") == []

@@ -30,3 +30,37 @@ async def test_restart_keeps_jobs(tmp_path: Path) -> None:
         await r.aclose()
     finally:
         server.stop()
+
+
+def test_one_server_per_data_dir_taken_over_after_its_owner_dies(tmp_path: Path) -> None:
+    """An owner killed without stopping its Redis: the next one on the data dir takes the running
+    server over (same port, same process) instead of starting a second one on the same AOF; once
+    that server is gone too, a new one starts on the same port."""
+    import os
+    import signal
+
+    first = EmbeddedRedis(tmp_path, fsync="always", maxmemory="64mb")
+    first.start()
+    pid, port = first.pid, first.port
+    orphan, first.proc = first.proc, None  # as if its owner was SIGKILLed: nobody stops it
+    second = EmbeddedRedis(tmp_path)
+    try:
+        second.start()
+        assert (second.pid, second.port) == (pid, port)
+        assert second.proc is None  # adopted, not started
+    finally:
+        second.stop()
+    assert orphan is not None and orphan.wait(5) is not None  # it ended (and is reaped here)
+    third = EmbeddedRedis(tmp_path)
+    third.start()
+    try:
+        assert third.port == port and third.pid != pid
+        hung, third.proc = third.proc, None
+        os.kill(third.pid or hung.pid, signal.SIGSTOP)  # type: ignore[union-attr]  # a hung server
+        fourth = EmbeddedRedis(tmp_path)
+        fourth.start()  # stops the hung one (SIGTERM, then SIGKILL), starts its own
+        assert hung is not None and hung.wait(15) is not None
+        assert fourth.pid != hung.pid and fourth.port == port
+        fourth.stop()
+    finally:
+        third.stop()

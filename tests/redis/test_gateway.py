@@ -281,3 +281,56 @@ def test_two_replicas_share_events_through_redis(make_client: Any, tokens: Any, 
         run_one(redis_url, prefix, "generation")
         got = recv_until(ws, lambda m: m["type"] == "job:completed")
     assert got[-1]["jobId"] == job_id and time.time() - t0 < 5
+
+
+def test_a_socket_catches_up_after_the_gateways_pubsub_connection_drops(
+        make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    """Events published while the replica's pub/sub connection is down reach the socket after it
+    comes back (from the replay stream), each seq exactly once."""
+    import redis as sync_redis
+
+    c = make_client()
+    job_id = c.post("/v1/jobs/generation", json=GEN, headers=auth(tokens("alice"))).json()["id"]
+    worker = SyncLifecycle(connect_sync(redis_url), Keys(prefix))
+
+    def progress(i: int) -> JobProgressEvent:
+        return JobProgressEvent(job_id=job_id, queue="generation", user_id="alice", status="active",
+                                progress=i, message=f"step {i}")
+
+    with c.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
+        ws.send_json({"type": "subscribe", "jobIds": [job_id]})
+        got = recv_until(ws, lambda m: m["type"] == "subscribed")
+        worker.publish([progress(i) for i in range(1, 6)])
+        got += recv_until(ws, lambda m: m.get("seq") == 6)
+        reconnects = c.services.hub.reconnects
+        killer = sync_redis.Redis.from_url(redis_url)
+        killer.client_kill_filter(_type="pubsub")  # the replica's event feed drops...
+        worker.publish([progress(i) for i in range(6, 26)])  # ...and these are published meanwhile
+        got += recv_until(ws, lambda m: m.get("seq") == 25, limit=100)
+        killer.close()
+    worker.redis.close()
+    seqs = [m["seq"] for m in got if m["type"].startswith("job:")]
+    assert seqs == list(range(1, 26))
+    assert c.services.hub.reconnects > reconnects
+
+
+def test_redis_unreachable_answers_503_with_retry_after(tokens: Any, tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from dash_ray.config import load_settings
+    from dash_ray.gateway import GatewayServices, create_app
+    from tests.redis.conftest import SECRET
+
+    settings = load_settings(token_secret=SECRET, data_dir=tmp_path)
+    services = GatewayServices.create(settings, "redis://127.0.0.1:1/0")  # nothing listens there
+    with TestClient(create_app(services)) as c:
+        h = auth(tokens("alice"))
+        for r in (c.post("/v1/jobs/generation", json=GEN, headers=h), c.get("/v1/jobs/some-job", headers=h)):
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "unavailable"
+        assert c.get("/healthz").status_code == 503
+        with c.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
+            ws.send_json({"type": "subscribe", "jobIds": ["some-job"]})
+            assert ws.receive_json()["code"] == "unavailable"
+            ws.send_json({"type": "ping"})
+            assert ws.receive_json()["type"] == "pong"  # the socket stays usable

@@ -95,3 +95,41 @@ async def test_a_consumer_that_lost_its_lock_cannot_complete(make_store: Any, ma
     events = [json.loads(e) for e in await store.bus.replay("zombie")]
     assert sum(e["type"] == "job:completed" for e in events) == 1
     assert (await store.get("zombie")).result == {"by": "fast"}
+
+
+async def test_a_stale_attempt_cannot_write_progress_or_completion(make_store: Any, make_consumer: Any) -> None:
+    """An attempt whose lock expired (a pause longer than the lock) while the job ran again
+    elsewhere: its events are refused in Redis (and tell it to stop), its completion is refused,
+    and the job ends with the new attempt's state and result."""
+    from dash_ray.models import JobProgressEvent
+    from dash_ray.queues import started_event
+
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "fenced"})
+    slow = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
+    fast = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
+    [stale] = await slow.take()
+    old = slow.worker_lifecycle
+    assert old.publish([started_event("fenced", "sleep", "alice", 1, 3)], [stale.token]) == [False]
+    job = None
+    t0 = time.monotonic()
+    while job is None and time.monotonic() - t0 < 10:
+        await fast.recover_stalled()
+        job = await take_one(fast, block_s=0.25)
+    assert job is not None and job.token != stale.token
+    progress = JobProgressEvent(job_id="fenced", queue="sleep", user_id="alice", status="active", progress=50,
+                                message="stale step")
+    before = await store.bus.state("fenced")
+    assert old.publish([progress], [stale.token]) == [True]  # refused: the stale attempt is told to stop
+    assert await store.bus.state("fenced") == before
+    await complete(fast, job, {"by": "fast"})
+    with pytest.raises(LockLost):
+        await complete(slow, stale, {"by": "slow"})
+    # After the job is final, no attempt's event moves it back.
+    assert old.publish([progress], [stale.token]) == [True]
+    assert fast.worker_lifecycle.publish([progress], [job.token]) == [True]
+    view = await store.get("fenced")
+    assert view.status == "completed" and view.result == {"by": "fast"}
+    evs = [json.loads(e) for e in await store.bus.replay("fenced")]
+    assert [e["type"] for e in evs][-1] == "job:completed"
+    assert not any(e.get("message") == "stale step" for e in evs)
