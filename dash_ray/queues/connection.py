@@ -19,13 +19,13 @@ __all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is
 
 # Errors that pass when Redis comes back: lost or refused connections, time-outs, a Redis still
 # loading its data (BusyLoadingError is a ConnectionError), a read-only replica mid-failover.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, TimeoutError,
 )
 
 
 # The classes `is_transient` may say yes to (for exception handlers keyed by class).
-MAYBE_TRANSIENT: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, ResponseError)
+MAYBE_TRANSIENT: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, ResponseError)
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -112,6 +112,7 @@ class QueueConsumer:
         self._n = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._next_delayed_ms = 0.0
+        self._renewed = True  # the last lock renewal reached Redis
 
     # ------------------------------------------------------------ taking
     def _token(self) -> str:
@@ -336,23 +337,40 @@ class QueueConsumer:
             return
         self._tasks = [
             asyncio.create_task(self._every(self.lock_ms / 2000, self._renew), name=f"locks-{self.name}"),
-            asyncio.create_task(self._every(self.stalled_ms / 1000, self.recover_stalled), name=f"stalled-{self.name}"),
+            asyncio.create_task(self._every(self.stalled_ms / 1000, self._check_stalled), name=f"stalled-{self.name}"),
         ]
 
     async def _renew(self) -> None:
-        lost = await self.renew_locks()
+        try:
+            lost = await self.renew_locks()
+        except BaseException:
+            self._renewed = False
+            raise
+        self._renewed = True
         for job_id in lost:
             log.warning("lost the lock of job %s", job_id, extra={"job_id": job_id})
+
+    async def _check_stalled(self) -> None:
+        # After Redis was unreachable, our own locks may have expired meanwhile: take them back
+        # (the renewal retries every half second) before looking for other consumers' stalls.
+        if self._renewed:
+            await self.recover_stalled()
 
     async def _every(self, interval_s: float, fn: Any) -> None:
         while True:
             try:
                 await fn()
+                delay = interval_s
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("%s failed", getattr(fn, "__name__", fn))
-            await asyncio.sleep(interval_s)
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning("%s on %s: Redis unavailable (%s)", getattr(fn, "__name__", fn), self.name,
+                                type(exc).__name__)
+                else:
+                    log.exception("%s failed", getattr(fn, "__name__", fn))
+                delay = min(interval_s, 0.5)  # soon again: locks may be expiring
+            await asyncio.sleep(delay)
 
     async def close(self) -> None:
         """Stop background tasks (held jobs keep their locks until they expire)."""

@@ -55,9 +55,20 @@ def _lua(value: Any) -> str:
 # Shared by every script: the next seq, the frame completed, the state written, the event
 # stored and published. Expects K.job, K.events, A.channel, A.frame, A.fields, A.job_id, and
 # (with `position`) K.wait and K.prioritized. Returns seq and the queue position (or -1).
+#
+# A seq never repeats, even when Redis restarts from an append-only file that lost its last
+# second of writes (events clients may have seen): the job hash keeps the server's LASTSAVE
+# (its start time, or its last RDB save) of its last event, and when that changed, the next seq
+# jumps by SEQ_GAP, more than any job publishes in the writes a restart can lose.
 _EMIT = r"""
+local SEQ_GAP = 1000
 local function emit(position)
-  local seq = redis.call('HINCRBY', K.job, 'seq', 1)
+  local boot = redis.call('LASTSAVE')
+  local last = redis.call('HGET', K.job, 'boot')
+  local step = 1
+  if last and tonumber(last) ~= boot then step = SEQ_GAP end
+  local seq = redis.call('HINCRBY', K.job, 'seq', step)
+  if tonumber(last) ~= boot then redis.call('HSET', K.job, 'boot', boot) end
   local body = A.frame
   local pos = -1
   if position then

@@ -40,8 +40,8 @@ class WorkerActor:
         return self.core.run_batch(jobs, budget_s)
 
     @ray.method(concurrency_group="control")
-    def cancel(self, job_id: str) -> bool:
-        return self.core.cancel(job_id)
+    def cancel(self, job_id: str, requeue: bool = False) -> bool:
+        return self.core.cancel(job_id, requeue=requeue)
 
     @ray.method(concurrency_group="control")
     def info(self) -> dict[str, Any]:

@@ -19,8 +19,9 @@ class Outcome:
     """What one job's attempt on a worker came to.
 
     `done` with its `result`; `failed` with its `error` (`retry`: another attempt may help);
-    `cancelled`; `skipped`: handed out in a batch but never started (it goes back to the head
-    of its queue, no attempt used). `run_s`: how long it ran on the worker.
+    `cancelled`; `skipped`: it goes back to the head of its queue, no attempt used: handed out
+    in a batch but never started, or (with `error` saying why) interrupted by a shutdown.
+    `run_s`: how long it ran on the worker.
     """
 
     kind: OutcomeKind

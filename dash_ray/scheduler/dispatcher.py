@@ -226,6 +226,11 @@ class Dispatcher:
         if skipped:
             try:
                 await self._written("requeueing jobs", lambda: self.consumer.requeue(*skipped))
+                for job, outcome in zip(jobs, outcomes, strict=True):
+                    if outcome.kind == "skipped" and outcome.error:  # it had started: say it waits again
+                        await self._written("requeueing jobs", lambda job=job, why=outcome.error: (  # type: ignore[misc]
+                            self.consumer.lifecycle.wait_again(job.id, self.queue, job.user_id,
+                                                               f"{why}; waiting to run again")))
             except Exception:
                 log.exception("could not requeue %d jobs", len(skipped))
             self.requeued += len(skipped)
@@ -345,17 +350,27 @@ class Dispatcher:
                 log.exception("housekeeping failed on %s", self.queue)
 
     # ------------------------------------------------------------------ lifecycle
-    async def drain(self, timeout_s: float) -> dict[str, int]:
-        """Stop taking jobs; wait up to timeout_s for running ones. Waiting jobs stay in Redis."""
+    async def drain(self, timeout_s: float, interrupt_s: float = 15.0) -> dict[str, int]:
+        """Stop taking jobs; wait up to timeout_s for running ones. Jobs still running then are
+        stopped at their next progress report and put back in the queue without using an attempt
+        (a training job resumes from its last checkpoint); waiting jobs stay in Redis."""
         self.stopping = True
         tasks = list(self._job_tasks)
         done: set[asyncio.Task[None]] = set()
         pending: set[asyncio.Task[None]] = set()
+        requeued = 0
         if tasks:
             done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        if pending:
+            for job_id, slot in list(self.running.items()):
+                log.info("job %s still running at shutdown: back to the queue", job_id, extra={"job_id": job_id})
+                slot.handle.cancel.remote(job_id, requeue=True)
+                requeued += 1
+            more, pending = await asyncio.wait(pending, timeout=interrupt_s)
+            done |= more
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.stopped.wait(), 2.0)
-        return {"finished": len(done), "unfinished": len(pending)}
+        return {"finished": len(done), "unfinished": len(pending), "requeued": requeued}
 
     async def close(self) -> None:
         """Release everything (workers, connections)."""

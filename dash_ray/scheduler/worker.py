@@ -48,6 +48,7 @@ class WorkerCore:
         self.runner: Runner | None = None
         self._load_lock = threading.Lock()
         self._cancels: dict[str, threading.Event] = {}
+        self._requeue: set[str] = set()  # jobs stopped by a shutdown, not by their user
         self.jobs_done = 0
 
     def load(self) -> dict[str, Any]:
@@ -99,6 +100,11 @@ class WorkerCore:
             self.jobs_done += 1
             return Outcome("done", result)
         except JobCancelled:
+            if ctx.id in self._requeue:
+                self._requeue.discard(ctx.id)
+                log.info("job %s interrupted by a shutdown; it goes back to its queue", ctx.id,
+                         extra={"job_id": ctx.id})
+                return Outcome("skipped", error="interrupted by a shutdown")
             log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
             return Outcome("cancelled", error="cancelled")
         except WorkerError as exc:
@@ -131,11 +137,17 @@ class WorkerCore:
                 self._cancels.pop(job.id, None)
         return BatchReply(out, self.models())
 
-    def cancel(self, job_id: str) -> bool:
-        """Ask the running job to stop at its next progress check; False if not running here."""
+    def cancel(self, job_id: str, requeue: bool = False) -> bool:
+        """Ask the running job to stop at its next progress check; False if not running here.
+
+        With `requeue` (a shutdown past its drain time), it stops the same way but comes back
+        `skipped`: its consumer puts it back in the queue without using an attempt (training
+        resumes from its last checkpoint)."""
         ev = self._cancels.get(job_id)
         if ev is None:
             return False
+        if requeue:
+            self._requeue.add(job_id)
         ev.set()
         return True
 

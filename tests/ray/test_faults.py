@@ -203,3 +203,41 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_45s_redis_outage_fails_no_long_job(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
+    """Redis away for 45 s, four times the job lock, while long jobs run: the locks expire
+    meanwhile, their consumer takes them back when Redis returns, and every job finishes once
+    on its first attempt."""
+    start_scheduler(lock_duration_s=10, stalled_interval_s=5)
+    store = store_on(own_redis, prefix)
+    ids = await add(store, 3, durationS=52, steps=52)
+    await wait_for(lambda: _all_active(store, ids), 60)
+    own_redis.stop()
+    await asyncio.sleep(45)
+    own_redis.start()
+    store = store_on(own_redis, prefix)
+    views = await all_done(store, ids, 90)
+    assert [(v.status, v.attempts_made) for v in views] == [("completed", 1)] * 3, views
+    assert [executions(tmp_path, i) for i in ids] == [1, 1, 1]
+
+
+async def _all_active(store: JobStore, ids: list[str]) -> bool:
+    return all([(await store.get(i)).status == "active" for i in ids])
+
+
+async def test_a_shutdown_past_its_drain_time_requeues_running_jobs_without_an_attempt(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
+    sched = start_scheduler()
+    store = store_on(own_redis, prefix)
+    job = (await store.add("sleep", {"userId": "u", "durationS": 20, "steps": 40})).job.id
+    await wait_for(lambda: _all_active(store, [job]), 60)
+    out = await asyncio.to_thread(sched.stop, 1.0)
+    assert out["sleep"]["requeued"] == 1, out
+    view = await store.get(job)
+    assert view.status == "waiting" and view.attempts_made == 0, view
+    assert (await events(store, job))[-1]["status"] == "waiting"
+    start_scheduler()  # the next run picks it up again
+    view = (await all_done(store, [job], 60))[0]
+    assert view.status == "completed" and view.attempts_made == 1 and executions(tmp_path, job) == 2

@@ -60,3 +60,22 @@ async def test_hub_delivers_live_events_in_order(make_store: Any, make_consumer:
         await hub.close()
     seqs = [e["seq"] for e in got]
     assert seqs == list(range(1, 54))
+
+
+async def test_seq_never_repeats_after_redis_restarts_from_an_older_state(
+        make_store: Any, make_consumer: Any, redis: Any) -> None:
+    """A Redis that restarts from an append-only file missing its last second of writes hands
+    out seqs clients may have seen already, unless seqs jump at a restart: a new server start
+    (LASTSAVE, moved here by a SAVE) makes the next seq jump past anything that could be lost."""
+    store = make_store()
+    c = make_consumer("sleep", store)
+    await store.add("sleep", {"userId": "alice", "jobId": "boot1"})
+    await take_one(c)  # seq 1 waiting, 2 active
+    await asyncio.to_thread(c.worker_lifecycle.publish, [progress("boot1", 10)])
+    before = await redis.lastsave()
+    while await redis.lastsave() == before:  # LASTSAVE counts seconds
+        await asyncio.sleep(0.2)
+        await redis.save()
+    await asyncio.to_thread(c.worker_lifecycle.publish, [progress("boot1", 20), progress("boot1", 30)])
+    seqs = [json.loads(e)["seq"] for e in await store.bus.replay("boot1")]
+    assert seqs[:3] == [1, 2, 3] and seqs[3] > 3 + 500 and seqs[4] == seqs[3] + 1
