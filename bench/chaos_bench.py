@@ -35,7 +35,7 @@ BACKLOG = 200
 
 
 class Load:
-    """Keeps the queue topped up and samples the completed count every 0.1 s."""
+    """Keeps the queue topped up and samples the count of completed jobs every 0.1 s."""
 
     def __init__(self, server: EmbeddedRedis, prefix: str, job_s: float) -> None:
         self.server, self.prefix, self.job_s = server, prefix, job_s
@@ -51,7 +51,8 @@ class Load:
         while not self.stop:
             try:
                 counts = await store.counts("sleep")
-                self.samples.append((time.monotonic(), counts["completed"]))
+                hist = await store.durations("sleep")  # cumulative (BullMQ's completed set is trimmed)
+                self.samples.append((time.monotonic(), sum(int(v) for k, v in hist.items() if k.startswith("le_"))))
                 for _ in range(max(0, BACKLOG - counts["waiting"])):
                     self.ids.append((await store.add("sleep", {"userId": "chaos", "durationS": self.job_s})).job.id)
             except Exception as exc:

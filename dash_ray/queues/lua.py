@@ -62,9 +62,9 @@ def _lua(value: Any) -> str:
 # jumps by SEQ_GAP, more than any job publishes in the writes a restart can lose.
 _EMIT = r"""
 local SEQ_GAP = 1000
-local function emit(position)
+local function emit(position, known, last)
   local boot = redis.call('LASTSAVE')
-  local last = redis.call('HGET', K.job, 'boot')
+  if not known then last = redis.call('HGET', K.job, 'boot') end
   local step = 1
   if last and tonumber(last) ~= boot then step = SEQ_GAP end
   local seq = redis.call('HINCRBY', K.job, 'seq', step)
@@ -140,17 +140,18 @@ EVENT = Script(
     keys=("job", "events", "finished", "open", "cancel", "wait", "prioritized", "lock"),
     args=("channel", "frame", "fields", "job_id", "live", "position", "token"),
     body=r"""
+local cur = redis.call('HMGET', K.job, 'status', 'boot')
 if A.live == '1' then
   live_again()
 else
-  local st = redis.call('HGET', K.job, 'status')
+  local st = cur[1]
   if st == 'completed' or st == 'failed' or st == 'cancelled' then return {0, -1, 1} end
   if A.token ~= '' then
     local owner = redis.call('GET', K.lock)
     if owner and owner ~= A.token then return {0, -1, 1} end
   end
 end
-local seq, pos = emit(A.position == '1')
+local seq, pos = emit(A.position == '1', true, cur[2])
 return {seq, pos, redis.call('EXISTS', K.cancel)}
 """)
 

@@ -186,14 +186,15 @@ class Dispatcher:
         """Run a write of a job's outcome until it goes through: while Redis is down, restarting or
         full, retry with backoff and jitter. The job stays held meanwhile, so its lock is renewed
         (or taken back) as soon as Redis returns; nothing is dropped before it is written."""
-        backoff = _Backoff(first_s=0.05, max_s=2.0)
+        backoff: _Backoff | None = None
         while True:
             try:
                 return await write()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                if backoff.tries == 0:
+                if backoff is None:
+                    backoff = _Backoff(first_s=0.05, max_s=2.0)
                     log.warning("%s on %s: Redis unavailable (%s); retrying until it is back",
                                 what, self.queue, type(exc).__name__)
                 await backoff.sleep()

@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import traceback
-from dataclasses import replace
 from typing import Any
 
 from dash_ray.config import Settings
@@ -81,9 +80,9 @@ class WorkerCore:
                             token=ctx.token)
         reporter = Reporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
         try:
-            out = self._outcome(runner, ctx, reporter)
+            out = self._outcome(runner, ctx, reporter, t0)
             reporter.flush()  # every report is published before the outcome goes back
-            return replace(out, run_s=time.perf_counter() - t0)
+            return out
         finally:
             self._cancels.pop(ctx.id, None)
             after = getattr(runner, "after_job", None)
@@ -93,26 +92,26 @@ class WorkerCore:
                 except Exception:
                     log.exception("runner cleanup failed")
 
-    def _outcome(self, runner: Runner, ctx: JobContext, reporter: Reporter) -> Outcome:
+    def _outcome(self, runner: Runner, ctx: JobContext, reporter: Reporter, t0: float) -> Outcome:
         try:
             reporter.check()
             result = runner.run(ctx, reporter)
             self.jobs_done += 1
-            return Outcome("done", result)
+            return Outcome("done", result, run_s=time.perf_counter() - t0)
         except JobCancelled:
             if ctx.id in self._requeue:
                 self._requeue.discard(ctx.id)
                 log.info("job %s interrupted by a shutdown; it goes back to its queue", ctx.id,
                          extra={"job_id": ctx.id})
-                return Outcome("skipped", error="interrupted by a shutdown")
+                return Outcome("skipped", error="interrupted by a shutdown", run_s=time.perf_counter() - t0)
             log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
-            return Outcome("cancelled", error="cancelled")
+            return Outcome("cancelled", error="cancelled", run_s=time.perf_counter() - t0)
         except WorkerError as exc:
             log.info("job %s rejected: %s", ctx.id, exc, extra={"job_id": ctx.id})
-            return Outcome.failure(str(exc), retry=False)
+            return Outcome("failed", error=str(exc), run_s=time.perf_counter() - t0)
         except Exception as exc:
             log.warning("job %s failed: %s\n%s", ctx.id, exc, traceback.format_exc(), extra={"job_id": ctx.id})
-            return Outcome.failure(f"{type(exc).__name__}: {exc}")
+            return Outcome("failed", error=f"{type(exc).__name__}: {exc}", retry=True, run_s=time.perf_counter() - t0)
 
     def run_batch(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
         """Run jobs one after another; an outcome per job, in order, and the models held after.
