@@ -1,8 +1,8 @@
 """The Lua scripts of the job lifecycle (dash-ray's own keys; BullMQ's scripts stay BullMQ's).
 
 Each script names its keys and arguments once, in a `Script`: the script reads them as
-`K.<name>` / `A.<name>` (a prelude maps names to KEYS[i] / ARGV[i]) and callers pass them by
-name (`Script.pack`). Constants of a deployment (stream length, retention, key namespace) are
+`K.<name>` / `A.<name>` (written as KEYS[i] / ARGV[i] when the text is made) and callers pass
+them by name (`Script.pack`). Constants of a deployment (stream length, retention, key namespace) are
 baked into the text by `Script.text`, so a call sends few arguments.
 
 The event frame: Python sends the event's JSON without its closing brace (`A.frame`); `emit`
@@ -13,6 +13,7 @@ state fields in `A.fields` (key, value, ... joined by \\x1f).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,15 +31,21 @@ class Script:
     body: str
 
     def text(self, **constants: Any) -> str:
-        """The script's source: the name prelude, the shared functions, the body (constants baked in)."""
-        k = ", ".join(f"{n} = KEYS[{i}]" for i, n in enumerate(self.keys, 1))
-        a = ", ".join(f"{n} = ARGV[{i}]" for i, n in enumerate(self.args, 1))
+        """The script's source: the shared functions and the body, with every `K.<name>` /
+        `A.<name>` written as its `KEYS[i]` / `ARGV[i]` (no lookup table at run time; a name the
+        script does not declare becomes nil) and the constants baked in."""
+        index = {("K", n): f"KEYS[{i}]" for i, n in enumerate(self.keys, 1)}
+        index.update({("A", n): f"ARGV[{i}]" for i, n in enumerate(self.args, 1)})
         consts = "\n".join(f"local {n.upper()} = {_lua(v)}" for n, v in sorted(constants.items()))
-        return f"local K = {{{k}}}\nlocal A = {{{a}}}\n{consts}\n{_EMIT}\n{self.body}"
+        source = f"{consts}\n{_EMIT}\n{self.body}"
+        return _NAME.sub(lambda m: index.get((m.group(1), m.group(2)), "nil"), source)
 
     def pack(self, keys: Mapping[str, str], args: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV in the script's order from name -> value maps (every name required)."""
         return [keys[n] for n in self.keys], [args[n] for n in self.args]
+
+
+_NAME = re.compile(r"\b([KA])\.(\w+)")
 
 
 def _lua(value: Any) -> str:
