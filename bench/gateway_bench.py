@@ -198,7 +198,8 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env_settings = {"key_prefix": prefix, "token_secret": SECRET, "data_dir": tempfile.mkdtemp(prefix="dash-gb-"),
-                    "rate_submit": "1000000/minute", "max_waiting_per_user": 1_000_000}
+                    "rate_submit": "1000000/minute", "max_waiting_per_user": 1_000_000,
+                    "max_sockets_per_user": 100_000}  # one user holds every socket here
     uv = None
     try:
         if args.mode == "serve":

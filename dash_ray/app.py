@@ -73,7 +73,8 @@ class Gateway:
     def _serve_directly(self) -> None:
         app = create_app(self.services)
         config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on",
-                                ws_per_message_deflate=False, timeout_keep_alive=30)
+                                ws_per_message_deflate=False, timeout_keep_alive=30,
+                                ws_max_size=self.settings.max_ws_frame_bytes)  # refused by the protocol layer
         self.server = uvicorn.Server(config)
         sock = _reuseport_socket(self.settings.host, self.settings.websocket_port)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True,

@@ -95,7 +95,12 @@ class Settings(_QueueFields):
     token_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     rate_submit: str = "120/minute"
     max_waiting_per_user: int = Field(200, ge=1)
-    max_ws_frame_bytes: int = Field(64 * 1024, ge=1024)
+    max_ws_frame_bytes: int = Field(64 * 1024, ge=1024)  # larger frames are refused by the WebSocket layer
+    # Request bodies are counted as they arrive and cut off past this (413). Inline `data:` images
+    # travel in the body, so it is large by default; lower it where images come by URL.
+    max_body_bytes: int = Field(48 * 1024 * 1024, ge=1024)
+    max_sockets_per_user: int = Field(20, ge=1)  # open WebSockets per user, per gateway replica
+    ws_messages_per_s: float = Field(20.0, gt=0)  # client messages a socket may send per second (burst: 2 s)
 
     # --- Storage and retention ---
     data_dir: Path = Field(default_factory=_default_data_dir)

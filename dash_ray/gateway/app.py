@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import mimetypes
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import create_model
 
 from dash_ray import __version__, runtime
-from dash_ray.errors import Forbidden, JobNotFound, UnknownQueue
+from dash_ray.errors import Forbidden, JobNotFound, Unauthorized, UnknownQueue
 from dash_ray.gateway import errors
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.metrics import render
@@ -38,7 +39,8 @@ def _bearer(request: Request, allow_query: bool = False) -> str | None:
 
 
 def _caller(request: Request) -> Principal:
-    return _services(request).auth.verify(_bearer(request))
+    who = request.scope.get("state", {}).get("principal")  # checked at the edge, before the body
+    return who if isinstance(who, Principal) else _services(request).auth.verify(_bearer(request))
 
 
 def _caller_or_query(request: Request) -> Principal:
@@ -220,9 +222,18 @@ async def metrics(svc: Svc) -> PlainTextResponse:
     return PlainTextResponse(render(counts, durations, svc.metrics), media_type="text/plain; version=0.0.4")
 
 
+_TOO_LARGE = b'{"error":{"code":"too_large","message":"request body too large"}}'
+
+
 class _Edge:
-    """ASGI middleware: refuse bodies over `limit` bytes (413) before reading them; tag responses
-    with the replica that served them; count requests per route."""
+    """ASGI middleware at the edge of every HTTP request:
+
+    - a request with a body to the API (`POST`/`PUT`/`PATCH /v1/...`) is authenticated before
+      its body is read: no valid bearer token, 401 at once;
+    - bodies are counted as they arrive, whatever the framing (`Content-Length` or chunked), and
+      cut off with 413 past `limit` bytes;
+    - responses are tagged with the replica that served them; requests are counted per route.
+    """
 
     def __init__(self, app: Any, limit: int, services: GatewayServices) -> None:
         self.app = app
@@ -230,31 +241,61 @@ class _Edge:
         self.services = services
         self.replica = services.metrics.replica.encode()
 
+    async def _reply(self, send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"x-dash-replica", self.replica),
+                                *(extra or [])]})
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        authorization = b""
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                body = b'{"error":{"code":"too_large","message":"request body too large"}}'
-                await send({"type": "http.response.start", "status": 413,
-                            "headers": [(b"content-type", b"application/json")]})
-                await send({"type": "http.response.body", "body": body})
+                await self._reply(send, 413, _TOO_LARGE)
                 return
+            if name == b"authorization":
+                authorization = value
+        if scope.get("method") in ("POST", "PUT", "PATCH") and scope.get("path", "").startswith("/v1/"):
+            token = authorization[7:].strip().decode("latin-1") if authorization[:7].lower() == b"bearer " else None
+            try:
+                who = self.services.auth.verify(token)
+            except Unauthorized as exc:
+                await self._reply(send, 401, json.dumps(errors.error_body(exc)).encode(),
+                                  [(b"www-authenticate", b"Bearer")])
+                return
+            scope.setdefault("state", {})["principal"] = who  # the route's auth reuses it
+        received = 0
+        answered = False
+
+        async def counted() -> Any:
+            nonlocal received, answered
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit and not answered:
+                    answered = True
+                    await self._reply(send, 413, _TOO_LARGE)
+                    return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped
+            return message
 
         async def tagged(message: Any) -> None:
+            if answered:
+                return
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []), (b"x-dash-replica", self.replica)]
             await send(message)
 
-        await self.app(scope, receive, tagged)
+        await self.app(scope, counted, tagged)
         route = scope.get("route")
         key = f"{scope.get('method', '')} {getattr(route, 'path', 'unmatched')}"
         counts = self.services.metrics.requests
         counts[key] = counts.get(key, 0) + 1
 
 
-def create_app(services: GatewayServices, *, max_body_bytes: int = 48 * 1024 * 1024) -> FastAPI:
+def create_app(services: GatewayServices, *, max_body_bytes: int | None = None) -> FastAPI:
     """The gateway app; its lifespan starts and closes `services`."""
 
     @asynccontextmanager
@@ -281,5 +322,6 @@ def create_app(services: GatewayServices, *, max_body_bytes: int = 48 * 1024 * 1
     async def ws(websocket: WebSocket) -> None:
         await serve_socket(websocket, services)
 
-    app.add_middleware(_Edge, limit=max_body_bytes, services=services)
+    limit = max_body_bytes if max_body_bytes is not None else services.settings.max_body_bytes
+    app.add_middleware(_Edge, limit=limit, services=services)
     return app

@@ -34,6 +34,7 @@ class GatewayServices:
     artifacts: ArtifactStore
     queues: tuple[str, ...]
     metrics: ReplicaMetrics = field(default_factory=lambda: ReplicaMetrics(uuid.uuid4().hex[:8]))
+    sockets_by_user: dict[str, int] = field(default_factory=dict)  # open WebSockets on this replica
     started: bool = False
 
     @classmethod

@@ -38,8 +38,10 @@ __all__ = ["serve_socket"]
 
 log = logging.getLogger(__name__)
 
-MAX_SUBSCRIPTIONS = 1000
+MAX_SUBSCRIPTIONS = 1000  # subscriptions plus lookups of ids that were not found, per socket
 MAX_BUFFERED = 20_000  # messages queued for one slow client before it is disconnected
+MAX_HELD = 1000  # live events held for one subscription while its snapshot is read; past it, replayed
+CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 1013
@@ -51,6 +53,27 @@ class _Sub:
     channel: str
     seq: int = -1  # last seq sent; -1 until the snapshot is out
     held: list[tuple[int, str]] = field(default_factory=list)
+    overflow: bool = False  # more than MAX_HELD arrived during the snapshot: replay instead
+
+
+class _Bucket:
+    """Token bucket: `rate` messages a second, bursts of two seconds' worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = 2 * rate
+        self.at = time.monotonic()
+        self.refused = 0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(2 * self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        self.refused += 1
+        return False
 
 
 class _Session:
@@ -62,6 +85,8 @@ class _Session:
         self.out: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
         self.close_code = CLOSE_TOO_SLOW
+        self.not_found = 0  # lookups of ids that were not found: they use up the subscription budget
+        self.bucket = _Bucket(svc.settings.ws_messages_per_s)
 
     # --- outgoing ---
     def _enqueue(self, text: str) -> None:
@@ -102,13 +127,21 @@ class _Session:
             return
         seq = frame_seq(data)
         if sub.seq < 0:
-            sub.held.append((seq, data))
+            if len(sub.held) < MAX_HELD:
+                sub.held.append((seq, data))
+            else:
+                sub.overflow = True
         elif seq > sub.seq:
             sub.seq = seq
             self._enqueue(data)
 
     # --- requests ---
     async def handle(self, raw: str | bytes) -> None:
+        if not self.bucket.take():
+            self.send_model(ErrorMessage(code="rate_limited", message="too many messages; slow down"))
+            if self.bucket.refused > 10 * self.bucket.rate:
+                self.close_later(CLOSE_POLICY)
+            return
         try:
             msg = parse_client_message(raw)
         except ValidationError as exc:
@@ -140,29 +173,44 @@ class _Session:
         for job_id in dict.fromkeys(msg.job_ids):
             if job_id in self.subs:
                 continue
-            if len(self.subs) >= MAX_SUBSCRIPTIONS:
+            if len(self.subs) + self.not_found >= MAX_SUBSCRIPTIONS:
                 self.send_model(ErrorMessage(code="too_many", message=f"at most {MAX_SUBSCRIPTIONS} subscriptions",
                                              job_id=job_id))
                 continue
             try:
-                owner, _ = await self._owner(job_id)
+                owner, state = await self._owner(job_id)
                 if not self.who.may_see(owner):
                     raise JobNotFound(job_id)  # the same answer as for a job that does not exist
+                last = int(state.get("seq") or 0)
+                if job_id in since and since[job_id] > last:
+                    raise InvalidPayload(f"since: {job_id} has no event after seq {last}",
+                                         errors=[{"field": f"since.{job_id}", "message": f"past the last seq ({last})"}])
             except DashError as exc:
+                if isinstance(exc, JobNotFound):
+                    self.not_found += 1
                 self._enqueue_error(exc, job_id)
                 continue
             sub = _Sub(channel=self.svc.store.keys.channel(job_id))
             self.subs[job_id] = sub
             try:
                 await self.svc.hub.add(sub.channel, self.on_event)
-                self._release(sub, await self._snapshot(job_id, since.get(job_id)))
+                await self._release(job_id, sub, await self._snapshot(job_id, since.get(job_id)))
             except BaseException:
                 await self.drop(job_id)  # a subscribe fully succeeds or leaves nothing behind
                 raise
         self.send_model(SubscribedMessage(job_ids=sorted(self.subs)))
 
-    def _release(self, sub: _Sub, last: int) -> None:
-        """The snapshot or catch-up up to `last` is queued: send the live events held meanwhile."""
+    async def _release(self, job_id: str, sub: _Sub, last: int) -> None:
+        """The snapshot or catch-up up to `last` is queued: send the live events held meanwhile
+        (or, if more arrived than are held, the job's replay stream after `last`)."""
+        if sub.overflow:
+            sub.overflow = False
+            sub.held = [(s, f) for s, f in sub.held if s > last]  # keep the newest held ones too
+            for data in await self.svc.store.bus.replay(job_id, last):
+                seq = frame_seq(data)
+                if seq > last:
+                    last = seq
+                    self._enqueue(data)
         sub.seq = last
         for seq, data in sorted(sub.held):
             if seq > sub.seq:
@@ -189,7 +237,7 @@ class _Session:
                 if seq > last:
                     last = seq
                     self._enqueue(data)
-            self._release(sub, last)
+            await self._release(job_id, sub, last)
 
     async def _snapshot(self, job_id: str, since: int | None) -> int:
         bus = self.svc.store.bus
@@ -240,6 +288,13 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
         await ws.send_json(ws_error(exc))
         await ws.close(CLOSE_UNAUTHORIZED)
         return
+    open_now = svc.sockets_by_user.get(who.user_id, 0)
+    if open_now >= svc.settings.max_sockets_per_user:
+        await ws.send_json({"type": "error", "code": "too_many_sockets",
+                            "message": f"at most {svc.settings.max_sockets_per_user} open sockets per user"})
+        await ws.close(CLOSE_POLICY)
+        return
+    svc.sockets_by_user[who.user_id] = open_now + 1
     session = _Session(ws, who, svc)
     svc.hub.on_resync(session.resync)
     svc.metrics.open_sockets += 1
@@ -277,6 +332,11 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
         session.closing = True
         svc.hub.off_resync(session.resync)
         svc.metrics.open_sockets -= 1
+        left = svc.sockets_by_user.get(who.user_id, 1) - 1
+        if left > 0:
+            svc.sockets_by_user[who.user_id] = left
+        else:
+            svc.sockets_by_user.pop(who.user_id, None)
         await session.close()
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

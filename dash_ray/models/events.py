@@ -81,7 +81,7 @@ class SubscribeMessage(RequestModel):
 
     type: Literal["subscribe"]
     job_ids: list[LookupId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
-    since: dict[LookupId, Annotated[int, Field(ge=0)]] | None = None
+    since: dict[LookupId, Annotated[int, Field(ge=0, le=2**53)]] | None = None
 
 
 class UnsubscribeMessage(RequestModel):

@@ -15,7 +15,7 @@ from tests.redis.test_gateway import GEN, auth
 
 @pytest.fixture
 def api(make_client: Any, tokens: Any) -> Any:
-    client = make_client()
+    client = make_client(ws_messages_per_s=100_000)  # the fuzzer sends as fast as it can (limits: test_edge_limits)
     client.token = tokens("fuzzer")  # type: ignore[attr-defined]
     return client
 

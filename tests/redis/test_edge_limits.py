@@ -1,0 +1,188 @@
+"""Limits at the edge, tried the way a hostile client would, against a gateway served by uvicorn
+on a real socket (so that what the server reads of a body can be seen): auth before the body,
+bodies counted whatever their framing, WebSocket cursors, sockets and message rates bounded."""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from dash_ray.config import load_settings
+from tests.redis.conftest import SECRET
+
+GEN = {"prompt": "a red fox"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def live(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Factory: the gateway app under uvicorn on a free loopback port (as a replica serves it);
+    returns its base URL."""
+    from dash_ray.gateway import GatewayServices, create_app
+
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(**overrides: Any) -> str:
+        settings = load_settings(key_prefix=prefix, token_secret=SECRET, data_dir=tmp_path / "data", **overrides)
+        app = create_app(GatewayServices.create(settings, redis_url, queues=("generation", "sleep")))
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                               ws="websockets-sansio", ws_max_size=settings.max_ws_frame_bytes))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.05)
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def chunked_post(base: str, path: str, token: str | None, total: int) -> tuple[int, int]:
+    """POST `total` bytes chunked, a 64 KiB chunk at a time, until the server answers; returns
+    (status, bytes sent by then)."""
+    host, port = base.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{auth}"
+              "Transfer-Encoding: chunked\r\n\r\n".encode())
+    chunk = b"%x\r\n" % 65536 + b"x" * 65536 + b"\r\n"
+    sent = 0
+    answer = b""
+    try:
+        while sent < total:
+            readable, writable, _ = select.select([s], [s], [], 5)
+            if readable:
+                answer = s.recv(4096)
+                break
+            if not writable:
+                break
+            s.sendall(chunk)
+            sent += 65536
+        if not answer:
+            s.settimeout(5)
+            answer = s.recv(4096)
+    except (BrokenPipeError, ConnectionResetError):
+        answer = answer or s.recv(4096)
+    finally:
+        s.close()
+    return int(answer.split(b" ", 2)[1]), sent
+
+
+def token(user: str) -> str:
+    from dash_ray.gateway import TokenAuth
+
+    return TokenAuth(SECRET).mint(user)
+
+
+def test_a_tokenless_chunked_body_is_refused_before_it_is_read(live: Any) -> None:
+    base = live()
+    status, sent = chunked_post(base, "/v1/jobs/generation", None, 100 * 1024 * 1024)
+    assert status == 401 and sent < 2 * 1024 * 1024, sent
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off_with_413(live: Any) -> None:
+    base = live(max_body_bytes=1024 * 1024)
+    status, sent = chunked_post(base, "/v1/jobs/generation", token("alice"), 100 * 1024 * 1024)
+    assert status == 413 and sent < 3 * 1024 * 1024, sent
+    r = httpx.post(f"{base}/v1/jobs/generation", json=GEN, headers={"Authorization": f"Bearer {token('alice')}"})
+    assert r.status_code == 201, r.text  # and the server goes on serving
+
+
+def recv(ws: Any) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout=10))  # type: ignore[no-any-return]
+
+
+def test_since_is_bounded_and_a_refused_subscribe_leaves_nothing(live: Any) -> None:
+    base = live()
+    h = {"Authorization": f"Bearer {token('alice')}"}
+    job = httpx.post(f"{base}/v1/jobs/generation", json=GEN, headers=h).json()["id"]
+    with ws_connect(base.replace("http", "ws") + "/ws", additional_headers=h) as ws:
+        ws.send(json.dumps({"type": "subscribe", "jobIds": [job], "since": {job: 2**64}}))
+        err = recv(ws)
+        assert err["type"] == "error" and err["code"] == "bad_request"
+        ws.send(json.dumps({"type": "subscribe", "jobIds": [job], "since": {job: 5}}))  # past its seq 1
+        assert recv(ws)["code"] == "invalid_payload"
+        assert recv(ws) == {"type": "subscribed", "jobIds": []}
+        ws.send(json.dumps({"type": "subscribe", "jobIds": [job]}))
+        assert recv(ws)["status"] == "waiting"
+        assert recv(ws) == {"type": "subscribed", "jobIds": [job]}
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_sockets_per_user_and_messages_per_socket_are_capped(live: Any) -> None:
+    base = live(max_sockets_per_user=2, ws_messages_per_s=5)
+    url = base.replace("http", "ws") + "/ws"
+    h = {"Authorization": f"Bearer {token('mallory')}"}
+    with ws_connect(url, additional_headers=h) as a, ws_connect(url, additional_headers=h):
+        with ws_connect(url, additional_headers=h) as third:
+            assert recv(third)["code"] == "too_many_sockets"
+            with pytest.raises(ConnectionClosed):
+                third.recv(timeout=5)
+        for _ in range(30):
+            a.send(json.dumps({"type": "ping"}))
+        answers = [recv(a) for _ in range(30)]
+        assert 8 <= sum(m["type"] == "pong" for m in answers) <= 14  # the burst (10), then 5/s
+        assert any(m.get("code") == "rate_limited" for m in answers)
+        time.sleep(0.5)
+        a.send(json.dumps({"type": "ping"}))
+        assert recv(a)["type"] == "pong"  # slowed down, it is served again
+    with ws_connect(url, additional_headers=h) as again:  # the closed ones no longer count
+        again.send(json.dumps({"type": "ping"}))
+        assert recv(again)["type"] == "pong"
+    with ws_connect(url, additional_headers={"Authorization": f"Bearer {token('bob')}"}) as other:
+        other.send(json.dumps({"type": "ping"}))
+        assert recv(other)["type"] == "pong"
+
+
+def test_lookups_of_unknown_ids_use_up_the_subscription_budget(live: Any) -> None:
+    base = live()
+    h = {"Authorization": f"Bearer {token('alice')}"}
+    job = httpx.post(f"{base}/v1/jobs/generation", json=GEN, headers=h).json()["id"]
+    with ws_connect(base.replace("http", "ws") + "/ws", additional_headers=h) as ws:
+        for batch in range(5):
+            ws.send(json.dumps({"type": "subscribe", "jobIds": [f"nope-{batch}-{i}" for i in range(200)]}))
+            got = [recv(ws) for _ in range(201)]
+            assert sum(m.get("code") == "not_found" for m in got) == 200
+        ws.send(json.dumps({"type": "subscribe", "jobIds": [job]}))
+        assert recv(ws)["code"] == "too_many"
+
+
+def test_an_oversized_frame_is_refused_by_the_websocket_layer(live: Any) -> None:
+    base = live()
+    h = {"Authorization": f"Bearer {token('alice')}"}
+    with ws_connect(base.replace("http", "ws") + "/ws", additional_headers=h) as ws:
+        ws.send("x" * (200 * 1024))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert httpx.get(f"{base}/healthz").status_code == 200
