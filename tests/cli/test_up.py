@@ -36,25 +36,8 @@ def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "DASH_DATA_DIR": str(tmp_path / "data"), "WEBSOCKET_PORT": str(port),
            "DASH_KEY_PREFIX": f"up{uuid.uuid4().hex[:6]}", "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "dash_ray.cli", "up", "--user", "tester"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: queue.Queue[str] = queue.Queue()
-    log: list[str] = []
-
-    def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.put(line)
-
-    threading.Thread(target=pump, daemon=True).start()
-    token = None
+    proc, token, log = _start_up(env)
     try:
-        while True:
-            line = lines.get(timeout=max(1.0, 90 - (time.monotonic() - t0)))
-            log.append(line)
-            if log[-2:-1] and "Token for user 'tester'" in log[-2]:
-                token = line.strip()
-            if "Press Ctrl-C" in line:
-                break
         ready_s = time.monotonic() - t0
         assert token, "".join(log)
         assert ready_s < 30, f"ready after {ready_s:.1f}s"
@@ -102,13 +85,17 @@ def _start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str
     log: list[str] = []
     token = ""
     t0 = time.monotonic()
-    while True:
-        line = lines.get(timeout=max(1.0, 120 - (time.monotonic() - t0)))
-        log.append(line)
-        if log[-2:-1] and "Token for user 'tester'" in log[-2]:
-            token = line.strip()
-        if "Press Ctrl-C" in line:
-            return proc, token, log
+    try:
+        while True:
+            line = lines.get(timeout=max(1.0, 120 - (time.monotonic() - t0)))
+            log.append(line)
+            if log[-2:-1] and "Token for user 'tester'" in log[-2]:
+                token = line.strip()
+            if "Press Ctrl-C" in line:
+                return proc, token, log
+    except BaseException:
+        proc.kill()  # never came up: end it (its own process group holds the rest)
+        raise
 
 
 def _redis_servers_in(folder: Path) -> list[int]:

@@ -13,15 +13,11 @@ from typing import Any
 
 import pytest
 
-from dash_ray.config import load_settings
 from dash_ray.queues import EmbeddedRedis, JobStore, connect
-from dash_ray.scheduler import RunnerSpec, queue_specs, with_runner
 from dash_ray.scheduler.cluster import Scheduler
 from tests.helpers import events, intervals, max_overlap, wait_for
 
 pytestmark = pytest.mark.slow
-
-SLEEP = "dash_ray.scheduler.sleep:SleepRunner"
 
 
 @pytest.fixture
@@ -36,24 +32,17 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture
-def start_scheduler(ray_session: Any, own_redis: EmbeddedRedis, prefix: str, tmp_path: Path) -> Iterator[Any]:
+def start_scheduler(make_scheduler: Any, own_redis: EmbeddedRedis, tmp_path: Path) -> Any:
     """Factory: the sleep queue's scheduler on the test's own Redis; its runner records every
     execution in `tmp_path/runs/<job id>`."""
-    made: list[Scheduler] = []
     runs = tmp_path / "runs"
     runs.mkdir()
 
     def start(**overrides: Any) -> Scheduler:
-        settings = load_settings(key_prefix=prefix, worker_idle_s=600, **overrides)
-        specs = with_runner(queue_specs(settings, test_queues=True), RunnerSpec(SLEEP, {"record_dir": str(runs)}))
-        sched = Scheduler(settings, own_redis.url, [s for s in specs if s.name == "sleep"])
-        sched.start()
-        made.append(sched)
-        return sched
+        overrides.setdefault("worker_idle_s", 600)
+        return make_scheduler(runner={"record_dir": str(runs)}, on_redis=own_redis.url, **overrides)  # type: ignore[no-any-return]
 
-    yield start
-    for sched in made:
-        sched.stop(drain_timeout_s=2)
+    return start
 
 
 def executions(tmp_path: Path, job_id: str) -> int:
