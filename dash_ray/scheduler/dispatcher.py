@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from dash_ray.queues import ActiveJob, EventHub, LockLost, QueueConsumer, is_transient
@@ -217,8 +218,9 @@ class Dispatcher:
             if outcome.kind == "failed" and outcome.retry:  # a bad input or a cancel says nothing of the worker
                 slot.failures = self.max_failures if _sick(outcome.error) else slot.failures + 1
             try:
-                await self._written("failing a job", lambda job=job, outcome=outcome: self.consumer.fail(  # type: ignore[misc]
-                    job, outcome.error or "failed", retry=outcome.retry, cancelled=outcome.kind == "cancelled"))
+                await self._written("failing a job", partial(
+                    self.consumer.fail, job, outcome.error or "failed", retry=outcome.retry,
+                    cancelled=outcome.kind == "cancelled"))
                 self.failed += 1
             except LockLost as exc:
                 log.warning("%s", exc, extra={"job_id": job.id})
@@ -229,9 +231,9 @@ class Dispatcher:
                 await self._written("requeueing jobs", lambda: self.consumer.requeue(*skipped))
                 for job, outcome in zip(jobs, outcomes, strict=True):
                     if outcome.kind == "skipped" and outcome.error:  # it had started: say it waits again
-                        await self._written("requeueing jobs", lambda job=job, why=outcome.error: (  # type: ignore[misc]
-                            self.consumer.lifecycle.wait_again(job.id, self.queue, job.user_id,
-                                                               f"{why}; waiting to run again")))
+                        await self._written("requeueing jobs", partial(
+                            self.consumer.lifecycle.wait_again, job.id, self.queue, job.user_id,
+                            f"{outcome.error}; waiting to run again"))
             except Exception:
                 log.exception("could not requeue %d jobs", len(skipped))
             self.requeued += len(skipped)
