@@ -25,6 +25,7 @@ from dash_ray.scheduler.resources import QueueSpec, logical_gpus, queue_specs
 
 __all__ = ["Gateway", "SchedulerSupervisor", "app_builder", "build_app", "node_gpus", "run_gateway", "wait_healthy"]
 
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class SchedulerSupervisor:
     """Owns the queue consumer actors (one per queue); Serve restarts it, and so them, if it dies."""

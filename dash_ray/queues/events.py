@@ -20,6 +20,7 @@ __all__ = ["EventBus", "EventHub", "event_from_state"]
 
 log = logging.getLogger(__name__)
 
+
 def event_from_state(job_id: str, state: dict[str, str]) -> AnyEvent | None:
     """The job's latest state (our job hash) as the event a late subscriber should get."""
     status = state.get("status")
