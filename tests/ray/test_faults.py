@@ -238,3 +238,22 @@ async def test_a_shutdown_past_its_drain_time_requeues_running_jobs_without_an_a
     start_scheduler()  # the next run picks it up again
     view = (await all_done(store, [job], 60))[0]
     assert view.status == "completed" and view.attempts_made == 1 and executions(tmp_path, job) == 2
+
+
+async def test_a_worker_whose_jobs_keep_failing_is_replaced(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str) -> None:
+    """Three failures in a row on one worker (DASH_WORKER_MAX_FAILURES): the next job runs on a
+    fresh worker process. Jobs one after another, so the same warm worker takes each."""
+    start_scheduler()
+    store = store_on(own_redis, prefix)
+
+    async def one(**data: Any) -> Any:
+        job = (await store.add("sleep", {"userId": "u", **data}, {"attempts": 1})).job.id
+        return (await all_done(store, [job], 60))[0]
+
+    first = await one()
+    assert first.status == "completed"
+    for _ in range(3):
+        assert (await one(failAttempts=5)).status == "failed"
+    after = await one()
+    assert after.status == "completed" and after.result["pid"] != first.result["pid"]
