@@ -2,7 +2,7 @@
 
 | operation  | when                                                   | script  |
 |------------|--------------------------------------------------------|---------|
-| `create`   | a job is added (after BullMQ's add, same round trip)   | CREATE  |
+| `create`   | a job is added: BullMQ's add and the record, one script | CREATE  |
 | `start`    | an attempt begins on a worker                          | EVENT   |
 | `progress` | the running attempt reports                            | EVENT   |
 | `wait_again` | the job waits again: retried, recovered, attempt failed | EVENT (live) |
@@ -29,11 +29,13 @@ from dash_ray.config import Settings
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lua import CREATE, EVENT, FINISH, Script
+from dash_ray.queues.lua import CREATE, EVENT, FINISH, Script, with_bull_add
 
 __all__ = [
     "DURATION_BUCKETS",
     "AnyEvent",
+    "BullAdd",
+    "BullAddRecorder",
     "Created",
     "Lifecycle",
     "Retention",
@@ -135,6 +137,30 @@ def started_event(job_id: str, queue: str, user_id: str | None, attempt: int, at
     )
 
 
+@dataclass(frozen=True)
+class BullAdd:
+    """One call of a BullMQ add script: its SHA and source, and the KEYS and ARGV it was given."""
+
+    sha: str
+    source: str
+    keys: tuple[Any, ...]
+    args: tuple[Any, ...]
+
+
+class BullAddRecorder:
+    """Stands in as the client of BullMQ's `addJob` and records the script call it makes
+    (`Lifecycle.create` runs it, inside CREATE)."""
+
+    def __init__(self, scripts: dict[str, Any]) -> None:
+        self._sources = {s.sha: s.script for s in scripts.values()}
+        self.call: BullAdd | None = None
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> int:
+        """Record the call; answers 0 (BullMQ's add takes it as success)."""
+        self.call = BullAdd(sha, self._sources[sha], keys_and_args[:numkeys], keys_and_args[numkeys:])
+        return 0
+
+
 # ------------------------------------------------------------------ calls
 class _Calls:
     """The keys and arguments of each operation (shared by the async and sync runners)."""
@@ -142,9 +168,13 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        r = retention
-        self.texts = {s.name: s.text(maxlen=r.events_per_job, ttl=r.finished_ttl_s, keep=r.keep_finished,
-                                     ns=keys.ns, history_max=r.history_max) for s in (CREATE, EVENT, FINISH)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH)}
+
+    def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
+        """A script's source with this deployment's constants."""
+        r = self.retention
+        return script.text(after=after, prelude=prelude, maxlen=r.events_per_job, ttl=r.finished_ttl_s,
+                           keep=r.keep_finished, ns=self.keys.ns, history_max=r.history_max)
 
     def _common(self, event: AnyEvent) -> tuple[dict[str, str], dict[str, Any]]:
         k = self.keys
@@ -159,7 +189,7 @@ class _Calls:
         user = event.user_id or "_"
         k = self.keys
         keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
-                    prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id))
+                    prioritized=k.bull(event.queue, "prioritized"))
         args.update(fields=state_fields(event, {"created": created_ms}), digest=digest, position="1" if position else "")
         return CREATE.pack(keys, args)
 
@@ -193,6 +223,7 @@ class Lifecycle:
         self.keys = keys
         self.calls = _Calls(keys, retention or Retention())
         self._scripts: dict[str, Any] = {n: redis.register_script(t) for n, t in self.calls.texts.items()}
+        self._creates: dict[str, Any] = {}  # BullMQ add script's SHA -> CREATE around it
         register(*self._scripts.values())
 
     async def _run(self, script: Script, call: tuple[list[str], list[Any]], batch: Batch | None) -> Any:
@@ -202,11 +233,18 @@ class Lifecycle:
             return None
         return await self._scripts[script.name](keys=keys, args=args)
 
-    async def create(self, event: JobProgressEvent, *, digest: str, created_ms: int, batch: Batch,
-                     position: bool = True) -> None:
-        """Queue the record, history entry and first event of a job whose BullMQ add is queued
-        on the same batch just before; `created_reply` reads its reply."""
-        await self._run(CREATE, self.calls.create(event, digest, created_ms, position), batch)
+    async def create(self, event: JobProgressEvent, bull: BullAdd, *, digest: str, created_ms: int,
+                     position: bool = True) -> Created:
+        """Create a job in one script: BullMQ's add (`bull`, recorded from BullMQ's client) and
+        the job's record, history entry and first event; or, when a job with this id has a
+        record, change nothing and say whose (`Created.created` False)."""
+        script = self._creates.get(bull.sha)
+        if script is None:
+            prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
+            text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
+            script = self._creates[bull.sha] = self.redis.register_script(text)
+        keys, args = self.calls.create(event, digest, created_ms, position)
+        return self.created_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args]))
 
     @staticmethod
     def created_reply(reply: list[Any]) -> Created:

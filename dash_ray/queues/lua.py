@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CREATE", "EVENT", "EXTEND_LOCKS", "FINISH", "POSITION", "Script"]
+__all__ = ["CREATE", "EVENT", "EXTEND_LOCKS", "FINISH", "POSITION", "Script", "with_bull_add"]
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,20 @@ class Script:
     args: tuple[str, ...]
     body: str
 
-    def text(self, **constants: Any) -> str:
+    def text(self, *, after: tuple[int, int] = (0, 0), prelude: str = "", **constants: Any) -> str:
         """The script's source: the shared functions and the body, with every `K.<name>` /
         `A.<name>` written as its `KEYS[i]` / `ARGV[i]` (no lookup table at run time; a name the
-        script does not declare becomes nil) and the constants baked in."""
-        index = {("K", n): f"KEYS[{i}]" for i, n in enumerate(self.keys, 1)}
-        index.update({("A", n): f"ARGV[{i}]" for i, n in enumerate(self.args, 1)})
+        script does not declare becomes nil) and the constants baked in.
+
+        `after` = (keys, args) that come before this script's own (another script's, run by
+        `prelude`, which is inserted verbatim before the body)."""
+        nk, na = after
+        index = {("K", n): f"KEYS[{i}]" for i, n in enumerate(self.keys, nk + 1)}
+        index.update({("A", n): f"ARGV[{i}]" for i, n in enumerate(self.args, na + 1)})
         consts = "\n".join(f"local {n.upper()} = {_lua(v)}" for n, v in sorted(constants.items()))
-        source = f"{consts}\n{_EMIT}\n{self.body}"
-        return _NAME.sub(lambda m: index.get((m.group(1), m.group(2)), "nil"), source)
+        source = _NAME.sub(lambda m: index.get((m.group(1), m.group(2)), "nil"), f"{consts}\n{_EMIT}\n")
+        body = _NAME.sub(lambda m: index.get((m.group(1), m.group(2)), "nil"), self.body)
+        return f"{source}{prelude}\n{body}"
 
     def pack(self, keys: Mapping[str, str], args: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV in the script's order from name -> value maps (every name required)."""
@@ -114,18 +119,23 @@ local function live_again()
 end
 """
 
-# create: a new job's record (its BullMQ job must exist: added in the same round trip, before),
-# its user's history entry and open set, and its `waiting` / `delayed` event.
+# create: a new job, whole, in one script: BullMQ's add (its own script, run as the function
+# `bull_add` over the KEYS and ARGV that come first; see `with_bull_add`), then the job's
+# record, its user's history entry and open set, and its `waiting` / `delayed` event. No
+# half-created job can exist: a failure anywhere before the script runs creates nothing.
 # Returns {seq, position} or, when a job with this id already has a record,
 # {0, -1, queue, digest, status} and changes nothing.
 CREATE = Script(
     "create",
-    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job"),
+    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized"),
     args=("channel", "frame", "fields", "job_id", "digest", "position"),
     body=r"""
 local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status')
 if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or ''} end
-if redis.call('EXISTS', K.bull_job) == 0 then return {0, -1, '', '', ''} end
+local added = bull_add()
+if type(added) == 'number' and added < 0 then
+  return redis.error_reply('BullMQ refused job ' .. A.job_id .. ': code ' .. added)
+end
 redis.call('HSET', K.job, 'digest', A.digest)
 local n = redis.call('INCR', K.history_n)
 redis.call('ZADD', K.history, n, A.job_id)
@@ -135,6 +145,15 @@ live_again()
 local seq, pos = emit(A.position == '1')
 return {seq, pos}
 """)
+
+
+def with_bull_add(bull_source: str, bull_keys: int, bull_args: int) -> str:
+    """The prelude of CREATE that runs one of BullMQ's add scripts (its text unchanged, as the
+    body of a function whose KEYS and ARGV are the first `bull_keys` / `bull_args` of ours)."""
+    return (f"local function bull_add_script(KEYS, ARGV)\n{bull_source}\nend\n"
+            f"local function bull_add()\n"
+            f"  return bull_add_script({{unpack(KEYS, 1, {bull_keys})}}, {{unpack(ARGV, 1, {bull_args})}})\nend\n")
+
 
 # event: a non-final event of a live job: an attempt started, its progress, or the job is
 # waiting again (`live` = '1': retried, recovered, requeued). Returns {seq, position,

@@ -31,7 +31,7 @@ from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, SubmitRes
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import Created, Lifecycle, Retention
+from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Retention
 from dash_ray.queues.lua import POSITION
 
 __all__ = ["JobStore", "bull_opts", "view_status"]
@@ -170,20 +170,11 @@ class JobStore:
             message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
         )
         now_ms = int(time.time() * 1000)
-        batch = Batch(self.redis)
-        await bq.scripts.addJob(bjob, batch)
-        await self.lifecycle.create(event, digest=digest, created_ms=now_ms, batch=batch, position=not opts.delay_s)
-        added, reply = await batch.execute()
-        if isinstance(added, int) and added < 0:
-            raise RuntimeError(f"BullMQ refused job {job_id}: code {added}")
-        made = Lifecycle.created_reply(reply)
-        if not made.created and not made.digest:
-            # BullMQ's add ran after the record's script (a script healed after a Redis restart
-            # runs late): now that the job exists, make its record.
-            retry = Batch(self.redis)
-            await self.lifecycle.create(event, digest=digest, created_ms=now_ms, batch=retry,
-                                        position=not opts.delay_s)
-            made = Lifecycle.created_reply((await retry.execute())[0])
+        recorder = BullAddRecorder(bq.scripts.commands)
+        await bq.scripts.addJob(bjob, recorder)
+        assert recorder.call is not None
+        made = await self.lifecycle.create(event, recorder.call, digest=digest, created_ms=now_ms,
+                                           position=not opts.delay_s)
         if not made.created:  # the same id was added concurrently
             return await self._existing(job_id, queue, digest, made)
         view = JobView(

@@ -281,3 +281,53 @@ async def test_take_a_batch_complete_it_and_requeue(make_store: Any, make_consum
     assert b2.status == "completed" and b2.attempts_made == 1  # one attempt: the requeue used none
     assert [j.id for j in await c.take_more(5)] == ["b5"]
     assert await c.take_more(0) == []
+
+
+async def test_creation_is_one_script_under_killed_connections(redis_url: str, redis: Any, prefix: str) -> None:
+    """Submits whose connections are killed at random moments, each retried with its own jobId
+    until it answers: every job exists once, whole (BullMQ's job and dash-ray's record
+    together), and no retry created a second one."""
+    from redis.asyncio import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from dash_ray.queues import JobStore
+
+    client = Redis.from_url(redis_url, decode_responses=True, client_name="dash:test:victim")
+    store = JobStore(client, prefix=prefix, queues=("generation",))
+    stop = asyncio.Event()
+    kills = 0
+
+    async def killer() -> None:
+        nonlocal kills
+        while not stop.is_set():
+            for line in (await redis.execute_command("CLIENT", "LIST", "TYPE", "normal")).splitlines():
+                f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+                if f.get("name") == "dash:test:victim":
+                    await redis.execute_command("CLIENT", "KILL", "ID", f["id"])
+                    kills += 1
+            await asyncio.sleep(0.003)
+
+    task = asyncio.create_task(killer())
+    created: dict[str, int] = {}
+    try:
+        for i in range(100):
+            job_id = f"once-{i}"
+            for _ in range(200):  # bounded: a submit is retried until it answers
+                try:
+                    res = await store.add("generation", {"userId": "a", "prompt": f"cat {i}", "jobId": job_id})
+                except (RedisConnectionError, ConnectionError, OSError):
+                    continue
+                created[job_id] = created.get(job_id, 0) + int(res.created)
+                break
+    finally:
+        stop.set()
+        await task
+        await client.aclose()
+    assert kills > 0, kills
+    assert len(created) == 100 and all(n <= 1 for n in created.values())
+    waiting = [*await redis.lrange(f"{prefix}:generation:wait", 0, -1),
+               *await redis.zrange(f"{prefix}:generation:prioritized", 0, -1)]
+    assert sorted(waiting) == sorted(created)  # each job once in BullMQ's queue
+    for job_id in created:
+        assert await redis.exists(f"{prefix}:generation:{job_id}") == 1
+        assert await redis.hget(f"{prefix}:__dash__:job:{job_id}", "status") == "waiting"
