@@ -135,6 +135,12 @@ class Settings(_QueueFields):
     drain_timeout_s: float = Field(30.0, ge=0)
     cancel_grace_s: float = Field(3.0, ge=0.1)  # a cancelled job still running after this: its worker is killed
     worker_max_failures: int = Field(3, ge=1)  # a worker whose jobs fail this many times in a row is replaced
+    # A busy worker is asked every `worker_heartbeat_s` whether its process answers (on a
+    # thread of its own, so a long GPU step still answers); one that has not answered for
+    # `worker_heartbeat_timeout_s` (stopped, deadlocked holding the GIL, a hung node) is killed
+    # and its job retried, long before the queue's run-time limit (hours for training).
+    worker_heartbeat_s: float = Field(5.0, gt=0)
+    worker_heartbeat_timeout_s: float = Field(30.0, gt=0)
 
     # --- Workloads ---
     models: dict[str, str] = Field(default_factory=dict)

@@ -69,7 +69,8 @@ class Dispatcher:
 
     def __init__(self, consumer: QueueConsumer, pool: WorkerPool, *, hub: EventHub | None = None,
                  cancel_channel: str | None = None, batch_budget_s: float = 0.02, max_batch: int = 8,
-                 timeout_s: float = 600.0, cancel_grace_s: float = 3.0, max_failures: int = 3) -> None:
+                 timeout_s: float = 600.0, cancel_grace_s: float = 3.0, max_failures: int = 3,
+                 heartbeat_s: float = 5.0, heartbeat_timeout_s: float = 30.0) -> None:
         self.consumer = consumer
         self.pool = pool
         self.hub = hub
@@ -79,6 +80,9 @@ class Dispatcher:
         self.timeout_s = timeout_s  # the queue's run-time limit; a job's own timeoutS may be lower
         self.cancel_grace_s = cancel_grace_s  # a cancelled job that has not stopped by then: its worker is killed
         self.max_failures = max_failures  # a worker whose jobs failed this many times in a row is replaced
+        self.heartbeat_s = heartbeat_s  # how often a busy worker is asked whether it answers
+        self.heartbeat_timeout_s = heartbeat_timeout_s  # a busy worker silent this long is killed
+        self._pings: dict[int, asyncio.Task[None]] = {}  # worker slot id -> its heartbeat in flight
         self.cost_s: float | None = None  # moving average of a job's run time on its worker
         self.running: dict[str, Slot] = {}
         self._deadlines: dict[str, tuple[float, str]] = {}  # job id -> (monotonic deadline, why it ends)
@@ -120,7 +124,8 @@ class Dispatcher:
                         log.exception("dispatcher step failed on %s", self.queue)
                     await backoff.sleep()
         finally:
-            house.cancel()
+            for task in (house, *self._pings.values()):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await house
             self.stopped.set()
@@ -312,6 +317,27 @@ class Dispatcher:
             self._kill_reasons[slot.id] = why
             self.pool.kill(slot.handle)  # its pending call fails; _attempt records the outcome
 
+    def _heartbeat(self) -> None:
+        """Ask each busy worker whether its process answers (its `info`, on the actor's control
+        thread, answers while a job runs); `_ping` kills one that stays silent."""
+        for slot in {s.id: s for s in self.running.values()}.values():
+            if slot.id not in self._pings:
+                self._pings[slot.id] = asyncio.create_task(self._ping(slot), name=f"ping-{slot.id}")
+
+    async def _ping(self, slot: Slot) -> None:
+        try:
+            await asyncio.wait_for(slot.handle.info.remote(), self.heartbeat_timeout_s)
+        except asyncio.TimeoutError:  # not TimeoutError: that is another class before Python 3.11
+            if slot in self.running.values() and slot.id not in self._kill_reasons:
+                why = f"timeout: the worker stopped answering for {self.heartbeat_timeout_s:g}s (hung or stopped)"
+                log.warning("worker %d (pid %s): %s; killing it", slot.id, slot.pid, why)
+                self._kill_reasons[slot.id] = why
+                self.pool.kill(slot.handle)
+        except Exception:
+            pass  # the worker died: its pending call fails, and _attempt records the outcome
+        finally:
+            self._pings.pop(slot.id, None)
+
     async def _started(self, jobs: list[ActiveJob]) -> set[str]:
         """Which of a dead worker's unfinished jobs had started. The first always counts (its
         `active` event may not have gone out before the worker died); the others by their state
@@ -338,10 +364,13 @@ class Dispatcher:
 
     async def _housekeeping(self) -> None:
         ticks = 0
+        beat = max(1, round(self.heartbeat_s / 0.5))
         while True:
             await asyncio.sleep(0.5)
             ticks += 1
             self._watch()
+            if ticks % beat == 0:
+                self._heartbeat()
             if ticks % 2:
                 continue
             try:

@@ -46,7 +46,9 @@ class ConsumerService:
                                      cancel_channel=keys.cancel_channel, batch_budget_s=settings.batch_budget_s,
                                      max_batch=settings.max_batch, timeout_s=spec.timeout_s,
                                      cancel_grace_s=settings.cancel_grace_s,
-                                     max_failures=settings.worker_max_failures)
+                                     max_failures=settings.worker_max_failures,
+                                     heartbeat_s=settings.worker_heartbeat_s,
+                                     heartbeat_timeout_s=settings.worker_heartbeat_timeout_s)
 
     async def run(self) -> None:
         """Serve until drained."""

@@ -161,6 +161,35 @@ async def test_a_stopped_worker_times_out_and_its_job_runs_again(
     assert (await all_done(store, nxt, 30))[0].status == "completed"
 
 
+async def test_a_stopped_worker_misses_its_heartbeat_long_before_the_run_time_limit(
+        own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
+    """A training-like job with an hour of run time allowed: a stopped worker process is found
+    by its missed heartbeats in seconds, killed, and the job runs again."""
+    sched = start_scheduler(worker_heartbeat_s=0.5, worker_heartbeat_timeout_s=2.0)
+    store = store_on(own_redis, prefix)
+    job = (await store.add("sleep", {"userId": "u", "durationS": 2.0, "steps": 20},
+                           {"timeoutS": 3600, "backoff": {"delayS": 0}})).job.id
+    pid = await wait_for(lambda: asyncio.to_thread(_pid_of, sched, job), 60)
+    await asyncio.sleep(0.5)
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        async def retried() -> bool:
+            return any(e.get("status") == "retrying" for e in await events(store, job))
+
+        await wait_for(retried, 20, interval_s=0.2)
+        found_s = time.monotonic() - t0
+        view = await all_done(store, [job], 60)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert found_s < 8, found_s
+    assert view[0].status == "completed" and view[0].attempts_made == 2
+    evs = await events(store, job)
+    assert any(e.get("status") == "retrying" and "stopped answering" in e["message"] for e in evs)
+    assert executions(tmp_path, job) == 2
+
+
 async def test_cancel_of_a_stopped_worker_ends_the_job_within_5s(
         own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str) -> None:
     sched = start_scheduler()
