@@ -29,7 +29,7 @@ from dash_ray.config import Settings
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lua import CREATE, EVENT, FINISH, Script, with_bull_add
+from dash_ray.queues.lua import CHECKPOINT, CREATE, EVENT, FINISH, Script, with_bull_add
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -168,7 +168,7 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT)}
 
     def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
         """A script's source with this deployment's constants."""
@@ -293,8 +293,23 @@ class SyncLifecycle:
 
     def __init__(self, redis: SyncRedis, keys: Keys, retention: Retention | None = None) -> None:
         self.redis = redis
+        self.keys = keys
         self.calls = _Calls(keys, retention or Retention())
         self._event = redis.register_script(self.calls.texts[EVENT.name])
+        self._checkpoint = redis.register_script(self.calls.texts[CHECKPOINT.name])
+
+    def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str]:
+        """Make `path` the job's checkpoint if the attempt holding `token` still holds the job
+        (and it is not final); returns (done, the path it replaced or '')."""
+        keys, args = CHECKPOINT.pack({"job": self.keys.job(job_id), "lock": self.keys.bull(queue, f"{job_id}:lock")},
+                                     {"token": token, "path": path})
+        done, prev = self._checkpoint(keys=keys, args=args)
+        return bool(int(done)), prev.decode() if isinstance(prev, bytes) else str(prev)
+
+    def checkpoint_of(self, job_id: str) -> str:
+        """The job's last committed checkpoint ('' for none)."""
+        value = self.redis.hget(self.keys.job(job_id), "checkpoint")
+        return value.decode() if isinstance(value, bytes) else str(value or "")
 
     def publish(self, events: list[JobProgressEvent], tokens: list[str] | None = None) -> list[bool]:
         """Publish `start`/`progress` events in order in one round trip; returns, per event,

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CREATE", "EVENT", "EXTEND_LOCKS", "FINISH", "POSITION", "Script", "with_bull_add"]
+__all__ = ["CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FINISH", "POSITION", "Script", "with_bull_add"]
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,26 @@ if excess > 0 then
   redis.call('ZREMRANGEBYRANK', K.finished, 0, excess - 1)
 end
 return {seq}
+""")
+
+# checkpoint: make `path` (an artifact this attempt wrote) the job's checkpoint, only while the
+# attempt (`token`, its BullMQ lock token) holds the job and the job is not final: a stale
+# attempt's checkpoint never replaces the running attempt's. Returns {1, the path it replaced
+# or ''} or {0, ''} when refused.
+CHECKPOINT = Script(
+    "checkpoint",
+    keys=("job", "lock"),
+    args=("token", "path"),
+    body=r"""
+local st = redis.call('HGET', K.job, 'status')
+if st == 'completed' or st == 'failed' or st == 'cancelled' then return {0, ''} end
+if A.token ~= '' then
+  local owner = redis.call('GET', K.lock)
+  if owner and owner ~= A.token then return {0, ''} end
+end
+local prev = redis.call('HGET', K.job, 'checkpoint') or ''
+redis.call('HSET', K.job, 'checkpoint', A.path)
+return {1, prev}
 """)
 
 # A read, not a transition: the queue position of a waiting job (1 = next), or -1.

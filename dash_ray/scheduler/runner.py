@@ -69,7 +69,7 @@ class Publisher:
     """
 
     def __init__(self, lifecycle: Any) -> None:
-        self._lifecycle = lifecycle
+        self.lifecycle = lifecycle
         self._items: deque[tuple[Any, ...]] = deque()
         self._cond = threading.Condition()
         self._busy = False
@@ -88,7 +88,7 @@ class Publisher:
 
     def publish_now(self, event: JobProgressEvent, token: str = "") -> None:
         """Publish on the calling thread (used by the publisher thread itself)."""
-        self._lifecycle.publish([event], [token])
+        self.lifecycle.publish([event], [token])
 
     def wait(self) -> None:
         """Return once everything queued so far is published (publishing it here if need be)."""
@@ -129,7 +129,7 @@ class Publisher:
         try:
             events = [it for it in batch if it[0] == "event"]
             if events:
-                cancelled = self._lifecycle.publish([it[1] for it in events], [it[3] for it in events])
+                cancelled = self.lifecycle.publish([it[1] for it in events], [it[3] for it in events])
                 for it, was_cancelled in zip(events, cancelled, strict=True):
                     if it[2] is not None and was_cancelled:
                         it[2].set()
@@ -232,6 +232,22 @@ class Reporter:
                 return
             self._last_sent = time.monotonic()
         self._pub.publish_now(event, self.job.token)
+
+    def saved_checkpoint(self) -> str:
+        """The artifact path of the job's last committed checkpoint ('' for none)."""
+        return str(self._pub.lifecycle.checkpoint_of(self.job.id))
+
+    def commit_checkpoint(self, path: str) -> str:
+        """Make `path` (an artifact this attempt wrote) the job's checkpoint, atomically in
+        Redis and only while this attempt holds the job; returns the path it replaced ('' for
+        none). A stale attempt (another one holds the job, or it is final) is refused: the
+        job's flag is set and JobCancelled raised, so it stops."""
+        self.flush()
+        done, prev = self._pub.lifecycle.commit_checkpoint(self.job.id, self.job.queue, self.job.token, path)
+        if not done:
+            self._cancel.set()
+            raise JobCancelled(self.job.id)
+        return str(prev)
 
     def flush(self) -> None:
         """Send the held report now and wait until every report is published."""

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dash_ray.errors import WorkerError
+from dash_ray.errors import JobCancelled, WorkerError
 from dash_ray.models.payloads import TrainingJob
 from dash_ray.scheduler.runner import JobContext, Reporter
 from dash_ray.services.registry import lora_path
@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
-def checkpoint_path(user_id: str, lora_id: str) -> str:
-    """Artifact path of a training job's last finished epoch."""
-    return f"{user_id}/{lora_id}/checkpoint.pt"
+def checkpoint_path(user_id: str, lora_id: str, job: JobContext) -> str:
+    """Artifact path of a checkpoint written by this attempt: one file per attempt, so two
+    attempts never write the same file; which one counts is the job's record in Redis."""
+    tag = job.token[:16] if job.token else f"a{job.attempt}"
+    return f"{user_id}/{lora_id}/checkpoint-{tag}.pt"
 
 
 class TrainingRunner(TorchRunner):
@@ -65,10 +67,11 @@ class TrainingRunner(TorchRunner):
         optimizer = torch.optim.AdamW(params, lr=s.learning_rate)
 
         start_epoch = 1
-        ckpt_rel = checkpoint_path(user, lora_id)
-        if self.artifacts.exists(ckpt_rel):
-            with self.artifacts.open(ckpt_rel) as f:
-                ckpt = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+        ckpt_rel = checkpoint_path(user, lora_id, job)
+        saved = reporter.saved_checkpoint()  # the last one an attempt of this job committed
+        if saved and self.artifacts.exists(saved):
+            with self.artifacts.open(saved) as f:  # tensors and plain values only: no code runs on load
+                ckpt = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
             if ckpt.get("epochs") == s.epochs and ckpt.get("rank") == s.rank:
                 set_peft_model_state_dict(unet, ckpt["lora"])
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -119,6 +122,13 @@ class TrainingRunner(TorchRunner):
             loss_value = sum(losses) / len(losses)
             self._checkpoint(ckpt_rel, accelerator.unwrap_model(unet), optimizer, epoch, s, loss_value,
                              get_peft_model_state_dict, torch)
+            try:
+                replaced = reporter.commit_checkpoint(ckpt_rel)  # refused (and stops) if this attempt is stale
+            except JobCancelled:
+                self.artifacts.delete(ckpt_rel)
+                raise
+            if replaced and replaced != ckpt_rel:
+                self.artifacts.delete(replaced)
             reporter.progress(100.0 * epoch / s.epochs, f"epoch {epoch}/{s.epochs} loss {loss_value:.4f}",
                               epoch=epoch, epochs=s.epochs, loss=round(loss_value, 6), milestone=True)
 
@@ -128,7 +138,8 @@ class TrainingRunner(TorchRunner):
             StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
             data = (Path(tmp) / "pytorch_lora_weights.safetensors").read_bytes()
         rel = self.artifacts.put(lora_path(user, lora_id), data)
-        self.artifacts.delete(ckpt_rel)
+        for rel_ckpt in {ckpt_rel, saved} - {""}:
+            self.artifacts.delete(rel_ckpt)
         return {"loraId": lora_id, "weights": self.artifacts.url_for(rel), "baseModel": name,
                 "epochs": s.epochs, "resumedFromEpoch": start_epoch - 1, "loss": round(loss_value, 6),
                 "timings": {"total_s": round(time.perf_counter() - t0, 3)}}

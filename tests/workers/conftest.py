@@ -23,11 +23,23 @@ def worker_settings(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Pat
 
 
 class RecordingBus:
-    """Collects published events (the reporter's publisher talks to this instead of Redis)."""
+    """Collects published events (the reporter's publisher talks to this instead of Redis).
+    Committed checkpoints are kept per job id across buses, as Redis keeps them across attempts
+    (the fencing itself is tested on a real Redis, in tests/redis/test_worker_core.py)."""
+
+    checkpoints: dict[str, str] = {}
 
     def __init__(self) -> None:
         self.events: list[Any] = []
         self.lock = threading.Lock()
+
+    def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str]:
+        prev = self.checkpoints.get(job_id, "")
+        self.checkpoints[job_id] = path
+        return True, prev
+
+    def checkpoint_of(self, job_id: str) -> str:
+        return self.checkpoints.get(job_id, "")
 
     def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
         with self.lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,32 @@ def test_training_resumes_from_the_last_finished_epoch(trainer: Any, run_job: An
     assert result["resumedFromEpoch"] == 2
     assert events[1].message.startswith("resuming after epoch 2/4")
     assert [e.epoch for e in events if e.loss is not None] == [2, 3, 4]  # the resume note, then 3 and 4
+
+
+def test_a_stale_training_attempt_stops_at_its_refused_checkpoint_and_leaves_no_file(
+        trainer: Any, worker_settings: Any) -> None:
+    """When Redis refuses an attempt's checkpoint (another attempt holds the job), the attempt
+    stops there and deletes the file it wrote; the checkpoint that counts is untouched."""
+    from dash_ray.scheduler.runner import JobContext, Publisher, Reporter
+    from tests.workers.conftest import RecordingBus
+
+    class Refusing(RecordingBus):
+        def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str]:
+            return False, ""
+
+    data = {"userId": "u", "loraId": "stale1", "prompt": "sks", "imageUrls": [png_data_url()] * 2,
+            "settings": {"epochs": 3, "resolution": 64, "batchSize": 1, "rank": 4, "seed": 2}}
+    bus = Refusing()
+    pub = Publisher(bus)
+    ctx = JobContext(id="stale1", queue="training", data=data, user_id="u", token="tok-stale-attempt")
+    try:
+        with pytest.raises(JobCancelled):
+            trainer.run(ctx, Reporter(ctx, pub, max_hz=1000))
+    finally:
+        pub.close()
+    assert [e.epoch for e in bus.events if e.loss is not None] == []  # stopped at its first checkpoint
+    folder = Path(worker_settings.artifacts_location) / "u" / "stale1"
+    assert not folder.exists() or not list(folder.glob("checkpoint-*.pt"))
 
 
 def test_cancel_mid_generation_stops_after_the_next_step(gen: Any, run_job: Any) -> None:
