@@ -1,0 +1,500 @@
+"""AsyncClient and AsyncJobHandle: the REST API and the WebSocket event stream, typed with the
+gateway's own models. Light: httpx, websockets and pydantic; no server code, torch or Ray.
+
+Every submit carries a job id (the caller's, or one made here), so a submit retried after a
+lost answer, a 429 or a 503 (`retries=`) never creates a job twice. Event streams reconnect by
+themselves and resubscribe with `since` (the last `seq` seen per job): across a gateway restart
+no event is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import mimetypes
+import os
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dash_ray.client.errors import (
+    JobFailed,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    error_from,
+)
+from dash_ray.models.events import (
+    MAX_SUBSCRIBE_IDS,
+    JobCompletedEvent,
+    JobFailedEvent,
+    JobProgressEvent,
+    parse_event,
+)
+from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, QueueView
+
+__all__ = ["AsyncClient", "AsyncJobHandle", "Event", "image_ref"]
+
+Event = JobProgressEvent | JobCompletedEvent | JobFailedEvent
+DEFAULT_URL = "http://127.0.0.1:8000"
+_EVENT_TYPES = ("job:progress", "job:completed", "job:failed")
+_RECONNECT_MAX_S = 5.0
+
+
+def image_ref(image: Any) -> str:
+    """An image as a payload's `imageUrl`: a URL (`http(s)://`, `data:`, `upload://`, `file://`)
+    as is; a path, bytes or a PIL image as a `data:` URL."""
+    if isinstance(image, str) and image.split(":", 1)[0] in ("http", "https", "data", "upload", "file"):
+        return image
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        data = path.read_bytes()
+        mime = _sniff(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    elif isinstance(image, bytes | bytearray | memoryview):
+        data = bytes(image)
+        mime = _sniff(data) or "application/octet-stream"
+    elif hasattr(image, "save") and hasattr(image, "size"):  # a PIL image (PIL is not imported here)
+        import io
+
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data, mime = buf.getvalue(), "image/png"
+    else:
+        raise TypeError(f"an image is a URL, a path, bytes or a PIL image, not {type(image).__name__}")
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _sniff(data: bytes) -> str | None:
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _final(event: Event) -> bool:
+    return isinstance(event, JobCompletedEvent | JobFailedEvent)
+
+
+class AsyncClient:
+    """A dash-ray gateway from asyncio code.
+
+    `url` and `token` default to `DASH_URL` / `DASH_TOKEN` (and `http://127.0.0.1:8000`).
+    `retries`: how many times a submit that was rate limited (429), found the server
+    unavailable (503) or lost its connection is sent again, after `Retry-After` or a backoff.
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *, ws_url: str | None = None,
+                 timeout: float = 30.0, retries: int = 0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = (url or os.environ.get("DASH_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token if token is not None else os.environ.get("DASH_TOKEN")
+        self.ws_url = ws_url or ("ws" + self.url[4:] if self.url.startswith("http") else self.url) + "/ws"
+        self.retries = retries
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self.http.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncClient({self.url!r})"
+
+    # ------------------------------------------------------------------ HTTP
+    async def request(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
+                      retries: int = 0) -> Any:
+        """One API call; the decoded JSON answer, or the typed error. `retries`: see the class."""
+        for attempt in range(retries + 1):
+            try:
+                resp = await self.http.request(method, path, json=json_body,
+                                               params={k: v for k, v in (params or {}).items() if v is not None})
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError,
+                    httpx.TimeoutException) as exc:
+                if attempt >= retries:
+                    raise Unavailable(f"cannot reach {self.url}: {type(exc).__name__}", code="unreachable") from exc
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if resp.status_code < 400:
+                return resp.json() if resp.content else None
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"error": {"code": "http_error", "message": resp.text[:500]}}
+            err = error_from(resp.status_code, body, resp.headers.get("retry-after"))
+            if attempt >= retries or not isinstance(err, RateLimited | Unavailable):
+                raise err
+            await asyncio.sleep(err.retry_after if err.retry_after is not None else _backoff(attempt))
+        raise AssertionError("unreachable")
+
+    async def fetch(self, path: str) -> bytes:
+        """The bytes of an artifact (`/v1/artifacts/...`, as results name them)."""
+        resp = await self.http.get(path)
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {}
+            raise error_from(resp.status_code, body, resp.headers.get("retry-after"))
+        return resp.content
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, queue: str, payload: dict[str, Any], options: dict[str, Any] | None = None, *,
+                     retries: int | None = None) -> AsyncJobHandle:
+        """Queue a job on `queue` with the seed's payload (camelCase keys) and job options; the
+        job gets an id here unless the payload has one, so retries never make two jobs."""
+        body = dict(payload)
+        id_field = "loraId" if queue == "training" else "jobId"
+        opts = dict(options or {})
+        if not body.get(id_field) and not opts.get("jobId"):
+            body[id_field] = uuid.uuid4().hex
+        if opts:
+            body["options"] = opts
+        data = await self.request("POST", f"/v1/jobs/{queue}", json_body=body,
+                                  retries=self.retries if retries is None else retries)
+        return AsyncJobHandle(self, JobView.model_validate(data))
+
+    async def submit_generation(self, prompt: str, *, settings: dict[str, Any] | None = None, lora: str | None = None,
+                                negative_prompt: str | None = None, job_id: str | None = None,
+                                options: dict[str, Any] | None = None, retries: int | None = None) -> AsyncJobHandle:
+        """Generate images from a prompt. `settings`: steps, width, height, seed, numImages, model,
+        guidanceScale...; `lora`: a trained LoRA's id (a training handle's `lora_id`)."""
+        s = dict(settings or {})
+        if lora:
+            s["loraId"] = lora
+        if negative_prompt:
+            s["negativePrompt"] = negative_prompt
+        payload: dict[str, Any] = {"prompt": prompt, "settings": s}
+        if job_id:
+            payload["jobId"] = job_id
+        return await self.submit("generation", payload, options, retries=retries)
+
+    async def submit_upscaling(self, image: Any, scale: int = 2, model: str | None = None, *,
+                               job_id: str | None = None, options: dict[str, Any] | None = None,
+                               retries: int | None = None) -> AsyncJobHandle:
+        """Upscale an image (a URL, a path, bytes or a PIL image) by 2 or 4, with `model`
+        ("lanczos" or a registered diffusers upscaler)."""
+        payload: dict[str, Any] = {"imageUrl": image_ref(image), "scale": scale}
+        if model:
+            payload["model"] = model
+        if job_id:
+            payload["jobId"] = job_id
+        return await self.submit("upscaling", payload, options, retries=retries)
+
+    async def submit_training(self, lora_id: str, prompt: str, images: Iterable[Any], *,
+                              settings: dict[str, Any] | None = None, priority: int | None = None,
+                              options: dict[str, Any] | None = None, retries: int | None = None) -> AsyncJobHandle:
+        """Train a LoRA named `lora_id` on images (URLs, paths, bytes or PIL images); `priority`
+        1 (high) to 3. `settings`: epochs, rank, resolution, learningRate, batchSize, seed, baseModel."""
+        opts = dict(options or {})
+        if priority is not None:
+            opts["priority"] = priority
+        payload = {"loraId": lora_id, "prompt": prompt, "imageUrls": [image_ref(i) for i in images],
+                   "settings": dict(settings or {})}
+        return await self.submit("training", payload, opts, retries=retries)
+
+    # ------------------------------------------------------------------ jobs
+    def job(self, job_id: str, queue: str = "") -> AsyncJobHandle:
+        """A handle on an existing job (nothing is fetched until asked)."""
+        return AsyncJobHandle(self, JobView(id=job_id, queue=queue, status="waiting"), fetched=False)
+
+    async def get(self, job_id: str) -> JobView:
+        """A job's current view."""
+        return JobView.model_validate(await self.request("GET", f"/v1/jobs/{job_id}"))
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Cancel a job: a waiting one is removed, a running one stops at its next step."""
+        return JobView.model_validate(await self.request("DELETE", f"/v1/jobs/{job_id}"))
+
+    async def retry(self, job_id: str) -> JobView:
+        """Run a failed or cancelled job again."""
+        return JobView.model_validate(await self.request("POST", f"/v1/jobs/{job_id}/retry"))
+
+    async def jobs(self, queue: str | None = None, status: str | None = None, limit: int | None = None, *,
+                   page_size: int = 50, user_id: str | None = None) -> AsyncIterator[JobView]:
+        """Your jobs, newest first, fetched a page at a time as you iterate (`limit`: at most
+        this many in all)."""
+        cursor, seen = None, 0
+        while True:
+            size = min(page_size, 200, (limit - seen) if limit else 200)
+            page = JobList.model_validate(await self.request("GET", "/v1/jobs", params={
+                "queue": queue, "status": status, "limit": size, "cursor": cursor, "userId": user_id}))
+            for view in page.jobs:
+                yield view
+                seen += 1
+                if limit and seen >= limit:
+                    return
+            cursor = page.next_cursor
+            if not cursor or not page.jobs:
+                return
+
+    async def queues(self) -> list[QueueView]:
+        """Each queue: counts per state, concurrency, GPU share, paused."""
+        return [QueueView.model_validate(q) for q in await self.request("GET", "/v1/queues")]
+
+    async def pause(self, queue: str) -> QueueView:
+        """Stop handing out the queue's jobs (admin)."""
+        return QueueView.model_validate(await self.request("POST", f"/v1/queues/{queue}/pause"))
+
+    async def resume(self, queue: str) -> QueueView:
+        """Hand out the queue's jobs again (admin)."""
+        return QueueView.model_validate(await self.request("POST", f"/v1/queues/{queue}/resume"))
+
+    # ------------------------------------------------------------------ events
+    async def events(self, job_ids: Iterable[str], since: dict[str, int] | int | None = None,
+                     *, until_final: bool = True) -> AsyncIterator[Event]:
+        """The events of jobs over one socket, in order per job, each once.
+
+        `since`: None (each job's current state first, then what follows), 0 (everything from
+        each job's start that the server keeps) or a per-job map of the last `seq` seen. The
+        socket reconnects by itself and resubscribes with the last `seq` of each job, so
+        nothing is lost or repeated. Ends when every job is final (`until_final`).
+        """
+        import websockets
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
+        ids = list(dict.fromkeys(job_ids))
+        last: dict[str, int] = {j: since for j in ids} if isinstance(since, int) else dict(since or {})
+        open_ids = set(ids)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        failures = 0
+        while open_ids:
+            try:
+                async with websockets.connect(self.ws_url, additional_headers=headers, open_timeout=10,
+                                              max_size=None, ping_interval=20) as ws:
+                    pending = sorted(open_ids)
+                    for i in range(0, len(pending), MAX_SUBSCRIBE_IDS):
+                        chunk = pending[i:i + MAX_SUBSCRIBE_IDS]
+                        msg: dict[str, Any] = {"type": "subscribe", "jobIds": chunk}
+                        cursors = {j: last[j] for j in chunk if j in last}
+                        if cursors:
+                            msg["since"] = cursors
+                        await ws.send(json.dumps(msg))
+                    async for raw in ws:
+                        data = json.loads(raw)
+                        kind = data.get("type")
+                        if kind == "error":
+                            _raise_ws_error(data, open_ids)
+                            continue
+                        if kind not in _EVENT_TYPES:
+                            continue
+                        failures = 0
+                        event = parse_event(data)
+                        if event.job_id not in open_ids or event.seq <= last.get(event.job_id, -1):
+                            continue  # not asked for, or already seen
+                        last[event.job_id] = event.seq
+                        yield event
+                        if _final(event) and until_final:
+                            open_ids.discard(event.job_id)
+                            if not open_ids:
+                                return
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403):
+                    raise Unauthorized("the server refused the socket", status=exc.response.status_code) from exc
+            except (OSError, asyncio.TimeoutError, WebSocketException, Unavailable):
+                pass  # the gateway restarted or the network blinked: reconnect with `since`
+            failures += 1
+            await asyncio.sleep(_backoff(failures - 1, cap=_RECONNECT_MAX_S))
+
+    async def watch(self, handles: Iterable[AsyncJobHandle | str]) -> AsyncIterator[Event]:
+        """The live events of several jobs over one socket, until all are final."""
+        by_id = {h if isinstance(h, str) else h.id: h for h in handles}
+        async for event in self.events(list(by_id)):
+            handle = by_id[event.job_id]
+            if isinstance(handle, AsyncJobHandle):
+                handle._seen(event)
+            yield event
+
+    async def wait_all(self, handles: Iterable[AsyncJobHandle], *, timeout: float | None = None,
+                       progress: bool = False, raise_on_failure: bool = False) -> list[JobView]:
+        """Wait until every job is final (one socket for all); their final views, in order.
+        `progress`: one bar per job."""
+        from dash_ray.client.display import Bars
+
+        handles = list(handles)
+        bars = Bars(handles) if progress else None
+
+        async def run() -> None:
+            async for event in self.watch(handles):
+                if bars:
+                    bars.update(event)
+
+        try:
+            await asyncio.wait_for(run(), timeout)
+        finally:
+            if bars:
+                bars.close()
+        views = await asyncio.gather(*(h.status() for h in handles))
+        if raise_on_failure:
+            for view in views:
+                if view.status in ("failed", "cancelled"):
+                    raise JobFailed(view)
+        return list(views)
+
+
+def _raise_ws_error(data: dict[str, Any], open_ids: set[str]) -> None:
+    """A WebSocket `error`: raise what the caller must know; skip what a reconnect fixes."""
+    code = data.get("code", "")
+    if code == "unavailable":
+        raise Unavailable(data.get("message", "unavailable"), code=code)
+    if code == "not_found" and data.get("jobId") in open_ids:
+        raise NotFound(data.get("message", "not found"), status=404, code=code, body=data)
+    if code in ("unauthorized", "too_many_sockets", "bad_request", "too_many"):
+        raise error_from(0, {"error": data})
+
+
+def _backoff(attempt: int, cap: float = 10.0) -> float:
+    return min(cap, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+class AsyncJobHandle:
+    """One job: its status, events, result and images; `await handle.wait()` until it ends."""
+
+    def __init__(self, client: AsyncClient, view: JobView, *, fetched: bool = True) -> None:
+        self.client = client
+        self.view = view
+        self._fetched = fetched
+        self.history: list[Event] = []  # events this handle has seen, in order
+
+    @property
+    def id(self) -> str:
+        """The job's id."""
+        return self.view.id
+
+    @property
+    def queue(self) -> str:
+        """The job's queue."""
+        return self.view.queue
+
+    @property
+    def lora_id(self) -> str | None:
+        """A training job's LoRA id (what `submit_generation(..., lora=...)` takes)."""
+        return self.view.id if self.view.queue == "training" else None
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.queue}/{self.id} {self.view.status} {self.view.progress:.0f}%>"
+
+    def _seen(self, event: Event) -> None:
+        self.history.append(event)
+        v = self.view
+        if isinstance(event, JobProgressEvent):
+            self.view = v.model_copy(update={"status": event.status, "progress": event.progress,
+                                             "message": event.message, "seq": event.seq})
+        elif isinstance(event, JobCompletedEvent):
+            self.view = v.model_copy(update={"status": "completed", "progress": 100.0, "result": event.result,
+                                             "seq": event.seq})
+        else:
+            self.view = v.model_copy(update={"status": event.status, "error": event.error, "seq": event.seq})
+
+    async def status(self) -> JobView:
+        """The job's current view (fetched)."""
+        self.view = await self.client.get(self.id)
+        self._fetched = True
+        return self.view
+
+    async def events(self, since: int | None = 0) -> AsyncIterator[Event]:
+        """The job's events until it ends: by default all of them from its start (`since=0`),
+        or what follows its current state (`since=None`), or after a seq."""
+        async for event in self.client.events([self.id], since=None if since is None else {self.id: since}):
+            self._seen(event)
+            yield event
+
+    async def wait(self, timeout: float | None = None, *, progress: bool = False,
+                   raise_on_failure: bool = True) -> JobView:
+        """Wait until the job ends; its final view. Raises JobFailed if it failed or was
+        cancelled (unless `raise_on_failure=False`), TimeoutError after `timeout` seconds.
+        `progress`: a live bar (a widget in Jupyter) with the step or epoch and the loss."""
+        from dash_ray.client.display import Bars
+
+        if not (self._fetched and self.view.status in TERMINAL_STATUSES):
+            bars = Bars([self]) if progress else None
+
+            async def run() -> None:
+                async for event in self.events(since=None):
+                    if bars:
+                        bars.update(event)
+
+            try:
+                await asyncio.wait_for(run(), timeout)
+            finally:
+                if bars:
+                    bars.close()
+            await self.status()
+        if raise_on_failure and self.view.status in ("failed", "cancelled"):
+            raise JobFailed(self.view)
+        return self.view
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return its result (JobFailed if it did not complete)."""
+        return (await self.wait(timeout)).result
+
+    async def cancel(self) -> JobView:
+        """Cancel the job."""
+        self.view = await self.client.cancel(self.id)
+        return self.view
+
+    async def retry(self) -> JobView:
+        """Run the failed or cancelled job again."""
+        self.view = await self.client.retry(self.id)
+        self.history.clear()
+        return self.view
+
+    def artifact_urls(self) -> list[str]:
+        """The artifact paths of the job's result (generated images, the upscaled image, LoRA weights)."""
+        result = self.view.result if isinstance(self.view.result, dict) else {}
+        urls = list(result.get("images") or [])
+        for key in ("image", "weights"):
+            if isinstance(result.get(key), str):
+                urls.append(result[key])
+        return [u for u in urls if isinstance(u, str)]
+
+    async def image_bytes(self) -> list[bytes]:
+        """The PNG bytes of the job's images (generation or upscaling; waits for the job)."""
+        await self.wait()
+        urls = [u for u in self.artifact_urls() if not u.endswith(".safetensors")]
+        return list(await asyncio.gather(*(self.client.fetch(u) for u in urls)))
+
+    async def images(self) -> list[Any]:
+        """The job's images as PIL images (needs Pillow: `pip install dash-ray[notebook]`)."""
+        from dash_ray.client.display import to_pil
+
+        return [to_pil(b) for b in await self.image_bytes()]
+
+    async def download(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Save the job's result files (images, LoRA weights) in `directory`; their paths."""
+        await self.wait()
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for url in self.artifact_urls():
+            data = await self.client.fetch(url)
+            path = out / f"{self.id}-{url.rsplit('/', 1)[-1]}"
+            path.write_bytes(data)
+            paths.append(path)
+        return paths
+
+    async def losses(self) -> list[tuple[int, float]]:
+        """A training job's (epoch, loss) per finished epoch, from its events."""
+        if not self.history or not _final(self.history[-1]):
+            self.history = []
+            async for _ in self.events(since=0):
+                pass
+        out: dict[int, float] = {}
+        for e in self.history:
+            if isinstance(e, JobProgressEvent) and e.epoch is not None and e.loss is not None:
+                out[e.epoch] = e.loss
+        return sorted(out.items())
+

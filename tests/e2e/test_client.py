@@ -1,0 +1,209 @@
+"""The Python client against a live local stack: Ray Serve gateway (2 replicas), the scheduler
+running the real workloads on tiny models, Redis. Every method, sync and async; typed errors;
+an event stream that survives a restart of every gateway replica."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dash_ray.client import (
+    AsyncClient,
+    Client,
+    Conflict,
+    InvalidPayload,
+    JobFailed,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+)
+from dash_ray.config import load_settings
+from tests.e2e.conftest import free_port
+from tests.redis.conftest import SECRET
+
+pytestmark = pytest.mark.slow
+
+GEN = {"steps": 2, "width": 64, "height": 64, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def live(ray_session: Any, redis_url: str, tiny_data_dir: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Serve app `dash-client`: 2 gateway replicas on one loopback port, all queues with their
+    real runners (tiny models) plus the sleep queue; submits limited to 20 a minute per user."""
+    from ray import serve
+
+    from dash_ray.app import build_app, run_gateway
+    from dash_ray.gateway import TokenAuth
+    from dash_ray.scheduler import queue_specs
+
+    root = tmp_path_factory.mktemp("client")
+    settings = load_settings(
+        key_prefix=f"cl{uuid.uuid4().hex[:8]}", token_secret=SECRET, data_dir=tiny_data_dir, torch_threads=1,
+        artifacts_url=str(root / "artifacts"), gateway_replicas=2, worker_idle_s=30, enable_sleep_queue=True,
+        ingress="direct", websocket_port=free_port(), rate_submit="20/minute",
+    )
+    base = run_gateway(settings, build_app(settings, redis_url, queue_specs(settings, test_queues=True)),
+                       "dash-client")
+    auth = TokenAuth(SECRET)
+    yield {"base": base, "token": auth.mint}
+    serve.delete("dash-client")
+    serve.shutdown()
+
+
+def client_for(live: dict[str, Any], user: str | None = None, **kwargs: Any) -> Client:
+    return Client(live["base"], live["token"](user or f"u{uuid.uuid4().hex[:6]}"), **kwargs)
+
+
+def test_sync_client_generate_upscale_train_and_generate_with_the_lora(live: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    with client_for(live) as c:
+        gen = c.submit_generation("a red fox", settings={**GEN, "numImages": 2})
+        assert gen.queue == "generation" and len(gen.id) == 32  # an id made by the client
+        view = gen.wait(timeout=120, progress=True)
+        assert view.status == "completed" and gen.status().status == "completed"
+        images = gen.images()
+        assert len(images) == 2 and all(isinstance(i, Image.Image) and i.size == (64, 64) for i in images)
+        assert gen.result()["images"] == view.result["images"]
+        files = gen.download(tmp_path / "out")
+        assert len(files) == 2 and all(f.read_bytes().startswith(b"\x89PNG") for f in files)
+
+        up = c.submit_upscaling(images[0], scale=2)  # a PIL image goes as a data: URL
+        assert up.images()[0].size == (128, 128)
+        buf = io.BytesIO()
+        images[1].save(buf, format="PNG")
+        path = tmp_path / "in.png"
+        path.write_bytes(buf.getvalue())
+        assert c.submit_upscaling(path, 4).images()[0].size == (256, 256)  # and a path
+
+        train = c.submit_training(f"lora{uuid.uuid4().hex[:6]}", "sks fox", images, priority=1,
+                                  settings={"epochs": 2, "resolution": 64, "rank": 4})
+        assert train.lora_id == train.id
+        train.wait(timeout=180, progress=True)
+        losses = train.losses()
+        assert [e for e, _ in losses] == [1, 2] and all(v > 0 for _, v in losses)
+        assert "loss" in train._repr_html_()  # the loss curve is drawn into the handle's HTML
+        with_lora = c.submit_generation("a red fox", settings=GEN, lora=train.lora_id)
+        assert with_lora.result(timeout=120)["lora"] == train.lora_id
+        html = gen._repr_html_()
+        assert html.count("data:image/png;base64") == 2 and "completed" in html
+
+
+def test_sync_client_history_queues_cancel_retry_watch_and_wait_all(live: dict[str, Any]) -> None:
+    with client_for(live) as c:
+        handles = [c.submit("sleep", {"durationS": 0.2, "steps": 4}) for _ in range(5)]
+        seen: dict[str, list[int]] = {}
+        for event in c.watch(handles):  # one socket, until all are final
+            seen.setdefault(event.job_id, []).append(event.seq)
+        assert set(seen) == {h.id for h in handles}
+        assert all(seqs == sorted(set(seqs)) for seqs in seen.values())
+        assert [v.status for v in c.wait_all(handles, progress=True)] == ["completed"] * 5
+
+        slow = c.submit("sleep", {"durationS": 30, "steps": 300})
+        slow.cancel()
+        with pytest.raises(JobFailed) as info:
+            slow.wait(timeout=30)
+        assert info.value.job.status == "cancelled"
+        assert slow.retry().status in ("waiting", "active")
+        slow.cancel()
+        assert slow.wait(timeout=30, raise_on_failure=False).status == "cancelled"
+
+        history = list(c.jobs(queue="sleep", limit=4, page_size=3))  # two pages, fetched lazily
+        assert len(history) == 4 and history[0].id == slow.id
+        assert [j.id for j in c.jobs(queue="sleep")][1:6] == [h.id for h in reversed(handles)]
+        queues = {q.name: q for q in c.queues()}
+        assert {"training", "upscaling", "generation"} <= set(queues)
+        assert queues["generation"].concurrency >= 1
+
+
+def test_a_failed_job_raises_job_failed_with_its_error(live: dict[str, Any]) -> None:
+    with client_for(live) as c:
+        job = c.submit("sleep", {"failAttempts": 5, "failMessage": "out of ink"}, {"attempts": 2, "backoff": {"delayS": 0}})
+        with pytest.raises(JobFailed) as info:
+            job.wait(timeout=60)
+        assert "out of ink" in info.value.message and info.value.job.attempts_made == 2
+
+
+def test_typed_errors_for_401_404_409_422_and_429(live: dict[str, Any]) -> None:
+    with Client(live["base"], "not-a-token") as bad, pytest.raises(Unauthorized) as unauthorized:
+        bad.submit_generation("x")
+    assert unauthorized.value.status == 401
+    with client_for(live) as c:
+        with pytest.raises(NotFound) as missing:
+            c.get("no-such-job")
+        assert missing.value.status == 404 and missing.value.code == "not_found"
+        c.submit_generation("a cat", settings=GEN, job_id="mine-1")
+        with pytest.raises(Conflict):
+            c.submit_generation("a dog", settings=GEN, job_id="mine-1")
+        assert c.submit_generation("a cat", settings=GEN, job_id="mine-1").id == "mine-1"  # the same job again
+        with pytest.raises(InvalidPayload) as invalid:
+            c.submit_generation("a cat", settings={"steps": 10_000})
+        assert invalid.value.status == 422 and any("steps" in str(e) for e in invalid.value.errors)
+    with client_for(live) as c:
+        with pytest.raises(RateLimited) as limited:
+            for _ in range(25):
+                c.submit("sleep", {})
+        assert limited.value.status == 429 and (limited.value.retry_after or 0) > 0
+
+
+def test_async_client(live: dict[str, Any]) -> None:
+    async def main() -> None:
+        async with AsyncClient(live["base"], live["token"]("async-user")) as c:
+            gen = await c.submit_generation("a blue bird", settings=GEN)
+            events = [e async for e in gen.events()]
+            assert events[0].seq == 1 and events[-1].type == "job:completed"
+            assert [e.seq for e in events] == list(range(1, events[-1].seq + 1))
+            assert len(await gen.image_bytes()) == 1
+            a, b = await c.submit("sleep", {"durationS": 0.1}), await c.submit("sleep", {"durationS": 0.1})
+            views = await c.wait_all([a, b], timeout=60)
+            assert {v.status for v in views} == {"completed"}
+            slow = await c.submit("sleep", {"durationS": 30, "steps": 300})
+            await slow.cancel()
+            assert (await slow.wait(timeout=30, raise_on_failure=False)).status == "cancelled"
+            await slow.retry()
+            await c.cancel(slow.id)
+            assert (await c.get(slow.id)).status in ("cancelled", "active")
+            assert [j.id async for j in c.jobs(limit=2)] == [slow.id, b.id]
+            assert len(await c.queues()) >= 3
+            with pytest.raises(NotFound):
+                await c.job("nope").status()
+
+    asyncio.run(main())
+
+
+def test_events_survive_a_restart_of_every_gateway_replica(live: dict[str, Any]) -> None:
+    """Both replicas are killed while a job runs; the stream reconnects when Serve has started
+    new ones and resubscribes with `since`: every seq arrives, once, in order."""
+    import ray
+
+    with client_for(live) as c:
+        job = c.submit("sleep", {"durationS": 12, "steps": 60})
+        seqs: list[int] = []
+        killed = False
+        t0 = time.monotonic()
+        for event in job.events():
+            seqs.append(event.seq)
+            if not killed and event.type == "job:progress" and event.status == "active" and event.progress >= 10:
+                for name in _gateway_replicas("dash-client"):
+                    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+                killed = True
+            assert time.monotonic() - t0 < 120
+        assert killed and seqs == list(range(1, seqs[-1] + 1)), seqs
+        assert job.status().status == "completed"
+
+
+def _gateway_replicas(app: str) -> list[str]:
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#")]
+    assert names
+    return names
