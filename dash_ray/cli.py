@@ -1,4 +1,5 @@
-"""dash-ray command line: `up` (everything local) and `token` (mint an API token)."""
+"""dash-ray command line: `up` (everything local), `token` (mint an API token), and the client's
+commands (`submit`, `watch`, `status`, `jobs`, `queues`, `cancel`, `retry`, `download`)."""
 
 from __future__ import annotations
 
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--admin", action="store_true", help="with the admin role (pause/resume, see all jobs)")
     tok.add_argument("--ttl-h", type=float, default=None, help="hours until it expires (default: settings)")
     tok.set_defaults(fn=cmd_token)
+    from dash_ray.client.cli import add_client_commands, api_errors
+
+    add_client_commands(sub, api_errors)
     return p
 
 

@@ -29,11 +29,16 @@ class Bars:
     """One progress bar per job, moved by its live events."""
 
     def __init__(self, handles: list[Any]) -> None:
+        import shutil
+
         from tqdm.auto import tqdm
 
+        # In a terminal, its width (a terminal that reports 0 columns would get no bar at all);
+        # in Jupyter (widgets), tqdm's own layout.
+        ncols = None if tqdm.__module__.startswith("tqdm.notebook") else shutil.get_terminal_size((100, 24)).columns
         self._bars = {}
         for i, h in enumerate(handles):
-            self._bars[h.id] = tqdm(total=100, desc=f"{h.queue or 'job'} {h.id[:12]}", position=i,
+            self._bars[h.id] = tqdm(total=100, desc=f"{h.queue or 'job'} {h.id[:12]}", position=i, ncols=ncols,
                                     leave=True, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     def update(self, event: Any) -> None:

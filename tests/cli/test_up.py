@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,15 +16,10 @@ import psutil
 import pytest
 from websockets.sync.client import connect
 
+from tests.cli.conftest import free_port, start_up
 from tests.workers.conftest import png_data_url
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
@@ -36,7 +27,7 @@ def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
     env = {**os.environ, "DASH_DATA_DIR": str(tmp_path / "data"), "WEBSOCKET_PORT": str(port),
            "DASH_KEY_PREFIX": f"up{uuid.uuid4().hex[:6]}", "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
-    proc, token, log = _start_up(env)
+    proc, token, log = start_up(env)
     try:
         ready_s = time.monotonic() - t0
         assert token, "".join(log)
@@ -76,28 +67,6 @@ def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
     assert not left, [psutil.Process(p).cmdline()[:2] for p in left]
 
 
-def _start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str]]:
-    """`dash-ray up` until it prints its token; returns (process, token, output so far)."""
-    proc = subprocess.Popen([sys.executable, "-m", "dash_ray.cli", "up", "--user", "tester"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    log: list[str] = []
-    token = ""
-    t0 = time.monotonic()
-    try:
-        while True:
-            line = lines.get(timeout=max(1.0, 120 - (time.monotonic() - t0)))
-            log.append(line)
-            if log[-2:-1] and "Token for user 'tester'" in log[-2]:
-                token = line.strip()
-            if "Press Ctrl-C" in line:
-                return proc, token, log
-    except BaseException:
-        proc.kill()  # never came up: end it (its own process group holds the rest)
-        raise
-
-
 def _redis_servers_in(folder: Path) -> list[int]:
     """redis-server processes working in `folder` (Redis runs in its --dir)."""
     out = []
@@ -121,7 +90,7 @@ def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_pat
     env.pop("REDIS_URL", None)
     env.pop("REDIS_HOST", None)
     base = f"http://127.0.0.1:{port}"
-    first, token, _log = _start_up(env)
+    first, token, _log = start_up(env)
     h = {"Authorization": f"Bearer {token}"}
     second = None
     try:
@@ -141,7 +110,7 @@ def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_pat
         first.wait(10)
         assert len(_redis_servers_in(data / "redis")) == 1
 
-        second, token, log = _start_up(env)
+        second, token, log = start_up(env)
         h = {"Authorization": f"Bearer {token}"}
         assert len(_redis_servers_in(data / "redis")) == 1, "".join(log)
         every = [i for group in ids.values() for i in group]

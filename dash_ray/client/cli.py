@@ -1,0 +1,236 @@
+"""The client's commands of `dash-ray`: submit, watch, status, jobs, queues, cancel, retry, download.
+
+They talk to a running gateway (`--url` / `DASH_URL`, `--token` / `DASH_TOKEN`) through the
+Python client. `--json` prints JSON for scripts. Exit codes: 0 done, 1 a waited or watched job
+failed or was cancelled, 2 the server refused the request (or could not be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+__all__ = ["add_client_commands", "api_errors"]
+
+
+def _client(args: argparse.Namespace) -> Any:
+    import logging
+
+    from dash_ray.client import Client
+
+    if not args.verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    return Client(args.url, args.token, retries=args.retries)
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(data, default=str))
+    else:
+        print(text)
+
+
+def _line(view: Any) -> str:
+    note = view.error if view.status in ("failed", "cancelled") else view.message
+    return f"{view.id}  {view.queue:<10} {view.status:<9} {view.progress:5.1f}%  {note or ''}".rstrip()
+
+
+def _ended(views: list[Any]) -> int:
+    return 0 if all(v.status == "completed" for v in views) else 1
+
+
+def _settings(pairs: list[str] | None, **known: Any) -> dict[str, Any]:
+    """`--set key=value` pairs (values parsed as JSON when they are) plus the named options."""
+    out = {k: v for k, v in known.items() if v is not None}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"dash-ray: --set takes key=value, not {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_submit(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Submit a job; with --wait, follow it to its end."""
+    options: dict[str, Any] = {}
+    if args.priority is not None:
+        options["priority"] = args.priority
+    if args.timeout_s is not None:
+        options["timeoutS"] = args.timeout_s
+    with _client(args) as c:
+        if args.queue == "generation":
+            settings = _settings(args.set, steps=args.steps, width=args.width, height=args.height, seed=args.seed,
+                                 numImages=args.num_images, model=args.model)
+            handle = c.submit_generation(args.prompt, settings=settings, lora=args.lora, job_id=args.job_id,
+                                         options=options)
+        elif args.queue == "upscaling":
+            handle = c.submit_upscaling(args.image, args.scale, args.model, job_id=args.job_id, options=options)
+        else:
+            settings = _settings(args.set, epochs=args.epochs, rank=args.rank, resolution=args.resolution,
+                                 seed=args.seed, baseModel=args.model)
+            handle = c.submit_training(args.lora_id, args.prompt, args.images, settings=settings,
+                                       priority=args.priority, options={k: v for k, v in options.items()
+                                                                        if k != "priority"})
+        if not args.wait:
+            _print(args, handle.view.wire(), _line(handle.view))
+            return 0
+        view = handle.wait(progress=not args.json, raise_on_failure=False)
+        _print(args, view.wire(), _line(view))
+        return _ended([view])
+
+
+def cmd_watch(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Live progress bars until every job has ended (JSON lines of events with --json)."""
+    with _client(args) as c:
+        handles = [c.job(j) for j in args.job_ids]
+        for h in handles:
+            h.status()  # 404 for an unknown id, before any socket opens
+        if args.json:
+            for event in c.watch(handles):
+                print(json.dumps(event.wire(exclude_none=True)), flush=True)
+            views = [h.status() for h in handles]
+        else:
+            views = c.wait_all(handles, progress=True)
+            for v in views:
+                print(_line(v))
+        return _ended(views)
+
+
+def cmd_status(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """One job's current view."""
+    with _client(args) as c:
+        view = c.get(args.job_id)
+        _print(args, view.wire(), _line(view))
+    return 0
+
+
+def cmd_jobs(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Your jobs, newest first."""
+    with _client(args) as c:
+        views = list(c.jobs(queue=args.queue, status=args.status, limit=args.limit))
+        _print(args, [v.wire() for v in views], "\n".join(_line(v) for v in views) or "no jobs")
+    return 0
+
+
+def cmd_queues(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Each queue's counts, concurrency and GPU share."""
+    with _client(args) as c:
+        queues = c.queues()
+        rows = [f"{q.name:<11} {'paused' if q.paused else 'running':<8} concurrency {q.concurrency}  "
+                f"gpu {q.gpu_fraction:g}  " + " ".join(f"{k} {v}" for k, v in q.counts.items()) for q in queues]
+        _print(args, [q.wire() for q in queues], "\n".join(rows))
+    return 0
+
+
+def cmd_cancel(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Cancel a job."""
+    with _client(args) as c:
+        view = c.cancel(args.job_id)
+        _print(args, view.wire(), _line(view))
+    return 0
+
+
+def cmd_retry(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Run a failed or cancelled job again."""
+    with _client(args) as c:
+        view = c.retry(args.job_id)
+        _print(args, view.wire(), _line(view))
+    return 0
+
+
+def cmd_download(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Save a job's result files (waits for the job)."""
+    with _client(args) as c:
+        paths = c.job(args.job_id).download(args.dir)
+        _print(args, [str(p) for p in paths], "\n".join(str(p) for p in paths))
+    return 0
+
+
+def add_client_commands(sub: Any, run: Any) -> None:
+    """Add the client's subcommands to `dash-ray`'s parser; `run` wraps each to map errors to exit codes."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None, help="gateway URL (default: $DASH_URL or http://127.0.0.1:8000)")
+    common.add_argument("--token", default=None, help="API token (default: $DASH_TOKEN)")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument("--retries", type=int, default=2, help="resend a rate-limited or unanswered submit (default 2)")
+
+    submit = sub.add_parser("submit", help="submit a job (see `dash-ray submit QUEUE -h`)")
+    queues = submit.add_subparsers(dest="queue", required=True)
+    job_opts = argparse.ArgumentParser(add_help=False, parents=[common])
+    job_opts.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 if it fails)")
+    job_opts.add_argument("--priority", type=int, choices=(1, 2, 3), help="1 = high, 3 = low")
+    job_opts.add_argument("--timeout-s", type=float, help="the job's run-time limit")
+    job_opts.add_argument("--job-id", help="your id for the job (a retried submit never makes two)")
+    job_opts.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other setting (JSON values)")
+
+    gen = queues.add_parser("generation", parents=[job_opts], help="generate images from a prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("--steps", type=int)
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--num-images", type=int)
+    gen.add_argument("--model")
+    gen.add_argument("--lora", help="a trained LoRA's id")
+
+    up = queues.add_parser("upscaling", parents=[job_opts], help="upscale an image (a path or a URL)")
+    up.add_argument("image")
+    up.add_argument("--scale", type=int, choices=(2, 4), default=2)
+    up.add_argument("--model", help='"lanczos" (default) or a diffusers upscaler')
+
+    train = queues.add_parser("training", parents=[job_opts], help="train a LoRA on images (paths or URLs)")
+    train.add_argument("lora_id")
+    train.add_argument("prompt")
+    train.add_argument("images", nargs="+")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--rank", type=int)
+    train.add_argument("--resolution", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--model", help="the base model")
+    for p in (gen, up, train):
+        p.set_defaults(fn=run(cmd_submit))
+
+    watch = sub.add_parser("watch", parents=[common], help="live progress bars until the jobs end")
+    watch.add_argument("job_ids", nargs="+", metavar="JOB_ID")
+    watch.set_defaults(fn=run(cmd_watch))
+    for name, fn, text in (("status", cmd_status, "a job's state"), ("cancel", cmd_cancel, "cancel a job"),
+                           ("retry", cmd_retry, "run a failed or cancelled job again")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("job_id")
+        p.set_defaults(fn=run(fn))
+    jobs = sub.add_parser("jobs", parents=[common], help="your jobs, newest first")
+    jobs.add_argument("--queue")
+    jobs.add_argument("--status")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.set_defaults(fn=run(cmd_jobs))
+    queues_p = sub.add_parser("queues", parents=[common], help="the queues and their counts")
+    queues_p.set_defaults(fn=run(cmd_queues))
+    dl = sub.add_parser("download", parents=[common], help="save a job's result files in DIR")
+    dl.add_argument("job_id")
+    dl.add_argument("dir")
+    dl.set_defaults(fn=run(cmd_download))
+
+
+def api_errors(fn: Any) -> Any:
+    """Run a client command; a refused request prints the server's message and exits 2."""
+
+    def wrapped(settings: Any, args: argparse.Namespace) -> int:
+        from dash_ray.client.errors import ApiError
+
+        try:
+            return int(fn(settings, args))
+        except ApiError as exc:
+            if args.json:
+                print(json.dumps({"error": {"status": exc.status, "code": exc.code, "message": exc.message}}))
+            print(f"dash-ray: {exc}", file=sys.stderr)
+            return 2
+        except FileNotFoundError as exc:
+            print(f"dash-ray: {exc}", file=sys.stderr)
+            return 2
+
+    return wrapped
