@@ -70,6 +70,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             f"  Redis      {url}{' (embedded)' if server else ''}\n"
             f"  Queues     " + ", ".join(f"{s.name} x{s.concurrency}" for s in specs) + f" on {gpus:g} GPU(s)\n"
             f"  Token for user {args.user!r}:\n{token}\n"
+            f"Python client and CLI: export DASH_URL={base} DASH_TOKEN=<the token above>\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )

@@ -84,7 +84,10 @@ def loss_png(losses: list[tuple[int, float]], title: str = "") -> bytes | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(4, 2.5), dpi=100)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot([e for e, _ in losses], [v for _, v in losses], marker="o")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
