@@ -325,18 +325,7 @@ class AsyncClient:
         from dash_ray.client.display import Bars
 
         handles = list(handles)
-        bars = Bars(handles) if progress else None
-
-        async def run() -> None:
-            async for event in self.watch(handles):
-                if bars:
-                    bars.update(event)
-
-        try:
-            await asyncio.wait_for(run(), timeout)
-        finally:
-            if bars:
-                bars.close()
+        await _follow(self.watch(handles), Bars(handles) if progress else None, timeout)
         views = await asyncio.gather(*(h.status() for h in handles))
         if raise_on_failure:
             for view in views:
@@ -354,6 +343,21 @@ def _raise_ws_error(data: dict[str, Any], open_ids: set[str]) -> None:
         raise NotFound(data.get("message", "not found"), status=404, code=code, body=data)
     if code in ("unauthorized", "too_many_sockets", "bad_request", "too_many"):
         raise error_from(0, {"error": data})
+
+
+async def _follow(stream: AsyncIterator[Event], bars: Any, timeout: float | None) -> None:
+    """Read an event stream to its end (or TimeoutError after `timeout` s), moving the bars."""
+
+    async def run() -> None:
+        async for event in stream:
+            if bars:
+                bars.update(event)
+
+    try:
+        await asyncio.wait_for(run(), timeout)
+    finally:
+        if bars:
+            bars.close()
 
 
 def _backoff(attempt: int, cap: float = 10.0) -> float:
@@ -420,18 +424,7 @@ class AsyncJobHandle:
         from dash_ray.client.display import Bars
 
         if not (self._fetched and self.view.status in TERMINAL_STATUSES):
-            bars = Bars([self]) if progress else None
-
-            async def run() -> None:
-                async for event in self.events(since=None):
-                    if bars:
-                        bars.update(event)
-
-            try:
-                await asyncio.wait_for(run(), timeout)
-            finally:
-                if bars:
-                    bars.close()
+            await _follow(self.events(since=None), Bars([self]) if progress else None, timeout)
             await self.status()
         if raise_on_failure and self.view.status in ("failed", "cancelled"):
             raise JobFailed(self.view)

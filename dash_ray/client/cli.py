@@ -101,12 +101,17 @@ def cmd_watch(_settings_obj: Any, args: argparse.Namespace) -> int:
         return _ended(views)
 
 
-def cmd_status(_settings_obj: Any, args: argparse.Namespace) -> int:
-    """One job's current view."""
-    with _client(args) as c:
-        view = c.get(args.job_id)
-        _print(args, view.wire(), _line(view))
-    return 0
+def _job_command(method: str, doc: str) -> Any:
+    """A command on one job id whose answer is the job's view: status, cancel, retry."""
+
+    def command(_settings_obj: Any, args: argparse.Namespace) -> int:
+        with _client(args) as c:
+            view = getattr(c, method)(args.job_id)
+            _print(args, view.wire(), _line(view))
+        return 0
+
+    command.__doc__ = doc
+    return command
 
 
 def cmd_jobs(_settings_obj: Any, args: argparse.Namespace) -> int:
@@ -124,22 +129,6 @@ def cmd_queues(_settings_obj: Any, args: argparse.Namespace) -> int:
         rows = [f"{q.name:<11} {'paused' if q.paused else 'running':<8} concurrency {q.concurrency}  "
                 f"gpu {q.gpu_fraction:g}  " + " ".join(f"{k} {v}" for k, v in q.counts.items()) for q in queues]
         _print(args, [q.wire() for q in queues], "\n".join(rows))
-    return 0
-
-
-def cmd_cancel(_settings_obj: Any, args: argparse.Namespace) -> int:
-    """Cancel a job."""
-    with _client(args) as c:
-        view = c.cancel(args.job_id)
-        _print(args, view.wire(), _line(view))
-    return 0
-
-
-def cmd_retry(_settings_obj: Any, args: argparse.Namespace) -> int:
-    """Run a failed or cancelled job again."""
-    with _client(args) as c:
-        view = c.retry(args.job_id)
-        _print(args, view.wire(), _line(view))
     return 0
 
 
@@ -198,11 +187,11 @@ def add_client_commands(sub: Any, run: Any) -> None:
     watch = sub.add_parser("watch", parents=[common], help="live progress bars until the jobs end")
     watch.add_argument("job_ids", nargs="+", metavar="JOB_ID")
     watch.set_defaults(fn=run(cmd_watch))
-    for name, fn, text in (("status", cmd_status, "a job's state"), ("cancel", cmd_cancel, "cancel a job"),
-                           ("retry", cmd_retry, "run a failed or cancelled job again")):
+    for name, method, text in (("status", "get", "a job's state"), ("cancel", "cancel", "cancel a job"),
+                               ("retry", "retry", "run a failed or cancelled job again")):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("job_id")
-        p.set_defaults(fn=run(fn))
+        p.set_defaults(fn=run(_job_command(method, text)))
     jobs = sub.add_parser("jobs", parents=[common], help="your jobs, newest first")
     jobs.add_argument("--queue")
     jobs.add_argument("--status")

@@ -18,6 +18,7 @@ from dash_ray.client import (
     AsyncClient,
     Client,
     Conflict,
+    Forbidden,
     InvalidPayload,
     JobFailed,
     NotFound,
@@ -122,6 +123,12 @@ def test_sync_client_history_queues_cancel_retry_watch_and_wait_all(live: dict[s
         queues = {q.name: q for q in c.queues()}
         assert {"training", "upscaling", "generation"} <= set(queues)
         assert queues["generation"].concurrency >= 1
+        with pytest.raises(Forbidden):
+            c.pause("sleep")
+    with Client(live["base"], live["token"]("ops", admin=True)) as admin:
+        assert admin.pause("sleep").paused
+        assert {q.name: q.paused for q in admin.queues()}["sleep"]
+        assert not admin.resume("sleep").paused
 
 
 def test_a_failed_job_raises_job_failed_with_its_error(live: dict[str, Any]) -> None:

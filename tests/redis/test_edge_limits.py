@@ -186,3 +186,24 @@ def test_an_oversized_frame_is_refused_by_the_websocket_layer(live: Any) -> None
             ws.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_the_client_resends_rate_limited_submits_when_asked(live: Callable[..., str]) -> None:
+    """`retries=`: a rate-limited submit waits for Retry-After and goes again (the job id it
+    carries makes that safe); without it, RateLimited says when to come back."""
+    from dash_ray.client import Client, RateLimited
+    from dash_ray.gateway import TokenAuth
+
+    base = live(rate_submit="2/second")
+    token = TokenAuth(SECRET).mint("patient")
+    with Client(base, token) as eager:
+        with pytest.raises(RateLimited) as info:
+            for _ in range(6):
+                eager.submit("sleep", {})
+        assert info.value.retry_after is not None and 0 < info.value.retry_after <= 2
+    time.sleep(1.1)
+    with Client(base, token, retries=5) as patient:
+        t0 = time.monotonic()
+        handles = [patient.submit("sleep", {}) for _ in range(6)]
+        took = time.monotonic() - t0
+    assert len({h.id for h in handles}) == 6 and took >= 1.0  # it waited, and every submit made one job
