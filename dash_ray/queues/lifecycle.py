@@ -71,13 +71,14 @@ class Retention:
 @dataclass(frozen=True)
 class Created:
     """What `create` did: `seq`/`position` of the new job's event, or (seq 0) the existing
-    record's queue, digest and status."""
+    record's queue, digest, status and owner (all empty: BullMQ holds the id without a record)."""
 
     seq: int
     position: int | None
     queue: str = ""
     digest: str = ""
     status: str = ""
+    owner: str = ""
 
     @property
     def created(self) -> bool:
@@ -189,7 +190,7 @@ class _Calls:
         user = event.user_id or "_"
         k = self.keys
         keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
-                    prioritized=k.bull(event.queue, "prioritized"))
+                    prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id))
         args.update(fields=state_fields(event, {"created": created_ms}), digest=digest, position="1" if position else "")
         return CREATE.pack(keys, args)
 
@@ -252,7 +253,7 @@ class Lifecycle:
         seq, pos = int(reply[0]), int(reply[1])
         if seq:
             return Created(seq, pos if pos > 0 else None)
-        return Created(0, None, *(str(x) for x in reply[2:5]))
+        return Created(0, None, *(str(x) for x in reply[2:6]))
 
     async def report(self, event: JobProgressEvent, *, token: str = "", batch: Batch | None = None) -> bool | None:
         """A `start` (`started_event`) or `progress` event from asyncio code, the twin of

@@ -124,14 +124,17 @@ end
 # record, its user's history entry and open set, and its `waiting` / `delayed` event. No
 # half-created job can exist: a failure anywhere before the script runs creates nothing.
 # Returns {seq, position} or, when a job with this id already has a record,
-# {0, -1, queue, digest, status} and changes nothing.
+# {0, -1, queue, digest, status, owner} and changes nothing; {0, -1, '', '', '', ''} when BullMQ
+# holds the id without a record (added by another producer, or its record expired first): no
+# record is ever made for a BullMQ job that someone else created.
 CREATE = Script(
     "create",
-    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized"),
+    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job"),
     args=("channel", "frame", "fields", "job_id", "digest", "position"),
     body=r"""
-local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status')
-if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or ''} end
+local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status', 'userId')
+if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or '', cur[4] or ''} end
+if redis.call('EXISTS', K.bull_job) == 1 then return {0, -1, '', '', '', ''} end
 local added = bull_add()
 if type(added) == 'number' and added < 0 then
   return redis.error_reply('BullMQ refused job ' .. A.job_id .. ': code ' .. added)

@@ -41,15 +41,18 @@ log = logging.getLogger(__name__)
 Validator = Callable[[JobPayload], None]
 
 
-def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int, keep_failed: int) -> dict[str, Any]:
-    """BullMQ job options for our options (BullMQ's names and units: milliseconds)."""
+def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int, keep_failed: int,
+              keep_s: int = 7 * 24 * 3600) -> dict[str, Any]:
+    """BullMQ job options for our options (BullMQ's names and units: milliseconds). Finished
+    jobs are removed by count and by age (`keep_s`, the life of our records), so BullMQ's job
+    and our record of it go away together."""
     out: dict[str, Any] = {
         "jobId": job_id,
         "priority": opts.priority,
         "attempts": attempts,
         "backoff": {"type": opts.backoff.type, "delay": int(opts.backoff.delay_s * 1000)},
-        "removeOnComplete": {"count": keep_completed},
-        "removeOnFail": {"count": keep_failed},
+        "removeOnComplete": {"count": keep_completed, "age": keep_s},
+        "removeOnFail": {"count": keep_failed, "age": keep_s},
     }
     if opts.delay_s:
         out["delay"] = int(opts.delay_s * 1000)
@@ -106,6 +109,7 @@ class JobStore:
         self.prefix = prefix
         self.keep_completed = keep_completed
         self.keep_failed = keep_failed
+        self.finished_ttl_s = finished_ttl_s
         self.default_attempts = default_attempts
         self.queue_names = tuple(queues)
         self.validate = validate
@@ -159,11 +163,13 @@ class JobStore:
         wire = payload.wire(exclude_none=True)
         digest = _digest(wire)
         if given or opts.job_id:  # a client-chosen id: an earlier job may hold it
-            found = await self.redis.hmget(self.keys.job(job_id), "queue", "digest", "status")
+            found = await self.redis.hmget(self.keys.job(job_id), "queue", "digest", "status", "userId")
             if found[1]:
-                return await self._existing(job_id, queue, digest, Created(0, None, *(str(x or "") for x in found)))
+                return await self._existing(job_id, queue, digest, owner,
+                                            Created(0, None, *(str(x or "") for x in found)))
         attempts = opts.attempts or self.default_attempts
-        bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, self.keep_completed, self.keep_failed))
+        bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, self.keep_completed, self.keep_failed,
+                                                            self.finished_ttl_s))
         event = JobProgressEvent(
             job_id=job_id, queue=queue, user_id=owner,
             status="delayed" if opts.delay_s else "waiting", progress=0,
@@ -175,8 +181,8 @@ class JobStore:
         assert recorder.call is not None
         made = await self.lifecycle.create(event, recorder.call, digest=digest, created_ms=now_ms,
                                            position=not opts.delay_s)
-        if not made.created:  # the same id was added concurrently
-            return await self._existing(job_id, queue, digest, made)
+        if not made.created:  # the same id was added concurrently, or BullMQ holds it without a record
+            return await self._existing(job_id, queue, digest, owner, made)
         view = JobView(
             id=job_id, queue=queue, user_id=owner, status=event.status, message=event.message,
             data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
@@ -184,8 +190,12 @@ class JobStore:
         )
         return SubmitResult(job=view, created=True)
 
-    async def _existing(self, job_id: str, queue: str, digest: str, found: Created) -> SubmitResult:
-        """An add whose id a job holds already: that job (same queue and payload) or JobConflict."""
+    async def _existing(self, job_id: str, queue: str, digest: str, owner: str, found: Created) -> SubmitResult:
+        """An add whose id a job holds already: that job (same queue and payload) or JobConflict.
+        A job of another user's, or a BullMQ job with no record of ours (a producer's, or one
+        whose record expired first), is a conflict that says nothing about that job."""
+        if found.owner != owner or not found.digest:
+            raise JobConflict(job_id, "this id is taken; choose another")
         if found.queue != queue:
             raise JobConflict(job_id, f"a job with this id exists in queue {found.queue!r}")
         if found.digest != digest:

@@ -207,3 +207,46 @@ def test_the_client_resends_rate_limited_submits_when_asked(live: Callable[..., 
         handles = [patient.submit("sleep", {}) for _ in range(6)]
         took = time.monotonic() - t0
     assert len({h.id for h in handles}) == 6 and took >= 1.0  # it waited, and every submit made one job
+
+
+def test_a_job_id_cannot_be_taken_over_by_another_user(live: Callable[..., str], redis_url: str, prefix: str) -> None:
+    """bob reusing alice's job id: a 409 that says nothing of her job (not its queue, not its
+    data), while it lives and after her records expired with BullMQ's job still there; once
+    both are gone the id is free and bob gets his own job."""
+    import redis as sync_redis
+
+    from dash_ray.gateway import TokenAuth
+    from dash_ray.queues import Keys
+
+    base = live()
+    auth = TokenAuth(SECRET)
+    alice = {"Authorization": f"Bearer {auth.mint('alice')}"}
+    bob = {"Authorization": f"Bearer {auth.mint('bob')}"}
+    secret_prompt = "alice's secret prompt"
+    r = httpx.post(f"{base}/v1/jobs/generation", json={"prompt": secret_prompt, "jobId": "shared-1"}, headers=alice)
+    assert r.status_code == 201
+
+    def bob_tries() -> httpx.Response:
+        return httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": "shared-1"}, headers=bob)
+
+    for attempt in (bob_tries(), httpx.post(f"{base}/v1/jobs/generation",
+                                             json={"prompt": secret_prompt, "jobId": "shared-1"}, headers=bob)):
+        assert attempt.status_code == 409
+        assert "generation" not in attempt.text and "secret" not in attempt.text and "alice" not in attempt.text
+    assert httpx.get(f"{base}/v1/jobs/shared-1", headers=bob).status_code == 404
+    # Her records expire (as their TTL would) while BullMQ's job is still kept: still nothing.
+    keys = Keys(prefix)
+    plain = sync_redis.Redis.from_url(redis_url)
+    plain.delete(keys.job("shared-1"), keys.events("shared-1"))
+    refused = httpx.post(f"{base}/v1/jobs/generation", json={"prompt": "bob's", "jobId": "shared-1"}, headers=bob)
+    assert refused.status_code == 409 and "secret" not in refused.text and "generation" not in refused.text
+    assert httpx.get(f"{base}/v1/jobs/shared-1", headers=bob).status_code == 404
+    # BullMQ's job goes too: the id is free, and bob's job is his own.
+    plain.delete(keys.bull("generation", "shared-1"))
+    plain.lrem(keys.bull("generation", "wait"), 0, "shared-1")
+    plain.zrem(keys.bull("generation", "prioritized"), "shared-1")
+    plain.close()
+    mine = httpx.post(f"{base}/v1/jobs/generation", json={"prompt": "bob's", "jobId": "shared-1"}, headers=bob)
+    assert mine.status_code == 201 and mine.json()["userId"] == "bob" and "secret" not in mine.text
+    assert httpx.get(f"{base}/v1/jobs/shared-1", headers=bob).json()["data"]["prompt"] == "bob's"
+    assert httpx.get(f"{base}/healthz").status_code == 200
