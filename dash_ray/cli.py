@@ -23,7 +23,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     """Start Redis (embedded unless configured), a local Ray, the scheduler and the gateway."""
     import time
 
-    from dash_ray.queues import EmbeddedRedis
+    from dash_ray.queues import EmbeddedRedis, redacted
 
     stop = threading.Event()
 
@@ -34,6 +34,8 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
     t0 = time.monotonic()
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.data_dir.chmod(0o700)  # jobs, results, the token secret and Redis's password: ours alone
     server = None
     url = settings.resolved_redis_url()
     if url is None:
@@ -50,7 +52,6 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         from dash_ray.scheduler.resources import queue_specs
 
         specs = queue_specs(settings)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         ray_pids = settings.data_dir / "ray.pids"
         if not settings.ray_address:
             stop_recorded_ray(ray_pids)  # what a killed earlier run on this data dir left running
@@ -67,7 +68,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             f"  API        {base}\n"
             f"  Docs       {base}/docs\n"
             f"  WebSocket  ws://{settings.host}:{settings.websocket_port}/ws?token=<token>\n"
-            f"  Redis      {url}{' (embedded)' if server else ''}\n"
+            f"  Redis      {redacted(url)}{' (embedded, password in ' + str(server.data_dir / 'redis.password') + ')' if server else ''}\n"
             f"  Queues     " + ", ".join(f"{s.name} x{s.concurrency}" for s in specs) + f" on {gpus:g} GPU(s)\n"
             f"  Token for user {args.user!r}:\n{token}\n"
             f"Python client and CLI: export DASH_URL={base} DASH_TOKEN=<the token above>\n"

@@ -11,6 +11,7 @@ from dash_ray.queues.connection import (
     connect,
     connect_sync,
     is_transient,
+    redacted,
 )
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
@@ -40,5 +41,6 @@ __all__ = [
     "event_from_state",
     "frame_seq",
     "is_transient",
+    "redacted",
     "started_event",
 ]

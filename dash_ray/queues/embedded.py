@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["EmbeddedRedis", "redis_server_binary"]
+__all__ = ["RENAMED_AWAY", "EmbeddedRedis", "redis_server_binary"]
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ping(port: int, timeout_s: float = 0.2) -> bool:
+# Commands no client of ours needs, that would let anyone holding the password reconfigure the
+# server, load code into it, crash it or copy it elsewhere: renamed away (to nothing).
+RENAMED_AWAY = ("CONFIG", "MODULE", "DEBUG", "SHUTDOWN", "REPLICAOF", "SLAVEOF", "ACL", "MIGRATE", "SYNC", "PSYNC")
+
+
+def _auth(password: str) -> bytes:
+    return b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password.encode()), password.encode()) if password else b""
+
+
+def _ping(port: int, password: str = "", timeout_s: float = 0.2) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
+            s.sendall(_auth(password) + b"PING\r\n")
+            data = b""
+            while data.count(b"\r\n") < (2 if password else 1):
+                chunk = s.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+            return data.endswith(b"+PONG\r\n")
     except OSError:
         return False
 
@@ -99,11 +115,11 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _redis_pid(port: int) -> int | None:
+def _redis_pid(port: int, password: str = "") -> int | None:
     """The process id the Redis answering on `port` reports, or None."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"INFO server\r\n")
+            s.sendall(_auth(password) + b"INFO server\r\n")
             data = b""
             while b"process_id:" not in data or not data.endswith(b"\r\n"):
                 chunk = s.recv(65536)
@@ -125,6 +141,10 @@ class EmbeddedRedis:
     has one owner: `redis.owner` (pid and port of the running server) and a lock held while
     starting. A server left running by an owner that was killed is taken over if it answers
     (same port, nothing lost), stopped if it does not; two servers never share one AOF.
+
+    Private to its owner: the data dir is 0700; the server requires a random password kept in
+    `redis.password` (0600) and read from a 0600 config file (never on a command line, which
+    other local users can read); commands no client needs are renamed away (`RENAMED_AWAY`).
     """
 
     def __init__(self, data_dir: Path | str, port: int | None = None, *, fsync: str = "everysec",
@@ -133,6 +153,7 @@ class EmbeddedRedis:
         self.port = port or 0
         self.fsync = fsync
         self.maxmemory = maxmemory
+        self.password = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.adopted_pid: int | None = None  # a server a previous owner left running, now ours
 
@@ -154,7 +175,7 @@ class EmbeddedRedis:
         if found is None:
             return False
         pid, port = found
-        if pid > 0 and _alive(pid) and _redis_pid(port) == pid:
+        if pid > 0 and _alive(pid) and _redis_pid(port, self.password) == pid:
             log.info("embedded redis pid %d on port %d is still running: taking it over", pid, port)
             self.port, self.adopted_pid = port, pid
             return True
@@ -170,10 +191,41 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """`redis://127.0.0.1:{port}/0` of the running server."""
+        """`redis://:{password}@127.0.0.1:{port}/0` of the running server."""
         if not self.port:
             raise RuntimeError("embedded Redis is not started")
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs and the console."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def _private(self) -> None:
+        """The data dir (0700) and the server's password (0600, made once)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.data_dir, 0o700)
+        path = self.data_dir / "redis.password"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            self.password = path.read_text().strip()
+            return
+        self.password = secrets.token_urlsafe(32)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password + "\n")
+
+    def _config(self) -> Path:
+        """The 0600 config file with what must not be on the command line."""
+        path = self.data_dir / "redis.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"requirepass {self.password}\n")
+            for command in RENAMED_AWAY:
+                f.write(f'rename-command {command} ""\n')
+        return path
 
     @property
     def pid(self) -> int | None:
@@ -185,7 +237,7 @@ class EmbeddedRedis:
         wait until it answers PING; returns its URL."""
         if (self.proc and self.proc.poll() is None) or self.adopted_pid:
             return self.url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._private()
         with open(self.data_dir / "redis.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time per data dir
             try:
@@ -202,6 +254,7 @@ class EmbeddedRedis:
         self.port = self.port or _free_port()
         args = [
             redis_server_binary(),
+            str(self._config()),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.data_dir),
@@ -214,7 +267,7 @@ class EmbeddedRedis:
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]
-        log.info("starting embedded redis on 127.0.0.1:%d (data in %s)", self.port, self.data_dir)
+        log.info("starting embedded redis on %s (data in %s)", self.display_url, self.data_dir)
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -229,7 +282,7 @@ class EmbeddedRedis:
                 logfile = self.data_dir / "redis.log"
                 detail = logfile.read_text()[-2000:] if logfile.exists() else ""
                 raise RuntimeError(f"embedded redis-server exited at start: {detail.strip()}")
-            if _ping(self.port):
+            if _ping(self.port, self.password):
                 return self.url
             time.sleep(0.02)
         self.stop()

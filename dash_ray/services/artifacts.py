@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from typing import IO, Any
@@ -23,8 +24,9 @@ class ArtifactStore:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        if self.fs.protocol in ("file", ("file", "local")) or "file" in (self.fs.protocol or ()):
-            self.fs.makedirs(self.root, exist_ok=True)
+        self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in (self.fs.protocol or ())
+        if self.local:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
 
     @staticmethod
     def check(rel: str) -> list[str]:
@@ -41,6 +43,12 @@ class ArtifactStore:
     def put(self, rel: str, data: bytes) -> str:
         """Write a file; returns its relative path."""
         full = self._full(rel)
+        if self.local:  # private to the server's user: folders 0700, files 0600
+            os.makedirs(posixpath.dirname(full), mode=0o700, exist_ok=True)
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return rel
         self.fs.makedirs(posixpath.dirname(full), exist_ok=True)
         with self.fs.open(full, "wb") as f:
             f.write(data)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import time
 import uuid
@@ -34,6 +36,18 @@ def test_up_serves_a_job_and_exits_cleanly(tmp_path: Path) -> None:
         assert ready_s < 30, f"ready after {ready_s:.1f}s"
         family = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
         assert len(family) > 3  # redis, Ray's processes, actors
+        # Private infrastructure: a 0700 data dir; a Redis that wants its password (which the
+        # console never shows); Ray's control plane with token authentication.
+        data = tmp_path / "data"
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+        password = (data / "redis" / "redis.password").read_text().strip()
+        assert password and password not in "".join(log)
+        _pid, redis_port = (int(x) for x in (data / "redis" / "redis.owner").read_text().split())
+        with socket.create_connection(("127.0.0.1", redis_port), timeout=5) as s:
+            s.sendall(b"PING\r\n")
+            assert s.recv(128).startswith(b"-NOAUTH")
+        gcs = [p for p in family if "gcs_server" in " ".join(psutil.Process(p).cmdline()[:1])]
+        assert gcs and psutil.Process(gcs[0]).environ().get("RAY_AUTH_MODE") == "token"
 
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/docs", timeout=10).status_code == 200
@@ -130,7 +144,8 @@ def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_pat
         _owner_pid, redis_port = (int(x) for x in (data / "redis" / "redis.owner").read_text().split())
 
         async def completions() -> dict[str, int]:
-            r = connect(f"redis://127.0.0.1:{redis_port}/0")
+            password = (data / "redis" / "redis.password").read_text().strip()
+            r = connect(f"redis://:{password}@127.0.0.1:{redis_port}/0")
             store = JobStore(r, prefix=prefix, queues=("sleep",))
             out = {}
             for i in every:

@@ -64,3 +64,47 @@ def test_one_server_per_data_dir_taken_over_after_its_owner_dies(tmp_path: Path)
         fourth.stop()
     finally:
         third.stop()
+
+
+def test_the_embedded_redis_is_private_to_its_owner(tmp_path: Path) -> None:
+    """From the outside, as another local process would try: no PING without the password, the
+    password nowhere on a command line, the data dir 0700 and the password file 0600, and no
+    CONFIG / MODULE / DEBUG even with the password."""
+    import os
+    import socket
+    import stat
+
+    import redis as sync_redis
+
+    from dash_ray.queues.embedded import RENAMED_AWAY
+
+    data = tmp_path / "data"
+    server = EmbeddedRedis(data)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            assert s.recv(128).startswith(b"-NOAUTH")
+        assert server.password and server.password not in Path(f"/proc/{server.pid}/cmdline").read_text()
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+        for name in ("redis.password", "redis.conf"):
+            assert stat.S_IMODE(os.stat(data / name).st_mode) == 0o600
+        assert server.password not in server.display_url and server.password in server.url
+        r = sync_redis.Redis.from_url(server.url)
+        assert r.ping()
+        for command in ("CONFIG GET requirepass", "MODULE LIST", "DEBUG SLEEP 0"):
+            try:
+                r.execute_command(*command.split())
+                raise AssertionError(f"{command} was accepted")
+            except sync_redis.ResponseError as exc:
+                assert "unknown command" in str(exc)
+        assert "CONFIG" in RENAMED_AWAY
+        r.close()
+    finally:
+        server.stop()
+    again = EmbeddedRedis(data)  # the same password next time, so clients of the data dir keep working
+    again.start()
+    try:
+        assert again.password == server.password and sync_redis.Redis.from_url(again.url).ping()
+    finally:
+        again.stop()

@@ -180,8 +180,14 @@ def test_health_metrics_and_docs(make_client: Any, tokens: Any, redis_url: str, 
 
 
 def test_artifacts_are_served_to_their_owner_only(make_client: Any, tokens: Any) -> None:
+    import os
+    import stat
+
     c = make_client()
     c.services.artifacts.put("alice/job1/image-0.png", b"\x89PNG fake")
+    root = c.services.artifacts.root
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700  # private to the server's user
+    assert stat.S_IMODE(os.stat(f"{root}/alice/job1/image-0.png").st_mode) == 0o600
     r = c.get("/v1/artifacts/alice/job1/image-0.png", headers=auth(tokens("alice")))
     assert r.status_code == 200 and r.content == b"\x89PNG fake" and r.headers["content-type"] == "image/png"
     assert c.get(f"/v1/artifacts/alice/job1/image-0.png?token={tokens('alice')}").status_code == 200
