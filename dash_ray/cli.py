@@ -61,7 +61,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         base = run_gateway(settings, build_app(settings, url, specs), "dash")
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
-        token = TokenAuth(settings.secret(), settings.token_ttl_s).mint(args.user)
+        token = TokenAuth.of(settings).mint(args.user)
         gpus = resources.get("GPU", 0)
         print(
             f"dash-ray is up in {time.monotonic() - t0:.1f}s\n"
@@ -98,7 +98,11 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from dash_ray.gateway.auth import TokenAuth
 
     ttl = int(args.ttl_h * 3600) if args.ttl_h else None
-    print(TokenAuth(settings.secret(), settings.token_ttl_s).mint(args.user, admin=args.admin, ttl_s=ttl))
+    try:
+        print(TokenAuth.of(settings).mint(args.user, admin=args.admin, ttl_s=ttl))
+    except ValueError as exc:
+        print(f"dash-ray: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

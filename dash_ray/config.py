@@ -93,6 +93,13 @@ class Settings(_QueueFields):
     ingress: Literal["direct", "serve"] = "direct"
     token_secret: str | None = Field(None, min_length=32)
     token_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    admin_token_ttl_s: int = Field(8 * 3600, ge=60)  # what `dash-ray token --admin` mints by default
+    max_token_lifetime_s: int = Field(30 * 24 * 3600, ge=60)  # tokens made to live longer are refused
+    max_admin_token_lifetime_s: int = Field(24 * 3600, ge=60)
+    token_audience: str | None = None  # when set, tokens must carry this `aud`
+    token_issuer: str | None = None  # when set, tokens must carry this `iss`
+    artifact_url_ttl_s: int = Field(3600, ge=10)  # life of the signed artifact links in results
+    ws_ticket_ttl_s: int = Field(30, ge=1, le=3600)  # life of a one-use WebSocket ticket
     rate_submit: str = "120/minute"
     max_waiting_per_user: int = Field(200, ge=1)
     max_ws_frame_bytes: int = Field(64 * 1024, ge=1024)  # larger frames are refused by the WebSocket layer
@@ -121,6 +128,12 @@ class Settings(_QueueFields):
     worker_niceness: int = Field(0, ge=0, le=19)
     # Per queue (from the queue table): <queue>_concurrency, <queue>_gpu_fraction.
     default_attempts: int = Field(3, ge=1, le=100)
+    # Fair limits on one submission (checked at the gateway; docs/security.md).
+    max_attempts: int = Field(5, ge=1, le=100)  # options.attempts above this: 422
+    min_backoff_s: float = Field(1.0, ge=0)  # options.backoff.delayS below this: 422
+    max_generation_mpx_steps: float = Field(256.0, gt=0)  # steps x width x height x numImages / 1e6
+    max_training_mpx_epochs: float = Field(4096.0, gt=0)  # epochs x images x resolution^2 / 1e6
+    high_priority_per_user: int = Field(1, ge=0)  # unfinished priority-1 training jobs per user; 0: admins only
     lock_duration_s: float = Field(30.0, ge=1)
     stalled_interval_s: float = Field(15.0, ge=0.5)
     max_stalled_count: int = Field(1, ge=0)

@@ -457,7 +457,7 @@ class AsyncJobHandle:
     async def image_bytes(self) -> list[bytes]:
         """The PNG bytes of the job's images (generation or upscaling; waits for the job)."""
         await self.wait()
-        urls = [u for u in self.artifact_urls() if not u.endswith(".safetensors")]
+        urls = [u for u in self.artifact_urls() if not u.split("?", 1)[0].endswith(".safetensors")]
         return list(await asyncio.gather(*(self.client.fetch(u) for u in urls)))
 
     async def images(self) -> list[Any]:
@@ -474,7 +474,7 @@ class AsyncJobHandle:
         paths = []
         for url in self.artifact_urls():
             data = await self.client.fetch(url)
-            path = out / f"{self.id}-{url.rsplit('/', 1)[-1]}"
+            path = out / f"{self.id}-{url.split('?', 1)[0].rsplit('/', 1)[-1]}"
             path.write_bytes(data)
             paths.append(path)
         return paths

@@ -48,6 +48,12 @@ def _caller_or_query(request: Request) -> Principal:
     return _services(request).auth.verify(_bearer(request, allow_query=True))
 
 
+def _signed(svc: GatewayServices, data: Any, status: int = 200) -> Response:
+    """A JSON answer whose artifact links are signed for a short time (usable without a token)."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return Response(svc.signer.sign_json(text), status_code=status, media_type="application/json")
+
+
 Svc = Annotated[GatewayServices, Depends(_services)]
 Caller = Annotated[Principal, Depends(_caller)]
 
@@ -55,13 +61,14 @@ router = APIRouter()
 
 
 async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who: Principal,
-                  svc: GatewayServices) -> JSONResponse:
+                  svc: GatewayServices) -> Response:
     if body.user_id and body.user_id != who.user_id and not who.admin:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
+    await svc.policy.check(queue, body, options, who, owner)
     await svc.limiter.check(owner)
     result = await svc.store.add(queue, body, options, user_id=owner)
-    return JSONResponse(result.job.wire(), status_code=201 if result.created else 200)
+    return _signed(svc, result.job.wire(), 201 if result.created else 200)
 
 
 def _add_submit_route(q: QueueDef) -> None:
@@ -70,14 +77,14 @@ def _add_submit_route(q: QueueDef) -> None:
                               __doc__=f"The {q.title} payload plus optional job options.",
                               options=(JobOptions | None, None))
 
-    async def submit(body: Any, who: Principal, svc: GatewayServices) -> JSONResponse:
+    async def submit(body: Any, who: Principal, svc: GatewayServices) -> Response:
         if q.name not in svc.queues:
             raise UnknownQueue(q.name)
         payload = q.payload.model_validate(body.model_dump(exclude={"options"}, exclude_unset=True))
         return await _submit(q.name, payload, body.options, who, svc)
 
     # Real types, not the strings `from __future__ import annotations` leaves: FastAPI reads them.
-    submit.__annotations__ = {"body": body_model, "who": Caller, "svc": Svc, "return": JSONResponse}
+    submit.__annotations__ = {"body": body_model, "who": Caller, "svc": Svc, "return": Response}
     router.add_api_route(
         f"/v1/jobs/{q.name}", submit, methods=["POST"], status_code=201, response_model=JobView, tags=["jobs"],
         name=f"submit_{q.name}", summary=f"Queue a {q.title} job",
@@ -106,9 +113,9 @@ async def _owned(job_id: str, who: Principal, svc: GatewayServices) -> JobView:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
-async def get_job(job_id: str, who: Caller, svc: Svc) -> JSONResponse:
+async def get_job(job_id: str, who: Caller, svc: Svc) -> Response:
     """One of your jobs."""
-    return JSONResponse((await _owned(job_id, who, svc)).wire())
+    return _signed(svc, (await _owned(job_id, who, svc)).wire())
 
 
 @router.get("/v1/jobs", response_model=JobList, tags=["jobs"])
@@ -119,27 +126,29 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
     user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
-) -> JSONResponse:
+) -> Response:
     """Your jobs, newest first (history); pass `nextCursor` back as `cursor` for the next page."""
     if user_id and user_id != who.user_id and not who.admin:
         raise Forbidden("only an admin may list another user's jobs")
     page = await svc.store.list(user_id or who.user_id, queue=queue, status=status, limit=limit, cursor=cursor)
-    return JSONResponse(page.wire())
+    return _signed(svc, page.wire())
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
-async def cancel_job(job_id: str, who: Caller, svc: Svc) -> JSONResponse:
+async def cancel_job(job_id: str, who: Caller, svc: Svc) -> Response:
     """Cancel: a waiting job is removed (200); a running one stops at its next step (202)."""
     await _owned(job_id, who, svc)
     view = await svc.store.cancel(job_id)
-    return JSONResponse(view.wire(), status_code=202 if view.status == "active" else 200)
+    return _signed(svc, view.wire(), 202 if view.status == "active" else 200)
 
 
 @router.post("/v1/jobs/{job_id}/retry", response_model=JobView, tags=["jobs"])
-async def retry_job(job_id: str, who: Caller, svc: Svc) -> JSONResponse:
-    """Run a failed or cancelled job again."""
-    await _owned(job_id, who, svc)
-    return JSONResponse((await svc.store.retry(job_id)).wire())
+async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
+    """Run a failed or cancelled job again: a new run, so it counts against your submission
+    rate and unfinished-job limits like a submit."""
+    view = await _owned(job_id, who, svc)
+    await svc.limiter.check(view.user_id or who.user_id)
+    return _signed(svc, (await svc.store.retry(job_id)).wire())
 
 
 async def _queue_view(name: str, svc: GatewayServices) -> QueueView:
@@ -180,13 +189,17 @@ async def resume_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
 
 @router.get("/v1/artifacts/{path:path}", tags=["artifacts"], response_class=Response)
 async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
-    """A result file of one of your jobs (`?token=` works, for <img src>)."""
-    who = _caller_or_query(request)
+    """A result file of one of your jobs: with your token, or with the signed link (`exp`, `sig`)
+    that job views and events carry, which needs no token (for `<img src>`)."""
+    q = request.query_params
+    signed = svc.signer.valid(f"/v1/artifacts/{path}", q.get("exp"), q.get("sig"))
     try:
         owner = svc.artifacts.check(path)[0]
     except InvalidArtifactPath:
         raise JobNotFound(path) from None
-    if not who.may_see(owner) or not svc.artifacts.exists(path):
+    if not signed and not _caller_or_query(request).may_see(owner):
+        raise JobNotFound(path)
+    if not svc.artifacts.exists(path):
         raise JobNotFound(path)
     media = mimetypes.guess_type(path)[0] or "application/octet-stream"
     local = svc.artifacts.local_path(path)
@@ -199,6 +212,13 @@ async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
                 yield chunk
 
     return StreamingResponse(chunks(), media_type=media)
+
+
+@router.post("/v1/ws-ticket", tags=["auth"])
+async def ws_ticket(who: Caller, svc: Svc) -> JSONResponse:
+    """A one-use ticket for the WebSocket (`/ws?ticket=...`), valid a few seconds: a browser
+    opens its socket without putting its token in a URL."""
+    return JSONResponse({"ticket": await svc.issue_ticket(who), "expiresIn": svc.settings.ws_ticket_ttl_s})
 
 
 @router.get("/healthz", tags=["ops"])

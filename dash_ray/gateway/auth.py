@@ -1,16 +1,24 @@
-"""API tokens: JWT HS256 whose subject is the user id; the `admin` role may pause queues and see all."""
+"""API tokens: JWT HS256 whose subject is the user id; the `admin` role may pause queues and see all.
+
+Also the least-privilege credentials derived from the same secret: artifact URLs signed for one
+path and a short time (`UrlSigner`), so a browser `<img>` needs no token in its URL.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 import time
 from dataclasses import dataclass
 
 import jwt
 
+from dash_ray.config import Settings
 from dash_ray.errors import Unauthorized
 
-__all__ = ["Principal", "TokenAuth"]
+__all__ = ["Principal", "TokenAuth", "UrlSigner"]
 
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
 
@@ -28,29 +36,60 @@ class Principal:
 
 
 class TokenAuth:
-    """Mints and verifies HS256 tokens with one shared secret."""
+    """Mints and verifies HS256 tokens with one shared secret.
 
-    def __init__(self, secret: str, ttl_s: int = 7 * 24 * 3600) -> None:
+    `audience` / `issuer`: when set, tokens must carry them (`aud`, `iss`), so a token made for
+    another service with the same secret is refused. A token whose lifetime (`exp` - `iat`, or
+    from now when there is no `iat`) is over `max_lifetime_s` is refused, and an admin token
+    over `max_admin_lifetime_s`: a leaked token cannot be good for years.
+    """
+
+    def __init__(self, secret: str, ttl_s: int = 7 * 24 * 3600, *, admin_ttl_s: int = 8 * 3600,
+                 max_lifetime_s: int = 30 * 24 * 3600, max_admin_lifetime_s: int = 24 * 3600,
+                 audience: str | None = None, issuer: str | None = None) -> None:
         if len(secret) < 32:
             raise ValueError("token secret must be at least 32 characters")
         self.secret = secret
         self.ttl_s = ttl_s
+        self.admin_ttl_s = admin_ttl_s
+        self.max_lifetime_s = max_lifetime_s
+        self.max_admin_lifetime_s = max_admin_lifetime_s
+        self.audience = audience
+        self.issuer = issuer
+
+    @classmethod
+    def of(cls, s: Settings) -> TokenAuth:
+        """The token rules of a deployment's settings."""
+        return cls(s.secret(), s.token_ttl_s, admin_ttl_s=s.admin_token_ttl_s, max_lifetime_s=s.max_token_lifetime_s,
+                   max_admin_lifetime_s=s.max_admin_token_lifetime_s, audience=s.token_audience,
+                   issuer=s.token_issuer)
 
     def mint(self, user_id: str, admin: bool = False, ttl_s: int | None = None) -> str:
-        """A token for `user_id` (with the admin role if asked), valid for ttl_s seconds."""
+        """A token for `user_id` (with the admin role if asked), valid for ttl_s seconds
+        (default: the user or admin lifetime; never over the maximum)."""
         if not _USER.match(user_id):
             raise ValueError("user id must be 1-128 letters, digits, '_', '.', '@' or '-'")
+        ttl = ttl_s or (min(self.admin_ttl_s, self.ttl_s) if admin else self.ttl_s)
+        limit = self.max_admin_lifetime_s if admin else self.max_lifetime_s
+        if ttl > limit:
+            raise ValueError(f"a{'n admin' if admin else ''} token may live at most {limit}s")
         now = int(time.time())
-        claims = {"sub": user_id, "iat": now, "exp": now + (ttl_s or self.ttl_s),
-                  "roles": ["admin"] if admin else []}
+        claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl, "roles": ["admin"] if admin else []}
+        if self.audience:
+            claims["aud"] = self.audience
+        if self.issuer:
+            claims["iss"] = self.issuer
         return jwt.encode(claims, self.secret, algorithm="HS256")
 
     def verify(self, token: str | None) -> Principal:
-        """The caller of a token; raises Unauthorized if it is missing, bad or expired."""
+        """The caller of a token; raises Unauthorized if it is missing, bad, expired, for
+        another audience or issuer, or made to live too long."""
         if not token:
             raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
+        required = ["sub", "exp"] + (["aud"] if self.audience else []) + (["iss"] if self.issuer else [])
         try:
-            claims = jwt.decode(token, self.secret, algorithms=["HS256"], options={"require": ["sub", "exp"]})
+            claims = jwt.decode(token, self.secret, algorithms=["HS256"], audience=self.audience, issuer=self.issuer,
+                                options={"require": required, "verify_aud": bool(self.audience)})
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token expired") from None
         except jwt.InvalidTokenError as exc:
@@ -59,4 +98,46 @@ class TokenAuth:
         if not isinstance(sub, str) or not _USER.match(sub):
             raise Unauthorized("invalid token: bad subject")
         roles = claims.get("roles") or []
-        return Principal(user_id=sub, admin=isinstance(roles, list) and "admin" in roles)
+        admin = isinstance(roles, list) and "admin" in roles
+        iat = claims.get("iat")
+        start = float(iat) if isinstance(iat, int | float) else time.time()
+        if float(claims["exp"]) - start > (self.max_admin_lifetime_s if admin else self.max_lifetime_s):
+            raise Unauthorized("invalid token: it was made to live longer than this server allows")
+        return Principal(user_id=sub, admin=admin)
+
+
+_ARTIFACT = re.compile(r'"(/v1/artifacts/[A-Za-z0-9_.@\-/]+)"')
+
+
+class UrlSigner:
+    """Artifact URLs signed for one path and a short time: `/v1/artifacts/<path>?exp=...&sig=...`.
+
+    The signature is an HMAC (SHA-256, a key derived from the token secret) of the path and the
+    expiry: changing either breaks it. The gateway signs the artifact links of every job view and
+    event it sends, so a browser `<img src>` works with no token in the URL."""
+
+    def __init__(self, secret: str, ttl_s: int = 3600) -> None:
+        self._key = hmac.new(secret.encode(), b"dash-ray artifact urls", hashlib.sha256).digest()
+        self.ttl_s = ttl_s
+
+    def _sig(self, path: str, exp: int) -> str:
+        mac = hmac.new(self._key, f"{path}\n{exp}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:18]).decode()
+
+    def sign(self, url: str, now: float | None = None) -> str:
+        """`/v1/artifacts/<path>` with its expiry and signature."""
+        exp = int((now or time.time()) + self.ttl_s)
+        return f"{url}?exp={exp}&sig={self._sig(url, exp)}"
+
+    def valid(self, url: str, exp: str | None, sig: str | None) -> bool:
+        """True for a signature made for this path that has not expired."""
+        if not exp or not sig or not exp.isdigit() or int(exp) < time.time():
+            return False
+        return hmac.compare_digest(sig, self._sig(url, int(exp)))
+
+    def sign_json(self, text: str) -> str:
+        """JSON text with every artifact link in it signed (links are plain path strings)."""
+        if "/v1/artifacts/" not in text:
+            return text
+        now = time.time()
+        return _ARTIFACT.sub(lambda m: f'"{self.sign(m.group(1), now)}"', text)

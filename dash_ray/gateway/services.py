@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,8 +12,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from dash_ray.config import Settings
-from dash_ray.gateway.auth import TokenAuth
+from dash_ray.errors import Unauthorized
+from dash_ray.gateway.auth import Principal, TokenAuth, UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
+from dash_ray.gateway.policy import SubmitPolicy
 from dash_ray.gateway.ratelimit import SubmitLimiter
 from dash_ray.models.payloads import JobPayload
 from dash_ray.queues import EventHub, JobStore, connect
@@ -30,7 +33,9 @@ class GatewayServices:
     store: JobStore
     hub: EventHub
     auth: TokenAuth
+    signer: UrlSigner
     limiter: SubmitLimiter
+    policy: SubmitPolicy
     artifacts: ArtifactStore
     queues: tuple[str, ...]
     metrics: ReplicaMetrics = field(default_factory=lambda: ReplicaMetrics(uuid.uuid4().hex[:8]))
@@ -57,9 +62,28 @@ class GatewayServices:
                                 settings.max_waiting_per_user, store.open_jobs)
         return cls(
             settings=settings, redis=redis, store=store, hub=EventHub(redis_url),
-            auth=TokenAuth(settings.secret(), settings.token_ttl_s), limiter=limiter,
+            auth=TokenAuth.of(settings), signer=UrlSigner(settings.secret(), settings.artifact_url_ttl_s),
+            limiter=limiter, policy=SubmitPolicy(settings, store),
             artifacts=artifacts, queues=queues,
         )
+
+    async def issue_ticket(self, who: Principal) -> str:
+        """A one-use WebSocket ticket for `who`, valid `ws_ticket_ttl_s` (kept in Redis, so any
+        replica redeems it)."""
+        ticket = secrets.token_urlsafe(24)
+        await self.redis.set(self.store.keys.ticket(ticket), f"{who.user_id}\x1f{int(who.admin)}",
+                             ex=self.settings.ws_ticket_ttl_s, nx=True)
+        return ticket
+
+    async def redeem_ticket(self, ticket: str) -> Principal:
+        """The caller a ticket was issued to; the ticket is gone afterwards (GETDEL)."""
+        if not ticket or len(ticket) > 64:
+            raise Unauthorized("invalid ticket")
+        value = await self.redis.getdel(self.store.keys.ticket(ticket))
+        if not value:
+            raise Unauthorized("invalid or used ticket")
+        user, _, admin = (value.decode() if isinstance(value, bytes) else str(value)).partition("\x1f")
+        return Principal(user_id=user, admin=admin == "1")
 
     async def start(self) -> None:
         """Start the event hub (one pub/sub connection for all sockets of this replica)."""

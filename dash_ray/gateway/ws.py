@@ -92,6 +92,7 @@ class _Session:
     def _enqueue(self, text: str) -> None:
         if self.closing:
             return
+        text = self.svc.signer.sign_json(text)  # result links, usable without a token
         if self.out.qsize() >= MAX_BUFFERED:
             log.warning("socket of %s is not reading; closing it", self.who.user_id)
             self.close_later(CLOSE_TOO_SLOW)
@@ -283,7 +284,8 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
     """Run one client socket until it goes away."""
     await ws.accept()
     try:
-        who = svc.auth.verify(_token(ws))
+        ticket = ws.query_params.get("ticket")
+        who = await svc.redeem_ticket(ticket) if ticket is not None else svc.auth.verify(_token(ws))
     except Unauthorized as exc:
         await ws.send_json(ws_error(exc))
         await ws.close(CLOSE_UNAUTHORIZED)

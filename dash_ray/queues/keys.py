@@ -64,6 +64,10 @@ class Keys:
         """Prefix handed to the `limits` storage for per-user rate limits."""
         return f"{self.ns}rl"
 
+    def ticket(self, ticket: str) -> str:
+        """String: a one-use WebSocket ticket -> `user id` + `\x1f` + `1` if admin (expires by itself)."""
+        return f"{self.ns}ticket:{ticket}"
+
     def waiting_count(self, user_id: str) -> str:
         """Set: a user's jobs that are not finished yet (for the waiting-jobs limit)."""
         return f"{self.ns}open:{user_id}"

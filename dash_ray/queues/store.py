@@ -353,6 +353,16 @@ class JobStore:
         """How many of the user's jobs are not finished (waiting, delayed or running)."""
         return int(await self.redis.scard(self.keys.waiting_count(user_id)))
 
+    async def open_high_priority(self, user_id: str, queue: str) -> int:
+        """How many of the user's unfinished jobs in `queue` have priority 1."""
+        ids = list(await self.redis.smembers(self.keys.waiting_count(user_id)))
+        if not ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.keys.bull(queue, job_id.decode() if isinstance(job_id, bytes) else job_id), "priority")
+        return sum(1 for p in await pipe.execute() if p is not None and int(p) == 1)
+
     # ------------------------------------------------------------------ control
     async def cancel(self, job_id: str) -> JobView:
         """Cancel: a waiting or delayed job is removed; a running one is told to stop."""

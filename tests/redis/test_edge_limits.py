@@ -41,7 +41,7 @@ def live(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Callable[..., 
 
     def start(**overrides: Any) -> str:
         settings = load_settings(key_prefix=prefix, token_secret=SECRET, data_dir=tmp_path / "data", **overrides)
-        app = create_app(GatewayServices.create(settings, redis_url, queues=("generation", "sleep")))
+        app = create_app(GatewayServices.create(settings, redis_url, queues=("generation", "training", "sleep")))
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                ws="websockets-sansio", ws_max_size=settings.max_ws_frame_bytes))
@@ -249,4 +249,119 @@ def test_a_job_id_cannot_be_taken_over_by_another_user(live: Callable[..., str],
     mine = httpx.post(f"{base}/v1/jobs/generation", json={"prompt": "bob's", "jobId": "shared-1"}, headers=bob)
     assert mine.status_code == 201 and mine.json()["userId"] == "bob" and "secret" not in mine.text
     assert httpx.get(f"{base}/v1/jobs/shared-1", headers=bob).json()["data"]["prompt"] == "bob's"
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+async def test_signed_artifact_links_work_without_a_token_for_one_path_until_they_expire(
+        live: Callable[..., str], make_store: Any, make_consumer: Any, tmp_path: Path) -> None:
+    from dash_ray.gateway import TokenAuth
+    from dash_ray.gateway.auth import UrlSigner
+    from dash_ray.services import ArtifactStore
+    from tests.helpers import complete, take_one
+
+    base = live()
+    artifacts = ArtifactStore(load_settings(data_dir=tmp_path / "data").artifacts_location)
+    artifacts.put("alice/art1/image-0.png", b"\x89PNG alice's image")
+    artifacts.put("alice/art1/image-1.png", b"\x89PNG another image")
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "art1"})
+    consumer = make_consumer("sleep", store)
+    await complete(consumer, await take_one(consumer), {"images": ["/v1/artifacts/alice/art1/image-0.png"]})
+    alice = {"Authorization": f"Bearer {TokenAuth(SECRET).mint('alice')}"}
+    link = httpx.get(f"{base}/v1/jobs/art1", headers=alice).json()["result"]["images"][0]
+    assert link.startswith("/v1/artifacts/alice/art1/image-0.png?exp=") and "&sig=" in link
+    got = httpx.get(base + link)  # no token: the link is the credential
+    assert got.status_code == 200 and got.content == b"\x89PNG alice's image"
+    other_path = link.replace("image-0.png", "image-1.png")
+    # A link that is not signed right is no credential: without a token, 401.
+    assert httpx.get(base + other_path).status_code == 401  # signed for one path only
+    assert httpx.get(base + link.replace("&sig=", "&sig=x")).status_code == 401
+    later = link.split("?")[0] + f"?exp={int(time.time()) + 10**6}&" + link.split("&")[1]
+    assert httpx.get(base + later).status_code == 401  # a longer life is a different signature
+    expired = UrlSigner(SECRET, ttl_s=-5).sign("/v1/artifacts/alice/art1/image-0.png")
+    assert httpx.get(base + expired).status_code == 401  # signed right, but past its time
+    assert httpx.get(f"{base}/v1/artifacts/alice/art1/image-0.png").status_code == 401
+    # the socket's events carry signed links too
+    ticket = httpx.post(f"{base}/v1/ws-ticket", headers=alice).json()["ticket"]
+    with ws_connect(f"ws://{base.removeprefix('http://')}/ws?ticket={ticket}") as ws:
+        ws.send(json.dumps({"type": "subscribe", "jobIds": ["art1"]}))
+        first = json.loads(ws.recv(timeout=10))
+    assert first["type"] == "job:completed" and "&sig=" in first["result"]["images"][0]
+    assert httpx.get(base + first["result"]["images"][0]).status_code == 200
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_a_websocket_ticket_works_once_and_tokens_are_checked_for_audience_issuer_and_lifetime(
+        live: Callable[..., str]) -> None:
+    from dash_ray.gateway import TokenAuth
+
+    base = live(token_audience="dash-api", token_issuer="accounts.example")
+    ours = TokenAuth(SECRET, audience="dash-api", issuer="accounts.example")
+    header = {"Authorization": f"Bearer {ours.mint('alice')}"}
+    assert httpx.post(f"{base}/v1/ws-ticket").status_code == 401
+    answer = httpx.post(f"{base}/v1/ws-ticket", headers=header).json()
+    assert answer["expiresIn"] == 30
+    ws_base = f"ws://{base.removeprefix('http://')}/ws"
+    with ws_connect(f"{ws_base}?ticket={answer['ticket']}") as ws:
+        ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "pong"
+    with ws_connect(f"{ws_base}?ticket={answer['ticket']}") as ws:  # used: refused
+        assert json.loads(ws.recv(timeout=10))["code"] == "unauthorized"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+    # tokens: another audience or issuer, none at all, or made to live too long
+    for bad in (TokenAuth(SECRET).mint("alice"),
+                TokenAuth(SECRET, audience="other", issuer="accounts.example").mint("alice"),
+                TokenAuth(SECRET, audience="dash-api", issuer="elsewhere").mint("alice"),
+                TokenAuth(SECRET, audience="dash-api", issuer="accounts.example",
+                          max_lifetime_s=10**9).mint("alice", ttl_s=60 * 24 * 3600),
+                TokenAuth(SECRET, audience="dash-api", issuer="accounts.example",
+                          max_admin_lifetime_s=10**9).mint("root", admin=True, ttl_s=3 * 24 * 3600)):
+        r = httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401, r.text
+    assert httpx.get(f"{base}/v1/jobs", headers=header).status_code == 200
+    admin = ours.mint("root", admin=True)  # admin tokens live 8 h unless asked otherwise
+    assert httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    with pytest.raises(ValueError):
+        ours.mint("root", admin=True, ttl_s=2 * 24 * 3600)
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_fair_limits_on_attempts_backoff_compute_priority_and_retries(live: Callable[..., str]) -> None:
+    """Each limit answers with a clear 4xx naming the field and the variable; the server keeps serving."""
+    from dash_ray.gateway import TokenAuth
+
+    base = live(rate_submit="4/minute", max_waiting_per_user=50)
+    auth = TokenAuth(SECRET)
+    alice = {"Authorization": f"Bearer {auth.mint('alice')}"}
+
+    def post(queue: str, body: dict[str, Any], headers: dict[str, str] = alice) -> httpx.Response:
+        return httpx.post(f"{base}/v1/jobs/{queue}", json=body, headers=headers)
+
+    too_many = post("generation", {**GEN, "options": {"attempts": 50}})
+    assert too_many.status_code == 422 and "DASH_MAX_ATTEMPTS" in too_many.text
+    eager = post("generation", {**GEN, "options": {"backoff": {"delayS": 0}}})
+    assert eager.status_code == 422 and "DASH_MIN_BACKOFF_S" in eager.text
+    huge = post("generation", {**GEN, "settings": {"steps": 150, "width": 2048, "height": 2048, "numImages": 8}})
+    assert huge.status_code == 422 and "megapixel-steps" in huge.text
+    png = "data:image/png;base64," + "A" * 16
+    big_training = post("training", {"prompt": "sks", "imageUrls": [png] * 64,
+                                     "settings": {"epochs": 1000, "resolution": 1024}})
+    assert big_training.status_code == 422 and "megapixel-epochs" in big_training.text
+    # priority 1 on training: one unfinished job per user; an admin is not limited
+    small = {"prompt": "sks", "imageUrls": [png], "settings": {"epochs": 1, "resolution": 64},
+             "options": {"priority": 1}}
+    assert post("training", {**small, "loraId": "hi-1"}).status_code == 201
+    second = post("training", {**small, "loraId": "hi-2"})
+    assert second.status_code == 429 and "DASH_HIGH_PRIORITY_PER_USER" in second.text
+    root = {"Authorization": f"Bearer {auth.mint('root', admin=True)}"}
+    assert post("training", {**small, "loraId": "hi-3"}, root).status_code == 201
+    # a retry counts against the submission rate: alice has used 2 of her 4 a minute (hi-1, r-1)
+    assert post("generation", {**GEN, "jobId": "r-1"}).status_code == 201
+    assert httpx.delete(f"{base}/v1/jobs/r-1", headers=alice).status_code == 200
+    answers = [httpx.post(f"{base}/v1/jobs/r-1/retry", headers=alice) for _ in range(3)]
+    # (a job cancelled while waiting is gone from its queue: 409) each try counts, the third is over
+    assert [a.status_code for a in answers] == [409, 409, 429]
+    assert answers[2].headers.get("retry-after")
     assert httpx.get(f"{base}/healthz").status_code == 200

@@ -1,0 +1,59 @@
+"""Fair limits on the work one submission may ask for, checked at the gateway before a job is
+queued: attempts, backoff, compute per job, and the share of high-priority training."""
+
+from __future__ import annotations
+
+from dash_ray.config import Settings
+from dash_ray.errors import InvalidPayload, RateLimited
+from dash_ray.gateway.auth import Principal
+from dash_ray.models.options import JobOptions
+from dash_ray.models.payloads import GenerationJob, JobPayload, TrainingJob
+from dash_ray.queues import JobStore
+
+__all__ = ["SubmitPolicy"]
+
+
+def _bad(field: str, message: str) -> InvalidPayload:
+    return InvalidPayload(f"invalid payload: {field}: {message}", errors=[{"field": field, "message": message}])
+
+
+class SubmitPolicy:
+    """What a job may ask for (`check`), per the deployment's settings; admins are not limited
+    in their share of priority 1."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
+                    owner: str) -> None:
+        """Raise InvalidPayload (422) or RateLimited (429) for a submission over a limit."""
+        s = self.settings
+        opts = options or JobOptions()
+        if opts.attempts is not None and opts.attempts > s.max_attempts:
+            raise _bad("options.attempts", f"at most {s.max_attempts} (DASH_MAX_ATTEMPTS)")
+        if opts.backoff.delay_s < s.min_backoff_s:
+            raise _bad("options.backoff.delayS", f"at least {s.min_backoff_s:g}s (DASH_MIN_BACKOFF_S)")
+        if isinstance(payload, GenerationJob):
+            g = payload.settings
+            mpx_steps = g.steps * g.width * g.height * g.num_images / 1e6
+            if mpx_steps > s.max_generation_mpx_steps:
+                raise _bad("settings", f"steps x width x height x numImages is {mpx_steps:.0f} megapixel-steps; "
+                                       f"at most {s.max_generation_mpx_steps:g} (DASH_MAX_GENERATION_MPX_STEPS)")
+        if isinstance(payload, TrainingJob):
+            t = payload.settings
+            mpx_epochs = t.epochs * len(payload.image_urls) * t.resolution ** 2 / 1e6
+            if mpx_epochs > s.max_training_mpx_epochs:
+                raise _bad("settings", f"epochs x images x resolution^2 is {mpx_epochs:.0f} megapixel-epochs; "
+                                       f"at most {s.max_training_mpx_epochs:g} (DASH_MAX_TRAINING_MPX_EPOCHS)")
+            if opts.priority == 1 and not who.admin:
+                await self._high_priority_share(owner)
+
+    async def _high_priority_share(self, owner: str) -> None:
+        limit = self.settings.high_priority_per_user
+        if limit <= 0:
+            raise _bad("options.priority", "priority 1 on training is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
+        if await self.store.open_high_priority(owner, "training") >= limit:
+            raise RateLimited(f"at most {limit} unfinished priority-1 training job(s) per user "
+                              "(DASH_HIGH_PRIORITY_PER_USER); submit this one at priority 2, or wait",
+                              retry_after_s=30)
