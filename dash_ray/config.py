@@ -96,6 +96,7 @@ class Settings(_QueueFields):
     admin_token_ttl_s: int = Field(8 * 3600, ge=60)  # what `dash-ray token --admin` mints by default
     max_token_lifetime_s: int = Field(30 * 24 * 3600, ge=60)  # tokens made to live longer are refused
     max_admin_token_lifetime_s: int = Field(24 * 3600, ge=60)
+    metrics_token: str | None = Field(None, min_length=16)  # when set, /metrics wants it as a bearer token
     token_audience: str | None = None  # when set, tokens must carry this `aud`
     token_issuer: str | None = None  # when set, tokens must carry this `iss`
     artifact_url_ttl_s: int = Field(3600, ge=10)  # life of the signed artifact links in results
@@ -162,6 +163,10 @@ class Settings(_QueueFields):
     torch_threads: int | None = Field(None, ge=1, le=256)
     model_cache_bytes: int = Field(8 * 1024**3, ge=0)
     allowed_image_hosts: list[str] = Field(default_factory=list)
+    # Private, loopback and link-local addresses an allowed host may resolve to (CIDRs); by
+    # default none, so an image URL is no way into the deployment's own network.
+    allowed_image_networks: list[str] = Field(default_factory=list)
+    image_fetch_timeout_s: float = Field(30.0, gt=0)  # total time to fetch one image over http(s)
     allowed_file_dirs: list[Path] = Field(default_factory=list)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(16 * 1024 * 1024, ge=64 * 64)
@@ -182,7 +187,7 @@ class Settings(_QueueFields):
             return {k.strip(): v.strip() for k, v in pairs}
         return value
 
-    @field_validator("allowed_image_hosts", "allowed_file_dirs", mode="before")
+    @field_validator("allowed_image_hosts", "allowed_file_dirs", "allowed_image_networks", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -190,6 +195,18 @@ class Settings(_QueueFields):
             if value.startswith("["):
                 return json.loads(value)
             return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_image_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"not a network (CIDR): {net!r}") from None
         return value
 
     @field_validator("rate_submit")

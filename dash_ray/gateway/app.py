@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import mimetypes
 from collections.abc import AsyncIterator
@@ -235,8 +236,12 @@ async def healthz(svc: Svc) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-async def metrics(svc: Svc) -> PlainTextResponse:
-    """Prometheus text: queue depth, jobs by state, job durations, events sent, open sockets."""
+async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
+    """Prometheus text: queue depth, jobs by state, job durations, events sent, open sockets.
+    With DASH_METRICS_TOKEN set, only for `Authorization: Bearer <that token>`."""
+    want = svc.settings.metrics_token
+    if want and not hmac.compare_digest(_bearer(request) or "", want):
+        raise Unauthorized("metrics need the metrics token (DASH_METRICS_TOKEN)")
     counts = {q: await svc.store.counts(q) for q in svc.queues}
     durations = {q: await svc.store.durations(q) for q in svc.queues}
     return PlainTextResponse(render(counts, durations, svc.metrics), media_type="text/plain; version=0.0.4")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -29,9 +30,22 @@ from dash_ray.scheduler.runner import (
     load_runner,
 )
 
-__all__ = ["WorkerCore"]
+__all__ = ["WorkerCore", "public_error"]
 
 log = logging.getLogger(__name__)
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[\w.@+~-]+){2,}/?")
+_URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)
+
+
+def public_error(exc: BaseException) -> str:
+    """An error as users may see it: its type and message with absolute paths cut to their last
+    part and URLs (hosts, Redis passwords) left out; the whole error goes to the log."""
+    text = f"{type(exc).__name__}: {exc}"
+    text = _URL.sub("<url>", text)
+    text = _PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
+    return text[:1000]
 
 
 class WorkerCore:
@@ -111,7 +125,7 @@ class WorkerCore:
             return Outcome("failed", error=str(exc), run_s=time.perf_counter() - t0)
         except Exception as exc:
             log.warning("job %s failed: %s\n%s", ctx.id, exc, traceback.format_exc(), extra={"job_id": ctx.id})
-            return Outcome("failed", error=f"{type(exc).__name__}: {exc}", retry=True, run_s=time.perf_counter() - t0)
+            return Outcome("failed", error=public_error(exc), retry=True, run_s=time.perf_counter() - t0)
 
     def run_batch(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
         """Run jobs one after another; an outcome per job, in order, and the models held after.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from dash_ray.config import Settings
 from dash_ray.errors import InvalidPayload
 from dash_ray.models.payloads import GenerationJob, JobPayload, TrainingJob, UpscalingJob
@@ -14,6 +17,8 @@ TINY_SD = "tiny"
 TINY_UPSCALER = "tiny-upscaler"
 
 BUILTIN = {TINY_SD: "builtin:" + TINY_SD, TINY_UPSCALER: "builtin:" + TINY_UPSCALER}
+TEXT_TO_IMAGE = "text-to-image"
+UPSCALER = "upscaler"
 
 
 def lora_path(user_id: str, lora_id: str) -> str:
@@ -36,7 +41,21 @@ class ModelRegistry:
             raise KeyError(name)
         return name, self.models[name]
 
-    def _check(self, field: str, name: str | None) -> None:
+    def kind(self, name: str | None) -> str:
+        """`upscaler` or `text-to-image`: from a local model's `model_index.json` (its pipeline
+        class), else from its name or hub id."""
+        name, location = self.resolve(name)
+        if location == BUILTIN[TINY_UPSCALER]:
+            return UPSCALER
+        index = Path(location) / "model_index.json"
+        try:
+            cls = json.loads(index.read_text()).get("_class_name", "")
+            return UPSCALER if "Upscale" in cls else TEXT_TO_IMAGE
+        except (OSError, ValueError):
+            pass
+        return UPSCALER if "upscal" in f"{name} {location}".lower() else TEXT_TO_IMAGE
+
+    def _check(self, field: str, name: str | None, kind: str = TEXT_TO_IMAGE) -> None:
         try:
             self.resolve(name)
         except KeyError:
@@ -45,6 +64,14 @@ class ModelRegistry:
                 f"invalid payload: {field}: unknown model {name or self.default!r} (known: {known})",
                 errors=[{"field": field, "message": f"unknown model {name or self.default!r}"}],
             ) from None
+        found = self.kind(name)
+        if found != kind:
+            shown = name or self.default
+            raise InvalidPayload(
+                f"invalid payload: {field}: {shown!r} is {'an' if found == UPSCALER else 'a'} {found} model; "
+                f"this queue needs {'an' if kind == UPSCALER else 'a'} {kind} model",
+                errors=[{"field": field, "message": f"{shown!r} is a model of another kind ({found})"}],
+            )
 
     def validate(self, payload: JobPayload) -> None:
         """Raise InvalidPayload (422) for an unknown model or a LoRA that was not trained."""
@@ -60,4 +87,4 @@ class ModelRegistry:
         elif isinstance(payload, TrainingJob):
             self._check("settings.baseModel", payload.settings.base_model)
         elif isinstance(payload, UpscalingJob) and payload.model != "lanczos":
-            self._check("model", payload.model)
+            self._check("model", payload.model, UPSCALER)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import base64
+import errno
 import io
+import ipaddress
 import os
+import socket
+import stat
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -32,24 +37,82 @@ def fetch_bytes(url: str, settings: Settings) -> bytes:
         except ValueError as exc:
             raise WorkerError(f"bad data URL: {exc}") from None
     if scheme == "file":
-        path = Path(unquote(urlparse(url).path)).resolve()
-        allowed = [Path(d).resolve() for d in settings.allowed_file_dirs]
-        if not any(path == d or d in path.parents for d in allowed):
-            raise WorkerError("file:// URL outside the allowed folders (DASH_ALLOWED_FILE_DIRS)")
-        try:
-            if os.path.getsize(path) > limit:
-                raise WorkerError(f"image too large (over {limit} bytes)")
-            return path.read_bytes()
-        except OSError as exc:
-            raise WorkerError(f"cannot read {path.name}: {exc.strerror}") from None
+        return _read_file(Path(unquote(urlparse(url).path)), settings)
     if scheme in ("http", "https"):
-        host = (urlparse(url).hostname or "").lower()
-        if host not in {h.lower() for h in settings.allowed_image_hosts}:
-            raise WorkerError(f"host {host!r} is not allowed (DASH_ALLOWED_IMAGE_HOSTS)")
-        import httpx
+        return _fetch_http(url, settings)
+    raise WorkerError("image URL must be http(s), file:// or data:")
 
-        try:
-            with httpx.stream("GET", url, timeout=30, follow_redirects=False) as r:
+
+def _inside(path: str, folders: list[Path]) -> bool:
+    p = Path(path)
+    return any(p == d or d in p.parents for d in folders)
+
+
+def _read_file(path: Path, settings: Settings) -> bytes:
+    """A file under DASH_ALLOWED_FILE_DIRS, read safely: the last component may not be a
+    symlink (O_NOFOLLOW), it must be a regular file, and the file actually opened must lie
+    under an allowed folder (checked on the open descriptor, so a symlink swapped in between a
+    check and the open cannot lead elsewhere)."""
+    allowed = [Path(d).resolve() for d in settings.allowed_file_dirs]
+    if not _inside(os.path.abspath(path), allowed):
+        raise WorkerError("file:// URL outside the allowed folders (DASH_ALLOWED_FILE_DIRS)")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        reason = "it is a symlink" if exc.errno == errno.ELOOP else (exc.strerror or "cannot open")
+        raise WorkerError(f"cannot read {path.name}: {reason}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise WorkerError(f"cannot read {path.name}: not a regular file")
+        if not _inside(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else str(path.resolve()),
+                       allowed):
+            raise WorkerError("file:// URL outside the allowed folders (DASH_ALLOWED_FILE_DIRS)")
+        if st.st_size > settings.max_image_bytes:
+            raise WorkerError(f"image too large (over {settings.max_image_bytes} bytes)")
+        return f.read(settings.max_image_bytes + 1)
+
+
+def _public_address(host: str, port: int, settings: Settings) -> str:
+    """The address to connect to for an allowed host: resolved once, and refused if it is
+    private, loopback, link-local, multicast or reserved unless DASH_ALLOWED_IMAGE_NETWORKS
+    covers it (a name that resolves inside the network is no way in)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise WorkerError("cannot resolve the image host") from None
+    networks = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_image_networks]
+    for info in infos:
+        addr = ipaddress.ip_address(info[4][0])
+        inside = (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
+                  or addr.is_reserved or addr.is_unspecified)
+        if inside and not any(addr in n for n in networks):
+            raise WorkerError("the image host resolves to a private address (DASH_ALLOWED_IMAGE_NETWORKS)")
+    return str(infos[0][4][0])
+
+
+def _fetch_http(url: str, settings: Settings) -> bytes:
+    """An image from an allowed host, on the address checked by `_public_address` (pinned: the
+    connection goes to that address, with the host name in `Host` and TLS SNI), within
+    DASH_MAX_IMAGE_BYTES and a total deadline of DASH_IMAGE_FETCH_TIMEOUT_S."""
+    import httpx
+
+    parts = urlparse(url)
+    host = (parts.hostname or "").lower()
+    if host not in {h.lower() for h in settings.allowed_image_hosts}:
+        raise WorkerError("the image host is not allowed (DASH_ALLOWED_IMAGE_HOSTS)")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    ip = _public_address(host, port, settings)
+    netloc = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    pinned = parts._replace(netloc=netloc).geturl()
+    deadline = time.monotonic() + settings.image_fetch_timeout_s
+    limit = settings.max_image_bytes
+    try:
+        with httpx.Client(timeout=settings.image_fetch_timeout_s, follow_redirects=False) as client:
+            request = client.build_request("GET", pinned, headers={"Host": parts.netloc},
+                                           extensions={"sni_hostname": host})
+            r = client.send(request, stream=True)
+            try:
                 if r.status_code != 200:
                     raise WorkerError(f"fetching the image gave HTTP {r.status_code}")
                 chunks, size = [], 0
@@ -57,11 +120,14 @@ def fetch_bytes(url: str, settings: Settings) -> bytes:
                     size += len(chunk)
                     if size > limit:
                         raise WorkerError(f"image too large (over {limit} bytes)")
+                    if time.monotonic() > deadline:
+                        raise WorkerError(f"fetching the image took over {settings.image_fetch_timeout_s:g}s")
                     chunks.append(chunk)
                 return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise WorkerError(f"cannot fetch the image: {type(exc).__name__}") from None
-    raise WorkerError("image URL must be http(s), file:// or data:")
+            finally:
+                r.close()
+    except httpx.HTTPError as exc:
+        raise WorkerError(f"cannot fetch the image: {type(exc).__name__}") from None
 
 
 def load_image(url: str, settings: Settings) -> Any:
@@ -70,7 +136,7 @@ def load_image(url: str, settings: Settings) -> Any:
 
     data = fetch_bytes(url, settings)
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=sorted(_FORMATS))  # no other decoder is tried
     except Exception:
         raise WorkerError("not an image (PNG, JPEG, WebP, BMP or GIF)") from None
     if img.format not in _FORMATS:

@@ -41,7 +41,7 @@ def live(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Callable[..., 
 
     def start(**overrides: Any) -> str:
         settings = load_settings(key_prefix=prefix, token_secret=SECRET, data_dir=tmp_path / "data", **overrides)
-        app = create_app(GatewayServices.create(settings, redis_url, queues=("generation", "training", "sleep")))
+        app = create_app(GatewayServices.create(settings, redis_url, queues=("generation", "training", "upscaling", "sleep")))
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                ws="websockets-sansio", ws_max_size=settings.max_ws_frame_bytes))
@@ -365,3 +365,22 @@ def test_fair_limits_on_attempts_backoff_compute_priority_and_retries(live: Call
     assert [a.status_code for a in answers] == [409, 409, 429]
     assert answers[2].headers.get("retry-after")
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_a_model_of_the_wrong_kind_is_a_422_and_metrics_can_want_a_token(live: Callable[..., str]) -> None:
+    from dash_ray.gateway import TokenAuth
+
+    base = live(metrics_token="metrics-token-0123456789")
+    alice = {"Authorization": f"Bearer {TokenAuth(SECRET).mint('alice')}"}
+    png = "data:image/png;base64," + "A" * 16
+    up = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": png, "model": "tiny"}, headers=alice)
+    assert up.status_code == 422 and "needs an upscaler model" in up.text
+    gen = httpx.post(f"{base}/v1/jobs/generation", json={**GEN, "settings": {"model": "tiny-upscaler"}},
+                     headers=alice)
+    assert gen.status_code == 422 and "needs a text-to-image model" in gen.text
+    assert httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": png, "model": "tiny-upscaler"},
+                      headers=alice).status_code == 201
+    assert httpx.get(f"{base}/metrics").status_code == 401
+    assert httpx.get(f"{base}/metrics", headers=alice).status_code == 401  # a user token is not it
+    ok = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"})
+    assert ok.status_code == 200 and "dash_" in ok.text

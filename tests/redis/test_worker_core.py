@@ -51,3 +51,15 @@ def test_batch_past_its_budget_hands_back_the_jobs_it_did_not_start(redis_url: s
         assert [o.kind for o in out] == ["done", "done"]
     finally:
         core.close()
+
+
+def test_errors_users_see_carry_no_paths_urls_or_passwords(redis_url: str, prefix: str) -> None:
+    core = make_core(redis_url, prefix)
+    try:
+        message = "cannot open /srv/dash/data/models/tiny/unet.bin via redis://:hunter2@10.1.2.3:6379/0"
+        [out] = core.run_batch([job("leaky", failAttempts=1, failMessage=message)]).outcomes
+    finally:
+        core.close()
+    assert out.kind == "failed" and out.retry
+    assert "/srv/dash" not in out.error and "hunter2" not in out.error and "10.1.2.3" not in out.error
+    assert "unet.bin" in out.error and out.error.startswith("RuntimeError: cannot open")
