@@ -106,7 +106,9 @@ class Settings(_QueueFields):
     max_ws_frame_bytes: int = Field(64 * 1024, ge=1024)  # larger frames are refused by the WebSocket layer
     # Request bodies are counted as they arrive and cut off past this (413). Inline `data:` images
     # travel in the body, so it is large by default; lower it where images come by URL.
-    max_body_bytes: int = Field(48 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)  # JSON bodies; images go by POST /v1/uploads
+    max_inline_image_bytes: int = Field(256 * 1024, ge=0)  # a data: URL in a payload (decoded size)
+    upload_quota_bytes: int = Field(1024 * 1024 * 1024, ge=0)  # bytes of uploads a user may keep
     max_sockets_per_user: int = Field(20, ge=1)  # open WebSockets per user, per gateway replica
     ws_messages_per_s: float = Field(20.0, gt=0)  # client messages a socket may send per second (burst: 2 s)
 

@@ -13,6 +13,7 @@ __all__ = [
     "JobCancelled",
     "JobConflict",
     "JobNotFound",
+    "QuotaExceeded",
     "RateLimited",
     "Unauthorized",
     "Unavailable",
@@ -143,3 +144,12 @@ class Unavailable(DashError):
     def __init__(self, message: str = "the job store is unavailable; try again shortly", retry_after_s: int = 1) -> None:
         super().__init__(message, retryAfterS=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(DashError):
+    """A per-user storage quota (uploads) would be exceeded."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)

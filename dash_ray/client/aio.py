@@ -50,24 +50,32 @@ _RECONNECT_MAX_S = 5.0
 def image_ref(image: Any) -> str:
     """An image as a payload's `imageUrl`: a URL (`http(s)://`, `data:`, `upload://`, `file://`)
     as is; a path, bytes or a PIL image as a `data:` URL."""
-    if isinstance(image, str) and image.split(":", 1)[0] in ("http", "https", "data", "upload", "file"):
-        return image
+    if _is_url(image):
+        return str(image)
+    data, mime = _image_bytes(image)
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _is_url(image: Any) -> bool:
+    return isinstance(image, str) and image.split(":", 1)[0] in ("http", "https", "data", "upload", "file")
+
+
+def _image_bytes(image: Any) -> tuple[bytes, str]:
+    """The bytes and content type of a path, bytes or a PIL image."""
     if isinstance(image, str | os.PathLike):
         path = Path(image)
         data = path.read_bytes()
-        mime = _sniff(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    elif isinstance(image, bytes | bytearray | memoryview):
+        return data, _sniff(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if isinstance(image, bytes | bytearray | memoryview):
         data = bytes(image)
-        mime = _sniff(data) or "application/octet-stream"
-    elif hasattr(image, "save") and hasattr(image, "size"):  # a PIL image (PIL is not imported here)
+        return data, _sniff(data) or "application/octet-stream"
+    if hasattr(image, "save") and hasattr(image, "size"):  # a PIL image (PIL is not imported here)
         import io
 
         buf = io.BytesIO()
         image.save(buf, format="PNG")
-        data, mime = buf.getvalue(), "image/png"
-    else:
-        raise TypeError(f"an image is a URL, a path, bytes or a PIL image, not {type(image).__name__}")
-    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+        return buf.getvalue(), "image/png"
+    raise TypeError(f"an image is a URL, a path, bytes or a PIL image, not {type(image).__name__}")
 
 
 def _sniff(data: bytes) -> str | None:
@@ -98,6 +106,7 @@ class AsyncClient:
         self.token = token if token is not None else os.environ.get("DASH_TOKEN")
         self.ws_url = ws_url or ("ws" + self.url[4:] if self.url.startswith("http") else self.url) + "/ws"
         self.retries = retries
+        self._uploads: bool | None = None  # does the server take uploads (None: not known yet)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self.http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
 
@@ -151,6 +160,34 @@ class AsyncClient:
             raise error_from(resp.status_code, body, resp.headers.get("retry-after"))
         return resp.content
 
+    # ------------------------------------------------------------------ images
+    async def upload(self, image: Any) -> str:
+        """Upload an image (a path, bytes or a PIL image); its `upload://` reference, which
+        payloads take as `imageUrl` / `imageUrls`."""
+        data, mime = _image_bytes(image)
+        resp = await self.http.post("/v1/uploads", content=data, headers={"Content-Type": mime})
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {}
+            raise error_from(resp.status_code, body, resp.headers.get("retry-after"))
+        return str(resp.json()["url"])
+
+    async def image_url(self, image: Any) -> str:
+        """What a payload should carry for an image: a URL as is; otherwise an upload (a `data:`
+        URL on a server without uploads)."""
+        if _is_url(image):
+            return str(image)
+        if self._uploads is not False:
+            try:
+                ref = await self.upload(image)
+                self._uploads = True
+                return ref
+            except NotFound:
+                self._uploads = False  # an older server: inline instead
+        return image_ref(image)
+
     # ------------------------------------------------------------------ submit
     async def submit(self, queue: str, payload: dict[str, Any], options: dict[str, Any] | None = None, *,
                      retries: int | None = None) -> AsyncJobHandle:
@@ -185,9 +222,9 @@ class AsyncClient:
     async def submit_upscaling(self, image: Any, scale: int = 2, model: str | None = None, *,
                                job_id: str | None = None, options: dict[str, Any] | None = None,
                                retries: int | None = None) -> AsyncJobHandle:
-        """Upscale an image (a URL, a path, bytes or a PIL image) by 2 or 4, with `model`
-        ("lanczos" or a registered diffusers upscaler)."""
-        payload: dict[str, Any] = {"imageUrl": image_ref(image), "scale": scale}
+        """Upscale an image (a URL, a path, bytes or a PIL image, uploaded first) by 2 or 4,
+        with `model` ("lanczos" or a registered diffusers upscaler)."""
+        payload: dict[str, Any] = {"imageUrl": await self.image_url(image), "scale": scale}
         if model:
             payload["model"] = model
         if job_id:
@@ -197,12 +234,14 @@ class AsyncClient:
     async def submit_training(self, lora_id: str, prompt: str, images: Iterable[Any], *,
                               settings: dict[str, Any] | None = None, priority: int | None = None,
                               options: dict[str, Any] | None = None, retries: int | None = None) -> AsyncJobHandle:
-        """Train a LoRA named `lora_id` on images (URLs, paths, bytes or PIL images); `priority`
+        """Train a LoRA named `lora_id` on images (URLs, or paths, bytes or PIL images, which are
+        uploaded); `priority`
         1 (high) to 3. `settings`: epochs, rank, resolution, learningRate, batchSize, seed, baseModel."""
         opts = dict(options or {})
         if priority is not None:
             opts["priority"] = priority
-        payload = {"loraId": lora_id, "prompt": prompt, "imageUrls": [image_ref(i) for i in images],
+        urls = [await self.image_url(i) for i in images]
+        payload = {"loraId": lora_id, "prompt": prompt, "imageUrls": urls,
                    "settings": dict(settings or {})}
         return await self.submit("training", payload, opts, retries=retries)
 

@@ -144,6 +144,10 @@ class Client:
         """Resume a queue (admin)."""
         return self._loop.run(self.aio.resume(queue))
 
+    def upload(self, image: Any) -> str:
+        """Upload an image (a path, bytes or a PIL image); its `upload://` reference."""
+        return self._loop.run(self.aio.upload(image))
+
     def fetch(self, path: str) -> bytes:
         """The bytes of an artifact."""
         return self._loop.run(self.aio.fetch(path))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import io
 import json
 import mimetypes
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -15,14 +17,21 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from pydantic import create_model
 
 from dash_ray import __version__, runtime
-from dash_ray.errors import Forbidden, JobNotFound, Unauthorized, UnknownQueue
+from dash_ray.errors import (
+    Forbidden,
+    InvalidPayload,
+    JobNotFound,
+    QuotaExceeded,
+    Unauthorized,
+    UnknownQueue,
+)
 from dash_ray.gateway import errors
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.metrics import render
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.ws import serve_socket
 from dash_ray.models import QUEUE_TABLE, JobList, JobOptions, JobView, QueueDef, QueueView
-from dash_ray.models.payloads import JobPayload
+from dash_ray.models.payloads import JobPayload, upload_path
 from dash_ray.services import InvalidArtifactPath
 
 __all__ = ["create_app"]
@@ -127,12 +136,18 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     cursor: Annotated[str | None, Query(max_length=32)] = None,
     user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
+    include: Annotated[str | None, Query(pattern="^data$")] = None,
 ) -> Response:
-    """Your jobs, newest first (history); pass `nextCursor` back as `cursor` for the next page."""
+    """Your jobs, newest first (history); pass `nextCursor` back as `cursor` for the next page.
+    Each job's payload (`data`) is left out unless `include=data`."""
     if user_id and user_id != who.user_id and not who.admin:
         raise Forbidden("only an admin may list another user's jobs")
     page = await svc.store.list(user_id or who.user_id, queue=queue, status=status, limit=limit, cursor=cursor)
-    return _signed(svc, page.wire())
+    body = page.wire()
+    if include != "data":
+        for job in body["jobs"]:
+            job.pop("data", None)
+    return _signed(svc, body)
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
@@ -215,6 +230,63 @@ async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
     return StreamingResponse(chunks(), media_type=media)
 
 
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
+          (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
+
+
+def _sniff(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
+
+
+@router.post("/v1/uploads", status_code=201, tags=["uploads"])
+async def upload(request: Request, who: Caller, svc: Svc) -> JSONResponse:
+    """Upload one image (the raw bytes as the body, any content type: it is sniffed); returns
+    `upload://<id>`, which payloads take as `imageUrl` / `imageUrls` (yours only). At most
+    DASH_MAX_IMAGE_BYTES and DASH_MAX_IMAGE_PIXELS; your uploads count against
+    DASH_UPLOAD_QUOTA_BYTES."""
+    s = svc.settings
+    data = bytearray()
+    async for chunk in request.stream():  # the edge has cut the body off past its limit already
+        data += chunk
+        if len(data) > s.max_image_bytes:
+            raise QuotaExceeded(f"an upload is at most {s.max_image_bytes} bytes (DASH_MAX_IMAGE_BYTES)")
+    kind = _sniff(bytes(data[:16]))
+    if kind is None:
+        raise InvalidPayload("not an image (PNG, JPEG, WebP, BMP or GIF)", errors=[{"field": "body",
+                                                                                 "message": "not an image"}])
+    width, height = _pixels(bytes(data))
+    if width * height > s.max_image_pixels:
+        raise InvalidPayload(f"image too large: {width}x{height} is over {s.max_image_pixels} pixels",
+                             errors=[{"field": "body", "message": "too many pixels"}])
+    used = svc.store.keys.upload_bytes(who.user_id)
+    total = int(await svc.redis.incrby(used, len(data)))
+    if total > s.upload_quota_bytes:
+        await svc.redis.decrby(used, len(data))
+        raise QuotaExceeded(f"upload quota of {s.upload_quota_bytes} bytes reached (DASH_UPLOAD_QUOTA_BYTES)")
+    upload_id = uuid.uuid4().hex
+    ref = f"upload://{upload_id}"
+    try:
+        await asyncio.to_thread(svc.artifacts.put, upload_path(who.user_id, ref), bytes(data))
+    except BaseException:
+        await svc.redis.decrby(used, len(data))
+        raise
+    return JSONResponse({"id": upload_id, "url": ref, "contentType": kind, "bytes": len(data),
+                         "width": width, "height": height}, status_code=201)
+
+
+def _pixels(data: bytes) -> tuple[int, int]:
+    """Width and height from the image's header (Pillow reads only the header here)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP", "BMP", "GIF"]) as img:
+            return int(img.size[0]), int(img.size[1])
+    except Exception:
+        raise InvalidPayload("the image could not be read", errors=[{"field": "body", "message": "unreadable"}]) from None
+
+
 @router.post("/v1/ws-ticket", tags=["auth"])
 async def ws_ticket(who: Caller, svc: Svc) -> JSONResponse:
     """A one-use ticket for the WebSocket (`/ws?ticket=...`), valid a few seconds: a browser
@@ -262,7 +334,8 @@ class _Edge:
 
     def __init__(self, app: Any, limit: int, services: GatewayServices) -> None:
         self.app = app
-        self.limit = limit
+        self.json_limit = limit
+        self.upload_limit = max(limit, services.settings.max_image_bytes)  # POST /v1/uploads: one image
         self.services = services
         self.replica = services.metrics.replica.encode()
 
@@ -277,8 +350,9 @@ class _Edge:
             await self.app(scope, receive, send)
             return
         authorization = b""
+        limit = self.upload_limit if scope.get("path") == "/v1/uploads" else self.json_limit
         for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await self._reply(send, 413, _TOO_LARGE)
                 return
             if name == b"authorization":
@@ -300,7 +374,7 @@ class _Edge:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit and not answered:
+                if received > limit and not answered:
                     answered = True
                     await self._reply(send, 413, _TOO_LARGE)
                     return {"type": "http.disconnect"}  # the app stops reading; its answer is dropped

@@ -17,6 +17,7 @@ from dash_ray.errors import (
     InvalidPayload,
     JobConflict,
     JobNotFound,
+    QuotaExceeded,
     RateLimited,
     Unauthorized,
     Unavailable,
@@ -40,6 +41,7 @@ STATUS: dict[type[DashError], int] = {
     Forbidden: 403,
     RateLimited: 429,
     Unavailable: 503,
+    QuotaExceeded: 413,
     ConfigError: 500,
 }
 

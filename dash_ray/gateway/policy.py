@@ -3,14 +3,31 @@ queued: attempts, backoff, compute per job, and the share of high-priority train
 
 from __future__ import annotations
 
+import asyncio
+
 from dash_ray.config import Settings
 from dash_ray.errors import InvalidPayload, RateLimited
 from dash_ray.gateway.auth import Principal
 from dash_ray.models.options import JobOptions
-from dash_ray.models.payloads import GenerationJob, JobPayload, TrainingJob
+from dash_ray.models.payloads import (
+    GenerationJob,
+    JobPayload,
+    TrainingJob,
+    UpscalingJob,
+    upload_path,
+)
 from dash_ray.queues import JobStore
+from dash_ray.services import ArtifactStore
 
 __all__ = ["SubmitPolicy"]
+
+
+def _image_urls(payload: JobPayload) -> list[str]:
+    if isinstance(payload, UpscalingJob):
+        return [payload.image_url]
+    if isinstance(payload, TrainingJob):
+        return list(payload.image_urls)
+    return []
 
 
 def _bad(field: str, message: str) -> InvalidPayload:
@@ -21,9 +38,10 @@ class SubmitPolicy:
     """What a job may ask for (`check`), per the deployment's settings; admins are not limited
     in their share of priority 1."""
 
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, artifacts: ArtifactStore) -> None:
         self.settings = settings
         self.store = store
+        self.artifacts = artifacts
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
                     owner: str) -> None:
@@ -34,6 +52,15 @@ class SubmitPolicy:
             raise _bad("options.attempts", f"at most {s.max_attempts} (DASH_MAX_ATTEMPTS)")
         if opts.backoff.delay_s < s.min_backoff_s:
             raise _bad("options.backoff.delayS", f"at least {s.min_backoff_s:g}s (DASH_MIN_BACKOFF_S)")
+        for i, url in enumerate(_image_urls(payload)):
+            field = "imageUrl" if isinstance(payload, UpscalingJob) else f"imageUrls.{i}"
+            if url.startswith("data:") and (len(url) - url.find(",") - 1) * 3 // 4 > s.max_inline_image_bytes:
+                raise _bad(field, f"an inline image is at most {s.max_inline_image_bytes} bytes "
+                                  "(DASH_MAX_INLINE_IMAGE_BYTES); upload it with POST /v1/uploads and "
+                                  "pass the upload:// reference")
+            if url.startswith("upload://") and not await asyncio.to_thread(self.artifacts.exists,
+                                                                            upload_path(owner, url)):
+                raise _bad(field, "no such upload of yours")
         if isinstance(payload, GenerationJob):
             g = payload.settings
             mpx_steps = g.steps * g.width * g.height * g.num_images / 1e6

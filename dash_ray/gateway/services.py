@@ -63,7 +63,7 @@ class GatewayServices:
         return cls(
             settings=settings, redis=redis, store=store, hub=EventHub(redis_url),
             auth=TokenAuth.of(settings), signer=UrlSigner(settings.secret(), settings.artifact_url_ttl_s),
-            limiter=limiter, policy=SubmitPolicy(settings, store),
+            limiter=limiter, policy=SubmitPolicy(settings, store, artifacts),
             artifacts=artifacts, queues=queues,
         )
 

@@ -18,6 +18,7 @@ __all__ = [
     "TrainingJob",
     "TrainingSettings",
     "UpscalingJob",
+    "upload_path",
 ]
 
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$")
@@ -37,11 +38,21 @@ def _multiple_of_8(value: int) -> int:
     return value
 
 
+_UPLOAD = re.compile(r"^upload://[0-9a-f]{32}$")
+
+
 def _image_url(value: str) -> str:
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
-    if scheme not in ("http", "https", "file", "data"):
-        raise ValueError("must be an http(s), file:// or data: URL")
+    if scheme not in ("http", "https", "file", "data", "upload"):
+        raise ValueError("must be an upload://, http(s), file:// or data: URL")
+    if scheme == "upload" and not _UPLOAD.match(value):
+        raise ValueError("an upload reference is upload://<id> (as POST /v1/uploads returns it)")
     return value
+
+
+def upload_path(user_id: str, ref: str) -> str:
+    """Artifact path of an upload reference (`upload://<id>`) of a user: scoped to its owner."""
+    return f"{user_id}/uploads/{ref.removeprefix('upload://')}"
 
 
 ModelName = Annotated[str, AfterValidator(_model_name)]

@@ -64,6 +64,10 @@ class Keys:
         """Prefix handed to the `limits` storage for per-user rate limits."""
         return f"{self.ns}rl"
 
+    def upload_bytes(self, user_id: str) -> str:
+        """Counter: bytes of uploads a user keeps (for DASH_UPLOAD_QUOTA_BYTES)."""
+        return f"{self.ns}upbytes:{user_id}"
+
     def ticket(self, ticket: str) -> str:
         """String: a one-use WebSocket ticket -> `user id` + `\x1f` + `1` if admin (expires by itself)."""
         return f"{self.ns}ticket:{ticket}"

@@ -6,11 +6,12 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
+from dash_ray.models.payloads import upload_path
 from dash_ray.services.artifacts import ArtifactStore
 from dash_ray.services.registry import ModelRegistry
 from dash_ray.workers.cache import ModelCache, device_and_dtype, free_memory
@@ -42,6 +43,14 @@ class TorchRunner:
         self.timings: dict[str, float] = {}
 
     # --- models ---
+    def uploads_of(self, user_id: str | None) -> Callable[[str], bytes]:
+        """Reads `upload://` references from `user_id`'s uploads only."""
+        def read(ref: str) -> bytes:
+            with self.artifacts.open(upload_path(user_id or "_", ref)) as f:
+                return bytes(f.read(self.settings.max_image_bytes + 1))
+
+        return read
+
     def location(self, name: str | None) -> tuple[str, str]:
         """(name, local path or hub id) of a model, building a built-in one on first use."""
         try:

@@ -10,6 +10,7 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -22,10 +23,21 @@ __all__ = ["fetch_bytes", "load_image", "png_bytes"]
 _FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF"}
 
 
-def fetch_bytes(url: str, settings: Settings) -> bytes:
-    """The bytes behind an image URL, within DASH_MAX_IMAGE_BYTES; WorkerError with the reason."""
+def fetch_bytes(url: str, settings: Settings, uploads: Callable[[str], bytes] | None = None) -> bytes:
+    """The bytes behind an image URL, within DASH_MAX_IMAGE_BYTES; WorkerError with the reason.
+    `uploads` reads an `upload://` reference (from the job owner's uploads)."""
     limit = settings.max_image_bytes
     scheme = url.split(":", 1)[0].lower()
+    if scheme == "upload":
+        if uploads is None:
+            raise WorkerError("upload:// references are not available here")
+        try:
+            data = uploads(url)
+        except (OSError, ValueError):
+            raise WorkerError("no such upload (it was deleted, or is not the job owner's)") from None
+        if len(data) > limit:
+            raise WorkerError(f"image too large (over {limit} bytes)")
+        return data
     if scheme == "data":
         header, _, payload = url.partition(",")
         if not header.startswith("data:image/"):
@@ -130,11 +142,11 @@ def _fetch_http(url: str, settings: Settings) -> bytes:
         raise WorkerError(f"cannot fetch the image: {type(exc).__name__}") from None
 
 
-def load_image(url: str, settings: Settings) -> Any:
+def load_image(url: str, settings: Settings, uploads: Callable[[str], bytes] | None = None) -> Any:
     """A decoded RGB PIL image, after checking its type and pixel count from the header."""
     from PIL import Image
 
-    data = fetch_bytes(url, settings)
+    data = fetch_bytes(url, settings, uploads)
     try:
         img = Image.open(io.BytesIO(data), formats=sorted(_FORMATS))  # no other decoder is tried
     except Exception:

@@ -151,7 +151,7 @@ class TrainingRunner(TorchRunner):
         res = p.settings.resolution
         out = []
         for url in p.image_urls:
-            img = load_image(url, self.settings)
+            img = load_image(url, self.settings, self.uploads_of(p.user_id))
             w, h = img.size
             side = min(w, h)
             img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))

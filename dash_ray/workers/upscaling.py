@@ -24,7 +24,7 @@ class UpscalingRunner(TorchRunner):
         p = UpscalingJob.model_validate(job.data)
         t0 = time.perf_counter()
         reporter.progress(0, "fetching the image")
-        img = load_image(p.image_url, self.settings)
+        img = load_image(p.image_url, self.settings, self.uploads_of(p.user_id))
         w, h = img.size
         target = (w * p.scale, h * p.scale)
         if target[0] * target[1] > self.settings.max_image_pixels:

@@ -46,9 +46,15 @@ def test_submit_wait_json_status_jobs_queues_download(up: dict[str, Any], tmp_pa
 
 
 def test_a_failed_job_exits_1_and_a_refused_request_exits_2(up: dict[str, Any], tmp_path: Path) -> None:
+    import base64
+
+    fake = b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8
     broken = tmp_path / "broken.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)  # passes the gateway, fails to decode
-    failed = dash(up, "submit", "upscaling", str(broken), "--wait", "--json")
+    broken.write_bytes(fake)
+    refused_upload = dash(up, "submit", "upscaling", str(broken), "--json")  # a file is uploaded, and checked
+    assert refused_upload.returncode == 2 and "could not be read" in refused_upload.stderr
+    inline = "data:image/png;base64," + base64.b64encode(fake).decode()  # passes the gateway, fails to decode
+    failed = dash(up, "submit", "upscaling", inline, "--wait", "--json")
     assert failed.returncode == 1, failed.stderr
     assert json.loads(failed.stdout)["status"] == "failed"
     assert "httpx" not in failed.stderr  # no request log lines for a command-line user

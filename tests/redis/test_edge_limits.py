@@ -384,3 +384,51 @@ def test_a_model_of_the_wrong_kind_is_a_422_and_metrics_can_want_a_token(live: C
     assert httpx.get(f"{base}/metrics", headers=alice).status_code == 401  # a user token is not it
     ok = httpx.get(f"{base}/metrics", headers={"Authorization": "Bearer metrics-token-0123456789"})
     assert ok.status_code == 200 and "dash_" in ok.text
+
+
+def test_images_by_reference_uploads_owner_checked_inline_images_small_lists_without_data(
+        live: Callable[..., str]) -> None:
+    import base64
+
+    from dash_ray.gateway import TokenAuth
+    from tests.workers.conftest import giant_png, png_data_url
+
+    base = live(upload_quota_bytes=1024, max_inline_image_bytes=2048)
+    auth = TokenAuth(SECRET)
+    alice = {"Authorization": f"Bearer {auth.mint('alice')}"}
+    bob = {"Authorization": f"Bearer {auth.mint('bob')}"}
+    png = base64.b64decode(png_data_url().split(",", 1)[1])
+    assert httpx.post(f"{base}/v1/uploads", content=png).status_code == 401
+    up = httpx.post(f"{base}/v1/uploads", content=png, headers={**alice, "Content-Type": "text/plain"})
+    assert up.status_code == 201, up.text
+    info = up.json()
+    assert info["url"].startswith("upload://") and info["contentType"] == "image/png"
+    assert (info["width"], info["height"], info["bytes"]) == (32, 24, len(png))
+    mine = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": info["url"]}, headers=alice)
+    assert mine.status_code == 201
+    theirs = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": info["url"]}, headers=bob)
+    assert theirs.status_code == 422 and "no such upload of yours" in theirs.text
+    made_up = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": "upload://" + "0" * 32}, headers=alice)
+    assert made_up.status_code == 422
+    not_image = httpx.post(f"{base}/v1/uploads", content=b"#!/bin/sh\nrm -rf /\n" * 4, headers=alice)
+    assert not_image.status_code == 422 and "not an image" in not_image.text
+    bomb = httpx.post(f"{base}/v1/uploads", content=giant_png(), headers=alice)  # 100 MP in a tiny file
+    assert bomb.status_code == 422 and "pixels" in bomb.text
+    # the quota (1 KiB here): a few small uploads, then 413
+    statuses = [httpx.post(f"{base}/v1/uploads", content=png, headers=alice).status_code for _ in range(40)]
+    assert 201 in statuses and statuses[-1] == 413
+    # inline images stay small; a huge inline image is cut off at the edge
+    small = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": png_data_url()}, headers=alice)
+    assert small.status_code == 201
+    big_inline = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"\0" * 4000).decode()
+    refused = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big_inline}, headers=alice)
+    assert refused.status_code == 422 and "POST /v1/uploads" in refused.text
+    huge = httpx.post(f"{base}/v1/jobs/upscaling", headers=alice,
+                      json={"imageUrl": "data:image/png;base64," + "A" * (30 * 1024 * 1024)})
+    assert huge.status_code == 413
+    # list views leave the payload out unless asked
+    listed = httpx.get(f"{base}/v1/jobs", headers=alice).json()["jobs"]
+    assert listed and all("data" not in j for j in listed)
+    full = httpx.get(f"{base}/v1/jobs", params={"include": "data"}, headers=alice).json()["jobs"]
+    assert all("data" in j for j in full)
+    assert httpx.get(f"{base}/healthz").status_code == 200
