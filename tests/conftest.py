@@ -139,6 +139,26 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium (the system's: DASH_CHROMIUM or `chromium` on PATH) driven by Playwright.
+    Skipped where there is none, unless DASH_REQUIRE_BROWSER is set (CI sets it). Per module:
+    Playwright's sync API keeps an event loop of its own, closed before asyncio tests run."""
+    import shutil
+
+    path = os.environ.get("DASH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        if os.environ.get("DASH_REQUIRE_BROWSER"):
+            pytest.fail("no chromium on PATH (apt-get install chromium)")
+        pytest.skip("no chromium on PATH: apt-get install chromium to run the browser tests (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests by folder: unit, redis, ray, e2e."""
     for item in items:

@@ -10,10 +10,12 @@ import mimetypes
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import create_model
 
 from dash_ray import __version__, runtime
@@ -319,6 +321,15 @@ async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
     return PlainTextResponse(render(counts, durations, svc.metrics), media_type="text/plain; version=0.0.4")
 
 
+STATIC = Path(__file__).parent / "static"
+# The page runs only its own scripts and talks only to this origin.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; connect-src 'self' ws: wss:; "
+                               "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
 _TOO_LARGE = b'{"error":{"code":"too_large","message":"request body too large"}}'
 
 
@@ -420,6 +431,13 @@ def create_app(services: GatewayServices, *, max_body_bytes: int | None = None) 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:
         await serve_socket(websocket, services)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        """The dashboard (static files in the package; the token stays in the browser)."""
+        return FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     limit = max_body_bytes if max_body_bytes is not None else services.settings.max_body_bytes
     app.add_middleware(_Edge, limit=limit, services=services)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from tests.redis.conftest import SECRET
 pytestmark = pytest.mark.slow
 
 GEN = {"steps": 2, "width": 64, "height": 64, "seed": 1}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +220,110 @@ def _gateway_replicas(app: str) -> list[str]:
              if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#")]
     assert names
     return names
+
+
+def test_the_dashboard_shows_reconnecting_then_every_event_once_across_a_replica_restart(
+        live: dict[str, Any], browser: Any) -> None:
+    """Both gateway replicas are killed while the page follows a job: it shows `reconnecting`,
+    then the job's completion, and its client received every seq of the job exactly once."""
+    import ray
+
+    page = browser.new_page()
+    page.goto(f"{live['base']}/#token={live['token']('browser-user')}")
+    page.wait_for_selector("#conn[data-state=open]", timeout=30_000)
+    page.fill("#form-generation [name=steps]", "150")
+    page.fill("#form-generation [name=width]", "128")
+    page.fill("#form-generation [name=height]", "128")
+    page.click("#form-generation button")
+    page.wait_for_selector("#jobs tbody tr .status-active", timeout=60_000)
+    job_id = page.eval_on_selector("#jobs tbody tr", "tr => tr.dataset.job")
+    for name in _gateway_replicas("dash-client"):
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    page.wait_for_selector("#conn[data-state=reconnecting]", timeout=20_000)
+    page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] .status-completed", timeout=180_000)
+    page.wait_for_selector("#conn[data-state=open]", timeout=30_000)
+    seqs = page.evaluate(f"window.dash.seqs['{job_id}']")
+    assert seqs == list(range(seqs[0], seqs[-1] + 1)), seqs  # once each, none missing
+    assert page.evaluate("window.dash.conn.reconnects") >= 1
+    page.close()
+
+
+def test_the_design_react_component_gets_progress_and_completion(live: dict[str, Any], browser: Any) -> None:
+    """The design's TrainingComponent, unchanged, with React from npm (UMD builds and an import
+    map: no bundler), on `useJobWebSocket` from clients/js."""
+    react = ROOT / "clients/js/node_modules/react/umd/react.development.js"
+    react_dom = ROOT / "clients/js/node_modules/react-dom/umd/react-dom.development.js"
+    if not react.exists():
+        if os.environ.get("DASH_REQUIRE_BROWSER"):
+            pytest.fail("React is not installed: npm install --prefix clients/js")
+        pytest.skip("React is not installed: npm install --prefix clients/js (.ci/run does)")
+    token = live["token"]("react-user")
+    with Client(live["base"], token) as c:
+        job = c.submit("sleep", {"durationS": 2, "steps": 10})
+    files = {
+        "/react-test/react.umd.js": react.read_text(),
+        "/react-test/react-dom.umd.js": react_dom.read_text(),
+        "/react-test/react-shim.js": "const R = window.React; export default R; export const {useEffect, useRef, "
+                                     "useState, createElement} = R;",
+        "/react-test/index.js": (ROOT / "clients/js/src/index.js").read_text(),
+        "/react-test/react.js": (ROOT / "clients/js/src/react.js").read_text(),
+        "/react-test/page.html": REACT_PAGE.replace("JOB_ID", job.id).replace("TOKEN", token),
+    }
+    page = browser.new_page()
+
+    def serve(route: Any) -> None:
+        path = route.request.url.split(live["base"], 1)[1].split("?")[0]
+        kind = "text/html" if path.endswith(".html") else "text/javascript"
+        route.fulfill(status=200, body=files[path], content_type=kind)
+
+    page.route(f"{live['base']}/react-test/**", serve)
+    page.goto(f"{live['base']}/react-test/page.html")
+    page.wait_for_function("window.seen && window.seen.includes('completed')", timeout=60_000)
+    seen = page.evaluate("window.seen")
+    progress = page.evaluate("window.progressSeen")
+    assert "active" in seen and max(progress) == 100 and len(progress) >= 5, (seen, progress)
+    assert page.text_content("#status") == "completed"
+    page.close()
+
+
+REACT_PAGE = """<!doctype html><html><body><div id="root"></div><p id="status"></p>
+<script src="/react-test/react.umd.js"></script>
+<script src="/react-test/react-dom.umd.js"></script>
+<script type="importmap">{"imports": {"react": "/react-test/react-shim.js"}}</script>
+<script type="module">
+import { useEffect, useState, createElement } from 'react';
+import { useJobWebSocket } from '/react-test/react.js';
+window.seen = []; window.progressSeen = [];
+const userId = 'react-user', loraId = 'JOB_ID';
+function TrainingComponent() {
+  const [trainingProgress, setTrainingProgress] = useState(0);
+  const [status, setStatus] = useState('');
+  const ws = useJobWebSocket(userId, { url: `ws://${location.host}/ws`, token: 'TOKEN' });
+
+  useEffect(() => {
+    const handleProgress = (data) => {
+      setTrainingProgress(data.progress);
+      setStatus(data.status);
+    };
+
+    ws.onmessage = (event) => {
+      const data = JSON.parse(event.data);
+      if (data.type === 'job:progress') {
+        handleProgress(data);
+      }
+    };
+
+    // Subscribe to job updates
+    ws.send(JSON.stringify({
+      type: 'subscribe',
+      jobIds: [loraId]
+    }));
+  }, []);
+  // not the design's: its completion, from the same socket
+  useEffect(() => ws.connection.on('job:completed', () => setStatus('completed')), []);
+  useEffect(() => { window.seen.push(status); window.progressSeen.push(trainingProgress);
+                    document.getElementById('status').textContent = status; }, [status, trainingProgress]);
+  return createElement('div', null, `${status} ${trainingProgress}%`);
+}
+ReactDOM.createRoot(document.getElementById('root')).render(createElement(TrainingComponent));
+</script></body></html>"""

@@ -1,0 +1,78 @@
+export type JobStatus = 'waiting' | 'delayed' | 'active' | 'retrying' | 'completed' | 'failed' | 'cancelled';
+
+export interface JobProgressEvent {
+  type: 'job:progress'; jobId: string; queue: string; status: JobStatus; progress: number; message: string;
+  seq: number; ts: number; userId?: string; queuePosition?: number; attempt?: number; attempts?: number;
+  epoch?: number; epochs?: number; loss?: number; step?: number; steps?: number; etaS?: number;
+}
+export interface JobCompletedEvent { type: 'job:completed'; jobId: string; queue: string; status: 'completed'; result: any; seq: number; ts: number; }
+export interface JobFailedEvent { type: 'job:failed'; jobId: string; queue: string; status: 'failed' | 'cancelled'; error: string; seq: number; ts: number; }
+export type JobEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent;
+export interface ErrorMessage { type: 'error'; code: string; message: string; jobId?: string; }
+
+export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed' | 'unauthorized';
+
+export interface JobConnection {
+  readonly state: ConnectionState;
+  readonly reconnects: number;
+  readonly received: number;
+  subscribe(jobIds: string | string[], options?: { replay?: boolean }): void;
+  unsubscribe(jobIds: string | string[]): void;
+  on(type: 'job:progress', fn: (e: JobProgressEvent) => void): () => void;
+  on(type: 'job:completed', fn: (e: JobCompletedEvent) => void): () => void;
+  on(type: 'job:failed', fn: (e: JobFailedEvent) => void): () => void;
+  on(type: 'event', fn: (e: JobEvent) => void): () => void;
+  on(type: 'error', fn: (e: ErrorMessage) => void): () => void;
+  on(type: 'state', fn: (s: ConnectionState) => void): () => void;
+  on(type: 'open', fn: (e: { reconnects: number }) => void): () => void;
+  on(type: 'message', fn: (raw: string) => void): () => void;
+  send(message: object | string): void;
+  lastSeq(jobId: string): number;
+  close(): void;
+}
+
+export interface ConnectOptions {
+  url: string;
+  token?: string;
+  getTicket?: () => Promise<string>;
+  WebSocket?: any;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+export function connectJobs(options: ConnectOptions): JobConnection;
+
+export interface JobView {
+  id: string; queue: string; userId?: string; status: JobStatus; progress: number; message: string;
+  data?: Record<string, any>; result?: any; error?: string | null; attemptsMade: number; attempts: number;
+  priority: number; queuePosition?: number | null; createdAt?: number; startedAt?: number; finishedAt?: number; seq: number;
+}
+export interface QueueView { name: string; counts: Record<string, number>; concurrency: number; gpuFraction: number; paused: boolean; }
+export interface JobList { jobs: JobView[]; nextCursor?: string | null; }
+
+export interface RestClient {
+  submit(queue: 'generation' | 'upscaling' | 'training' | string, payload: object, options?: object): Promise<JobView>;
+  get(id: string): Promise<JobView>;
+  cancel(id: string): Promise<JobView>;
+  retry(id: string): Promise<JobView>;
+  jobs(filter?: { queue?: string; status?: string; limit?: number; cursor?: string; userId?: string }): Promise<JobList>;
+  queues(): Promise<QueueView[]>;
+  pause(queue: string): Promise<QueueView>;
+  resume(queue: string): Promise<QueueView>;
+  upload(image: Blob | ArrayBuffer | Uint8Array): Promise<{ id: string; url: string; contentType: string; bytes: number; width: number; height: number }>;
+  wsTicket(): Promise<string>;
+  artifactUrl(path: string): string;
+}
+export function createClient(options?: { url?: string; token?: string; fetch?: typeof fetch }): RestClient;
+
+export class DashApiError extends Error {
+  status: number; code: string; body: any; retryAfter: number | null;
+}
+export class InvalidPayload extends DashApiError {}
+export class Unauthorized extends DashApiError {}
+export class Forbidden extends DashApiError {}
+export class NotFound extends DashApiError {}
+export class Conflict extends DashApiError {}
+export class RateLimited extends DashApiError {}
+export class Unavailable extends DashApiError {}
+export class ServerError extends DashApiError {}
+export function errorFrom(status: number, body: any, retryAfter?: string | null): DashApiError;

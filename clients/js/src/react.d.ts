@@ -1,0 +1,18 @@
+import type { ConnectOptions, JobConnection, JobStatus } from './index.js';
+
+export interface JobWebSocket {
+  readonly readyState: number;
+  readonly connection: JobConnection;
+  onmessage: ((event: { data: string }) => void) | null;
+  onopen: ((event: { reconnects: number }) => void) | null;
+  onerror: ((event: { code: string; message: string }) => void) | null;
+  send(data: string): void;
+  close(): void;
+}
+export function useJobWebSocket(userId: string, options?: Partial<ConnectOptions>): JobWebSocket;
+
+export interface JobState {
+  status: JobStatus | 'unknown'; progress: number; message: string; result: any; error: string | null;
+  epoch?: number; loss?: number; seq?: number;
+}
+export function useJob(jobId: string | null | undefined, options?: Partial<ConnectOptions>): JobState;

@@ -1,0 +1,93 @@
+// React hooks on dash-ray-client. React is a peer dependency (the app's own).
+import { useEffect, useRef, useState } from 'react';
+import { connectJobs } from './index.js';
+
+const shared = new Map(); // url + credentials -> { conn, users }
+
+function acquire(options) {
+  const key = `${options.url}\u0000${options.token || ''}\u0000${options.getTicket ? 'ticket' : ''}`;
+  let entry = shared.get(key);
+  if (!entry) {
+    entry = { conn: connectJobs(options), users: 0 };
+    shared.set(key, entry);
+  }
+  entry.users += 1;
+  return {
+    conn: entry.conn,
+    release() {
+      entry.users -= 1;
+      if (entry.users === 0) {
+        entry.conn.close();
+        shared.delete(key);
+      }
+    },
+  };
+}
+
+function socketUrl(url) {
+  if (url) return url;
+  const loc = globalThis.location;
+  return loc ? `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/ws` : url;
+}
+
+/**
+ * The design's hook: `const ws = useJobWebSocket(userId)`, then `ws.onmessage = ...` and
+ * `ws.send(JSON.stringify({type: 'subscribe', jobIds: [...]}))`. The object behaves like a
+ * WebSocket that never drops: sends wait until it is open, and after a reconnect each job is
+ * subscribed again with `since`, so `onmessage` gets every event once.
+ */
+export function useJobWebSocket(userId, { url, token, getTicket, WebSocket } = {}) {
+  const ref = useRef(null);
+  if (ref.current === null) {
+    const { conn, release } = acquire({ url: socketUrl(url), token, getTicket, WebSocket });
+    const facade = {
+      userId,
+      onmessage: null,
+      onopen: null,
+      onerror: null,
+      connection: conn,
+      get readyState() { return conn.state === 'open' ? 1 : conn.state === 'closed' ? 3 : 0; },
+      send(text) {
+        const msg = typeof text === 'string' ? JSON.parse(text) : text;
+        if (msg.type === 'subscribe') conn.subscribe(msg.jobIds);
+        else if (msg.type === 'unsubscribe') conn.unsubscribe(msg.jobIds);
+        else conn.send(msg);
+      },
+      close() { off.forEach((f) => f()); release(); },
+    };
+    const off = [
+      conn.on('message', (data) => facade.onmessage && facade.onmessage({ data })),
+      conn.on('open', (e) => facade.onopen && facade.onopen(e)),
+      conn.on('error', (e) => facade.onerror && facade.onerror(e)),
+    ];
+    ref.current = facade;
+  }
+  useEffect(() => () => ref.current && ref.current.close(), []);
+  return ref.current;
+}
+
+/** One job's live state: `{status, progress, message, result, error, epoch, loss, seq}`. */
+export function useJob(jobId, { url, token, getTicket, WebSocket } = {}) {
+  const [state, setState] = useState({ status: 'unknown', progress: 0, message: '', result: null, error: null });
+  useEffect(() => {
+    if (!jobId) return undefined;
+    const { conn, release } = acquire({ url: socketUrl(url), token, getTicket, WebSocket });
+    const off = conn.on('event', (e) => {
+      if (e.jobId !== jobId) return;
+      setState((s) => ({
+        ...s,
+        seq: e.seq,
+        status: e.status || (e.type === 'job:completed' ? 'completed' : s.status),
+        progress: e.type === 'job:completed' ? 100 : (e.progress ?? s.progress),
+        message: e.message ?? s.message,
+        result: e.type === 'job:completed' ? e.result : s.result,
+        error: e.type === 'job:failed' ? e.error : s.error,
+        epoch: e.epoch ?? s.epoch,
+        loss: e.loss ?? s.loss,
+      }));
+    });
+    conn.subscribe([jobId]);
+    return () => { off(); conn.unsubscribe([jobId]); release(); };
+  }, [jobId, url, token, getTicket, WebSocket]);
+  return state;
+}

@@ -1,0 +1,134 @@
+"""The dashboard in a real headless Chromium against `dash-ray up` (tiny models): sign-in by
+fragment, submit forms, live progress, images, a training job's loss curve, cancel, admin pause."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.workers.conftest import png_data_url
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+def admin_token(up: dict[str, Any]) -> str:
+    out = subprocess.run([sys.executable, "-m", "dash_ray.cli", "token", "--user", "root", "--admin"],
+                         env=up["env"], capture_output=True, text=True, timeout=60, check=True)
+    return out.stdout.strip()
+
+
+def open_page(browser: Any, up: dict[str, Any], token: str) -> Any:
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
+    page.goto(f"{up['base']}/#token={token}")
+    page.wait_for_selector("#conn[data-state=open]", timeout=30_000)
+    return page
+
+
+def job_row(page: Any, timeout_s: float = 30) -> str:
+    """The id of the newest job row."""
+    page.wait_for_selector("#jobs tbody tr", timeout=timeout_s * 1000)
+    return str(page.eval_on_selector("#jobs tbody tr", "tr => tr.dataset.job"))
+
+
+def wait_status(page: Any, job_id: str, status: str, timeout_s: float = 120) -> None:
+    page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] .status-{status}", timeout=timeout_s * 1000)
+
+
+def test_sign_in_by_fragment_generate_and_see_progress_and_the_image(browser: Any, up: dict[str, Any]) -> None:
+    page = open_page(browser, up, up["token"])
+    assert page.evaluate("location.hash") == ""  # the token left the URL
+    assert page.evaluate("sessionStorage.getItem('dash-ray-token')") == up["token"]
+    page.wait_for_selector("#queues tr[data-queue=generation]")
+    page.fill("#form-generation [name=steps]", "40")
+    page.click("#form-generation button")
+    job_id = job_row(page)
+    wait_status(page, job_id, "completed")
+    img = page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] td.result img")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img, timeout=30_000)
+    assert "&sig=" in str(img.get_attribute("src")) and "token=" not in str(img.get_attribute("src"))
+    seqs = page.evaluate(f"window.dash.seqs['{job_id}']")
+    assert seqs == sorted(set(seqs)) and len(seqs) > 5, seqs  # every event once, in order, progress on the way
+    progress = page.evaluate(f"window.dash.jobs.get('{job_id}').progress")
+    assert progress == 100
+    assert page.errors == []
+    page.click("#signout")
+    page.wait_for_selector("#signin:not([hidden])")
+    assert page.evaluate("sessionStorage.getItem('dash-ray-token')") is None
+    page.close()
+
+
+def test_training_from_the_form_shows_epochs_and_the_loss_curve(browser: Any, up: dict[str, Any],
+                                                                tmp_path: Path) -> None:
+    png = tmp_path / "a.png"
+    png.write_bytes(base64.b64decode(png_data_url(64, 64).split(",", 1)[1]))
+    page = open_page(browser, up, up["token"])
+    page.click(".tabs button[data-tab=training]")
+    page.fill("#form-training [name=loraId]", f"ui-lora-{int(time.time())}")
+    page.set_input_files("#form-training [name=files]", [str(png), str(png)])
+    page.fill("#form-training [name=epochs]", "3")
+    page.click("#form-training button")
+    job_id = job_row(page)
+    page.wait_for_function(f"(document.querySelector(\"#jobs tr[data-job='{job_id}'] .detail\") || {{}}).textContent"
+                           "?.includes('epoch')", timeout=120_000)
+    wait_status(page, job_id, "completed", 180)
+    curve = page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] canvas.loss")
+    assert curve.get_attribute("data-epochs") == "3"
+    assert page.errors == []
+    page.close()
+
+
+def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up: dict[str, Any]) -> None:
+    page = open_page(browser, up, up["token"])
+    page.fill("#form-generation [name=steps]", "150")
+    page.fill("#form-generation [name=width]", "256")
+    page.fill("#form-generation [name=height]", "256")
+    page.click("#form-generation button")
+    job_id = job_row(page)
+    wait_status(page, job_id, "active", 60)
+    page.click(f"#jobs tr[data-job='{job_id}'] button.cancel")
+    wait_status(page, job_id, "cancelled", 30)
+    page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] button.retry")
+
+    admin = open_page(browser, up, admin_token(up))
+    admin.wait_for_selector("#queues tr[data-queue=generation] button")
+    assert admin.text_content("#who") == "root (admin)"
+    admin.click("#queues tr[data-queue=generation] button")
+    admin.wait_for_selector("#queues tr[data-queue=generation] .qstate:text('paused')")
+    try:
+        page.fill("#form-generation [name=steps]", "2")
+        page.fill("#form-generation [name=width]", "64")
+        page.fill("#form-generation [name=height]", "64")
+        page.click("#form-generation button")
+        page.wait_for_function(f"document.querySelector('#jobs tbody tr').dataset.job !== '{job_id}'")
+        held = job_row(page)
+        time.sleep(3)
+        assert page.text_content(f"#jobs tr[data-job='{held}'] .status") == "waiting"
+        # the admin sees every user's jobs, with the user shown
+        admin.reload()
+        admin.wait_for_selector(f"#jobs tr[data-job='{held}']")
+        assert admin.text_content(f"#jobs tr[data-job='{held}'] .user") == "tester"
+    finally:
+        admin.click("#queues tr[data-queue=generation] button")  # resume
+    wait_status(page, held, "completed", 60)
+    assert page.errors == [] and admin.errors == []
+    admin.close()
+    page.close()
+
+
+def test_a_bad_token_stays_on_sign_in_with_the_reason(browser: Any, up: dict[str, Any]) -> None:
+    page = browser.new_page()
+    page.goto(f"{up['base']}/#token=not.a.token")
+    page.wait_for_selector("#signin:not([hidden])")
+    assert "not an API token" in page.text_content("#signin-error")
+    page.fill("#token", up["token"] + "x")
+    page.click("#signin-form button")
+    page.wait_for_function("document.querySelector('#signin-error').textContent.includes('refused')")
+    page.close()
