@@ -154,7 +154,10 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        # Pages a test serves itself (route.fulfill) count as public in Chromium's Local Network
+        # Access checks, which would block their sockets to the gateway on 127.0.0.1.
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu",
+                                                           "--disable-features=LocalNetworkAccessChecks"])
         yield b
         b.close()
 

@@ -32,10 +32,14 @@ def open_page(browser: Any, up: dict[str, Any], token: str) -> Any:
     return page
 
 
-def job_row(page: Any, timeout_s: float = 30) -> str:
-    """The id of the newest job row."""
-    page.wait_for_selector("#jobs tbody tr", timeout=timeout_s * 1000)
-    return str(page.eval_on_selector("#jobs tbody tr", "tr => tr.dataset.job"))
+def submit(page: Any, form: str, timeout_s: float = 30) -> str:
+    """Click a form's button; the id of the job row that appears for it."""
+    page.wait_for_load_state("networkidle")
+    before = page.evaluate("[...window.dash.rows.keys()]")
+    page.click(f"#form-{form} button")
+    page.wait_for_function("before => [...window.dash.rows.keys()].some((id) => !before.includes(id))",
+                           arg=before, timeout=timeout_s * 1000)
+    return str(page.evaluate("before => [...window.dash.rows.keys()].find((id) => !before.includes(id))", before))
 
 
 def wait_status(page: Any, job_id: str, status: str, timeout_s: float = 120) -> None:
@@ -48,8 +52,7 @@ def test_sign_in_by_fragment_generate_and_see_progress_and_the_image(browser: An
     assert page.evaluate("sessionStorage.getItem('dash-ray-token')") == up["token"]
     page.wait_for_selector("#queues tr[data-queue=generation]")
     page.fill("#form-generation [name=steps]", "40")
-    page.click("#form-generation button")
-    job_id = job_row(page)
+    job_id = submit(page, "generation")
     wait_status(page, job_id, "completed")
     img = page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] td.result img")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img, timeout=30_000)
@@ -74,13 +77,17 @@ def test_training_from_the_form_shows_epochs_and_the_loss_curve(browser: Any, up
     page.fill("#form-training [name=loraId]", f"ui-lora-{int(time.time())}")
     page.set_input_files("#form-training [name=files]", [str(png), str(png)])
     page.fill("#form-training [name=epochs]", "3")
-    page.click("#form-training button")
-    job_id = job_row(page)
-    page.wait_for_function(f"(document.querySelector(\"#jobs tr[data-job='{job_id}'] .detail\") || {{}}).textContent"
-                           "?.includes('epoch')", timeout=120_000)
+    job_id = submit(page, "training")
+    # while it runs, the row shows its epoch (recorded as the page changes it)
+    page.evaluate("""id => { window.details = []; const cell = document.querySelector(`#jobs tr[data-job='${id}'] .detail`);
+        new MutationObserver(() => window.details.push(cell.textContent)).observe(cell, {childList: true,
+        characterData: true, subtree: true}); }""", job_id)
     wait_status(page, job_id, "completed", 180)
     curve = page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] canvas.loss")
     assert curve.get_attribute("data-epochs") == "3"
+    assert "epoch 3:" in str(curve.get_attribute("title"))
+    details = page.evaluate("window.details")
+    assert any(d.startswith("epoch ") and "loss" in d for d in details), details
     assert page.errors == []
     page.close()
 
@@ -90,8 +97,7 @@ def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up
     page.fill("#form-generation [name=steps]", "150")
     page.fill("#form-generation [name=width]", "256")
     page.fill("#form-generation [name=height]", "256")
-    page.click("#form-generation button")
-    job_id = job_row(page)
+    job_id = submit(page, "generation")
     wait_status(page, job_id, "active", 60)
     page.click(f"#jobs tr[data-job='{job_id}'] button.cancel")
     wait_status(page, job_id, "cancelled", 30)
@@ -106,13 +112,12 @@ def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up
         page.fill("#form-generation [name=steps]", "2")
         page.fill("#form-generation [name=width]", "64")
         page.fill("#form-generation [name=height]", "64")
-        page.click("#form-generation button")
-        page.wait_for_function(f"document.querySelector('#jobs tbody tr').dataset.job !== '{job_id}'")
-        held = job_row(page)
+        held = submit(page, "generation")
         time.sleep(3)
         assert page.text_content(f"#jobs tr[data-job='{held}'] .status") == "waiting"
-        # the admin sees every user's jobs, with the user shown
-        admin.reload()
+        # the admin sees another user's jobs, with the user shown
+        admin.fill("#f-user", "tester")
+        admin.dispatch_event("#f-user", "change")
         admin.wait_for_selector(f"#jobs tr[data-job='{held}']")
         assert admin.text_content(f"#jobs tr[data-job='{held}'] .user") == "tester"
     finally:
@@ -130,5 +135,5 @@ def test_a_bad_token_stays_on_sign_in_with_the_reason(browser: Any, up: dict[str
     assert "not an API token" in page.text_content("#signin-error")
     page.fill("#token", up["token"] + "x")
     page.click("#signin-form button")
-    page.wait_for_function("document.querySelector('#signin-error').textContent.includes('refused')")
+    page.wait_for_function("() => document.querySelector('#signin-error').textContent.includes('refused')")
     page.close()

@@ -277,8 +277,14 @@ def test_the_design_react_component_gets_progress_and_completion(live: dict[str,
         route.fulfill(status=200, body=files[path], content_type=kind)
 
     page.route(f"{live['base']}/react-test/**", serve)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text))
+    page.on("pageerror", lambda e: console.append(str(e)))
     page.goto(f"{live['base']}/react-test/page.html")
-    page.wait_for_function("window.seen && window.seen.includes('completed')", timeout=60_000)
+    try:
+        page.wait_for_function("() => window.seen && window.seen.includes('completed')", timeout=60_000)
+    except Exception:
+        raise AssertionError(f"{page.evaluate('window.seen')} {console[-10:]}") from None
     seen = page.evaluate("window.seen")
     progress = page.evaluate("window.progressSeen")
     assert "active" in seen and max(progress) == 100 and len(progress) >= 5, (seen, progress)
