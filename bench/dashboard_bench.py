@@ -4,8 +4,8 @@ its row updated (p50 / p95 / max), and how many events arrived.
 
     python bench/dashboard_bench.py [--jobs 200] [--seconds 20] [--rate 400]
 
-It runs the gateway app under uvicorn on a loopback port (embedded Redis unless REDIS_URL is
-set), creates N jobs, has the page track them all, then plays a worker: `--rate` progress events
+It runs the gateway under uvicorn in a process of its own on a loopback port (embedded Redis
+unless REDIS_URL is set), creates N jobs, has the page track them all, then plays a worker: `--rate` progress events
 a second, spread over the jobs, published through the lifecycle a GPU worker uses (the same
 scripts, stream and channel). Needs chromium (DASH_CHROMIUM or on PATH) and playwright.
 """
@@ -18,17 +18,17 @@ import os
 import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from dash_ray.config import load_settings
-from dash_ray.gateway import GatewayServices, TokenAuth, create_app
+from dash_ray.gateway import TokenAuth
 from dash_ray.models.events import JobProgressEvent
 from dash_ray.queues import (
     EmbeddedRedis,
@@ -65,14 +65,16 @@ def main() -> None:
         url = server.start()
     prefix = f"db{uuid.uuid4().hex[:6]}"
     secret = uuid.uuid4().hex * 2
-    settings = load_settings(key_prefix=prefix, token_secret=secret, data_dir=root / "data", enable_sleep_queue=True,
-                             rate_submit="100000/minute", max_waiting_per_user=100_000)
-    app = create_app(GatewayServices.create(settings, url, queues=("sleep",)))
+    env = {**os.environ, "REDIS_URL": url, "DASH_KEY_PREFIX": prefix, "DASH_TOKEN_SECRET": secret,
+           "DASH_DATA_DIR": str(root / "data"), "DASH_ENABLE_SLEEP_QUEUE": "1", "DASH_RATE_SUBMIT": "100000/minute",
+           "DASH_MAX_WAITING_PER_USER": "100000"}
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"))
-    threading.Thread(target=uv.run, daemon=True).start()
+    # the gateway in a process of its own, as a replica runs (not sharing this one's GIL)
+    uv = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "dash_ray.gateway.asgi:app", "--host",
+                           "127.0.0.1", "--port", str(port), "--log-level", "warning", "--ws", "websockets-sansio"],
+                          env=env)
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    for _ in range(400):
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 break
@@ -123,7 +125,8 @@ def main() -> None:
         lat = page.evaluate("window.dash.updateLatencies")
         received = page.evaluate("Object.values(window.dash.seqs).reduce((n, s) => n + s.length, 0)")
         browser.close()
-    uv.should_exit = True
+    uv.terminate()
+    uv.wait(15)
     if server:
         server.stop()
     lat.sort()

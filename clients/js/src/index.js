@@ -64,6 +64,8 @@ export function connectJobs({
   const seqs = new Map(); // jobId -> last seq delivered (0: none yet)
   const finished = new Set();
   const replay = new Set(); // jobs subscribed from their first event (since 0)
+  const pendingSubs = new Set(); // subscribed this tick, sent together
+  let flushQueued = false;
   const queued = [];
   let ws = null;
   let closed = false;
@@ -139,6 +141,7 @@ export function connectJobs({
     socket.onopen = () => {
       if (ws !== socket) return;
       failures = 0;
+      pendingSubs.clear(); // all of them go out now
       const ids = [...seqs.keys()].filter((id) => !finished.has(id));
       for (const msg of subscribeMessages(ids)) rawSend(msg);
       while (queued.length) rawSend(queued.shift());
@@ -184,8 +187,18 @@ export function connectJobs({
         if (!seqs.has(id)) { seqs.set(id, 0); fresh.push(id); if (fromStart) replay.add(id); }
       }
       if (!fresh.length) return;
-      if (ws && ws.readyState === 1) for (const msg of subscribeMessages(fresh)) rawSend(msg);
-      // else: subscribed on open, with whatever `since` is known by then
+      // Subscribes made in one tick go out as one message (the server limits messages a second);
+      // before the socket is open, they go out on open, with whatever `since` is known by then.
+      fresh.forEach((id) => pendingSubs.add(id));
+      if (!flushQueued) {
+        flushQueued = true;
+        queueMicrotask(() => {
+          flushQueued = false;
+          const ids = [...pendingSubs].filter((id) => seqs.has(id));
+          pendingSubs.clear();
+          if (ids.length && ws && ws.readyState === 1) for (const msg of subscribeMessages(ids)) rawSend(msg);
+        });
+      }
     },
     unsubscribe(jobIds) {
       const ids = [].concat(jobIds).filter((id) => seqs.delete(id));
