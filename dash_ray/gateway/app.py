@@ -141,7 +141,8 @@ async def list_jobs(
     include: Annotated[str | None, Query(pattern="^data$")] = None,
 ) -> Response:
     """Your jobs, newest first (history); pass `nextCursor` back as `cursor` for the next page.
-    Each job's payload (`data`) is left out unless `include=data`."""
+    Each job's payload (`data`) is left out unless `include=data`. Admins may list another
+    user's jobs (`userId`), or every user's (`userId=*`)."""
     if user_id and user_id != who.user_id and not who.admin:
         raise Forbidden("only an admin may list another user's jobs")
     page = await svc.store.list(user_id or who.user_id, queue=queue, status=status, limit=limit, cursor=cursor)

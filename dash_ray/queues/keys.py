@@ -38,6 +38,16 @@ class Keys:
         """Sorted set: a user's job ids, scored by a per-user submission counter."""
         return f"{self.ns}user:{user_id}"
 
+    @property
+    def recent(self) -> str:
+        """Sorted set: every user's job ids, scored by a global submission counter (admins' view), capped."""
+        return f"{self.ns}recent"
+
+    @property
+    def recent_counter(self) -> str:
+        """Counter behind `recent` scores."""
+        return f"{self.ns}recentn"
+
     def user_counter(self, user_id: str) -> str:
         """Counter behind `user_jobs` scores."""
         return f"{self.ns}usern:{user_id}"

@@ -59,6 +59,7 @@ class Retention:
     finished_ttl_s: int = 7 * 24 * 3600
     keep_finished: int = 6000
     history_max: int = 10_000
+    recent_max: int = 100_000  # jobs of all users in the admins' list
 
     @classmethod
     def of(cls, settings: Settings) -> Retention:
@@ -175,7 +176,8 @@ class _Calls:
         """A script's source with this deployment's constants."""
         r = self.retention
         return script.text(after=after, prelude=prelude, maxlen=r.events_per_job, ttl=r.finished_ttl_s,
-                           keep=r.keep_finished, ns=self.keys.ns, history_max=r.history_max)
+                           keep=r.keep_finished, ns=self.keys.ns, history_max=r.history_max,
+                           recent_max=r.recent_max)
 
     def _common(self, event: AnyEvent) -> tuple[dict[str, str], dict[str, Any]]:
         k = self.keys
@@ -190,7 +192,8 @@ class _Calls:
         user = event.user_id or "_"
         k = self.keys
         keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
-                    prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id))
+                    prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id),
+                    recent=k.recent, recent_n=k.recent_counter)
         args.update(fields=state_fields(event, {"created": created_ms}), digest=digest, position="1" if position else "")
         return CREATE.pack(keys, args)
 

@@ -129,7 +129,8 @@ end
 # record is ever made for a BullMQ job that someone else created.
 CREATE = Script(
     "create",
-    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job"),
+    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job", "recent",
+          "recent_n"),
     args=("channel", "frame", "fields", "job_id", "digest", "position"),
     body=r"""
 local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status', 'userId')
@@ -144,6 +145,9 @@ local n = redis.call('INCR', K.history_n)
 redis.call('ZADD', K.history, n, A.job_id)
 local over = redis.call('ZCARD', K.history) - HISTORY_MAX
 if over > 0 then redis.call('ZREMRANGEBYRANK', K.history, 0, over - 1) end
+redis.call('ZADD', K.recent, redis.call('INCR', K.recent_n), A.job_id)
+over = redis.call('ZCARD', K.recent) - RECENT_MAX
+if over > 0 then redis.call('ZREMRANGEBYRANK', K.recent, 0, over - 1) end
 live_again()
 local seq, pos = emit(A.position == '1')
 return {seq, pos}

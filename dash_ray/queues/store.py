@@ -304,13 +304,14 @@ class JobStore:
         limit: int = 20,
         cursor: str | None = None,
     ) -> JobList:
-        """A user's jobs, newest first, optionally by queue and status; `cursor` pages on."""
+        """A user's jobs (`user_id` "*": every user's), newest first, optionally by queue and
+        status; `cursor` pages on."""
         if queue is not None and queue not in self.queue_names:
             raise UnknownQueue(queue)
         if user_id is None:
             raise InvalidPayload("user is required to list jobs")
         limit = max(1, min(limit, 200))
-        key = self.keys.user_jobs(user_id)
+        key = self.keys.recent if user_id == "*" else self.keys.user_jobs(user_id)
         try:
             top = f"({int(cursor)}" if cursor else "+inf"
         except ValueError:

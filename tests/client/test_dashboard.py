@@ -115,7 +115,12 @@ def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up
         held = submit(page, "generation")
         time.sleep(3)
         assert page.text_content(f"#jobs tr[data-job='{held}'] .status") == "waiting"
-        # the admin sees another user's jobs, with the user shown
+        # the admin sees every user's jobs, with the user shown, and can narrow them to one user
+        admin.reload()
+        admin.wait_for_selector(f"#jobs tr[data-job='{held}']")
+        admin.fill("#f-user", "nobody-else")
+        admin.dispatch_event("#f-user", "change")
+        admin.wait_for_selector(f"#jobs tr[data-job='{held}']", state="detached")
         admin.fill("#f-user", "tester")
         admin.dispatch_event("#f-user", "change")
         admin.wait_for_selector(f"#jobs tr[data-job='{held}']")

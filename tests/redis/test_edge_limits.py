@@ -432,3 +432,18 @@ def test_images_by_reference_uploads_owner_checked_inline_images_small_lists_wit
     full = httpx.get(f"{base}/v1/jobs", params={"include": "data"}, headers=alice).json()["jobs"]
     assert all("data" in j for j in full)
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_only_admins_list_every_users_jobs(live: Callable[..., str]) -> None:
+    from dash_ray.gateway import TokenAuth
+
+    base = live()
+    auth = TokenAuth(SECRET)
+    for user in ("ann", "ben"):
+        r = httpx.post(f"{base}/v1/jobs/generation", json=GEN, headers={"Authorization": f"Bearer {auth.mint(user)}"})
+        assert r.status_code == 201
+    ann = {"Authorization": f"Bearer {auth.mint('ann')}"}
+    assert httpx.get(f"{base}/v1/jobs", params={"userId": "*"}, headers=ann).status_code == 403
+    root = {"Authorization": f"Bearer {auth.mint('root', admin=True)}"}
+    users = [j["userId"] for j in httpx.get(f"{base}/v1/jobs", params={"userId": "*"}, headers=root).json()["jobs"]]
+    assert users[:2] == ["ben", "ann"]

@@ -331,3 +331,14 @@ async def test_creation_is_one_script_under_killed_connections(redis_url: str, r
     for job_id in created:
         assert await redis.exists(f"{prefix}:generation:{job_id}") == 1
         assert await redis.hget(f"{prefix}:__dash__:job:{job_id}", "status") == "waiting"
+
+
+async def test_every_users_jobs_newest_first_for_admins(make_store: Any) -> None:
+    store = make_store()
+    made = [(await store.add("generation", {"userId": u, "prompt": f"p{i}"})).job.id
+            for i, u in enumerate(["ann", "ben", "ann", "cy"])]
+    page = await store.list("*", limit=3)
+    assert [j.id for j in page.jobs] == made[::-1][:3] and page.next_cursor
+    rest = await store.list("*", limit=3, cursor=page.next_cursor)
+    assert [j.id for j in rest.jobs] == [made[0]] and rest.next_cursor is None
+    assert [j.id for j in (await store.list("ann")).jobs] == [made[2], made[0]]

@@ -196,7 +196,7 @@ async function loadJobs(reset) {
   let page;
   try {
     page = await state.api.jobs({ queue: $('#f-queue').value, status: $('#f-status').value, limit: 20,
-      cursor: state.cursor || undefined, userId: admin ? $('#f-user').value.trim() || undefined : undefined });
+      cursor: state.cursor || undefined, userId: admin ? $('#f-user').value.trim() || '*' : undefined });
   } catch (e) {
     if (e instanceof Unauthorized) showSignIn('Your session ended (401). Sign in again.');
     return;
