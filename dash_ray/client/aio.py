@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from dash_ray.client.errors import (
+    ApiError,
     JobFailed,
     NotFound,
     RateLimited,
@@ -139,11 +140,7 @@ class AsyncClient:
                 continue
             if resp.status_code < 400:
                 return resp.json() if resp.content else None
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {"error": {"code": "http_error", "message": resp.text[:500]}}
-            err = error_from(resp.status_code, body, resp.headers.get("retry-after"))
+            err = _error_of(resp)
             if attempt >= retries or not isinstance(err, RateLimited | Unavailable):
                 raise err
             await asyncio.sleep(err.retry_after if err.retry_after is not None else _backoff(attempt))
@@ -153,11 +150,7 @@ class AsyncClient:
         """The bytes of an artifact (`/v1/artifacts/...`, as results name them)."""
         resp = await self.http.get(path)
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {}
-            raise error_from(resp.status_code, body, resp.headers.get("retry-after"))
+            raise _error_of(resp)
         return resp.content
 
     # ------------------------------------------------------------------ images
@@ -167,11 +160,7 @@ class AsyncClient:
         data, mime = _image_bytes(image)
         resp = await self.http.post("/v1/uploads", content=data, headers={"Content-Type": mime})
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {}
-            raise error_from(resp.status_code, body, resp.headers.get("retry-after"))
+            raise _error_of(resp)
         return str(resp.json()["url"])
 
     async def image_url(self, image: Any) -> str:
@@ -371,6 +360,15 @@ class AsyncClient:
                 if view.status in ("failed", "cancelled"):
                     raise JobFailed(view)
         return list(views)
+
+
+def _error_of(resp: httpx.Response) -> ApiError:
+    """The typed error of an HTTP error answer (its JSON error body, or its text)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"error": {"code": "http_error", "message": resp.text[:500]}}
+    return error_from(resp.status_code, body, resp.headers.get("retry-after"))
 
 
 def _raise_ws_error(data: dict[str, Any], open_ids: set[str]) -> None:

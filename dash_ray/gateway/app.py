@@ -255,27 +255,28 @@ async def upload(request: Request, who: Caller, svc: Svc) -> JSONResponse:
         data += chunk
         if len(data) > s.max_image_bytes:
             raise QuotaExceeded(f"an upload is at most {s.max_image_bytes} bytes (DASH_MAX_IMAGE_BYTES)")
-    kind = _sniff(bytes(data[:16]))
+    body = bytes(data)  # one copy, read by the checks and written as is
+    kind = _sniff(body[:16])
     if kind is None:
         raise InvalidPayload("not an image (PNG, JPEG, WebP, BMP or GIF)", errors=[{"field": "body",
                                                                                  "message": "not an image"}])
-    width, height = _pixels(bytes(data))
+    width, height = _pixels(body)
     if width * height > s.max_image_pixels:
         raise InvalidPayload(f"image too large: {width}x{height} is over {s.max_image_pixels} pixels",
                              errors=[{"field": "body", "message": "too many pixels"}])
     used = svc.store.keys.upload_bytes(who.user_id)
-    total = int(await svc.redis.incrby(used, len(data)))
+    total = int(await svc.redis.incrby(used, len(body)))
     if total > s.upload_quota_bytes:
-        await svc.redis.decrby(used, len(data))
+        await svc.redis.decrby(used, len(body))
         raise QuotaExceeded(f"upload quota of {s.upload_quota_bytes} bytes reached (DASH_UPLOAD_QUOTA_BYTES)")
     upload_id = uuid.uuid4().hex
     ref = f"upload://{upload_id}"
     try:
-        await asyncio.to_thread(svc.artifacts.put, upload_path(who.user_id, ref), bytes(data))
+        await asyncio.to_thread(svc.artifacts.put, upload_path(who.user_id, ref), body)
     except BaseException:
-        await svc.redis.decrby(used, len(data))
+        await svc.redis.decrby(used, len(body))
         raise
-    return JSONResponse({"id": upload_id, "url": ref, "contentType": kind, "bytes": len(data),
+    return JSONResponse({"id": upload_id, "url": ref, "contentType": kind, "bytes": len(body),
                          "width": width, "height": height}, status_code=201)
 
 

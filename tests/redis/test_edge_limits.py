@@ -447,3 +447,20 @@ def test_only_admins_list_every_users_jobs(live: Callable[..., str]) -> None:
     root = {"Authorization": f"Bearer {auth.mint('root', admin=True)}"}
     users = [j["userId"] for j in httpx.get(f"{base}/v1/jobs", params={"userId": "*"}, headers=root).json()["jobs"]]
     assert users[:2] == ["ben", "ann"]
+
+
+def test_a_chunked_upload_over_the_image_limit_is_cut_off_and_counts_nothing(live: Any, redis_url: str,
+                                                                              prefix: str) -> None:
+    """Uploads have a larger body limit than JSON (one image): past it, 413 while the body is
+    still arriving, and nothing is stored or counted against the quota."""
+    import redis as sync_redis
+
+    from dash_ray.queues import Keys
+
+    base = live(max_image_bytes=2 * 1024 * 1024)
+    status, sent = chunked_post(base, "/v1/uploads", token("alice"), 100 * 1024 * 1024)
+    assert status == 413 and sent < 5 * 1024 * 1024, sent
+    plain = sync_redis.Redis.from_url(redis_url)
+    assert plain.get(Keys(prefix).upload_bytes("alice")) is None
+    plain.close()
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200

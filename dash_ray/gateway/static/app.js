@@ -92,7 +92,9 @@ function start() {
 
 function stop() {
   if (state.conn) state.conn.close();
+  if (state.replay) state.replay.close();
   state.conn = null;
+  state.replay = null;
   clearInterval(state.queueTimer);
   state.jobs.clear();
   state.rows.clear();
@@ -294,18 +296,21 @@ function renderResult(job, tr) {
   if (job.queue === 'training' && !state.losses.get(job.id)?.size) loadLosses(job);
 }
 
-async function loadLosses(job) {
-  // a training job that finished before this page opened: its epochs from its replay stream
-  const conn = connectJobs({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`,
-    getTicket: () => state.api.wsTicket() });
-  conn.subscribe(job.id, { replay: true });
-  conn.on('event', (e) => {
-    if (e.loss == null || e.epoch == null) return;
-    if (!state.losses.has(job.id)) state.losses.set(job.id, new Map());
-    state.losses.get(job.id).set(e.epoch, e.loss);
-    renderResult(job, state.rows.get(job.id));
-  });
-  setTimeout(() => conn.close(), 5000);
+function loadLosses(job) {
+  // A training job that finished before this page opened: its epochs from its replay stream, on
+  // one extra socket for all such jobs (a socket each would use up the per-user socket limit).
+  if (!state.replay) {
+    state.replay = connectJobs({ url: `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`,
+      getTicket: () => state.api.wsTicket() });
+    state.replay.on('event', (e) => {
+      if (e.loss == null || e.epoch == null) return;
+      if (!state.losses.has(e.jobId)) state.losses.set(e.jobId, new Map());
+      state.losses.get(e.jobId).set(e.epoch, e.loss);
+      const j = state.jobs.get(e.jobId);
+      if (j && state.rows.has(e.jobId)) renderResult(j, state.rows.get(e.jobId));
+    });
+  }
+  state.replay.subscribe(job.id, { replay: true });
 }
 
 function drawLoss(cv, points) {
