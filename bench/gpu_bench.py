@@ -109,11 +109,15 @@ def main() -> None:
     cold = run(gen, "generation", data, "cold")
     cold_total = time.perf_counter() - t0
     warm_totals, runner_step = [], []
-    for i in range(args.runs):
+    quiet = {**data, "settings": {**data["settings"], "previewEvery": 0}}
+    no_preview_step = []
+    for i in range(args.runs):  # with the default previews, and the same path with them off, in turns
         t0 = time.perf_counter()
         out = run(gen, "generation", data, f"warm{i}")
         warm_totals.append(time.perf_counter() - t0)
         runner_step.append(out["timings"]["generate_s"] / args.steps)
+        out = run(gen, "generation", quiet, f"quiet{i}")
+        no_preview_step.append(out["timings"]["generate_s"] / args.steps)
     pipe = next(iter(gen.cache.entries.values())).value
     direct_step = []
     for _ in range(args.runs):
@@ -130,8 +134,24 @@ def main() -> None:
     print("\ngeneration")
     print(f"  per step: diffusers directly {d * 1000:8.2f} ms   through dash-ray's runner {r * 1000:8.2f} ms"
           f"   overhead {(r - d) / d * 100:+.2f}%   (target <= 3%)")
+    q = statistics.median(no_preview_step)
+    print(f"  previews: at the default rate (every ~10% of steps, at most 2/s) {r * 1000:.2f} ms a step, "
+          f"off {q * 1000:.2f} ms   cost {(r - q) / q * 100:+.2f}%   (target <= 3%)")
     print(f"  job time: cold (loads the model) {cold_total:.2f}s   warm {statistics.median(warm_totals):.2f}s"
           f"   a warm model saves {cold['timings']['load_s']:.2f}s of loading")
+    from dash_ray.scheduler.sizing import sized_fraction
+
+    gen.reset_peak_memory()
+    run(gen, "generation", data, "peak")
+    kind, peak = gen.peak_memory()
+    total = gen.device_memory()
+    if total:
+        print(f"  memory: peak {peak / 2**30:.2f} GiB of {total / 2**30:.1f} GiB ({kind}); GPU fraction chosen "
+              f"{sized_fraction([peak], total, settings.generation_gpu_fraction):.4g} (configured "
+              f"{settings.generation_gpu_fraction:g}; training and upscaling size the same way)")
+    else:
+        print(f"  memory: peak RSS {peak / 2**20:.0f} MiB ({kind}); no GPU, so the configured fraction "
+              f"{settings.generation_gpu_fraction:g} stays")
 
     from PIL import Image
 

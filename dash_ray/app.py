@@ -21,7 +21,7 @@ from dash_ray.config import Settings, load_settings
 from dash_ray.gateway.app import create_app
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.scheduler.cluster import Scheduler
-from dash_ray.scheduler.resources import QueueSpec, logical_gpus, queue_specs
+from dash_ray.scheduler.resources import QueueSpec, head_options, logical_gpus, queue_specs
 
 __all__ = ["Gateway", "SchedulerSupervisor", "app_builder", "build_app", "node_gpus", "run_gateway", "wait_healthy"]
 
@@ -66,6 +66,9 @@ class Gateway:
         runtime.setup()
         self.settings = settings
         self.services = GatewayServices.create(settings, redis_url, queues=queues)
+        # Tagged with Serve's replica id (`x-dash-replica`, pong): the same name as in Serve's logs
+        # and its actor (SERVE_REPLICA::<app>#Gateway#<id>).
+        self.services.metrics.replica = serve.get_replica_context().replica_id.unique_id
         self.scheduler = scheduler  # held so that Serve deploys the supervisor with the gateway
         self.server: uvicorn.Server | None = None
         if settings.ingress == "direct":
@@ -106,9 +109,18 @@ def build_app(settings: Settings, redis_url: str, specs: list[QueueSpec] | None 
     """The Serve application: gateway replicas plus (unless `scheduler=False`) the scheduler supervisor."""
     specs = specs if specs is not None else queue_specs(settings)
     # @serve.deployment adds .bind/.options, unseen by mypy.
-    supervisor = cast(Any, SchedulerSupervisor).bind(settings, redis_url, specs) if scheduler else None
+    supervisor = None
+    if scheduler:
+        supervisor = cast(Any, SchedulerSupervisor).options(
+            ray_actor_options={"num_cpus": 0, **head_options(settings.control_on_head)},
+        ).bind(settings, redis_url, specs)
     queues = tuple(s.name for s in specs)
-    gateway = cast(Any, Gateway).options(num_replicas=settings.gateway_replicas)
+    placement: dict[str, Any] = {}
+    if settings.gateway_max_per_node:
+        placement["max_replicas_per_node"] = settings.gateway_max_per_node
+    gateway = cast(Any, Gateway).options(
+        num_replicas=settings.gateway_replicas,
+        ray_actor_options={"num_cpus": 0, **head_options(settings.gateway_on_head)}, **placement)
     return cast(Application, gateway.bind(settings, redis_url, queues, supervisor))
 
 

@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import (
@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dash_ray.errors import ConfigError
 from dash_ray.models.queues import QUEUE_TABLE, QUEUES
@@ -37,6 +37,7 @@ class QueueSettings(BaseModel):
     gpu_fraction: float
     runner: str
     timeout_s: float
+    max_workers: int = 64
 
     @property
     def resource(self) -> str:
@@ -62,6 +63,9 @@ _QueueFields: Any = create_model(  # type: ignore[call-overload]
             (f"{q.name}_concurrency", (int, Field(q.concurrency, ge=1, le=64))),
             (f"{q.name}_gpu_fraction", (float, Field(q.gpu_fraction, gt=0, le=1))),
             (f"{q.name}_timeout_s", (float, Field(q.timeout_s, ge=1))),
+            # The most workers of this queue on the whole cluster: it bounds the pool and what the
+            # queue's backlog asks the autoscaler for.
+            (f"{q.name}_max_workers", (int, Field(64, ge=1, le=4096))),
         )
     },
 )
@@ -91,6 +95,10 @@ class Settings(_QueueFields):
     # direct: each gateway replica serves host:port itself (SO_REUSEPORT shares the port between
     # a node's replicas); serve: through Ray Serve's HTTP proxy (about 10x the CPU per socket message).
     ingress: Literal["direct", "serve"] = "direct"
+    # Where the gateway replicas run: on the head node (the default; cluster.yaml's load balancer
+    # points there), or anywhere, at most `gateway_max_per_node` on one node.
+    gateway_on_head: bool = True
+    gateway_max_per_node: int | None = Field(None, ge=1, le=64)
     token_secret: str | None = Field(None, min_length=32)
     token_ttl_s: int = Field(7 * 24 * 3600, ge=60)
     admin_token_ttl_s: int = Field(8 * 3600, ge=60)  # what `dash-ray token --admin` mints by default
@@ -110,6 +118,8 @@ class Settings(_QueueFields):
     max_inline_image_bytes: int = Field(256 * 1024, ge=0)  # a data: URL in a payload (decoded size)
     upload_quota_bytes: int = Field(1024 * 1024 * 1024, ge=0)  # bytes of uploads a user may keep
     max_sockets_per_user: int = Field(20, ge=1)  # open WebSockets per user, per gateway replica
+    max_prefer_wait_s: float = Field(60.0, ge=0, le=600)  # the longest `Prefer: wait=N` a submit may hold
+    ws_eta_refresh_s: float = Field(2.0, ge=0)  # a followed waiting job's place and ETA, resent this often (0: off)
     ws_messages_per_s: float = Field(20.0, gt=0)  # client messages a socket may send per second (burst: 2 s)
 
     # --- Storage and retention ---
@@ -126,7 +136,13 @@ class Settings(_QueueFields):
     user_history_max: int = Field(10_000, ge=10)
 
     # --- Scheduling ---
-    ray_address: str | None = None
+    ray_address: str | None = None  # join this Ray cluster ("auto": the one on this node) instead of starting one
+    # The queue consumers and the scheduler supervisor stay on the head node (Ray's
+    # `node:__internal_head__` resource): a GPU node that is removed takes only its workers.
+    control_on_head: bool = True
+    # Each queue asks the autoscaler (`request_resources`) for the workers its backlog needs,
+    # up to <queue>_max_workers; nothing once it is idle. Harmless without an autoscaler.
+    autoscale: bool = True
     num_gpus: float | None = Field(None, ge=0)
     worker_niceness: int = Field(0, ge=0, le=19)
     # Per queue (from the queue table): <queue>_concurrency, <queue>_gpu_fraction.
@@ -136,6 +152,17 @@ class Settings(_QueueFields):
     min_backoff_s: float = Field(1.0, ge=0)  # options.backoff.delayS below this: 422
     max_generation_mpx_steps: float = Field(256.0, gt=0)  # steps x width x height x numImages / 1e6
     max_training_mpx_epochs: float = Field(4096.0, gt=0)  # epochs x images x resolution^2 / 1e6
+    # Fair share: within a priority, each queue takes jobs round-robin across users, weighted by
+    # DASH_USER_WEIGHTS (name=weight pairs or JSON; default 1) or a token's `weight` claim.
+    fair_share: bool = True
+    user_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    # GPU arbitration (scheduler/preempt.py): a running job of a preemptible queue yields its GPU
+    # at its next checkpoint once a queue in preempt_for has had jobs waiting on workers that
+    # cannot be placed for preempt_after_s (0: never); at most max_preemptions times a job.
+    preemptible_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["training"])
+    preempt_for: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["generation", "upscaling"])
+    preempt_after_s: float = Field(60.0, ge=0)
+    max_preemptions: int = Field(2, ge=0, le=100)
     high_priority_per_user: int = Field(1, ge=0)  # unfinished priority-1 training jobs per user; 0: admins only
     lock_duration_s: float = Field(30.0, ge=1)
     stalled_interval_s: float = Field(15.0, ge=0.5)
@@ -159,37 +186,57 @@ class Settings(_QueueFields):
     worker_heartbeat_timeout_s: float = Field(30.0, gt=0)
 
     # --- Workloads ---
-    models: dict[str, str] = Field(default_factory=dict)
+    models: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     default_model: str = "tiny"
     torch_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     torch_threads: int | None = Field(None, ge=1, le=256)
     model_cache_bytes: int = Field(8 * 1024**3, ge=0)
-    allowed_image_hosts: list[str] = Field(default_factory=list)
+    allowed_image_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a,b or JSON
     # Private, loopback and link-local addresses an allowed host may resolve to (CIDRs); by
     # default none, so an image URL is no way into the deployment's own network.
-    allowed_image_networks: list[str] = Field(default_factory=list)
+    allowed_image_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a,b or JSON
     image_fetch_timeout_s: float = Field(30.0, gt=0)  # total time to fetch one image over http(s)
-    allowed_file_dirs: list[Path] = Field(default_factory=list)
+    allowed_file_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # a,b or JSON
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(16 * 1024 * 1024, ge=64 * 64)
 
-    @field_validator("models", mode="before")
+    # --- Webhooks (a job's options.webhook) ---
+    # Private, loopback and link-local networks a webhook may be sent to (CIDRs); by default
+    # none, the same rule as image fetches (kept apart: a receiver on the LAN opens no image fetch).
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a,b or JSON
+    webhook_secret: str | None = Field(None, min_length=32)  # signing; else derived from the token secret
+    webhook_timeout_s: float = Field(10.0, gt=0, le=120)  # one delivery, connect to answer
+    webhook_max_attempts: int = Field(12, ge=1, le=100)  # then it is dropped (kept in the dead list)
+    webhook_retry_s: float = Field(1.0, gt=0)  # the first retry's wait; it doubles each time
+    webhook_retry_max_s: float = Field(3600.0, gt=0)
+    webhook_concurrency: int = Field(16, ge=1, le=256)  # deliveries in flight per gateway replica
+
+    @field_validator("models", "user_weights", mode="before")
     @classmethod
-    def _models_json(cls, value: Any) -> Any:
+    def _pairs(cls, value: Any) -> Any:
+        """A mapping from the environment: JSON, or name=value pairs separated by commas."""
         if isinstance(value, str):
             value = value.strip()
             if not value:
                 return {}
             if value.startswith("{"):
                 return json.loads(value)
-            # name=path,name2=path2
             pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
             if any(len(p) != 2 for p in pairs):
-                raise ValueError("expected JSON or name=path pairs separated by commas")
+                raise ValueError("expected JSON or name=value pairs separated by commas")
             return {k.strip(): v.strip() for k, v in pairs}
         return value
 
-    @field_validator("allowed_image_hosts", "allowed_file_dirs", "allowed_image_networks", mode="before")
+    @field_validator("user_weights")
+    @classmethod
+    def _weights_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for user, w in value.items():
+            if not 0.01 <= w <= 100:
+                raise ValueError(f"weight of {user!r} must be within 0.01 and 100")
+        return value
+
+    @field_validator("allowed_image_hosts", "allowed_file_dirs", "allowed_image_networks", "webhook_allowed_networks",
+                     "preemptible_queues", "preempt_for", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -199,7 +246,7 @@ class Settings(_QueueFields):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    @field_validator("allowed_image_networks")
+    @field_validator("allowed_image_networks", "webhook_allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         import ipaddress
@@ -247,6 +294,7 @@ class Settings(_QueueFields):
             gpu_fraction=getattr(self, f"{name}_gpu_fraction"),
             runner=QUEUE_TABLE[name].runner,
             timeout_s=getattr(self, f"{name}_timeout_s"),
+            max_workers=getattr(self, f"{name}_max_workers"),
         )
 
     @property

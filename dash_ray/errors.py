@@ -13,6 +13,7 @@ __all__ = [
     "JobCancelled",
     "JobConflict",
     "JobNotFound",
+    "JobPreempted",
     "QuotaExceeded",
     "RateLimited",
     "Unauthorized",
@@ -114,6 +115,19 @@ class RateLimited(DashError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message, retryAfterS=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class JobPreempted(DashError):
+    """Raised inside a runner at a safe point (a training epoch's checkpoint committed) when its
+    job was asked to yield its GPU: the attempt ends without using an attempt, the job goes back
+    to the head of its queue and resumes from that checkpoint."""
+
+    code = "preempted"
+
+    def __init__(self, job_id: str = "", after: str = "") -> None:
+        super().__init__(f"preempted{' after ' + after if after else ''}", jobId=job_id)
+        self.job_id = job_id
+        self.after = after
 
 
 class JobCancelled(DashError):

@@ -163,9 +163,12 @@ def browser() -> Iterator[Any]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark tests by folder: unit, redis, ray, e2e."""
+    """Mark tests by folder: unit, redis, ray, e2e, workers, cluster. The cluster tests run first:
+    each of their modules connects this process to a multi-node Ray of its own and leaves before
+    the next, while the rest of the session shares one local Ray (`ray_session`) once started."""
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for marker in ("unit", "redis", "ray", "e2e", "workers"):
+        for marker in ("unit", "redis", "ray", "e2e", "workers", "cluster"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
+    items.sort(key=lambda item: "cluster" not in Path(str(item.fspath)).parts)  # stable: order kept within

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -87,3 +88,121 @@ async def complete(consumer: Any, job: Any, result: Any) -> None:
     _next, lost = await consumer.complete([(job, result)])
     if lost:
         raise lost[0]
+
+
+def sleep_scheduler(redis_url: str, prefix: str, queues: tuple[str, ...] = ("sleep",),
+                    runner: dict[str, Any] | None = None, **overrides: Any) -> Any:
+    """A started Scheduler on `prefix` whose queues run the sleep runner (`runner`: its keyword
+    arguments) on the Ray this process is connected to."""
+    from dash_ray.config import load_settings
+    from dash_ray.scheduler import RunnerSpec, queue_specs
+    from dash_ray.scheduler.cluster import Scheduler
+    from dash_ray.scheduler.resources import with_runner
+
+    settings = load_settings(key_prefix=prefix, **overrides)
+    specs = with_runner(queue_specs(settings, test_queues=True),
+                        RunnerSpec("dash_ray.scheduler.sleep:SleepRunner", runner or {}))
+    sched = Scheduler(settings, redis_url, [s for s in specs if s.name in queues])
+    sched.start()
+    return sched
+
+
+def executions(tmp_path: Any, job_id: str) -> int:
+    """How many times the sleep runner started a job (its record in `tmp_path/runs/<job id>`)."""
+    from pathlib import Path
+
+    path = Path(tmp_path) / "runs" / job_id
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+async def all_done(store: Any, ids: list[str], timeout_s: float) -> list[Any]:
+    """Wait until every job is final; returns their views."""
+    async def check() -> list[Any] | None:
+        views = [await store.get(i) for i in ids]
+        return views if all(v.status in ("completed", "failed", "cancelled") for v in views) else None
+
+    return await wait_for(check, timeout_s, interval_s=0.2)  # type: ignore[no-any-return]
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 that records the webhooks POSTed to it and answers each
+    with `answer()` (a status code; 200 by default). Use as a context manager."""
+
+    def __init__(self, answer: Any = None) -> None:
+        import http.server
+        import threading
+
+        self.answer = answer or (lambda: 200)
+        self.got: list[tuple[dict[str, str], str, int]] = []  # (headers, body, status answered)
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0)).decode()
+                status = int(outer.answer())
+                with outer._lock:
+                    outer.got.append(({k.lower(): v for k, v in self.headers.items()}, body, status))
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def received(self) -> list[tuple[dict[str, str], str, int]]:
+        with self._lock:
+            return list(self.got)
+
+    def wait(self, predicate: Any, timeout_s: float = 30.0) -> list[tuple[dict[str, str], str, int]]:
+        """Block until `predicate(received)` holds; returns what was received."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate(self.received()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"webhooks received: {[(h.get('webhook-id'), s) for h, _, s in self.received()]}")
+            time.sleep(0.05)
+        return self.received()
+
+
+@contextlib.contextmanager
+def sleep_queue_rig(workers: int, tag: str = "dash-bench-") -> Any:
+    """For benchmarks: an embedded Redis and a local Ray (2 CPUs) whose node has `workers` slots of
+    the `sleep` queue; yields the Redis URL, then stops both. Start schedulers on it with
+    `sleep_scheduler(url, prefix, **sleep_settings(workers))`."""
+    import tempfile
+    from pathlib import Path
+
+    import ray
+
+    from dash_ray.config import load_settings
+    from dash_ray.queues import EmbeddedRedis
+    from dash_ray.scheduler import queue_specs
+    from dash_ray.scheduler.cluster import init_ray
+
+    redis = EmbeddedRedis(Path(tempfile.mkdtemp(prefix=tag)) / "redis")
+    url = redis.start()
+    try:
+        settings = load_settings(**sleep_settings(workers))
+        init_ray(settings, [s for s in queue_specs(settings, test_queues=True) if s.name == "sleep"], num_cpus=2)
+        yield url
+    finally:
+        ray.shutdown()
+        redis.stop()
+
+
+def sleep_settings(workers: int) -> dict[str, Any]:
+    """Settings of a `sleep` queue with `workers` warm workers that stay."""
+    return {"enable_sleep_queue": True, "worker_idle_s": 600, "max_pending_workers": workers,
+            "sleep_concurrency": workers}

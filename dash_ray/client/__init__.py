@@ -21,6 +21,7 @@ from dash_ray.client.errors import (
     Unavailable,
 )
 from dash_ray.client.sync import Client, JobHandle
+from dash_ray.client.webhooks import verify_webhook
 
 __all__ = [
     "ApiError",
@@ -39,4 +40,5 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "image_ref",
+    "verify_webhook",
 ]

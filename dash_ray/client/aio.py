@@ -35,6 +35,8 @@ from dash_ray.models.events import (
     MAX_SUBSCRIBE_IDS,
     JobCompletedEvent,
     JobFailedEvent,
+    JobLogEvent,
+    JobPreviewEvent,
     JobProgressEvent,
     parse_event,
 )
@@ -42,9 +44,9 @@ from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, QueueView
 
 __all__ = ["AsyncClient", "AsyncJobHandle", "Event", "image_ref"]
 
-Event = JobProgressEvent | JobCompletedEvent | JobFailedEvent
+Event = JobProgressEvent | JobCompletedEvent | JobFailedEvent | JobPreviewEvent | JobLogEvent
 DEFAULT_URL = "http://127.0.0.1:8000"
-_EVENT_TYPES = ("job:progress", "job:completed", "job:failed")
+_EVENT_TYPES = ("job:progress", "job:completed", "job:failed", "job:preview", "job:log")
 _RECONNECT_MAX_S = 5.0
 
 
@@ -243,6 +245,14 @@ class AsyncClient:
         """A job's current view."""
         return JobView.model_validate(await self.request("GET", f"/v1/jobs/{job_id}"))
 
+    async def logs(self, job_id: str, limit: int = 1000) -> list[str]:
+        """A job's log lines, oldest first (model loaded, resolution, LoRA, per-epoch loss, ...)."""
+        return list((await self.request("GET", f"/v1/jobs/{job_id}/logs", params={"limit": limit}))["logs"])
+
+    async def webhook_secret(self) -> str:
+        """Your webhook signing secret (`whsec_...`), for `verify_webhook` on your receiver."""
+        return str((await self.request("GET", "/v1/webhooks/secret"))["secret"])
+
     async def cancel(self, job_id: str) -> JobView:
         """Cancel a job: a waiting one is removed, a running one stops at its next step."""
         return JobView.model_validate(await self.request("DELETE", f"/v1/jobs/{job_id}"))
@@ -283,13 +293,15 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ events
     async def events(self, job_ids: Iterable[str], since: dict[str, int] | int | None = None,
-                     *, until_final: bool = True) -> AsyncIterator[Event]:
+                     *, until_final: bool = True, places: bool = False) -> AsyncIterator[Event]:
         """The events of jobs over one socket, in order per job, each once.
 
         `since`: None (each job's current state first, then what follows), 0 (everything from
         each job's start that the server keeps) or a per-job map of the last `seq` seen. The
         socket reconnects by itself and resubscribes with the last `seq` of each job, so
-        nothing is lost or repeated. Ends when every job is final (`until_final`).
+        nothing is lost or repeated. Ends when every job is final (`until_final`). `places`:
+        also yield the refreshes of a waiting job's place (`queue_position`, `eta_s`), which
+        are not in the job's log and carry `seq` 0.
         """
         import websockets
         from websockets.exceptions import InvalidStatus, WebSocketException
@@ -321,8 +333,14 @@ class AsyncClient:
                             continue
                         failures = 0
                         event = parse_event(data)
-                        if event.job_id not in open_ids or event.seq <= last.get(event.job_id, -1):
-                            continue  # not asked for, or already seen
+                        if event.job_id not in open_ids:
+                            continue  # not asked for
+                        if "seq" not in data:  # a refresh of a waiting job's place: not in the log
+                            if places:
+                                yield event
+                            continue
+                        if event.seq <= last.get(event.job_id, -1):
+                            continue  # already seen
                         last[event.job_id] = event.seq
                         yield event
                         if _final(event) and until_final:
@@ -433,7 +451,11 @@ class AsyncJobHandle:
         v = self.view
         if isinstance(event, JobProgressEvent):
             self.view = v.model_copy(update={"status": event.status, "progress": event.progress,
-                                             "message": event.message, "seq": event.seq})
+                                             "message": event.message, "seq": event.seq or v.seq,
+                                             "queue_position": event.queue_position, "eta_s": event.eta_s,
+                                             "finish_eta_s": event.finish_eta_s})
+        elif isinstance(event, JobPreviewEvent | JobLogEvent):
+            self.view = v.model_copy(update={"seq": event.seq})
         elif isinstance(event, JobCompletedEvent):
             self.view = v.model_copy(update={"status": "completed", "progress": 100.0, "result": event.result,
                                              "seq": event.seq})
@@ -515,6 +537,14 @@ class AsyncJobHandle:
             path.write_bytes(data)
             paths.append(path)
         return paths
+
+    async def logs(self) -> list[str]:
+        """The job's log lines, oldest first."""
+        return await self.client.logs(self.id)
+
+    def previews(self) -> list[JobPreviewEvent]:
+        """The `job:preview` events seen so far (latent previews, training samples), oldest first."""
+        return [e for e in self.history if isinstance(e, JobPreviewEvent)]
 
     async def losses(self) -> list[tuple[int, float]]:
         """A training job's (epoch, loss) per finished epoch, from its events."""

@@ -123,6 +123,14 @@ class Client:
         """Cancel a job."""
         return self._loop.run(self.aio.cancel(job_id))
 
+    def logs(self, job_id: str, limit: int = 1000) -> list[str]:
+        """A job's log lines, oldest first."""
+        return self._loop.run(self.aio.logs(job_id, limit))
+
+    def webhook_secret(self) -> str:
+        """Your webhook signing secret (`whsec_...`), for `verify_webhook` on your receiver."""
+        return self._loop.run(self.aio.webhook_secret())
+
     def retry(self, job_id: str) -> JobView:
         """Run a failed or cancelled job again."""
         return self._loop.run(self.aio.retry(job_id))
@@ -234,6 +242,14 @@ class JobHandle:
     def download(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Save the job's result files in `directory`."""
         return self._run(self.aio.download(directory))
+
+    def logs(self) -> list[str]:
+        """The job's log lines, oldest first."""
+        return self._run(self.aio.logs())
+
+    def previews(self) -> list[Any]:
+        """The `job:preview` events seen so far (latent previews, training samples)."""
+        return self.aio.previews()
 
     def losses(self) -> list[tuple[int, float]]:
         """A training job's (epoch, loss) per finished epoch."""

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, WebSocket
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import create_model
@@ -29,58 +29,47 @@ from dash_ray.errors import (
 )
 from dash_ray.gateway import errors
 from dash_ray.gateway.auth import Principal
+from dash_ray.gateway.deps import (
+    Caller,
+    Svc,
+    _bearer,
+    _caller_or_query,
+    _owned,
+    _signed,
+)
 from dash_ray.gateway.metrics import render
 from dash_ray.gateway.services import GatewayServices
+from dash_ray.gateway.streams import prefer_wait_s, wait_final
+from dash_ray.gateway.streams import router as streams_router
 from dash_ray.gateway.ws import serve_socket
 from dash_ray.models import QUEUE_TABLE, JobList, JobOptions, JobView, QueueDef, QueueView
 from dash_ray.models.payloads import JobPayload, upload_path
+from dash_ray.models.views import MemoryPeak
 from dash_ray.services import InvalidArtifactPath
 
 __all__ = ["create_app"]
 
 
-def _services(request: Request) -> GatewayServices:
-    return request.app.state.services
-
-
-def _bearer(request: Request, allow_query: bool = False) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.query_params.get("token") if allow_query else None
-
-
-def _caller(request: Request) -> Principal:
-    who = request.scope.get("state", {}).get("principal")  # checked at the edge, before the body
-    return who if isinstance(who, Principal) else _services(request).auth.verify(_bearer(request))
-
-
-def _caller_or_query(request: Request) -> Principal:
-    """Like _caller, but `?token=` works too (an <img src> cannot send headers)."""
-    return _services(request).auth.verify(_bearer(request, allow_query=True))
-
-
-def _signed(svc: GatewayServices, data: Any, status: int = 200) -> Response:
-    """A JSON answer whose artifact links are signed for a short time (usable without a token)."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return Response(svc.signer.sign_json(text), status_code=status, media_type="application/json")
-
-
-Svc = Annotated[GatewayServices, Depends(_services)]
-Caller = Annotated[Principal, Depends(_caller)]
-
 router = APIRouter()
 
 
 async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who: Principal,
-                  svc: GatewayServices) -> Response:
+                  svc: GatewayServices, prefer: str | None = None) -> Response:
     if body.user_id and body.user_id != who.user_id and not who.admin:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     await svc.policy.check(queue, body, options, who, owner)
     await svc.limiter.check(owner)
-    result = await svc.store.add(queue, body, options, user_id=owner)
-    return _signed(svc, result.job.wire(), 201 if result.created else 200)
+    # the token's weight is its user's: an admin submitting for someone else uses theirs
+    result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None)
+    wait_s = min(prefer_wait_s(prefer), svc.settings.max_prefer_wait_s)
+    if wait_s > 0 and await wait_final(svc, result.job.id, wait_s):
+        # `Prefer: wait=N` (RFC 7240): the job ended within N seconds: 200 with its outcome
+        resp = _signed(svc, (await svc.store.get(result.job.id)).wire(), 200)
+        resp.headers["preference-applied"] = f"wait={wait_s:g}"
+        return resp
+    return _signed(svc, result.job.wire() if wait_s <= 0 else (await svc.store.get(result.job.id)).wire(),
+                   201 if result.created else 200)
 
 
 def _add_submit_route(q: QueueDef) -> None:
@@ -89,19 +78,22 @@ def _add_submit_route(q: QueueDef) -> None:
                               __doc__=f"The {q.title} payload plus optional job options.",
                               options=(JobOptions | None, None))
 
-    async def submit(body: Any, who: Principal, svc: GatewayServices) -> Response:
+    async def submit(body: Any, who: Principal, svc: GatewayServices, prefer: str | None = None) -> Response:
         if q.name not in svc.queues:
             raise UnknownQueue(q.name)
         payload = q.payload.model_validate(body.model_dump(exclude={"options"}, exclude_unset=True))
-        return await _submit(q.name, payload, body.options, who, svc)
+        return await _submit(q.name, payload, body.options, who, svc, prefer)
 
     # Real types, not the strings `from __future__ import annotations` leaves: FastAPI reads them.
-    submit.__annotations__ = {"body": body_model, "who": Caller, "svc": Svc, "return": Response}
+    submit.__annotations__ = {"body": body_model, "who": Caller, "svc": Svc,
+                              "prefer": Annotated[str | None, Header()], "return": Response}
     router.add_api_route(
         f"/v1/jobs/{q.name}", submit, methods=["POST"], status_code=201, response_model=JobView, tags=["jobs"],
         name=f"submit_{q.name}", summary=f"Queue a {q.title} job",
         description="201 with the new job; 200 with the existing job when its id was seen before "
-                    "with the same payload; 409 when it was seen with another.",
+                    "with the same payload; 409 when it was seen with another. With `Prefer: wait=N`, "
+                    "200 with the finished job if it ends within N seconds (at most DASH_MAX_PREFER_WAIT_S), "
+                    "else 201 with the job as it is then.",
         include_in_schema=not q.test_only,
     )
 
@@ -115,13 +107,6 @@ for _queue in QUEUE_TABLE.values():
 async def submit_unknown(queue: str, who: Caller) -> JSONResponse:
     """A queue that does not exist: 404 `unknown_queue` (after auth)."""
     raise UnknownQueue(queue)
-
-
-async def _owned(job_id: str, who: Principal, svc: GatewayServices) -> JobView:
-    view = await svc.store.get(job_id)
-    if not who.may_see(view.user_id):
-        raise JobNotFound(job_id)  # other users' jobs look like jobs that do not exist
-    return view
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
@@ -172,7 +157,11 @@ async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
 
 async def _queue_view(name: str, svc: GatewayServices) -> QueueView:
     info = svc.queue_info(name)
-    return QueueView(name=name, counts=await svc.store.counts(name), paused=await svc.store.is_paused(name), **info)
+    chosen, peaks = await svc.store.sizing(name)
+    return QueueView(name=name, counts=await svc.store.counts(name), paused=await svc.store.is_paused(name),
+                     concurrency=info["concurrency"], gpu_fraction=chosen or info["gpu_fraction"],
+                     configured_gpu_fraction=info["gpu_fraction"],
+                     memory_peaks={k: MemoryPeak(kind=kind, bytes=n) for k, (kind, n) in peaks.items()})
 
 
 @router.get("/v1/queues", response_model=list[QueueView], tags=["queues"])
@@ -320,7 +309,11 @@ async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
         raise Unauthorized("metrics need the metrics token (DASH_METRICS_TOKEN)")
     counts = {q: await svc.store.counts(q) for q in svc.queues}
     durations = {q: await svc.store.durations(q) for q in svc.queues}
-    return PlainTextResponse(render(counts, durations, svc.metrics), media_type="text/plain; version=0.0.4")
+    sizing = {}
+    for q in svc.queues:
+        chosen, peaks = await svc.store.sizing(q)
+        sizing[q] = (chosen or svc.queue_info(q)["gpu_fraction"], peaks)
+    return PlainTextResponse(render(counts, durations, svc.metrics, sizing), media_type="text/plain; version=0.0.4")
 
 
 STATIC = Path(__file__).parent / "static"
@@ -429,6 +422,7 @@ def create_app(services: GatewayServices, *, max_body_bytes: int | None = None) 
     app.state.services = services
     errors.install(app)
     app.include_router(router)
+    app.include_router(streams_router)
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:

@@ -25,10 +25,12 @@ _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user id and whether they are an admin."""
+    """Who is calling: a user id, whether they are an admin, and their fair-share weight if the
+    token carries one."""
 
     user_id: str
     admin: bool = False
+    weight: float | None = None  # the token's fair-share weight (None: the deployment's for the user)
 
     def may_see(self, owner: str | None) -> bool:
         """True if this caller may read or act on a job owned by `owner`."""
@@ -64,7 +66,7 @@ class TokenAuth:
                    max_admin_lifetime_s=s.max_admin_token_lifetime_s, audience=s.token_audience,
                    issuer=s.token_issuer)
 
-    def mint(self, user_id: str, admin: bool = False, ttl_s: int | None = None) -> str:
+    def mint(self, user_id: str, admin: bool = False, ttl_s: int | None = None, weight: float | None = None) -> str:
         """A token for `user_id` (with the admin role if asked), valid for ttl_s seconds
         (default: the user or admin lifetime; never over the maximum)."""
         if not _USER.match(user_id):
@@ -75,6 +77,10 @@ class TokenAuth:
             raise ValueError(f"a{'n admin' if admin else ''} token may live at most {limit}s")
         now = int(time.time())
         claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl, "roles": ["admin"] if admin else []}
+        if weight is not None:
+            if not 0.01 <= weight <= 100:
+                raise ValueError("a weight must be within 0.01 and 100")
+            claims["weight"] = weight
         if self.audience:
             claims["aud"] = self.audience
         if self.issuer:
@@ -103,7 +109,11 @@ class TokenAuth:
         start = float(iat) if isinstance(iat, int | float) else time.time()
         if float(claims["exp"]) - start > (self.max_admin_lifetime_s if admin else self.max_lifetime_s):
             raise Unauthorized("invalid token: it was made to live longer than this server allows")
-        return Principal(user_id=sub, admin=admin)
+        weight = claims.get("weight")
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)
+                                   or not 0.01 <= weight <= 100):
+            raise Unauthorized("invalid token: bad weight")
+        return Principal(user_id=sub, admin=admin, weight=None if weight is None else float(weight))
 
 
 _ARTIFACT = re.compile(r'"(/v1/artifacts/[A-Za-z0-9_.@\-/]+)"')

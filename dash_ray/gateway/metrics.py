@@ -17,15 +17,19 @@ class ReplicaMetrics:
     events_sent: int = 0
     open_sockets: int = 0
     requests: dict[str, int] = field(default_factory=dict)
+    webhooks: dict[str, int] = field(default_factory=dict)  # sends by outcome: delivered, retried, dropped
 
 
 def _line(name: str, labels: dict[str, str], value: float) -> str:
     lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return f"{name}{{{lab}}} {value:g}" if lab else f"{name} {value:g}"
+    text = str(value) if isinstance(value, int) else f"{value:g}"
+    return f"{name}{{{lab}}} {text}" if lab else f"{name} {text}"
 
 
-def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str]], replica: ReplicaMetrics) -> str:
-    """The metrics page: counts[queue][state], durations[queue] (our Redis histogram hash)."""
+def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str]], replica: ReplicaMetrics,
+           sizing: dict[str, tuple[float, dict[str, tuple[str, int]]]] | None = None) -> str:
+    """The metrics page: counts[queue][state], durations[queue] (our Redis histogram hash),
+    sizing[queue] (the GPU share its workers ask for, the measured peaks by job shape)."""
     out = [
         "# HELP dash_jobs Jobs per queue and state.",
         "# TYPE dash_jobs gauge",
@@ -47,6 +51,15 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
         out.append(_line("dash_job_duration_seconds_bucket", {"queue": queue, "le": "+Inf"}, cum))
         out.append(_line("dash_job_duration_seconds_sum", {"queue": queue}, float(h.get("sum", 0))))
         out.append(_line("dash_job_duration_seconds_count", {"queue": queue}, cum))
+    out += ["# HELP dash_worker_gpu_fraction GPU share a queue's workers ask for (sized by measured memory).",
+            "# TYPE dash_worker_gpu_fraction gauge"]
+    for queue, (fraction, _) in (sizing or {}).items():
+        out.append(_line("dash_worker_gpu_fraction", {"queue": queue}, fraction))
+    out += ["# HELP dash_job_peak_memory_bytes Largest peak memory of a job shape (kind: cuda or rss).",
+            "# TYPE dash_job_peak_memory_bytes gauge"]
+    for queue, (_, peaks) in (sizing or {}).items():
+        for shape, (kind, nbytes) in sorted(peaks.items()):
+            out.append(_line("dash_job_peak_memory_bytes", {"queue": queue, "shape": shape, "kind": kind}, nbytes))
     r = {"replica": replica.replica}
     out += ["# HELP dash_ws_events_sent_total Events sent to sockets by this replica.",
             "# TYPE dash_ws_events_sent_total counter",
@@ -58,4 +71,8 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
             "# TYPE dash_http_requests_total counter"]
     for route, n in sorted(replica.requests.items()):
         out.append(_line("dash_http_requests_total", {**r, "route": route}, n))
+    out += ["# HELP dash_webhook_sends_total Webhook sends by this replica, by outcome.",
+            "# TYPE dash_webhook_sends_total counter"]
+    for outcome in ("delivered", "retried", "dropped"):
+        out.append(_line("dash_webhook_sends_total", {**r, "outcome": outcome}, replica.webhooks.get(outcome, 0)))
     return "\n".join(out) + "\n"

@@ -1,5 +1,6 @@
 """Fair limits on the work one submission may ask for, checked at the gateway before a job is
-queued: attempts, backoff, compute per job, and the share of high-priority training."""
+queued: attempts, backoff, compute per job, the share of high-priority training, and where a
+webhook may go."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from dash_ray.models.payloads import (
 )
 from dash_ray.queues import JobStore
 from dash_ray.services import ArtifactStore
+from dash_ray.services.netguard import PrivateAddress, pinned_url
 
 __all__ = ["SubmitPolicy"]
 
@@ -52,6 +54,12 @@ class SubmitPolicy:
             raise _bad("options.attempts", f"at most {s.max_attempts} (DASH_MAX_ATTEMPTS)")
         if opts.backoff.delay_s < s.min_backoff_s:
             raise _bad("options.backoff.delayS", f"at least {s.min_backoff_s:g}s (DASH_MIN_BACKOFF_S)")
+        if opts.webhook is not None:  # checked again at every send (the name may be re-pointed)
+            try:
+                await asyncio.to_thread(pinned_url, opts.webhook.url, s.webhook_allowed_networks)
+            except PrivateAddress as exc:
+                raise _bad("options.webhook.url", f"{exc}; refused unless DASH_WEBHOOK_ALLOWED_NETWORKS "
+                                                  "covers it") from None
         for i, url in enumerate(_image_urls(payload)):
             field = "imageUrl" if isinstance(payload, UpscalingJob) else f"imageUrls.{i}"
             if url.startswith("data:") and (len(url) - url.find(",") - 1) * 3 // 4 > s.max_inline_image_bytes:

@@ -17,6 +17,7 @@ from dash_ray.gateway.auth import Principal, TokenAuth, UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
 from dash_ray.gateway.policy import SubmitPolicy
 from dash_ray.gateway.ratelimit import SubmitLimiter
+from dash_ray.gateway.webhooks import WebhookSender
 from dash_ray.models.payloads import JobPayload
 from dash_ray.queues import EventHub, JobStore, connect
 from dash_ray.services import ArtifactStore, ModelRegistry
@@ -40,6 +41,7 @@ class GatewayServices:
     queues: tuple[str, ...]
     metrics: ReplicaMetrics = field(default_factory=lambda: ReplicaMetrics(uuid.uuid4().hex[:8]))
     sockets_by_user: dict[str, int] = field(default_factory=dict)  # open WebSockets on this replica
+    webhooks: WebhookSender | None = None  # sends the outbox's webhooks (on its own connection)
     started: bool = False
 
     @classmethod
@@ -57,14 +59,18 @@ class GatewayServices:
             keep_failed=settings.keep_failed, default_attempts=settings.default_attempts,
             finished_ttl_s=settings.finished_ttl_s, events_per_job=settings.events_per_job,
             user_history_max=settings.user_history_max, queues=queues, validate=validate,
+            fair_share=settings.fair_share, user_weights=settings.user_weights,
         )
         limiter = SubmitLimiter(redis_url, store.keys.ratelimit_prefix, settings.rate_submit,
                                 settings.max_waiting_per_user, store.open_jobs)
+        signer = UrlSigner(settings.secret(), settings.artifact_url_ttl_s)
+        metrics = ReplicaMetrics(uuid.uuid4().hex[:8])
+        webhooks = WebhookSender(settings, connect(redis_url, name="dash:webhooks"), store.keys, signer, metrics)
         return cls(
             settings=settings, redis=redis, store=store, hub=EventHub(redis_url),
-            auth=TokenAuth.of(settings), signer=UrlSigner(settings.secret(), settings.artifact_url_ttl_s),
+            auth=TokenAuth.of(settings), signer=signer,
             limiter=limiter, policy=SubmitPolicy(settings, store, artifacts),
-            artifacts=artifacts, queues=queues,
+            artifacts=artifacts, queues=queues, metrics=metrics, webhooks=webhooks,
         )
 
     async def issue_ticket(self, who: Principal) -> str:
@@ -86,13 +92,19 @@ class GatewayServices:
         return Principal(user_id=user, admin=admin == "1")
 
     async def start(self) -> None:
-        """Start the event hub (one pub/sub connection for all sockets of this replica)."""
+        """Start the event hub (one pub/sub connection for all sockets of this replica) and the
+        webhook sender."""
         if not self.started:
             await self.hub.start()
+            if self.webhooks is not None:
+                self.webhooks.start()
             self.started = True
 
     async def close(self) -> None:
         """Close connections."""
+        if self.webhooks is not None:
+            with contextlib.suppress(Exception):
+                await self.webhooks.close()
         with contextlib.suppress(Exception):
             await self.hub.close()
         with contextlib.suppress(Exception):

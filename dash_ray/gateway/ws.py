@@ -3,6 +3,11 @@
 On subscribe the socket first gets each job's current state (or, with `since`, exactly the
 events it missed), then live events; nothing is sent twice or out of order (events carry
 an increasing `seq`, and live events that race the snapshot are held until it is sent).
+
+A waiting job's place in line changes without events of its own (the jobs ahead finish): every
+DASH_WS_ETA_REFRESH_S the socket gets a `job:progress` of each waiting job it follows whose
+`queuePosition` or `etaS` changed. Such a refresh has no `seq`: it is not in the job's log and
+is never replayed (a client that counts seqs lets it through without counting it).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dash_ray.gateway.errors import ws_error
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.models.events import (
     ErrorMessage,
+    JobProgressEvent,
     PingMessage,
     PongMessage,
     SubscribedMessage,
@@ -32,7 +38,7 @@ from dash_ray.models.events import (
     parse_client_message,
 )
 from dash_ray.models.queues import validation_errors
-from dash_ray.queues import event_from_state, frame_seq, is_transient
+from dash_ray.queues import event_from_state, frame_seq, is_preview, is_transient
 
 __all__ = ["serve_socket"]
 
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_SUBSCRIPTIONS = 1000  # subscriptions plus lookups of ids that were not found, per socket
 MAX_BUFFERED = 20_000  # messages queued for one slow client before it is disconnected
 MAX_HELD = 1000  # live events held for one subscription while its snapshot is read; past it, replayed
+MAX_REFRESHED = 50  # waiting jobs whose place one socket gets refreshed, a round
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
@@ -54,6 +61,9 @@ class _Sub:
     seq: int = -1  # last seq sent; -1 until the snapshot is out
     held: list[tuple[int, str]] = field(default_factory=list)
     overflow: bool = False  # more than MAX_HELD arrived during the snapshot: replay instead
+    previews: bool = True  # false: `job:preview` frames are not sent (they still count in seq)
+    waiting: bool = False  # its last event said `waiting`: its place is refreshed
+    place: tuple[int | None, float | None] = (None, None)  # (queuePosition, etaS) last sent
 
 
 class _Bucket:
@@ -120,6 +130,40 @@ class _Session:
             await self.ws.send_text(text)
             self.svc.metrics.events_sent += 1
 
+    def _frame(self, sub: _Sub, data: str) -> None:
+        """Send one of a job's event frames, unless the subscription opted out of previews."""
+        if data.startswith('{"type":"job:progress"'):
+            sub.waiting = '"status":"waiting"' in data
+            sub.place = (None, None)
+        elif not data.startswith(('{"type":"job:preview"', '{"type":"job:log"')):
+            sub.waiting = False
+        if sub.previews or not is_preview(data):
+            self._enqueue(data)
+
+    # --- a waiting job's place ---
+    async def refresher(self) -> None:
+        """Every DASH_WS_ETA_REFRESH_S, a seq-less `job:progress` for each followed waiting job
+        whose place or start time changed (at most MAX_REFRESHED jobs a round)."""
+        every = self.svc.settings.ws_eta_refresh_s
+        if every <= 0:
+            return
+        while not self.closing:
+            await asyncio.sleep(every)
+            for job_id in [j for j, sub in self.subs.items() if sub.waiting and sub.seq >= 0][:MAX_REFRESHED]:
+                try:
+                    view = await self.svc.store.get(job_id)
+                except Exception:
+                    continue  # gone, or Redis away: the next round tries again
+                sub = self.subs.get(job_id)
+                if sub is None or not sub.waiting or view.status != "waiting" or view.queue_position is None:
+                    continue  # it moved on meanwhile: its own event says so
+                eta = view.eta_s
+                was_pos, was_eta = sub.place
+                if view.queue_position == was_pos and (eta is None or (was_eta is not None and abs(eta - was_eta) < 1)):
+                    continue
+                sub.place = (view.queue_position, eta)
+                self._enqueue(_place(view))
+
     # --- live events ---
     def on_event(self, channel: str, data: str) -> None:
         job_id = channel[len(self.svc.store.keys.channel("")):]
@@ -134,7 +178,7 @@ class _Session:
                 sub.overflow = True
         elif seq > sub.seq:
             sub.seq = seq
-            self._enqueue(data)
+            self._frame(sub, data)
 
     # --- requests ---
     async def handle(self, raw: str | bytes) -> None:
@@ -191,11 +235,11 @@ class _Session:
                     self.not_found += 1
                 self._enqueue_error(exc, job_id)
                 continue
-            sub = _Sub(channel=self.svc.store.keys.channel(job_id))
+            sub = _Sub(channel=self.svc.store.keys.channel(job_id), previews=msg.previews)
             self.subs[job_id] = sub
             try:
                 await self.svc.hub.add(sub.channel, self.on_event)
-                await self._release(job_id, sub, await self._snapshot(job_id, since.get(job_id)))
+                await self._release(job_id, sub, await self._snapshot(job_id, sub, since.get(job_id)))
             except BaseException:
                 await self.drop(job_id)  # a subscribe fully succeeds or leaves nothing behind
                 raise
@@ -211,12 +255,12 @@ class _Session:
                 seq = frame_seq(data)
                 if seq > last:
                     last = seq
-                    self._enqueue(data)
+                    self._frame(sub, data)
         sub.seq = last
         for seq, data in sorted(sub.held):
             if seq > sub.seq:
                 sub.seq = seq
-                self._enqueue(data)
+                self._frame(sub, data)
         sub.held.clear()
 
     async def resync(self) -> None:
@@ -237,16 +281,16 @@ class _Session:
                 seq = frame_seq(data)
                 if seq > last:
                     last = seq
-                    self._enqueue(data)
+                    self._frame(sub, data)
             await self._release(job_id, sub, last)
 
-    async def _snapshot(self, job_id: str, since: int | None) -> int:
+    async def _snapshot(self, job_id: str, sub: _Sub, since: int | None) -> int:
         bus = self.svc.store.bus
         if since is not None:
             last = since
             for data in await bus.replay(job_id, since):
                 last = frame_seq(data)
-                self._enqueue(data)
+                self._frame(sub, data)
             return last
         state = await bus.state(job_id)
         if not state:  # plain BullMQ job that no dash-ray consumer touched yet
@@ -256,6 +300,13 @@ class _Session:
         event = event_from_state(job_id, state)
         if event is None:
             return 0
+        if isinstance(event, JobProgressEvent) and event.status == "waiting":  # with its place in line
+            sub.waiting = True
+            with contextlib.suppress(Exception):
+                view = await self.svc.store.get(job_id)
+                event.queue_position, event.eta_s, event.finish_eta_s = (view.queue_position, view.eta_s,
+                                                                          view.finish_eta_s)
+                sub.place = (view.queue_position, view.eta_s)
         self.send_model(event)
         return event.seq
 
@@ -270,6 +321,15 @@ class _Session:
     async def close(self) -> None:
         for job_id in list(self.subs):
             await self.drop(job_id)
+
+
+def _place(view: Any) -> str:
+    """A waiting job's place as a seq-less `job:progress` frame."""
+    eta = f", starts in about {view.eta_s:.0f}s" if view.eta_s is not None else ""
+    frame = {"type": "job:progress", "jobId": view.id, "queue": view.queue, "status": "waiting", "progress": 0,
+             "message": f"waiting: #{view.queue_position} in line{eta}", "queuePosition": view.queue_position,
+             "etaS": view.eta_s, "finishEtaS": view.finish_eta_s, "ts": round(time.time(), 3)}
+    return json.dumps({k: v for k, v in frame.items() if v is not None}, separators=(",", ":"))
 
 
 def _token(ws: WebSocket) -> str | None:
@@ -301,6 +361,7 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
     svc.hub.on_resync(session.resync)
     svc.metrics.open_sockets += 1
     sender = asyncio.create_task(session.sender())
+    refresher = asyncio.create_task(session.refresher())
     limit = svc.settings.max_ws_frame_bytes
     try:
         while not session.closing:
@@ -340,9 +401,10 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
         else:
             svc.sockets_by_user.pop(who.user_id, None)
         await session.close()
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
+        for task in (sender, refresher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if ws.application_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(Exception):
                 await ws.close()

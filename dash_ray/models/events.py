@@ -14,7 +14,10 @@ __all__ = [
     "JobCompletedEvent",
     "JobEvent",
     "JobFailedEvent",
+    "JobLogEvent",
+    "JobPreviewEvent",
     "JobProgressEvent",
+    "LiveEvent",
     "PingMessage",
     "PongMessage",
     "ServerMessage",
@@ -52,7 +55,8 @@ class JobProgressEvent(_Event):
     loss: float | None = None
     step: int | None = None
     steps: int | None = None
-    eta_s: float | None = None
+    eta_s: float | None = None  # waiting: seconds until it starts; running: until it finishes
+    finish_eta_s: float | None = None  # waiting: seconds until it finishes
 
 
 class JobCompletedEvent(_Event):
@@ -71,8 +75,33 @@ class JobFailedEvent(_Event):
     status: Literal["failed", "cancelled"] = "failed"
 
 
+class JobPreviewEvent(_Event):
+    """`job:preview {jobId, queue, step, image}`: a picture of the job as it forms (`image`, a
+    small WebP data URL): a cheap decode of a generation's latents, or a training sample."""
+
+    type: Literal["job:preview"] = "job:preview"
+    image: str
+    kind: Literal["latent", "sample"] = "latent"
+    step: int | None = None
+    steps: int | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+
+
+class JobLogEvent(_Event):
+    """`job:log {jobId, queue, level, message}`: a line of the job's log (also kept per job)."""
+
+    type: Literal["job:log"] = "job:log"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    message: str
+
+
+# What a running job publishes besides its end (the EVENT script's events).
+LiveEvent = JobProgressEvent | JobPreviewEvent | JobLogEvent
+
 JobEvent = Annotated[
-    JobProgressEvent | JobCompletedEvent | JobFailedEvent, Field(discriminator="type")
+    JobProgressEvent | JobCompletedEvent | JobFailedEvent | JobPreviewEvent | JobLogEvent,
+    Field(discriminator="type"),
 ]
 
 
@@ -82,6 +111,7 @@ class SubscribeMessage(RequestModel):
     type: Literal["subscribe"]
     job_ids: list[LookupId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
     since: dict[LookupId, Annotated[int, Field(ge=0, le=2**53)]] | None = None
+    previews: bool = True  # false: this socket gets no `job:preview` events of these jobs
 
 
 class UnsubscribeMessage(RequestModel):
@@ -130,6 +160,8 @@ ServerMessage = Annotated[
     JobProgressEvent
     | JobCompletedEvent
     | JobFailedEvent
+    | JobPreviewEvent
+    | JobLogEvent
     | PongMessage
     | SubscribedMessage
     | ErrorMessage,
@@ -145,7 +177,8 @@ def parse_client_message(raw: str | bytes) -> SubscribeMessage | UnsubscribeMess
     return _client_adapter.validate_json(raw)
 
 
-def parse_event(raw: str | bytes | dict[str, Any]) -> JobProgressEvent | JobCompletedEvent | JobFailedEvent:
+def parse_event(raw: str | bytes | dict[str, Any]) -> (
+        JobProgressEvent | JobCompletedEvent | JobFailedEvent | JobPreviewEvent | JobLogEvent):
     """Parse one job event."""
     if isinstance(raw, dict):
         return _event_adapter.validate_python(raw)

@@ -1,14 +1,15 @@
-"""Job options: priority, delay, attempts, backoff and a client-given id."""
+"""Job options: priority, delay, attempts, backoff, a client-given id and a webhook."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlparse
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from dash_ray.models.base import JobId, RequestModel
 
-__all__ = ["Backoff", "JobOptions", "Priority"]
+__all__ = ["WEBHOOK_EVENTS", "Backoff", "JobOptions", "Priority", "Webhook"]
 
 Priority = Literal[1, 2, 3]
 MAX_DELAY_S = 30 * 24 * 3600
@@ -21,8 +22,33 @@ class Backoff(RequestModel):
     delay_s: float = Field(1.0, ge=0, le=24 * 3600)
 
 
+WebhookEvent = Literal["progress", "preview", "log", "completed", "failed"]
+WEBHOOK_EVENTS: tuple[str, ...] = ("progress", "preview", "log", "completed", "failed")
+_DEFAULT_EVENTS: list[WebhookEvent] = ["completed", "failed"]
+
+
+def _webhook_url(url: str) -> str:
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise ValueError("must not contain spaces or control characters")
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials (the signature proves the sender)")
+    return url
+
+
+class Webhook(RequestModel):
+    """Where a job's events are POSTed, signed (Standard Webhooks), retried until answered 2xx.
+    `events`: which (`progress` and `preview` send the latest one; `failed` covers cancelled)."""
+
+    url: Annotated[str, Field(min_length=8, max_length=2048), AfterValidator(_webhook_url)]
+    events: list[WebhookEvent] = Field(default_factory=lambda: _DEFAULT_EVENTS.copy(), min_length=1, max_length=5)
+
+
 class JobOptions(RequestModel):
-    """How a job is queued: priority 1-3 (1 = high), delay, attempts, backoff, job id, run-time limit."""
+    """How a job is queued: priority 1-3 (1 = high), delay, attempts, backoff, job id, run-time
+    limit, and a webhook for its events."""
 
     priority: Priority = 2
     delay_s: float = Field(0.0, ge=0, le=MAX_DELAY_S)
@@ -30,3 +56,4 @@ class JobOptions(RequestModel):
     backoff: Backoff = Field(default_factory=Backoff)
     job_id: JobId | None = None
     timeout_s: float | None = Field(None, ge=1, le=7 * 24 * 3600)  # capped by the queue's DASH_<QUEUE>_TIMEOUT_S
+    webhook: Webhook | None = None

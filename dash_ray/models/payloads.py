@@ -74,6 +74,8 @@ class GenerationSettings(RequestModel):
     num_images: int = Field(1, ge=1, le=8)
     lora_id: JobId | None = None
     lora_weight: float = Field(1.0, ge=0, le=2)
+    # A `job:preview` every N steps (default: about every 10% of the steps; 0: none), at most 2 a second.
+    preview_every: int | None = Field(None, ge=0, le=150)
 
 
 class TrainingSettings(RequestModel):
@@ -86,6 +88,9 @@ class TrainingSettings(RequestModel):
     resolution: Annotated[int, Field(ge=64, le=1024), AfterValidator(_multiple_of_8)] = 512
     batch_size: int = Field(1, ge=1, le=16)
     seed: Seed | None = None
+    # A `job:preview` sample image (the prompt, with the LoRA so far) every N epochs; 0: none.
+    sample_every: int = Field(0, ge=0, le=1000)
+    sample_steps: int = Field(20, ge=1, le=100)
 
 
 class JobPayload(RequestModel):

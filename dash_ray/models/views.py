@@ -30,6 +30,10 @@ class JobView(WireModel):
     attempts: int = 1
     priority: int = 0
     queue_position: int | None = None
+    # Waiting: seconds until it starts (`etaS`) and finishes (`finishEtaS`), from the measured
+    # run times of the jobs ahead and of the queue's workers; running: until it finishes.
+    eta_s: float | None = None
+    finish_eta_s: float | None = None
     created_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -55,11 +59,23 @@ class JobList(WireModel):
     next_cursor: str | None = None
 
 
+class MemoryPeak(WireModel):
+    """The largest peak memory measured for one job shape: `cuda` (GPU allocator) or `rss`
+    (the worker process's resident memory, on the CPU)."""
+
+    kind: str
+    bytes: int
+
+
 class QueueView(WireModel):
-    """A queue's counts by state, its concurrency per GPU node and whether it is paused."""
+    """A queue's counts by state, its concurrency per GPU node and whether it is paused; the
+    GPU share its workers ask for now (`gpuFraction`: sized from the measured peaks, at most
+    `configuredGpuFraction`) and those peaks by job shape (model and size)."""
 
     name: str
     counts: dict[str, int]
     concurrency: int
     gpu_fraction: float
     paused: bool
+    configured_gpu_fraction: float | None = None
+    memory_peaks: dict[str, MemoryPeak] = {}

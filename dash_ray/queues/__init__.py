@@ -12,12 +12,22 @@ from dash_ray.queues.connection import (
     connect_sync,
     is_transient,
     redacted,
+    retry_pause,
 )
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
+from dash_ray.queues.eta import CostBook
 from dash_ray.queues.events import EventBus, EventHub, event_from_state
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import Lifecycle, Retention, SyncLifecycle, frame_seq, started_event
+from dash_ray.queues.lifecycle import (
+    Lifecycle,
+    Retention,
+    SyncLifecycle,
+    frame_seq,
+    is_preview,
+    started_event,
+)
+from dash_ray.queues.outbox import Delivery, WebhookOutbox
 from dash_ray.queues.store import JobStore
 
 __all__ = [
@@ -25,6 +35,8 @@ __all__ = [
     "TRANSIENT_ERRORS",
     "ActiveJob",
     "Batch",
+    "CostBook",
+    "Delivery",
     "EmbeddedRedis",
     "EventBus",
     "EventHub",
@@ -36,11 +48,14 @@ __all__ = [
     "QueueConsumer",
     "Retention",
     "SyncLifecycle",
+    "WebhookOutbox",
     "connect",
     "connect_sync",
     "event_from_state",
     "frame_seq",
+    "is_preview",
     "is_transient",
     "redacted",
+    "retry_pause",
     "started_event",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import hiredis
@@ -15,7 +16,8 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-__all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient", "redacted"]
+__all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient", "redacted",
+           "retry_pause"]
 
 # Errors that pass when Redis comes back: lost or refused connections, time-outs, a Redis still
 # loading its data (BusyLoadingError is a ConnectionError), a read-only replica mid-failover.
@@ -34,6 +36,20 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN"))
+
+
+async def retry_pause(delay_s: float) -> None:
+    """The pause of a loop that retries or polls Redis: `asyncio.sleep`, unless its task has been
+    cancelled (and not taken it back), which then stops here.
+
+    A cancel that lands inside a Redis call can be lost: it comes out as a connection or
+    time-out error, or not at all, and a loop that went on would never stop; its closer would
+    wait for ever. (Python 3.10 cannot tell: there the loops whose closers wait on them, the
+    webhook sender's and the consumer's, also stop on a flag their closer sets.)"""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    if cancelling is not None and cancelling():
+        raise asyncio.CancelledError()
+    await asyncio.sleep(delay_s)
 
 
 class _HiredisPacking:

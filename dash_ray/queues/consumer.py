@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,8 @@ from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
 from dash_ray.queues.batch import Batch, register
-from dash_ray.queues.connection import is_transient
+from dash_ray.queues.connection import is_transient, retry_pause
+from dash_ray.queues.eta import CostBook
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import Lifecycle
 from dash_ray.queues.lua import EXTEND_LOCKS
@@ -77,6 +80,20 @@ class FailOutcome:
     delay_s: float = 0.0
 
 
+def _keep_trace(bull_job: Any, trace: str) -> None:
+    """BullMQ's Python port records `traceback.format_exc()` when a job fails, which outside an
+    `except` block is "NoneType: None" (bull-board's Error tab showed that). Record the worker's
+    real traceback instead, or none (a cancel, a bad input)."""
+    def update() -> None:
+        if not trace:
+            return
+        limit = bull_job.opts.get("stackTraceLimit")
+        kept = [*bull_job.stacktrace, trace]
+        bull_job.stacktrace = [] if limit == 0 else kept[-limit:] if limit else kept
+
+    bull_job.updateStacktrace = update
+
+
 class QueueConsumer:
     """Takes jobs of one queue in priority order, holds their locks and finishes them."""
 
@@ -111,6 +128,8 @@ class QueueConsumer:
         self.held: dict[str, ActiveJob] = {}
         self._n = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False  # set by close(): the maintenance loops stop
+        self._fair_cursor = 0  # where prune_fair's walk through the fair-share clocks is
         self._next_delayed_ms = 0.0
         self._renewed = True  # the last lock renewal reached Redis
 
@@ -262,7 +281,8 @@ class QueueConsumer:
         return {job.id for job, (status, attempt) in zip(jobs, replies, strict=True)
                 if status == "active" and str(attempt) == str(job.attempt)}
 
-    async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False) -> FailOutcome:
+    async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False,
+                   trace: str = "") -> FailOutcome:
         """Fail the attempt: retry per attempts/backoff, else fail (or cancel) for good; publish it.
 
         Raises a transient error if Redis cannot be reached: call again with the same job (the
@@ -271,6 +291,7 @@ class QueueConsumer:
         final = cancelled or not retry or job.attempt >= job.attempts
         if not job.moved_to_failed:
             err: Exception = UnrecoverableError(error) if final else Exception(error)
+            _keep_trace(job.bull, trace)
             try:
                 await job.bull.moveToFailed(err, job.token)
             except Exception as exc:
@@ -317,6 +338,101 @@ class QueueConsumer:
                                                 "recovered after its worker stopped; waiting to run again")
         return ids
 
+    async def adopt(self) -> int:
+        """Give the jobs plain BullMQ producers added since the last call a record of ours (their
+        user's history, their events); returns how many. Cheap when there are none: one script
+        reads the queue's new BullMQ events and checks each added job for a record (a busy
+        queue's events are read up to 20,000 a call)."""
+        ids: list[str] = []
+        for _ in range(20):
+            found, more = await self.lifecycle.adopt_scan(self.name)
+            ids += found
+            if not more:
+                break
+        if not ids:
+            return 0
+        b = Batch(self.redis)
+        for job_id in ids:
+            b.add("hmget", self.lifecycle.keys.bull(self.name, job_id), "data", "timestamp")
+            b.add("zscore", self.lifecycle.keys.bull(self.name, "delayed"), job_id)
+        replies = await b.execute()
+        n = 0
+        for i, job_id in enumerate(ids):
+            (data, stamp), delayed = replies[2 * i], replies[2 * i + 1]
+            user = _user_of(data)
+            if await self.lifecycle.adopt(job_id, self.name, user, delayed=delayed is not None,
+                                          created_ms=int(stamp or time.time() * 1000)):
+                n += 1
+        return n
+
+    async def prune_fair(self, pages: int = 10, count: int = 1000) -> int:
+        """Forget the fair-share clocks of users whose next job would start at the floor anyway
+        (one per user and priority that ever submitted: without this the hash only grows).
+        Walks on from where the last call stopped, up to `pages` HSCAN pages; returns how many went."""
+        gone = 0
+        key = self.lifecycle.keys.fair(self.name)
+        for _ in range(pages):
+            cursor, page = await self.redis.hscan(key, self._fair_cursor, match="u:*", count=count)  # (NOVALUES: 7.4+)
+            self._fair_cursor = int(cursor)
+            gone += await self.lifecycle.fair_prune(self.name, [str(f) for f in page])
+            if self._fair_cursor == 0:
+                break
+        return gone
+
+    async def report_capacity(self, costs: CostBook, slots: int, busy: int, pending: int = 0,
+                              starved_since: float = 0.0, *, gpu_fraction: float | None = None,
+                              memory: dict[str, tuple[str, int]] | None = None) -> None:
+        """Write this queue's workers now (and since when it has been starved: workers pending
+        while jobs wait; 0 if it is not) and, if changed, its measured costs, for ETAs and GPU
+        arbitration."""
+        pipe = self.redis.pipeline(transaction=False)
+        cap = self.lifecycle.keys.capacity(self.name)
+        pipe.hset(cap, mapping={"slots": slots, "busy": busy, "pending": pending,
+                                "starved": round(starved_since, 3), "ts": round(time.time(), 3)})
+        if gpu_fraction is not None:
+            pipe.hset(cap, "gpuFraction", gpu_fraction)
+        if memory:  # the measured peaks (written when they changed)
+            pipe.hset(self.lifecycle.keys.memory(self.name), mapping={k: f"{kind}:{b}" for k, (kind, b) in memory.items()})
+            pipe.expire(self.lifecycle.keys.memory(self.name), 30 * 24 * 3600)
+        pipe.expire(cap, 3600)
+        if costs.dirty and costs.per_unit:
+            pipe.hset(self.lifecycle.keys.costs(self.name), mapping={k: round(v, 6) for k, v in costs.per_unit.items()})
+        await pipe.execute()
+        costs.dirty = False
+
+    async def capacities(self, queues: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Other queues' capacity hashes (as `report_capacity` writes them), by queue."""
+        names = list(queues)
+        if not names:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for q in names:
+            pipe.hgetall(self.lifecycle.keys.capacity(q))
+        out = {}
+        for q, raw in zip(names, await pipe.execute(), strict=True):
+            out[q] = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                      for k, v in (raw or {}).items()}
+        return out
+
+    async def preemptions(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """How often each job was asked to yield its GPU."""
+        ids = list(job_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for jid in ids:
+            pipe.hget(self.lifecycle.keys.job(jid), "preemptions")
+        return {jid: int(v or 0) for jid, v in zip(ids, await pipe.execute(), strict=True)}
+
+    async def ask_yield(self, job_id: str) -> None:
+        """Ask a running job to yield its GPU at its next checkpoint (counted in its record)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.lifecycle.keys.yield_flag(job_id), "1", ex=6 * 3600)
+        pipe.hincrby(self.lifecycle.keys.job(job_id), "preemptions", 1)
+        await pipe.execute()
+
+    async def clear_yield(self, job_id: str) -> None:
+        """The job's attempt ended: it is no longer asked to yield."""
+        await self.redis.delete(self.lifecycle.keys.yield_flag(job_id))
+
     async def backlog(self) -> int:
         """Jobs ready to run now (waiting + prioritized), 0 while the queue is paused."""
         return self._ready(*await self._count_ready(Batch(self.redis)).execute())
@@ -335,6 +451,7 @@ class QueueConsumer:
         """Start background lock renewal and stalled-job checks."""
         if self._tasks:
             return
+        self._closing = False
         self._tasks = [
             asyncio.create_task(self._every(self.lock_ms / 2000, self._renew), name=f"locks-{self.name}"),
             asyncio.create_task(self._every(self.stalled_ms / 1000, self._check_stalled), name=f"stalled-{self.name}"),
@@ -357,7 +474,7 @@ class QueueConsumer:
             await self.recover_stalled()
 
     async def _every(self, interval_s: float, fn: Any) -> None:
-        while True:
+        while not self._closing:
             try:
                 await fn()
                 delay = interval_s
@@ -370,10 +487,11 @@ class QueueConsumer:
                 else:
                     log.exception("%s failed", getattr(fn, "__name__", fn))
                 delay = min(interval_s, 0.5)  # soon again: locks may be expiring
-            await asyncio.sleep(delay)
+            await retry_pause(delay)
 
     async def close(self) -> None:
         """Stop background tasks (held jobs keep their locks until they expire)."""
+        self._closing = True
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -381,3 +499,14 @@ class QueueConsumer:
                 await t
         self._tasks = []
 
+
+def _user_of(raw: Any) -> str | None:
+    """The `userId` of a BullMQ job's data, if it is a plausible one (a short plain string)."""
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return None
+    user = data.get("userId") if isinstance(data, dict) else None
+    if not isinstance(user, str) or not 0 < len(user) <= 128 or any(ord(c) < 32 or c == "\x1f" for c in user):
+        return None
+    return user

@@ -148,8 +148,11 @@ class EmbeddedRedis:
     """
 
     def __init__(self, data_dir: Path | str, port: int | None = None, *, fsync: str = "everysec",
-                 maxmemory: str = "0") -> None:
+                 maxmemory: str = "0", host: str = "127.0.0.1") -> None:
+        """`host`: an address to listen on besides 127.0.0.1 (a cluster head's private address),
+        and the one its URL names."""
         self.data_dir = Path(data_dir)
+        self.host = host
         self.port = port or 0
         self.fsync = fsync
         self.maxmemory = maxmemory
@@ -191,16 +194,16 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """`redis://:{password}@127.0.0.1:{port}/0` of the running server."""
+        """`redis://:{password}@{host}:{port}/0` of the running server."""
         if not self.port:
             raise RuntimeError("embedded Redis is not started")
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def display_url(self) -> str:
         """The URL without its password, for logs and the console."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def _private(self) -> None:
         """The data dir (0700) and the server's password (0600, made once)."""
@@ -255,7 +258,7 @@ class EmbeddedRedis:
         args = [
             redis_server_binary(),
             str(self._config()),
-            "--bind", "127.0.0.1",
+            "--bind", *dict.fromkeys((self.host, "127.0.0.1")),
             "--port", str(self.port),
             "--dir", str(self.data_dir),
             "--appendonly", "yes",

@@ -21,6 +21,13 @@ class Keys:
         """A BullMQ key of a queue: `{prefix}:{queue}:{suffix}` (suffix may be a job id)."""
         return f"{self.prefix}:{queue}:{suffix}"
 
+    def worker_client(self, queue: str, worker: str) -> str:
+        """The client name a queue's worker connection carries, by Node BullMQ's convention
+        (`{prefix}:{base64(queue)}:w:{worker}`), so `Queue.getWorkers()` and bull-board list it."""
+        import base64
+
+        return f"{self.prefix}:{base64.b64encode(queue.encode()).decode()}:w:{worker}"
+
     # Ours.
     def job(self, job_id: str) -> str:
         """Hash: the job's queue, owner, payload digest and latest state (status, progress, seq...)."""
@@ -52,9 +59,35 @@ class Keys:
         """Counter behind `user_jobs` scores."""
         return f"{self.ns}usern:{user_id}"
 
+    def costs(self, queue: str) -> str:
+        """Hash: measured seconds per unit of each job shape of a queue (`*`: all shapes), for ETAs."""
+        return f"{self.ns}cost:{queue}"
+
+    def capacity(self, queue: str) -> str:
+        """Hash: a queue's workers now (`slots`, `busy`, `ts`), written by its consumer, for ETAs."""
+        return f"{self.ns}cap:{queue}"
+
+    def memory(self, queue: str) -> str:
+        """Hash: a queue's measured peak memory per job shape (`kind:bytes`, kind `cuda` or `rss`)."""
+        return f"{self.ns}mem:{queue}"
+
+    def fair(self, queue: str) -> str:
+        """Hash: a queue's fair-share clocks: `u:{priority}:{user}` (where the user's next job
+        starts, in virtual time) and `last:{priority}` (the latest end given: where a job starts
+        when nothing of its priority waits)."""
+        return f"{self.ns}fair:{queue}"
+
+    def adopt_cursor(self, queue: str) -> str:
+        """String: the last entry of a queue's BullMQ event stream scanned for plain producers' jobs."""
+        return f"{self.ns}adopt:{queue}"
+
     def finished(self, queue: str) -> str:
         """Sorted set: finished job ids of a queue by finish time, trimmed for retention."""
         return f"{self.ns}fin:{queue}"
+
+    def yield_flag(self, job_id: str) -> str:
+        """Flag: a running (training) job is asked to yield its GPU at its next checkpoint."""
+        return f"{self.ns}yield:{job_id}"
 
     def cancel(self, job_id: str) -> str:
         """Flag: a cancel was requested for this (running) job."""
@@ -85,3 +118,25 @@ class Keys:
     def waiting_count(self, user_id: str) -> str:
         """Set: a user's jobs that are not finished yet (for the waiting-jobs limit)."""
         return f"{self.ns}open:{user_id}"
+
+    # The webhook outbox: deliveries due (by time), their bodies and tries, and those given up.
+    @property
+    def hooks(self) -> str:
+        """Sorted set: webhook deliveries by when they are due (ms; a claimed one: its lease's end)."""
+        return f"{self.ns}hook:due"
+
+    @property
+    def hook_bodies(self) -> str:
+        """Hash: delivery -> the event frame to send (`{jobId}:{seq}`, or `{jobId}:progress` /
+        `{jobId}:preview`, which hold the latest one)."""
+        return f"{self.ns}hook:body"
+
+    @property
+    def hook_tries(self) -> str:
+        """Hash: delivery -> attempts made."""
+        return f"{self.ns}hook:tries"
+
+    @property
+    def hook_dead(self) -> str:
+        """List: deliveries given up (JSON: id, url, tries, why), newest first, capped."""
+        return f"{self.ns}hook:dead"

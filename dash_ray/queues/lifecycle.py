@@ -8,6 +8,7 @@
 | `wait_again` | the job waits again: retried, recovered, attempt failed | EVENT (live) |
 | `finish`   | completed, failed or cancelled for good                | FINISH  |
 | `cancel`   | a running job is asked to stop: the flag, one notification |  -   |
+| `adopt`    | a plain BullMQ producer's job is found: its record, history, event | ADOPT_SCAN, ADOPT |
 
 Each operation builds its event here (the only place that does) and runs one script
 (`queues/lua.py`). `Lifecycle` runs them on an asyncio client, optionally on a `Batch`;
@@ -26,10 +27,27 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from dash_ray.config import Settings
-from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.models.events import (
+    JobCompletedEvent,
+    JobFailedEvent,
+    JobLogEvent,
+    JobPreviewEvent,
+    JobProgressEvent,
+    LiveEvent,
+)
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lua import CHECKPOINT, CREATE, EVENT, FINISH, Script, with_bull_add
+from dash_ray.queues.lua import (
+    ADOPT,
+    ADOPT_SCAN,
+    CHECKPOINT,
+    CREATE,
+    EVENT,
+    FAIR_PRUNE,
+    FINISH,
+    Script,
+    with_bull_add,
+)
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -42,10 +60,11 @@ __all__ = [
     "SyncLifecycle",
     "duration_bucket",
     "frame_seq",
+    "is_preview",
     "started_event",
 ]
 
-AnyEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent
+AnyEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent | JobPreviewEvent | JobLogEvent
 _SEP = "\x1f"
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -56,6 +75,7 @@ class Retention:
     finished jobs kept per queue, history entries kept per user."""
 
     events_per_job: int = 1000
+    logs_per_job: int = 1000  # lines of a job's log kept (the newest)
     finished_ttl_s: int = 7 * 24 * 3600
     keep_finished: int = 6000
     history_max: int = 10_000
@@ -95,6 +115,17 @@ def frame_body(event: AnyEvent) -> str:
     return event.model_dump_json(by_alias=True, exclude_none=True, exclude={"seq"})[:-1]
 
 
+def is_preview(frame: str) -> bool:
+    """True for a `job:preview` frame (the type is a frame's first field)."""
+    return frame.startswith('{"type":"job:preview"')
+
+
+def log_line(event: JobLogEvent) -> str:
+    """How a log line is kept in BullMQ's job log (bull-board's Logs tab shows these)."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.ts or time.time()))
+    return f"{when} {event.level.upper()} {event.message}"
+
+
 def frame_seq(frame: str) -> int:
     """The seq of a published frame (the scripts end every frame with `"seq":N}`)."""
     i = frame.rfind('"seq":')
@@ -105,7 +136,10 @@ def frame_seq(frame: str) -> int:
 
 
 def state_fields(event: AnyEvent, extra: dict[str, Any] | None = None) -> str:
-    """The job hash fields an event sets, as one argument: key, value, ... joined by \\x1f."""
+    """The job hash fields an event sets, as one argument: key, value, ... joined by \\x1f.
+    A preview or a log line sets none: the job's state is its progress."""
+    if isinstance(event, JobPreviewEvent | JobLogEvent):
+        return ""
     fields: dict[str, Any] = {"queue": event.queue, "updated": event.ts, **(extra or {})}
     if event.user_id:
         fields["userId"] = event.user_id
@@ -170,12 +204,13 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE)}
 
     def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
         """A script's source with this deployment's constants."""
         r = self.retention
         return script.text(after=after, prelude=prelude, maxlen=r.events_per_job, ttl=r.finished_ttl_s,
+                           logs_max=r.logs_per_job,
                            keep=r.keep_finished, ns=self.keys.ns, history_max=r.history_max,
                            recent_max=r.recent_max)
 
@@ -183,28 +218,51 @@ class _Calls:
         k = self.keys
         user = event.user_id or "_"
         keys = {"job": k.job(event.job_id), "events": k.events(event.job_id), "finished": k.finished(event.queue),
-                "open": k.waiting_count(user)}
+                "open": k.waiting_count(user), "hooks": k.hooks, "hook_bodies": k.hook_bodies}
         args = {"channel": k.channel(event.job_id), "frame": frame_body(event), "job_id": event.job_id}
         return keys, args
 
-    def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool) -> tuple[list[str], list[Any]]:
+    def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool,
+               hook: tuple[str, list[str]] | None = None,
+               fair: tuple[int, float] | None = None) -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         user = event.user_id or "_"
         k = self.keys
         keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
                     prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id),
-                    recent=k.recent, recent_n=k.recent_counter)
-        args.update(fields=state_fields(event, {"created": created_ms}), digest=digest, position="1" if position else "")
+                    recent=k.recent, recent_n=k.recent_counter, fair=k.fair(event.queue), pc=k.bull(event.queue, "pc"))
+        level, inc = fair if fair else (0, None)
+        args.update(fair_level=str(level), fair_user=event.user_id or "_",
+                    fair_inc="" if inc is None else repr(float(inc)))
+        extra: dict[str, Any] = {"created": created_ms}
+        if hook:  # the webhook: its URL, and the kinds of event it wants (",completed,failed,")
+            extra.update(hookUrl=hook[0], hookEvents=f",{','.join(hook[1])},")
+        args.update(fields=state_fields(event, extra), digest=digest, position="1" if position else "")
         return CREATE.pack(keys, args)
 
-    def event(self, event: JobProgressEvent, live: bool = False, position: bool = False,
+    def adopt(self, event: JobProgressEvent, created_ms: int) -> tuple[list[str], list[Any]]:
+        keys, args = self._common(event)
+        user = event.user_id or ""
+        k = self.keys
+        keys.update(history=k.user_jobs(user or "_"), history_n=k.user_counter(user or "_"),
+                    wait=k.bull(event.queue, "wait"), prioritized=k.bull(event.queue, "prioritized"),
+                    bull_job=k.bull(event.queue, event.job_id), recent=k.recent, recent_n=k.recent_counter)
+        args.update(fields=state_fields(event, {"created": created_ms}), user=user,
+                    position="1" if event.status == "waiting" else "")
+        return ADOPT.pack(keys, args)
+
+    def event(self, event: LiveEvent, live: bool = False, position: bool = False,
               token: str = "") -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         keys.update(cancel=self.keys.cancel(event.job_id), wait=self.keys.bull(event.queue, "wait"),
                     prioritized=self.keys.bull(event.queue, "prioritized"),
-                    lock=self.keys.bull(event.queue, f"{event.job_id}:lock"))
+                    lock=self.keys.bull(event.queue, f"{event.job_id}:lock"),
+                    logs=self.keys.bull(event.queue, f"{event.job_id}:logs"),
+                    bull_job=self.keys.bull(event.queue, event.job_id),
+                    bull_events=self.keys.bull(event.queue, "events"), bull_meta=self.keys.bull(event.queue, "meta"))
+        progress = f"{event.progress:g}" if isinstance(event, JobProgressEvent) and event.status == "active" else ""
         args.update(fields=state_fields(event), live="1" if live else "", position="1" if position else "",
-                    token=token)
+                    token=token, log=log_line(event) if isinstance(event, JobLogEvent) else "", progress=progress)
         return EVENT.pack(keys, args)
 
     def finish(self, event: JobCompletedEvent | JobFailedEvent, guard: str | None,
@@ -238,16 +296,19 @@ class Lifecycle:
         return await self._scripts[script.name](keys=keys, args=args)
 
     async def create(self, event: JobProgressEvent, bull: BullAdd, *, digest: str, created_ms: int,
-                     position: bool = True) -> Created:
+                     position: bool = True, hook: tuple[str, list[str]] | None = None,
+                     fair: tuple[int, float] | None = None) -> Created:
         """Create a job in one script: BullMQ's add (`bull`, recorded from BullMQ's client) and
         the job's record, history entry and first event; or, when a job with this id has a
-        record, change nothing and say whose (`Created.created` False)."""
+        record, change nothing and say whose (`Created.created` False). `hook`: the job's
+        webhook (URL, event kinds), whose events then go to the outbox. `fair`: (its priority,
+        1 / its owner's weight) to place it in its priority by fair share (None: FIFO)."""
         script = self._creates.get(bull.sha)
         if script is None:
             prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
             text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
             script = self._creates[bull.sha] = self.redis.register_script(text)
-        keys, args = self.calls.create(event, digest, created_ms, position)
+        keys, args = self.calls.create(event, digest, created_ms, position, hook, fair)
         return self.created_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args]))
 
     @staticmethod
@@ -282,6 +343,33 @@ class Lifecycle:
         reply = await self._run(FINISH, self.calls.finish(event, guard, duration_s), batch)
         return None if reply is None else int(reply[0])
 
+    async def adopt_scan(self, queue: str, count: int = 1000) -> tuple[list[str], bool]:
+        """Ids of jobs plain BullMQ producers added to `queue` since the last scan (no record of
+        ours), among the next `count` BullMQ events; and whether there may be more events."""
+        keys, args = ADOPT_SCAN.pack({"bull_events": self.keys.bull(queue, "events"),
+                                      "cursor": self.keys.adopt_cursor(queue)}, {"count": count})
+        reply = await self._scripts[ADOPT_SCAN.name](keys=keys, args=args)
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in reply[2:]], int(reply[1]) >= count
+
+    async def fair_prune(self, queue: str, fields: list[str]) -> int:
+        """Forget those of a queue's fair-share clocks (`fields`) that give their user nothing now
+        and never will again; returns how many."""
+        if not fields:
+            return 0
+        keys, args = FAIR_PRUNE.pack({"fair": self.keys.fair(queue), "prioritized": self.keys.bull(queue, "prioritized")},
+                                     {"fields": "\n".join(fields)})
+        return int(await self._scripts[FAIR_PRUNE.name](keys=keys, args=args))
+
+    async def adopt(self, job_id: str, queue: str, user_id: str | None, *, delayed: bool, created_ms: int) -> int:
+        """Give a plain BullMQ producer's job a record: in its user's history (`userId` in its
+        data), the admins' list, and its `waiting` / `delayed` event. Returns the event's seq
+        (0: it has a record already, or is gone; -1: recorded without an event, it had started)."""
+        event = JobProgressEvent(job_id=job_id, queue=queue, user_id=user_id, progress=0,
+                                 status="delayed" if delayed else "waiting",
+                                 message="delayed" if delayed else "waiting")
+        keys, args = self.calls.adopt(event, created_ms)
+        return int((await self._scripts[ADOPT.name](keys=keys, args=args))[0])
+
     async def cancel(self, job_id: str) -> None:
         """Ask a running job to stop: the flag in Redis (read with each of its events) and one
         notification to its consumer, which tells the worker at once."""
@@ -302,21 +390,25 @@ class SyncLifecycle:
         self._event = redis.register_script(self.calls.texts[EVENT.name])
         self._checkpoint = redis.register_script(self.calls.texts[CHECKPOINT.name])
 
-    def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str]:
+    def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str, bool]:
         """Make `path` the job's checkpoint if the attempt holding `token` still holds the job
-        (and it is not final); returns (done, the path it replaced or '')."""
-        keys, args = CHECKPOINT.pack({"job": self.keys.job(job_id), "lock": self.keys.bull(queue, f"{job_id}:lock")},
+        (and it is not final); returns (done, the path it replaced or '', whether the job is
+        asked to yield its GPU now that it can resume from there)."""
+        keys, args = CHECKPOINT.pack({"job": self.keys.job(job_id), "lock": self.keys.bull(queue, f"{job_id}:lock"),
+                                      "yield": self.keys.yield_flag(job_id)},
                                      {"token": token, "path": path})
-        done, prev = self._checkpoint(keys=keys, args=args)
-        return bool(int(done)), prev.decode() if isinstance(prev, bytes) else str(prev)
+        reply = self._checkpoint(keys=keys, args=args)
+        prev = reply[1]
+        return (bool(int(reply[0])), prev.decode() if isinstance(prev, bytes) else str(prev),
+                len(reply) > 2 and bool(int(reply[2])))
 
     def checkpoint_of(self, job_id: str) -> str:
         """The job's last committed checkpoint ('' for none)."""
         value = self.redis.hget(self.keys.job(job_id), "checkpoint")
         return value.decode() if isinstance(value, bytes) else str(value or "")
 
-    def publish(self, events: list[JobProgressEvent], tokens: list[str] | None = None) -> list[bool]:
-        """Publish `start`/`progress` events in order in one round trip; returns, per event,
+    def publish(self, events: list[LiveEvent], tokens: list[str] | None = None) -> list[bool]:
+        """Publish `start`/`progress`/`preview`/`log` events in order in one round trip; returns, per event,
         whether its job should stop: a cancel was requested, or (with the attempt's lock token
         in `tokens`) another attempt holds the job now, or it is already final."""
         calls = [self.calls.event(e, token=t) for e, t in zip(events, tokens or [""] * len(events), strict=True)]

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FINISH", "POSITION", "Script", "with_bull_add"]
+__all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH", "POSITION",
+           "Script", "with_bull_add"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ def _lua(value: Any) -> str:
 
 
 # Shared by every script: the next seq, the frame completed, the state written, the event
-# stored and published. Expects K.job, K.events, A.channel, A.frame, A.fields, A.job_id, and
-# (with `position`) K.wait and K.prioritized. Returns seq and the queue position (or -1).
+# stored and published, and put in the webhook outbox when the job's webhook asks for its kind
+# (the record's `hookEvents`, e.g. ",completed,failed,"). Expects K.job, K.events, K.hooks,
+# K.hook_bodies, A.channel, A.frame, A.fields, A.job_id, and (with `position`) K.wait and
+# K.prioritized. Returns seq and the queue position (or -1).
 #
 # A seq never repeats, even when Redis restarts from an append-only file that lost its last
 # second of writes (events clients may have seen): the job hash keeps the server's LASTSAVE
@@ -108,6 +111,16 @@ local function emit(position, known, last)
   if #fields >= 2 then redis.call('HSET', K.job, unpack(fields)) end
   redis.call('XADD', K.events, 'MAXLEN', '~', MAXLEN, seq .. '-0', 'm', msg)
   redis.call('PUBLISH', A.channel, msg)
+  local hook = redis.call('HGET', K.job, 'hookEvents')
+  if hook then  -- the job has a webhook: into the outbox, in the same script as the event
+    local kind = string.match(A.frame, '^{"type":"job:(%a+)"')
+    if kind and string.find(hook, ',' .. kind .. ',', 1, true) then
+      local id = A.job_id .. ':' .. seq
+      if kind == 'progress' or kind == 'preview' then id = A.job_id .. ':' .. kind end  -- the latest
+      redis.call('HSET', K.hook_bodies, id, msg)
+      redis.call('ZADD', K.hooks, 'NX', 0, id)
+    end
+  end
   return seq, pos
 end
 
@@ -130,9 +143,43 @@ end
 CREATE = Script(
     "create",
     keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job", "recent",
-          "recent_n"),
-    args=("channel", "frame", "fields", "job_id", "digest", "position"),
+          "recent_n", "hooks", "hook_bodies", "fair", "pc"),
+    args=("channel", "frame", "fields", "job_id", "digest", "position", "fair_level", "fair_user", "fair_inc"),
     body=r"""
+-- Fair share within a priority (start-time fair queuing): BullMQ scores a prioritized job
+-- priority * 2^32 + a counter; ours replace the counter with a virtual start time. A user's
+-- next job starts at max(where their last one ended, the level's head: the next job to be
+-- served), and ends 1/weight later. So a user with 500 jobs waiting and one who comes along
+-- with 1 alternate, a user of weight 2 gets two turns for one, a user back from idle gets no
+-- credit, and FIFO holds within a user. When the level has nothing waiting, a job starts at the
+-- latest end given (`last:`): as in SFQ, an idle level owes nobody a turn, so every clock then
+-- is at or below the floor (and FAIR_PRUNE forgets it). BullMQ's counter (`pc`) is moved past
+-- every end given, so jobs BullMQ scores itself (retried, promoted from delayed, added by plain
+-- BullMQ with a priority) go to the back of their level, as in BullMQ.
+local function fair_share()
+  local base = tonumber(A.fair_level) * 4294967296
+  local head = redis.call('ZRANGEBYSCORE', K.prioritized, base, base + 4294967295, 'WITHSCORES', 'LIMIT', 0, 2)
+  local lastKey = 'last:' .. A.fair_level
+  local floor
+  for i = 1, #head, 2 do
+    if head[i] ~= A.job_id then  -- just after the head (a tie would be broken by job id)
+      floor = tonumber(head[i + 1]) - base + 1 / 1024
+      break
+    end
+  end
+  local last = tonumber(redis.call('HGET', K.fair, lastKey) or '0')
+  if not floor then floor = last end
+  local userKey = 'u:' .. A.fair_level .. ':' .. A.fair_user
+  local v = math.max(tonumber(redis.call('HGET', K.fair, userKey) or '0'), floor)
+  local fin = v + tonumber(A.fair_inc)
+  redis.call('HSET', K.fair, userKey, string.format('%.17g', fin))
+  if fin > last then redis.call('HSET', K.fair, lastKey, string.format('%.17g', fin)) end
+  redis.call('ZADD', K.prioritized, string.format('%.17g', base + (v % 4294967296)), A.job_id)
+  if tonumber(redis.call('GET', K.pc) or '0') < fin + 1 then
+    redis.call('SET', K.pc, string.format('%d', math.floor(fin) + 1))
+  end
+end
+
 local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status', 'userId')
 if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or '', cur[4] or ''} end
 if redis.call('EXISTS', K.bull_job) == 1 then return {0, -1, '', '', '', ''} end
@@ -140,6 +187,7 @@ local added = bull_add()
 if type(added) == 'number' and added < 0 then
   return redis.error_reply('BullMQ refused job ' .. A.job_id .. ': code ' .. added)
 end
+if A.fair_inc ~= '' and redis.call('ZSCORE', K.prioritized, A.job_id) then fair_share() end
 redis.call('HSET', K.job, 'digest', A.digest)
 local n = redis.call('INCR', K.history_n)
 redis.call('ZADD', K.history, n, A.job_id)
@@ -154,6 +202,91 @@ return {seq, pos}
 """)
 
 
+# fair_prune: forget the fair-share clocks that no longer matter. A user's clock at or below its
+# level's floor gives them nothing: a job of theirs would start at the floor anyway. The floor is
+# the level's head, or the latest end given (`last:`) when nothing waits, and never goes back: a
+# fair job starts at or after it, a job BullMQ scores itself after `last`. So those fields go, and
+# the hash holds only users whose next turn is ahead of the others' (none once the level idles).
+# `fields`: field names (from HSCAN), newline-separated. Returns how many went. (The head lookup
+# repeats fair_share's two lines: a shared function would ride in the prelude of every script.)
+FAIR_PRUNE = Script(
+    "fair_prune", keys=("fair", "prioritized"), args=("fields",), body=r"""
+local floors, gone = {}, 0
+for f in string.gmatch(A.fields, '[^\n]+') do
+  local level = string.match(f, '^u:(%d+):')
+  local v = level and tonumber(redis.call('HGET', K.fair, f) or '')
+  if v then
+    local floor = floors[level]
+    if not floor then
+      local base = tonumber(level) * 4294967296
+      local head = redis.call('ZRANGEBYSCORE', K.prioritized, base, base + 4294967295, 'WITHSCORES', 'LIMIT', 0, 1)
+      if #head > 0 then floor = tonumber(head[2]) - base
+      else floor = tonumber(redis.call('HGET', K.fair, 'last:' .. level) or '0') end
+      floors[level] = floor
+    end
+    if v <= floor then
+      redis.call('HDEL', K.fair, f)
+      gone = gone + 1
+    end
+  end
+end
+return gone
+""")
+
+# adopt_scan: the jobs a plain BullMQ producer added to a queue since the last scan: BullMQ's
+# `added` events after the cursor (at most `count`), less the jobs that have a record of ours
+# (our own adds, and those adopted). The job hash names are built here ({ns}job:{id}), as
+# BullMQ's scripts build theirs, since they come from the stream. Returns {cursor, entries read, id, ...}.
+ADOPT_SCAN = Script(
+    "adopt_scan", keys=("bull_events", "cursor"), args=("count",), body=r"""
+local from = redis.call('GET', K.cursor) or '0'
+local entries = redis.call('XRANGE', K.bull_events, '(' .. from, '+', 'COUNT', tonumber(A.count))
+local out = {from, #entries}
+for _, entry in ipairs(entries) do
+  out[1] = entry[1]
+  local f = entry[2]
+  if f[1] == 'event' and f[2] == 'added' and f[3] == 'jobId' then
+    local rec = NS .. 'job:' .. f[4]
+    if redis.call('HEXISTS', rec, 'digest') == 0 and redis.call('HEXISTS', rec, 'adopted') == 0 then
+      out[#out + 1] = f[4]
+    end
+  end
+end
+if #entries > 0 then redis.call('SET', K.cursor, out[1]) end
+return out
+""")
+
+# adopt: a job a plain BullMQ producer added gets what our adds give a job: a record, its user's
+# history entry, the admins' list, the open set and (unless a consumer started it already) its
+# `waiting` / `delayed` event. Nothing when it has a record of ours or BullMQ no longer has it.
+# Returns {seq} (0: nothing done; -1: recorded, but it had started, so no event).
+ADOPT = Script(
+    "adopt",
+    keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job", "recent",
+          "recent_n", "hooks", "hook_bodies"),
+    args=("channel", "frame", "fields", "job_id", "position", "user"),
+    body=r"""
+if redis.call('HEXISTS', K.job, 'digest') == 1 or redis.call('HEXISTS', K.job, 'adopted') == 1 then return {0} end
+if redis.call('EXISTS', K.bull_job) == 0 then return {0} end
+redis.call('HSET', K.job, 'adopted', 1)
+if A.user ~= '' then
+  local n = redis.call('INCR', K.history_n)
+  redis.call('ZADD', K.history, n, A.job_id)
+  local over = redis.call('ZCARD', K.history) - HISTORY_MAX
+  if over > 0 then redis.call('ZREMRANGEBYRANK', K.history, 0, over - 1) end
+end
+redis.call('ZADD', K.recent, redis.call('INCR', K.recent_n), A.job_id)
+local over = redis.call('ZCARD', K.recent) - RECENT_MAX
+if over > 0 then redis.call('ZREMRANGEBYRANK', K.recent, 0, over - 1) end
+local st = redis.call('HGET', K.job, 'status')
+if st == 'completed' or st == 'failed' or st == 'cancelled' then return {-1} end
+redis.call('SADD', K.open, A.job_id)
+if st then return {-1} end
+local seq = emit(A.position == '1')
+return {seq}
+""")
+
+
 def with_bull_add(bull_source: str, bull_keys: int, bull_args: int) -> str:
     """The prelude of CREATE that runs one of BullMQ's add scripts (its text unchanged, as the
     body of a function whose KEYS and ARGV are the first `bull_keys` / `bull_args` of ours)."""
@@ -162,16 +295,17 @@ def with_bull_add(bull_source: str, bull_keys: int, bull_args: int) -> str:
             f"  return bull_add_script({{unpack(KEYS, 1, {bull_keys})}}, {{unpack(ARGV, 1, {bull_args})}})\nend\n")
 
 
-# event: a non-final event of a live job: an attempt started, its progress, or the job is
-# waiting again (`live` = '1': retried, recovered, requeued). Returns {seq, position,
+# event: a non-final event of a live job: an attempt started, its progress, a preview, a log
+# line (`log`: also appended to BullMQ's job log), or the job is waiting again (`live` = '1': retried, recovered, requeued). Returns {seq, position,
 # 1 if a cancel was requested for the job else 0}.
 # Fenced: an attempt's event (`token` = its BullMQ lock token) is refused once another attempt
 # holds the job's lock, and any event but `live` once the job is final; a refused event returns
 # {0, -1, 1}, which tells a stale attempt to stop as if cancelled.
 EVENT = Script(
     "event",
-    keys=("job", "events", "finished", "open", "cancel", "wait", "prioritized", "lock"),
-    args=("channel", "frame", "fields", "job_id", "live", "position", "token"),
+    keys=("job", "events", "finished", "open", "cancel", "wait", "prioritized", "lock", "logs", "bull_job",
+          "bull_events", "bull_meta", "hooks", "hook_bodies"),
+    args=("channel", "frame", "fields", "job_id", "live", "position", "token", "log", "progress"),
     body=r"""
 local cur = redis.call('HMGET', K.job, 'status', 'boot')
 if A.live == '1' then
@@ -185,6 +319,21 @@ else
   end
 end
 local seq, pos = emit(A.position == '1', true, cur[2])
+if A.log ~= '' then  -- a log line: kept in BullMQ's job log too (its newest LOGS_MAX lines)
+  redis.call('RPUSH', K.logs, A.log)
+  redis.call('LTRIM', K.logs, -LOGS_MAX, -1)
+end
+if A.progress ~= '' and redis.call('EXISTS', K.bull_job) == 1 then
+  -- mirrored as BullMQ's updateProgress does: the job's `progress`, a `progress` event for QueueEvents
+  local maxEvents = redis.call('HGET', K.bull_meta, 'opts.maxLenEvents')
+  if not maxEvents then
+    maxEvents = 10000
+    redis.call('HSET', K.bull_meta, 'opts.maxLenEvents', maxEvents)
+  end
+  redis.call('HSET', K.bull_job, 'progress', A.progress)
+  redis.call('XADD', K.bull_events, 'MAXLEN', '~', maxEvents, '*', 'event', 'progress', 'jobId', A.job_id,
+             'data', A.progress)
+end
 return {seq, pos, redis.call('EXISTS', K.cancel)}
 """)
 
@@ -194,7 +343,7 @@ return {seq, pos, redis.call('EXISTS', K.cancel)}
 # the queue's finished jobs to the retention. Returns {seq}, or {0} when the guard refused.
 FINISH = Script(
     "finish",
-    keys=("job", "events", "finished", "open", "cancel", "durations", "bull_job"),
+    keys=("job", "events", "finished", "open", "cancel", "durations", "bull_job", "hooks", "hook_bodies"),
     args=("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds"),
     body=r"""
 if A.finished_on ~= '' and redis.call('HGET', K.bull_job, 'finishedOn') ~= A.finished_on then
@@ -229,7 +378,7 @@ return {seq}
 # or ''} or {0, ''} when refused.
 CHECKPOINT = Script(
     "checkpoint",
-    keys=("job", "lock"),
+    keys=("job", "lock", "yield"),
     args=("token", "path"),
     body=r"""
 local st = redis.call('HGET', K.job, 'status')
@@ -240,7 +389,7 @@ if A.token ~= '' then
 end
 local prev = redis.call('HGET', K.job, 'checkpoint') or ''
 redis.call('HSET', K.job, 'checkpoint', A.path)
-return {1, prev}
+return {1, prev, redis.call('EXISTS', K.yield)}
 """)
 
 # A read, not a transition: the queue position of a waiting job (1 = next), or -1.

@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlparse
 
 import hiredis
 
+from dash_ray.queues.connection import retry_pause
+
 __all__ = ["RawPubSub"]
 
 log = logging.getLogger(__name__)
@@ -177,5 +179,5 @@ class RawPubSub:
                 self._writer = None
                 self._unconfirmed = None
                 log.warning("pub/sub connection lost (%s); reconnecting in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+                await retry_pause(delay)
                 delay = min(delay * 2, 5.0)

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from bullmq import Job as BullJob
@@ -29,12 +29,15 @@ from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import QUEUES, parse_options, parse_payload
 from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, SubmitResult
 from dash_ray.queues.batch import Batch, register
+from dash_ray.queues.eta import estimate
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Retention
 from dash_ray.queues.lua import POSITION
 
-__all__ = ["JobStore", "bull_opts", "view_status"]
+__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "JobStore", "bull_opts", "view_status"]
+
+MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept within these
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +106,12 @@ class JobStore:
         user_history_max: int = 10_000,
         queues: Iterable[str] = QUEUES,
         validate: Validator | None = None,
+        fair_share: bool = True,
+        user_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.redis = redis
+        self.fair_share = fair_share  # jobs of one priority taken round-robin across users (by weight)
+        self.user_weights = dict(user_weights or {})
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.keep_completed = keep_completed
@@ -140,8 +147,10 @@ class JobStore:
         data: dict[str, Any] | JobPayload,
         options: dict[str, Any] | JobOptions | None = None,
         user_id: str | None = None,
+        weight: float | None = None,
     ) -> SubmitResult:
-        """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict)."""
+        """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict).
+        `weight`: the owner's share in fair share (else DASH_USER_WEIGHTS', else 1)."""
         bq = self.queue(queue)
         payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_test_only=True)
         opts = parse_options(options)
@@ -179,8 +188,13 @@ class JobStore:
         recorder = BullAddRecorder(bq.scripts.commands)
         await bq.scripts.addJob(bjob, recorder)
         assert recorder.call is not None
+        hook = (opts.webhook.url, [str(e) for e in opts.webhook.events]) if opts.webhook else None
+        fair = None
+        if self.fair_share:
+            share = weight if weight is not None else self.user_weights.get(owner, 1.0)
+            fair = (opts.priority, 1.0 / min(max(share, MIN_WEIGHT), MAX_WEIGHT))
         made = await self.lifecycle.create(event, recorder.call, digest=digest, created_ms=now_ms,
-                                           position=not opts.delay_s)
+                                           position=not opts.delay_s, hook=hook, fair=fair)
         if not made.created:  # the same id was added concurrently, or BullMQ holds it without a record
             return await self._existing(job_id, queue, digest, owner, made)
         view = JobView(
@@ -203,6 +217,11 @@ class JobStore:
         return SubmitResult(job=await self.get(job_id), created=False)
 
     # ------------------------------------------------------------------ read
+    async def logs(self, job_id: str, queue: str, limit: int = 1000) -> list[str]:
+        """The newest `limit` lines of a job's log (BullMQ's job log: its workers' lines too)."""
+        return [x.decode() if isinstance(x, bytes) else x
+                for x in await self.redis.lrange(self.keys.bull(queue, f"{job_id}:logs"), -limit, -1)]
+
     async def find_queue(self, job_id: str) -> str | None:
         """The queue of a job: from our hash, else by looking in each queue (plain BullMQ jobs)."""
         if not is_lookup_id(job_id):
@@ -226,7 +245,20 @@ class JobStore:
         views = await self._views([(job_id, queue)], with_state=True)
         if not views:
             raise JobNotFound(job_id)
-        return views[0]
+        return await self._with_eta(views[0])
+
+    async def _with_eta(self, view: JobView) -> JobView:
+        """The view with its ETA: a waiting job's from the queue (see queues/eta.py), a running
+        one's from its own progress so far."""
+        if view.status == "waiting" and view.queue_position:
+            got = await estimate(self.redis, self.keys, view.queue, view.id, view.data, view.queue_position)
+            if got is not None:
+                view.eta_s, view.finish_eta_s = got
+        elif view.status == "active" and view.started_at and 0 < view.progress < 100:
+            elapsed = max(0.0, time.time() - view.started_at)
+            view.eta_s = round(elapsed * (100 - view.progress) / view.progress, 2)
+            view.finish_eta_s = view.eta_s
+        return view
 
     async def _views(self, ids: list[tuple[str, str]], with_state: bool) -> list[JobView]:
         if not ids:
@@ -414,6 +446,20 @@ class JobStore:
     async def durations(self, queue: str) -> dict[str, str]:
         """The queue's job-duration histogram (bucket counts and sum) as kept by its consumer."""
         return cast(dict[str, str], await self.redis.hgetall(self.keys.metrics(queue)))
+
+    async def sizing(self, queue: str) -> tuple[float | None, dict[str, tuple[str, int]]]:
+        """The GPU share a queue's consumer last chose for its workers (None: not reported) and
+        the measured peak memory by job shape."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.capacity(queue), "gpuFraction")
+        pipe.hgetall(self.keys.memory(queue))
+        fraction, raw = await pipe.execute()
+        peaks = {}
+        for k, v in (raw or {}).items():
+            kind, _, n = (v.decode() if isinstance(v, bytes) else str(v)).partition(":")
+            if n.isdigit():
+                peaks[k.decode() if isinstance(k, bytes) else str(k)] = (kind, int(n))
+        return (float(fraction) if fraction else None), peaks
 
     async def counts(self, queue: str) -> dict[str, int]:
         """Jobs per state: waiting (incl. prioritized), delayed, active, completed, failed."""

@@ -12,12 +12,13 @@ import ray
 from dash_ray import runtime
 from dash_ray.config import Settings
 from dash_ray.scheduler.contract import BatchReply
+from dash_ray.scheduler.demand import DemandLedger
 from dash_ray.scheduler.resources import QueueSpec
 from dash_ray.scheduler.runner import JobContext, RunnerSpec
 from dash_ray.scheduler.service import ConsumerService
 from dash_ray.scheduler.worker import WorkerCore
 
-__all__ = ["ConsumerActor", "WorkerActor"]
+__all__ = ["ConsumerActor", "DemandActor", "WorkerActor"]
 
 
 @ray.remote(concurrency_groups={"control": 2}, enable_task_events=False)  # type: ignore[call-overload]
@@ -32,7 +33,9 @@ class WorkerActor:
 
     def ready(self) -> dict[str, Any]:
         info = self.core.load()
-        info["resources"] = ray.get_runtime_context().get_assigned_resources()
+        ctx = ray.get_runtime_context()
+        info["resources"] = ctx.get_assigned_resources()
+        info["node"] = ctx.get_node_id()
         return info
 
     def run(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
@@ -52,9 +55,9 @@ class WorkerActor:
 class ConsumerActor:
     """One queue's consumer; Ray restarts it if it dies, and it starts serving again by itself."""
 
-    def __init__(self, spec: QueueSpec, settings: Settings, redis_url: str) -> None:
+    def __init__(self, spec: QueueSpec, settings: Settings, redis_url: str, demand: Any = None) -> None:
         runtime.setup()
-        self.service = ConsumerService(spec, settings, redis_url, WorkerActor)
+        self.service = ConsumerService(spec, settings, redis_url, WorkerActor, demand=demand)
         self._task = asyncio.get_event_loop().create_task(self.service.run())
         self._task.add_done_callback(self._ended)
 
@@ -73,3 +76,27 @@ class ConsumerActor:
 
     async def drain(self, timeout_s: float) -> dict[str, Any]:
         return await self.service.drain(timeout_s)
+
+
+def _request_resources(bundles: list[dict[str, float]]) -> None:
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1)
+class DemandActor:
+    """The cluster's one autoscaler request: the union of every queue's wanted workers."""
+
+    def __init__(self) -> None:
+        runtime.setup()
+        self.ledger = DemandLedger(_request_resources)
+
+    def report(self, key: str, bundle: dict[str, float], count: int) -> int:
+        return self.ledger.report(key, bundle, count)
+
+    def clear(self, prefix: str) -> int:
+        return self.ledger.clear(prefix)
+
+    def bundles(self) -> list[dict[str, float]]:
+        return self.ledger.bundles()

@@ -12,7 +12,8 @@ from typing import Any, cast
 
 from dash_ray import runtime
 from dash_ray.config import Settings
-from dash_ray.scheduler.resources import QueueSpec, logical_gpus, node_resources
+from dash_ray.scheduler.demand import DEMAND_ACTOR
+from dash_ray.scheduler.resources import QueueSpec, head_options, logical_gpus, node_resources
 
 __all__ = ["NAMESPACE", "Scheduler", "init_ray", "record_local_ray", "stop_recorded_ray"]
 
@@ -108,6 +109,7 @@ class Scheduler:
         self.detached = detached
         self.name_prefix = name_prefix or settings.key_prefix
         self.actors: dict[str, Any] = {}
+        self.demand: Any = None  # the cluster's DemandActor (autoscaling), shared by deployments
 
     def actor_name(self, queue: str) -> str:
         """The Ray name of a queue's consumer actor (one per queue and key prefix)."""
@@ -117,15 +119,21 @@ class Scheduler:
         """Create (or find) each queue's consumer actor and wait until they answer."""
         import ray
 
-        from dash_ray.scheduler.actors import ConsumerActor
+        from dash_ray.scheduler.actors import ConsumerActor, DemandActor
 
+        on_head = head_options(self.settings.control_on_head)
+        if self.settings.autoscale:
+            # Detached: it outlives the deployment that made it, and serves every one on the cluster.
+            self.demand = cast(Any, DemandActor).options(
+                name=DEMAND_ACTOR, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", **on_head).remote()
         for spec in self.specs:
             opts: dict[str, Any] = {"name": self.actor_name(spec.name), "namespace": NAMESPACE,
-                                    "get_if_exists": True}
+                                    "get_if_exists": True, **on_head}
             if self.detached:
                 opts["lifetime"] = "detached"
             actor_cls = cast(Any, ConsumerActor)  # @ray.remote adds .options/.remote, unseen by mypy
-            self.actors[spec.name] = actor_cls.options(**opts).remote(spec, self.settings, self.redis_url)
+            self.actors[spec.name] = actor_cls.options(**opts).remote(spec, self.settings, self.redis_url,
+                                                                      self.demand)
         t0 = time.monotonic()
         ray.get([a.ready.remote() for a in self.actors.values()], timeout=timeout_s)
         log.info("scheduler up: %s in %.1fs", ", ".join(self.actors), time.monotonic() - t0)
@@ -156,6 +164,11 @@ class Scheduler:
         import ray
 
         out = self.drain(drain_timeout_s)
+        if self.demand is not None:  # this deployment wants no more nodes
+            try:
+                ray.get(self.demand.clear.remote(self.settings.key_prefix), timeout=10)
+            except Exception:
+                log.warning("could not withdraw the autoscaler request", exc_info=True)
         for a in self.actors.values():
             try:
                 ray.kill(a, no_restart=True)

@@ -20,8 +20,9 @@ class Outcome:
 
     `done` with its `result`; `failed` with its `error` (`retry`: another attempt may help);
     `cancelled`; `skipped`: it goes back to the head of its queue, no attempt used: handed out
-    in a batch but never started, or (with `error` saying why) interrupted by a shutdown.
-    `run_s`: how long it ran on the worker.
+    in a batch but never started, or (with `error` saying why) interrupted by a shutdown or
+    preempted (`preempted`: it yielded its GPU at a checkpoint to jobs of other queues).
+    `run_s`: how long it ran on the worker; `trace`: a failure's traceback, for operators.
     """
 
     kind: OutcomeKind
@@ -29,6 +30,9 @@ class Outcome:
     error: str = ""
     retry: bool = False
     run_s: float | None = None
+    trace: str = ""  # the failure's traceback (for BullMQ's job stacktrace, which tools show)
+    preempted: bool = False  # skipped because it yielded its GPU (its worker is let go)
+    memory: tuple[str, int] | None = None  # its peak memory: ("cuda", bytes) or ("rss", bytes)
 
     @classmethod
     def failure(cls, error: str, retry: bool = True) -> Outcome:

@@ -18,10 +18,22 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from dash_ray.queues import ActiveJob, EventHub, LockLost, QueueConsumer, is_transient
+from dash_ray.models.cost import cost_shape
+from dash_ray.queues import (
+    ActiveJob,
+    CostBook,
+    EventHub,
+    LockLost,
+    QueueConsumer,
+    is_transient,
+    retry_pause,
+)
 from dash_ray.scheduler.contract import SKIPPED, Outcome
+from dash_ray.scheduler.demand import wanted_workers
 from dash_ray.scheduler.pool import Slot, WorkerPool
+from dash_ray.scheduler.preempt import Arbitration, Candidate, starved_for, to_preempt
 from dash_ray.scheduler.runner import JobContext
+from dash_ray.scheduler.sizing import MemoryBook
 
 __all__ = ["Dispatcher", "model_of"]
 
@@ -45,7 +57,7 @@ class _Backoff:
     async def sleep(self) -> None:
         delay = min(self.max_s, self.first_s * 2**self.tries)
         self.tries += 1
-        await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        await retry_pause(delay * random.uniform(0.5, 1.0))
 
 
 def _sick(error: str) -> bool:
@@ -70,7 +82,10 @@ class Dispatcher:
     def __init__(self, consumer: QueueConsumer, pool: WorkerPool, *, hub: EventHub | None = None,
                  cancel_channel: str | None = None, batch_budget_s: float = 0.02, max_batch: int = 8,
                  timeout_s: float = 600.0, cancel_grace_s: float = 3.0, max_failures: int = 3,
-                 heartbeat_s: float = 5.0, heartbeat_timeout_s: float = 30.0) -> None:
+                 heartbeat_s: float = 5.0, heartbeat_timeout_s: float = 30.0,
+                 want_workers: Callable[[int], Awaitable[None]] | None = None, max_workers: int = 64,
+                 want_refresh_s: float = 30.0, arbitration: Arbitration | None = None,
+                 gpu_fraction: float = 0.0) -> None:
         self.consumer = consumer
         self.pool = pool
         self.hub = hub
@@ -83,8 +98,27 @@ class Dispatcher:
         self.heartbeat_s = heartbeat_s  # how often a busy worker is asked whether it answers
         self.heartbeat_timeout_s = heartbeat_timeout_s  # a busy worker silent this long is killed
         self._pings: dict[int, asyncio.Task[None]] = {}  # worker slot id -> its heartbeat in flight
+        # Autoscaling: told how many workers this queue wants (its backlog and running jobs,
+        # at most max_workers) when that changes, and every want_refresh_s (the ledger's actor may
+        # have restarted and forgotten).
+        self.want_workers = want_workers
+        self.max_workers = max_workers
+        self.want_refresh_s = want_refresh_s
+        self.wanted: int | None = None
+        self.costs = CostBook()  # measured seconds per unit by job shape, written to Redis for ETAs
+        self.memory = MemoryBook()  # measured peak memory by job shape: sizes the GPU fraction
+        self.gpu_fraction = gpu_fraction  # the configured GPU share of a worker (0: none)
+        self._wanted_at = 0.0
         self.cost_s: float | None = None  # moving average of a job's run time on its worker
         self.running: dict[str, Slot] = {}
+        self.active: dict[str, ActiveJob] = {}  # the jobs in `running`
+        # GPU arbitration across queues (scheduler/preempt.py)
+        self.arb = arbitration or Arbitration()
+        self._starved_since = 0.0  # wall time since which this queue is starved (0: it is not)
+        self._peers_starved = False  # a queue this one yields to is starved: start no workers
+        self._asked: set[str] = set()  # running jobs asked to yield
+        self._yield_idle = False  # nothing to do here while another queue is starved: idle workers go
+        self.preempted = 0
         self._deadlines: dict[str, tuple[float, str]] = {}  # job id -> (monotonic deadline, why it ends)
         self._kill_reasons: dict[int, str] = {}  # worker slot id -> why the watchdog killed it
         self.stopping = False
@@ -131,12 +165,14 @@ class Dispatcher:
             self.stopped.set()
 
     async def _step(self) -> None:
-        self.pool.reap_idle()  # here, not in a timer: no race with take_idle
+        # here, not in a timer: no race with take_idle (which holds an idle worker while it
+        # waits for a job). Idle workers all go at once while another queue waits for their GPU.
+        self.pool.reap_idle(0.0 if self._yield_idle else None)
         slot = self.pool.take_idle()
         if slot is None:
             backlog = await self.consumer.backlog()
             pending = self.pool.count("pending")
-            if backlog > pending:
+            if backlog > pending and not self._peers_starved:
                 self.pool.spawn(backlog - pending)
             await self.pool.wait_change(0.2 if backlog else 0.5)
             return
@@ -171,19 +207,35 @@ class Dispatcher:
         """Fold one job's run time on its worker into the queue's moving average."""
         self.cost_s = seconds if self.cost_s is None else 0.8 * self.cost_s + 0.2 * seconds
 
+    def _costed(self, jobs: list[ActiveJob], outcomes: list[Outcome], wall_s: float) -> None:
+        """Fold the completed jobs of one round into the costs for ETAs, as the seconds they held
+        their slot: their run times scaled up to the round's wall time, which adds the Ray call,
+        writing the outcome and taking the next job (on a busy machine a fair share of a short
+        job's turn)."""
+        run = sum(o.run_s for o in outcomes if o.run_s is not None)
+        scale = max(1.0, wall_s / run) if run > 0 else 1.0
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if outcome.kind == "done" and outcome.run_s is not None:
+                self.costs.measured(self.queue, job.data, outcome.run_s * scale)
+
     async def _run(self, slot: Slot, jobs: list[ActiveJob]) -> None:
         alive = True
         models: tuple[str, ...] | None = None
         try:
             while jobs:
+                t0 = time.monotonic()
                 outcomes, models_now, alive = await self._attempt(slot, jobs)
                 models = models_now or models
-                jobs = await self._finish(slot, jobs, outcomes, fetch=alive and not self.stopping)
+                ran, jobs = jobs, await self._finish(slot, jobs, outcomes, fetch=alive and not self.stopping)
+                self._costed(ran, outcomes, time.monotonic() - t0)
         except Exception:
             log.exception("lost track of %d jobs on worker %d", len(jobs), slot.id)  # their locks expire
         finally:
             if slot.failures >= self.max_failures:
                 log.warning("worker %d failed %d jobs in a row; replacing it", slot.id, slot.failures)
+                self.pool.discard(slot)
+            elif slot.retire:
+                log.info("worker %d let go: its job yielded the GPU", slot.id)
                 self.pool.discard(slot)
             elif alive:
                 self.pool.release(slot, models)
@@ -215,17 +267,22 @@ class Dispatcher:
                 self._measured(outcome.run_s)
             if outcome.kind == "done":
                 slot.failures = 0
+                if outcome.memory is not None:
+                    self.memory.measured(cost_shape(self.queue, job.data)[0], *outcome.memory)
                 done.append((job, outcome.result))
                 continue
             if outcome.kind == "skipped":
                 skipped.append(job)
+                if outcome.preempted:  # its worker goes, and the GPU share it held with it
+                    slot.retire = True
+                    self.preempted += 1
                 continue
             if outcome.kind == "failed" and outcome.retry:  # a bad input or a cancel says nothing of the worker
                 slot.failures = self.max_failures if _sick(outcome.error) else slot.failures + 1
             try:
                 await self._written("failing a job", partial(
                     self.consumer.fail, job, outcome.error or "failed", retry=outcome.retry,
-                    cancelled=outcome.kind == "cancelled"))
+                    cancelled=outcome.kind == "cancelled", trace=outcome.trace))
                 self.failed += 1
             except LockLost as exc:
                 log.warning("%s", exc, extra={"job_id": job.id})
@@ -242,7 +299,12 @@ class Dispatcher:
             except Exception:
                 log.exception("could not requeue %d jobs", len(skipped))
             self.requeued += len(skipped)
-        fetch = fetch and slot.failures < self.max_failures
+        for job in jobs:
+            if job.id in self._asked:  # the attempt that was asked to yield is over
+                self._asked.discard(job.id)
+                with contextlib.suppress(Exception):
+                    await self.consumer.clear_yield(job.id)
+        fetch = fetch and slot.failures < self.max_failures and not slot.retire
         want = self.batch_size() if fetch else 0
         nxt: list[ActiveJob] = []
         if done:
@@ -268,6 +330,7 @@ class Dispatcher:
                 outcomes[job.id] = Outcome.failure(job.deferred_failure, retry=False)
                 continue
             self.running[job.id] = slot
+            self.active[job.id] = job
             limit = min(job.timeout_s or self.timeout_s, self.timeout_s)
             self._deadlines[job.id] = (now + limit, f"timeout: ran longer than {limit:g}s")
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
@@ -301,6 +364,7 @@ class Dispatcher:
         finally:
             for c in ctxs:
                 self.running.pop(c.id, None)
+                self.active.pop(c.id, None)
                 self._deadlines.pop(c.id, None)
         return [outcomes[j.id] for j in jobs], models, alive
 
@@ -366,7 +430,7 @@ class Dispatcher:
         ticks = 0
         beat = max(1, round(self.heartbeat_s / 0.5))
         while True:
-            await asyncio.sleep(0.5)
+            await retry_pause(0.5)
             ticks += 1
             self._watch()
             if ticks % beat == 0:
@@ -374,12 +438,79 @@ class Dispatcher:
             if ticks % 2:
                 continue
             try:
-                if self.pool.count("pending") and await self.consumer.backlog() == 0:
-                    self.pool.drop_pending(0)
+                busy, pending = self.pool.count("busy"), self.pool.count("pending")
+                needed = pending or self.want_workers is not None or self.arb.peers
+                backlog = await self.consumer.backlog() if needed else 0
+                if pending and backlog:
+                    self._starved_since = self._starved_since or time.time()
+                else:
+                    self._starved_since = 0.0
+                gpus = [s.gpu_bytes for s in self.pool.slots.values() if s.gpu_bytes]
+                self.memory.gpu_bytes = max(gpus) if gpus else self.memory.gpu_bytes
+                peaks = dict(self.memory.peaks) if self.memory.dirty else None
+                self.memory.dirty = False
+                await self.consumer.report_capacity(self.costs, self.pool.count("idle") + busy, busy, pending,
+                                                    self._starved_since, gpu_fraction=self.worker_fraction(),
+                                                    memory=peaks)
+                await self.consumer.adopt()  # plain BullMQ producers' jobs: into their users' history
+                if ticks % 60 == 0:  # every 30 s: fair-share clocks that no longer matter go
+                    await self.consumer.prune_fair()
+                if pending or self.want_workers is not None:
+                    if backlog == 0:
+                        self.pool.drop_pending(0)
+                    await self._want(wanted_workers(backlog, self.pool.count("busy"), self.max_workers))
+                if self.arb.peers:
+                    await self._arbitrate(backlog)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("housekeeping failed on %s", self.queue)
+
+    def worker_fraction(self) -> float:
+        """The GPU share the queue's next workers ask for: sized by the measured peaks
+        (scheduler/sizing.py), within the configured one."""
+        return self.memory.fraction(self.gpu_fraction) if self.gpu_fraction > 0 else 0.0
+
+    async def _arbitrate(self, backlog: int) -> None:
+        """GPU arbitration (scheduler/preempt.py): ask a running job to yield to a starved queue,
+        hold off new workers while one is starved, let idle workers go when another queue
+        waits for their GPU share."""
+        caps = await self.consumer.capacities(self.arb.peers)
+        now = time.time()
+        starved = {q: starved_for(cap, now) for q, cap in caps.items()}
+        yield_to = max((starved.get(q, 0.0) for q in self.arb.yields_to), default=0.0)
+        self._peers_starved = self.arb.preemptible and yield_to > 0
+        yield_idle = backlog == 0 and max(starved.values(), default=0.0) >= self.arb.idle_after_s
+        if yield_idle and not self._yield_idle:
+            log.info("%s: idle, while %s waits for a GPU share: its idle workers go", self.queue,
+                     max(starved, key=starved.__getitem__))
+        self._yield_idle = yield_idle
+        if not self.arb.preemptible or not self.active or yield_to < self.arb.after_s:
+            return
+        self._asked &= set(self.active)
+        counts = await self.consumer.preemptions(self.active)
+        pick = to_preempt([Candidate(j.id, j.priority, counts.get(j.id, 0)) for j in self.active.values()],
+                          yield_to, self.arb, self._asked)
+        if pick is not None:
+            await self.consumer.ask_yield(pick)
+            self._asked.add(pick)
+            log.info("%s: asked job %s to yield its GPU at its next checkpoint (queues starved %.0fs: %s)",
+                     self.queue, pick, yield_to, [q for q in self.arb.yields_to if starved.get(q)],
+                     extra={"job_id": pick})
+
+    async def _want(self, count: int) -> None:
+        """Tell the autoscaler's ledger how many workers this queue wants, if that changed."""
+        if self.want_workers is None or self.stopping:
+            return
+        now = time.monotonic()
+        if count == self.wanted and now - self._wanted_at < self.want_refresh_s:
+            return
+        try:
+            await self.want_workers(count)
+        except Exception as exc:  # the ledger's actor is restarting: next round
+            log.warning("%s: could not report its wanted workers (%s)", self.queue, type(exc).__name__)
+            return
+        self.wanted, self._wanted_at = count, now
 
     # ------------------------------------------------------------------ lifecycle
     async def drain(self, timeout_s: float, interrupt_s: float = 15.0) -> dict[str, int]:
@@ -415,9 +546,10 @@ class Dispatcher:
     def stats(self) -> dict[str, Any]:
         """Counters and the pool's workers by state."""
         return {"queue": self.queue, "running": len(self.running), "completed": self.completed,
-                "failed": self.failed, "requeued": self.requeued, "worker_calls": self.calls,
+                "failed": self.failed, "requeued": self.requeued, "preempted": self.preempted,
+                "worker_calls": self.calls,
                 "batch_size": self.batch_size(),
                 "job_ms": round(self.cost_s * 1000, 3) if self.cost_s is not None else None,
                 "workers": self.pool.stats(), "worker_detail": self.pool.detail(),
                 "running_jobs": {job_id: slot.pid for job_id, slot in self.running.items()},
-                "stopping": self.stopping, "pid": os.getpid()}
+                "wanted_workers": self.wanted, "stopping": self.stopping, "pid": os.getpid()}

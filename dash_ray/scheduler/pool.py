@@ -30,6 +30,9 @@ class Slot:
     jobs: int = 0
     failures: int = 0  # jobs failed in a row (a worker that keeps failing is replaced)
     resources: dict[str, float] = field(default_factory=dict)
+    node: str | None = None  # the Ray node it runs on
+    retire: bool = False  # let go after its current jobs (its job yielded the GPU)
+    gpu_bytes: int | None = None  # its GPU's memory (None: no GPU)
 
 
 class WorkerPool:
@@ -40,11 +43,12 @@ class WorkerPool:
     """
 
     def __init__(self, factory: Callable[[], Any], kill: Callable[[Any], None], *,
-                 idle_s: float = 120.0, max_pending: int = 4) -> None:
+                 idle_s: float = 120.0, max_pending: int = 4, max_size: int | None = None) -> None:
         self.factory = factory
         self.kill = kill
         self.idle_s = idle_s
         self.max_pending = max_pending
+        self.max_size = max_size  # live workers at most (None: as many as Ray can place)
         self.slots: dict[int, Slot] = {}
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
@@ -62,9 +66,11 @@ class WorkerPool:
 
     # --- growth ---
     def spawn(self, n: int) -> int:
-        """Start up to n workers without exceeding max_pending; returns how many were started."""
+        """Start up to n workers without exceeding max_pending (nor max_size live workers);
+        returns how many were started."""
         started = 0
-        while started < n and self.count("pending") < self.max_pending:
+        while (started < n and self.count("pending") < self.max_pending
+               and (self.max_size is None or self.size < self.max_size)):
             slot = Slot(id=next(self._ids), handle=self.factory())
             self.slots[slot.id] = slot
             task = asyncio.create_task(self._await_ready(slot))
@@ -89,6 +95,8 @@ class WorkerPool:
         slot.pid = info.get("pid")
         slot.resources = dict(info.get("resources", {}))
         slot.models = tuple(info.get("models", ()))
+        slot.node = info.get("node")
+        slot.gpu_bytes = info.get("gpu_bytes")
         log.info("worker %d ready (pid %s) after %.1fs", slot.id, slot.pid, time.monotonic() - slot.created)
         self._notify()
 
@@ -141,11 +149,12 @@ class WorkerPool:
         self._notify()
 
     # --- shrink ---
-    def reap_idle(self) -> int:
-        """Stop workers idle longer than idle_s; returns how many."""
+    def reap_idle(self, idle_s: float | None = None) -> int:
+        """Stop workers idle longer than idle_s (default: the pool's); returns how many."""
         now = time.monotonic()
+        limit = self.idle_s if idle_s is None else idle_s
         reaped = 0
-        for s in [s for s in self.slots.values() if s.state == "idle" and now - s.last_used >= self.idle_s]:
+        for s in [s for s in self.slots.values() if s.state == "idle" and now - s.last_used >= limit]:
             log.info("worker %d idle for %.0fs: stopping it", s.id, now - s.last_used)
             self.discard(s)
             reaped += 1
@@ -184,5 +193,5 @@ class WorkerPool:
     def detail(self) -> list[dict[str, Any]]:
         """Each worker: id, state, pid, jobs done, models held."""
         return [{"id": s.id, "state": s.state, "pid": s.pid, "jobs": s.jobs, "models": list(s.models),
-                 "resources": s.resources}
+                 "resources": s.resources, "node": s.node}
                 for s in self.slots.values()]

@@ -10,7 +10,16 @@ from dash_ray.config import Settings
 from dash_ray.models.queues import QUEUE_TABLE
 from dash_ray.scheduler.runner import RunnerSpec
 
-__all__ = ["QueueSpec", "logical_gpus", "node_resources", "queue_specs", "with_runner"]
+__all__ = ["HEAD_RESOURCE", "QueueSpec", "head_options", "logical_gpus", "node_resources", "queue_specs",
+           "with_runner"]
+
+# Ray gives the head node this resource; a sliver of it pins an actor there.
+HEAD_RESOURCE = "node:__internal_head__"
+
+
+def head_options(on_head: bool) -> dict[str, Any]:
+    """Ray actor options that keep an actor on the head node (none when `on_head` is false)."""
+    return {"resources": {HEAD_RESOURCE: 0.001}} if on_head else {}
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,16 @@ class QueueSpec:
     timeout_s: float = 600.0
     num_cpus: float = 0.0
     worker_env: dict[str, str] = field(default_factory=dict)
+    max_workers: int = 64  # on the whole cluster
+
+    def bundle(self) -> dict[str, float]:
+        """The resources one worker takes: what the autoscaler must find room for."""
+        out = {self.resource: 1.0}
+        if self.gpu_fraction:
+            out["GPU"] = self.gpu_fraction
+        if self.num_cpus:
+            out["CPU"] = self.num_cpus
+        return out
 
     @property
     def resource(self) -> str:
@@ -46,7 +65,8 @@ class QueueSpec:
 def queue_specs(settings: Settings, *, test_queues: bool = False) -> list[QueueSpec]:
     """The queues settings serve (with `test_queues`, the test-only ones too), as the scheduler runs them."""
     names = tuple(QUEUE_TABLE) if test_queues else settings.queue_names
-    return [QueueSpec(q.name, q.concurrency, q.gpu_fraction, RunnerSpec(q.runner), q.timeout_s)
+    return [QueueSpec(q.name, q.concurrency, q.gpu_fraction, RunnerSpec(q.runner), q.timeout_s,
+                      max_workers=q.max_workers)
             for q in (settings.queue(n) for n in names)]
 
 

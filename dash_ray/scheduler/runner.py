@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from dash_ray.errors import JobCancelled
-from dash_ray.models.events import JobProgressEvent
+from dash_ray.errors import JobCancelled, JobPreempted
+from dash_ray.models.events import JobLogEvent, JobPreviewEvent, JobProgressEvent, LiveEvent
 
 __all__ = ["JobContext", "Publisher", "Reporter", "Runner", "RunnerSpec", "load_runner"]
 
@@ -77,7 +77,7 @@ class Publisher:
         self._thread = threading.Thread(target=self._loop, name="dash-publisher", daemon=True)
         self._thread.start()
 
-    def send(self, event: JobProgressEvent, cancel: threading.Event | None = None, token: str = "") -> None:
+    def send(self, event: LiveEvent, cancel: threading.Event | None = None, token: str = "") -> None:
         """Publish an event (in order) of the attempt holding `token`; with `cancel`, set it if
         the job should stop (a cancel was requested, or the attempt is stale)."""
         self._put(("event", event, cancel, token))
@@ -86,7 +86,7 @@ class Publisher:
         """Run fn on the publisher thread, after everything queued before it."""
         self._put(("call", fn))
 
-    def publish_now(self, event: JobProgressEvent, token: str = "") -> None:
+    def publish_now(self, event: LiveEvent, token: str = "") -> None:
         """Publish on the calling thread (used by the publisher thread itself)."""
         self.lifecycle.publish([event], [token])
 
@@ -163,17 +163,21 @@ class Reporter:
     """
 
     def __init__(self, job: JobContext, publisher: Publisher, *, max_hz: float = 20.0,
-                 cancelled: threading.Event | None = None) -> None:
+                 cancelled: threading.Event | None = None, preview_max_hz: float = 2.0) -> None:
         self.job = job
         self._pub = publisher
         self._interval = 1.0 / max_hz
         self._cancel = cancelled or threading.Event()
+        self.yield_asked = False  # the last checkpoint commit said: yield the GPU
         self._lock = threading.Lock()
         self._last_sent = 0.0
         self._last_progress = 0.0
         self._pending: JobProgressEvent | None = None
         self._timer_armed = False
         self._started = time.monotonic()
+        self._preview_interval = 1.0 / preview_max_hz
+        self._last_preview = -1e9
+        self.previews = 0  # previews sent
 
     @property
     def cancelled(self) -> bool:
@@ -216,6 +220,34 @@ class Reporter:
                     due = now + wait
                     self._pub.submit(lambda: self._send_pending(due))
 
+    def preview(self, render: Callable[[], str], *, kind: str = "latent", force: bool = False,
+                **extra: Any) -> bool:
+        """Publish a `job:preview` with the image `render()` returns (a data URL), at most
+        `preview_max_hz` a second (unless `force`): `render` is not called when the preview is
+        skipped, so a runner may offer one every step. Returns whether it was sent."""
+        self.check()
+        now = time.monotonic()
+        if not force and now - self._last_preview < self._preview_interval:
+            return False
+        self._last_preview = now
+        try:
+            image = render()
+            self._last_preview = time.monotonic()  # the spacing counts from when it goes out
+        except Exception:
+            log.warning("preview of job %s failed", self.job.id, exc_info=True, extra={"job_id": self.job.id})
+            return False
+        self.previews += 1
+        self._pub.send(JobPreviewEvent(job_id=self.job.id, queue=self.job.queue, user_id=self.job.user_id,
+                                       image=image, kind=kind, ts=round(time.time(), 3), **extra),
+                       token=self.job.token)
+        return True
+
+    def log(self, message: str, level: str = "info") -> None:
+        """Add a line to the job's log: a `job:log` event, kept with the job (BullMQ's job log)."""
+        self._pub.send(JobLogEvent(job_id=self.job.id, queue=self.job.queue, user_id=self.job.user_id,
+                                   level=level, message=message[:2000], ts=round(time.time(), 3)),
+                       token=self.job.token)
+
     def _send_pending(self, due: float) -> None:
         """On the publisher thread: wait for the held report's turn, then send it."""
         with self._lock:
@@ -243,11 +275,19 @@ class Reporter:
         none). A stale attempt (another one holds the job, or it is final) is refused: the
         job's flag is set and JobCancelled raised, so it stops."""
         self.flush()
-        done, prev = self._pub.lifecycle.commit_checkpoint(self.job.id, self.job.queue, self.job.token, path)
+        done, prev, yield_now = self._pub.lifecycle.commit_checkpoint(self.job.id, self.job.queue, self.job.token,
+                                                                     path)
         if not done:
             self._cancel.set()
             raise JobCancelled(self.job.id)
+        self.yield_asked = yield_now
         return str(prev)
+
+    def yield_point(self, after: str) -> None:
+        """A safe point to stop (the checkpoint just committed holds everything so far): raise
+        JobPreempted if the job was asked to yield its GPU. `after`: what it did, for the event."""
+        if self.yield_asked:
+            raise JobPreempted(self.job.id, after)
 
     def flush(self) -> None:
         """Send the held report now and wait until every report is published."""

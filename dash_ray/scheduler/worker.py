@@ -18,7 +18,7 @@ import traceback
 from typing import Any
 
 from dash_ray.config import Settings
-from dash_ray.errors import JobCancelled, WorkerError
+from dash_ray.errors import JobCancelled, JobPreempted, WorkerError
 from dash_ray.queues import Keys, Retention, SyncLifecycle, connect_sync, started_event
 from dash_ray.scheduler.contract import SKIPPED, BatchReply, Outcome
 from dash_ray.scheduler.runner import (
@@ -29,6 +29,7 @@ from dash_ray.scheduler.runner import (
     RunnerSpec,
     load_runner,
 )
+from dash_ray.scheduler.sizing import peak_rss
 
 __all__ = ["WorkerCore", "public_error"]
 
@@ -78,8 +79,9 @@ class WorkerCore:
 
     def info(self) -> dict[str, Any]:
         """pid, queue, jobs done, the models held and the jobs running."""
+        device_memory = getattr(self.runner, "device_memory", None)
         return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": list(self.models()),
-                "running": list(self._cancels)}
+                "running": list(self._cancels), "gpu_bytes": device_memory() if callable(device_memory) else None}
 
     def run(self, ctx: JobContext) -> Outcome:
         """Run one job to its outcome (with the seconds it ran)."""
@@ -109,9 +111,12 @@ class WorkerCore:
     def _outcome(self, runner: Runner, ctx: JobContext, reporter: Reporter, t0: float) -> Outcome:
         try:
             reporter.check()
+            reset = getattr(runner, "reset_peak_memory", None)
+            if callable(reset):
+                reset()
             result = runner.run(ctx, reporter)
             self.jobs_done += 1
-            return Outcome("done", result, run_s=time.perf_counter() - t0)
+            return Outcome("done", result, run_s=time.perf_counter() - t0, memory=_peak(runner))
         except JobCancelled:
             if ctx.id in self._requeue:
                 self._requeue.discard(ctx.id)
@@ -120,12 +125,19 @@ class WorkerCore:
                 return Outcome("skipped", error="interrupted by a shutdown", run_s=time.perf_counter() - t0)
             log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
             return Outcome("cancelled", error="cancelled", run_s=time.perf_counter() - t0)
+        except JobPreempted as exc:
+            log.info("job %s yields its GPU after %s", ctx.id, exc.after, extra={"job_id": ctx.id})
+            return Outcome("skipped", error=f"preempted after {exc.after} so that waiting jobs of other queues "
+                                            "can run; it resumes from its checkpoint", run_s=time.perf_counter() - t0,
+                           preempted=True)
         except WorkerError as exc:
             log.info("job %s rejected: %s", ctx.id, exc, extra={"job_id": ctx.id})
             return Outcome("failed", error=str(exc), run_s=time.perf_counter() - t0)
         except Exception as exc:
-            log.warning("job %s failed: %s\n%s", ctx.id, exc, traceback.format_exc(), extra={"job_id": ctx.id})
-            return Outcome("failed", error=public_error(exc), retry=True, run_s=time.perf_counter() - t0)
+            trace = traceback.format_exc()
+            log.warning("job %s failed: %s\n%s", ctx.id, exc, trace, extra={"job_id": ctx.id})
+            return Outcome("failed", error=public_error(exc), retry=True, run_s=time.perf_counter() - t0,
+                           trace=trace[-8000:])
 
     def run_batch(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
         """Run jobs one after another; an outcome per job, in order, and the models held after.
@@ -171,3 +183,15 @@ class WorkerCore:
             close()
         self.publisher.close()
         self.lifecycle.redis.close()
+
+
+def _peak(runner: Runner) -> tuple[str, int]:
+    """The job's peak memory, as the runner measures it (GPU), else the process's peak RSS."""
+    measure = getattr(runner, "peak_memory", None)
+    if callable(measure):
+        try:
+            kind, nbytes = measure()
+            return str(kind), int(nbytes)
+        except Exception:
+            log.debug("peak memory not measured", exc_info=True)
+    return "rss", peak_rss()

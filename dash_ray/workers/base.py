@@ -12,6 +12,7 @@ from typing import Any
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
 from dash_ray.models.payloads import upload_path
+from dash_ray.scheduler.sizing import peak_rss
 from dash_ray.services.artifacts import ArtifactStore
 from dash_ray.services.registry import ModelRegistry
 from dash_ray.workers.cache import ModelCache, device_and_dtype, free_memory
@@ -76,6 +77,30 @@ class TorchRunner:
 
         self.timings["load_s"] = 0.0
         return name, self.cache.get((name, str(self.dtype)), load)
+
+    def reset_peak_memory(self) -> None:
+        """Start measuring a job's peak memory (CUDA: the allocator's peak is reset)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory(self) -> tuple[str, int]:
+        """The last job's peak memory: ("cuda", the allocator's peak bytes) on a GPU, else
+        ("rss", the process's peak resident bytes: the same code path's footprint on the CPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            return "cuda", int(torch.cuda.max_memory_allocated())
+        return "rss", peak_rss()
+
+    def device_memory(self) -> int | None:
+        """Bytes of the worker's GPU (None on the CPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
+        return None
 
     def loaded_models(self) -> list[str]:
         """Names of the models this worker holds (the consumer prefers it for them)."""

@@ -13,6 +13,7 @@ from dash_ray.scheduler.runner import JobContext, Reporter
 from dash_ray.services.registry import lora_path
 from dash_ray.workers.base import TorchRunner
 from dash_ray.workers.images import png_bytes
+from dash_ray.workers.previews import image_data_url, latent_preview
 
 __all__ = ["GenerationRunner"]
 
@@ -32,14 +33,22 @@ class GenerationRunner(TorchRunner):
         t0 = time.perf_counter()
         name, pipe = self.pipeline(s.model, AutoPipelineForText2Image)
         load_s = self.timings["load_s"]
+        reporter.log(f"model {name} {'loaded in ' + format(load_s, '.2f') + ' s' if load_s else 'warm'}")
         seed = s.seed if s.seed is not None else secrets.randbelow(2**32)
         adapter = None
         if s.lora_id:
             adapter = self._load_lora(pipe, p.user_id or "", s.lora_id, s.lora_weight)
+            reporter.log(f"LoRA {s.lora_id} applied (weight {s.lora_weight:g})")
         steps = s.steps
+        every = max(1, round(steps / 10)) if s.preview_every is None else s.preview_every
+        reporter.log(f"{s.width}x{s.height}, {steps} steps, {s.num_images} image(s), seed {seed}")
 
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            reporter.progress(100.0 * (i + 1) / steps, f"step {i + 1}/{steps}", step=i + 1, steps=steps,
+            step = i + 1
+            if every and step % every == 0 and step < steps and "latents" in kwargs:
+                latents = kwargs["latents"]
+                reporter.preview(lambda: image_data_url(latent_preview(latents)), step=step, steps=steps)
+            reporter.progress(100.0 * step / steps, f"step {step}/{steps}", step=step, steps=steps,
                               milestone=True)
             return kwargs
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import errno
 import io
-import ipaddress
 import os
-import socket
 import stat
 import time
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from urllib.parse import unquote, urlparse
 
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
+from dash_ray.services.netguard import PrivateAddress, pinned_url
 
 __all__ = ["fetch_bytes", "load_image", "png_bytes"]
 
@@ -85,26 +84,8 @@ def _read_file(path: Path, settings: Settings) -> bytes:
         return f.read(settings.max_image_bytes + 1)
 
 
-def _public_address(host: str, port: int, settings: Settings) -> str:
-    """The address to connect to for an allowed host: resolved once, and refused if it is
-    private, loopback, link-local, multicast or reserved unless DASH_ALLOWED_IMAGE_NETWORKS
-    covers it (a name that resolves inside the network is no way in)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        raise WorkerError("cannot resolve the image host") from None
-    networks = [ipaddress.ip_network(n, strict=False) for n in settings.allowed_image_networks]
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        inside = (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
-                  or addr.is_reserved or addr.is_unspecified)
-        if inside and not any(addr in n for n in networks):
-            raise WorkerError("the image host resolves to a private address (DASH_ALLOWED_IMAGE_NETWORKS)")
-    return str(infos[0][4][0])
-
-
 def _fetch_http(url: str, settings: Settings) -> bytes:
-    """An image from an allowed host, on the address checked by `_public_address` (pinned: the
+    """An image from an allowed host, on the address checked by `netguard.pinned_url` (pinned: the
     connection goes to that address, with the host name in `Host` and TLS SNI), within
     DASH_MAX_IMAGE_BYTES and a total deadline of DASH_IMAGE_FETCH_TIMEOUT_S."""
     import httpx
@@ -113,15 +94,15 @@ def _fetch_http(url: str, settings: Settings) -> bytes:
     host = (parts.hostname or "").lower()
     if host not in {h.lower() for h in settings.allowed_image_hosts}:
         raise WorkerError("the image host is not allowed (DASH_ALLOWED_IMAGE_HOSTS)")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    ip = _public_address(host, port, settings)
-    netloc = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-    pinned = parts._replace(netloc=netloc).geturl()
+    try:
+        pinned, host_header, _ = pinned_url(url, settings.allowed_image_networks)
+    except PrivateAddress as exc:
+        raise WorkerError(f"image host: {exc} (DASH_ALLOWED_IMAGE_NETWORKS)") from None
     deadline = time.monotonic() + settings.image_fetch_timeout_s
     limit = settings.max_image_bytes
     try:
         with httpx.Client(timeout=settings.image_fetch_timeout_s, follow_redirects=False) as client:
-            request = client.build_request("GET", pinned, headers={"Host": parts.netloc},
+            request = client.build_request("GET", pinned, headers={"Host": host_header},
                                            extensions={"sni_hostname": host})
             r = client.send(request, stream=True)
             try:

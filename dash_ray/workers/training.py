@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from dash_ray.scheduler.runner import JobContext, Reporter
 from dash_ray.services.registry import lora_path
 from dash_ray.workers.base import TorchRunner
 from dash_ray.workers.images import load_image
+from dash_ray.workers.previews import image_data_url
 
 __all__ = ["TrainingRunner"]
 
@@ -53,6 +56,8 @@ class TrainingRunner(TorchRunner):
         torch.manual_seed(seed)
 
         reporter.progress(0, f"loading {len(p.image_urls)} image(s)")
+        reporter.log(f"training LoRA {lora_id}: rank {s.rank}, {s.epochs} epochs, {len(p.image_urls)} image(s) "
+                     f"at {s.resolution} px")
         pixels = self._images(p, torch)
         reporter.check()
         name, base = self.pipeline(s.base_model, StableDiffusionPipeline)  # frozen parts, cached
@@ -131,6 +136,12 @@ class TrainingRunner(TorchRunner):
                 self.artifacts.delete(replaced)
             reporter.progress(100.0 * epoch / s.epochs, f"epoch {epoch}/{s.epochs} loss {loss_value:.4f}",
                               epoch=epoch, epochs=s.epochs, loss=round(loss_value, 6), milestone=True)
+            reporter.log(f"epoch {epoch}/{s.epochs}: loss {loss_value:.6f}")
+            if s.sample_every and epoch % s.sample_every == 0:
+                reporter.preview(partial(self._sample, base, accelerator.unwrap_model(unet), p.prompt, s, seed),
+                                 kind="sample", force=True, epoch=epoch, epochs=s.epochs)
+            if epoch < s.epochs:  # asked to yield the GPU: stop here, resume from this checkpoint
+                reporter.yield_point(f"epoch {epoch}/{s.epochs}")
 
         unet = accelerator.unwrap_model(unet)
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
@@ -161,6 +172,27 @@ class TrainingRunner(TorchRunner):
         if not out:
             raise WorkerError("imageUrls is empty")
         return torch.stack(out)
+
+    def _sample(self, base: Any, unet: Any, prompt: str, s: Any, seed: int) -> str:
+        """A sample image of `prompt` with the LoRA as trained so far, as a small data URL."""
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        was_training = unet.training
+        unet.eval()
+        try:
+            pipe: Any = StableDiffusionPipeline(**{**base.components, "unet": unet})
+            pipe.set_progress_bar_config(disable=True)
+            # the LoRA's unet trains in fp32; the frozen parts may be fp16 on a GPU
+            mixed = (torch.autocast("cuda", dtype=base.unet.dtype) if self.device != "cpu"
+                     else contextlib.nullcontext())
+            with torch.inference_mode(), mixed:
+                img = pipe(prompt, num_inference_steps=s.sample_steps, width=s.resolution, height=s.resolution,
+                           generator=self.generator(seed)).images[0]
+        finally:
+            unet.train(was_training)
+        img.thumbnail((256, 256))
+        return image_data_url(img)
 
     def _checkpoint(self, rel: str, unet: Any, optimizer: Any, epoch: int, s: Any, loss: float,
                     get_state: Any, torch: Any) -> None:

@@ -8,6 +8,7 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,9 @@ import psutil
 import pytest
 from websockets.sync.client import connect
 
+from dash_ray.client import verify_webhook
 from tests.cli.conftest import free_port, start_up
+from tests.helpers import WebhookReceiver
 from tests.workers.conftest import png_data_url
 
 pytestmark = pytest.mark.e2e
@@ -91,6 +94,7 @@ def _redis_servers_in(folder: Path) -> list[int]:
     return out
 
 
+@pytest.mark.once  # it runs its own embedded Redis whatever REDIS_URL says
 def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_path: Path) -> None:
     import asyncio
 
@@ -101,14 +105,23 @@ def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_pat
     prefix = f"up{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "DASH_DATA_DIR": str(data), "WEBSOCKET_PORT": str(port), "DASH_KEY_PREFIX": prefix,
            "PYTHONUNBUFFERED": "1", "DASH_ENABLE_SLEEP_QUEUE": "1", "DASH_SLEEP_CONCURRENCY": "2",
-           "DASH_REDIS_FSYNC": "always", "DASH_LOCK_DURATION_S": "5", "DASH_STALLED_INTERVAL_S": "2"}
+           "DASH_REDIS_FSYNC": "always", "DASH_LOCK_DURATION_S": "5", "DASH_STALLED_INTERVAL_S": "2",
+           "DASH_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8", "DASH_WEBHOOK_RETRY_S": "0.5",
+           "DASH_WEBHOOK_RETRY_MAX_S": "2"}
     env.pop("REDIS_URL", None)
     env.pop("REDIS_HOST", None)
     base = f"http://127.0.0.1:{port}"
+    restarted = threading.Event()  # the receiver fails every delivery until the restart
+    receiver = WebhookReceiver(lambda: 200 if restarted.is_set() else 500).__enter__()
     first, token, _log = start_up(env)
     h = {"Authorization": f"Bearer {token}"}
     second = None
     try:
+        r = httpx.post(f"{base}/v1/jobs/sleep", json={"durationS": 0.1, "options": {"webhook": {"url": receiver.url}}},
+                       headers=h, timeout=10)
+        assert r.status_code == 201, r.text
+        hooked = r.json()["id"]
+        receiver.wait(lambda got: len(got) >= 2)  # answered 500, and retried
         ids = {"running": [], "waiting": [], "delayed": []}
         for kind, n, body in (("running", 2, {"durationS": 6, "steps": 6}), ("waiting", 4, {"durationS": 0.2}),
                               ("delayed", 2, {"durationS": 0.1, "options": {"delayS": 20}})):
@@ -126,8 +139,14 @@ def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_pat
         assert len(_redis_servers_in(data / "redis")) == 1
 
         second, token, log = start_up(env)
+        restarted.set()
         h = {"Authorization": f"Bearer {token}"}
         assert len(_redis_servers_in(data / "redis")) == 1, "".join(log)
+        got = receiver.wait(lambda got: any(status == 200 for _, _, status in got), timeout_s=60)
+        secret = httpx.get(f"{base}/v1/webhooks/secret", headers=h, timeout=10).json()["secret"]
+        events = [verify_webhook(secret, headers, body) for headers, body, _ in got]  # the secret outlived the restart
+        assert {(e["type"], e["jobId"]) for e in events} == {("job:completed", hooked)}
+        assert len({headers["webhook-id"] for headers, _, _ in got}) == 1
         every = [i for group in ids.values() for i in group]
         deadline = time.monotonic() + 90
         views: dict[str, Any] = {}
@@ -157,6 +176,7 @@ def test_up_killed_and_restarted_on_its_data_dir_finishes_every_job_once(tmp_pat
 
         assert set(asyncio.run(completions()).values()) == {1}
     finally:
+        receiver.__exit__(None, None, None)
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

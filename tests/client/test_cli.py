@@ -97,6 +97,7 @@ def test_a_cancelled_job_ends_its_wait_with_exit_1_and_can_be_retried(up: dict[s
     assert dash(up, "cancel", "cli-lora").returncode == 0
 
 
+@pytest.mark.once  # terminal drawing: the same on any Redis server
 def test_watch_draws_progress_bars_in_a_terminal(up: dict[str, Any]) -> None:
     submitted = [json.loads(dash(up, "submit", "generation", f"a bird {i}", "--steps", "20", "--width", "64",
                                  "--height", "64", "--json").stdout)["id"] for i in range(2)]

@@ -14,7 +14,7 @@ import pytest
 
 from tests.workers.conftest import png_data_url
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.once]  # what a notebook or the page sees does not depend on the Redis server
 
 def admin_token(up: dict[str, Any]) -> str:
     out = subprocess.run([sys.executable, "-m", "dash_ray.cli", "token", "--user", "root", "--admin"],

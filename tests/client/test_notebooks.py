@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.once]  # what a notebook or the page sees does not depend on the Redis server
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import os
 import time
 import uuid
@@ -65,6 +66,7 @@ def client_for(live: dict[str, Any], user: str | None = None, **kwargs: Any) -> 
     return Client(live["base"], live["token"](user or f"u{uuid.uuid4().hex[:6]}"), **kwargs)
 
 
+@pytest.mark.once  # the workloads through the client: the same on any Redis server
 def test_sync_client_generate_upscale_train_and_generate_with_the_lora(live: dict[str, Any], tmp_path: Path) -> None:
     from PIL import Image
 
@@ -222,6 +224,7 @@ def _gateway_replicas(app: str) -> list[str]:
     return names
 
 
+@pytest.mark.once  # the page's reconnect; the replay under it is checked on every Redis by the test above
 def test_the_dashboard_shows_reconnecting_then_every_event_once_across_a_replica_restart(
         live: dict[str, Any], browser: Any) -> None:
     """Both gateway replicas are killed while the page follows a job: it shows `reconnecting`,
@@ -333,3 +336,142 @@ function TrainingComponent() {
 }
 ReactDOM.createRoot(document.getElementById('root')).render(createElement(TrainingComponent));
 </script></body></html>"""
+
+
+def _ws_events(live: dict[str, Any], token: str, job_id: str, **subscribe: Any) -> list[dict[str, Any]]:
+    """Every event of a job on a fresh socket, until its final event."""
+    import json
+
+    from websockets.sync.client import connect
+
+    out: list[dict[str, Any]] = []
+    with connect(live["base"].replace("http", "ws") + f"/ws?token={token}", open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "subscribe", "jobIds": [job_id], **subscribe}))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv(timeout=60))
+            if msg.get("jobId") == job_id and "seq" in msg:
+                out.append(msg)
+                if msg["type"] in ("job:completed", "job:failed"):
+                    return out
+    raise AssertionError(f"no final event: {[m['type'] for m in out]}")
+
+
+def test_generation_streams_latent_previews_that_replay_once_and_can_be_declined(live: dict[str, Any]) -> None:
+    import base64
+
+    from PIL import Image
+
+    user = f"u{uuid.uuid4().hex[:6]}"
+    token = live["token"](user)
+    with client_for(live, user) as c:
+        job = c.submit_generation("a fox", settings={"steps": 120, "width": 128, "height": 128, "seed": 3,
+                                                      "previewEvery": 1})
+        evs = _ws_events(live, token, job.id)
+    previews = [e for e in evs if e["type"] == "job:preview"]
+    assert len(previews) >= 3 and evs[-1]["type"] == "job:completed", [e["type"] for e in evs]
+    times = [p["ts"] for p in previews]
+    assert all(b - a >= 0.4 for a, b in itertools.pairwise(times)), times  # at most 2 a second
+    for p in previews:
+        assert p["kind"] == "latent" and 1 <= p["step"] < 120 and p["steps"] == 120
+        head, _, data = p["image"].partition(",")
+        assert head == "data:image/webp;base64"
+        img = Image.open(io.BytesIO(base64.b64decode(data)))
+        img.load()
+        assert img.size[0] >= 64 and img.mode == "RGB"
+    seqs = [e["seq"] for e in evs]
+    assert seqs == sorted(set(seqs))
+    mid = previews[1]["seq"] - 1  # reconnect just before the second preview
+    again = _ws_events(live, token, job.id, since={job.id: mid})
+
+    def unsigned(e: dict[str, Any]) -> dict[str, Any]:  # result links are signed as they are sent
+        return {k: v for k, v in e.items() if k != "result"}
+
+    assert [unsigned(e) for e in again] == [unsigned(e) for e in evs if e["seq"] > mid]  # replayed exactly once
+    bare = _ws_events(live, token, job.id, since={job.id: 0}, previews=False)
+    first = evs[0]["seq"]  # the first socket began with the job's state then (a late subscriber's snapshot)
+    assert [e["seq"] for e in bare if e["seq"] >= first] == [e["seq"] for e in evs if e["type"] != "job:preview"]
+    assert not [e for e in bare if e["type"] == "job:preview"]
+
+
+def test_job_logs_and_training_samples_every_epoch(live: dict[str, Any]) -> None:
+    with client_for(live) as c:
+        gen = c.submit_generation("a fox", settings=GEN, lora=None)
+        gen.wait(timeout=120)
+        lines = gen.logs()
+        assert any("model tiny" in line for line in lines), lines
+        assert any("64x64, 2 steps" in line for line in lines), lines
+        assert all(line.split(" ")[1] in ("INFO", "WARNING", "ERROR", "DEBUG") for line in lines)
+        train = c.submit_training(f"lora{uuid.uuid4().hex[:6]}", "sks fox", gen.images() * 2,
+                                  settings={"epochs": 3, "resolution": 64, "rank": 4, "sampleEvery": 1,
+                                            "sampleSteps": 2})
+        samples = [e for e in train.events() if e.type == "job:preview"]
+        assert [s.epoch for s in samples] == [1, 2, 3] and {s.kind for s in samples} == {"sample"}
+        assert samples[0].image.startswith("data:image/webp;base64,")
+        assert train.status().status == "completed"
+        logs = c.logs(train.id)
+        assert [x.split("epoch ", 1)[1].split(":")[0] for x in logs if ": loss " in x] == ["1/3", "2/3", "3/3"]
+        assert len(train.previews()) == 3
+
+
+def test_server_sent_events_resume_from_last_event_id(live: dict[str, Any]) -> None:
+    import json
+    import shutil
+    import subprocess
+
+    import httpx
+
+    token = live["token"](f"u{uuid.uuid4().hex[:6]}")
+    h = {"Authorization": f"Bearer {token}"}
+    job = httpx.post(f"{live['base']}/v1/jobs/sleep", json={"durationS": 1.5, "steps": 6}, headers=h,
+                     timeout=10).json()["id"]
+
+    def read(headers: dict[str, str]) -> list[tuple[int, str, dict[str, Any]]]:
+        out = []
+        with httpx.stream("GET", f"{live['base']}/v1/jobs/{job}/events", headers={**h, **headers},
+                          timeout=60) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            ev: dict[str, str] = {}
+            for line in r.iter_lines():
+                if not line:
+                    if "data" in ev:
+                        out.append((int(ev["id"]), ev["event"], json.loads(ev["data"])))
+                    ev = {}
+                    continue
+                key, _, value = line.partition(": ")
+                ev[key] = value
+        return out
+
+    first = read({})
+    assert first[-1][1] == "job:completed" and [s for s, _, _ in first] == sorted({s for s, _, _ in first})
+    assert all(kind == data["type"] and seq == data["seq"] for seq, kind, data in first)
+    mid = first[len(first) // 2][0]
+    assert read({"Last-Event-ID": str(mid)}) == [e for e in first if e[0] > mid]  # no loss, no repeat
+    r = httpx.get(f"{live['base']}/v1/jobs/{job}/events", headers={**h, "Last-Event-ID": "x"}, timeout=10)
+    assert r.status_code == 422
+    assert httpx.get(f"{live['base']}/v1/jobs/{job}/events", timeout=10).status_code == 401
+    other = {"Authorization": f"Bearer {live['token']('someone-else')}"}
+    assert httpx.get(f"{live['base']}/v1/jobs/{job}/events", headers=other, timeout=10).status_code == 404
+    assert httpx.get(f"{live['base']}/v1/jobs/{job}/logs", headers=other, timeout=10).status_code == 404
+    if shutil.which("curl"):  # as a person would: curl -N
+        out = subprocess.run(["curl", "-sN", "-H", f"Authorization: Bearer {token}",
+                              f"{live['base']}/v1/jobs/{job}/events"], capture_output=True, text=True, timeout=60)
+        assert out.stdout.count("event: job:") == len(first) and "event: job:completed" in out.stdout
+
+
+def test_prefer_wait_answers_with_the_finished_job_or_201_once_the_wait_is_over(live: dict[str, Any]) -> None:
+    import httpx
+
+    h = {"Authorization": f"Bearer {live['token'](f'u{uuid.uuid4().hex[:6]}')}"}
+    t0 = time.monotonic()
+    r = httpx.post(f"{live['base']}/v1/jobs/sleep", json={"durationS": 2.0, "steps": 4},
+                   headers={**h, "Prefer": "wait=30"}, timeout=40)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "completed" and r.json()["result"]["slept_s"] >= 2.0
+    assert r.headers["preference-applied"] == "wait=30" and time.monotonic() - t0 < 25
+    t0 = time.monotonic()
+    r = httpx.post(f"{live['base']}/v1/jobs/sleep", json={"durationS": 8.0, "steps": 8},
+                   headers={**h, "Prefer": "respond-async, wait=3"}, timeout=40)
+    took = time.monotonic() - t0
+    assert r.status_code == 201 and r.json()["status"] in ("waiting", "active") and 2.9 <= took < 8, (r.text, took)
+    assert "preference-applied" not in r.headers

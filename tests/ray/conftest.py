@@ -8,25 +8,18 @@ from typing import Any
 import pytest
 
 from dash_ray.config import load_settings
+from tests.helpers import sleep_scheduler
 
 
 @pytest.fixture
 def make_scheduler(ray_session: Any, redis_url: str, prefix: str) -> Iterator[Callable[..., Any]]:
     """Factory: a Scheduler on the test's key prefix whose queues run the sleep runner (with
     `runner` as its keyword arguments), on the session's Redis or `on_redis`."""
-    from dash_ray.scheduler import RunnerSpec, queue_specs
-    from dash_ray.scheduler.cluster import Scheduler
-    from dash_ray.scheduler.resources import with_runner
-
     made: list[Any] = []
 
     def make(queues: tuple[str, ...] = ("sleep",), runner: dict[str, Any] | None = None, *,
              on_redis: str | None = None, **overrides: Any) -> Any:
-        settings = load_settings(key_prefix=prefix, **overrides)
-        specs = with_runner(queue_specs(settings, test_queues=True),
-                            RunnerSpec("dash_ray.scheduler.sleep:SleepRunner", runner or {}))
-        sched = Scheduler(settings, on_redis or redis_url, [s for s in specs if s.name in queues])
-        sched.start()
+        sched = sleep_scheduler(on_redis or redis_url, prefix, queues, runner, **overrides)
         made.append(sched)
         return sched
 

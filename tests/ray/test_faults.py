@@ -15,7 +15,7 @@ import pytest
 
 from dash_ray.queues import EmbeddedRedis, JobStore, connect
 from dash_ray.scheduler.cluster import Scheduler
-from tests.helpers import events, intervals, max_overlap, wait_for
+from tests.helpers import all_done, events, executions, intervals, max_overlap, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,21 +45,8 @@ def start_scheduler(make_scheduler: Any, own_redis: EmbeddedRedis, tmp_path: Pat
     return start
 
 
-def executions(tmp_path: Path, job_id: str) -> int:
-    path = tmp_path / "runs" / job_id
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 def store_on(server: EmbeddedRedis, prefix: str) -> JobStore:
     return JobStore(connect(server.url), prefix=prefix, queues=("sleep",))
-
-
-async def all_done(store: JobStore, ids: list[str], timeout_s: float) -> list[Any]:
-    async def check() -> list[Any] | None:
-        views = [await store.get(i) for i in ids]
-        return views if all(v.status in ("completed", "failed", "cancelled") for v in views) else None
-
-    return await wait_for(check, timeout_s, interval_s=0.2)  # type: ignore[no-any-return]
 
 
 async def add(store: JobStore, n: int, **data: Any) -> list[str]:

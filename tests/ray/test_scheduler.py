@@ -273,3 +273,18 @@ async def test_a_higher_priority_job_overtakes_a_backlog_of_batched_short_jobs(
     # At most the batches already handed out (5 workers x 8) and those taken while it was being
     # added run first (3 in runs here); in plain FIFO order it would have come after all 400.
     assert before < 100, before
+
+
+async def test_consumers_show_as_bullmq_workers(make_scheduler: Any, make_store: Any, redis: Any,
+                                                prefix: str) -> None:
+    """Node BullMQ's `Queue.getWorkers()` (bull-board's Workers list) finds clients named
+    `{prefix}:{base64(queue)}` or that followed by `:w:<name>`: each consumer's worker
+    connection carries such a name."""
+    import base64
+
+    make_scheduler(queues=("generation",), runner={"duration_s": 0.05})
+    store = make_store()
+    await wait_status(store, (await store.add("generation", GEN)).job.id, ("completed",), timeout_s=60)
+    wanted = f"{prefix}:{base64.b64encode(b'generation').decode()}:w:"
+    clients = await redis.client_list()
+    assert any(c.get("name", "").startswith(wanted + "dash-") for c in clients), [c.get("name") for c in clients]

@@ -48,7 +48,7 @@ async def test_each_queue_end_to_end(make_real_scheduler: Any, make_store: Any) 
     assert art(sched, views[trn].result["weights"]).stat().st_size > 1000
     gen_evs = await events(store, gen)
     steps_then_completed(gen_evs)
-    assert [e["step"] for e in gen_evs if e.get("step")] == [1, 2, 3]
+    assert [e["step"] for e in gen_evs if e["type"] == "job:progress" and e.get("step")] == [1, 2, 3]
     steps_then_completed(await events(store, dif))
     trn_evs = await events(store, trn)
     steps_then_completed(trn_evs)

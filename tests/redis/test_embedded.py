@@ -108,3 +108,54 @@ def test_the_embedded_redis_is_private_to_its_owner(tmp_path: Path) -> None:
         assert again.password == server.password and sync_redis.Redis.from_url(again.url).ping()
     finally:
         again.stop()
+
+
+def test_dash_ray_redis_serves_a_cluster_head_privately(tmp_path: Path) -> None:
+    """`dash-ray redis` as cluster.yaml's head runs it: it listens on the head's address (here
+    127.0.0.2) and 127.0.0.1, wants its password, keeps an append-only file, hands REDIS_URL over
+    in a 0600 file, and stops on SIGTERM."""
+    import os
+    import signal
+    import stat
+    import subprocess
+    import sys
+    import time
+
+    import redis as redis_sync
+
+    from tests.cli.conftest import free_port
+
+    port = free_port()
+    env_file = tmp_path / "cluster.env"
+    proc = subprocess.Popen([sys.executable, "-m", "dash_ray.cli", "redis", "--host", "127.0.0.2", "--port",
+                             str(port), "--data-dir", str(tmp_path / "redis"), "--env-file", str(env_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not env_file.exists() or not env_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+        url = env_file.read_text().strip().removeprefix("REDIS_URL=")
+        assert url.startswith("redis://:") and url.endswith(f"@127.0.0.2:{port}/0")
+        password = url.split(":")[2].split("@")[0]
+        assert password not in " ".join(Path(f"/proc/{proc.pid}/cmdline").read_text().split("\0"))
+        for host in ("127.0.0.2", "127.0.0.1"):
+            r = redis_sync.Redis(host=host, port=port, password=password)
+            assert r.ping() and r.info("persistence")["aof_enabled"] == 1
+            try:
+                r.execute_command("CONFIG", "GET", "dir")
+                raise AssertionError("CONFIG answered")
+            except redis_sync.ResponseError as exc:
+                assert "unknown command" in str(exc)
+        try:
+            redis_sync.Redis(host="127.0.0.2", port=port).ping()
+            raise AssertionError("answered without the password")
+        except redis_sync.AuthenticationError:
+            pass
+        server_pid = int((tmp_path / "redis" / "redis.owner").read_text().split()[0])
+        assert server_pid > 0
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(20) == 0
+    assert not Path(f"/proc/{server_pid}").exists()  # the server is gone with it

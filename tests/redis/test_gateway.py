@@ -340,3 +340,89 @@ def test_redis_unreachable_answers_503_with_retry_after(tokens: Any, tmp_path: A
             assert ws.receive_json()["code"] == "unavailable"
             ws.send_json({"type": "ping"})
             assert ws.receive_json()["type"] == "pong"  # the socket stays usable
+
+
+def test_a_waiting_jobs_place_and_eta_are_refreshed_on_its_socket(make_client: Any, tokens: Any, redis: Any,
+                                                                     redis_url: str, prefix: str) -> None:
+    """The jobs ahead finish: the socket gets seq-less `job:progress` refreshes of the waiting
+    job's place and start time, which shrink; its own events keep their seqs, none repeated."""
+    from dash_ray.queues import CostBook
+
+    c = make_client(ws_eta_refresh_s=0.2)
+    h = auth(tokens("alice"))
+    ids = [c.post("/v1/jobs/sleep", json={"durationS": 2}, headers=h).json()["id"] for _ in range(4)]
+
+    async def measured() -> None:  # what a consumer writes once its workers have run a job
+        costs = CostBook()
+        costs.measured("sleep", {"durationS": 2}, 2.0)
+        r = connect(redis_url)
+        await QueueConsumer(r, connect(redis_url, blocking=True), "sleep",
+                            JobStore(r, prefix=prefix, queues=("sleep",)).lifecycle,
+                            prefix=prefix).report_capacity(costs, slots=1, busy=0)
+        await r.aclose()
+
+    run_async(measured())
+    with c.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
+        ws.send_json({"type": "subscribe", "jobIds": [ids[-1]]})
+        first = ws.receive_json()
+        assert first["status"] == "waiting" and first["queuePosition"] == 4 and first["seq"] == 1
+        assert first["etaS"] == pytest.approx(6.0, abs=0.5) and first["finishEtaS"] == pytest.approx(8.0, abs=0.5)
+        assert ws.receive_json()["type"] == "subscribed"
+        places = []
+        for _ in range(3):  # the jobs ahead run and finish, one by one
+            run_one(redis_url, prefix, "sleep")
+            m = recv_until(ws, lambda m: m["type"] == "job:progress")[-1]
+            assert "seq" not in m and m["status"] == "waiting", m
+            places.append((m["queuePosition"], m["etaS"]))
+        run_one(redis_url, prefix, "sleep")
+        got = recv_until(ws, lambda m: m["type"] == "job:completed")
+    assert [p for p, _ in places] == [3, 2, 1]
+    assert [e for _, e in places] == sorted((e for _, e in places), reverse=True) and places[-1][1] < 1
+    seqs = [m["seq"] for m in got if "seq" in m]
+    assert seqs == sorted(set(seqs)) and seqs[0] > first["seq"]
+    assert all(m["status"] != "waiting" for m in got if "seq" in m and m["type"] == "job:progress")
+
+
+def test_queues_show_the_gpu_fraction_chosen_and_the_measured_peaks(make_client: Any, tokens: Any,
+                                                                    redis_url: str, prefix: str) -> None:
+    from dash_ray.queues import CostBook
+
+    c = make_client()
+
+    async def report() -> None:  # what the generation consumer writes once its workers measured jobs
+        r = connect(redis_url)
+        consumer = QueueConsumer(r, connect(redis_url, blocking=True), "generation",
+                                 JobStore(r, prefix=prefix, queues=("generation",)).lifecycle, prefix=prefix)
+        await consumer.report_capacity(CostBook(), 2, 0, gpu_fraction=0.05,
+                                       memory={"sd15:512x512": ("cuda", 3 * 1024**3)})
+        await r.aclose()
+
+    run_async(report())
+    queues = {q["name"]: q for q in c.get("/v1/queues", headers=auth(tokens("alice"))).json()}
+    gen = queues["generation"]
+    assert gen["gpuFraction"] == 0.05 and gen["configuredGpuFraction"] == 0.2
+    assert gen["memoryPeaks"] == {"sd15:512x512": {"kind": "cuda", "bytes": 3 * 1024**3}}
+    assert queues["training"]["gpuFraction"] == queues["training"]["configuredGpuFraction"] == 1.0
+    assert queues["training"]["memoryPeaks"] == {}
+    assert 'dash_worker_gpu_fraction{queue="generation"} 0.05' in c.get("/metrics").text
+
+
+def test_a_tokens_weight_claim_is_checked(make_client: Any, tokens: Any) -> None:
+    """A token's fair-share weight must be a number within 0.01 and 100: anything else is 401,
+    however the token was signed; a good one is taken."""
+    import jwt
+
+    from tests.redis.conftest import SECRET
+
+    c = make_client()
+    now = int(time.time())
+    for bad in (1e9, 0, "2", True, [2]):
+        token = jwt.encode({"sub": "w", "iat": now, "exp": now + 600, "weight": bad}, SECRET, algorithm="HS256")
+        r = c.post("/v1/jobs/sleep", json={"durationS": 0}, headers=auth(token))
+        assert r.status_code == 401 and "weight" in r.text, (bad, r.text)
+    from dash_ray.gateway import TokenAuth
+
+    good = TokenAuth(SECRET).mint("w", weight=2.5)
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0}, headers=auth(good)).status_code == 201
+    with pytest.raises(ValueError, match="weight"):
+        TokenAuth(SECRET).mint("w", weight=500)

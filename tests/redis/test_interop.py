@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
+import pytest
 from bullmq import Job, Queue, Worker
 
-from tests.helpers import complete, take_one
+from tests.helpers import complete, events, take_one
+from tests.redis.test_gateway import run_one
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_plain_bullmq_sees_and_processes_our_jobs(make_store: Any, redis_url: str, prefix: str) -> None:
@@ -48,8 +57,85 @@ async def test_we_consume_jobs_added_by_plain_bullmq(make_store: Any, make_consu
         await queue.close()
     assert (await store.get("theirs")).status == "waiting"
     consumer = make_consumer("generation", store)
+    ours = (await store.add("generation", {"userId": "node-user", "prompt": "from us"})).job.id
+    assert await consumer.adopt() == 1  # theirs (ours has its record), found by BullMQ's `added` event
+    assert await consumer.adopt() == 0  # once
+    listed = (await store.list("node-user")).jobs
+    assert [j.id for j in listed] == ["theirs", ours]  # in its user's history (newest first: found after ours)
+    assert "theirs" in [j.id for j in (await store.list("*")).jobs]  # and the admins' list
+    [waiting] = await events(store, "theirs")
+    assert waiting["status"] == "waiting" and waiting["seq"] == 1 and waiting["queuePosition"] == 1
     job = await take_one(consumer)
     assert job is not None and job.id == "theirs" and job.data["prompt"] == "from node"
     await complete(consumer, job, {"ok": True})
     view = await store.get("theirs")
     assert view.status == "completed" and view.user_id == "node-user" and view.result == {"ok": True}
+
+
+async def test_bullmq_tools_see_progress_logs_and_real_stack_traces(make_store: Any, make_consumer: Any,
+                                                                     redis: Any, redis_url: str, prefix: str) -> None:
+    """What bull-board and `QueueEvents` read: the job's `progress`, a `progress` event in the
+    queue's events stream, the job log, and a stack trace that is the worker's (or none)."""
+    from dash_ray.models import JobLogEvent, JobProgressEvent
+
+    store = make_store()
+    consumer = make_consumer("generation", store)
+    await store.add("generation", {"userId": "alice", "prompt": "a cat", "jobId": "seen"})
+    job = await take_one(consumer)
+    publish = consumer.worker_lifecycle.publish
+    await asyncio.to_thread(publish, [
+        JobProgressEvent(job_id="seen", queue="generation", user_id="alice", status="active", progress=40,
+                         message="step 2/5"),
+        JobLogEvent(job_id="seen", queue="generation", user_id="alice", message="model tiny warm"),
+    ], [job.token, job.token])
+    queue = Queue("generation", {"connection": redis_url, "prefix": prefix})
+    try:
+        bull = await Job.fromId(queue, "seen")
+        assert bull.progress == 40 and await bull.getState() == "active"
+        assert (await store.get("seen")).progress == 40  # the same as GET /v1/jobs/{id}
+        logs = await queue.getJobLogs("seen")
+        assert logs["count"] == 1 and logs["logs"][0].endswith("INFO model tiny warm")
+        entries = await redis.xrange(f"{prefix}:generation:events")
+        progress = [dict(f) for _id, f in entries if f.get("event") == "progress"]
+        assert progress and progress[-1]["jobId"] == "seen" and progress[-1]["data"] == "40"
+
+        trace = 'Traceback (most recent call last):\n  File "runner.py", line 1\nRuntimeError: boom\n'
+        await consumer.fail(job, "boom", retry=False, trace=trace)
+        assert (await Job.fromId(queue, "seen")).stacktrace == [trace]
+        await store.add("generation", {"userId": "alice", "prompt": "a dog", "jobId": "stopped"})
+        second = await take_one(consumer)
+        await consumer.fail(second, "cancelled", cancelled=True)
+        assert (await Job.fromId(queue, "stopped")).stacktrace == []  # not "NoneType: None"
+    finally:
+        await queue.close()
+
+
+def test_node_bullmq_queue_events_see_a_dash_ray_jobs_progress(make_client: Any, tokens: Any, redis_url: str,
+                                                               prefix: str) -> None:
+    """Node BullMQ itself (npm `bullmq`): a `QueueEvents` listener gets the progress of a job run
+    by dash-ray, and `Job.getState()` / `job.progress` agree with `GET /v1/jobs/{id}`."""
+    script = ROOT / "clients/js/interop/queue-events.mjs"
+    if not (ROOT / "clients/js/node_modules/bullmq").exists() or not shutil.which("node"):
+        if os.environ.get("DASH_REQUIRE_BROWSER"):
+            pytest.fail("Node BullMQ is not installed: npm ci --prefix clients/js")
+        pytest.skip("Node BullMQ is not installed: npm ci --prefix clients/js (.ci/run does)")
+    client = make_client()
+    h = {"Authorization": f"Bearer {tokens('node-user')}"}
+    job_id = client.post("/v1/jobs/generation", json={"prompt": "a fox"}, headers=h).json()["id"]
+    node = subprocess.Popen(["node", str(script), redis_url, prefix, "generation", job_id, "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert node.stdout is not None
+        assert node.stdout.readline().strip() == "ready", node.stderr.read() if node.stderr else ""
+        run_one(redis_url, prefix, "generation", steps=4, result={"images": ["a.png"]})
+        out = json.loads(node.stdout.readline())
+    finally:
+        if node.poll() is None:
+            node.kill()
+        node.wait(10)
+    view = client.get(f"/v1/jobs/{job_id}", headers=h).json()
+    assert "error" not in out, out
+    assert out["progressEvents"] == [0, 25, 50, 75, 100]  # the start, then each step, as BullMQ numbers
+    assert out["state"] == view["status"] == "completed"
+    assert out["jobProgress"] == view["progress"] == 100
+    assert out["returnvalue"] == view["result"] == {"images": ["a.png"]}

@@ -123,10 +123,14 @@ async def test_a_stale_attempt_cannot_write_progress_or_completion(make_store: A
     assert old.publish([progress], [stale.token]) == [True]  # refused: the stale attempt is told to stop
     assert await store.bus.state("fenced") == before
     # Checkpoints: the new attempt's commit counts, the stale attempt's is refused.
-    assert fast.worker_lifecycle.commit_checkpoint("fenced", "sleep", job.token, "new.pt") == (True, "")
-    assert old.commit_checkpoint("fenced", "sleep", stale.token, "stale.pt") == (False, "")
+    assert fast.worker_lifecycle.commit_checkpoint("fenced", "sleep", job.token, "new.pt") == (True, "", False)
+    assert old.commit_checkpoint("fenced", "sleep", stale.token, "stale.pt") == (False, "", False)
     assert old.checkpoint_of("fenced") == "new.pt"
-    assert fast.worker_lifecycle.commit_checkpoint("fenced", "sleep", job.token, "new2.pt") == (True, "new.pt")
+    assert fast.worker_lifecycle.commit_checkpoint("fenced", "sleep", job.token, "new2.pt") == (True, "new.pt", False)
+    # asked to yield its GPU (GPU arbitration): the next commit says so
+    await store.redis.set(store.keys.yield_flag("fenced"), "1")
+    assert fast.worker_lifecycle.commit_checkpoint("fenced", "sleep", job.token, "new3.pt") == (True, "new2.pt", True)
+    await store.redis.delete(store.keys.yield_flag("fenced"))
     await complete(fast, job, {"by": "fast"})
     with pytest.raises(LockLost):
         await complete(slow, stale, {"by": "slow"})
@@ -135,7 +139,7 @@ async def test_a_stale_attempt_cannot_write_progress_or_completion(make_store: A
     assert fast.worker_lifecycle.publish([progress], [job.token]) == [True]
     view = await store.get("fenced")
     assert view.status == "completed" and view.result == {"by": "fast"}
-    assert old.commit_checkpoint("fenced", "sleep", stale.token, "late.pt") == (False, "")  # final: refused
+    assert old.commit_checkpoint("fenced", "sleep", stale.token, "late.pt") == (False, "", False)  # final: refused
     evs = [json.loads(e) for e in await store.bus.replay("fenced")]
     assert [e["type"] for e in evs][-1] == "job:completed"
     assert not any(e.get("message") == "stale step" for e in evs)

@@ -33,6 +33,26 @@ def test_seed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.models == {"sd15": "/models/sd15"}
 
 
+def test_lists_from_the_environment_as_commas_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DASH_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8, 10.0.0.0/8")
+    monkeypatch.setenv("DASH_ALLOWED_IMAGE_NETWORKS", '["192.168.0.0/16"]')
+    monkeypatch.setenv("DASH_ALLOWED_IMAGE_HOSTS", "images.example.com,cdn.example.com")
+    s = load_settings()
+    assert s.webhook_allowed_networks == ["127.0.0.0/8", "10.0.0.0/8"]
+    assert s.allowed_image_networks == ["192.168.0.0/16"]
+    assert s.allowed_image_hosts == ["images.example.com", "cdn.example.com"]
+    monkeypatch.setenv("DASH_USER_WEIGHTS", "alice=2, bob=0.5")
+    assert load_settings().user_weights == {"alice": 2.0, "bob": 0.5}
+    monkeypatch.setenv("DASH_WEBHOOK_ALLOWED_NETWORKS", "not-a-net")
+    with pytest.raises(ConfigError, match="DASH_WEBHOOK_ALLOWED_NETWORKS"):
+        load_settings()
+    monkeypatch.delenv("DASH_WEBHOOK_ALLOWED_NETWORKS")
+    for bad in ("alice=lots", "alice=1000", "alice"):
+        monkeypatch.setenv("DASH_USER_WEIGHTS", bad)
+        with pytest.raises(ConfigError, match="DASH_USER_WEIGHTS"):
+            load_settings()
+
+
 @pytest.mark.parametrize(
     ("var", "value"),
     [("REDIS_PORT", "abc"), ("WEBSOCKET_PORT", "70000"), ("DASH_GENERATION_CONCURRENCY", "0"),

@@ -13,6 +13,7 @@ from dash_ray.config import load_settings
 from dash_ray.errors import JobCancelled
 from dash_ray.models import JobProgressEvent
 from dash_ray.scheduler import JobContext, Reporter, node_resources, queue_specs
+from dash_ray.scheduler.demand import DemandLedger, wanted_workers
 from dash_ray.scheduler.pool import WorkerPool
 from dash_ray.scheduler.resources import logical_gpus
 from dash_ray.scheduler.runner import Publisher
@@ -161,3 +162,53 @@ def test_flush_sends_a_held_report_at_once() -> None:
     time.sleep(0.6)  # the armed timer finds nothing held: no duplicate
     pub.close()
     assert [e.message for e in bus.events] == ["first", "held"]
+
+
+async def test_pool_never_holds_more_than_max_size_workers() -> None:
+    made: list[Handle] = []
+
+    def factory() -> Handle:
+        made.append(Handle(len(made)))
+        return made[-1]
+
+    pool = WorkerPool(factory, lambda h: None, max_pending=4, max_size=3)
+    assert pool.spawn(10) == 3
+    await pool.wait_change(1)
+    assert pool.spawn(10) == 0 and pool.size == 3
+    pool.discard(next(iter(pool.slots.values())))
+    assert pool.spawn(10) == 1 and len(made) == 4
+
+
+def test_a_queue_wants_a_worker_per_waiting_or_running_job_up_to_its_cap() -> None:
+    assert wanted_workers(backlog=0, busy=0, max_workers=8) == 0
+    assert wanted_workers(backlog=3, busy=2, max_workers=8) == 5
+    assert wanted_workers(backlog=500, busy=5, max_workers=8) == 8
+
+
+def test_the_demand_ledger_asks_for_the_union_of_the_queues_once_per_change() -> None:
+    asked: list[list[dict[str, float]]] = []
+    ledger = DemandLedger(asked.append)
+    gen = queue_specs(load_settings())[2]
+    assert gen.bundle() == {"dash_generation": 1.0, "GPU": 0.2}
+    assert ledger.report("a/generation", gen.bundle(), 2) == 2
+    assert ledger.report("a/generation", gen.bundle(), 2) == 2  # unchanged: not asked again
+    assert ledger.report("a/training", {"dash_training": 1.0, "GPU": 1.0}, 1) == 3
+    assert ledger.report("b/generation", gen.bundle(), 1) == 4  # another deployment on the cluster
+    assert len(asked) == 3 and sorted(map(str, asked[-1])) == sorted(
+        map(str, [gen.bundle()] * 3 + [{"dash_training": 1.0, "GPU": 1.0}]))
+    assert ledger.clear("a") == 1 and asked[-1] == [gen.bundle()]
+    assert ledger.report("b/generation", gen.bundle(), 0) == 0 and asked[-1] == []  # idle: nothing asked
+
+
+def test_a_failed_request_is_made_again_at_the_next_report() -> None:
+    calls: list[int] = []
+
+    def flaky(bundles: list[dict[str, float]]) -> None:
+        calls.append(len(bundles))
+        if len(calls) == 1:
+            raise ConnectionError("GCS restarting")
+
+    ledger = DemandLedger(flaky)
+    with pytest.raises(ConnectionError):
+        ledger.report("a/generation", {"dash_generation": 1.0}, 2)
+    assert ledger.report("a/generation", {"dash_generation": 1.0}, 2) == 2 and calls == [2, 2]

@@ -30,26 +30,31 @@ class RecordingBus:
     checkpoints: dict[str, str] = {}
 
     def __init__(self) -> None:
-        self.events: list[Any] = []
+        self.events: list[Any] = []  # job:progress events
+        self.extra: list[Any] = []  # job:preview and job:log events
         self.lock = threading.Lock()
 
-    def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str]:
+    yield_asked = False  # what the checkpoint script says of the job's yield flag
+
+    def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str, bool]:
         prev = self.checkpoints.get(job_id, "")
         self.checkpoints[job_id] = path
-        return True, prev
+        return True, prev, self.yield_asked
 
     def checkpoint_of(self, job_id: str) -> str:
         return self.checkpoints.get(job_id, "")
 
     def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
         with self.lock:
-            self.events += events
+            self.events += [e for e in events if e.type == "job:progress"]
+            self.extra += [e for e in events if e.type != "job:progress"]
         return [False] * len(events)
 
 
 @pytest.fixture
 def run_job() -> Callable[..., Any]:
-    """Run a job with a runner; returns (result or exception, events, cancel flag)."""
+    """Run a job with a runner; returns (result or exception, its progress events); `run.bus` is
+    the last run's bus (its previews and log lines in `extra`)."""
     from dash_ray.scheduler.runner import JobContext, Publisher, Reporter
 
     def run(runner: Any, queue: str, data: dict[str, Any], job_id: str = "j1", attempt: int = 1,
@@ -64,6 +69,7 @@ def run_job() -> Callable[..., Any]:
             result = exc
         rep.flush()
         pub.close()
+        run.bus = bus  # type: ignore[attr-defined]
         return result, bus.events
 
     return run

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import threading
 import time
 from pathlib import Path
@@ -55,6 +57,12 @@ def test_generation_pngs_progress_and_seed(gen: Any, run_job: Any, worker_settin
     assert [e.step for e in steps] == [1, 2, 3, 4]  # one event per step
     prog = progress_of(events)
     assert prog == sorted(prog) and prog[-1] == 100
+    previews = [e for e in run_job.bus.extra if e.type == "job:preview"]
+    assert len(previews) == 1 and previews[0].step == 1  # the next ones come within 0.5 s: throttled
+    with Image.open(io.BytesIO(base64.b64decode(previews[0].image.split(",", 1)[1]))) as img:
+        assert img.format == "WEBP" and img.size == (64, 80)  # the 8x10 latent, scaled up
+    logs = [e.message for e in run_job.bus.extra if e.type == "job:log"]
+    assert logs[0].startswith("model tiny") and "64x80, 4 steps, 2 image(s), seed 7" in logs
     again, _ = run_job(gen, "generation", {**data, "jobId": "g2"}, job_id="g2")
     a = np.asarray(Image.open(artifact(worker_settings, result["images"][0])))
     b = np.asarray(Image.open(artifact(worker_settings, again["images"][0])))
@@ -130,7 +138,7 @@ def test_training_resumes_from_the_last_finished_epoch(trainer: Any, run_job: An
     class StopAt2(RecordingBus):
         def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
             out = super().publish(events, tokens)
-            if any(e.epoch == 2 and e.loss is not None for e in events):
+            if any(getattr(e, "epoch", None) == 2 and getattr(e, "loss", None) is not None for e in events):
                 cancel.set()
             return out
 
@@ -148,6 +156,35 @@ def test_training_resumes_from_the_last_finished_epoch(trainer: Any, run_job: An
     assert [e.epoch for e in events if e.loss is not None] == [2, 3, 4]  # the resume note, then 3 and 4
 
 
+def test_training_asked_to_yield_stops_after_the_checkpoint_it_just_committed(trainer: Any) -> None:
+    """Asked to yield its GPU, a training job stops at the end of the epoch whose checkpoint it
+    committed (never after the last epoch, which is cheaper to finish)."""
+    from dash_ray.errors import JobPreempted
+    from dash_ray.scheduler.runner import JobContext, Publisher, Reporter
+    from tests.workers.conftest import RecordingBus
+
+    data = {"userId": "u", "loraId": "yield1", "prompt": "sks", "imageUrls": [png_data_url()] * 2,
+            "settings": {"epochs": 3, "resolution": 64, "batchSize": 1, "rank": 4, "seed": 2}}
+    bus = RecordingBus()
+    bus.yield_asked = True
+    pub = Publisher(bus)
+    ctx = JobContext(id="yield1", queue="training", data=data, user_id="u")
+    rep = Reporter(ctx, pub, max_hz=1000)
+    with pytest.raises(JobPreempted, match="after epoch 1/3"):
+        trainer.run(ctx, rep)
+    rep.flush()
+    pub.close()
+    assert max(e.epoch for e in bus.events if e.loss is not None) == 1
+    assert bus.checkpoints["yield1"].startswith("u/yield1/checkpoint")
+    one = {**data, "loraId": "yield2", "settings": {**data["settings"], "epochs": 1}}
+    ctx = JobContext(id="yield2", queue="training", data=one, user_id="u")
+    pub = Publisher(bus)
+    rep = Reporter(ctx, pub, max_hz=1000)
+    assert trainer.run(ctx, rep)["epochs"] == 1  # its last epoch: it finishes
+    rep.flush()
+    pub.close()
+
+
 def test_a_stale_training_attempt_stops_at_its_refused_checkpoint_and_leaves_no_file(
         trainer: Any, worker_settings: Any) -> None:
     """When Redis refuses an attempt's checkpoint (another attempt holds the job), the attempt
@@ -156,8 +193,8 @@ def test_a_stale_training_attempt_stops_at_its_refused_checkpoint_and_leaves_no_
     from tests.workers.conftest import RecordingBus
 
     class Refusing(RecordingBus):
-        def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str]:
-            return False, ""
+        def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str, bool]:
+            return False, "", False
 
     data = {"userId": "u", "loraId": "stale1", "prompt": "sks", "imageUrls": [png_data_url()] * 2,
             "settings": {"epochs": 3, "resolution": 64, "batchSize": 1, "rank": 4, "seed": 2}}

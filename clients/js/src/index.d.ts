@@ -2,8 +2,9 @@ export type JobStatus = 'waiting' | 'delayed' | 'active' | 'retrying' | 'complet
 
 export interface JobProgressEvent {
   type: 'job:progress'; jobId: string; queue: string; status: JobStatus; progress: number; message: string;
-  seq: number; ts: number; userId?: string; queuePosition?: number; attempt?: number; attempts?: number;
-  epoch?: number; epochs?: number; loss?: number; step?: number; steps?: number; etaS?: number;
+  /** Absent on a refresh of a waiting job's place (`queuePosition`, `etaS`), which is not in the log. */
+  seq?: number; ts: number; userId?: string; queuePosition?: number; attempt?: number; attempts?: number;
+  epoch?: number; epochs?: number; loss?: number; step?: number; steps?: number; etaS?: number; finishEtaS?: number;
 }
 export interface JobCompletedEvent { type: 'job:completed'; jobId: string; queue: string; status: 'completed'; result: any; seq: number; ts: number; }
 export interface JobFailedEvent { type: 'job:failed'; jobId: string; queue: string; status: 'failed' | 'cancelled'; error: string; seq: number; ts: number; }

@@ -14,5 +14,9 @@ export function useJobWebSocket(userId: string, options?: Partial<ConnectOptions
 export interface JobState {
   status: JobStatus | 'unknown'; progress: number; message: string; result: any; error: string | null;
   epoch?: number; loss?: number; seq?: number;
+  /** The latest `job:preview` image (a data URL) and `job:log` line. */
+  preview?: string; log?: string;
+  /** While waiting: the place in line and the seconds until it starts (refreshed as jobs ahead finish). */
+  queuePosition?: number; etaS?: number;
 }
 export function useJob(jobId: string | null | undefined, options?: Partial<ConnectOptions>): JobState;

@@ -66,7 +66,9 @@ export function useJobWebSocket(userId, { url, token, getTicket, WebSocket } = {
   return ref.current;
 }
 
-/** One job's live state: `{status, progress, message, result, error, epoch, loss, seq}`. */
+/** One job's live state: `{status, progress, message, result, error, epoch, loss, seq, preview, log,
+ * queuePosition, etaS}` (`preview`: the latest `job:preview` image, a data URL; `log`: the latest
+ * `job:log` line; `queuePosition` and `etaS`: a waiting job's place and seconds until it starts). */
 export function useJob(jobId, { url, token, getTicket, WebSocket } = {}) {
   const [state, setState] = useState({ status: 'unknown', progress: 0, message: '', result: null, error: null });
   useEffect(() => {
@@ -74,9 +76,13 @@ export function useJob(jobId, { url, token, getTicket, WebSocket } = {}) {
     const { conn, release } = acquire({ url: socketUrl(url), token, getTicket, WebSocket });
     const off = conn.on('event', (e) => {
       if (e.jobId !== jobId) return;
+      if (e.type === 'job:preview') { setState((s) => ({ ...s, seq: e.seq, preview: e.image })); return; }
+      if (e.type === 'job:log') { setState((s) => ({ ...s, seq: e.seq, log: e.message })); return; }
       setState((s) => ({
         ...s,
-        seq: e.seq,
+        seq: e.seq ?? s.seq, // a seq-less job:progress refreshes a waiting job's place
+        queuePosition: e.type === 'job:progress' && e.status === 'waiting' ? e.queuePosition : undefined,
+        etaS: e.type === 'job:progress' ? e.etaS : undefined,
         status: e.status || (e.type === 'job:completed' ? 'completed' : s.status),
         progress: e.type === 'job:completed' ? 100 : (e.progress ?? s.progress),
         message: e.message ?? s.message,

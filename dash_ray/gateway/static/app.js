@@ -103,7 +103,7 @@ function stop() {
 
 function onEvent(e) {
   const t0 = performance.now();
-  (state.seqs[e.jobId] ||= []).push(e.seq);
+  if (e.seq != null) (state.seqs[e.jobId] ||= []).push(e.seq); // seq-less: a waiting job's place refreshed
   const job = state.jobs.get(e.jobId) || { id: e.jobId, queue: e.queue, progress: 0 };
   if (e.type === 'job:progress') {
     Object.assign(job, { status: e.status, progress: e.progress, message: e.message });
@@ -115,9 +115,11 @@ function onEvent(e) {
     }
   } else if (e.type === 'job:completed') {
     Object.assign(job, { status: 'completed', progress: 100, result: e.result, message: '' });
-  } else {
+  } else if (e.type === 'job:failed') {
     Object.assign(job, { status: e.status, error: e.error });
-  }
+  } else if (e.type === 'job:preview') {
+    job.preview = e.image; // the picture as it forms (or a training sample), until the result
+  } // job:log and later event types change nothing shown here
   state.jobs.set(e.jobId, job);
   render(job);
   requestAnimationFrame(() => {
@@ -224,7 +226,10 @@ function detail(job) {
     const left = ((Date.now() - since) / job.progress) * (100 - job.progress) / 1000;
     bits.push(`ETA ${left < 90 ? `${Math.ceil(left)} s` : `${Math.ceil(left / 60)} min`}`);
   }
-  if (job.status === 'waiting' && job.queuePosition) bits.push(`#${job.queuePosition} in queue`);
+  if (job.status === 'waiting' && job.queuePosition) {
+    bits.push(`#${job.queuePosition} in queue`);
+    if (job.etaS != null) bits.push(`starts in ~${job.etaS < 90 ? `${Math.ceil(job.etaS)} s` : `${Math.ceil(job.etaS / 60)} min`}`);
+  }
   return bits.join(' · ') || job.message || '';
 }
 
@@ -280,6 +285,11 @@ function renderResult(job, tr) {
     if (!cv) { cv = document.createElement('canvas'); cv.className = 'loss'; cv.width = 160; cv.height = 48; cell.append(cv); }
     drawLoss(cv, [...state.losses.get(job.id).entries()].sort((a, b) => a[0] - b[0]));
   }
+  let pv = $('img.preview', cell);
+  if (job.preview && !cell.dataset.done && job.status !== 'completed') {
+    if (!pv) { pv = document.createElement('img'); pv.className = 'preview'; pv.alt = `preview of ${job.id}`; cell.append(pv); }
+    if (pv.src !== job.preview) pv.src = job.preview;
+  } else if (pv && (job.status === 'completed' || cell.dataset.done)) pv.remove();
   if (job.status !== 'completed' || cell.dataset.done) return;
   const r = job.result || {};
   const urls = [...(r.images || []), ...(r.image ? [r.image] : [])];

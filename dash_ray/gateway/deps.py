@@ -1,0 +1,55 @@
+"""The routes' dependencies: the replica's services, the caller, owned jobs, signed answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Response
+
+from dash_ray.errors import JobNotFound
+from dash_ray.gateway.auth import Principal
+from dash_ray.gateway.services import GatewayServices
+from dash_ray.models import JobView
+
+__all__ = ["Caller", "QueryCaller", "Svc"]
+
+
+def _services(request: Request) -> GatewayServices:
+    return request.app.state.services
+
+
+def _bearer(request: Request, allow_query: bool = False) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.query_params.get("token") if allow_query else None
+
+
+def _caller(request: Request) -> Principal:
+    who = request.scope.get("state", {}).get("principal")  # checked at the edge, before the body
+    return who if isinstance(who, Principal) else _services(request).auth.verify(_bearer(request))
+
+
+def _caller_or_query(request: Request) -> Principal:
+    """Like _caller, but `?token=` works too (an <img src> cannot send headers)."""
+    return _services(request).auth.verify(_bearer(request, allow_query=True))
+
+
+def _signed(svc: GatewayServices, data: Any, status: int = 200) -> Response:
+    """A JSON answer whose artifact links are signed for a short time (usable without a token)."""
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return Response(svc.signer.sign_json(text), status_code=status, media_type="application/json")
+
+
+Svc = Annotated[GatewayServices, Depends(_services)]
+Caller = Annotated[Principal, Depends(_caller)]
+
+QueryCaller = Annotated[Principal, Depends(_caller_or_query)]
+
+
+async def _owned(job_id: str, who: Principal, svc: GatewayServices) -> JobView:
+    view = await svc.store.get(job_id)
+    if not who.may_see(view.user_id):
+        raise JobNotFound(job_id)  # other users' jobs look like jobs that do not exist
+    return view

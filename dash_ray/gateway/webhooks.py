@@ -1,0 +1,169 @@
+"""The webhook sender of a gateway replica: takes due deliveries from the outbox
+(`queues/outbox.py`), signs them (`services/webhooks.py`) and POSTs them to the job's URL.
+
+- The destination is checked at every send, like an image fetch: resolved once, refused inside
+  the network unless DASH_WEBHOOK_ALLOWED_NETWORKS covers it, and connected to that address
+  (a name re-pointed inside the network after the submit is no way in). No redirects.
+- 2xx: delivered. 410 Gone: the receiver wants no more; dropped. Anything else (an error, a
+  timeout, another status): tried again after DASH_WEBHOOK_RETRY_S, doubling (with jitter) up to
+  DASH_WEBHOOK_RETRY_MAX_S, at most DASH_WEBHOOK_MAX_ATTEMPTS times, then dropped into the dead
+  list (`GET /v1/webhooks/dead`, admins).
+- Artifact links in the body are signed, like the REST answers, so the receiver can fetch them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+
+from dash_ray import __version__
+from dash_ray.config import Settings
+from dash_ray.gateway.auth import UrlSigner
+from dash_ray.gateway.metrics import ReplicaMetrics
+from dash_ray.queues import Delivery, Keys, WebhookOutbox, is_transient, retry_pause
+from dash_ray.services.netguard import PrivateAddress, pinned_url
+from dash_ray.services.webhooks import signature_headers, user_secret
+
+__all__ = ["WebhookSender", "webhook_master"]
+
+log = logging.getLogger("dash_ray.webhooks")
+_POLL_S = 0.25
+
+
+def webhook_master(settings: Settings) -> str:
+    """The deployment's webhook secret: DASH_WEBHOOK_SECRET, else derived from the token secret."""
+    if settings.webhook_secret:
+        return settings.webhook_secret
+    import hashlib
+    import hmac
+
+    return hmac.new(settings.secret().encode(), b"dash-ray webhooks", hashlib.sha256).hexdigest()
+
+
+class WebhookSender:
+    """Deliver the outbox's due webhooks, up to DASH_WEBHOOK_CONCURRENCY at a time."""
+
+    def __init__(self, settings: Settings, redis: Any, keys: Keys, signer: UrlSigner,
+                 metrics: ReplicaMetrics) -> None:
+        """`redis`: a client of the sender's own (closed with it), used on the loop it runs on."""
+        self.settings = settings
+        self.redis = redis
+        self.keys = keys
+        self.outbox = WebhookOutbox(redis, keys)
+        self.signer = signer
+        self.metrics = metrics
+        self.master = webhook_master(settings)
+        self.lease_s = settings.webhook_timeout_s + 10  # a send outlives its timeout by little
+        self._sending: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._closing = False
+
+    def secret_for(self, user_id: str) -> str:
+        """A user's signing secret."""
+        return user_secret(self.master, user_id)
+
+    def start(self) -> None:
+        """Start sending (a task on the running loop)."""
+        if self._task is None:
+            self._http = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s, follow_redirects=False,
+                                           headers={"user-agent": f"dash-ray-webhooks/{__version__}"})
+            self._task = asyncio.create_task(self._loop(), name="webhook-sender")
+
+    async def close(self) -> None:
+        """Stop: sends in flight are cancelled (their leases run out; another sender retries them)."""
+        self._closing = True
+        for task in [self._task, *self._sending]:
+            if task is not None:
+                task.cancel()
+        for task in [self._task, *self._sending]:
+            if task is not None:
+                with contextlib.suppress(BaseException):
+                    await task
+        self._task = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+    async def _loop(self) -> None:
+        failing = False
+        while not self._closing:
+            try:
+                free = self.settings.webhook_concurrency - len(self._sending)
+                claimed = await self.outbox.claim(free, self.lease_s) if free > 0 else []
+                failing = False
+                for d in claimed:
+                    task = asyncio.create_task(self._send(d), name=f"webhook-{d.id}")
+                    self._sending.add(task)
+                    task.add_done_callback(self._sending.discard)
+                if len(claimed) == free > 0:
+                    await asyncio.sleep(0)  # more may be due: claim again once these are under way
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:  # Redis down or restarting: quietly poll until it is back
+                    log.warning("webhook outbox unavailable: %s", type(exc).__name__ if is_transient(exc) else exc)
+                failing = True
+            await retry_pause(_POLL_S)
+
+    async def _send(self, d: Delivery) -> None:
+        try:
+            raw_url, raw_owner = await self.redis.hmget(self.keys.job(d.job_id), "hookUrl", "userId")
+            url, owner = _text(raw_url) or "", _text(raw_owner) or ""
+            if not url:  # the job's record is gone (expired): nothing to send to
+                await self.outbox.delivered(d)
+                return
+            outcome = await self._post(d, url, owner)
+            if outcome is None:
+                self.metrics.webhooks["delivered"] = self.metrics.webhooks.get("delivered", 0) + 1
+                await self.outbox.delivered(d)
+                return
+            final, why = outcome
+            if final or d.attempt >= self.settings.webhook_max_attempts:
+                log.warning("webhook %s to %s dropped after %d attempt(s): %s", d.message_id, url, d.attempt, why,
+                            extra={"job_id": d.job_id})
+                self.metrics.webhooks["dropped"] = self.metrics.webhooks.get("dropped", 0) + 1
+                await self.outbox.give_up(d, url, why)
+                return
+            wait = min(self.settings.webhook_retry_s * 2 ** (d.attempt - 1), self.settings.webhook_retry_max_s)
+            self.metrics.webhooks["retried"] = self.metrics.webhooks.get("retried", 0) + 1
+            await self.outbox.retry(d, wait * random.uniform(0.8, 1.2))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis went away mid-send: the lease runs out and it is sent again
+            log.debug("webhook %s: could not settle", d.id, exc_info=True)
+
+    async def _post(self, d: Delivery, url: str, owner: str) -> tuple[bool, str] | None:
+        """None when delivered, else (whether to give up now, why)."""
+        try:
+            pinned, host_header, sni = await asyncio.to_thread(pinned_url, url, self.settings.webhook_allowed_networks)
+        except PrivateAddress as exc:  # a name that does not resolve now may later: retried
+            return not exc.unresolved, f"{exc} (DASH_WEBHOOK_ALLOWED_NETWORKS)"
+        body = self.signer.sign_json(d.body)
+        ts = int(time.time())
+        headers = {"content-type": "application/json", "host": host_header,
+                   **signature_headers(self.secret_for(owner), d.message_id, ts, body)}
+        assert self._http is not None
+        try:
+            request = self._http.build_request("POST", pinned, content=body.encode(), headers=headers,
+                                               extensions={"sni_hostname": sni})
+            r = await self._http.send(request, stream=True)
+            await r.aclose()  # the answer's body is not read
+        except httpx.HTTPError as exc:
+            return False, f"{type(exc).__name__}"
+        if 200 <= r.status_code < 300:
+            return None
+        return r.status_code == 410, f"HTTP {r.status_code}"
+
+
+def _text(x: Any) -> str | None:
+    return x.decode() if isinstance(x, bytes) else (None if x is None else str(x))
