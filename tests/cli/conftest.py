@@ -17,19 +17,27 @@ def free_port() -> int:
 
 
 def start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str]]:
-    """`dash-ray up` until it prints its token; returns (process, token, output so far)."""
+    """`dash-ray up` until it prints its token; returns (process, token, its output), the output
+    list growing with every later line while the process runs (for a failing test to show)."""
     proc = subprocess.Popen([sys.executable, "-m", "dash_ray.cli", "up", "--user", "tester"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
     log: list[str] = []
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            log.append(line)
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
     token = ""
     t0 = time.monotonic()
     try:
         while True:
             line = lines.get(timeout=max(1.0, 120 - (time.monotonic() - t0)))
-            log.append(line)
-            if log[-2:-1] and "Token for user 'tester'" in log[-2]:
+            seen.append(line)
+            if seen[-2:-1] and "Token for user 'tester'" in seen[-2]:
                 token = line.strip()
             if "Press Ctrl-C" in line:
                 return proc, token, log

@@ -13,6 +13,16 @@ import pytest
 
 from tests.cli.conftest import free_port, start_up
 
+UP_LOG: dict[str, list[str]] = {}  # "log": the running `dash-ray up`'s output, shown under a failing test
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and UP_LOG.get("log") and "up" in getattr(item, "fixturenames", ()):
+        report.sections.append(("dash-ray up's output (last 150 lines)", "".join(UP_LOG["log"][-150:])))
+
 
 @pytest.fixture(scope="package")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
@@ -27,9 +37,11 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         assert token, "".join(log)
         base = f"http://127.0.0.1:{port}"
+        UP_LOG["log"] = log
         yield {"base": base, "token": token, "data": data,
                "env": {**env, "DASH_URL": base, "DASH_TOKEN": token}}
     finally:
+        UP_LOG.pop("log", None)
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:

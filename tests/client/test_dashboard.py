@@ -43,7 +43,15 @@ def submit(page: Any, form: str, timeout_s: float = 30) -> str:
 
 
 def wait_status(page: Any, job_id: str, status: str, timeout_s: float = 120) -> None:
-    page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] .status-{status}", timeout=timeout_s * 1000)
+    try:
+        page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] .status-{status}", timeout=timeout_s * 1000)
+    except Exception as exc:  # say what the server and the page hold for it, not just "timeout"
+        server = page.evaluate("""async (id) => { const h = {authorization: `Bearer ${sessionStorage.getItem('dash-ray-token')}`};
+            const get = async (u) => { const r = await fetch(u, {headers: h}); return `${r.status} ${await r.text()}`; };
+            return `job: ${await get(`/v1/jobs/${id}`)}\nqueues: ${await get('/v1/queues')}`; }""", job_id)
+        shown = page.evaluate("id => JSON.stringify(window.dash.jobs.get(id) || null)", job_id)
+        raise AssertionError(f"job {job_id} not {status} in {timeout_s} s\n{server}\npage: {shown}\n"
+                             f"page errors: {page.errors}") from exc
 
 
 def test_sign_in_by_fragment_generate_and_see_progress_and_the_image(browser: Any, up: dict[str, Any]) -> None:
@@ -106,8 +114,12 @@ def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up
     admin = open_page(browser, up, admin_token(up))
     admin.wait_for_selector("#queues tr[data-queue=generation] button")
     assert admin.text_content("#who") == "root (admin)"
+    # the queue rows are updated in place, not rebuilt under a click every 2 s
+    admin.evaluate("document.querySelector('#queues tr[data-queue=generation]').dataset.mark = 'kept'")
     admin.click("#queues tr[data-queue=generation] button")
     admin.wait_for_selector("#queues tr[data-queue=generation] .qstate:text('paused')")
+    time.sleep(2.5)  # past the next refresh
+    assert admin.get_attribute("#queues tr[data-queue=generation]", "data-mark") == "kept"
     try:
         page.fill("#form-generation [name=steps]", "2")
         page.fill("#form-generation [name=width]", "64")
@@ -127,6 +139,7 @@ def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up
         assert admin.text_content(f"#jobs tr[data-job='{held}'] .user") == "tester"
     finally:
         admin.click("#queues tr[data-queue=generation] button")  # resume
+    admin.wait_for_selector("#queues tr[data-queue=generation] .qstate:text('running')")
     wait_status(page, held, "completed", 60)
     assert page.errors == [] and admin.errors == []
     admin.close()

@@ -130,6 +130,7 @@ function onEvent(e) {
 
 // ---------------------------------------------------------------- queues
 async function refreshQueues() {
+  const seq = (state.queueSeq = (state.queueSeq || 0) + 1);
   let queues;
   try {
     queues = await state.api.queues();
@@ -137,25 +138,44 @@ async function refreshQueues() {
     if (e instanceof Unauthorized) showSignIn('Your session ended (401). Sign in again.');
     return;
   }
+  if (seq !== state.queueSeq) return; // a later refresh is on its way: this answer may predate a pause
   const admin = (state.claims?.roles || []).includes('admin');
+  // Rows are kept and their cells updated in place, as the job rows are: a row rebuilt under a
+  // click (every 2 s) would swallow it, the press landing on one button and the release on another.
   const body = $('#queues tbody');
-  body.replaceChildren(...queues.filter((q) => q.name !== 'sleep' || admin).map((q) => {
-    const tr = document.createElement('tr');
-    tr.dataset.queue = q.name;
-    const c = q.counts;
-    tr.innerHTML = `<td>${q.name}</td>${['waiting', 'delayed', 'active', 'completed', 'failed']
-      .map((k) => `<td class="num" data-count="${k}">${c[k] ?? 0}</td>`).join('')}
-      <td class="num">${q.concurrency}</td><td class="num">${q.gpuFraction}</td>
-      <td class="qstate">${q.paused ? 'paused' : 'running'}</td><td></td>`;
-    if (admin) {
-      const b = document.createElement('button');
-      b.className = 'small';
-      b.textContent = q.paused ? 'Resume' : 'Pause';
-      b.onclick = async () => { await (q.paused ? state.api.resume(q.name) : state.api.pause(q.name)); refreshQueues(); };
-      tr.lastElementChild.append(b);
+  const shown = queues.filter((q) => q.name !== 'sleep' || admin);
+  const rows = new Map([...body.children].map((tr) => [tr.dataset.queue, tr]));
+  shown.forEach((q, i) => {
+    let tr = rows.get(q.name);
+    if (!tr) {
+      tr = document.createElement('tr');
+      tr.dataset.queue = q.name;
+      tr.innerHTML = `<td>${q.name}</td>${['waiting', 'delayed', 'active', 'completed', 'failed']
+        .map((k) => `<td class="num" data-count="${k}"></td>`).join('')}
+        <td class="num conc"></td><td class="num frac"></td><td class="qstate"></td><td></td>`;
+      if (admin) {
+        const b = document.createElement('button');
+        b.className = 'small';
+        b.onclick = async () => {
+          try {
+            await (tr.dataset.paused === '1' ? state.api.resume(q.name) : state.api.pause(q.name));
+          } catch (e) { showError(e); }
+          refreshQueues();
+        };
+        tr.lastElementChild.append(b);
+      }
     }
-    return tr;
-  }));
+    for (const td of tr.querySelectorAll('[data-count]')) td.textContent = q.counts[td.dataset.count] ?? 0;
+    $('.conc', tr).textContent = q.concurrency;
+    $('.frac', tr).textContent = q.gpuFraction;
+    $('.qstate', tr).textContent = q.paused ? 'paused' : 'running';
+    tr.dataset.paused = q.paused ? '1' : '0';
+    const b = $('button', tr);
+    if (b) b.textContent = q.paused ? 'Resume' : 'Pause';
+    if (body.children[i] !== tr) body.insertBefore(tr, body.children[i] || null);
+    rows.delete(q.name);
+  });
+  for (const tr of rows.values()) tr.remove();
   const depth = queues.reduce((n, q) => n + (q.counts.waiting || 0) + (q.counts.active || 0), 0);
   const done = queues.reduce((n, q) => n + (q.counts.completed || 0), 0);
   state.history.push({ t: Date.now(), depth, done });
