@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
 from dash_ray.queues.batch import Batch, register
-from dash_ray.queues.connection import is_transient, retry_pause
+from dash_ray.queues.connection import TRANSIENT_ERRORS, is_transient, retry_pause
 from dash_ray.queues.eta import CostBook
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import Lifecycle
@@ -211,6 +211,14 @@ class QueueConsumer:
             await self._move_to_active(batch, token, now)
         jobs = (self._active(raw, token) for raw, token in zip(await batch.execute(), tokens, strict=True))
         return [job for job in jobs if job is not None]
+
+    async def announce(self) -> None:
+        """Open the blocking connection now, not at the first idle wait: it carries the BullMQ
+        worker name, so `Queue.getWorkers()` (bull-board's Workers list) sees this consumer from its
+        start, also while a backlog keeps it from ever waiting. Redis being down is left to the
+        dispatcher's retries."""
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await self.blocking.ping()
 
     async def wait_for_marker(self, timeout_s: float) -> bool:
         """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""
