@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
 from dash_ray.queues.batch import Batch, register
-from dash_ray.queues.connection import TRANSIENT_ERRORS, is_transient, retry_pause
+from dash_ray.queues.connection import is_transient, retry_pause
 from dash_ray.queues.eta import CostBook
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import Lifecycle
@@ -211,14 +211,6 @@ class QueueConsumer:
             await self._move_to_active(batch, token, now)
         jobs = (self._active(raw, token) for raw, token in zip(await batch.execute(), tokens, strict=True))
         return [job for job in jobs if job is not None]
-
-    async def announce(self) -> None:
-        """Open the blocking connection now, not at the first idle wait: it carries the BullMQ
-        worker name, so `Queue.getWorkers()` (bull-board's Workers list) sees this consumer from its
-        start, also while a backlog keeps it from ever waiting. Redis being down is left to the
-        dispatcher's retries."""
-        with contextlib.suppress(*TRANSIENT_ERRORS):
-            await self.blocking.ping()
 
     async def wait_for_marker(self, timeout_s: float) -> bool:
         """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""
@@ -456,13 +448,14 @@ class QueueConsumer:
         return 0 if paused else int(wait) + int(prio)
 
     def start_maintenance(self) -> None:
-        """Start background lock renewal and stalled-job checks."""
+        """Start background lock renewal, stalled-job checks and the worker name's presence."""
         if self._tasks:
             return
         self._closing = False
         self._tasks = [
             asyncio.create_task(self._every(self.lock_ms / 2000, self._renew), name=f"locks-{self.name}"),
             asyncio.create_task(self._every(self.stalled_ms / 1000, self._check_stalled), name=f"stalled-{self.name}"),
+            asyncio.create_task(self._every(self.stalled_ms / 1000, self._announce), name=f"presence-{self.name}"),
         ]
 
     async def _renew(self) -> None:
@@ -474,6 +467,12 @@ class QueueConsumer:
         self._renewed = True
         for job_id in lost:
             log.warning("lost the lock of job %s", job_id, extra={"job_id": job_id})
+
+    async def _announce(self) -> None:
+        # The blocking connection carries the BullMQ worker name (`Queue.getWorkers()`, bull-board's
+        # Workers list), but only marker waits use it, and a consumer kept busy by a backlog never
+        # waits: keep it open from the start, and open it again soon after a drop.
+        await self.blocking.ping()
 
     async def _check_stalled(self) -> None:
         # After Redis was unreachable, our own locks may have expired meanwhile: take them back

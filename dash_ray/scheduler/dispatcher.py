@@ -138,7 +138,6 @@ class Dispatcher:
     async def run(self) -> None:
         """Serve the queue until `drain()`."""
         self.consumer.start_maintenance()
-        await self.consumer.announce()
         if self.hub is not None and self.cancel_channel:
             await self.hub.start()
             await self.hub.add(self.cancel_channel, self._on_cancel, confirm=False)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from dash_ray.queues import LockLost
-from tests.helpers import complete, take_one
+from tests.helpers import complete, take_one, wait_for
 
 HOLDER = textwrap.dedent(
     """
@@ -143,3 +143,34 @@ async def test_a_stale_attempt_cannot_write_progress_or_completion(make_store: A
     evs = [json.loads(e) for e in await store.bus.replay("fenced")]
     assert [e["type"] for e in evs][-1] == "job:completed"
     assert not any(e.get("message") == "stale step" for e in evs)
+
+
+async def test_a_consumers_bullmq_worker_name_shows_at_start_and_is_back_after_its_connection_is_killed(
+    make_store: Any, redis: Any, redis_url: str, prefix: str
+) -> None:
+    """bull-board lists a consumer by its named blocking connection. It is there once maintenance
+    starts, before any wait for a job, and a connection killed from outside (`CLIENT KILL`, as a
+    proxy or an admin would) is opened again within a stalled-check interval."""
+    from dash_ray.queues import Keys, QueueConsumer, connect
+
+    name = Keys(prefix).worker_client("sleep", "dash-test")
+    blocking = connect(redis_url, blocking=True, name=name)
+    consumer = QueueConsumer(redis, blocking, "sleep", make_store().lifecycle, prefix=prefix,
+                             stalled_interval_s=0.3)
+
+    async def named() -> list[str]:
+        return [c["id"] for c in await redis.client_list() if c.get("name") == name]
+
+    consumer.start_maintenance()
+    try:
+        [first] = await wait_for(named, timeout_s=5)
+        await redis.execute_command("CLIENT", "KILL", "ID", first)
+
+        async def reopened() -> bool:
+            ids = await named()
+            return bool(ids) and first not in ids
+
+        await wait_for(reopened, timeout_s=5)
+    finally:
+        await consumer.close()
+        await blocking.aclose()
