@@ -118,6 +118,11 @@ class Settings(_QueueFields):
     max_inline_image_bytes: int = Field(256 * 1024, ge=0)  # a data: URL in a payload (decoded size)
     upload_quota_bytes: int = Field(1024 * 1024 * 1024, ge=0)  # bytes of uploads a user may keep
     max_sockets_per_user: int = Field(20, ge=1)  # open WebSockets per user, per gateway replica
+    max_streams_per_user: int = Field(20, ge=1)  # open event streams (SSE) per user, per gateway replica
+    # What one user's jobs may keep in Redis (payloads, records, events, results); a job is
+    # charged its payload's bytes plus job_overhead_bytes, released when its records expire.
+    max_bytes_per_user: int = Field(64 * 1024 * 1024, ge=1024)
+    job_overhead_bytes: int = Field(4 * 1024, ge=0)
     max_prefer_wait_s: float = Field(60.0, ge=0, le=600)  # the longest `Prefer: wait=N` a submit may hold
     ws_eta_refresh_s: float = Field(2.0, ge=0)  # a followed waiting job's place and ETA, resent this often (0: off)
     ws_messages_per_s: float = Field(20.0, gt=0)  # client messages a socket may send per second (burst: 2 s)

@@ -36,6 +36,7 @@ from dash_ray.gateway.deps import (
     _caller_or_query,
     _owned,
     _signed,
+    _signed_list,
 )
 from dash_ray.gateway.metrics import render
 from dash_ray.gateway.services import GatewayServices
@@ -59,9 +60,10 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     await svc.policy.check(queue, body, options, who, owner)
-    await svc.limiter.check(owner)
+    await svc.limiter.check(owner, count_open=False)  # the store takes the unfinished-jobs limit, atomically
     # the token's weight is its user's: an admin submitting for someone else uses theirs
-    result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None)
+    result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None,
+                                 quota=svc.policy.quota(queue, options, who))
     wait_s = min(prefer_wait_s(prefer), svc.settings.max_prefer_wait_s)
     if wait_s > 0 and await wait_final(svc, result.job.id, wait_s):
         # `Prefer: wait=N` (RFC 7240): the job ended within N seconds: 200 with its outcome
@@ -135,7 +137,7 @@ async def list_jobs(
     if include != "data":
         for job in body["jobs"]:
             job.pop("data", None)
-    return _signed(svc, body)
+    return _signed_list(svc, body)
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
@@ -280,6 +282,25 @@ def _pixels(data: bytes) -> tuple[int, int]:
         raise InvalidPayload("the image could not be read", errors=[{"field": "body", "message": "unreadable"}]) from None
 
 
+@router.get("/v1/usage", tags=["usage"])
+async def usage(who: Caller, svc: Svc) -> JSONResponse:
+    """What you keep and hold, each against its limit: bytes your jobs keep in the queue's store,
+    unfinished jobs, uploaded bytes, and the sockets and event streams you have open on this
+    replica. A submit over a limit is refused (413 for bytes, 429 for the rest)."""
+    s = svc.settings
+    kept, unfinished = await svc.store.usage(who.user_id)
+    uploads = int(await svc.redis.get(svc.store.keys.upload_bytes(who.user_id)) or 0)
+    return JSONResponse({
+        "userId": who.user_id,
+        "bytesKept": {"used": kept, "limit": s.max_bytes_per_user},
+        "jobsUnfinished": {"used": unfinished, "limit": s.max_waiting_per_user},
+        "uploadBytes": {"used": uploads, "limit": s.upload_quota_bytes},
+        "sockets": {"used": svc.sockets.of(who.user_id), "limit": svc.sockets.limit},
+        "streams": {"used": svc.streams.of(who.user_id), "limit": svc.streams.limit},
+        "submitRate": s.rate_submit,
+    })
+
+
 @router.post("/v1/ws-ticket", tags=["auth"])
 async def ws_ticket(who: Caller, svc: Svc) -> JSONResponse:
     """A one-use ticket for the WebSocket (`/ws?ticket=...`), valid a few seconds: a browser
@@ -313,7 +334,9 @@ async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
     for q in svc.queues:
         chosen, peaks = await svc.store.sizing(q)
         sizing[q] = (chosen or svc.queue_info(q)["gpu_fraction"], peaks)
-    return PlainTextResponse(render(counts, durations, svc.metrics, sizing), media_type="text/plain; version=0.0.4")
+    page = render(counts, durations, svc.metrics, sizing, open_streams=svc.streams.total,
+                  bytes_kept=await svc.store.top_usage(20))
+    return PlainTextResponse(page, media_type="text/plain; version=0.0.4")
 
 
 STATIC = Path(__file__).parent / "static"

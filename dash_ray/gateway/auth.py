@@ -12,6 +12,7 @@ import hmac
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -145,9 +146,41 @@ class UrlSigner:
             return False
         return hmac.compare_digest(sig, self._sig(url, int(exp)))
 
-    def sign_json(self, text: str) -> str:
-        """JSON text with every artifact link in it signed (links are plain path strings)."""
-        if "/v1/artifacts/" not in text:
+    def sign_json(self, text: str, owner: str | None) -> str:
+        """JSON text (a job's event, or a part of its view the server wrote) with the links to
+        `owner`'s artifacts signed. A link to anyone else's file is left as it is: text a user
+        wrote can name another user's file, and a signature is a credential."""
+        if not owner or "/v1/artifacts/" not in text:
             return text
         now = time.time()
-        return _ARTIFACT.sub(lambda m: f'"{self.sign(m.group(1), now)}"', text)
+        mine = f"/v1/artifacts/{owner}/"
+
+        def sign(m: re.Match[str]) -> str:
+            path = m.group(1)
+            return f'"{self.sign(path, now)}"' if path.startswith(mine) else m.group(0)
+
+        return _ARTIFACT.sub(sign, text)
+
+    def sign_view(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A job view (wire form) with the links to its owner's artifacts signed, in what the
+        server wrote (result, error, message): never in the payload (`data`), which the user
+        wrote."""
+        owner = view.get("userId")
+        if not owner:
+            return view
+        out = dict(view)
+        for key, value in view.items():
+            if key != "data" and value is not None and not isinstance(value, int | float | bool):
+                out[key] = self._sign_value(value, owner)
+        return out
+
+    def _sign_value(self, value: Any, owner: str) -> Any:
+        if isinstance(value, str):
+            if value.startswith(f"/v1/artifacts/{owner}/") and _ARTIFACT.fullmatch(f'"{value}"'):
+                return self.sign(value)
+            return value
+        if isinstance(value, dict):
+            return {k: self._sign_value(v, owner) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._sign_value(v, owner) for v in value]
+        return value

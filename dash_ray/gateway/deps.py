@@ -36,10 +36,20 @@ def _caller_or_query(request: Request) -> Principal:
     return _services(request).auth.verify(_bearer(request, allow_query=True))
 
 
-def _signed(svc: GatewayServices, data: Any, status: int = 200) -> Response:
-    """A JSON answer whose artifact links are signed for a short time (usable without a token)."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return Response(svc.signer.sign_json(text), status_code=status, media_type="application/json")
+def _signed(svc: GatewayServices, view: dict[str, Any], status: int = 200) -> Response:
+    """A job view as JSON, the links to its owner's result files signed for a short time (usable
+    without a token); nothing in the user's payload is ever signed."""
+    return _json(svc.signer.sign_view(view), status)
+
+
+def _signed_list(svc: GatewayServices, body: dict[str, Any]) -> Response:
+    """A page of job views, each signed as `_signed` signs one."""
+    return _json({**body, "jobs": [svc.signer.sign_view(j) for j in body["jobs"]]})
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, separators=(",", ":"), ensure_ascii=False), status_code=status,
+                    media_type="application/json")
 
 
 Svc = Annotated[GatewayServices, Depends(_services)]

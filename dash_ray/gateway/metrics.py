@@ -27,9 +27,11 @@ def _line(name: str, labels: dict[str, str], value: float) -> str:
 
 
 def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str]], replica: ReplicaMetrics,
-           sizing: dict[str, tuple[float, dict[str, tuple[str, int]]]] | None = None) -> str:
+           sizing: dict[str, tuple[float, dict[str, tuple[str, int]]]] | None = None, *,
+           open_streams: int = 0, bytes_kept: list[tuple[str, int]] | None = None) -> str:
     """The metrics page: counts[queue][state], durations[queue] (our Redis histogram hash),
-    sizing[queue] (the GPU share its workers ask for, the measured peaks by job shape)."""
+    sizing[queue] (the GPU share its workers ask for, the measured peaks by job shape), the
+    replica's open event streams, and the users who keep the most bytes in Redis."""
     out = [
         "# HELP dash_jobs Jobs per queue and state.",
         "# TYPE dash_jobs gauge",
@@ -67,6 +69,12 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
             "# HELP dash_ws_open_sockets Open sockets on this replica.",
             "# TYPE dash_ws_open_sockets gauge",
             _line("dash_ws_open_sockets", r, replica.open_sockets),
+            "# HELP dash_sse_open_streams Open event streams (SSE) on this replica.",
+            "# TYPE dash_sse_open_streams gauge",
+            _line("dash_sse_open_streams", r, open_streams),
+            "# HELP dash_user_bytes_kept Bytes a user's jobs keep in Redis (the users who keep the most).",
+            "# TYPE dash_user_bytes_kept gauge",
+            *(_line("dash_user_bytes_kept", {"user": user}, n) for user, n in bytes_kept or []),
             "# HELP dash_http_requests_total Requests by route on this replica.",
             "# TYPE dash_http_requests_total counter"]
     for route, n in sorted(replica.requests.items()):

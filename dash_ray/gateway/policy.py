@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from dash_ray.config import Settings
-from dash_ray.errors import InvalidPayload, RateLimited
+from dash_ray.errors import InvalidPayload
 from dash_ray.gateway.auth import Principal
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import (
@@ -17,7 +17,7 @@ from dash_ray.models.payloads import (
     UpscalingJob,
     upload_path,
 )
-from dash_ray.queues import JobStore
+from dash_ray.queues import JobStore, Quota
 from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, pinned_url
 
@@ -81,14 +81,14 @@ class SubmitPolicy:
             if mpx_epochs > s.max_training_mpx_epochs:
                 raise _bad("settings", f"epochs x images x resolution^2 is {mpx_epochs:.0f} megapixel-epochs; "
                                        f"at most {s.max_training_mpx_epochs:g} (DASH_MAX_TRAINING_MPX_EPOCHS)")
-            if opts.priority == 1 and not who.admin:
-                await self._high_priority_share(owner)
+            if opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
+                raise _bad("options.priority", "priority 1 on training is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
 
-    async def _high_priority_share(self, owner: str) -> None:
-        limit = self.settings.high_priority_per_user
-        if limit <= 0:
-            raise _bad("options.priority", "priority 1 on training is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
-        if await self.store.open_high_priority(owner, "training") >= limit:
-            raise RateLimited(f"at most {limit} unfinished priority-1 training job(s) per user "
-                              "(DASH_HIGH_PRIORITY_PER_USER); submit this one at priority 2, or wait",
-                              retry_after_s=30)
+    def quota(self, queue: str, options: JobOptions | None, who: Principal) -> Quota:
+        """The owner's limits this submission must fit, taken atomically with the job by the
+        store: unfinished jobs, bytes kept in Redis, and for a non-admin's priority-1 training
+        job, the share of those."""
+        s = self.settings
+        high = queue == "training" and (options or JobOptions()).priority == 1 and not who.admin
+        return Quota(overhead_bytes=s.job_overhead_bytes, max_open=s.max_waiting_per_user,
+                     max_bytes=s.max_bytes_per_user, high=high, max_high=s.high_priority_per_user if high else None)

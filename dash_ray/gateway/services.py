@@ -16,7 +16,7 @@ from dash_ray.errors import Unauthorized
 from dash_ray.gateway.auth import Principal, TokenAuth, UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
 from dash_ray.gateway.policy import SubmitPolicy
-from dash_ray.gateway.ratelimit import SubmitLimiter
+from dash_ray.gateway.ratelimit import OpenSlots, SubmitLimiter
 from dash_ray.gateway.webhooks import WebhookSender
 from dash_ray.models.payloads import JobPayload
 from dash_ray.queues import EventHub, JobStore, connect
@@ -40,7 +40,8 @@ class GatewayServices:
     artifacts: ArtifactStore
     queues: tuple[str, ...]
     metrics: ReplicaMetrics = field(default_factory=lambda: ReplicaMetrics(uuid.uuid4().hex[:8]))
-    sockets_by_user: dict[str, int] = field(default_factory=dict)  # open WebSockets on this replica
+    sockets: OpenSlots = field(default_factory=lambda: OpenSlots(20))  # open WebSockets on this replica, by user
+    streams: OpenSlots = field(default_factory=lambda: OpenSlots(20))  # open event streams (SSE), by user
     webhooks: WebhookSender | None = None  # sends the outbox's webhooks (on its own connection)
     started: bool = False
 
@@ -71,6 +72,7 @@ class GatewayServices:
             auth=TokenAuth.of(settings), signer=signer,
             limiter=limiter, policy=SubmitPolicy(settings, store, artifacts),
             artifacts=artifacts, queues=queues, metrics=metrics, webhooks=webhooks,
+            sockets=OpenSlots(settings.max_sockets_per_user), streams=OpenSlots(settings.max_streams_per_user),
         )
 
     async def issue_ticket(self, who: Principal) -> str:

@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from dash_ray.errors import Forbidden, InvalidPayload
+from dash_ray.errors import Forbidden, InvalidPayload, RateLimited
 from dash_ray.gateway.deps import Caller, QueryCaller, Svc, _owned
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.queues import frame_seq, is_preview
@@ -61,7 +61,7 @@ async def job_events(job_id: str, request: Request, who: QueryCaller, svc: Svc,
     """The job's events as `text/event-stream` (`id:` = seq, `event:` = type, `data:` = the
     event's JSON, the WebSocket's frames), from the start or after `Last-Event-ID` / `since`,
     until the job ends. `?token=` works too (an EventSource cannot send headers)."""
-    await _owned(job_id, who, svc)
+    view = await _owned(job_id, who, svc)
     after = since or 0
     if last_event_id is not None:
         try:
@@ -69,12 +69,28 @@ async def job_events(job_id: str, request: Request, who: QueryCaller, svc: Svc,
         except ValueError:
             raise InvalidPayload("Last-Event-ID must be the seq of an event",
                                  errors=[{"field": "Last-Event-ID", "message": "not an integer"}]) from None
-    return StreamingResponse(_stream(svc, job_id, after, previews, request), media_type="text/event-stream",
+    if not svc.streams.take(who.user_id):
+        raise RateLimited(f"at most {svc.streams.limit} open event streams per user (DASH_MAX_STREAMS_PER_USER)",
+                          retry_after_s=5)
+    return StreamingResponse(_stream(svc, job_id, view.user_id, who.user_id, after, previews, request),
+                             media_type="text/event-stream",
                              headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-async def _stream(svc: GatewayServices, job_id: str, after: int, previews: bool,
+async def _stream(svc: GatewayServices, job_id: str, owner: str | None, caller: str, after: int, previews: bool,
                   request: Request) -> AsyncIterator[bytes]:
+    """The stream of one job's events; it holds one of the caller's stream slots, taken by the
+    route, until it ends."""
+    try:
+        async with contextlib.aclosing(_events(svc, job_id, owner, after, previews, request)) as events:
+            async for chunk in events:
+                yield chunk
+    finally:
+        svc.streams.give(caller)
+
+
+async def _events(svc: GatewayServices, job_id: str, owner: str | None, after: int, previews: bool,
+                  request: Request) -> AsyncGenerator[bytes, None]:
     live: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
     overflow = False
 
@@ -97,7 +113,7 @@ async def _stream(svc: GatewayServices, job_id: str, after: int, previews: bool,
                 if seq > last:
                     last = seq
                     if previews or not is_preview(data):
-                        yield _sse(seq, data)
+                        yield _sse(seq, svc.signer.sign_json(data, owner))
                     if data.startswith(_FINAL):
                         return
             overflow = False
@@ -116,7 +132,7 @@ async def _stream(svc: GatewayServices, job_id: str, after: int, previews: bool,
                     break
                 last = seq
                 if previews or not is_preview(data):
-                    yield _sse(seq, data)
+                    yield _sse(seq, svc.signer.sign_json(data, owner))
                 if data.startswith(_FINAL):
                     return
     finally:

@@ -148,7 +148,7 @@ class WebhookSender:
             pinned, host_header, sni = await asyncio.to_thread(pinned_url, url, self.settings.webhook_allowed_networks)
         except PrivateAddress as exc:  # a name that does not resolve now may later: retried
             return not exc.unresolved, f"{exc} (DASH_WEBHOOK_ALLOWED_NETWORKS)"
-        body = self.signer.sign_json(d.body)
+        body = self.signer.sign_json(d.body, owner)  # links to the owner's files only
         ts = int(time.time())
         headers = {"content-type": "application/json", "host": host_header,
                    **signature_headers(self.secret_for(owner), d.message_id, ts, body)}

@@ -58,6 +58,7 @@ CLOSE_RESTART = 1012  # "service restart": reconnect and subscribe with `since`
 @dataclass
 class _Sub:
     channel: str
+    owner: str | None = None  # the job's owner: only links to their files are signed
     seq: int = -1  # last seq sent; -1 until the snapshot is out
     held: list[tuple[int, str]] = field(default_factory=list)
     overflow: bool = False  # more than MAX_HELD arrived during the snapshot: replay instead
@@ -99,10 +100,12 @@ class _Session:
         self.bucket = _Bucket(svc.settings.ws_messages_per_s)
 
     # --- outgoing ---
-    def _enqueue(self, text: str) -> None:
+    def _enqueue(self, text: str, owner: str | None = None) -> None:
+        """Queue a frame; links in it to `owner`'s files (the job's owner) are signed, usable
+        without a token. A frame with no owner (errors, pongs) signs nothing."""
         if self.closing:
             return
-        text = self.svc.signer.sign_json(text)  # result links, usable without a token
+        text = self.svc.signer.sign_json(text, owner)
         if self.out.qsize() >= MAX_BUFFERED:
             log.warning("socket of %s is not reading; closing it", self.who.user_id)
             self.close_later(CLOSE_TOO_SLOW)
@@ -117,8 +120,8 @@ class _Session:
         self.close_code = code
         self.out.put_nowait("")  # wakes the sender, which closes
 
-    def send_model(self, model: Any) -> None:
-        self._enqueue(model.model_dump_json(by_alias=True, exclude_none=True))
+    def send_model(self, model: Any, owner: str | None = None) -> None:
+        self._enqueue(model.model_dump_json(by_alias=True, exclude_none=True), owner)
 
     async def sender(self) -> None:
         while True:
@@ -138,7 +141,7 @@ class _Session:
         elif not data.startswith(('{"type":"job:preview"', '{"type":"job:log"')):
             sub.waiting = False
         if sub.previews or not is_preview(data):
-            self._enqueue(data)
+            self._enqueue(data, sub.owner)
 
     # --- a waiting job's place ---
     async def refresher(self) -> None:
@@ -235,7 +238,7 @@ class _Session:
                     self.not_found += 1
                 self._enqueue_error(exc, job_id)
                 continue
-            sub = _Sub(channel=self.svc.store.keys.channel(job_id), previews=msg.previews)
+            sub = _Sub(channel=self.svc.store.keys.channel(job_id), owner=owner, previews=msg.previews)
             self.subs[job_id] = sub
             try:
                 await self.svc.hub.add(sub.channel, self.on_event)
@@ -307,7 +310,7 @@ class _Session:
                 event.queue_position, event.eta_s, event.finish_eta_s = (view.queue_position, view.eta_s,
                                                                           view.finish_eta_s)
                 sub.place = (view.queue_position, view.eta_s)
-        self.send_model(event)
+        self.send_model(event, sub.owner)
         return event.seq
 
     async def drop(self, job_id: str) -> None:
@@ -350,13 +353,11 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
         await ws.send_json(ws_error(exc))
         await ws.close(CLOSE_UNAUTHORIZED)
         return
-    open_now = svc.sockets_by_user.get(who.user_id, 0)
-    if open_now >= svc.settings.max_sockets_per_user:
+    if not svc.sockets.take(who.user_id):
         await ws.send_json({"type": "error", "code": "too_many_sockets",
-                            "message": f"at most {svc.settings.max_sockets_per_user} open sockets per user"})
+                            "message": f"at most {svc.sockets.limit} open sockets per user"})
         await ws.close(CLOSE_POLICY)
         return
-    svc.sockets_by_user[who.user_id] = open_now + 1
     session = _Session(ws, who, svc)
     svc.hub.on_resync(session.resync)
     svc.metrics.open_sockets += 1
@@ -395,11 +396,7 @@ async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:
         session.closing = True
         svc.hub.off_resync(session.resync)
         svc.metrics.open_sockets -= 1
-        left = svc.sockets_by_user.get(who.user_id, 1) - 1
-        if left > 0:
-            svc.sockets_by_user[who.user_id] = left
-        else:
-            svc.sockets_by_user.pop(who.user_id, None)
+        svc.sockets.give(who.user_id)
         await session.close()
         for task in (sender, refresher):
             task.cancel()

@@ -21,6 +21,7 @@ from dash_ray.queues.events import EventBus, EventHub, event_from_state
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import (
     Lifecycle,
+    Quota,
     Retention,
     SyncLifecycle,
     frame_seq,
@@ -46,6 +47,7 @@ __all__ = [
     "Lifecycle",
     "LockLost",
     "QueueConsumer",
+    "Quota",
     "Retention",
     "SyncLifecycle",
     "WebhookOutbox",

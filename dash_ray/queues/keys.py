@@ -119,6 +119,21 @@ class Keys:
         """Set: a user's jobs that are not finished yet (for the waiting-jobs limit)."""
         return f"{self.ns}open:{user_id}"
 
+    # What each user keeps in Redis (DASH_MAX_BYTES_PER_USER), released as job records expire.
+    @property
+    def usage(self) -> str:
+        """Sorted set: user -> bytes their jobs keep in Redis now."""
+        return f"{self.ns}usage"
+
+    def sizes(self, user_id: str) -> str:
+        """Hash: a user's job -> the bytes it was charged."""
+        return f"{self.ns}sizes:{user_id}"
+
+    def kept(self, user_id: str) -> str:
+        """Sorted set: a user's job -> when its records expire (ms; inf while it is not final).
+        The name is built in Lua too (FINISH's trim): `{ns}kept:{user}`."""
+        return f"{self.ns}kept:{user_id}"
+
     # The webhook outbox: deliveries due (by time), their bodies and tries, and those given up.
     @property
     def hooks(self) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis as SyncRedis
@@ -45,6 +45,7 @@ from dash_ray.queues.lua import (
     EVENT,
     FAIR_PRUNE,
     FINISH,
+    USAGE,
     Script,
     with_bull_add,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "BullAddRecorder",
     "Created",
     "Lifecycle",
+    "Quota",
     "Retention",
     "SyncLifecycle",
     "duration_bucket",
@@ -90,9 +92,26 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """The owner's limits a new job must fit, checked and taken by `create` in the script that
+    creates it (so concurrent submits cannot overshoot): unfinished jobs (`max_open`), bytes kept
+    in Redis (`max_bytes`; a job is charged its payload's bytes plus `overhead_bytes` for its
+    record, events and result), and, for a job that counts as high priority (`high`),
+    unfinished high-priority jobs (`max_high`). None: no limit."""
+
+    overhead_bytes: int = 0
+    max_open: int | None = None
+    max_bytes: int | None = None
+    high: bool = False
+    max_high: int | None = None
+
+
+@dataclass(frozen=True)
 class Created:
     """What `create` did: `seq`/`position` of the new job's event, or (seq 0) the existing
-    record's queue, digest, status and owner (all empty: BullMQ holds the id without a record)."""
+    record's queue, digest, status and owner (all empty: BullMQ holds the id without a record),
+    or (seq 0, `refused` set) the quota it did not fit: ("open" | "high" | "bytes", the limit,
+    the bytes kept now)."""
 
     seq: int
     position: int | None
@@ -100,6 +119,7 @@ class Created:
     digest: str = ""
     status: str = ""
     owner: str = ""
+    refused: tuple[str, int, int] | None = field(default=None, kw_only=True)
 
     @property
     def created(self) -> bool:
@@ -204,7 +224,7 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, USAGE)}
 
     def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
         """A script's source with this deployment's constants."""
@@ -218,22 +238,31 @@ class _Calls:
         k = self.keys
         user = event.user_id or "_"
         keys = {"job": k.job(event.job_id), "events": k.events(event.job_id), "finished": k.finished(event.queue),
-                "open": k.waiting_count(user), "hooks": k.hooks, "hook_bodies": k.hook_bodies}
+                "open": k.waiting_count(user), "hooks": k.hooks, "hook_bodies": k.hook_bodies, "kept": k.kept(user)}
         args = {"channel": k.channel(event.job_id), "frame": frame_body(event), "job_id": event.job_id}
         return keys, args
 
     def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool,
                hook: tuple[str, list[str]] | None = None,
-               fair: tuple[int, float] | None = None) -> tuple[list[str], list[Any]]:
+               fair: tuple[int, float] | None = None, quota: Quota | None = None,
+               size: int = 0) -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         user = event.user_id or "_"
         k = self.keys
         keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
                     prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id),
-                    recent=k.recent, recent_n=k.recent_counter, fair=k.fair(event.queue), pc=k.bull(event.queue, "pc"))
+                    recent=k.recent, recent_n=k.recent_counter, fair=k.fair(event.queue), pc=k.bull(event.queue, "pc"),
+                    usage=k.usage, sizes=k.sizes(user))
         level, inc = fair if fair else (0, None)
+        q = quota or Quota()
+
+        def limit(n: int | None) -> str:
+            return "" if n is None else str(n)
+
         args.update(fair_level=str(level), fair_user=event.user_id or "_",
-                    fair_inc="" if inc is None else repr(float(inc)))
+                    fair_inc="" if inc is None else repr(float(inc)), user=user, now_ms=created_ms,
+                    bytes=size + q.overhead_bytes, max_bytes=limit(q.max_bytes), max_open=limit(q.max_open),
+                    high="1" if q.high else "", max_high=limit(q.max_high))
         extra: dict[str, Any] = {"created": created_ms}
         if hook:  # the webhook: its URL, and the kinds of event it wants (",completed,failed,")
             extra.update(hookUrl=hook[0], hookEvents=f",{','.join(hook[1])},")
@@ -297,18 +326,21 @@ class Lifecycle:
 
     async def create(self, event: JobProgressEvent, bull: BullAdd, *, digest: str, created_ms: int,
                      position: bool = True, hook: tuple[str, list[str]] | None = None,
-                     fair: tuple[int, float] | None = None) -> Created:
+                     fair: tuple[int, float] | None = None, quota: Quota | None = None,
+                     size: int = 0) -> Created:
         """Create a job in one script: BullMQ's add (`bull`, recorded from BullMQ's client) and
         the job's record, history entry and first event; or, when a job with this id has a
         record, change nothing and say whose (`Created.created` False). `hook`: the job's
         webhook (URL, event kinds), whose events then go to the outbox. `fair`: (its priority,
-        1 / its owner's weight) to place it in its priority by fair share (None: FIFO)."""
+        1 / its owner's weight) to place it in its priority by fair share (None: FIFO). `quota`:
+        the owner's limits it must fit, `size` its payload's bytes (refused: `Created.refused`,
+        nothing written)."""
         script = self._creates.get(bull.sha)
         if script is None:
             prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
             text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
             script = self._creates[bull.sha] = self.redis.register_script(text)
-        keys, args = self.calls.create(event, digest, created_ms, position, hook, fair)
+        keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size)
         return self.created_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args]))
 
     @staticmethod
@@ -317,7 +349,18 @@ class Lifecycle:
         seq, pos = int(reply[0]), int(reply[1])
         if seq:
             return Created(seq, pos if pos > 0 else None)
+        if pos == -2:
+            what = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+            return Created(0, None, refused=(what, int(reply[3]), int(reply[4]) if len(reply) > 4 else 0))
         return Created(0, None, *(str(x) for x in reply[2:6]))
+
+    async def usage(self, user_id: str) -> tuple[int, int]:
+        """What a user keeps in Redis now: (bytes, unfinished jobs)."""
+        k = self.keys
+        keys, args = USAGE.pack({"usage": k.usage, "sizes": k.sizes(user_id), "kept": k.kept(user_id),
+                                 "open": k.waiting_count(user_id)}, {"user": user_id, "now_ms": int(time.time() * 1000)})
+        used, unfinished = await self._scripts[USAGE.name](keys=keys, args=args)
+        return int(used), int(unfinished)
 
     async def report(self, event: JobProgressEvent, *, token: str = "", batch: Batch | None = None) -> bool | None:
         """A `start` (`started_event`) or `progress` event from asyncio code, the twin of

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH", "POSITION",
-           "Script", "with_bull_add"]
+           "USAGE", "Script", "with_bull_add"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,20 @@ local function emit(position, known, last)
   return seq, pos
 end
 
+-- What a user keeps in Redis (`K.sizes`: job -> bytes charged; `K.kept`: job -> when its
+-- records expire, ms; `K.usage`: user -> bytes, for all users): release what has expired.
+local function reap_kept(now_ms)
+  local gone = redis.call('ZRANGEBYSCORE', K.kept, '-inf', now_ms, 'LIMIT', 0, 500)
+  if #gone == 0 then return end
+  local freed = 0
+  for _, id in ipairs(gone) do
+    freed = freed + tonumber(redis.call('HGET', K.sizes, id) or '0')
+  end
+  redis.call('HDEL', K.sizes, unpack(gone))
+  redis.call('ZREM', K.kept, unpack(gone))
+  if redis.call('ZINCRBY', K.usage, -freed, A.user) + 0 <= 0 then redis.call('ZREM', K.usage, A.user) end
+end
+
 local function live_again()
   redis.call('PERSIST', K.job)
   redis.call('PERSIST', K.events)
@@ -143,8 +157,9 @@ end
 CREATE = Script(
     "create",
     keys=("job", "events", "finished", "open", "history", "history_n", "wait", "prioritized", "bull_job", "recent",
-          "recent_n", "hooks", "hook_bodies", "fair", "pc"),
-    args=("channel", "frame", "fields", "job_id", "digest", "position", "fair_level", "fair_user", "fair_inc"),
+          "recent_n", "hooks", "hook_bodies", "fair", "pc", "usage", "sizes", "kept"),
+    args=("channel", "frame", "fields", "job_id", "digest", "position", "fair_level", "fair_user", "fair_inc",
+          "user", "now_ms", "bytes", "max_bytes", "max_open", "high", "max_high"),
     body=r"""
 -- Fair share within a priority (start-time fair queuing): BullMQ scores a prioritized job
 -- priority * 2^32 + a counter; ours replace the counter with a virtual start time. A user's
@@ -183,12 +198,33 @@ end
 local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status', 'userId')
 if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or '', cur[4] or ''} end
 if redis.call('EXISTS', K.bull_job) == 1 then return {0, -1, '', '', '', ''} end
+-- The owner's limits, checked and taken here, in the script that creates the job: concurrent
+-- submits cannot both pass a check that only one of them fits. Refused: {0, -2, what, limit}.
+if A.max_open ~= '' and redis.call('SCARD', K.open) >= tonumber(A.max_open) then
+  return {0, -2, 'open', A.max_open}
+end
+if A.high == '1' and A.max_high ~= '' then
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', K.open)) do
+    if redis.call('HGET', NS .. 'job:' .. id, 'high') == '1' then n = n + 1 end
+  end
+  if n >= tonumber(A.max_high) then return {0, -2, 'high', A.max_high} end
+end
+reap_kept(A.now_ms)
+if A.max_bytes ~= '' then
+  local used = tonumber(redis.call('ZSCORE', K.usage, A.user) or '0')
+  if used + tonumber(A.bytes) > tonumber(A.max_bytes) then return {0, -2, 'bytes', A.max_bytes, used} end
+end
 local added = bull_add()
 if type(added) == 'number' and added < 0 then
   return redis.error_reply('BullMQ refused job ' .. A.job_id .. ': code ' .. added)
 end
 if A.fair_inc ~= '' and redis.call('ZSCORE', K.prioritized, A.job_id) then fair_share() end
 redis.call('HSET', K.job, 'digest', A.digest)
+if A.high == '1' then redis.call('HSET', K.job, 'high', 1) end
+redis.call('ZINCRBY', K.usage, A.bytes, A.user)
+redis.call('HSET', K.sizes, A.job_id, A.bytes)
+redis.call('ZADD', K.kept, 'inf', A.job_id)  -- kept until it is final and its records expire
 local n = redis.call('INCR', K.history_n)
 redis.call('ZADD', K.history, n, A.job_id)
 local over = redis.call('ZCARD', K.history) - HISTORY_MAX
@@ -199,6 +235,15 @@ if over > 0 then redis.call('ZREMRANGEBYRANK', K.recent, 0, over - 1) end
 live_again()
 local seq, pos = emit(A.position == '1')
 return {seq, pos}
+""")
+
+
+# usage: what a user keeps in Redis now (bytes, after releasing what expired) and how many of
+# their jobs are unfinished. Returns {bytes, unfinished}.
+USAGE = Script(
+    "usage", keys=("usage", "sizes", "kept", "open"), args=("user", "now_ms"), body=r"""
+reap_kept(A.now_ms)
+return {tonumber(redis.call('ZSCORE', K.usage, A.user) or '0'), redis.call('SCARD', K.open)}
 """)
 
 
@@ -343,7 +388,7 @@ return {seq, pos, redis.call('EXISTS', K.cancel)}
 # the queue's finished jobs to the retention. Returns {seq}, or {0} when the guard refused.
 FINISH = Script(
     "finish",
-    keys=("job", "events", "finished", "open", "cancel", "durations", "bull_job", "hooks", "hook_bodies"),
+    keys=("job", "events", "finished", "open", "cancel", "durations", "bull_job", "hooks", "hook_bodies", "kept"),
     args=("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds"),
     body=r"""
 if A.finished_on ~= '' and redis.call('HGET', K.bull_job, 'finishedOn') ~= A.finished_on then
@@ -358,6 +403,7 @@ if A.bucket ~= '' then
 end
 redis.call('EXPIRE', K.job, TTL)
 redis.call('EXPIRE', K.events, TTL)
+redis.call('ZADD', K.kept, 'XX', tonumber(A.now_ms) + TTL * 1000, A.job_id)  -- its owner's bytes, until then
 redis.call('SREM', K.open, A.job_id)
 redis.call('DEL', K.cancel)
 redis.call('ZADD', K.finished, A.now_ms, A.job_id)
@@ -365,6 +411,8 @@ local excess = redis.call('ZCARD', K.finished) - KEEP
 if excess > 0 then
   local old = redis.call('ZRANGE', K.finished, 0, excess - 1)
   for _, id in ipairs(old) do
+    local owner = redis.call('HGET', NS .. 'job:' .. id, 'userId')
+    if owner then redis.call('ZADD', NS .. 'kept:' .. owner, 'XX', 0, id) end  -- released at the next reap
     redis.call('DEL', NS .. 'job:' .. id, NS .. 'ev:' .. id)
   end
   redis.call('ZREMRANGEBYRANK', K.finished, 0, excess - 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -15,11 +16,14 @@ from bullmq import Queue as BullQueue
 from redis.asyncio import Redis
 
 from dash_ray.errors import (
+    DashError,
     Forbidden,
     InvalidJobState,
     InvalidPayload,
     JobConflict,
     JobNotFound,
+    QuotaExceeded,
+    RateLimited,
     UnknownQueue,
 )
 from dash_ray.models.base import is_lookup_id
@@ -32,7 +36,7 @@ from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.eta import estimate
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Retention
+from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota, Retention
 from dash_ray.queues.lua import POSITION
 
 __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "JobStore", "bull_opts", "view_status"]
@@ -81,9 +85,23 @@ def view_status(bull_state: str | None, ours: dict[str, str], attempts_made: int
     return "retrying" if attempts_made > 0 and mine == "retrying" else "waiting"
 
 
-def _digest(data: dict[str, Any]) -> str:
-    raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+def _digest(data: dict[str, Any]) -> tuple[str, int]:
+    """A payload's digest (for idempotent adds) and its size in bytes (what it keeps in Redis)."""
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:32], len(raw)
+
+
+def _refusal(what: str, limit: int, used: int) -> DashError:
+    """The error for a quota `create` refused."""
+    if what == "open":
+        return RateLimited(f"too many unfinished jobs (limit {limit}, DASH_MAX_WAITING_PER_USER); wait for some "
+                           "to finish", retry_after_s=5)
+    if what == "high":
+        return RateLimited(f"at most {limit} unfinished priority-1 training job(s) per user "
+                           "(DASH_HIGH_PRIORITY_PER_USER); submit this one at priority 2, or wait", retry_after_s=30)
+    return QuotaExceeded(f"your jobs keep {used} bytes in the queue's store; this one would pass the limit of "
+                         f"{limit} (DASH_MAX_BYTES_PER_USER): wait for finished jobs to expire, or send large "
+                         "images as uploads (POST /v1/uploads)")
 
 
 def _f(value: str | None) -> float | None:
@@ -148,9 +166,11 @@ class JobStore:
         options: dict[str, Any] | JobOptions | None = None,
         user_id: str | None = None,
         weight: float | None = None,
+        quota: Quota | None = None,
     ) -> SubmitResult:
         """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict).
-        `weight`: the owner's share in fair share (else DASH_USER_WEIGHTS', else 1)."""
+        `weight`: the owner's share in fair share (else DASH_USER_WEIGHTS', else 1). `quota`: the
+        owner's limits, taken atomically with the job (RateLimited / QuotaExceeded when over)."""
         bq = self.queue(queue)
         payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_test_only=True)
         opts = parse_options(options)
@@ -170,7 +190,7 @@ class JobStore:
         if self.validate:
             self.validate(payload)
         wire = payload.wire(exclude_none=True)
-        digest = _digest(wire)
+        digest, size = _digest(wire)
         if given or opts.job_id:  # a client-chosen id: an earlier job may hold it
             found = await self.redis.hmget(self.keys.job(job_id), "queue", "digest", "status", "userId")
             if found[1]:
@@ -194,7 +214,9 @@ class JobStore:
             share = weight if weight is not None else self.user_weights.get(owner, 1.0)
             fair = (opts.priority, 1.0 / min(max(share, MIN_WEIGHT), MAX_WEIGHT))
         made = await self.lifecycle.create(event, recorder.call, digest=digest, created_ms=now_ms,
-                                           position=not opts.delay_s, hook=hook, fair=fair)
+                                           position=not opts.delay_s, hook=hook, fair=fair, quota=quota, size=size)
+        if made.refused:
+            raise _refusal(*made.refused)
         if not made.created:  # the same id was added concurrently, or BullMQ holds it without a record
             return await self._existing(job_id, queue, digest, owner, made)
         view = JobView(
@@ -364,13 +386,16 @@ class JobStore:
             queues = await pipe.execute()
             ids = [(m, q) for (m, _s), q in zip(batch, queues, strict=True) if q]
             views = {v.id: v for v in await self._views(ids, with_state=False)}
-            stale = [m for (m, _s), q in zip(batch, queues, strict=True) if not q]
+            # An index entry is stale when its job is gone, or when its id now names a job of
+            # someone else (this user's job expired and another user took the id): the owner
+            # of every job listed is checked here, the one place every history read goes through.
+            stale = {m for m, _s in batch if m not in views or (user_id != "*" and views[m].user_id != user_id)}
             if stale:
                 await self.redis.zrem(key, *stale)
             for member, score in batch:
                 top = f"({int(score)}"
                 v = views.get(member)
-                if v is None or (queue and v.queue != queue) or (status and v.status != status):
+                if v is None or member in stale or (queue and v.queue != queue) or (status and v.status != status):
                     continue
                 found.append(v)
                 if len(found) >= limit:
@@ -386,15 +411,15 @@ class JobStore:
         """How many of the user's jobs are not finished (waiting, delayed or running)."""
         return int(await self.redis.scard(self.keys.waiting_count(user_id)))
 
-    async def open_high_priority(self, user_id: str, queue: str) -> int:
-        """How many of the user's unfinished jobs in `queue` have priority 1."""
-        ids = list(await self.redis.smembers(self.keys.waiting_count(user_id)))
-        if not ids:
-            return 0
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(self.keys.bull(queue, job_id.decode() if isinstance(job_id, bytes) else job_id), "priority")
-        return sum(1 for p in await pipe.execute() if p is not None and int(p) == 1)
+    async def usage(self, user_id: str) -> tuple[int, int]:
+        """What a user keeps in Redis now: (bytes, unfinished jobs)."""
+        return await self.lifecycle.usage(user_id)
+
+    async def top_usage(self, n: int = 20) -> builtins.list[tuple[str, int]]:
+        """The `n` users who keep the most bytes in Redis, with their bytes."""
+        rows = cast(builtins.list[tuple[Any, float]],
+                    await self.redis.zrevrange(self.keys.usage, 0, n - 1, withscores=True))
+        return [(m.decode() if isinstance(m, bytes) else str(m), int(score)) for m, score in rows]
 
     # ------------------------------------------------------------------ control
     async def cancel(self, job_id: str) -> JobView:

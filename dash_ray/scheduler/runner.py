@@ -86,10 +86,6 @@ class Publisher:
         """Run fn on the publisher thread, after everything queued before it."""
         self._put(("call", fn))
 
-    def publish_now(self, event: LiveEvent, token: str = "") -> None:
-        """Publish on the calling thread (used by the publisher thread itself)."""
-        self.lifecycle.publish([event], [token])
-
     def wait(self) -> None:
         """Return once everything queued so far is published (publishing it here if need be)."""
         while True:
@@ -163,8 +159,10 @@ class Reporter:
     """
 
     def __init__(self, job: JobContext, publisher: Publisher, *, max_hz: float = 20.0,
-                 cancelled: threading.Event | None = None, preview_max_hz: float = 2.0) -> None:
+                 cancelled: threading.Event | None = None, preview_max_hz: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.job = job
+        self._clock = clock  # the throttle's clock (tests drive it)
         self._pub = publisher
         self._interval = 1.0 / max_hz
         self._cancel = cancelled or threading.Event()
@@ -174,7 +172,7 @@ class Reporter:
         self._last_progress = 0.0
         self._pending: JobProgressEvent | None = None
         self._timer_armed = False
-        self._started = time.monotonic()
+        self._started = clock()
         self._preview_interval = 1.0 / preview_max_hz
         self._last_preview = -1e9
         self.previews = 0  # previews sent
@@ -196,7 +194,7 @@ class Reporter:
         order; other reports are held to `max_hz`. The last report is always sent.
         """
         self.check()
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             progress = min(100.0, max(self._last_progress, float(progress)))
             self._last_progress = progress
@@ -254,7 +252,7 @@ class Reporter:
             if self._pending is None:  # already sent (by a flush): no need to wait for the turn
                 self._timer_armed = False
                 return
-        delay = due - time.monotonic()
+        delay = due - self._clock()
         if delay > 0:
             time.sleep(delay)
         with self._lock:
@@ -262,8 +260,11 @@ class Reporter:
             event, self._pending = self._pending, None
             if event is None:
                 return
-            self._last_sent = time.monotonic()
-        self._pub.publish_now(event, self.job.token)
+            self._last_sent = self._clock()
+            # Queued behind every report sent before it (under this lock), like any other send:
+            # one path out, in order. Publishing it here directly could overtake a report the
+            # runner sent while this timer waited in the publisher's queue.
+            self._pub.send(event, token=self.job.token)
 
     def saved_checkpoint(self) -> str:
         """The artifact path of the job's last committed checkpoint ('' for none)."""
@@ -294,6 +295,6 @@ class Reporter:
         with self._lock:
             event, self._pending = self._pending, None
             if event is not None:  # a queued timer finds nothing held and returns at once
-                self._last_sent = time.monotonic()
+                self._last_sent = self._clock()
                 self._pub.send(event, token=self.job.token)
         self._pub.wait()

@@ -58,6 +58,47 @@ def test_reporter_throttles_keeps_last_and_never_decreases() -> None:
     assert bus.events[-1].message == "lower"
 
 
+class GatedBus(FakeBus):
+    """A bus whose first publish blocks until `gate` is set (the publisher thread is busy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(10), "the test never opened the gate"
+        return super().publish(events, tokens)
+
+
+def test_a_held_report_never_overtakes_one_sent_after_its_timer_was_queued() -> None:
+    """The interleaving behind a progress bar that stepped back (24.0 sent before 23.5): a held
+    report's timer waits in the publisher's queue; the runner then sends a report at once
+    (its turn came) and holds a newer one. The timer must not publish the newer one ahead of
+    the report queued before it. Driven by a fake clock and a gated bus: no timing involved."""
+    bus = GatedBus()
+    pub = Publisher(bus)
+    now = [1.0]
+    rep = Reporter(JobContext(id="j", queue="generation", data={}), pub, max_hz=20, clock=lambda: now[0])
+    rep.progress(1, "sent at once")  # the publisher thread takes it and blocks in the bus
+    assert bus.entered.wait(10)
+    now[0] = 1.01
+    rep.progress(2, "held")  # too soon: held, its timer queued behind the blocked publish
+    now[0] = 1.2
+    rep.progress(3, "sent at once, queued after the timer")
+    now[0] = 1.21
+    rep.progress(4, "held again")  # the timer, already queued, will find this one
+    bus.gate.set()
+    deadline = time.monotonic() + 10  # the publisher thread runs the timer and sends all three
+    while len(bus.events) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    rep.flush()
+    pub.close()
+    assert [e.progress for e in bus.events] == [1, 3, 4]
+
+
 def test_reporter_cancel_raises_at_next_check() -> None:
     bus = FakeBus()
     pub = Publisher(bus)

@@ -1,0 +1,173 @@
+"""Two users, one of them hostile, against a gateway served by uvicorn on a real Redis: signed
+links only to the owner's files, lists that show only the caller's jobs, limits that concurrent
+requests cannot race past, a byte budget per user, and capped event streams. The server keeps
+serving after each."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dash_ray.config import load_settings
+from tests.redis.conftest import SECRET
+from tests.redis.test_edge_limits import live  # noqa: F401  (the fixture)
+
+PNG = "data:image/png;base64," + "A" * 16
+
+
+def bearer(user: str, admin: bool = False) -> dict[str, str]:
+    from dash_ray.gateway import TokenAuth
+
+    return {"Authorization": f"Bearer {TokenAuth(SECRET).mint(user, admin=admin)}"}
+
+
+def at_once(n: int, fn: Callable[[int], httpx.Response]) -> list[httpx.Response]:
+    """`n` calls of `fn` released together from `n` threads."""
+    gate = threading.Barrier(n)
+
+    def one(i: int) -> httpx.Response:
+        gate.wait(10)
+        return fn(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+async def test_links_are_signed_only_for_the_owners_files_never_in_what_a_user_wrote(
+        live: Callable[..., str], make_store: Any, make_consumer: Any, tmp_path: Path) -> None:  # noqa: F811
+    from dash_ray.services import ArtifactStore
+    from tests.helpers import complete, take_one
+
+    base = live()
+    artifacts = ArtifactStore(load_settings(data_dir=tmp_path / "data").artifacts_location)
+    artifacts.put("alice/a1/image-0.png", b"\x89PNG alice's image")
+    store = make_store()
+    await store.add("sleep", {"userId": "alice", "jobId": "a1"})
+    consumer = make_consumer("sleep", store)
+    await complete(consumer, await take_one(consumer), {"images": ["/v1/artifacts/alice/a1/image-0.png"]})
+    alice, bob = bearer("alice"), bearer("bob")
+    theirs = "/v1/artifacts/alice/a1/image-0.png"
+    # bob writes alice's file into his prompt: his answers carry it as he wrote it, unsigned
+    r = httpx.post(f"{base}/v1/jobs/generation", json={"prompt": theirs, "jobId": "b1"}, headers=bob)
+    assert r.status_code == 201 and r.json()["data"]["prompt"] == theirs, r.text
+    assert httpx.get(f"{base}/v1/jobs/b1", headers=bob).json()["data"]["prompt"] == theirs
+    listed = httpx.get(f"{base}/v1/jobs?include=data", headers=bob).json()["jobs"]
+    assert [j["data"]["prompt"] for j in listed] == [theirs]
+    # a result of bob's that names alice's file (a runner echoing input) is not signed either
+    await store.add("sleep", {"userId": "bob", "jobId": "b2"})
+    await complete(consumer, await take_one(consumer), {"images": [theirs, "/v1/artifacts/bob/b2/x.png"]})
+    images = httpx.get(f"{base}/v1/jobs/b2", headers=bob).json()["result"]["images"]
+    assert images[0] == theirs and images[1].startswith("/v1/artifacts/bob/b2/x.png?exp=")
+    # no way in: no token is 401, bob's token is 404 whether the file exists or not
+    assert httpx.get(base + theirs).status_code == 401
+    assert httpx.get(base + theirs, headers=bob).status_code == 404
+    assert httpx.get(f"{base}/v1/artifacts/alice/a1/nothing.png", headers=bob).status_code == 404
+    # alice's own view still carries a link that works without a token
+    link = httpx.get(f"{base}/v1/jobs/a1", headers=alice).json()["result"]["images"][0]
+    assert "&sig=" in link and httpx.get(base + link).content == b"\x89PNG alice's image"
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+async def test_a_list_shows_only_the_callers_jobs_even_where_an_id_changed_hands(
+        live: Callable[..., str], make_store: Any, redis_url: str) -> None:  # noqa: F811
+    base = live()
+    alice, bob = bearer("alice"), bearer("bob")
+    assert httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": "portrait-1"}, headers=bob).status_code == 201
+    assert httpx.delete(f"{base}/v1/jobs/portrait-1", headers=bob).status_code == 200
+    store = make_store()
+    # bob's records expire (as they do after DASH_FINISHED_TTL_S); his history keeps the id
+    await store.redis.delete(store.keys.job("portrait-1"), store.keys.events("portrait-1"))
+    assert httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": "portrait-1", "durationS": 0.1, "failMessage": "alice's"},
+                      headers=alice).status_code == 201
+    assert httpx.get(f"{base}/v1/jobs/portrait-1", headers=bob).status_code == 404
+    for query in ("", "?include=data", "?include=data&status=waiting", "?queue=sleep"):
+        page = httpx.get(f"{base}/v1/jobs{query}", headers=bob)
+        assert page.status_code == 200 and page.json()["jobs"] == [], (query, page.text)
+    mine = httpx.get(f"{base}/v1/jobs?include=data", headers=alice).json()["jobs"]
+    assert [j["id"] for j in mine] == ["portrait-1"] and mine[0]["data"]["failMessage"] == "alice's"
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_concurrent_submits_cannot_race_past_a_limit(live: Callable[..., str]) -> None:  # noqa: F811
+    base = live(max_waiting_per_user=3, rate_submit="1000/minute")
+    mallory = bearer("mallory")
+    training = {"prompt": "sks", "imageUrls": [PNG], "settings": {"epochs": 1, "resolution": 64},
+                "options": {"priority": 1}}
+    answers = at_once(30, lambda i: httpx.post(f"{base}/v1/jobs/training", json={**training, "loraId": f"hi-{i}"},
+                                               headers=mallory, timeout=30))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [201] + [429] * 29, codes
+    assert all("DASH_HIGH_PRIORITY_PER_USER" in a.text for a in answers if a.status_code == 429)
+    # the unfinished-jobs cap: mallory has 1, so 2 more fit, whoever asks at the same time
+    answers = at_once(30, lambda i: httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": f"s-{i}"},
+                                               headers=mallory, timeout=30))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [201] * 2 + [429] * 28, codes
+    usage = httpx.get(f"{base}/v1/usage", headers=mallory).json()
+    assert usage["jobsUnfinished"] == {"used": 3, "limit": 3}
+    # another user is not held back by mallory
+    assert httpx.post(f"{base}/v1/jobs/sleep", json={}, headers=bearer("alice")).status_code == 201
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_what_one_user_keeps_in_redis_is_budgeted_and_shown(live: Callable[..., str]) -> None:  # noqa: F811
+    base = live(max_bytes_per_user=64 * 1024, job_overhead_bytes=1024, max_inline_image_bytes=32 * 1024,
+                rate_submit="1000/minute")
+    mallory = bearer("mallory")
+    big = "data:image/png;base64," + "A" * 40_000  # ~30 KB decoded, ~40 KB kept
+    first = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big, "scale": 2}, headers=mallory)
+    assert first.status_code == 201, first.text
+    answers = at_once(6, lambda i: httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big, "scale": 2},
+                                              headers=mallory, timeout=30))
+    assert sorted(a.status_code for a in answers) == [413] * 6, [a.text for a in answers]
+    refused = answers[0].json()["error"]
+    assert refused["code"] == "quota_exceeded" and "DASH_MAX_BYTES_PER_USER" in refused["message"]
+    usage = httpx.get(f"{base}/v1/usage", headers=mallory).json()
+    assert 40_000 < usage["bytesKept"]["used"] <= 64 * 1024 and usage["bytesKept"]["limit"] == 64 * 1024
+    # small jobs still fit under the budget; another user is untouched
+    assert httpx.post(f"{base}/v1/jobs/sleep", json={}, headers=mallory).status_code == 201
+    assert httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big, "scale": 2},
+                      headers=bearer("alice")).status_code == 201
+    # cancelled, the job's bytes stay until its records expire: still refused
+    assert httpx.delete(f"{base}/v1/jobs/{first.json()['id']}", headers=mallory).status_code == 200
+    assert httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big, "scale": 2},
+                      headers=mallory).status_code == 413
+    metrics = httpx.get(f"{base}/metrics").text
+    assert 'dash_user_bytes_kept{user="mallory"}' in metrics and "dash_sse_open_streams" in metrics
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_event_streams_are_capped_per_user(live: Callable[..., str]) -> None:  # noqa: F811
+    base = live(max_streams_per_user=3)
+    mallory = bearer("mallory")
+    job = httpx.post(f"{base}/v1/jobs/sleep", json={"durationS": 60}, headers=mallory).json()["id"]
+    with httpx.Client(timeout=10) as http:
+        opened = []
+        for _ in range(3):
+            cm = http.stream("GET", f"{base}/v1/jobs/{job}/events", headers=mallory)
+            r = cm.__enter__()
+            assert r.status_code == 200
+            opened.append(cm)
+        fourth = http.get(f"{base}/v1/jobs/{job}/events", headers=mallory)
+        assert fourth.status_code == 429 and "DASH_MAX_STREAMS_PER_USER" in fourth.text
+        assert httpx.get(f"{base}/v1/usage", headers=mallory).json()["streams"] == {"used": 3, "limit": 3}
+        alice = bearer("alice")
+        other = httpx.post(f"{base}/v1/jobs/sleep", json={"durationS": 60}, headers=alice).json()["id"]
+        with http.stream("GET", f"{base}/v1/jobs/{other}/events", headers=alice) as r:
+            assert r.status_code == 200  # mallory's streams hold nobody else back
+        for cm in opened:
+            cm.__exit__(None, None, None)
+    # the slots come back once the streams are closed (the server notices the disconnect)
+    deadline_s = 30.0
+    import time
+
+    end = time.monotonic() + deadline_s
+    while httpx.get(f"{base}/v1/usage", headers=mallory).json()["streams"]["used"] and time.monotonic() < end:
+        time.sleep(0.1)
+    assert httpx.get(f"{base}/v1/usage", headers=mallory).json()["streams"]["used"] == 0
+    assert httpx.get(f"{base}/healthz").status_code == 200
