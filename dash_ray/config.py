@@ -126,6 +126,7 @@ class Settings(_QueueFields):
     max_prefer_wait_s: float = Field(60.0, ge=0, le=600)  # the longest `Prefer: wait=N` a submit may hold
     ws_eta_refresh_s: float = Field(2.0, ge=0)  # a followed waiting job's place and ETA, resent this often (0: off)
     ws_messages_per_s: float = Field(20.0, gt=0)  # client messages a socket may send per second (burst: 2 s)
+    ws_ids_per_s: float = Field(200.0, ge=100)  # job ids a socket may subscribe per second (burst: 2 s)
 
     # --- Storage and retention ---
     data_dir: Path = Field(default_factory=_default_data_dir)
@@ -215,6 +216,10 @@ class Settings(_QueueFields):
     webhook_retry_s: float = Field(1.0, gt=0)  # the first retry's wait; it doubles each time
     webhook_retry_max_s: float = Field(3600.0, gt=0)
     webhook_concurrency: int = Field(16, ge=1, le=256)  # deliveries in flight per gateway replica
+    # One delivery in all (name lookup, connect, request, the answer's headers), however slowly a
+    # receiver drips: then it is cut and retried. Its lease lasts this plus a margin.
+    webhook_deadline_s: float = Field(10.0, gt=0, le=300)
+    webhook_per_destination: int = Field(2, ge=1, le=256)  # in flight to one host:port (and address), per replica
 
     @field_validator("models", "user_weights", mode="before")
     @classmethod

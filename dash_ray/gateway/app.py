@@ -61,6 +61,7 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     await svc.policy.check(queue, body, options, who, owner)
     await svc.limiter.check(owner, count_open=False)  # the store takes the unfinished-jobs limit, atomically
+    await svc.policy.check_webhook(options)
     # the token's weight is its user's: an admin submitting for someone else uses theirs
     result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None,
                                  quota=svc.policy.quota(queue, options, who))
@@ -132,7 +133,8 @@ async def list_jobs(
     user's jobs (`userId`), or every user's (`userId=*`)."""
     if user_id and user_id != who.user_id and not who.admin:
         raise Forbidden("only an admin may list another user's jobs")
-    page = await svc.store.list(user_id or who.user_id, queue=queue, status=status, limit=limit, cursor=cursor)
+    page = await svc.store.list(user_id or who.user_id, queue=queue, status=status, limit=limit, cursor=cursor,
+                                with_data=include == "data")
     body = page.wire()
     if include != "data":
         for job in body["jobs"]:
@@ -241,13 +243,24 @@ async def upload(request: Request, who: Caller, svc: Svc) -> JSONResponse:
     DASH_MAX_IMAGE_BYTES and DASH_MAX_IMAGE_PIXELS; your uploads count against
     DASH_UPLOAD_QUOTA_BYTES."""
     s = svc.settings
+    used = svc.store.keys.upload_bytes(who.user_id)
+    room = s.upload_quota_bytes - int(await svc.redis.get(used) or 0)
     data = bytearray()
+    kind: str | None = None
+    # The type and the quota are checked as the body arrives, not after: a refused upload is
+    # not read to its end. (The quota is taken atomically below.)
     async for chunk in request.stream():  # the edge has cut the body off past its limit already
         data += chunk
         if len(data) > s.max_image_bytes:
             raise QuotaExceeded(f"an upload is at most {s.max_image_bytes} bytes (DASH_MAX_IMAGE_BYTES)")
+        if len(data) > room:
+            raise QuotaExceeded(f"upload quota of {s.upload_quota_bytes} bytes reached (DASH_UPLOAD_QUOTA_BYTES)")
+        if kind is None and len(data) >= 16:
+            kind = _sniff(bytes(data[:16]))
+            if kind is None:
+                break
     body = bytes(data)  # one copy, read by the checks and written as is
-    kind = _sniff(body[:16])
+    kind = kind or _sniff(body[:16])
     if kind is None:
         raise InvalidPayload("not an image (PNG, JPEG, WebP, BMP or GIF)", errors=[{"field": "body",
                                                                                  "message": "not an image"}])
@@ -255,7 +268,6 @@ async def upload(request: Request, who: Caller, svc: Svc) -> JSONResponse:
     if width * height > s.max_image_pixels:
         raise InvalidPayload(f"image too large: {width}x{height} is over {s.max_image_pixels} pixels",
                              errors=[{"field": "body", "message": "too many pixels"}])
-    used = svc.store.keys.upload_bytes(who.user_id)
     total = int(await svc.redis.incrby(used, len(body)))
     if total > s.upload_quota_bytes:
         await svc.redis.decrby(used, len(body))

@@ -142,7 +142,7 @@ class UrlSigner:
 
     def valid(self, url: str, exp: str | None, sig: str | None) -> bool:
         """True for a signature made for this path that has not expired."""
-        if not exp or not sig or not exp.isdigit() or int(exp) < time.time():
+        if not exp or not sig or not (exp.isascii() and exp.isdigit()) or len(exp) > 12 or int(exp) < time.time():
             return False
         return hmac.compare_digest(sig, self._sig(url, int(exp)))
 

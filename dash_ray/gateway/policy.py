@@ -19,7 +19,7 @@ from dash_ray.models.payloads import (
 )
 from dash_ray.queues import JobStore, Quota
 from dash_ray.services import ArtifactStore
-from dash_ray.services.netguard import PrivateAddress, pinned_url
+from dash_ray.services.netguard import PrivateAddress, check_webhook_url
 
 __all__ = ["SubmitPolicy"]
 
@@ -54,12 +54,6 @@ class SubmitPolicy:
             raise _bad("options.attempts", f"at most {s.max_attempts} (DASH_MAX_ATTEMPTS)")
         if opts.backoff.delay_s < s.min_backoff_s:
             raise _bad("options.backoff.delayS", f"at least {s.min_backoff_s:g}s (DASH_MIN_BACKOFF_S)")
-        if opts.webhook is not None:  # checked again at every send (the name may be re-pointed)
-            try:
-                await asyncio.to_thread(pinned_url, opts.webhook.url, s.webhook_allowed_networks)
-            except PrivateAddress as exc:
-                raise _bad("options.webhook.url", f"{exc}; refused unless DASH_WEBHOOK_ALLOWED_NETWORKS "
-                                                  "covers it") from None
         for i, url in enumerate(_image_urls(payload)):
             field = "imageUrl" if isinstance(payload, UpscalingJob) else f"imageUrls.{i}"
             if url.startswith("data:") and (len(url) - url.find(",") - 1) * 3 // 4 > s.max_inline_image_bytes:
@@ -81,8 +75,27 @@ class SubmitPolicy:
             if mpx_epochs > s.max_training_mpx_epochs:
                 raise _bad("settings", f"epochs x images x resolution^2 is {mpx_epochs:.0f} megapixel-epochs; "
                                        f"at most {s.max_training_mpx_epochs:g} (DASH_MAX_TRAINING_MPX_EPOCHS)")
+            if t.sample_every:  # samples are generations: they count against the generation ceiling
+                samples = t.epochs // t.sample_every + 1
+                mpx_steps = samples * t.sample_steps * t.resolution ** 2 / 1e6
+                if mpx_steps > s.max_generation_mpx_steps:
+                    raise _bad("settings.sampleEvery", f"the samples are {samples} x sampleSteps x resolution^2 = "
+                                                       f"{mpx_steps:.0f} megapixel-steps; at most "
+                                                       f"{s.max_generation_mpx_steps:g} (DASH_MAX_GENERATION_MPX_STEPS)")
             if opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
                 raise _bad("options.priority", "priority 1 on training is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
+
+    async def check_webhook(self, options: JobOptions | None) -> None:
+        """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is
+        resolved on a small pool of its own with a deadline (checked again at every send: a
+        name may be re-pointed); called after the rate limiter, so refused callers cost no lookup."""
+        if options is None or options.webhook is None:
+            return
+        try:
+            await check_webhook_url(options.webhook.url, self.settings.webhook_allowed_networks, timeout_s=5.0)
+        except PrivateAddress as exc:
+            raise _bad("options.webhook.url", f"{exc}; refused unless DASH_WEBHOOK_ALLOWED_NETWORKS "
+                                              "covers it") from None
 
     def quota(self, queue: str, options: JobOptions | None, who: Principal) -> Quota:
         """The owner's limits this submission must fit, taken atomically with the job by the

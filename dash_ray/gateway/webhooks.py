@@ -4,6 +4,13 @@
 - The destination is checked at every send, like an image fetch: resolved once, refused inside
   the network unless DASH_WEBHOOK_ALLOWED_NETWORKS covers it, and connected to that address
   (a name re-pointed inside the network after the submit is no way in). No redirects.
+- One send has DASH_WEBHOOK_DEADLINE_S in all (name lookup, connect, request, the answer's
+  headers), whatever the pace of each read (DASH_WEBHOOK_TIMEOUT_S): a receiver that drips its
+  answer is cut then, and the delivery retried. Its lease outlasts that, so no other sender
+  claims it while it is sent; a claim whose lease ran out anyway settles nothing (fenced).
+- At most DASH_WEBHOOK_PER_DESTINATION sends per replica go to one host:port (and to one
+  address: a /64 for IPv6), so a slow receiver holds a few senders, not all: a delivery to a
+  destination at its limit is given back, unsent and its try not counted, for a moment.
 - 2xx: delivered. 410 Gone: the receiver wants no more; dropped. Anything else (an error, a
   timeout, another status): tried again after DASH_WEBHOOK_RETRY_S, doubling (with jitter) up to
   DASH_WEBHOOK_RETRY_MAX_S, at most DASH_WEBHOOK_MAX_ATTEMPTS times, then dropped into the dead
@@ -15,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import time
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,13 +37,61 @@ from dash_ray.config import Settings
 from dash_ray.gateway.auth import UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
 from dash_ray.queues import Delivery, Keys, WebhookOutbox, is_transient, retry_pause
-from dash_ray.services.netguard import PrivateAddress, pinned_url
+from dash_ray.services.netguard import PrivateAddress, pinned_url_async
 from dash_ray.services.webhooks import signature_headers, user_secret
 
 __all__ = ["WebhookSender", "webhook_master"]
 
 log = logging.getLogger("dash_ray.webhooks")
 _POLL_S = 0.25
+_LEASE_MARGIN_S = 10.0  # a send ends at its deadline; its lease lasts this much longer (to settle it)
+_BUSY_S = 1.0  # a delivery to a destination at its limit is due again after this (x 1 to 2)
+
+
+class _Busy(Exception):
+    """The delivery's destination has DASH_WEBHOOK_PER_DESTINATION sends in flight already."""
+
+
+class _Slots:
+    """Sends in flight per destination (on one event loop), at most `limit` to each."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """One of `key`'s slots for the block, else _Busy."""
+        if self.held.get(key, 0) >= self.limit:
+            raise _Busy(key)
+        self.held[key] = self.held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            self.held[key] -= 1
+            if not self.held[key]:
+                del self.held[key]
+
+
+def _name_key(url: str) -> str:
+    """The destination a URL names: `host:port` ('' for a URL the guard refuses anyway)."""
+    try:
+        parts = urlsplit(url)
+        return f"name {(parts.hostname or '').lower()}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    except ValueError:
+        return ""
+
+
+def _address_key(pinned: str) -> str:
+    """The destination a pinned URL connects to: `address:port`, an IPv6 address's /64."""
+    parts = urlsplit(pinned)
+    host = (parts.hostname or "").split("%", 1)[0]
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return f"addr {host}:{parts.port}"
+    net = ipaddress.ip_network(f"{addr}/64", strict=False) if addr.version == 6 else addr
+    return f"addr {net}:{parts.port}"
 
 
 def webhook_master(settings: Settings) -> str:
@@ -59,7 +117,8 @@ class WebhookSender:
         self.signer = signer
         self.metrics = metrics
         self.master = webhook_master(settings)
-        self.lease_s = settings.webhook_timeout_s + 10  # a send outlives its timeout by little
+        self.lease_s = settings.webhook_deadline_s + _LEASE_MARGIN_S  # no send outlives its deadline
+        self._slots = _Slots(settings.webhook_per_destination)
         self._sending: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -122,7 +181,15 @@ class WebhookSender:
             if not url:  # the job's record is gone (expired): nothing to send to
                 await self.outbox.delivered(d)
                 return
-            outcome = await self._post(d, url, owner)
+            try:
+                outcome = await self._post(d, url, owner)
+            except _Busy:  # its receiver has its share of senders: back soon, this try not counted
+                await self.outbox.release(d, _BUSY_S * random.uniform(1.0, 2.0))
+                return
+            except Exception as exc:  # a defect, not the receiver's: a try all the same, so it ends
+                log.warning("webhook %s to %s failed: %r", d.message_id, url, exc, exc_info=True,
+                            extra={"job_id": d.job_id})
+                outcome = False, type(exc).__name__
             if outcome is None:
                 self.metrics.webhooks["delivered"] = self.metrics.webhooks.get("delivered", 0) + 1
                 await self.outbox.delivered(d)
@@ -143,23 +210,39 @@ class WebhookSender:
             log.debug("webhook %s: could not settle", d.id, exc_info=True)
 
     async def _post(self, d: Delivery, url: str, owner: str) -> tuple[bool, str] | None:
-        """None when delivered, else (whether to give up now, why)."""
+        """None when delivered, else (whether to give up now, why); _Busy when the destination
+        has its share of sends in flight. Never longer than DASH_WEBHOOK_DEADLINE_S."""
+        deadline_s = self.settings.webhook_deadline_s
         try:
-            pinned, host_header, sni = await asyncio.to_thread(pinned_url, url, self.settings.webhook_allowed_networks)
-        except PrivateAddress as exc:  # a name that does not resolve now may later: retried
-            return not exc.unresolved, f"{exc} (DASH_WEBHOOK_ALLOWED_NETWORKS)"
-        body = self.signer.sign_json(d.body, owner)  # links to the owner's files only
-        ts = int(time.time())
-        headers = {"content-type": "application/json", "host": host_header,
-                   **signature_headers(self.secret_for(owner), d.message_id, ts, body)}
-        assert self._http is not None
-        try:
-            request = self._http.build_request("POST", pinned, content=body.encode(), headers=headers,
-                                               extensions={"sni_hostname": sni})
-            r = await self._http.send(request, stream=True)
-            await r.aclose()  # the answer's body is not read
-        except httpx.HTTPError as exc:
-            return False, f"{type(exc).__name__}"
+            return await asyncio.wait_for(self._post_once(d, url, owner, deadline_s), deadline_s)
+        except asyncio.TimeoutError:
+            return False, f"no answer within {deadline_s:g}s (DASH_WEBHOOK_DEADLINE_S)"
+
+    async def _post_once(self, d: Delivery, url: str, owner: str, deadline_s: float) -> tuple[bool, str] | None:
+        with contextlib.ExitStack() as slots:
+            name = _name_key(url)
+            if name:
+                slots.enter_context(self._slots.hold(name))
+            try:
+                pinned, host_header, sni = await pinned_url_async(url, self.settings.webhook_allowed_networks,
+                                                                  deadline_s)
+            except PrivateAddress as exc:  # a name that does not resolve now may later: retried
+                return not exc.unresolved, f"{exc} (DASH_WEBHOOK_ALLOWED_NETWORKS)"
+            slots.enter_context(self._slots.hold(_address_key(pinned)))
+            body = self.signer.sign_json(d.body, owner)  # links to the owner's files only
+            ts = int(time.time())
+            headers = {"content-type": "application/json", "host": host_header,
+                       **signature_headers(self.secret_for(owner), d.message_id, ts, body)}
+            assert self._http is not None
+            try:
+                request = self._http.build_request("POST", pinned, content=body.encode(), headers=headers,
+                                                   extensions={"sni_hostname": sni})
+                r = await self._http.send(request, stream=True)
+                await r.aclose()  # the answer's body is not read
+            except httpx.HTTPError as exc:
+                return False, f"{type(exc).__name__}"
+            except (httpx.InvalidURL, ValueError, UnicodeError) as exc:  # what httpx cannot send: it stays so
+                return True, f"cannot send to this URL ({type(exc).__name__})"
         if 200 <= r.status_code < 300:
             return None
         return r.status_code == 410, f"HTTP {r.status_code}"

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_SUBSCRIPTIONS = 1000  # subscriptions plus lookups of ids that were not found, per socket
 MAX_BUFFERED = 20_000  # messages queued for one slow client before it is disconnected
+MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # ... or bytes (previews are images)
 MAX_HELD = 1000  # live events held for one subscription while its snapshot is read; past it, replayed
 MAX_REFRESHED = 50  # waiting jobs whose place one socket gets refreshed, a round
 CLOSE_POLICY = 1008
@@ -68,7 +69,7 @@ class _Sub:
 
 
 class _Bucket:
-    """Token bucket: `rate` messages a second, bursts of two seconds' worth."""
+    """Token bucket: `rate` a second (messages, or job ids), bursts of two seconds' worth."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -76,12 +77,12 @@ class _Bucket:
         self.at = time.monotonic()
         self.refused = 0
 
-    def take(self) -> bool:
+    def take(self, n: int = 1) -> bool:
         now = time.monotonic()
         self.tokens = min(2 * self.rate, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= n:
+            self.tokens -= n
             return True
         self.refused += 1
         return False
@@ -98,6 +99,8 @@ class _Session:
         self.close_code = CLOSE_TOO_SLOW
         self.not_found = 0  # lookups of ids that were not found: they use up the subscription budget
         self.bucket = _Bucket(svc.settings.ws_messages_per_s)
+        self.ids = _Bucket(svc.settings.ws_ids_per_s)  # what a subscribe costs is its ids: counted too
+        self.buffered = 0  # bytes queued for the client
 
     # --- outgoing ---
     def _enqueue(self, text: str, owner: str | None = None) -> None:
@@ -106,10 +109,11 @@ class _Session:
         if self.closing:
             return
         text = self.svc.signer.sign_json(text, owner)
-        if self.out.qsize() >= MAX_BUFFERED:
+        if self.out.qsize() >= MAX_BUFFERED or self.buffered + len(text) > MAX_BUFFERED_BYTES:
             log.warning("socket of %s is not reading; closing it", self.who.user_id)
             self.close_later(CLOSE_TOO_SLOW)
             return
+        self.buffered += len(text)
         self.out.put_nowait(text)
 
     def close_later(self, code: int) -> None:
@@ -130,6 +134,7 @@ class _Session:
                 with contextlib.suppress(Exception):
                     await self.ws.close(self.close_code)
                 return
+            self.buffered -= len(text)
             await self.ws.send_text(text)
             self.svc.metrics.events_sent += 1
 
@@ -203,6 +208,10 @@ class _Session:
         if isinstance(msg, PingMessage):
             self.send_model(PongMessage(ts=round(time.time(), 3), replica=self.svc.metrics.replica))
         elif isinstance(msg, SubscribeMessage):
+            if not self.ids.take(len(msg.job_ids)):
+                self.send_model(ErrorMessage(code="rate_limited", message=(
+                    f"too many job ids subscribed; at most {self.ids.rate:g} a second (DASH_WS_IDS_PER_S)")))
+                return
             await self.subscribe(msg)
         elif isinstance(msg, UnsubscribeMessage):
             for job_id in msg.job_ids:

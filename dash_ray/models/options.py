@@ -30,9 +30,15 @@ _DEFAULT_EVENTS: list[WebhookEvent] = ["completed", "failed"]
 def _webhook_url(url: str) -> str:
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise ValueError("must not contain spaces or control characters")
-    parts = urlparse(url)
+    try:
+        parts = urlparse(url)
+        port = parts.port
+    except ValueError:  # a port out of range or not a number, a bracket left open
+        raise ValueError("must be a valid URL (a port is 1-65535)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an http(s) URL")
+    if port == 0:
+        raise ValueError("must be a valid URL (a port is 1-65535)")
     if parts.username or parts.password:
         raise ValueError("must not carry credentials (the signature proves the sender)")
     return url

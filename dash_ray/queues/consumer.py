@@ -433,9 +433,20 @@ class QueueConsumer:
         """The job's attempt ended: it is no longer asked to yield."""
         await self.redis.delete(self.lifecycle.keys.yield_flag(job_id))
 
-    async def backlog(self) -> int:
-        """Jobs ready to run now (waiting + prioritized), 0 while the queue is paused."""
-        return self._ready(*await self._count_ready(Batch(self.redis)).execute())
+    async def backlog(self, ahead_s: float = 0.0) -> int:
+        """Jobs ready to run now (waiting + prioritized) and delayed ones (a later start, a retry's
+        backoff) due within `ahead_s`; 0 while the queue is paused. One round trip.
+
+        Only a take (BullMQ's moveToActive) promotes a due delayed job, and the scheduler takes
+        only with a free worker: so due ones count here, or a queue whose workers are all gone
+        would start none for them and they would wait for the next job added.
+        """
+        batch = self._count_ready(Batch(self.redis))
+        due_ms = round((time.time() + max(ahead_s, 0.0)) * 1000)
+        # BullMQ scores a delayed job timestamp_ms * 0x1000 + a counter (its promoteDelayedJobs' bound)
+        batch.add("zcount", self.scripts.keys["delayed"], 0, (due_ms + 1) * 0x1000 - 1)
+        wait, prio, paused, due = await batch.execute()
+        return self._ready(wait, prio, paused) + (0 if paused else int(due))
 
     def _count_ready(self, batch: Batch) -> Batch:
         """Queue the reads `_ready` needs on a batch."""

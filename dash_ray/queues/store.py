@@ -91,6 +91,9 @@ def _digest(data: dict[str, Any]) -> tuple[str, int]:
     return hashlib.sha256(raw).hexdigest()[:32], len(raw)
 
 
+ETA_CACHE_S = 1.0  # a waiting job's ETA is computed at most this often per replica (at the same place)
+
+
 def _refusal(what: str, limit: int, used: int) -> DashError:
     """The error for a quota `create` refused."""
     if what == "open":
@@ -146,6 +149,7 @@ class JobStore:
         self._position: Any = redis.register_script(POSITION)  # called with a Batch as its client too
         register(self._position)
         self._queues: dict[str, BullQueue] = {}
+        self._etas: dict[tuple[str, str, int], tuple[float, tuple[float, float] | None]] = {}
 
     def queue(self, name: str) -> BullQueue:
         """The BullMQ queue object of `name` (sharing our Redis client)."""
@@ -273,16 +277,24 @@ class JobStore:
         """The view with its ETA: a waiting job's from the queue (see queues/eta.py), a running
         one's from its own progress so far."""
         if view.status == "waiting" and view.queue_position:
-            got = await estimate(self.redis, self.keys, view.queue, view.id, view.data, view.queue_position)
-            if got is not None:
-                view.eta_s, view.finish_eta_s = got
+            key = (view.queue, view.id, view.queue_position)
+            now = time.monotonic()
+            hit = self._etas.get(key)
+            if hit is None or now - hit[0] > ETA_CACHE_S:
+                # shared by every GET, subscribe and socket refresh of this job on this replica
+                if len(self._etas) >= 10_000:
+                    self._etas.clear()
+                hit = self._etas[key] = (now, await estimate(self.redis, self.keys, view.queue, view.id, view.data,
+                                                             view.queue_position))
+            if hit[1] is not None:
+                view.eta_s, view.finish_eta_s = hit[1]
         elif view.status == "active" and view.started_at and 0 < view.progress < 100:
             elapsed = max(0.0, time.time() - view.started_at)
             view.eta_s = round(elapsed * (100 - view.progress) / view.progress, 2)
             view.finish_eta_s = view.eta_s
         return view
 
-    async def _views(self, ids: list[tuple[str, str]], with_state: bool) -> list[JobView]:
+    async def _views(self, ids: list[tuple[str, str]], with_state: bool, with_data: bool = True) -> list[JobView]:
         if not ids:
             return []
         k = self.keys
@@ -308,16 +320,17 @@ class JobStore:
             pos = raw[i * step + 3] if with_state else None
             if not ours and not bull:
                 continue
-            out.append(self._view(job_id, queue, ours, bull, state, pos))
+            out.append(self._view(job_id, queue, ours, bull, state, pos, with_data))
         return out
 
     def _view(self, job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
-              state: str | None, pos: Any) -> JobView:
+              state: str | None, pos: Any, with_data: bool = True) -> JobView:
         attempts_made = int(bull.get("atm") or bull.get("attemptsMade") or 0)
         if state is None:
             state = None if not bull else _state_from_hash(bull, ours)
         status = view_status(state, ours, attempts_made)
-        data = json.loads(bull["data"]) if bull.get("data") else {}
+        # the payload is parsed only when it is shown (or names the owner of a job we adopted)
+        data = json.loads(bull["data"]) if bull.get("data") and (with_data or not ours.get("userId")) else {}
         opts = json.loads(bull["opts"]) if bull.get("opts") else {}
         result: Any = None
         if ours.get("result"):
@@ -357,9 +370,10 @@ class JobStore:
         status: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        with_data: bool = True,
     ) -> JobList:
         """A user's jobs (`user_id` "*": every user's), newest first, optionally by queue and
-        status; `cursor` pages on."""
+        status; `cursor` pages on; `with_data` False leaves each payload out (and unparsed)."""
         if queue is not None and queue not in self.queue_names:
             raise UnknownQueue(queue)
         if user_id is None:
@@ -385,7 +399,7 @@ class JobStore:
                 pipe.hget(self.keys.job(member), "queue")
             queues = await pipe.execute()
             ids = [(m, q) for (m, _s), q in zip(batch, queues, strict=True) if q]
-            views = {v.id: v for v in await self._views(ids, with_state=False)}
+            views = {v.id: v for v in await self._views(ids, with_state=False, with_data=with_data)}
             # An index entry is stale when its job is gone, or when its id now names a job of
             # someone else (this user's job expired and another user took the id): the owner
             # of every job listed is checked here, the one place every history read goes through.

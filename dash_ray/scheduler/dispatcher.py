@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MAX_LEAD_S = 30.0  # a delayed job counts as demand this long before it is due, at most
+
 
 class _Backoff:
     """Exponential backoff with jitter: sleep first_s, then twice as long... up to max_s."""
@@ -170,7 +172,9 @@ class Dispatcher:
         self.pool.reap_idle(0.0 if self._yield_idle else None)
         slot = self.pool.take_idle()
         if slot is None:
-            backlog = await self.consumer.backlog()
+            # Delayed jobs about to be due count: with no worker left nothing would take them (a
+            # take is what promotes them), and one started now is ready about when they are due.
+            backlog = await self.consumer.backlog(ahead_s=self.lead_s())
             pending = self.pool.count("pending")
             if backlog > pending and not self._peers_starved:
                 self.pool.spawn(backlog - pending)
@@ -189,6 +193,11 @@ class Dispatcher:
         task = asyncio.create_task(self._run(slot, jobs), name=f"job-{jobs[0].id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
+
+    def lead_s(self) -> float:
+        """How long before its due time a delayed job (a later start, a retry's backoff) counts
+        as demand for a worker: about the time a new worker takes to be ready."""
+        return min(self.pool.start_s, MAX_LEAD_S)
 
     # ------------------------------------------------------------------ batching
     def batch_size(self) -> int:
@@ -440,7 +449,7 @@ class Dispatcher:
             try:
                 busy, pending = self.pool.count("busy"), self.pool.count("pending")
                 needed = pending or self.want_workers is not None or self.arb.peers
-                backlog = await self.consumer.backlog() if needed else 0
+                backlog = await self.consumer.backlog(ahead_s=self.lead_s()) if needed else 0
                 if pending and backlog:
                     self._starved_since = self._starved_since or time.time()
                 else:

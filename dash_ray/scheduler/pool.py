@@ -53,6 +53,7 @@ class WorkerPool:
         self._ids = itertools.count(1)
         self._changed = asyncio.Event()
         self._ready_tasks: set[asyncio.Task[None]] = set()
+        self.start_s = 2.0  # how long a new worker takes to be ready: a moving average of those measured
 
     # --- counts ---
     def count(self, state: str) -> int:
@@ -92,6 +93,7 @@ class WorkerPool:
             return
         slot.state = "idle"
         slot.last_used = time.monotonic()
+        self.start_s = 0.5 * self.start_s + 0.5 * (slot.last_used - slot.created)
         slot.pid = info.get("pid")
         slot.resources = dict(info.get("resources", {}))
         slot.models = tuple(info.get("models", ()))

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import httpcore
+
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
 from dash_ray.services.netguard import PrivateAddress, pinned_url
@@ -87,9 +89,11 @@ def _read_file(path: Path, settings: Settings) -> bytes:
 def _fetch_http(url: str, settings: Settings) -> bytes:
     """An image from an allowed host, on the address checked by `netguard.pinned_url` (pinned: the
     connection goes to that address, with the host name in `Host` and TLS SNI), within
-    DASH_MAX_IMAGE_BYTES and a total deadline of DASH_IMAGE_FETCH_TIMEOUT_S."""
-    import httpx
-
+    DASH_MAX_IMAGE_BYTES and a total deadline of DASH_IMAGE_FETCH_TIMEOUT_S: connect, TLS, the
+    request, the answer's headers and body all told (every read waits only for what is left of
+    it, so a server that drips its answer a byte at a time is cut all the same)."""
+    timeout_s = settings.image_fetch_timeout_s
+    deadline = time.monotonic() + timeout_s
     parts = urlparse(url)
     host = (parts.hostname or "").lower()
     if host not in {h.lower() for h in settings.allowed_image_hosts}:
@@ -98,29 +102,81 @@ def _fetch_http(url: str, settings: Settings) -> bytes:
         pinned, host_header, _ = pinned_url(url, settings.allowed_image_networks)
     except PrivateAddress as exc:
         raise WorkerError(f"image host: {exc} (DASH_ALLOWED_IMAGE_NETWORKS)") from None
-    deadline = time.monotonic() + settings.image_fetch_timeout_s
     limit = settings.max_image_bytes
+    timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     try:
-        with httpx.Client(timeout=settings.image_fetch_timeout_s, follow_redirects=False) as client:
-            request = client.build_request("GET", pinned, headers={"Host": host_header},
-                                           extensions={"sni_hostname": host})
-            r = client.send(request, stream=True)
-            try:
-                if r.status_code != 200:
-                    raise WorkerError(f"fetching the image gave HTTP {r.status_code}")
-                chunks, size = [], 0
-                for chunk in r.iter_bytes():
-                    size += len(chunk)
-                    if size > limit:
-                        raise WorkerError(f"image too large (over {limit} bytes)")
-                    if time.monotonic() > deadline:
-                        raise WorkerError(f"fetching the image took over {settings.image_fetch_timeout_s:g}s")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-            finally:
-                r.close()
-    except httpx.HTTPError as exc:
+        with httpcore.ConnectionPool(network_backend=_DeadlineBackend(deadline), retries=0) as pool, \
+                pool.stream("GET", pinned, headers=[(b"Host", host_header.encode())],
+                            extensions={"sni_hostname": host, "timeout": timeouts}) as r:
+            if r.status != 200:
+                raise WorkerError(f"fetching the image gave HTTP {r.status}")
+            chunks, size = [], 0
+            for chunk in r.iter_stream():
+                size += len(chunk)
+                if size > limit:
+                    raise WorkerError(f"image too large (over {limit} bytes)")
+                if time.monotonic() > deadline:
+                    raise WorkerError(f"fetching the image took over {timeout_s:g}s")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpcore.TimeoutException:
+        raise WorkerError(f"fetching the image took over {timeout_s:g}s") from None
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
         raise WorkerError(f"cannot fetch the image: {type(exc).__name__}") from None
+
+
+def _left(deadline: float, timeout: float | None, error: type[Exception]) -> float:
+    """The seconds an I/O step may wait: its own timeout, cut to what is left until `deadline`."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise error("the deadline has passed")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read, write and TLS handshake ends by `deadline` (time.monotonic)."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+        self.inner = inner
+        self.deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.inner.read(max_bytes, _left(self.deadline, timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, _left(self.deadline, timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        tls = self.inner.start_tls(ssl_context, server_hostname, _left(self.deadline, timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls, self.deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's blocking sockets, each connection ending by `deadline` (time.monotonic)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.inner = httpcore.SyncBackend()
+        self.deadline = deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> httpcore.NetworkStream:
+        stream = self.inner.connect_tcp(host, port, _left(self.deadline, timeout, httpcore.ConnectTimeout),
+                                        local_address, socket_options)
+        return _DeadlineStream(stream, self.deadline)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Any = None) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("no Unix sockets here")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 def load_image(url: str, settings: Settings, uploads: Callable[[str], bytes] | None = None) -> Any:

@@ -171,3 +171,21 @@ def test_event_streams_are_capped_per_user(live: Callable[..., str]) -> None:  #
         time.sleep(0.1)
     assert httpx.get(f"{base}/v1/usage", headers=mallory).json()["streams"]["used"] == 0
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_a_socket_pays_for_each_job_id_it_subscribes_not_for_each_message(live: Callable[..., str]) -> None:  # noqa: F811
+    import json
+
+    from websockets.sync.client import connect as ws_connect
+
+    base = live(ws_ids_per_s=100)  # bursts of 200 ids
+    with ws_connect(base.replace("http", "ws") + "/ws", additional_headers=bearer("mallory")) as ws:
+        ws.send(json.dumps({"type": "subscribe", "jobIds": [f"nope-{i}" for i in range(200)]}))
+        got = [json.loads(ws.recv(timeout=10)) for _ in range(201)]
+        assert sum(m.get("code") == "not_found" for m in got) == 200
+        ws.send(json.dumps({"type": "subscribe", "jobIds": [f"again-{i}" for i in range(200)]}))
+        refused = json.loads(ws.recv(timeout=10))
+        assert refused["code"] == "rate_limited" and "DASH_WS_IDS_PER_S" in refused["message"]
+        ws.send(json.dumps({"type": "ping"}))  # one message, no ids: still served
+        assert json.loads(ws.recv(timeout=10))["type"] == "pong"
+    assert httpx.get(f"{base}/healthz").status_code == 200

@@ -146,3 +146,29 @@ def test_a_receiver_that_hangs_is_cut_off_and_tried_again(make_client: Any, toke
         run_one(redis_url, prefix, "sleep")
         rx.wait(lambda g: len(g) >= 2)
     assert len(calls) >= 2 and calls[1] - calls[0] < 5  # the second came without waiting out the first
+
+
+def test_shared_site_local_6to4_and_nat64_addresses_are_refused_and_no_address_is_named(
+        make_client: Any, tokens: Any) -> None:
+    token = tokens("alice")
+    closed = make_client()
+    for url in ("http://100.64.0.1/hook", "http://100.127.255.254/hook", "http://[fec0::1]/hook",
+                "http://[2002:7f00:1::1]/hook", "http://[2002:808:808::1]/hook", "http://[64:ff9b::7f00:1]/hook",
+                "http://[64:ff9b::a00:1]/hook", "http://[::ffff:100.64.0.1]/hook"):
+        r = submit(closed, token, {"url": url})
+        assert r.status_code == 422, (url, r.text)
+        [err] = r.json()["error"]["errors"]
+        assert err["field"] == "options.webhook.url" and "DASH_WEBHOOK_ALLOWED_NETWORKS" in err["message"]
+    r = submit(closed, token, {"url": "http://localhost/hook"})
+    assert r.status_code == 422
+    assert not any(a in r.text for a in ("127.0.0.1", "::1")), r.text  # what a name resolves to stays inside
+
+
+def test_a_webhook_port_out_of_range_is_a_422_at_submit(make_client: Any, tokens: Any) -> None:
+    client = make_client()
+    for url in ("http://example.com:99999/hook", "https://example.com:0/hook", "http://example.com:-1/hook",
+                "http://example.com:http/hook"):
+        r = client.post("/v1/jobs/generation", json={"prompt": "a red fox", "options": {"webhook": {"url": url}}},
+                        headers=auth(tokens("alice")))
+        assert r.status_code == 422, (url, r.text)
+        assert r.json()["error"]["errors"][0]["field"] == "options.webhook.url", r.text
