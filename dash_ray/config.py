@@ -328,6 +328,11 @@ class Settings(_QueueFields):
         """Where results are written: DASH_ARTIFACTS_URL or a folder under the data dir."""
         return self.artifacts_url or str(self.data_dir / "artifacts")
 
+    def for_workers(self) -> Settings:
+        """These settings less the gateway's secrets (token, webhook and metrics secrets): what
+        GPU workers, which may run on other nodes, are given."""
+        return self.model_copy(update={"token_secret": None, "webhook_secret": None, "metrics_token": None})
+
     def secret(self) -> str:
         """The token secret: DASH_TOKEN_SECRET, else one made once and kept in the data dir."""
         if self.token_secret:

@@ -49,7 +49,19 @@ def init_ray(settings: Settings, specs: list[QueueSpec], *, num_cpus: int | None
             # GPU workers) and share the machine with Redis at niceness 0.
             _system_config={"worker_niceness": settings.worker_niceness},
         )
+        private_ray_token()
     return dict(ray.cluster_resources())
+
+
+def private_ray_token(path: Path | None = None) -> None:
+    """Make Ray's auth token file (`~/.ray/auth_token`) readable by its owner only (0600): Ray
+    writes it with the default mode, and anyone who reads it can run code on the cluster."""
+    token = path or Path.home() / ".ray" / "auth_token"
+    try:
+        if token.is_file() and not token.is_symlink() and token.stat().st_uid == os.getuid():
+            token.chmod(0o600)
+    except OSError:
+        pass
 
 
 def record_local_ray(path: Path) -> None:

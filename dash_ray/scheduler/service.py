@@ -50,12 +50,13 @@ class ConsumerService:
             consumer_id=f"{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         )
         options = spec.actor_options()
+        worker_settings = settings.for_workers()  # no secret of the gateway's reaches a GPU node
 
         def factory() -> Any:
             sized = dict(options)
             if sized.get("num_gpus"):  # the measured peaks may make the next worker's slot smaller
                 sized["num_gpus"] = self.dispatcher.worker_fraction() or sized["num_gpus"]
-            return worker_cls.options(**sized).remote(spec.name, settings, spec.runner, redis_url)
+            return worker_cls.options(**sized).remote(spec.name, worker_settings, spec.runner, redis_url)
 
         def kill(handle: Any) -> None:
             ray.kill(handle, no_restart=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dash_ray.config import load_settings
@@ -63,3 +65,17 @@ def test_bad_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, var: str,
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert var in str(info.value)
+
+
+def test_workers_get_no_secret_of_the_gateways_and_rays_token_file_is_private(tmp_path: Path) -> None:
+    from dash_ray.scheduler.cluster import private_ray_token
+
+    s = load_settings(token_secret="t" * 40, webhook_secret="w" * 40, metrics_token="m" * 20, data_dir=tmp_path)
+    w = s.for_workers()
+    assert (w.token_secret, w.webhook_secret, w.metrics_token) == (None, None, None)
+    assert w.key_prefix == s.key_prefix and s.token_secret == "t" * 40  # the rest is kept; the original untouched
+    token = tmp_path / "auth_token"
+    token.write_text("x")
+    token.chmod(0o644)
+    private_ray_token(token)
+    assert token.stat().st_mode & 0o777 == 0o600
