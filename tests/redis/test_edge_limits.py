@@ -39,9 +39,11 @@ def live(redis_url: str, prefix: str, tmp_path: Path) -> Iterator[Callable[..., 
 
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(**overrides: Any) -> str:
+    def start(redis: str | None = None, **overrides: Any) -> str:
+        """`redis`: another Redis's URL than the session's; `overrides`: settings."""
         settings = load_settings(key_prefix=prefix, token_secret=SECRET, data_dir=tmp_path / "data", **overrides)
-        app = create_app(GatewayServices.create(settings, redis_url, queues=("generation", "training", "upscaling", "sleep")))
+        app = create_app(GatewayServices.create(settings, redis or redis_url,
+                                                queues=("generation", "training", "upscaling", "sleep")))
         port = free_port()
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                                ws="websockets-sansio", ws_max_size=settings.max_ws_frame_bytes))

@@ -189,3 +189,48 @@ def test_a_socket_pays_for_each_job_id_it_subscribes_not_for_each_message(live: 
         ws.send(json.dumps({"type": "ping"}))  # one message, no ids: still served
         assert json.loads(ws.recv(timeout=10))["type"] == "pong"
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_one_user_cannot_fill_redis_for_everyone(live: Callable[..., str], tmp_path: Path) -> None:  # noqa: F811
+    """A bounded run of the flood: a Redis of 24 MB (noeviction: full means every write fails),
+    a budget of 4 MiB a user. Mallory's inline images stop at 413 long before Redis is full;
+    alice's submits go on."""
+    from dash_ray.queues import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "small-redis", maxmemory="24mb")
+    url = server.start()
+    try:
+        base = live(redis=url, max_bytes_per_user=4 * 1024 * 1024, rate_submit="10000/minute")
+        mallory = bearer("mallory")
+        image = "data:image/png;base64," + "A" * 340_000  # ~255 KB decoded, ~340 KB kept
+        codes = []
+        for _ in range(150):  # at 340 KB a job, Redis would be full by about the 70th
+            r = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": image, "scale": 2}, headers=mallory,
+                           timeout=30)
+            codes.append(r.status_code)
+            if r.status_code != 201:
+                break
+        assert codes[-1] == 413 and 5 <= len(codes) <= 14, codes
+        assert httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": image, "scale": 2},
+                          headers=bearer("alice"), timeout=30).status_code == 201
+        assert httpx.get(f"{base}/healthz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_signature_whose_expiry_is_not_plain_digits_is_refused_not_an_error(live: Callable[..., str]) -> None:  # noqa: F811
+    base = live()
+    for exp in ("%C2%B2", "%D9%A3", "1" * 40, "-1", "1e9"):
+        r = httpx.get(f"{base}/v1/artifacts/alice/a1/image-0.png?exp={exp}&sig=x")
+        assert r.status_code == 401, (exp, r.status_code, r.text)
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_training_samples_count_against_the_compute_ceiling(live: Callable[..., str]) -> None:  # noqa: F811
+    base = live(max_generation_mpx_steps=10)
+    body = {"loraId": "s1", "prompt": "sks", "imageUrls": [PNG],
+            "settings": {"epochs": 10, "resolution": 512, "sampleEvery": 1, "sampleSteps": 50}}
+    r = httpx.post(f"{base}/v1/jobs/training", json=body, headers=bearer("mallory"))
+    assert r.status_code == 422 and "settings.sampleEvery" in r.text and "DASH_MAX_GENERATION_MPX_STEPS" in r.text
+    body["settings"] = {**body["settings"], "sampleEvery": 0}
+    assert httpx.post(f"{base}/v1/jobs/training", json=body, headers=bearer("mallory")).status_code == 201
