@@ -61,7 +61,7 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     await svc.policy.check(queue, body, options, who, owner)
     await svc.limiter.check(owner, count_open=False)  # the store takes the unfinished-jobs limit, atomically
-    await svc.policy.check_webhook(options)
+    await svc.policy.check_webhook(options, owner)
     # the token's weight is its user's: an admin submitting for someone else uses theirs
     result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None,
                                  quota=svc.policy.quota(queue, options, who))
@@ -155,8 +155,9 @@ async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
     """Run a failed or cancelled job again: a new run, so it counts against your submission
     rate and unfinished-job limits like a submit."""
     view = await _owned(job_id, who, svc)
-    await svc.limiter.check(view.user_id or who.user_id)
-    return _signed(svc, (await svc.store.retry(job_id)).wire())
+    await svc.limiter.check(view.user_id or who.user_id, count_open=False)  # the store takes the rest
+    return _signed(svc, (await svc.store.retry(job_id, quota=svc.policy.quota(view.queue, None, who,
+                                                                           retry=True))).wire())
 
 
 async def _queue_view(name: str, svc: GatewayServices) -> QueueView:
@@ -346,8 +347,9 @@ async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
     for q in svc.queues:
         chosen, peaks = await svc.store.sizing(q)
         sizing[q] = (chosen or svc.queue_info(q)["gpu_fraction"], peaks)
+    # user ids are personal data: listed only where /metrics wants its token
     page = render(counts, durations, svc.metrics, sizing, open_streams=svc.streams.total,
-                  bytes_kept=await svc.store.top_usage(20))
+                  bytes_kept=await svc.store.top_usage(20) if want else None)
     return PlainTextResponse(page, media_type="text/plain; version=0.0.4")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from dash_ray.config import Settings
-from dash_ray.errors import InvalidPayload
+from dash_ray.errors import InvalidPayload, RateLimited
 from dash_ray.gateway.auth import Principal
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import (
@@ -22,6 +22,8 @@ from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, check_webhook_url
 
 __all__ = ["SubmitPolicy"]
+
+LOOKUPS_PER_USER = 2  # webhook URLs of one user resolved at once, per replica
 
 
 def _image_urls(payload: JobPayload) -> list[str]:
@@ -44,6 +46,7 @@ class SubmitPolicy:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
+        self._lookups: dict[str, int] = {}  # webhook URLs being resolved now, per user
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
                     owner: str) -> None:
@@ -85,23 +88,32 @@ class SubmitPolicy:
             if opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
                 raise _bad("options.priority", "priority 1 on training is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
 
-    async def check_webhook(self, options: JobOptions | None) -> None:
+    async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is
         resolved on a small pool of its own with a deadline (checked again at every send: a
         name may be re-pointed); called after the rate limiter, so refused callers cost no lookup."""
         if options is None or options.webhook is None:
             return
+        if self._lookups.get(owner, 0) >= LOOKUPS_PER_USER:
+            raise RateLimited("too many webhook URLs being checked at once; retry in a moment", retry_after_s=2)
+        self._lookups[owner] = self._lookups.get(owner, 0) + 1
         try:
             await check_webhook_url(options.webhook.url, self.settings.webhook_allowed_networks, timeout_s=5.0)
         except PrivateAddress as exc:
             raise _bad("options.webhook.url", f"{exc}; refused unless DASH_WEBHOOK_ALLOWED_NETWORKS "
                                               "covers it") from None
+        finally:
+            left = self._lookups[owner] - 1
+            if left:
+                self._lookups[owner] = left
+            else:
+                del self._lookups[owner]
 
-    def quota(self, queue: str, options: JobOptions | None, who: Principal) -> Quota:
-        """The owner's limits this submission must fit, taken atomically with the job by the
-        store: unfinished jobs, bytes kept in Redis, and for a non-admin's priority-1 training
-        job, the share of those."""
+    def quota(self, queue: str, options: JobOptions | None, who: Principal, retry: bool = False) -> Quota:
+        """The owner's limits this submission (or `retry`) must fit, taken atomically with the
+        job by the store: unfinished jobs, bytes kept in Redis, and for a non-admin's priority-1
+        training job, the share of those (a retried job counts as it was created)."""
         s = self.settings
-        high = queue == "training" and (options or JobOptions()).priority == 1 and not who.admin
+        high = not who.admin and (retry or (queue == "training" and (options or JobOptions()).priority == 1))
         return Quota(overhead_bytes=s.job_overhead_bytes, max_open=s.max_waiting_per_user,
                      max_bytes=s.max_bytes_per_user, high=high, max_high=s.high_priority_per_user if high else None)

@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncGenerator, Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from dash_ray.errors import Forbidden, InvalidPayload, RateLimited
 from dash_ray.gateway.deps import Caller, QueryCaller, Svc, _owned
 from dash_ray.gateway.services import GatewayServices
-from dash_ray.queues import frame_seq, is_preview
+from dash_ray.queues import frame_seq, is_preview, of_another
 
 __all__ = ["prefer_wait_s", "router", "wait_final"]
 
@@ -72,21 +72,26 @@ async def job_events(job_id: str, request: Request, who: QueryCaller, svc: Svc,
     if not svc.streams.take(who.user_id):
         raise RateLimited(f"at most {svc.streams.limit} open event streams per user (DASH_MAX_STREAMS_PER_USER)",
                           retry_after_s=5)
-    return StreamingResponse(_stream(svc, job_id, view.user_id, who.user_id, after, previews, request),
-                             media_type="text/event-stream",
-                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+    return _SlotStream(lambda: svc.streams.give(who.user_id), _events(svc, job_id, view.user_id, after, previews, request),
+                       media_type="text/event-stream", headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
-async def _stream(svc: GatewayServices, job_id: str, owner: str | None, caller: str, after: int, previews: bool,
-                  request: Request) -> AsyncIterator[bytes]:
-    """The stream of one job's events; it holds one of the caller's stream slots, taken by the
-    route, until it ends."""
-    try:
-        async with contextlib.aclosing(_events(svc, job_id, owner, after, previews, request)) as events:
-            async for chunk in events:
-                yield chunk
-    finally:
-        svc.streams.give(caller)
+class _SlotStream(StreamingResponse):
+    """An event stream that gives its caller's stream slot back when it is over, however it
+    ends (even if the client was gone before its first byte)."""
+
+    def __init__(self, release: Callable[[], None], content: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+        self._content = content
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+            with contextlib.suppress(Exception):
+                await self._content.aclose()  # its hub subscription goes too
 
 
 async def _events(svc: GatewayServices, job_id: str, owner: str | None, after: int, previews: bool,
@@ -112,6 +117,8 @@ async def _events(svc: GatewayServices, job_id: str, owner: str | None, after: i
                 seq = frame_seq(data)
                 if seq > last:
                     last = seq
+                    if of_another(data, owner):
+                        return  # the id changed hands: this job's stream is over
                     if previews or not is_preview(data):
                         yield _sse(seq, svc.signer.sign_json(data, owner))
                     if data.startswith(_FINAL):
@@ -131,6 +138,8 @@ async def _events(svc: GatewayServices, job_id: str, owner: str | None, after: i
                 if seq > last + 1 and seq - last < 1000:  # a gap (an event not yet here): read the stream
                     break
                 last = seq
+                if of_another(data, owner):
+                    return
                 if previews or not is_preview(data):
                     yield _sse(seq, svc.signer.sign_json(data, owner))
                 if data.startswith(_FINAL):

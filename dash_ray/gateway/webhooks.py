@@ -36,7 +36,7 @@ from dash_ray import __version__
 from dash_ray.config import Settings
 from dash_ray.gateway.auth import UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
-from dash_ray.queues import Delivery, Keys, WebhookOutbox, is_transient, retry_pause
+from dash_ray.queues import Delivery, Keys, WebhookOutbox, is_transient, of_another, retry_pause
 from dash_ray.services.netguard import PrivateAddress, pinned_url_async
 from dash_ray.services.webhooks import signature_headers, user_secret
 
@@ -83,7 +83,9 @@ def _name_key(url: str) -> str:
 
 
 def _address_key(pinned: str) -> str:
-    """The destination a pinned URL connects to: `address:port`, an IPv6 address's /64."""
+    """The destination a pinned URL connects to: `address:port`, an IPv6 address's /64. (One
+    user's tarpits on many ports are bounded by the per-user share, not here: receivers of
+    several users may share an address.)"""
     parts = urlsplit(pinned)
     host = (parts.hostname or "").split("%", 1)[0]
     try:
@@ -119,6 +121,7 @@ class WebhookSender:
         self.master = webhook_master(settings)
         self.lease_s = settings.webhook_deadline_s + _LEASE_MARGIN_S  # no send outlives its deadline
         self._slots = _Slots(settings.webhook_per_destination)
+        self._owners = _Slots(max(1, settings.webhook_concurrency // 4))  # no user holds more than a quarter
         self._sending: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -178,8 +181,8 @@ class WebhookSender:
         try:
             raw_url, raw_owner = await self.redis.hmget(self.keys.job(d.job_id), "hookUrl", "userId")
             url, owner = _text(raw_url) or "", _text(raw_owner) or ""
-            if not url:  # the job's record is gone (expired): nothing to send to
-                await self.outbox.delivered(d)
+            if not url or of_another(d.body, owner):  # the record is gone, or its id changed hands since:
+                await self.outbox.delivered(d)  # nothing to send, and never to the new owner's URL
                 return
             try:
                 outcome = await self._post(d, url, owner)
@@ -220,6 +223,7 @@ class WebhookSender:
 
     async def _post_once(self, d: Delivery, url: str, owner: str, deadline_s: float) -> tuple[bool, str] | None:
         with contextlib.ExitStack() as slots:
+            slots.enter_context(self._owners.hold(f"owner {owner}"))
             name = _name_key(url)
             if name:
                 slots.enter_context(self._slots.hold(name))

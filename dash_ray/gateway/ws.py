@@ -38,7 +38,7 @@ from dash_ray.models.events import (
     parse_client_message,
 )
 from dash_ray.models.queues import validation_errors
-from dash_ray.queues import event_from_state, frame_seq, is_preview, is_transient
+from dash_ray.queues import event_from_state, frame_seq, is_preview, is_transient, of_another
 
 __all__ = ["serve_socket"]
 
@@ -109,11 +109,11 @@ class _Session:
         if self.closing:
             return
         text = self.svc.signer.sign_json(text, owner)
-        if self.out.qsize() >= MAX_BUFFERED or self.buffered + len(text) > MAX_BUFFERED_BYTES:
+        if self.out.qsize() >= MAX_BUFFERED or self.buffered + _size(text) > MAX_BUFFERED_BYTES:
             log.warning("socket of %s is not reading; closing it", self.who.user_id)
             self.close_later(CLOSE_TOO_SLOW)
             return
-        self.buffered += len(text)
+        self.buffered += _size(text)
         self.out.put_nowait(text)
 
     def close_later(self, code: int) -> None:
@@ -134,12 +134,15 @@ class _Session:
                 with contextlib.suppress(Exception):
                     await self.ws.close(self.close_code)
                 return
-            self.buffered -= len(text)
+            self.buffered -= _size(text)
             await self.ws.send_text(text)
             self.svc.metrics.events_sent += 1
 
     def _frame(self, sub: _Sub, data: str) -> None:
-        """Send one of a job's event frames, unless the subscription opted out of previews."""
+        """Send one of a job's event frames, unless the subscription opted out of previews, or
+        the frame is of another user's job that now holds the id (never sent)."""
+        if of_another(data, sub.owner):
+            return
         if data.startswith('{"type":"job:progress"'):
             sub.waiting = '"status":"waiting"' in data
             sub.place = (None, None)
@@ -165,6 +168,8 @@ class _Session:
                 sub = self.subs.get(job_id)
                 if sub is None or not sub.waiting or view.status != "waiting" or view.queue_position is None:
                     continue  # it moved on meanwhile: its own event says so
+                if view.user_id != sub.owner:
+                    continue  # the id changed hands: another user's job now
                 eta = view.eta_s
                 was_pos, was_eta = sub.place
                 if view.queue_position == was_pos and (eta is None or (was_eta is not None and abs(eta - was_eta) < 1)):
@@ -333,6 +338,11 @@ class _Session:
     async def close(self) -> None:
         for job_id in list(self.subs):
             await self.drop(job_id)
+
+
+def _size(text: str) -> int:
+    """A frame's size in bytes as sent (UTF-8); an ASCII one's is its length (checked in O(1))."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _place(view: Any) -> str:

@@ -26,6 +26,7 @@ from dash_ray.queues.lifecycle import (
     SyncLifecycle,
     frame_seq,
     is_preview,
+    of_another,
     started_event,
 )
 from dash_ray.queues.outbox import Delivery, WebhookOutbox
@@ -57,6 +58,7 @@ __all__ = [
     "frame_seq",
     "is_preview",
     "is_transient",
+    "of_another",
     "redacted",
     "retry_pause",
     "started_event",

@@ -45,6 +45,7 @@ from dash_ray.queues.lua import (
     EVENT,
     FAIR_PRUNE,
     FINISH,
+    REOPEN,
     USAGE,
     Script,
     with_bull_add,
@@ -61,8 +62,10 @@ __all__ = [
     "Retention",
     "SyncLifecycle",
     "duration_bucket",
+    "frame_owner",
     "frame_seq",
     "is_preview",
+    "of_another",
     "started_event",
 ]
 
@@ -146,6 +149,23 @@ def log_line(event: JobLogEvent) -> str:
     return f"{when} {event.level.upper()} {event.message}"
 
 
+def frame_owner(frame: str) -> str | None:
+    """The `userId` a job's event frame carries (None if it carries none). User ids hold no
+    quote, so the first `"userId":"` starts it (the frames are pydantic's compact JSON)."""
+    i = frame.find('"userId":"')
+    if i < 0:
+        return None
+    j = frame.find('"', i + 10)
+    return frame[i + 10:j] if j > 0 else None
+
+
+def of_another(frame: str, owner: str | None) -> bool:
+    """True when a job's frame names an owner other than `owner`: its id changed hands (the job
+    expired and another user's job took the id) after the reader checked whose it was."""
+    got = frame_owner(frame)
+    return got is not None and owner is not None and got != owner
+
+
 def frame_seq(frame: str) -> int:
     """The seq of a published frame (the scripts end every frame with `"seq":N}`)."""
     i = frame.rfind('"seq":')
@@ -224,7 +244,7 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, USAGE)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, USAGE, REOPEN)}
 
     def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
         """A script's source with this deployment's constants."""
@@ -353,6 +373,23 @@ class Lifecycle:
             what = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
             return Created(0, None, refused=(what, int(reply[3]), int(reply[4]) if len(reply) > 4 else 0))
         return Created(0, None, *(str(x) for x in reply[2:6]))
+
+    async def reopen(self, job_id: str, user_id: str, quota: Quota, size: int) -> tuple[str, int, int] | None:
+        """Take the owner's limits for a finished job that is about to run again (a retry), as
+        `create` takes them for a new one; returns the quota it did not fit, else None."""
+        k = self.keys
+        q = quota
+
+        def limit(n: int | None) -> str:
+            return "" if n is None else str(n)
+
+        keys, args = REOPEN.pack(
+            {"job": k.job(job_id), "open": k.waiting_count(user_id), "usage": k.usage, "sizes": k.sizes(user_id),
+             "kept": k.kept(user_id)},
+            {"job_id": job_id, "user": user_id, "now_ms": int(time.time() * 1000), "bytes": size + q.overhead_bytes,
+             "max_bytes": limit(q.max_bytes), "max_open": limit(q.max_open), "max_high": limit(q.max_high)})
+        reply = await self._scripts[REOPEN.name](keys=keys, args=args)
+        return self.created_reply([0, *reply[1:]]).refused if int(reply[0]) == 0 else None
 
     async def usage(self, user_id: str) -> tuple[int, int]:
         """What a user keeps in Redis now: (bytes, unfinished jobs)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH", "POSITION",
-           "USAGE", "Script", "with_bull_add"]
+           "REOPEN", "USAGE", "Script", "with_bull_add"]
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,8 @@ end
 if A.fair_inc ~= '' and redis.call('ZSCORE', K.prioritized, A.job_id) then fair_share() end
 redis.call('HSET', K.job, 'digest', A.digest)
 if A.high == '1' then redis.call('HSET', K.job, 'high', 1) end
-redis.call('ZINCRBY', K.usage, A.bytes, A.user)
+local stale = redis.call('HGET', K.sizes, A.job_id)  -- an earlier job of this id not yet reaped
+redis.call('ZINCRBY', K.usage, tonumber(A.bytes) - tonumber(stale or '0'), A.user)
 redis.call('HSET', K.sizes, A.job_id, A.bytes)
 redis.call('ZADD', K.kept, 'inf', A.job_id)  -- kept until it is final and its records expire
 local n = redis.call('INCR', K.history_n)
@@ -235,6 +236,40 @@ if over > 0 then redis.call('ZREMRANGEBYRANK', K.recent, 0, over - 1) end
 live_again()
 local seq, pos = emit(A.position == '1')
 return {seq, pos}
+""")
+
+
+# reopen: a finished job is about to run again (a retry): its owner's limits are checked and
+# taken as CREATE takes them, in one step, before the job is requeued: the unfinished-jobs cap,
+# the high-priority share (for a job created as one: its record's `high`), and its bytes, kept
+# again until it is final (charged again if they were released meanwhile). Returns {1}, or
+# {0, -2, what, limit, bytes used} when refused.
+REOPEN = Script(
+    "reopen", keys=("job", "open", "usage", "sizes", "kept"),
+    args=("job_id", "user", "now_ms", "bytes", "max_bytes", "max_open", "max_high"), body=r"""
+if redis.call('SISMEMBER', K.open, A.job_id) == 1 then return {1} end
+if A.max_open ~= '' and redis.call('SCARD', K.open) >= tonumber(A.max_open) then
+  return {0, -2, 'open', A.max_open}
+end
+if A.max_high ~= '' and redis.call('HGET', K.job, 'high') == '1' then
+  local n = 0
+  for _, id in ipairs(redis.call('SMEMBERS', K.open)) do
+    if redis.call('HGET', NS .. 'job:' .. id, 'high') == '1' then n = n + 1 end
+  end
+  if n >= tonumber(A.max_high) then return {0, -2, 'high', A.max_high} end
+end
+reap_kept(A.now_ms)
+if redis.call('HEXISTS', K.sizes, A.job_id) == 0 then
+  local used = tonumber(redis.call('ZSCORE', K.usage, A.user) or '0')
+  if A.max_bytes ~= '' and used + tonumber(A.bytes) > tonumber(A.max_bytes) then
+    return {0, -2, 'bytes', A.max_bytes, used}
+  end
+  redis.call('ZINCRBY', K.usage, A.bytes, A.user)
+  redis.call('HSET', K.sizes, A.job_id, A.bytes)
+end
+redis.call('ZADD', K.kept, 'inf', A.job_id)
+redis.call('SADD', K.open, A.job_id)
+return {1}
 """)
 
 

@@ -453,8 +453,9 @@ class JobStore:
         await self.lifecycle.cancel(job_id)
         return await self.get(job_id)
 
-    async def retry(self, job_id: str) -> JobView:
-        """Run a failed (or cancelled-while-running) job again, with fresh attempts."""
+    async def retry(self, job_id: str, quota: Quota | None = None) -> JobView:
+        """Run a failed (or cancelled-while-running) job again, with fresh attempts. `quota`:
+        the owner's limits, taken atomically before it is requeued, as for a new job."""
         view = await self.get(job_id)
         if view.status not in ("failed", "cancelled"):
             raise InvalidJobState(job_id, view.status, "retry")
@@ -462,10 +463,17 @@ class JobStore:
         bjob = await BullJob.fromId(bq, job_id)
         if bjob is None:
             raise InvalidJobState(job_id, view.status, "retry (the job was removed)")
+        owner = view.user_id or "_"
+        if quota is not None:
+            refused = await self.lifecycle.reopen(job_id, owner, quota, _digest(view.data)[1])
+            if refused:
+                raise _refusal(*refused)
         await self.redis.delete(self.keys.cancel(job_id))
         try:
             await bjob.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
         except Exception as exc:
+            if quota is not None:  # it does not run again: it holds no place among the unfinished
+                await self.redis.srem(self.keys.waiting_count(owner), job_id)
             raise InvalidJobState(job_id, view.status, f"retry ({exc})") from None
         await self.lifecycle.wait_again(job_id, view.queue, view.user_id, "retry requested")
         return await self.get(job_id)

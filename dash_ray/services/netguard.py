@@ -35,7 +35,11 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known NAT64: judged by th
 # drip) holds neither the event loop's default executor (asyncio.to_thread, loop.getaddrinfo)
 # nor more than this many threads; each lookup is also bounded by its caller's timeout.
 _DNS_THREADS = 8
-_dns = ThreadPoolExecutor(max_workers=_DNS_THREADS, thread_name_prefix="dash-dns")
+_dns = ThreadPoolExecutor(max_workers=_DNS_THREADS, thread_name_prefix="dash-dns")  # webhook sends
+# Submit-time checks have a pool of their own: names that never answer, submitted by one user,
+# cannot hold the threads that deliver everyone's webhooks (and the gateway caps each user's
+# lookups in flight).
+_dns_submit = ThreadPoolExecutor(max_workers=_DNS_THREADS, thread_name_prefix="dash-dns-submit")
 
 
 class PrivateAddress(ValueError):
@@ -117,9 +121,10 @@ def pinned_url(url: str, allowed: Iterable[str] = ()) -> tuple[str, str, str]:
     return _pinned(parts, host, port, public_address(host, port, allowed))
 
 
-async def pinned_url_async(url: str, allowed: Iterable[str] = (), timeout_s: float = 5.0) -> tuple[str, str, str]:
+async def pinned_url_async(url: str, allowed: Iterable[str] = (), timeout_s: float = 5.0, *,
+                           pool: ThreadPoolExecutor | None = None) -> tuple[str, str, str]:
     """`pinned_url` for an event loop: the name is looked up on the guard's own small pool of
-    threads, within `timeout_s` (else PrivateAddress, `unresolved`)."""
+    threads (`pool`, else the senders'), within `timeout_s` (else PrivateAddress, `unresolved`)."""
     parts, host, port = _parse(url)
     try:
         ipaddress.ip_address(host)
@@ -127,7 +132,8 @@ async def pinned_url_async(url: str, allowed: Iterable[str] = (), timeout_s: flo
     except ValueError:
         lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
         try:
-            infos = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(_dns, lookup), timeout_s)
+            infos = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(pool or _dns, lookup),
+                                           timeout_s)
         except asyncio.TimeoutError:  # before OSError: TimeoutError is one from Python 3.11
             raise PrivateAddress("cannot resolve the host in time", unresolved=True) from None
         except (OSError, UnicodeError):
@@ -137,5 +143,5 @@ async def pinned_url_async(url: str, allowed: Iterable[str] = (), timeout_s: flo
 
 async def check_webhook_url(url: str, allowed_networks: Iterable[str], timeout_s: float = 5.0) -> None:
     """Raise PrivateAddress unless a webhook may be sent to `url` now (DASH_WEBHOOK_ALLOWED_NETWORKS
-    as `allowed_networks`); the name is looked up within `timeout_s`, off the default executor."""
-    await pinned_url_async(url, allowed_networks, timeout_s)
+    as `allowed_networks`); the name is looked up within `timeout_s`, on the submit checks' own pool."""
+    await pinned_url_async(url, allowed_networks, timeout_s, pool=_dns_submit)

@@ -118,6 +118,7 @@ def test_concurrent_submits_cannot_race_past_a_limit(live: Callable[..., str]) -
 def test_what_one_user_keeps_in_redis_is_budgeted_and_shown(live: Callable[..., str]) -> None:  # noqa: F811
     base = live(max_bytes_per_user=64 * 1024, job_overhead_bytes=1024, max_inline_image_bytes=32 * 1024,
                 rate_submit="1000/minute")
+    admin_base = live(metrics_token="m" * 20)  # a second replica, whose /metrics wants a token
     mallory = bearer("mallory")
     big = "data:image/png;base64," + "A" * 40_000  # ~30 KB decoded, ~40 KB kept
     first = httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big, "scale": 2}, headers=mallory)
@@ -137,7 +138,9 @@ def test_what_one_user_keeps_in_redis_is_budgeted_and_shown(live: Callable[..., 
     assert httpx.delete(f"{base}/v1/jobs/{first.json()['id']}", headers=mallory).status_code == 200
     assert httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big, "scale": 2},
                       headers=mallory).status_code == 413
-    metrics = httpx.get(f"{base}/metrics").text
+    assert 'dash_user_bytes_kept{' not in httpx.get(f"{base}/metrics").text  # user ids: only behind a token
+    assert httpx.get(f"{base}/metrics").status_code == 200
+    metrics = httpx.get(f"{admin_base}/metrics", headers={"Authorization": "Bearer " + "m" * 20}).text
     assert 'dash_user_bytes_kept{user="mallory"}' in metrics and "dash_sse_open_streams" in metrics
     assert httpx.get(f"{base}/healthz").status_code == 200
 
@@ -234,3 +237,73 @@ def test_training_samples_count_against_the_compute_ceiling(live: Callable[..., 
     assert r.status_code == 422 and "settings.sampleEvery" in r.text and "DASH_MAX_GENERATION_MPX_STEPS" in r.text
     body["settings"] = {**body["settings"], "sampleEvery": 0}
     assert httpx.post(f"{base}/v1/jobs/training", json=body, headers=bearer("mallory")).status_code == 201
+
+
+async def test_retries_take_the_owners_limits_atomically_too(
+        live: Callable[..., str], make_store: Any, make_consumer: Any) -> None:  # noqa: F811
+    """Five failed priority-1 training jobs retried at once: one runs again, four are refused
+    (the share is one); the unfinished-jobs cap holds for retries the same way."""
+    from tests.helpers import take_one
+
+    base = live(rate_submit="1000/minute", max_waiting_per_user=2)
+    mallory = bearer("mallory")
+    consumer = make_consumer("training", make_store())
+    body = {"prompt": "sks", "imageUrls": [PNG], "settings": {"epochs": 1, "resolution": 64},
+            "options": {"priority": 1}}
+    for i in range(5):  # one at a time, each failed before the next: every submit fits
+        assert httpx.post(f"{base}/v1/jobs/training", json={**body, "loraId": f"r-{i}"},
+                          headers=mallory).status_code == 201
+        await consumer.fail(await take_one(consumer, block_s=5), "boom", retry=False)
+    answers = at_once(5, lambda i: httpx.post(f"{base}/v1/jobs/r-{i}/retry", headers=mallory, timeout=30))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] + [429] * 4, [a.text for a in answers]
+    assert httpx.get(f"{base}/v1/usage", headers=mallory).json()["jobsUnfinished"]["used"] == 1
+    # plain jobs: one more place among the unfinished, raced by three retries and a submit
+    sleeper = make_consumer("sleep", make_store())
+    for i in range(3):
+        assert httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": f"p-{i}"}, headers=mallory).status_code == 201
+        await sleeper.fail(await take_one(sleeper, block_s=5), "boom", retry=False)
+    answers = at_once(4, lambda i: httpx.post(f"{base}/v1/jobs/p-{i}/retry", headers=mallory, timeout=30)
+                      if i < 3 else httpx.post(f"{base}/v1/jobs/sleep", json={}, headers=mallory, timeout=30))
+    assert sorted(a.status_code for a in answers if a.status_code != 429) in ([200], [201]), [a.text for a in answers]
+    assert httpx.get(f"{base}/v1/usage", headers=mallory).json()["jobsUnfinished"] == {"used": 2, "limit": 2}
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+async def test_a_socket_never_gets_the_events_of_another_users_job_that_took_the_id(
+        live: Callable[..., str], make_store: Any) -> None:  # noqa: F811
+    """Eve follows her job `dog`; it ends and its records expire; bob's new job `dog` reports
+    progress on the same channel. Eve's socket, still subscribed, gets none of it (her own job
+    `cat`'s event, published after bob's, shows that they went by: one pub/sub, in order)."""
+    import json
+
+    from websockets.sync.client import connect as ws_connect
+
+    from dash_ray.models import JobProgressEvent
+
+    base = live()
+    eve = bearer("eve")
+    assert httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": "dog"}, headers=eve).status_code == 201
+    assert httpx.delete(f"{base}/v1/jobs/dog", headers=eve).status_code == 200  # seq 2: cancelled
+    assert httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": "cat"}, headers=eve).status_code == 201
+    store = make_store()
+    with ws_connect(base.replace("http", "ws") + "/ws", additional_headers=eve) as ws:
+        ws.send(json.dumps({"type": "subscribe", "jobIds": ["dog", "cat"]}))
+        seen = [json.loads(ws.recv(timeout=10)) for _ in range(3)]
+        assert [m["type"] for m in seen] == ["job:failed", "job:progress", "subscribed"], seen
+        await store.redis.delete(store.keys.job("dog"), store.keys.events("dog"))  # expired
+        assert httpx.post(f"{base}/v1/jobs/sleep", json={"jobId": "dog", "failMessage": "bob's secret"},
+                          headers=bearer("bob")).status_code == 201
+        for i in range(1, 6):  # bob's seqs 2..6 pass eve's last (2)
+            await store.lifecycle.report(JobProgressEvent(job_id="dog", queue="sleep", user_id="bob", status="active",
+                                                          progress=10 * i, message=f"bob's step {i}"))
+        await store.lifecycle.report(JobProgressEvent(job_id="cat", queue="sleep", user_id="eve", status="active",
+                                                      progress=50, message="eve's own"))
+        got = []
+        while True:
+            msg = json.loads(ws.recv(timeout=10))
+            if msg.get("message") == "eve's own":
+                break
+            got.append(msg)
+    assert got == [], got
+    assert httpx.get(f"{base}/healthz").status_code == 200

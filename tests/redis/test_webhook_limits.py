@@ -122,3 +122,30 @@ def test_a_stored_webhook_url_that_cannot_be_sent_to_ends_in_the_dead_list(
         time.sleep(0.05)
     [entry] = dead
     assert entry["tries"] == 1 and "port" in entry["why"], entry
+
+
+def test_one_user_with_tarpits_on_many_ports_holds_no_more_than_a_quarter_of_the_senders(
+        make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    """Four senders, two per destination: mallory's three tarpits (three ports, three
+    destinations) hold one sender between them (a user's share: a quarter of
+    DASH_WEBHOOK_CONCURRENCY), so alice's receiver is served at once."""
+    deadline_s = 2.0
+    client = make_client(webhook_allowed_networks="127.0.0.0/8", webhook_retry_s=0.2, webhook_timeout_s=5,
+                         webhook_deadline_s=deadline_s, webhook_concurrency=4, webhook_per_destination=2)
+    with Tarpit(drip_s=0.2) as a, Tarpit(drip_s=0.2) as b, Tarpit(drip_s=0.2) as c, WebhookReceiver() as rx:
+        pits = (a, b, c)
+        for pit in pits:
+            submit(client, tokens("mallory"), pit.url)
+            run_one(redis_url, prefix, "sleep")
+        end = time.monotonic() + 5
+        while not any(p.opened for p in pits) and time.monotonic() < end:
+            time.sleep(0.02)
+        assert any(p.opened for p in pits)
+        submit(client, tokens("alice"), rx.url)
+        run_one(redis_url, prefix, "sleep")
+        t0 = time.monotonic()
+        rx.wait(lambda g: len(g) >= 1, timeout_s=5)
+        healthy_s = time.monotonic() - t0
+        live_then = sum(p.live for p in pits)
+    assert healthy_s < 0.75 * deadline_s, healthy_s
+    assert live_then <= 1 and max(p.max_live for p in pits) <= 1, [p.max_live for p in pits]
