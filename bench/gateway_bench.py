@@ -192,7 +192,7 @@ def main() -> None:
     url = load_settings().resolved_redis_url()
     server = None
     if url is None:
-        server = EmbeddedRedis(tempfile.mkdtemp(prefix="dash-bench-"))
+        server = EmbeddedRedis(tempfile.mkdtemp(prefix="dash-bench-"), server=load_settings().redis_server)
         url = server.start()
     prefix = f"gb{uuid.uuid4().hex[:6]}"
     port = free_port()

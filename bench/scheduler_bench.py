@@ -296,7 +296,7 @@ def main() -> None:
     url = load_settings().resolved_redis_url()
     server = None
     if url is None:
-        server = EmbeddedRedis(tempfile.mkdtemp(prefix="dash-bench-"))
+        server = EmbeddedRedis(tempfile.mkdtemp(prefix="dash-bench-"), server=load_settings().redis_server)
         url = server.start()
     try:
         asyncio.run(run(url, args))
