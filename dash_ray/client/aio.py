@@ -40,7 +40,7 @@ from dash_ray.models.events import (
     JobProgressEvent,
     parse_event,
 )
-from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, QueueView
+from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, QueueView, UsageView
 
 __all__ = ["AsyncClient", "AsyncJobHandle", "Event", "image_ref"]
 
@@ -278,6 +278,11 @@ class AsyncClient:
             cursor = page.next_cursor
             if not cursor or not page.jobs:
                 return
+
+    async def usage(self) -> UsageView:
+        """What you hold, each against its limit: bytes your jobs keep, unfinished jobs, uploaded
+        bytes, sockets and event streams open."""
+        return UsageView.model_validate(await self.request("GET", "/v1/usage"))
 
     async def queues(self) -> list[QueueView]:
         """Each queue: counts per state, concurrency, GPU share, paused."""

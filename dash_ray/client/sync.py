@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dash_ray.client.aio import AsyncClient, AsyncJobHandle, Event
-from dash_ray.models.views import TERMINAL_STATUSES, JobView, QueueView
+from dash_ray.models.views import TERMINAL_STATUSES, JobView, QueueView, UsageView
 
 __all__ = ["Client", "JobHandle"]
 
@@ -139,6 +139,10 @@ class Client:
              **kwargs: Any) -> Iterator[JobView]:
         """Your jobs, newest first, a page at a time as you iterate."""
         return self._loop.iterate(self.aio.jobs(queue, status, limit, **kwargs))
+
+    def usage(self) -> UsageView:
+        """What you hold, each against its limit (bytes kept, unfinished jobs, uploads, sockets, streams)."""
+        return self._loop.run(self.aio.usage())
 
     def queues(self) -> list[QueueView]:
         """Each queue's counts, concurrency, GPU share and state."""

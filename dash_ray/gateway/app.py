@@ -45,7 +45,7 @@ from dash_ray.gateway.streams import router as streams_router
 from dash_ray.gateway.ws import serve_socket
 from dash_ray.models import QUEUE_TABLE, JobList, JobOptions, JobView, QueueDef, QueueView
 from dash_ray.models.payloads import JobPayload, upload_path
-from dash_ray.models.views import MemoryPeak
+from dash_ray.models.views import Allowance, MemoryPeak, UsageView
 from dash_ray.services import InvalidArtifactPath
 
 __all__ = ["create_app"]
@@ -295,7 +295,7 @@ def _pixels(data: bytes) -> tuple[int, int]:
         raise InvalidPayload("the image could not be read", errors=[{"field": "body", "message": "unreadable"}]) from None
 
 
-@router.get("/v1/usage", tags=["usage"])
+@router.get("/v1/usage", response_model=UsageView, tags=["usage"])
 async def usage(who: Caller, svc: Svc) -> JSONResponse:
     """What you keep and hold, each against its limit: bytes your jobs keep in the queue's store,
     unfinished jobs, uploaded bytes, and the sockets and event streams you have open on this
@@ -303,15 +303,15 @@ async def usage(who: Caller, svc: Svc) -> JSONResponse:
     s = svc.settings
     kept, unfinished = await svc.store.usage(who.user_id)
     uploads = int(await svc.redis.get(svc.store.keys.upload_bytes(who.user_id)) or 0)
-    return JSONResponse({
-        "userId": who.user_id,
-        "bytesKept": {"used": kept, "limit": s.max_bytes_per_user},
-        "jobsUnfinished": {"used": unfinished, "limit": s.max_waiting_per_user},
-        "uploadBytes": {"used": uploads, "limit": s.upload_quota_bytes},
-        "sockets": {"used": svc.sockets.of(who.user_id), "limit": svc.sockets.limit},
-        "streams": {"used": svc.streams.of(who.user_id), "limit": svc.streams.limit},
-        "submitRate": s.rate_submit,
-    })
+    return JSONResponse(UsageView(
+        user_id=who.user_id,
+        bytes_kept=Allowance(used=kept, limit=s.max_bytes_per_user),
+        jobs_unfinished=Allowance(used=unfinished, limit=s.max_waiting_per_user),
+        upload_bytes=Allowance(used=uploads, limit=s.upload_quota_bytes),
+        sockets=Allowance(used=svc.sockets.of(who.user_id), limit=svc.sockets.limit),
+        streams=Allowance(used=svc.streams.of(who.user_id), limit=svc.streams.limit),
+        submit_rate=s.rate_submit,
+    ).wire())
 
 
 @router.post("/v1/ws-ticket", tags=["auth"])

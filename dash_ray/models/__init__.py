@@ -32,11 +32,13 @@ from dash_ray.models.payloads import (
 from dash_ray.models.queues import QUEUE_TABLE, QUEUES, QueueDef, parse_options, parse_payload
 from dash_ray.models.views import (
     TERMINAL_STATUSES,
+    Allowance,
     JobList,
     JobStatus,
     JobView,
     QueueView,
     SubmitResult,
+    UsageView,
 )
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "QUEUE_TABLE",
     "TERMINAL_STATUSES",
     "WEBHOOK_EVENTS",
+    "Allowance",
     "Backoff",
     "ClientMessage",
     "ErrorMessage",
@@ -74,6 +77,7 @@ __all__ = [
     "TrainingSettings",
     "UnsubscribeMessage",
     "UpscalingJob",
+    "UsageView",
     "Webhook",
     "parse_client_message",
     "parse_event",

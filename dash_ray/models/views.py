@@ -8,7 +8,8 @@ from pydantic import Field
 
 from dash_ray.models.base import WireModel
 
-__all__ = ["TERMINAL_STATUSES", "JobList", "JobStatus", "JobView", "QueueView", "SubmitResult"]
+__all__ = ["TERMINAL_STATUSES", "Allowance", "JobList", "JobStatus", "JobView", "QueueView", "SubmitResult",
+           "UsageView"]
 
 JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -79,3 +80,24 @@ class QueueView(WireModel):
     paused: bool
     configured_gpu_fraction: float | None = None
     memory_peaks: dict[str, MemoryPeak] = {}
+
+
+class Allowance(WireModel):
+    """How much of a limit is used."""
+
+    used: int
+    limit: int
+
+
+class UsageView(WireModel):
+    """What a user holds, each against its limit (`GET /v1/usage`): bytes their jobs keep in the
+    queue's store, unfinished jobs, uploaded bytes, and the sockets and event streams open on
+    the gateway replica that answered."""
+
+    user_id: str
+    bytes_kept: Allowance
+    jobs_unfinished: Allowance
+    upload_bytes: Allowance
+    sockets: Allowance
+    streams: Allowance
+    submit_rate: str

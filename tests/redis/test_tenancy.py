@@ -130,6 +130,11 @@ def test_what_one_user_keeps_in_redis_is_budgeted_and_shown(live: Callable[..., 
     assert refused["code"] == "quota_exceeded" and "DASH_MAX_BYTES_PER_USER" in refused["message"]
     usage = httpx.get(f"{base}/v1/usage", headers=mallory).json()
     assert 40_000 < usage["bytesKept"]["used"] <= 64 * 1024 and usage["bytesKept"]["limit"] == 64 * 1024
+    import dash_ray
+
+    with dash_ray.Client(base, mallory["Authorization"][7:]) as client:  # the same from Python
+        seen = client.usage()
+    assert seen.bytes_kept.used == usage["bytesKept"]["used"] and seen.jobs_unfinished.limit == 200
     # small jobs still fit under the budget; another user is untouched
     assert httpx.post(f"{base}/v1/jobs/sleep", json={}, headers=mallory).status_code == 201
     assert httpx.post(f"{base}/v1/jobs/upscaling", json={"imageUrl": big, "scale": 2},
