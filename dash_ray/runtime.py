@@ -9,8 +9,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 
-__all__ = ["loopback_ray", "setup", "tune_gc_for_serving"]
+__all__ = ["hide_credentials_in_access_logs", "loopback_ray", "setup", "tune_gc_for_serving"]
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -37,3 +38,26 @@ def tune_gc_for_serving() -> None:
     run less often: fewer pauses while thousands of events a second go out to sockets."""
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+
+
+_CREDENTIAL = re.compile(r"([?&](?:token|ticket|sig)=)[^&\s]*", re.IGNORECASE)
+
+
+class _HideCredentials(logging.Filter):
+    """Rewrites the query values of `token`, `ticket` and `sig` in an access log line to `***`
+    (uvicorn's access records carry the path with its query in their args)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "=" in a for a in record.args):
+            record.args = tuple(_CREDENTIAL.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str) and "=" in record.msg:
+            record.msg = _CREDENTIAL.sub(r"\1***", record.msg)
+        return True
+
+
+def hide_credentials_in_access_logs() -> None:
+    """Keep credentials that clients put in URLs (`?token=`, `?ticket=`, signed links' `sig`) out
+    of the access log of a server that logs query strings (uvicorn's does). Idempotent."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _HideCredentials) for f in access.filters):
+        access.addFilter(_HideCredentials())

@@ -457,6 +457,7 @@ def create_app(services: GatewayServices, *, max_body_bytes: int | None = None) 
         lifespan=lifespan,
     )
     app.state.services = services
+    runtime.hide_credentials_in_access_logs()
     errors.install(app)
     app.include_router(router)
     app.include_router(streams_router)

@@ -79,3 +79,33 @@ def test_workers_get_no_secret_of_the_gateways_and_rays_token_file_is_private(tm
     token.chmod(0o644)
     private_ray_token(token)
     assert token.stat().st_mode & 0o777 == 0o600
+
+
+def test_credentials_in_urls_never_reach_the_access_log() -> None:
+    import logging
+
+    from dash_ray import runtime
+
+    runtime.hide_credentials_in_access_logs()
+    runtime.hide_credentials_in_access_logs()  # once is enough: no second filter
+    access = logging.getLogger("uvicorn.access")
+    assert sum(type(f).__name__ == "_HideCredentials" for f in access.filters) == 1
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    access.addHandler(keep)
+    old_level, access.level = access.level, logging.INFO
+    try:  # the way uvicorn logs a request: client, method, path with query, version, status
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
+                    "/ws?token=eyJsecret.part&previews=1&ticket=t0p&x=1", "1.1", 101)
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5", "GET",
+                    "/v1/artifacts/a/b/c.png?exp=1&sig=SIGSECRET", "1.1", 200)
+    finally:
+        access.removeHandler(keep)
+        access.level = old_level
+    assert seen == ['127.0.0.1:5 - "GET /ws?token=***&previews=1&ticket=***&x=1 HTTP/1.1" 101',
+                    '127.0.0.1:5 - "GET /v1/artifacts/a/b/c.png?exp=1&sig=*** HTTP/1.1" 200']
