@@ -138,6 +138,37 @@ local function reap_kept(now_ms)
   if redis.call('ZINCRBY', K.usage, -freed, A.user) + 0 <= 0 then redis.call('ZREM', K.usage, A.user) end
 end
 
+-- The owner's limits a job about to run must fit (CREATE, REOPEN), checked in the script that
+-- then takes them: the unfinished-jobs cap, the high-priority share (for a `high` job), and,
+-- when it is to be `charged`, the bytes kept. Returns the refusal {0, -2, what, limit[, used]}
+-- or nil.
+local function refusal(high, charged)
+  if A.max_open ~= '' and redis.call('SCARD', K.open) >= tonumber(A.max_open) then
+    return {0, -2, 'open', A.max_open}
+  end
+  if high and A.max_high ~= '' then
+    local n = 0
+    for _, id in ipairs(redis.call('SMEMBERS', K.open)) do
+      if redis.call('HGET', NS .. 'job:' .. id, 'high') == '1' then n = n + 1 end
+    end
+    if n >= tonumber(A.max_high) then return {0, -2, 'high', A.max_high} end
+  end
+  reap_kept(A.now_ms)
+  if charged and A.max_bytes ~= '' then
+    local used = tonumber(redis.call('ZSCORE', K.usage, A.user) or '0')
+    if used + tonumber(A.bytes) > tonumber(A.max_bytes) then return {0, -2, 'bytes', A.max_bytes, used} end
+  end
+  return nil
+end
+
+-- Charge the job's bytes to its owner (an earlier charge of the same id, not yet reaped, is
+-- replaced), kept until the job is final and its records expire.
+local function charge()
+  local stale = redis.call('HGET', K.sizes, A.job_id)
+  redis.call('ZINCRBY', K.usage, tonumber(A.bytes) - tonumber(stale or '0'), A.user)
+  redis.call('HSET', K.sizes, A.job_id, A.bytes)
+end
+
 local function live_again()
   redis.call('PERSIST', K.job)
   redis.call('PERSIST', K.events)
@@ -199,22 +230,9 @@ local cur = redis.call('HMGET', K.job, 'queue', 'digest', 'status', 'userId')
 if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or '', cur[4] or ''} end
 if redis.call('EXISTS', K.bull_job) == 1 then return {0, -1, '', '', '', ''} end
 -- The owner's limits, checked and taken here, in the script that creates the job: concurrent
--- submits cannot both pass a check that only one of them fits. Refused: {0, -2, what, limit}.
-if A.max_open ~= '' and redis.call('SCARD', K.open) >= tonumber(A.max_open) then
-  return {0, -2, 'open', A.max_open}
-end
-if A.high == '1' and A.max_high ~= '' then
-  local n = 0
-  for _, id in ipairs(redis.call('SMEMBERS', K.open)) do
-    if redis.call('HGET', NS .. 'job:' .. id, 'high') == '1' then n = n + 1 end
-  end
-  if n >= tonumber(A.max_high) then return {0, -2, 'high', A.max_high} end
-end
-reap_kept(A.now_ms)
-if A.max_bytes ~= '' then
-  local used = tonumber(redis.call('ZSCORE', K.usage, A.user) or '0')
-  if used + tonumber(A.bytes) > tonumber(A.max_bytes) then return {0, -2, 'bytes', A.max_bytes, used} end
-end
+-- submits cannot both pass a check that only one of them fits.
+local refused = refusal(A.high == '1', true)
+if refused then return refused end
 local added = bull_add()
 if type(added) == 'number' and added < 0 then
   return redis.error_reply('BullMQ refused job ' .. A.job_id .. ': code ' .. added)
@@ -222,9 +240,7 @@ end
 if A.fair_inc ~= '' and redis.call('ZSCORE', K.prioritized, A.job_id) then fair_share() end
 redis.call('HSET', K.job, 'digest', A.digest)
 if A.high == '1' then redis.call('HSET', K.job, 'high', 1) end
-local stale = redis.call('HGET', K.sizes, A.job_id)  -- an earlier job of this id not yet reaped
-redis.call('ZINCRBY', K.usage, tonumber(A.bytes) - tonumber(stale or '0'), A.user)
-redis.call('HSET', K.sizes, A.job_id, A.bytes)
+charge()
 redis.call('ZADD', K.kept, 'inf', A.job_id)  -- kept until it is final and its records expire
 local n = redis.call('INCR', K.history_n)
 redis.call('ZADD', K.history, n, A.job_id)
@@ -248,25 +264,10 @@ REOPEN = Script(
     "reopen", keys=("job", "open", "usage", "sizes", "kept"),
     args=("job_id", "user", "now_ms", "bytes", "max_bytes", "max_open", "max_high"), body=r"""
 if redis.call('SISMEMBER', K.open, A.job_id) == 1 then return {1} end
-if A.max_open ~= '' and redis.call('SCARD', K.open) >= tonumber(A.max_open) then
-  return {0, -2, 'open', A.max_open}
-end
-if A.max_high ~= '' and redis.call('HGET', K.job, 'high') == '1' then
-  local n = 0
-  for _, id in ipairs(redis.call('SMEMBERS', K.open)) do
-    if redis.call('HGET', NS .. 'job:' .. id, 'high') == '1' then n = n + 1 end
-  end
-  if n >= tonumber(A.max_high) then return {0, -2, 'high', A.max_high} end
-end
-reap_kept(A.now_ms)
-if redis.call('HEXISTS', K.sizes, A.job_id) == 0 then
-  local used = tonumber(redis.call('ZSCORE', K.usage, A.user) or '0')
-  if A.max_bytes ~= '' and used + tonumber(A.bytes) > tonumber(A.max_bytes) then
-    return {0, -2, 'bytes', A.max_bytes, used}
-  end
-  redis.call('ZINCRBY', K.usage, A.bytes, A.user)
-  redis.call('HSET', K.sizes, A.job_id, A.bytes)
-end
+local released = redis.call('HEXISTS', K.sizes, A.job_id) == 0
+local refused = refusal(redis.call('HGET', K.job, 'high') == '1', released)
+if refused then return refused end
+if released then charge() end
 redis.call('ZADD', K.kept, 'inf', A.job_id)
 redis.call('SADD', K.open, A.job_id)
 return {1}
