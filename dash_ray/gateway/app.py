@@ -60,7 +60,7 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     await svc.policy.check(queue, body, options, who, owner)
-    await svc.limiter.check(owner, count_open=False)  # the store takes the unfinished-jobs limit, atomically
+    await svc.limiter.check(owner)  # the store takes the owner's other limits, atomically with the job
     await svc.policy.check_webhook(options, owner)
     # the token's weight is its user's: an admin submitting for someone else uses theirs
     result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None,
@@ -155,7 +155,7 @@ async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
     """Run a failed or cancelled job again: a new run, so it counts against your submission
     rate and unfinished-job limits like a submit."""
     view = await _owned(job_id, who, svc)
-    await svc.limiter.check(view.user_id or who.user_id, count_open=False)  # the store takes the rest
+    await svc.limiter.check(view.user_id or who.user_id)  # the store takes the rest, atomically
     return _signed(svc, (await svc.store.retry(job_id, quota=svc.policy.quota(view.queue, None, who,
                                                                            retry=True))).wire())
 

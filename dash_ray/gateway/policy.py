@@ -9,6 +9,7 @@ import asyncio
 from dash_ray.config import Settings
 from dash_ray.errors import InvalidPayload, RateLimited
 from dash_ray.gateway.auth import Principal
+from dash_ray.gateway.ratelimit import OpenSlots
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import (
     GenerationJob,
@@ -46,7 +47,7 @@ class SubmitPolicy:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
-        self._lookups: dict[str, int] = {}  # webhook URLs being resolved now, per user
+        self._lookups = OpenSlots(LOOKUPS_PER_USER)  # webhook URLs being resolved now, per user
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
                     owner: str) -> None:
@@ -94,20 +95,15 @@ class SubmitPolicy:
         name may be re-pointed); called after the rate limiter, so refused callers cost no lookup."""
         if options is None or options.webhook is None:
             return
-        if self._lookups.get(owner, 0) >= LOOKUPS_PER_USER:
+        if not self._lookups.take(owner):
             raise RateLimited("too many webhook URLs being checked at once; retry in a moment", retry_after_s=2)
-        self._lookups[owner] = self._lookups.get(owner, 0) + 1
         try:
             await check_webhook_url(options.webhook.url, self.settings.webhook_allowed_networks, timeout_s=5.0)
         except PrivateAddress as exc:
             raise _bad("options.webhook.url", f"{exc}; refused unless DASH_WEBHOOK_ALLOWED_NETWORKS "
                                               "covers it") from None
         finally:
-            left = self._lookups[owner] - 1
-            if left:
-                self._lookups[owner] = left
-            else:
-                del self._lookups[owner]
+            self._lookups.give(owner)
 
     def quota(self, queue: str, options: JobOptions | None, who: Principal, retry: bool = False) -> Quota:
         """The owner's limits this submission (or `retry`) must fit, taken atomically with the

@@ -1,10 +1,11 @@
-"""Per-user limits kept in Redis with the `limits` package: submissions per window, unfinished jobs."""
+"""Per-user limits: submissions per window (in Redis, with the `limits` package), and what a user
+holds open on a replica (`OpenSlots`). The unfinished-jobs cap is the store's (taken atomically
+with the job)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
 
 from limits import parse
 from limits.aio.storage import RedisStorage
@@ -18,20 +19,13 @@ __all__ = ["OpenSlots", "SubmitLimiter"]
 class SubmitLimiter:
     """Raises RateLimited (with a retry-after) before a submission that would go over a limit."""
 
-    def __init__(self, redis_url: str, key_prefix: str, rate: str, max_open: int,
-                 open_jobs: Callable[[str], Awaitable[int]]) -> None:
+    def __init__(self, redis_url: str, key_prefix: str, rate: str) -> None:
         self.storage = RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=key_prefix)
         self.limiter = MovingWindowRateLimiter(self.storage)
         self.rate = parse(rate.replace(" per ", "/"))
-        self.max_open = max_open
-        self.open_jobs = open_jobs
 
-    async def check(self, user_id: str, count_open: bool = True) -> None:
-        """Count one submission of `user_id`, or raise RateLimited. `count_open` False: the
-        unfinished-jobs limit is left to the caller (a submit takes it atomically with the job)."""
-        if count_open and await self.open_jobs(user_id) >= self.max_open:
-            raise RateLimited(f"too many unfinished jobs (limit {self.max_open}); wait for some to finish",
-                              retry_after_s=5)
+    async def check(self, user_id: str) -> None:
+        """Count one submission (or retry) of `user_id`, or raise RateLimited."""
         if not await self.limiter.hit(self.rate, "submit", user_id):
             stats = await self.limiter.get_window_stats(self.rate, "submit", user_id)
             retry = max(1, math.ceil(stats.reset_time - time.time()))

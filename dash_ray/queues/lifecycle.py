@@ -149,6 +149,11 @@ def log_line(event: JobLogEvent) -> str:
     return f"{when} {event.level.upper()} {event.message}"
 
 
+def _limit(n: int | None) -> str:
+    """A limit as a script argument ('' for none)."""
+    return "" if n is None else str(n)
+
+
 def frame_owner(frame: str) -> str | None:
     """The `userId` a job's event frame carries (None if it carries none). User ids hold no
     quote, so the first `"userId":"` starts it (the frames are pydantic's compact JSON)."""
@@ -276,13 +281,10 @@ class _Calls:
         level, inc = fair if fair else (0, None)
         q = quota or Quota()
 
-        def limit(n: int | None) -> str:
-            return "" if n is None else str(n)
-
         args.update(fair_level=str(level), fair_user=event.user_id or "_",
                     fair_inc="" if inc is None else repr(float(inc)), user=user, now_ms=created_ms,
-                    bytes=size + q.overhead_bytes, max_bytes=limit(q.max_bytes), max_open=limit(q.max_open),
-                    high="1" if q.high else "", max_high=limit(q.max_high))
+                    bytes=size + q.overhead_bytes, max_bytes=_limit(q.max_bytes), max_open=_limit(q.max_open),
+                    high="1" if q.high else "", max_high=_limit(q.max_high))
         extra: dict[str, Any] = {"created": created_ms}
         if hook:  # the webhook: its URL, and the kinds of event it wants (",completed,failed,")
             extra.update(hookUrl=hook[0], hookEvents=f",{','.join(hook[1])},")
@@ -380,14 +382,11 @@ class Lifecycle:
         k = self.keys
         q = quota
 
-        def limit(n: int | None) -> str:
-            return "" if n is None else str(n)
-
         keys, args = REOPEN.pack(
             {"job": k.job(job_id), "open": k.waiting_count(user_id), "usage": k.usage, "sizes": k.sizes(user_id),
              "kept": k.kept(user_id)},
             {"job_id": job_id, "user": user_id, "now_ms": int(time.time() * 1000), "bytes": size + q.overhead_bytes,
-             "max_bytes": limit(q.max_bytes), "max_open": limit(q.max_open), "max_high": limit(q.max_high)})
+             "max_bytes": _limit(q.max_bytes), "max_open": _limit(q.max_open), "max_high": _limit(q.max_high)})
         reply = await self._scripts[REOPEN.name](keys=keys, args=args)
         return self.created_reply([0, *reply[1:]]).refused if int(reply[0]) == 0 else None
 
