@@ -1,0 +1,67 @@
+"""A job's status: the one list of statuses, which of them are final, and the one derivation of a
+job's status from what Redis keeps (BullMQ's state, refined by our job hash).
+
+Everything that asks "is this job over?" asks `is_final`; the Lua scripts get `FINAL` as generated
+constants (`queues/lua/`), the client and the gateway import it from here.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal, get_args
+
+__all__ = ["FINAL", "FINAL_EVENT_TYPES", "JobStatus", "Status", "derive", "guess_bull_state", "is_final"]
+
+JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
+
+
+class Status(str, Enum):
+    """The statuses a job can have, as they appear on the wire."""
+
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+assert {s.value for s in Status} == set(get_args(JobStatus))
+
+FINAL: frozenset[str] = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
+FINAL_EVENT_TYPES: frozenset[str] = frozenset({"job:completed", "job:failed"})
+
+
+def is_final(status: str | None) -> bool:
+    """Whether a job with this status is over for good (completed, failed or cancelled)."""
+    return status in FINAL
+
+
+def derive(bull_state: str | None, ours: str | None, attempts_made: int) -> str:
+    """Our status from BullMQ's state (the truth) refined by our hash's status (cancelled,
+    retrying). `bull_state` is what BullMQ's `getState` answers (None or "unknown": no such job)."""
+    if bull_state in (None, "unknown"):
+        return ours or Status.WAITING.value
+    if bull_state == "completed":
+        return Status.COMPLETED.value
+    if bull_state == "failed":
+        return Status.CANCELLED.value if ours == Status.CANCELLED.value else Status.FAILED.value
+    if bull_state == "active":
+        return Status.ACTIVE.value
+    if bull_state == "delayed":
+        return Status.RETRYING.value if attempts_made > 0 else Status.DELAYED.value
+    # waiting, prioritized, waiting-children
+    return Status.RETRYING.value if attempts_made > 0 and ours == Status.RETRYING.value else Status.WAITING.value
+
+
+def guess_bull_state(bull: dict[str, str], ours: str | None) -> str:
+    """A cheap guess of BullMQ's state from the job's hashes alone (used for lists, where asking
+    every job's set would cost a round trip each); feed it to `derive`."""
+    if bull.get("finishedOn"):
+        return "failed" if bull.get("failedReason") and not bull.get("returnvalue") else "completed"
+    if ours == Status.ACTIVE.value:
+        return "active"
+    if ours in (Status.DELAYED.value, Status.RETRYING.value):
+        return "delayed"
+    return "waiting"
