@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dash_ray.queues import JobStore, connect
-from tests.helpers import events, intervals, sleep_queue_rig, sleep_scheduler, sleep_settings
+from dash_ray.testing import events, intervals, sleep_queue_rig, sleep_settings, start_scheduler
 
 MIXED = [0.3, 1.2, 0.6, 0.9, 0.4, 1.5]
 
@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     prefix = f"eta{uuid.uuid4().hex[:6]}"
     with sleep_queue_rig(args.workers, "dash-eta-") as url:
-        sched = sleep_scheduler(url, prefix, **sleep_settings(args.workers))
+        sched = start_scheduler(url, prefix, **sleep_settings(args.workers))
         asyncio.run(run(url, prefix, args))
         sched.stop(drain_timeout_s=2)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dash_ray.queues import JobStore, connect
-from tests.helpers import events, intervals, sleep_queue_rig, sleep_scheduler, sleep_settings
+from dash_ray.testing import events, intervals, sleep_queue_rig, sleep_settings, start_scheduler
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -73,7 +73,7 @@ def main() -> None:
     with sleep_queue_rig(args.workers, "dash-fair-") as url:
         for mode, fair in (("fifo", False), ("fair", True)):
             prefix = f"fair{uuid.uuid4().hex[:6]}"
-            sched = sleep_scheduler(url, prefix, **sleep_settings(args.workers))
+            sched = start_scheduler(url, prefix, **sleep_settings(args.workers))
 
             async def go(prefix: str = prefix, fair: bool = fair) -> dict[str, object]:
                 store = JobStore(connect(url), prefix=prefix, queues=("sleep",), fair_share=fair)

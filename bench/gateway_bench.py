@@ -19,7 +19,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from dash_ray.config import load_settings
 from dash_ray.gateway import TokenAuth
 from dash_ray.models import JobProgressEvent
 from dash_ray.queues import EmbeddedRedis, JobStore, connect
+from dash_ray.testing import free_port
 
 SECRET = "bench-secret-0123456789abcdef-0123456789"
 # The load generator (sockets and publisher) runs at the niceness of the server it measures, so on
@@ -51,12 +51,6 @@ NICE = 0
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s) + 0.5) - 1))] if s else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def publisher(url: str, prefix: str, ids: list[str], rate: float, seconds: float, start_at: float) -> None:

@@ -36,8 +36,7 @@ from dash_ray.config import load_settings
 from dash_ray.queues import EmbeddedRedis, JobStore, connect
 from dash_ray.scheduler import RunnerSpec, queue_specs
 from dash_ray.scheduler.cluster import NAMESPACE, Scheduler
-from tests.cluster.fake import FakeAutoscalingCluster
-from tests.cluster.test_autoscaling import GPU1, gpu_nodes
+from dash_ray.testing.cluster import GPU1, FakeAutoscalingCluster, gpu_nodes
 
 GEN = {"userId": "bench", "prompt": "a fox", "settings": {"steps": 2, "width": 64, "height": 64, "seed": 1}}
 

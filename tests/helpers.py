@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 from typing import Any
 
-TERMINAL = ("job:completed", "job:failed")
+from dash_ray.models.status import FINAL_EVENT_TYPES as TERMINAL
+from dash_ray.testing import (
+    all_done,
+    events,
+    intervals,
+    sleep_queue_rig,
+    sleep_settings,
+    start_scheduler,
+    wait_for,
+)
 
-
-async def wait_for(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.05) -> Any:
-    """Poll an async predicate until it returns something truthy."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {predicate}")
-        await asyncio.sleep(interval_s)
+__all__ = ["TERMINAL", "WebhookReceiver", "all_done", "assert_well_formed", "complete", "events", "executions",
+           "intervals", "max_overlap", "sleep_queue_rig", "sleep_settings", "start_scheduler", "take_one", "wait_for",
+           "wait_status"]
 
 
 async def wait_status(store: Any, job_id: str, statuses: tuple[str, ...], timeout_s: float = 30.0) -> Any:
@@ -32,30 +31,12 @@ async def wait_status(store: Any, job_id: str, statuses: tuple[str, ...], timeou
     return await wait_for(check, timeout_s)
 
 
-async def events(store: Any, job_id: str) -> list[dict[str, Any]]:
-    """All events of a job from its replay stream."""
-    return [json.loads(e) for e in await store.bus.replay(job_id)]
-
-
 def assert_well_formed(evs: list[dict[str, Any]]) -> None:
     """Strictly increasing seq, exactly one terminal event, and it is the last."""
     seqs = [e["seq"] for e in evs]
     assert seqs == sorted(set(seqs)) and seqs[0] == 1, seqs
     terminal = [i for i, e in enumerate(evs) if e["type"] in TERMINAL]
     assert len(terminal) == 1 and terminal[0] == len(evs) - 1, [e["type"] for e in evs]
-
-
-def intervals(evs: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    """(start, end) of each attempt: an `active` event to the next retry or terminal event."""
-    out = []
-    start = None
-    for e in evs:
-        if e["type"] == "job:progress" and e["status"] == "active" and e.get("message", "").startswith("started"):
-            start = e["ts"]
-        elif start is not None and (e["type"] in TERMINAL or e.get("status") in ("retrying", "waiting")):
-            out.append((start, e["ts"]))
-            start = None
-    return out
 
 
 def max_overlap(spans: list[tuple[float, float]]) -> int:
@@ -90,38 +71,12 @@ async def complete(consumer: Any, job: Any, result: Any) -> None:
         raise lost[0]
 
 
-def sleep_scheduler(redis_url: str, prefix: str, queues: tuple[str, ...] = ("sleep",),
-                    runner: dict[str, Any] | None = None, **overrides: Any) -> Any:
-    """A started Scheduler on `prefix` whose queues run the sleep runner (`runner`: its keyword
-    arguments) on the Ray this process is connected to."""
-    from dash_ray.config import load_settings
-    from dash_ray.scheduler import RunnerSpec, queue_specs
-    from dash_ray.scheduler.cluster import Scheduler
-    from dash_ray.scheduler.resources import with_runner
-
-    settings = load_settings(key_prefix=prefix, **overrides)
-    specs = with_runner(queue_specs(settings, test_queues=True),
-                        RunnerSpec("dash_ray.scheduler.sleep:SleepRunner", runner or {}))
-    sched = Scheduler(settings, redis_url, [s for s in specs if s.name in queues])
-    sched.start()
-    return sched
-
-
 def executions(tmp_path: Any, job_id: str) -> int:
     """How many times the sleep runner started a job (its record in `tmp_path/runs/<job id>`)."""
     from pathlib import Path
 
     path = Path(tmp_path) / "runs" / job_id
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-async def all_done(store: Any, ids: list[str], timeout_s: float) -> list[Any]:
-    """Wait until every job is final; returns their views."""
-    async def check() -> list[Any] | None:
-        views = [await store.get(i) for i in ids]
-        return views if all(v.status in ("completed", "failed", "cancelled") for v in views) else None
-
-    return await wait_for(check, timeout_s, interval_s=0.2)  # type: ignore[no-any-return]
 
 
 class WebhookReceiver:
@@ -176,33 +131,3 @@ class WebhookReceiver:
         return self.received()
 
 
-@contextlib.contextmanager
-def sleep_queue_rig(workers: int, tag: str = "dash-bench-") -> Any:
-    """For benchmarks: an embedded Redis and a local Ray (2 CPUs) whose node has `workers` slots of
-    the `sleep` queue; yields the Redis URL, then stops both. Start schedulers on it with
-    `sleep_scheduler(url, prefix, **sleep_settings(workers))`."""
-    import tempfile
-    from pathlib import Path
-
-    import ray
-
-    from dash_ray.config import load_settings
-    from dash_ray.queues import EmbeddedRedis
-    from dash_ray.scheduler import queue_specs
-    from dash_ray.scheduler.cluster import init_ray
-
-    redis = EmbeddedRedis(Path(tempfile.mkdtemp(prefix=tag)) / "redis")
-    url = redis.start()
-    try:
-        settings = load_settings(**sleep_settings(workers))
-        init_ray(settings, [s for s in queue_specs(settings, test_queues=True) if s.name == "sleep"], num_cpus=2)
-        yield url
-    finally:
-        ray.shutdown()
-        redis.stop()
-
-
-def sleep_settings(workers: int) -> dict[str, Any]:
-    """Settings of a `sleep` queue with `workers` warm workers that stay."""
-    return {"enable_sleep_queue": True, "worker_idle_s": 600, "max_pending_workers": workers,
-            "sleep_concurrency": workers}

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import queue
-import socket
 import subprocess
 import sys
 import threading
 import time
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str]]:

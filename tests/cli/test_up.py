@@ -20,7 +20,8 @@ import pytest
 from websockets.sync.client import connect
 
 from dash_ray.client import verify_webhook
-from tests.cli.conftest import free_port, start_up
+from dash_ray.testing import free_port
+from tests.cli.conftest import start_up
 from tests.helpers import WebhookReceiver
 from tests.workers.conftest import png_data_url
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import free_port, start_up
+from dash_ray.testing import free_port
+from tests.cli.conftest import start_up
 
 UP_LOG: dict[str, list[str]] = {}  # "log": the running `dash-ray up`'s output, shown under a failing test
 

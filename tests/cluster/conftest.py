@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import sleep_scheduler
+from dash_ray.testing import start_scheduler
 
 # A GPU node as cluster.yaml's 1-GPU type declares it (dash_sleep: the test queue's slots too).
 GPU_NODE = {"num_cpus": 1, "num_gpus": 1, "resources": {"dash_generation": 5, "dash_sleep": 5}}
@@ -63,7 +63,7 @@ def cluster_scheduler(gpu_cluster: Any, redis_url: str, prefix: str,
 
     def make(queues: tuple[str, ...] = ("generation",), runner: dict[str, Any] | None = None,
              **overrides: Any) -> Any:
-        sched = sleep_scheduler(redis_url, prefix, queues, {"record_dir": str(tmp_path / "runs"), **(runner or {})},
+        sched = start_scheduler(redis_url, prefix, queues, runner={"record_dir": str(tmp_path / "runs"), **(runner or {})},
                                 **overrides)
         made.append(sched)
         return sched

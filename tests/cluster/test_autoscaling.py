@@ -13,13 +13,11 @@ from typing import Any
 import pytest
 
 from dash_ray.queues import JobStore, connect
+from dash_ray.testing import wait_for
+from dash_ray.testing.cluster import GPU1, FakeAutoscalingCluster, gpu_nodes
 from tests.cluster.conftest import connect as connect_ray
-from tests.cluster.fake import FakeAutoscalingCluster
-from tests.helpers import wait_for
 
 GEN = {"userId": "alice", "prompt": "a fox", "settings": {"steps": 2, "width": 64, "height": 64, "seed": 1}}
-# cluster.yaml's 1-GPU node type, as the fake provider launches it.
-GPU1 = {"resources": {"CPU": 1, "GPU": 1, "dash_training": 1, "dash_upscaling": 3, "dash_generation": 5}}
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +32,6 @@ def autoscaling() -> Iterator[FakeAutoscalingCluster]:
     finally:
         ray.shutdown()
         fake.stop()
-
-
-def gpu_nodes() -> list[str]:
-    """Alive nodes that offer generation slots."""
-    import ray
-
-    return [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("dash_generation")]
 
 
 async def test_a_backlog_adds_a_gpu_node_that_runs_it_then_goes_when_idle(

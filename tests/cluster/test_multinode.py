@@ -70,7 +70,7 @@ def test_a_socket_moves_between_gateway_replicas_on_two_nodes_and_misses_no_even
     from dash_ray.gateway import TokenAuth
     from dash_ray.scheduler import RunnerSpec, queue_specs
     from dash_ray.scheduler.resources import with_runner
-    from tests.e2e.conftest import free_port
+    from dash_ray.testing import free_port
     from tests.redis.conftest import SECRET
 
     port = free_port()
@@ -140,8 +140,8 @@ def test_dash_ray_up_joins_the_cluster_and_leaves_only_its_own_app(gpu_cluster: 
 
     import httpx
 
+    from dash_ray.testing import free_port
     from tests.cli.conftest import start_up
-    from tests.e2e.conftest import free_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "DASH_"))}
     env.update(DASH_DATA_DIR=str(tmp_path / "data"), WEBSOCKET_PORT=str(free_port()), DASH_ENABLE_SLEEP_QUEUE="1")

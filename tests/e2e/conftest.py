@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,13 +9,8 @@ from typing import Any
 import pytest
 
 from dash_ray.config import load_settings
+from dash_ray.testing import free_port
 from tests.redis.conftest import SECRET
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module", params=["direct", "serve"])

@@ -28,7 +28,7 @@ from dash_ray.client import (
     Unauthorized,
 )
 from dash_ray.config import load_settings
-from tests.e2e.conftest import free_port
+from dash_ray.testing import free_port
 from tests.redis.conftest import SECRET
 
 pytestmark = pytest.mark.slow

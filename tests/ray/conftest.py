@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from dash_ray.config import load_settings
-from tests.helpers import sleep_scheduler
+from dash_ray.testing import start_scheduler
 
 
 @pytest.fixture
@@ -19,7 +18,7 @@ def make_scheduler(ray_session: Any, redis_url: str, prefix: str) -> Iterator[Ca
 
     def make(queues: tuple[str, ...] = ("sleep",), runner: dict[str, Any] | None = None, *,
              on_redis: str | None = None, **overrides: Any) -> Any:
-        sched = sleep_scheduler(on_redis or redis_url, prefix, queues, runner, **overrides)
+        sched = start_scheduler(on_redis or redis_url, prefix, queues, runner=runner, **overrides)
         made.append(sched)
         return sched
 
@@ -32,18 +31,13 @@ def make_scheduler(ray_session: Any, redis_url: str, prefix: str) -> Iterator[Ca
 def make_real_scheduler(ray_session: Any, redis_url: str, prefix: str, tiny_data_dir: Any,
                         tmp_path: Any) -> Iterator[Callable[..., Any]]:
     """Factory: a Scheduler on the test's prefix running the real workloads on tiny models."""
-    from dash_ray.scheduler import queue_specs
-    from dash_ray.scheduler.cluster import Scheduler
-
     made: list[Any] = []
 
     def make(queues: tuple[str, ...], **overrides: Any) -> Any:
         overrides.setdefault("artifacts_url", str(tmp_path / "artifacts"))
         overrides.setdefault("allowed_file_dirs", [str(tmp_path)])
-        settings = load_settings(key_prefix=prefix, data_dir=tiny_data_dir, torch_threads=1, **overrides)
-        sched = Scheduler(settings, redis_url, [s for s in queue_specs(settings) if s.name in queues])
-        sched.start()
-        sched.test_settings = settings  # type: ignore[attr-defined]
+        sched = start_scheduler(redis_url, prefix, queues, real=True, data_dir=tiny_data_dir, torch_threads=1,
+                                **overrides)
         made.append(sched)
         return sched
 

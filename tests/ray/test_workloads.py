@@ -17,7 +17,7 @@ from tests.workers.conftest import giant_png, png_data_url
 
 
 def art(sched: Any, url: str) -> Path:
-    return Path(sched.test_settings.artifacts_location) / url.removeprefix("/v1/artifacts/")
+    return Path(sched.settings.artifacts_location) / url.removeprefix("/v1/artifacts/")
 
 
 def steps_then_completed(evs: list[dict[str, Any]]) -> None:

@@ -20,15 +20,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from dash_ray.config import load_settings
+from dash_ray.testing import free_port
 from tests.redis.conftest import SECRET
 
 GEN = {"prompt": "a red fox"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -123,7 +123,7 @@ def test_dash_ray_redis_serves_a_cluster_head_privately(tmp_path: Path) -> None:
 
     import redis as redis_sync
 
-    from tests.cli.conftest import free_port
+    from dash_ray.testing import free_port
 
     port = free_port()
     env_file = tmp_path / "cluster.env"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dash_ray.config import Settings, load_settings
+from dash_ray.testing import RecordingSink
 
 
 @pytest.fixture(scope="session")
@@ -22,33 +23,16 @@ def worker_settings(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir: Pat
                          allowed_file_dirs=[str(root)], allowed_image_hosts=["127.0.0.1"])
 
 
-class RecordingBus:
-    """Collects published events (the reporter's publisher talks to this instead of Redis).
-    Committed checkpoints are kept per job id across buses, as Redis keeps them across attempts
-    (the fencing itself is tested on a real Redis, in tests/redis/test_worker_core.py)."""
+class RecordingBus(RecordingSink):
+    """The reporter's publisher talks to this instead of Redis. Committed checkpoints are kept per
+    job id across buses, as Redis keeps them across attempts (the fencing itself is tested on a
+    real Redis, in tests/redis/test_worker_core.py)."""
 
-    checkpoints: dict[str, str] = {}
+    checkpoints_kept: dict[str, str] = {}
 
     def __init__(self) -> None:
-        self.events: list[Any] = []  # job:progress events
-        self.extra: list[Any] = []  # job:preview and job:log events
-        self.lock = threading.Lock()
-
-    yield_asked = False  # what the checkpoint script says of the job's yield flag
-
-    def commit_checkpoint(self, job_id: str, queue: str, token: str, path: str) -> tuple[bool, str, bool]:
-        prev = self.checkpoints.get(job_id, "")
-        self.checkpoints[job_id] = path
-        return True, prev, self.yield_asked
-
-    def checkpoint_of(self, job_id: str) -> str:
-        return self.checkpoints.get(job_id, "")
-
-    def publish(self, events: list[Any], tokens: list[str] | None = None) -> list[bool]:
-        with self.lock:
-            self.events += [e for e in events if e.type == "job:progress"]
-            self.extra += [e for e in events if e.type != "job:progress"]
-        return [False] * len(events)
+        super().__init__()
+        self.checkpoints = self.checkpoints_kept
 
 
 @pytest.fixture
@@ -70,7 +54,7 @@ def run_job() -> Callable[..., Any]:
         rep.flush()
         pub.close()
         run.bus = bus  # type: ignore[attr-defined]
-        return result, bus.events
+        return result, bus.progress
 
     return run
 

@@ -149,7 +149,7 @@ def test_training_resumes_from_the_last_finished_epoch(trainer: Any, run_job: An
         trainer.run(JobContext(id="resume1", queue="training", data=data, user_id="u"), rep)
     rep.flush()
     pub.close()
-    assert max(e.epoch for e in bus.events if e.loss is not None) == 2
+    assert max(e.epoch for e in bus.progress if e.loss is not None) == 2
     result, events = run_job(trainer, "training", data, job_id="resume1", attempt=2)
     assert result["resumedFromEpoch"] == 2
     assert events[1].message.startswith("resuming after epoch 2/4")
@@ -174,7 +174,7 @@ def test_training_asked_to_yield_stops_after_the_checkpoint_it_just_committed(tr
         trainer.run(ctx, rep)
     rep.flush()
     pub.close()
-    assert max(e.epoch for e in bus.events if e.loss is not None) == 1
+    assert max(e.epoch for e in bus.progress if e.loss is not None) == 1
     assert bus.checkpoints["yield1"].startswith("u/yield1/checkpoint")
     one = {**data, "loraId": "yield2", "settings": {**data["settings"], "epochs": 1}}
     ctx = JobContext(id="yield2", queue="training", data=one, user_id="u")
@@ -206,7 +206,7 @@ def test_a_stale_training_attempt_stops_at_its_refused_checkpoint_and_leaves_no_
             trainer.run(ctx, Reporter(ctx, pub, max_hz=1000))
     finally:
         pub.close()
-    assert [e.epoch for e in bus.events if e.loss is not None] == []  # stopped at its first checkpoint
+    assert [e.epoch for e in bus.progress if e.loss is not None] == []  # stopped at its first checkpoint
     folder = Path(worker_settings.artifacts_location) / "u" / "stale1"
     assert not folder.exists() or not list(folder.glob("checkpoint-*.pt"))
 

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FakeAutoscalingCluster", "session_pids"]
+from dash_ray.testing import free_port
 
-_EMPTY = {key: [] for key in ("initialization_commands", "setup_commands", "head_setup_commands",
+__all__ = ["GPU1", "FakeAutoscalingCluster", "gpu_nodes", "session_pids"]
+
+# cluster.yaml's 1-GPU node type, as the fake provider launches it.
+GPU1 = {"resources": {"CPU": 1, "GPU": 1, "dash_training": 1, "dash_upscaling": 3, "dash_generation": 5}}
+
+_EMPTY: dict[str, list[Any]] = {key: [] for key in ("initialization_commands", "setup_commands", "head_setup_commands",
                               "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands",
                               "cluster_synced_files", "rsync_exclude", "rsync_filter")}
 
@@ -44,12 +48,6 @@ def session_pids(sid: int) -> list[int]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class FakeAutoscalingCluster:
     """A CPU head plus worker node types that Ray's autoscaler launches and removes by itself."""
 
@@ -59,7 +57,7 @@ class FakeAutoscalingCluster:
         self.node_types = node_types
         self.idle_timeout_minutes = idle_timeout_minutes
         self.max_workers = max_workers
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # Short: Ray's socket paths live under it.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="drf", dir="/tmp"))
@@ -126,3 +124,10 @@ class FakeAutoscalingCluster:
             self.proc.wait(5)
         self.proc = None
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def gpu_nodes() -> list[str]:
+    """Alive Ray nodes that offer generation slots."""
+    import ray
+
+    return [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("dash_generation")]
