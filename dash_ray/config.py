@@ -6,13 +6,13 @@ import json
 import os
 import re
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
     Field,
     ValidationError,
     create_model,
@@ -22,27 +22,24 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dash_ray.errors import ConfigError
-from dash_ray.models.queues import QUEUE_TABLE, QUEUES
+from dash_ray.models.queues import (
+    PLUGINS_ENV,
+    QUEUE_TABLE,
+    QueueDef,
+    load_queue_plugins,
+    served_queues,
+)
 
 __all__ = ["QueueSettings", "Settings", "load_settings"]
 
 _RATE = re.compile(r"^\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?$", re.IGNORECASE)
 
+# A queue as configured is its definition with the settings' limits: one class for both.
+QueueSettings = QueueDef
 
-class QueueSettings(BaseModel):
-    """One queue as configured: worker slots per GPU node, the GPU fraction of one worker, its runner."""
-
-    name: str
-    concurrency: int
-    gpu_fraction: float
-    runner: str
-    timeout_s: float
-    max_workers: int = 64
-
-    @property
-    def resource(self) -> str:
-        """The custom Ray resource that counts this queue's worker slots."""
-        return f"dash_{self.name}"
+# Queues defined outside the package (`DASH_QUEUE_PLUGINS=module:NAME,...`) join the table
+# before the settings below are built from it, so they get their DASH_<QUEUE>_* settings too.
+load_queue_plugins(os.environ.get(PLUGINS_ENV, ""))
 
 
 def _default_data_dir() -> Path:
@@ -61,11 +58,13 @@ _QueueFields: Any = create_model(  # type: ignore[call-overload]
         for q in QUEUE_TABLE.values()
         for field, spec in (
             (f"{q.name}_concurrency", (int, Field(q.concurrency, ge=1, le=64))),
-            (f"{q.name}_gpu_fraction", (float, Field(q.gpu_fraction, gt=0, le=1))),
+            # A queue defined without a GPU (share 0) may stay without one.
+            (f"{q.name}_gpu_fraction", (float, Field(q.gpu_fraction, gt=0, le=1) if q.gpu_fraction
+                                        else Field(0.0, ge=0, le=1))),
             (f"{q.name}_timeout_s", (float, Field(q.timeout_s, ge=1))),
             # The most workers of this queue on the whole cluster: it bounds the pool and what the
             # queue's backlog asks the autoscaler for.
-            (f"{q.name}_max_workers", (int, Field(64, ge=1, le=4096))),
+            (f"{q.name}_max_workers", (int, Field(q.max_workers, ge=1, le=4096))),
         )
     },
 )
@@ -168,8 +167,12 @@ class Settings(_QueueFields):
     # GPU arbitration (scheduler/preempt.py): a running job of a preemptible queue yields its GPU
     # at its next checkpoint once a queue in preempt_for has had jobs waiting on workers that
     # cannot be placed for preempt_after_s (0: never); at most max_preemptions times a job.
-    preemptible_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["training"])
-    preempt_for: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["generation", "upscaling"])
+    # Defaults: the queues whose definition says `preemptible` / `preempts` (training; generation, upscaling).
+    preemptible_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [q.name for q in QUEUE_TABLE.values() if q.preemptible])
+    preempt_for: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [q.name for q in sorted(QUEUE_TABLE.values(), key=lambda q: q.preempts)
+                                 if q.preempts])
     preempt_after_s: float = Field(60.0, ge=0)
     max_preemptions: int = Field(2, ge=0, le=100)
     high_priority_per_user: int = Field(1, ge=0)  # unfinished priority-1 training jobs per user; 0: admins only
@@ -299,25 +302,25 @@ class Settings(_QueueFields):
             return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
         return None
 
-    def queue(self, name: str) -> QueueSettings:
-        """Concurrency, GPU fraction and runner of one queue of the table."""
-        return QueueSettings(
-            name=name,
-            concurrency=getattr(self, f"{name}_concurrency"),
-            gpu_fraction=getattr(self, f"{name}_gpu_fraction"),
-            runner=QUEUE_TABLE[name].runner,
-            timeout_s=getattr(self, f"{name}_timeout_s"),
-            max_workers=getattr(self, f"{name}_max_workers"),
+    def queue(self, name: str) -> QueueDef:
+        """A queue of the table as configured: its definition with DASH_<QUEUE>_CONCURRENCY,
+        _GPU_FRACTION, _TIMEOUT_S and _MAX_WORKERS (a queue registered after these settings were
+        built keeps its definition's limits)."""
+        q = QUEUE_TABLE[name]
+        return replace(
+            q,
+            concurrency=getattr(self, f"{name}_concurrency", q.concurrency),
+            gpu_fraction=getattr(self, f"{name}_gpu_fraction", q.gpu_fraction),
+            timeout_s=getattr(self, f"{name}_timeout_s", q.timeout_s),
+            max_workers=getattr(self, f"{name}_max_workers", q.max_workers),
         )
 
     @property
     def queue_names(self) -> tuple[str, ...]:
         """The queues this deployment serves: the table's, plus the test-only ones when enabled."""
-        if self.enable_sleep_queue:
-            return tuple(QUEUE_TABLE)
-        return QUEUES
+        return served_queues(test_queues=self.enable_sleep_queue)
 
-    def queues(self) -> list[QueueSettings]:
+    def queues(self) -> list[QueueDef]:
         """Settings of the queues this deployment serves."""
         return [self.queue(n) for n in self.queue_names]
 

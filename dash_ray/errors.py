@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BadRequest",
+    "BodyTooLarge",
     "ConfigError",
     "DashError",
     "Forbidden",
@@ -158,6 +160,23 @@ class Unavailable(DashError):
     def __init__(self, message: str = "the job store is unavailable; try again shortly", retry_after_s: int = 1) -> None:
         super().__init__(message, retryAfterS=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class BadRequest(DashError):
+    """A request that could not be read at all (a JSON body that is not UTF-8 text): the
+    framework's 400, `http_error`."""
+
+    code = "http_error"
+
+
+class BodyTooLarge(DashError):
+    """A request body over the gateway's limit (DASH_MAX_BODY_BYTES; an upload, DASH_MAX_IMAGE_BYTES),
+    refused as it arrives."""
+
+    code = "too_large"
+
+    def __init__(self, message: str = "request body too large") -> None:
+        super().__init__(message)
 
 
 class QuotaExceeded(DashError):

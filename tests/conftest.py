@@ -16,6 +16,11 @@ from typing import Any
 import pytest
 
 from dash_ray.config import load_settings
+from dash_ray.models.queues import load_queue_plugins
+
+# The plug-in queue of the tests (`echo`, test-only), added the way a deployment adds one
+# (DASH_QUEUE_PLUGINS); before anything builds routes or a Ray node from the queue table.
+load_queue_plugins("tests.plugin_queue:QUEUE")
 
 
 @pytest.fixture(scope="session")

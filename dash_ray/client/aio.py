@@ -14,7 +14,6 @@ import base64
 import json
 import mimetypes
 import os
-import random
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -31,23 +30,33 @@ from dash_ray.client.errors import (
     Unavailable,
     error_from,
 )
+from dash_ray.loops import Backoff, pause
 from dash_ray.models.events import (
+    EVENT_TYPES,
     MAX_SUBSCRIBE_IDS,
     JobCompletedEvent,
+    JobEvent,
     JobFailedEvent,
-    JobLogEvent,
     JobPreviewEvent,
     JobProgressEvent,
+    Seen,
     parse_event,
 )
-from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, QueueView, UsageView
+from dash_ray.models.images import is_image_url, sniff_image
+from dash_ray.models.queues import QUEUE_TABLE
+from dash_ray.models.status import FINAL_EVENT_TYPES, is_failure
+from dash_ray.models.views import JobList, JobView, QueueView, UsageView
 
 __all__ = ["AsyncClient", "AsyncJobHandle", "Event", "image_ref"]
 
-Event = JobProgressEvent | JobCompletedEvent | JobFailedEvent | JobPreviewEvent | JobLogEvent
+Event = JobEvent  # any job event (`models.events.JobEvent`), by its older name here
 DEFAULT_URL = "http://127.0.0.1:8000"
-_EVENT_TYPES = ("job:progress", "job:completed", "job:failed", "job:preview", "job:log")
 _RECONNECT_MAX_S = 5.0
+
+
+def _backoff(cap_s: float) -> Backoff:
+    """The pauses before a retried request (cap 10 s) and a socket's reconnects (cap 5 s)."""
+    return Backoff(first_s=0.25, max_s=cap_s)
 
 
 def image_ref(image: Any) -> str:
@@ -59,8 +68,8 @@ def image_ref(image: Any) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def _is_url(image: Any) -> bool:
-    return isinstance(image, str) and image.split(":", 1)[0] in ("http", "https", "data", "upload", "file")
+_is_url = is_image_url  # the schemes and the formats are listed once, in models/images.py
+_sniff = sniff_image
 
 
 def _image_bytes(image: Any) -> tuple[bytes, str]:
@@ -81,18 +90,8 @@ def _image_bytes(image: Any) -> tuple[bytes, str]:
     raise TypeError(f"an image is a URL, a path, bytes or a PIL image, not {type(image).__name__}")
 
 
-def _sniff(data: bytes) -> str | None:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
 def _final(event: Event) -> bool:
-    return isinstance(event, JobCompletedEvent | JobFailedEvent)
+    return event.type in FINAL_EVENT_TYPES
 
 
 class AsyncClient:
@@ -130,6 +129,7 @@ class AsyncClient:
     async def request(self, method: str, path: str, *, json_body: Any = None, params: dict[str, Any] | None = None,
                       retries: int = 0) -> Any:
         """One API call; the decoded JSON answer, or the typed error. `retries`: see the class."""
+        backoff = _backoff(10.0)
         for attempt in range(retries + 1):
             try:
                 resp = await self.http.request(method, path, json=json_body,
@@ -138,14 +138,14 @@ class AsyncClient:
                     httpx.TimeoutException) as exc:
                 if attempt >= retries:
                     raise Unavailable(f"cannot reach {self.url}: {type(exc).__name__}", code="unreachable") from exc
-                await asyncio.sleep(_backoff(attempt))
+                await pause(backoff.delay(attempt))
                 continue
             if resp.status_code < 400:
                 return resp.json() if resp.content else None
             err = _error_of(resp)
             if attempt >= retries or not isinstance(err, RateLimited | Unavailable):
                 raise err
-            await asyncio.sleep(err.retry_after if err.retry_after is not None else _backoff(attempt))
+            await pause(err.retry_after if err.retry_after is not None else backoff.delay(attempt))
         raise AssertionError("unreachable")
 
     async def fetch(self, path: str) -> bytes:
@@ -185,7 +185,8 @@ class AsyncClient:
         """Queue a job on `queue` with the seed's payload (camelCase keys) and job options; the
         job gets an id here unless the payload has one, so retries never make two jobs."""
         body = dict(payload)
-        id_field = "loraId" if queue == "training" else "jobId"
+        q = QUEUE_TABLE.get(queue)  # the payload's own id field (`loraId` on training); unknown here: jobId
+        id_field = q.id_field if q is not None else "jobId"
         opts = dict(options or {})
         if not body.get(id_field) and not opts.get("jobId"):
             body[id_field] = uuid.uuid4().hex
@@ -312,10 +313,10 @@ class AsyncClient:
         from websockets.exceptions import InvalidStatus, WebSocketException
 
         ids = list(dict.fromkeys(job_ids))
-        last: dict[str, int] = {j: since for j in ids} if isinstance(since, int) else dict(since or {})
+        seen = Seen({j: since for j in ids} if isinstance(since, int) else since)
         open_ids = set(ids)
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        failures = 0
+        backoff = _backoff(_RECONNECT_MAX_S)
         while open_ids:
             try:
                 async with websockets.connect(self.ws_url, additional_headers=headers, open_timeout=10,
@@ -324,7 +325,7 @@ class AsyncClient:
                     for i in range(0, len(pending), MAX_SUBSCRIBE_IDS):
                         chunk = pending[i:i + MAX_SUBSCRIBE_IDS]
                         msg: dict[str, Any] = {"type": "subscribe", "jobIds": chunk}
-                        cursors = {j: last[j] for j in chunk if j in last}
+                        cursors = seen.since(chunk)
                         if cursors:
                             msg["since"] = cursors
                         await ws.send(json.dumps(msg))
@@ -334,9 +335,9 @@ class AsyncClient:
                         if kind == "error":
                             _raise_ws_error(data, open_ids)
                             continue
-                        if kind not in _EVENT_TYPES:
+                        if kind not in EVENT_TYPES:
                             continue
-                        failures = 0
+                        backoff.reset()
                         event = parse_event(data)
                         if event.job_id not in open_ids:
                             continue  # not asked for
@@ -344,9 +345,8 @@ class AsyncClient:
                             if places:
                                 yield event
                             continue
-                        if event.seq <= last.get(event.job_id, -1):
+                        if not seen.fresh(event.job_id, event.seq):
                             continue  # already seen
-                        last[event.job_id] = event.seq
                         yield event
                         if _final(event) and until_final:
                             open_ids.discard(event.job_id)
@@ -357,8 +357,7 @@ class AsyncClient:
                     raise Unauthorized("the server refused the socket", status=exc.response.status_code) from exc
             except (OSError, asyncio.TimeoutError, WebSocketException, Unavailable):
                 pass  # the gateway restarted or the network blinked: reconnect with `since`
-            failures += 1
-            await asyncio.sleep(_backoff(failures - 1, cap=_RECONNECT_MAX_S))
+            await backoff.sleep()
 
     async def watch(self, handles: Iterable[AsyncJobHandle | str]) -> AsyncIterator[Event]:
         """The live events of several jobs over one socket, until all are final."""
@@ -380,7 +379,7 @@ class AsyncClient:
         views = await asyncio.gather(*(h.status() for h in handles))
         if raise_on_failure:
             for view in views:
-                if view.status in ("failed", "cancelled"):
+                if is_failure(view.status):
                     raise JobFailed(view)
         return list(views)
 
@@ -420,10 +419,6 @@ async def _follow(stream: AsyncIterator[Event], bars: Any, timeout: float | None
             bars.close()
 
 
-def _backoff(attempt: int, cap: float = 10.0) -> float:
-    return min(cap, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
-
-
 class AsyncJobHandle:
     """One job: its status, events, result and images; `await handle.wait()` until it ends."""
 
@@ -452,20 +447,18 @@ class AsyncJobHandle:
         return f"<JobHandle {self.queue}/{self.id} {self.view.status} {self.view.progress:.0f}%>"
 
     def _seen(self, event: Event) -> None:
+        """The view after an event: its status is the one the event carries (previews and log
+        lines carry none); a place refresh (no seq) leaves the seq."""
         self.history.append(event)
-        v = self.view
+        update: dict[str, Any] = {"seq": event.seq or self.view.seq}
         if isinstance(event, JobProgressEvent):
-            self.view = v.model_copy(update={"status": event.status, "progress": event.progress,
-                                             "message": event.message, "seq": event.seq or v.seq,
-                                             "queue_position": event.queue_position, "eta_s": event.eta_s,
-                                             "finish_eta_s": event.finish_eta_s})
-        elif isinstance(event, JobPreviewEvent | JobLogEvent):
-            self.view = v.model_copy(update={"seq": event.seq})
+            update.update(status=event.status, progress=event.progress, message=event.message,
+                          queue_position=event.queue_position, eta_s=event.eta_s, finish_eta_s=event.finish_eta_s)
         elif isinstance(event, JobCompletedEvent):
-            self.view = v.model_copy(update={"status": "completed", "progress": 100.0, "result": event.result,
-                                             "seq": event.seq})
-        else:
-            self.view = v.model_copy(update={"status": event.status, "error": event.error, "seq": event.seq})
+            update.update(status=event.status, progress=100.0, result=event.result)
+        elif isinstance(event, JobFailedEvent):
+            update.update(status=event.status, error=event.error)
+        self.view = self.view.model_copy(update=update)
 
     async def status(self) -> JobView:
         """The job's current view (fetched)."""
@@ -487,10 +480,10 @@ class AsyncJobHandle:
         `progress`: a live bar (a widget in Jupyter) with the step or epoch and the loss."""
         from dash_ray.client.display import Bars
 
-        if not (self._fetched and self.view.status in TERMINAL_STATUSES):
+        if not (self._fetched and self.view.done):
             await _follow(self.events(since=None), Bars([self]) if progress else None, timeout)
             await self.status()
-        if raise_on_failure and self.view.status in ("failed", "cancelled"):
+        if raise_on_failure and is_failure(self.view.status):
             raise JobFailed(self.view)
         return self.view
 

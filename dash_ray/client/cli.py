@@ -12,6 +12,10 @@ import json
 import sys
 from typing import Any
 
+from dash_ray.models.images import is_image_url
+from dash_ray.models.queues import QUEUE_TABLE, queue_def
+from dash_ray.models.status import is_failure
+
 __all__ = ["add_client_commands", "api_errors"]
 
 
@@ -33,7 +37,7 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _line(view: Any) -> str:
-    note = view.error if view.status in ("failed", "cancelled") else view.message
+    note = view.error if is_failure(view.status) else view.message
     return f"{view.id}  {view.queue:<10} {view.status:<9} {view.progress:5.1f}%  {note or ''}".rstrip()
 
 
@@ -55,6 +59,44 @@ def _settings(pairs: list[str] | None, **known: Any) -> dict[str, Any]:
     return out
 
 
+def _submit_generation(c: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    settings = _settings(args.set, steps=args.steps, width=args.width, height=args.height, seed=args.seed,
+                         numImages=args.num_images, model=args.model)
+    return c.submit_generation(args.prompt, settings=settings, lora=args.lora, job_id=args.job_id, options=options)
+
+
+def _submit_upscaling(c: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    return c.submit_upscaling(args.image, args.scale, args.model, job_id=args.job_id, options=options)
+
+
+def _submit_training(c: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    settings = _settings(args.set, epochs=args.epochs, rank=args.rank, resolution=args.resolution,
+                         seed=args.seed, baseModel=args.model)
+    return c.submit_training(args.lora_id, args.prompt, args.images, settings=settings, priority=args.priority,
+                             options={k: v for k, v in options.items() if k != "priority"})
+
+
+def _submit_payload(c: Any, args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """Any other queue of the table: the payload from --data and --set; its image fields (as the
+    queue's definition names them) may be paths, uploaded first."""
+    payload = _settings(args.set, **(json.loads(args.data) if args.data else {}))
+    q = queue_def(args.queue)
+    for name in q.image_fields:
+        wire = q.payload.model_fields[name].alias or name
+        value = payload.get(wire)
+        if isinstance(value, str):
+            payload[wire] = value if is_image_url(value) else c.upload(value)
+        elif isinstance(value, list):
+            payload[wire] = [c.upload(v) if isinstance(v, str) and not is_image_url(v) else v for v in value]
+    if args.job_id:
+        payload.setdefault(q.id_field, args.job_id)
+    return c.submit(args.queue, payload, options)
+
+
+# Queues with commands of their own; every other (non-test) queue of the table gets a generic one.
+_SUBMITTERS = {"generation": _submit_generation, "upscaling": _submit_upscaling, "training": _submit_training}
+
+
 def cmd_submit(_settings_obj: Any, args: argparse.Namespace) -> int:
     """Submit a job; with --wait, follow it to its end."""
     options: dict[str, Any] = {}
@@ -63,19 +105,7 @@ def cmd_submit(_settings_obj: Any, args: argparse.Namespace) -> int:
     if args.timeout_s is not None:
         options["timeoutS"] = args.timeout_s
     with _client(args) as c:
-        if args.queue == "generation":
-            settings = _settings(args.set, steps=args.steps, width=args.width, height=args.height, seed=args.seed,
-                                 numImages=args.num_images, model=args.model)
-            handle = c.submit_generation(args.prompt, settings=settings, lora=args.lora, job_id=args.job_id,
-                                         options=options)
-        elif args.queue == "upscaling":
-            handle = c.submit_upscaling(args.image, args.scale, args.model, job_id=args.job_id, options=options)
-        else:
-            settings = _settings(args.set, epochs=args.epochs, rank=args.rank, resolution=args.resolution,
-                                 seed=args.seed, baseModel=args.model)
-            handle = c.submit_training(args.lora_id, args.prompt, args.images, settings=settings,
-                                       priority=args.priority, options={k: v for k, v in options.items()
-                                                                        if k != "priority"})
+        handle = _SUBMITTERS.get(args.queue, _submit_payload)(c, args, options)
         if not args.wait:
             _print(args, handle.view.wire(), _line(handle.view))
             return 0
@@ -181,7 +211,14 @@ def add_client_commands(sub: Any, run: Any) -> None:
     train.add_argument("--resolution", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--model", help="the base model")
-    for p in (gen, up, train):
+    parsers = [gen, up, train]
+    for q in QUEUE_TABLE.values():  # plug-in queues (DASH_QUEUE_PLUGINS) get a generic command
+        if q.test_only or q.name in _SUBMITTERS:
+            continue
+        generic = queues.add_parser(q.name, parents=[job_opts], help=f"queue a {q.title} job")
+        generic.add_argument("--data", help="the payload as JSON (camelCase fields); --set adds to it")
+        parsers.append(generic)
+    for p in parsers:
         p.set_defaults(fn=run(cmd_submit))
 
     watch = sub.add_parser("watch", parents=[common], help="live progress bars until the jobs end")

@@ -10,6 +10,7 @@ import io
 from typing import Any
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.models.status import is_failure
 
 __all__ = ["Bars", "job_html", "loss_png", "to_pil"]
 
@@ -110,7 +111,7 @@ def job_html(view: Any, images: list[bytes], loss: bytes | None) -> str:
         f'<span style="color:{color};font-weight:bold">{html.escape(view.status)}</span> ',
         f'<progress value="{view.progress:.0f}" max="100" style="width:120px"></progress> {view.progress:.0f}%',
     ]
-    note = view.error if view.status in ("failed", "cancelled") else view.message
+    note = view.error if is_failure(view.status) else view.message
     if note:
         parts.append(f"<div>{html.escape(str(note))}</div>")
     if images:

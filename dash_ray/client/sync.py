@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dash_ray.client.aio import AsyncClient, AsyncJobHandle, Event
-from dash_ray.models.views import TERMINAL_STATUSES, JobView, QueueView, UsageView
+from dash_ray.models.status import Status
+from dash_ray.models.views import JobView, QueueView, UsageView
 
 __all__ = ["Client", "JobHandle"]
 
@@ -275,14 +276,14 @@ class JobHandle:
             view = self.view
         images: list[bytes] = []
         loss = None
-        if view.status == "completed" and view.queue in ("generation", "upscaling"):
+        if view.status == Status.COMPLETED and view.queue in ("generation", "upscaling"):
             try:
                 images = self.image_bytes()
             except Exception:
                 images = []
-        if view.queue == "training" and view.status in TERMINAL_STATUSES | {"active"}:
+        if view.queue == "training" and (view.done or view.status == Status.ACTIVE):
             try:
-                loss = loss_png(self.losses() if view.status in TERMINAL_STATUSES else [], f"LoRA {self.id}")
+                loss = loss_png(self.losses() if view.done else [], f"LoRA {self.id}")
             except Exception:
                 loss = None
         return job_html(view, images, loss)

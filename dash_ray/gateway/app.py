@@ -20,19 +20,22 @@ from pydantic import create_model
 
 from dash_ray import __version__, runtime
 from dash_ray.errors import (
+    BodyTooLarge,
     Forbidden,
+    InvalidJobState,
     InvalidPayload,
+    JobConflict,
     JobNotFound,
     QuotaExceeded,
+    RateLimited,
     Unauthorized,
     UnknownQueue,
 )
 from dash_ray.gateway import errors
-from dash_ray.gateway.auth import Principal
+from dash_ray.gateway.auth import Principal, bearer
 from dash_ray.gateway.deps import (
     Caller,
     Svc,
-    _bearer,
     _caller_or_query,
     _owned,
     _signed,
@@ -44,6 +47,8 @@ from dash_ray.gateway.streams import prefer_wait_s, wait_final
 from dash_ray.gateway.streams import router as streams_router
 from dash_ray.gateway.ws import serve_socket
 from dash_ray.models import QUEUE_TABLE, JobList, JobOptions, JobView, QueueDef, QueueView
+from dash_ray.models.base import WireModel
+from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS, sniff_image
 from dash_ray.models.payloads import JobPayload, upload_path
 from dash_ray.models.views import Allowance, MemoryPeak, UsageView
 from dash_ray.services import InvalidArtifactPath
@@ -51,7 +56,9 @@ from dash_ray.services import InvalidArtifactPath
 __all__ = ["create_app"]
 
 
-router = APIRouter()
+# Each route's error responses in OpenAPI: what it declares with `@raises`, plus its dependencies'
+# and the edge's (gateway/errors.py).
+router = APIRouter(route_class=errors.DocumentedRoute)
 
 
 async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who: Principal,
@@ -81,6 +88,7 @@ def _add_submit_route(q: QueueDef) -> None:
                               __doc__=f"The {q.title} payload plus optional job options.",
                               options=(JobOptions | None, None))
 
+    @errors.raises(UnknownQueue, Forbidden, InvalidPayload, RateLimited, QuotaExceeded, JobConflict)
     async def submit(body: Any, who: Principal, svc: GatewayServices, prefer: str | None = None) -> Response:
         if q.name not in svc.queues:
             raise UnknownQueue(q.name)
@@ -92,6 +100,8 @@ def _add_submit_route(q: QueueDef) -> None:
                               "prefer": Annotated[str | None, Header()], "return": Response}
     router.add_api_route(
         f"/v1/jobs/{q.name}", submit, methods=["POST"], status_code=201, response_model=JobView, tags=["jobs"],
+        responses={200: {"model": JobView, "description": "The job of an id seen before with the same payload, "
+                                                          "or one that ended within `Prefer: wait=N`"}},
         name=f"submit_{q.name}", summary=f"Queue a {q.title} job",
         description="201 with the new job; 200 with the existing job when its id was seen before "
                     "with the same payload; 409 when it was seen with another. With `Prefer: wait=N`, "
@@ -113,12 +123,14 @@ async def submit_unknown(queue: str, who: Caller) -> JSONResponse:
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+@errors.raises(JobNotFound)
 async def get_job(job_id: str, who: Caller, svc: Svc) -> Response:
     """One of your jobs."""
     return _signed(svc, (await _owned(job_id, who, svc)).wire())
 
 
 @router.get("/v1/jobs", response_model=JobList, tags=["jobs"])
+@errors.raises(Forbidden, UnknownQueue, InvalidPayload)
 async def list_jobs(
     who: Caller, svc: Svc,
     queue: str | None = None,
@@ -142,7 +154,9 @@ async def list_jobs(
     return _signed_list(svc, body)
 
 
-@router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+@router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"],
+               responses={202: {"model": JobView, "description": "A running job: it stops at its next step"}})
+@errors.raises(JobNotFound, InvalidJobState)
 async def cancel_job(job_id: str, who: Caller, svc: Svc) -> Response:
     """Cancel: a waiting job is removed (200); a running one stops at its next step (202)."""
     await _owned(job_id, who, svc)
@@ -151,6 +165,7 @@ async def cancel_job(job_id: str, who: Caller, svc: Svc) -> Response:
 
 
 @router.post("/v1/jobs/{job_id}/retry", response_model=JobView, tags=["jobs"])
+@errors.raises(JobNotFound, InvalidJobState, RateLimited, QuotaExceeded)
 async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
     """Run a failed or cancelled job again: a new run, so it counts against your submission
     rate and unfinished-job limits like a submit."""
@@ -181,6 +196,7 @@ def _admin(who: Principal) -> None:
 
 
 @router.post("/v1/queues/{queue}/pause", response_model=QueueView, tags=["queues"])
+@errors.raises(Forbidden, UnknownQueue)
 async def pause_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
     """Stop starting this queue's jobs (admin)."""
     _admin(who)
@@ -191,6 +207,7 @@ async def pause_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
 
 
 @router.post("/v1/queues/{queue}/resume", response_model=QueueView, tags=["queues"])
+@errors.raises(Forbidden, UnknownQueue)
 async def resume_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
     """Start this queue's jobs again (admin)."""
     _admin(who)
@@ -201,6 +218,7 @@ async def resume_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
 
 
 @router.get("/v1/artifacts/{path:path}", tags=["artifacts"], response_class=Response)
+@errors.raises(Unauthorized, JobNotFound)  # the caller is checked in the route (a signed link needs no token)
 async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
     """A result file of one of your jobs: with your token, or with the signed link (`exp`, `sig`)
     that job views and events carry, which needs no token (for `<img src>`)."""
@@ -227,25 +245,18 @@ async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
     return StreamingResponse(chunks(), media_type=media)
 
 
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
-          (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))
-
-
-def _sniff(data: bytes) -> str | None:
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
+_sniff = sniff_image  # the accepted formats are listed once, in models/images.py
 
 
 @router.post("/v1/uploads", status_code=201, tags=["uploads"])
+@errors.raises(QuotaExceeded, InvalidPayload)
 async def upload(request: Request, who: Caller, svc: Svc) -> JSONResponse:
     """Upload one image (the raw bytes as the body, any content type: it is sniffed); returns
     `upload://<id>`, which payloads take as `imageUrl` / `imageUrls` (yours only). At most
     DASH_MAX_IMAGE_BYTES and DASH_MAX_IMAGE_PIXELS; your uploads count against
     DASH_UPLOAD_QUOTA_BYTES."""
     s = svc.settings
-    used = svc.store.keys.upload_bytes(who.user_id)
-    room = s.upload_quota_bytes - int(await svc.redis.get(used) or 0)
+    room = s.upload_quota_bytes - await svc.accounts.upload_bytes(who.user_id)
     data = bytearray()
     kind: str | None = None
     # The type and the quota are checked as the body arrives, not after: a refused upload is
@@ -263,22 +274,20 @@ async def upload(request: Request, who: Caller, svc: Svc) -> JSONResponse:
     body = bytes(data)  # one copy, read by the checks and written as is
     kind = kind or _sniff(body[:16])
     if kind is None:
-        raise InvalidPayload("not an image (PNG, JPEG, WebP, BMP or GIF)", errors=[{"field": "body",
+        raise InvalidPayload(f"not an image ({IMAGE_FORMATS_TEXT})", errors=[{"field": "body",
                                                                                  "message": "not an image"}])
     width, height = _pixels(body)
     if width * height > s.max_image_pixels:
         raise InvalidPayload(f"image too large: {width}x{height} is over {s.max_image_pixels} pixels",
                              errors=[{"field": "body", "message": "too many pixels"}])
-    total = int(await svc.redis.incrby(used, len(body)))
-    if total > s.upload_quota_bytes:
-        await svc.redis.decrby(used, len(body))
+    if not await svc.accounts.take_upload(who.user_id, len(body), s.upload_quota_bytes):
         raise QuotaExceeded(f"upload quota of {s.upload_quota_bytes} bytes reached (DASH_UPLOAD_QUOTA_BYTES)")
     upload_id = uuid.uuid4().hex
     ref = f"upload://{upload_id}"
     try:
         await asyncio.to_thread(svc.artifacts.put, upload_path(who.user_id, ref), body)
     except BaseException:
-        await svc.redis.decrby(used, len(body))
+        await svc.accounts.give_upload(who.user_id, len(body))
         raise
     return JSONResponse({"id": upload_id, "url": ref, "contentType": kind, "bytes": len(body),
                          "width": width, "height": height}, status_code=201)
@@ -289,7 +298,7 @@ def _pixels(data: bytes) -> tuple[int, int]:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP", "BMP", "GIF"]) as img:
+        with Image.open(io.BytesIO(data), formats=list(PIL_FORMATS)) as img:
             return int(img.size[0]), int(img.size[1])
     except Exception:
         raise InvalidPayload("the image could not be read", errors=[{"field": "body", "message": "unreadable"}]) from None
@@ -302,7 +311,7 @@ async def usage(who: Caller, svc: Svc) -> JSONResponse:
     replica. A submit over a limit is refused (413 for bytes, 429 for the rest)."""
     s = svc.settings
     kept, unfinished = await svc.store.usage(who.user_id)
-    uploads = int(await svc.redis.get(svc.store.keys.upload_bytes(who.user_id)) or 0)
+    uploads = await svc.accounts.upload_bytes(who.user_id)
     return JSONResponse(UsageView(
         user_id=who.user_id,
         bytes_kept=Allowance(used=kept, limit=s.max_bytes_per_user),
@@ -321,12 +330,22 @@ async def ws_ticket(who: Caller, svc: Svc) -> JSONResponse:
     return JSONResponse({"ticket": await svc.issue_ticket(who), "expiresIn": svc.settings.ws_ticket_ttl_s})
 
 
-@router.get("/healthz", tags=["ops"])
+class Health(WireModel):
+    """This replica's health: `ok` (with the version), or `unavailable` and why."""
+
+    status: str
+    version: str | None = None
+    error: str | None = None
+
+
+# Its 503 is not an error body: a load balancer reads it (the route's own declaration wins).
+@router.get("/healthz", tags=["ops"], response_model=Health,
+            responses={503: {"model": Health, "description": "Redis or the event feed is not reachable now"}})
 async def healthz(svc: Svc) -> JSONResponse:
     """200 when this replica can serve: Redis answers within 2 s and its event feed is connected;
     503 otherwise (a load balancer sends clients elsewhere; the replica recovers by itself)."""
     try:
-        await asyncio.wait_for(svc.redis.ping(), 2.0)
+        await asyncio.wait_for(svc.accounts.ping(), 2.0)
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "error": type(exc).__name__ or "timeout"}, status_code=503)
     if not svc.hub.connected:
@@ -335,11 +354,12 @@ async def healthz(svc: Svc) -> JSONResponse:
 
 
 @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+@errors.raises(Unauthorized)
 async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
     """Prometheus text: queue depth, jobs by state, job durations, events sent, open sockets.
     With DASH_METRICS_TOKEN set, only for `Authorization: Bearer <that token>`."""
     want = svc.settings.metrics_token
-    if want and not hmac.compare_digest(_bearer(request) or "", want):
+    if want and not hmac.compare_digest(bearer(request.headers.get("authorization")) or "", want):
         raise Unauthorized("metrics need the metrics token (DASH_METRICS_TOKEN)")
     counts = {q: await svc.store.counts(q) for q in svc.queues}
     durations = {q: await svc.store.durations(q) for q in svc.queues}
@@ -362,7 +382,7 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
-_TOO_LARGE = b'{"error":{"code":"too_large","message":"request body too large"}}'
+_TOO_LARGE = json.dumps(errors.error_body(BodyTooLarge()), separators=(",", ":")).encode()
 
 
 class _Edge:
@@ -400,10 +420,9 @@ class _Edge:
                 return
             if name == b"authorization":
                 authorization = value
-        if scope.get("method") in ("POST", "PUT", "PATCH") and scope.get("path", "").startswith("/v1/"):
-            token = authorization[7:].strip().decode("latin-1") if authorization[:7].lower() == b"bearer " else None
+        if scope.get("method") in errors.EDGE_AUTH_METHODS and scope.get("path", "").startswith("/v1/"):
             try:
-                who = self.services.auth.verify(token)
+                who = self.services.auth.verify(bearer(authorization))
             except Unauthorized as exc:
                 await self._reply(send, 401, json.dumps(errors.error_body(exc)).encode(),
                                   [(b"www-authenticate", b"Bearer")])

@@ -18,10 +18,19 @@ import jwt
 
 from dash_ray.config import Settings
 from dash_ray.errors import Unauthorized
+from dash_ray.models.base import is_user_id
 
-__all__ = ["Principal", "TokenAuth", "UrlSigner"]
+__all__ = ["Principal", "TokenAuth", "UrlSigner", "bearer"]
 
-_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
+
+def bearer(authorization: str | bytes | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value (bytes are read as latin-1,
+    as HTTP headers are), else None: the one parser of REST, the edge, /metrics and the socket."""
+    if isinstance(authorization, bytes):
+        authorization = authorization.decode("latin-1")
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class TokenAuth:
     def mint(self, user_id: str, admin: bool = False, ttl_s: int | None = None, weight: float | None = None) -> str:
         """A token for `user_id` (with the admin role if asked), valid for ttl_s seconds
         (default: the user or admin lifetime; never over the maximum)."""
-        if not _USER.match(user_id):
+        if not is_user_id(user_id):
             raise ValueError("user id must be 1-128 letters, digits, '_', '.', '@' or '-'")
         ttl = ttl_s or (min(self.admin_ttl_s, self.ttl_s) if admin else self.ttl_s)
         limit = self.max_admin_lifetime_s if admin else self.max_lifetime_s
@@ -102,7 +111,7 @@ class TokenAuth:
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not _USER.match(sub):
+        if not is_user_id(sub):
             raise Unauthorized("invalid token: bad subject")
         roles = claims.get("roles") or []
         admin = isinstance(roles, list) and "admin" in roles

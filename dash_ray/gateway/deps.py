@@ -1,4 +1,7 @@
-"""The routes' dependencies: the replica's services, the caller, owned jobs, signed answers."""
+"""The routes' dependencies: the replica's services, the caller, owned jobs, signed answers.
+
+Each dependency declares the errors it raises (`errors.raises`): every route that takes it
+lists them in OpenAPI."""
 
 from __future__ import annotations
 
@@ -7,30 +10,34 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
 
-from dash_ray.errors import JobNotFound
-from dash_ray.gateway.auth import Principal
+from dash_ray.errors import JobNotFound, Unauthorized, Unavailable
+from dash_ray.gateway.auth import Principal, bearer
+from dash_ray.gateway.errors import raises
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.models import JobView
 
 __all__ = ["Caller", "QueryCaller", "Svc"]
 
 
+@raises(Unavailable)  # the job store behind them may be down for a moment
 def _services(request: Request) -> GatewayServices:
     return request.app.state.services
 
 
 def _bearer(request: Request, allow_query: bool = False) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
+    token = bearer(request.headers.get("authorization"))
+    if token is not None:
+        return token
     return request.query_params.get("token") if allow_query else None
 
 
+@raises(Unauthorized)
 def _caller(request: Request) -> Principal:
     who = request.scope.get("state", {}).get("principal")  # checked at the edge, before the body
     return who if isinstance(who, Principal) else _services(request).auth.verify(_bearer(request))
 
 
+@raises(Unauthorized)
 def _caller_or_query(request: Request) -> Principal:
     """Like _caller, but `?token=` works too (an <img src> cannot send headers)."""
     return _services(request).auth.verify(_bearer(request, allow_query=True))

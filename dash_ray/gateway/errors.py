@@ -1,15 +1,32 @@
-"""The one place where errors become HTTP statuses and WebSocket error messages."""
+"""The one place where errors become HTTP statuses and WebSocket error messages, and where the
+OpenAPI document learns them.
+
+`STATUS` maps each error to its status. A route declares the errors it raises itself (`@raises`);
+those of its dependencies (the caller's token, the job store) and of the edge (a body's size, the
+token checked before the body) are added for it, and `DocumentedRoute` lists each resulting
+status with the error body (`ErrorBody`) as the operation's responses: no status is written by
+hand per route.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any, TypeVar, get_args, get_origin, get_type_hints
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import Body, Depends
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
 
 from dash_ray.errors import (
+    BadRequest,
+    BodyTooLarge,
     ConfigError,
     DashError,
     Forbidden,
@@ -24,13 +41,26 @@ from dash_ray.errors import (
     UnknownQueue,
     WorkerError,
 )
+from dash_ray.models.errors import ErrorBody
 from dash_ray.queues import MAYBE_TRANSIENT, is_transient
 
-__all__ = ["STATUS", "error_body", "install", "status_of", "ws_error"]
+__all__ = [
+    "EDGE_AUTH_METHODS",
+    "STATUS",
+    "DocumentedRoute",
+    "declared_errors",
+    "error_body",
+    "error_responses",
+    "install",
+    "raises",
+    "status_of",
+    "ws_error",
+]
 
 log = logging.getLogger(__name__)
 
 STATUS: dict[type[DashError], int] = {
+    BadRequest: 400,
     InvalidPayload: 422,
     WorkerError: 422,
     UnknownQueue: 404,
@@ -42,16 +72,96 @@ STATUS: dict[type[DashError], int] = {
     RateLimited: 429,
     Unavailable: 503,
     QuotaExceeded: 413,
+    BodyTooLarge: 413,
     ConfigError: 500,
 }
 
+# Requests the edge (app._Edge) authenticates before their body is read: those with a body, to the API.
+EDGE_AUTH_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-def status_of(exc: DashError) -> int:
-    """The HTTP status of an error."""
-    for cls in type(exc).__mro__:
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_of(exc: DashError | type[DashError]) -> int:
+    """The HTTP status of an error (or of an error class)."""
+    for cls in (exc if isinstance(exc, type) else type(exc)).__mro__:
         if cls in STATUS:
             return STATUS[cls]
     return 400
+
+
+def raises(*errors: type[DashError]) -> Callable[[F], F]:
+    """Declare the errors an endpoint, or a dependency of endpoints, may raise: the route's error
+    responses in OpenAPI (see `DocumentedRoute`)."""
+
+    def declare(fn: F) -> F:
+        fn.__dash_raises__ = (*getattr(fn, "__dash_raises__", ()), *errors)  # type: ignore[attr-defined]
+        return fn
+
+    return declare
+
+
+def _validated(hint: Any) -> bool:
+    """True if FastAPI validates a parameter of this type (not a request, socket or response)."""
+    base = get_args(hint)[0] if get_origin(hint) is Annotated else hint
+    return not (isinstance(base, type) and issubclass(base, HTTPConnection | Response))
+
+
+def _body(hint: Any) -> bool:
+    """True for a parameter FastAPI reads from a JSON body (a model, or `Body()`)."""
+    if get_origin(hint) is Annotated:
+        base, *meta = get_args(hint)
+        return any(isinstance(m, Body) for m in meta) or _body(base)
+    return isinstance(hint, type) and issubclass(hint, BaseModel)
+
+
+def declared_errors(endpoint: Callable[..., Any], methods: Iterable[str], path: str) -> set[type[DashError]]:
+    """What a route can answer besides success: the errors it declares, those its dependencies
+    declare (`Depends` in its parameters' annotations), InvalidPayload (422) when it takes
+    parameters FastAPI validates (and BadRequest (400) when one is a JSON body), and the edge's (a
+    token and the body's size) for a request with a body to the API."""
+    found: set[type[DashError]] = set(getattr(endpoint, "__dash_raises__", ()))
+    for name, hint in get_type_hints(endpoint, include_extras=True).items():
+        if name == "return":
+            continue
+        deps = [m.dependency for m in get_args(hint)[1:] if isinstance(m, Depends)] \
+            if get_origin(hint) is Annotated else []
+        for dep in deps:
+            found.update(getattr(dep, "__dash_raises__", ()))
+        if not deps and _validated(hint):
+            found.add(InvalidPayload)
+        if _body(hint):
+            found.add(BadRequest)  # a body that is not text is refused before it is validated
+    if EDGE_AUTH_METHODS & {m.upper() for m in methods} and path.startswith("/v1/"):
+        found.update((Unauthorized, BodyTooLarge))
+    return found
+
+
+_ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
+def error_responses(errors: Iterable[type[DashError]], by_ref: bool = False) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` for these errors: each status once, with the error body's model and
+    the codes it may carry. `by_ref`: the body as a JSON reference to the model, for a route
+    whose own answers are not JSON (FastAPI would file the model under their media type)."""
+    codes: dict[int, set[str]] = {}
+    for cls in errors:
+        codes.setdefault(status_of(cls), set()).add(cls.code)
+    body: dict[str, Any] = {"content": _ERROR_JSON} if by_ref else {"model": ErrorBody}
+    return {status: {**body, "description": ", ".join(f"`{c}`" for c in sorted(codes[status]))}
+            for status in sorted(codes)}
+
+
+class DocumentedRoute(APIRoute):
+    """An API route whose OpenAPI operation lists the error responses of `declared_errors` (a
+    response the route declares itself for a status wins)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        errors = declared_errors(endpoint, kwargs.get("methods") or ["GET"], path)
+        media = getattr(kwargs.get("response_class"), "media_type", None)  # None: JSON's (FastAPI's default)
+        by_ref = media not in (None, "application/json")
+        kwargs["responses"] = {**error_responses(errors, by_ref), **(kwargs.get("responses") or {})}
+        super().__init__(path, endpoint, **kwargs)
 
 
 def error_body(exc: DashError) -> dict[str, object]:

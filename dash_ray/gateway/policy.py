@@ -1,23 +1,19 @@
 """Fair limits on the work one submission may ask for, checked at the gateway before a job is
-queued: attempts, backoff, compute per job, the share of high-priority training, and where a
-webhook may go."""
+queued: attempts, backoff, image references, compute per job, the share of high priority, and
+where a webhook may go. What differs per queue (its image fields, its compute limits, whether
+priority 1 is a shared allowance) is declared on the queue's definition (models/queues.py)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from dash_ray.config import Settings
-from dash_ray.errors import InvalidPayload, RateLimited
+from dash_ray.errors import RateLimited
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.ratelimit import OpenSlots
 from dash_ray.models.options import JobOptions
-from dash_ray.models.payloads import (
-    GenerationJob,
-    JobPayload,
-    TrainingJob,
-    UpscalingJob,
-    upload_path,
-)
+from dash_ray.models.payloads import JobPayload, upload_path
+from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.queues import JobStore, Quota
 from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, check_webhook_url
@@ -27,16 +23,7 @@ __all__ = ["SubmitPolicy"]
 LOOKUPS_PER_USER = 2  # webhook URLs of one user resolved at once, per replica
 
 
-def _image_urls(payload: JobPayload) -> list[str]:
-    if isinstance(payload, UpscalingJob):
-        return [payload.image_url]
-    if isinstance(payload, TrainingJob):
-        return list(payload.image_urls)
-    return []
-
-
-def _bad(field: str, message: str) -> InvalidPayload:
-    return InvalidPayload(f"invalid payload: {field}: {message}", errors=[{"field": field, "message": message}])
+_bad = bad_field
 
 
 class SubmitPolicy:
@@ -58,8 +45,8 @@ class SubmitPolicy:
             raise _bad("options.attempts", f"at most {s.max_attempts} (DASH_MAX_ATTEMPTS)")
         if opts.backoff.delay_s < s.min_backoff_s:
             raise _bad("options.backoff.delayS", f"at least {s.min_backoff_s:g}s (DASH_MIN_BACKOFF_S)")
-        for i, url in enumerate(_image_urls(payload)):
-            field = "imageUrl" if isinstance(payload, UpscalingJob) else f"imageUrls.{i}"
+        q = queue_def(queue)  # what is checked per queue is declared on its definition
+        for field, url in q.image_refs(payload):
             if url.startswith("data:") and (len(url) - url.find(",") - 1) * 3 // 4 > s.max_inline_image_bytes:
                 raise _bad(field, f"an inline image is at most {s.max_inline_image_bytes} bytes "
                                   "(DASH_MAX_INLINE_IMAGE_BYTES); upload it with POST /v1/uploads and "
@@ -67,27 +54,10 @@ class SubmitPolicy:
             if url.startswith("upload://") and not await asyncio.to_thread(self.artifacts.exists,
                                                                             upload_path(owner, url)):
                 raise _bad(field, "no such upload of yours")
-        if isinstance(payload, GenerationJob):
-            g = payload.settings
-            mpx_steps = g.steps * g.width * g.height * g.num_images / 1e6
-            if mpx_steps > s.max_generation_mpx_steps:
-                raise _bad("settings", f"steps x width x height x numImages is {mpx_steps:.0f} megapixel-steps; "
-                                       f"at most {s.max_generation_mpx_steps:g} (DASH_MAX_GENERATION_MPX_STEPS)")
-        if isinstance(payload, TrainingJob):
-            t = payload.settings
-            mpx_epochs = t.epochs * len(payload.image_urls) * t.resolution ** 2 / 1e6
-            if mpx_epochs > s.max_training_mpx_epochs:
-                raise _bad("settings", f"epochs x images x resolution^2 is {mpx_epochs:.0f} megapixel-epochs; "
-                                       f"at most {s.max_training_mpx_epochs:g} (DASH_MAX_TRAINING_MPX_EPOCHS)")
-            if t.sample_every:  # samples are generations: they count against the generation ceiling
-                samples = t.epochs // t.sample_every + 1
-                mpx_steps = samples * t.sample_steps * t.resolution ** 2 / 1e6
-                if mpx_steps > s.max_generation_mpx_steps:
-                    raise _bad("settings.sampleEvery", f"the samples are {samples} x sampleSteps x resolution^2 = "
-                                                       f"{mpx_steps:.0f} megapixel-steps; at most "
-                                                       f"{s.max_generation_mpx_steps:g} (DASH_MAX_GENERATION_MPX_STEPS)")
-            if opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
-                raise _bad("options.priority", "priority 1 on training is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
+        if q.limits is not None:  # compute per job (generation, training)
+            q.limits(payload, s)
+        if q.priority_share and opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
+            raise _bad("options.priority", f"priority 1 on {queue} is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is
@@ -110,6 +80,6 @@ class SubmitPolicy:
         job by the store: unfinished jobs, bytes kept in Redis, and for a non-admin's priority-1
         training job, the share of those (a retried job counts as it was created)."""
         s = self.settings
-        high = not who.admin and (retry or (queue == "training" and (options or JobOptions()).priority == 1))
+        high = not who.admin and (retry or ((options or JobOptions()).priority == 1 and queue_def(queue).priority_share))
         return Quota(overhead_bytes=s.job_overhead_bytes, max_open=s.max_waiting_per_user,
                      max_bytes=s.max_bytes_per_user, high=high, max_high=s.high_priority_per_user if high else None)

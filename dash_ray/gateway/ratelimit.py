@@ -1,35 +1,12 @@
-"""Per-user limits: submissions per window (in Redis, with the `limits` package), and what a user
-holds open on a replica (`OpenSlots`). The unfinished-jobs cap is the store's (taken atomically
-with the job)."""
+"""What a user holds open on a replica (`OpenSlots`: sockets, event streams, webhook lookups).
+The submission rate limiter keeps its windows in Redis, so it lives in `queues/accounts.py`
+(re-exported here); the unfinished-jobs cap is the store's (taken atomically with the job)."""
 
 from __future__ import annotations
 
-import math
-import time
-
-from limits import parse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
-
-from dash_ray.errors import RateLimited
+from dash_ray.queues.accounts import SubmitLimiter
 
 __all__ = ["OpenSlots", "SubmitLimiter"]
-
-
-class SubmitLimiter:
-    """Raises RateLimited (with a retry-after) before a submission that would go over a limit."""
-
-    def __init__(self, redis_url: str, key_prefix: str, rate: str) -> None:
-        self.storage = RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=key_prefix)
-        self.limiter = MovingWindowRateLimiter(self.storage)
-        self.rate = parse(rate.replace(" per ", "/"))
-
-    async def check(self, user_id: str) -> None:
-        """Count one submission (or retry) of `user_id`, or raise RateLimited."""
-        if not await self.limiter.hit(self.rate, "submit", user_id):
-            stats = await self.limiter.get_window_stats(self.rate, "submit", user_id)
-            retry = max(1, math.ceil(stats.reset_time - time.time()))
-            raise RateLimited(f"rate limit {self.rate} exceeded; retry in {retry}s", retry_after_s=retry)
 
 
 class OpenSlots:

@@ -1,9 +1,10 @@
-"""GatewayServices: what the app's routes use (job store, event hub, auth, limits, artifacts)."""
+"""GatewayServices: what the app's routes use (job store, event hub, auth, limits, artifacts).
+What the gateway keeps in Redis goes through `queues/` (the store, `Accounts`, `SubmitLimiter`):
+no key is read or written here."""
 
 from __future__ import annotations
 
 import contextlib
-import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from dash_ray.errors import Unauthorized
 from dash_ray.gateway.auth import Principal, TokenAuth, UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
 from dash_ray.gateway.policy import SubmitPolicy
-from dash_ray.gateway.ratelimit import OpenSlots, SubmitLimiter
+from dash_ray.gateway.ratelimit import OpenSlots
 from dash_ray.gateway.webhooks import WebhookSender
 from dash_ray.models.payloads import JobPayload
 from dash_ray.queues import EventHub, JobStore, connect
+from dash_ray.queues.accounts import Accounts, SubmitLimiter
 from dash_ray.services import ArtifactStore, ModelRegistry
 
 __all__ = ["GatewayServices"]
@@ -30,7 +32,7 @@ class GatewayServices:
     """One replica's connections and helpers; `start()` before serving, `close()` after."""
 
     settings: Settings
-    redis: Redis
+    redis: Redis  # the connection the store and accounts share (closed with the services)
     store: JobStore
     hub: EventHub
     auth: TokenAuth
@@ -44,6 +46,10 @@ class GatewayServices:
     streams: OpenSlots = field(default_factory=lambda: OpenSlots(20))  # open event streams (SSE), by user
     webhooks: WebhookSender | None = None  # sends the outbox's webhooks (on its own connection)
     started: bool = False
+    accounts: Accounts = field(init=False)  # tickets, upload bytes, health: on `redis`, by the store's keys
+
+    def __post_init__(self) -> None:
+        self.accounts = Accounts(self.redis, self.store.keys)
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str, *, queues: Iterable[str] | None = None,
@@ -77,20 +83,16 @@ class GatewayServices:
     async def issue_ticket(self, who: Principal) -> str:
         """A one-use WebSocket ticket for `who`, valid `ws_ticket_ttl_s` (kept in Redis, so any
         replica redeems it)."""
-        ticket = secrets.token_urlsafe(24)
-        await self.redis.set(self.store.keys.ticket(ticket), f"{who.user_id}\x1f{int(who.admin)}",
-                             ex=self.settings.ws_ticket_ttl_s, nx=True)
-        return ticket
+        return await self.accounts.issue_ticket(who.user_id, who.admin, self.settings.ws_ticket_ttl_s)
 
     async def redeem_ticket(self, ticket: str) -> Principal:
         """The caller a ticket was issued to; the ticket is gone afterwards (GETDEL)."""
         if not ticket or len(ticket) > 64:
             raise Unauthorized("invalid ticket")
-        value = await self.redis.getdel(self.store.keys.ticket(ticket))
-        if not value:
+        found = await self.accounts.redeem_ticket(ticket)
+        if found is None:
             raise Unauthorized("invalid or used ticket")
-        user, _, admin = (value.decode() if isinstance(value, bytes) else str(value)).partition("\x1f")
-        return Principal(user_id=user, admin=admin == "1")
+        return Principal(user_id=found[0], admin=found[1])
 
     async def start(self) -> None:
         """Start the event hub (one pub/sub connection for all sockets of this replica) and the

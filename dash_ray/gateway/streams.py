@@ -13,20 +13,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from dash_ray.errors import Forbidden, InvalidPayload, RateLimited
+from dash_ray.errors import Forbidden, InvalidPayload, JobNotFound, RateLimited
 from dash_ray.gateway.deps import Caller, QueryCaller, Svc, _owned
+from dash_ray.gateway.errors import DocumentedRoute, raises
 from dash_ray.gateway.services import GatewayServices
-from dash_ray.queues import frame_seq, is_preview, of_another
+from dash_ray.models.events import Frame
+from dash_ray.models.status import is_final
+from dash_ray.queues.frames import catch_up
 
 __all__ = ["prefer_wait_s", "router", "wait_final"]
 
-router = APIRouter()
+router = APIRouter(route_class=DocumentedRoute)  # error responses from `@raises` (gateway/errors.py)
 
 KEEPALIVE_S = 15.0
-_FINAL = ('{"type":"job:completed"', '{"type":"job:failed"')
 
 
 @router.get("/v1/jobs/{job_id}/logs", tags=["jobs"])
+@raises(JobNotFound)
 async def job_logs(job_id: str, who: QueryCaller, svc: Svc,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> Response:
     """The job's log lines, oldest first (the newest `limit`; 1000 are kept per job)."""
@@ -44,6 +47,7 @@ async def webhook_secret(who: Caller, svc: Svc) -> Response:
 
 
 @router.get("/v1/webhooks/dead", tags=["webhooks"])
+@raises(Forbidden)
 async def webhook_dead(who: Caller, svc: Svc, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
     """Admins: the newest deliveries given up (id, url, tries, why), and how many are pending."""
     if not who.admin:
@@ -54,6 +58,7 @@ async def webhook_dead(who: Caller, svc: Svc, limit: Annotated[int, Query(ge=1, 
 
 
 @router.get("/v1/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse)
+@raises(JobNotFound, InvalidPayload, RateLimited)
 async def job_events(job_id: str, request: Request, who: QueryCaller, svc: Svc,
                      last_event_id: Annotated[str | None, Header()] = None,
                      since: Annotated[int | None, Query(ge=0, le=2**53)] = None,
@@ -96,57 +101,20 @@ class _SlotStream(StreamingResponse):
 
 async def _events(svc: GatewayServices, job_id: str, owner: str | None, after: int, previews: bool,
                   request: Request) -> AsyncGenerator[bytes, None]:
-    live: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
-    overflow = False
-
-    def on_event(_channel: str, data: str) -> None:
-        nonlocal overflow
-        try:
-            live.put_nowait(data)
-        except asyncio.QueueFull:
-            overflow = True  # caught up from the replay stream below
-
-    channel = svc.store.keys.channel(job_id)
-    await svc.hub.add(channel, on_event)  # before the replay: nothing falls between the two
-    last = after
-    try:
-        yield b"retry: 2000\n\n"
-        while True:
-            frames = await svc.store.bus.replay(job_id, last)
-            for data in frames:
-                seq = frame_seq(data)
-                if seq > last:
-                    last = seq
-                    if of_another(data, owner):
-                        return  # the id changed hands: this job's stream is over
-                    if previews or not is_preview(data):
-                        yield _sse(seq, svc.signer.sign_json(data, owner))
-                    if data.startswith(_FINAL):
-                        return
-            overflow = False
-            while not overflow:
-                try:
-                    data = await asyncio.wait_for(live.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    yield b": keep-alive\n\n"
-                    continue
-                seq = frame_seq(data)
-                if seq <= last:
-                    continue
-                if seq > last + 1 and seq - last < 1000:  # a gap (an event not yet here): read the stream
-                    break
-                last = seq
-                if of_another(data, owner):
+    yield b"retry: 2000\n\n"
+    async with contextlib.aclosing(catch_up(svc.hub, svc.store.bus, job_id, after, idle_s=KEEPALIVE_S)) as frames:
+        async for frame in frames:
+            if frame is None:  # KEEPALIVE_S without an event
+                if await request.is_disconnected():
                     return
-                if previews or not is_preview(data):
-                    yield _sse(seq, svc.signer.sign_json(data, owner))
-                if data.startswith(_FINAL):
-                    return
-    finally:
-        with contextlib.suppress(Exception):
-            await svc.hub.remove(channel, on_event)
+                yield b": keep-alive\n\n"
+                continue
+            if frame.of_another(owner):
+                return  # the id changed hands: this job's stream is over
+            if previews or not frame.is_preview:
+                yield _sse(frame, svc.signer.sign_json(frame.text, owner))
+            if frame.is_final:
+                return
 
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
@@ -163,13 +131,13 @@ async def wait_final(svc: GatewayServices, job_id: str, timeout_s: float) -> boo
     done = asyncio.Event()
 
     def on_event(_channel: str, data: str) -> None:
-        if data.startswith(_FINAL):
+        if Frame(data).is_final:
             done.set()
 
     channel = svc.store.keys.channel(job_id)
     await svc.hub.add(channel, on_event)
     try:
-        if (await svc.store.get(job_id)).status in ("completed", "failed", "cancelled"):  # ended before we listened
+        if is_final((await svc.store.get(job_id)).status):  # ended before we listened
             return True
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(done.wait(), timeout_s)
@@ -179,6 +147,6 @@ async def wait_final(svc: GatewayServices, job_id: str, timeout_s: float) -> boo
             await svc.hub.remove(channel, on_event)
 
 
-def _sse(seq: int, data: str) -> bytes:
-    kind = data[9:data.find('"', 9)] if data.startswith('{"type":"') else "message"
-    return f"id: {seq}\nevent: {kind}\ndata: {data}\n\n".encode()
+def _sse(frame: Frame, data: str) -> bytes:
+    """A frame as an SSE event; `data` is its text as sent (links signed)."""
+    return f"id: {frame.seq}\nevent: {frame.type or 'message'}\ndata: {data}\n\n".encode()

@@ -36,7 +36,8 @@ from dash_ray import __version__
 from dash_ray.config import Settings
 from dash_ray.gateway.auth import UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
-from dash_ray.queues import Delivery, Keys, WebhookOutbox, is_transient, of_another, retry_pause
+from dash_ray.loops import Backoff, supervised
+from dash_ray.queues import Delivery, Keys, WebhookOutbox, is_transient
 from dash_ray.services.netguard import PrivateAddress, pinned_url_async
 from dash_ray.services.webhooks import signature_headers, user_secret
 
@@ -136,7 +137,11 @@ class WebhookSender:
         if self._task is None:
             self._http = httpx.AsyncClient(timeout=self.settings.webhook_timeout_s, follow_redirects=False,
                                            headers={"user-agent": f"dash-ray-webhooks/{__version__}"})
-            self._task = asyncio.create_task(self._loop(), name="webhook-sender")
+            # Redis down or restarting: one warning, then quietly polled until it is back.
+            self._task = asyncio.create_task(
+                supervised("webhook sender", self._claim, stop=lambda: self._closing, transient=is_transient,
+                           backoff=Backoff(first_s=_POLL_S, max_s=_POLL_S), logger=log),
+                name="webhook-sender")
 
     async def close(self) -> None:
         """Stop: sends in flight are cancelled (their leases run out; another sender retries them)."""
@@ -155,33 +160,21 @@ class WebhookSender:
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
-    async def _loop(self) -> None:
-        failing = False
-        while not self._closing:
-            try:
-                free = self.settings.webhook_concurrency - len(self._sending)
-                claimed = await self.outbox.claim(free, self.lease_s) if free > 0 else []
-                failing = False
-                for d in claimed:
-                    task = asyncio.create_task(self._send(d), name=f"webhook-{d.id}")
-                    self._sending.add(task)
-                    task.add_done_callback(self._sending.discard)
-                if len(claimed) == free > 0:
-                    await asyncio.sleep(0)  # more may be due: claim again once these are under way
-                    continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not failing:  # Redis down or restarting: quietly poll until it is back
-                    log.warning("webhook outbox unavailable: %s", type(exc).__name__ if is_transient(exc) else exc)
-                failing = True
-            await retry_pause(_POLL_S)
+    async def _claim(self) -> float:
+        """Start sending what is due, as many as there are free senders; the pause before the next
+        claim (none when it took as many as it could: more may be due)."""
+        free = self.settings.webhook_concurrency - len(self._sending)
+        claimed = await self.outbox.claim(free, self.lease_s) if free > 0 else []
+        for d in claimed:
+            task = asyncio.create_task(self._send(d), name=f"webhook-{d.id}")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        return 0 if len(claimed) == free > 0 else _POLL_S
 
     async def _send(self, d: Delivery) -> None:
         try:
-            raw_url, raw_owner = await self.redis.hmget(self.keys.job(d.job_id), "hookUrl", "userId")
-            url, owner = _text(raw_url) or "", _text(raw_owner) or ""
-            if not url or of_another(d.body, owner):  # the record is gone, or its id changed hands since:
+            url, owner = await self.outbox.destination(d.job_id)
+            if not url or d.frame.of_another(owner):  # the record is gone, or its id changed hands since:
                 await self.outbox.delivered(d)  # nothing to send, and never to the new owner's URL
                 return
             try:
@@ -250,7 +243,3 @@ class WebhookSender:
         if 200 <= r.status_code < 300:
             return None
         return r.status_code == 410, f"HTTP {r.status_code}"
-
-
-def _text(x: Any) -> str | None:
-    return x.decode() if isinstance(x, bytes) else (None if x is None else str(x))

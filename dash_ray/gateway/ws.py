@@ -17,18 +17,20 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from dash_ray.errors import DashError, InvalidPayload, JobNotFound, Unauthorized, Unavailable
-from dash_ray.gateway.auth import Principal
+from dash_ray.gateway.auth import Principal, bearer
 from dash_ray.gateway.errors import ws_error
 from dash_ray.gateway.services import GatewayServices
+from dash_ray.loops import supervised
 from dash_ray.models.events import (
     ErrorMessage,
+    Frame,
     JobProgressEvent,
     PingMessage,
     PongMessage,
@@ -38,7 +40,9 @@ from dash_ray.models.events import (
     parse_client_message,
 )
 from dash_ray.models.queues import validation_errors
-from dash_ray.queues import event_from_state, frame_seq, is_preview, is_transient, of_another
+from dash_ray.models.status import Status
+from dash_ray.queues import event_from_state, is_transient
+from dash_ray.queues.frames import MAX_HELD, FrameCursor
 
 __all__ = ["serve_socket"]
 
@@ -47,7 +51,6 @@ log = logging.getLogger(__name__)
 MAX_SUBSCRIPTIONS = 1000  # subscriptions plus lookups of ids that were not found, per socket
 MAX_BUFFERED = 20_000  # messages queued for one slow client before it is disconnected
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # ... or bytes (previews are images)
-MAX_HELD = 1000  # live events held for one subscription while its snapshot is read; past it, replayed
 MAX_REFRESHED = 50  # waiting jobs whose place one socket gets refreshed, a round
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
@@ -59,10 +62,8 @@ CLOSE_RESTART = 1012  # "service restart": reconnect and subscribe with `since`
 @dataclass
 class _Sub:
     channel: str
+    cursor: FrameCursor  # the last seq sent; live frames held while the snapshot or a catch-up is read
     owner: str | None = None  # the job's owner: only links to their files are signed
-    seq: int = -1  # last seq sent; -1 until the snapshot is out
-    held: list[tuple[int, str]] = field(default_factory=list)
-    overflow: bool = False  # more than MAX_HELD arrived during the snapshot: replay instead
     previews: bool = True  # false: `job:preview` frames are not sent (they still count in seq)
     waiting: bool = False  # its last event said `waiting`: its place is refreshed
     place: tuple[int | None, float | None] = (None, None)  # (queuePosition, etaS) last sent
@@ -138,18 +139,23 @@ class _Session:
             await self.ws.send_text(text)
             self.svc.metrics.events_sent += 1
 
-    def _frame(self, sub: _Sub, data: str) -> None:
+    def _frame(self, sub: _Sub, frame: Frame) -> None:
         """Send one of a job's event frames, unless the subscription opted out of previews, or
         the frame is of another user's job that now holds the id (never sent)."""
-        if of_another(data, sub.owner):
+        if frame.of_another(sub.owner):
             return
-        if data.startswith('{"type":"job:progress"'):
-            sub.waiting = '"status":"waiting"' in data
+        kind = frame.type
+        if kind == "job:progress":
+            sub.waiting = frame.has_status(Status.WAITING)
             sub.place = (None, None)
-        elif not data.startswith(('{"type":"job:preview"', '{"type":"job:log"')):
+        elif kind != "job:preview" and kind != "job:log":
             sub.waiting = False
-        if sub.previews or not is_preview(data):
-            self._enqueue(data, sub.owner)
+        if sub.previews or kind != "job:preview":
+            self._enqueue(frame.text, sub.owner)
+
+    def _frames(self, sub: _Sub, frames: list[Frame]) -> None:
+        for frame in frames:
+            self._frame(sub, frame)
 
     # --- a waiting job's place ---
     async def refresher(self) -> None:
@@ -158,24 +164,31 @@ class _Session:
         every = self.svc.settings.ws_eta_refresh_s
         if every <= 0:
             return
-        while not self.closing:
-            await asyncio.sleep(every)
-            for job_id in [j for j, sub in self.subs.items() if sub.waiting and sub.seq >= 0][:MAX_REFRESHED]:
-                try:
-                    view = await self.svc.store.get(job_id)
-                except Exception:
-                    continue  # gone, or Redis away: the next round tries again
-                sub = self.subs.get(job_id)
-                if sub is None or not sub.waiting or view.status != "waiting" or view.queue_position is None:
-                    continue  # it moved on meanwhile: its own event says so
-                if view.user_id != sub.owner:
-                    continue  # the id changed hands: another user's job now
-                eta = view.eta_s
-                was_pos, was_eta = sub.place
-                if view.queue_position == was_pos and (eta is None or (was_eta is not None and abs(eta - was_eta) < 1)):
-                    continue
-                sub.place = (view.queue_position, eta)
-                self._enqueue(_place(view))
+
+        async def step() -> float:
+            await self._refresh()
+            return every
+
+        await supervised(f"place refresher of {self.who.user_id}'s socket", step, stop=lambda: self.closing,
+                         logger=log)
+
+    async def _refresh(self) -> None:
+        for job_id in [j for j, sub in self.subs.items() if sub.waiting and sub.cursor.following][:MAX_REFRESHED]:
+            try:
+                view = await self.svc.store.get(job_id)
+            except Exception:
+                continue  # gone, or Redis away: the next round tries again
+            sub = self.subs.get(job_id)
+            if sub is None or not sub.waiting or view.status != Status.WAITING or view.queue_position is None:
+                continue  # it moved on meanwhile: its own event says so
+            if view.user_id != sub.owner:
+                continue  # the id changed hands: another user's job now
+            eta = view.eta_s
+            was_pos, was_eta = sub.place
+            if view.queue_position == was_pos and (eta is None or (was_eta is not None and abs(eta - was_eta) < 1)):
+                continue
+            sub.place = (view.queue_position, eta)
+            self._enqueue(_place(view))
 
     # --- live events ---
     def on_event(self, channel: str, data: str) -> None:
@@ -183,15 +196,9 @@ class _Session:
         sub = self.subs.get(job_id)
         if sub is None:
             return
-        seq = frame_seq(data)
-        if sub.seq < 0:
-            if len(sub.held) < MAX_HELD:
-                sub.held.append((seq, data))
-            else:
-                sub.overflow = True
-        elif seq > sub.seq:
-            sub.seq = seq
-            self._frame(sub, data)
+        frame = sub.cursor.live(data)  # held while its snapshot or a catch-up is read
+        if frame is not None:
+            self._frame(sub, frame)
 
     # --- requests ---
     async def handle(self, raw: str | bytes) -> None:
@@ -252,72 +259,49 @@ class _Session:
                     self.not_found += 1
                 self._enqueue_error(exc, job_id)
                 continue
-            sub = _Sub(channel=self.svc.store.keys.channel(job_id), owner=owner, previews=msg.previews)
+            sub = _Sub(channel=self.svc.store.keys.channel(job_id), cursor=FrameCursor(job_id, max_held=MAX_HELD),
+                       owner=owner, previews=msg.previews)
             self.subs[job_id] = sub
             try:
                 await self.svc.hub.add(sub.channel, self.on_event)
-                await self._release(job_id, sub, await self._snapshot(job_id, sub, since.get(job_id)))
+                await self._snapshot(job_id, sub, since.get(job_id))
             except BaseException:
                 await self.drop(job_id)  # a subscribe fully succeeds or leaves nothing behind
                 raise
         self.send_model(SubscribedMessage(job_ids=sorted(self.subs)))
 
-    async def _release(self, job_id: str, sub: _Sub, last: int) -> None:
-        """The snapshot or catch-up up to `last` is queued: send the live events held meanwhile
-        (or, if more arrived than are held, the job's replay stream after `last`)."""
-        if sub.overflow:
-            sub.overflow = False
-            sub.held = [(s, f) for s, f in sub.held if s > last]  # keep the newest held ones too
-            for data in await self.svc.store.bus.replay(job_id, last):
-                seq = frame_seq(data)
-                if seq > last:
-                    last = seq
-                    self._frame(sub, data)
-        sub.seq = last
-        for seq, data in sorted(sub.held):
-            if seq > sub.seq:
-                sub.seq = seq
-                self._frame(sub, data)
-        sub.held.clear()
-
     async def resync(self) -> None:
         """The hub's pub/sub connection came back: send every subscription the events it missed
         (from the job's replay stream, after its last seq), or, if that cannot be read, close
         with 1012 so that the client reconnects and subscribes with `since`."""
-        for job_id, sub in list(self.subs.items()):
-            if sub.seq < 0 or self.closing:  # its snapshot is on the way: it holds live events itself
+        for sub in list(self.subs.values()):
+            if not sub.cursor.following or self.closing:  # its snapshot is on the way: it holds live events
                 continue
-            last, sub.seq = sub.seq, -1
             try:
-                frames = await self.svc.store.bus.replay(job_id, last)
+                frames = await sub.cursor.catch_up(self.svc.store.bus.replay)
             except Exception as exc:
                 log.warning("cannot catch a socket up after a pub/sub reconnect (%s); closing it 1012", exc)
                 self.close_later(CLOSE_RESTART)
                 return
-            for data in frames:
-                seq = frame_seq(data)
-                if seq > last:
-                    last = seq
-                    self._frame(sub, data)
-            await self._release(job_id, sub, last)
+            self._frames(sub, frames)
 
-    async def _snapshot(self, job_id: str, sub: _Sub, since: int | None) -> int:
+    async def _snapshot(self, job_id: str, sub: _Sub, since: int | None) -> None:
+        """Send the subscription its start: with `since`, the events after it; else the job's
+        current state as one event. Then the live events held meanwhile; from there it follows."""
         bus = self.svc.store.bus
         if since is not None:
-            last = since
-            for data in await bus.replay(job_id, since):
-                last = frame_seq(data)
-                self._frame(sub, data)
-            return last
+            self._frames(sub, await sub.cursor.catch_up(bus.replay, since))
+            return
         state = await bus.state(job_id)
         if not state:  # plain BullMQ job that no dash-ray consumer touched yet
             view = await self.svc.store.get(job_id)
             state = {"status": view.status, "queue": view.queue, "userId": view.user_id or "",
                      "progress": str(view.progress), "seq": "0"}
         event = event_from_state(job_id, state)
-        if event is None:
-            return 0
-        if isinstance(event, JobProgressEvent) and event.status == "waiting":  # with its place in line
+        if event is None:  # no state to send: the held events only
+            self._frames(sub, await sub.cursor.catch_up(bus.replay, 0, replay=False))
+            return
+        if isinstance(event, JobProgressEvent) and event.status == Status.WAITING:  # with its place in line
             sub.waiting = True
             with contextlib.suppress(Exception):
                 view = await self.svc.store.get(job_id)
@@ -325,7 +309,7 @@ class _Session:
                                                                           view.finish_eta_s)
                 sub.place = (view.queue_position, view.eta_s)
         self.send_model(event, sub.owner)
-        return event.seq
+        self._frames(sub, await sub.cursor.catch_up(bus.replay, event.seq, replay=False))
 
     async def drop(self, job_id: str) -> None:
         sub = self.subs.pop(job_id, None)
@@ -358,8 +342,7 @@ def _token(ws: WebSocket) -> str | None:
     token = ws.query_params.get("token")
     if token:
         return token
-    auth = ws.headers.get("authorization", "")
-    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    return bearer(ws.headers.get("authorization"))
 
 
 async def serve_socket(ws: WebSocket, svc: GatewayServices) -> None:

@@ -30,11 +30,10 @@ from dash_ray.models.payloads import (
     UpscalingJob,
 )
 from dash_ray.models.queues import QUEUE_TABLE, QUEUES, QueueDef, parse_options, parse_payload
+from dash_ray.models.status import FINAL, JobStatus, Status, is_final
 from dash_ray.models.views import (
-    TERMINAL_STATUSES,
     Allowance,
     JobList,
-    JobStatus,
     JobView,
     QueueView,
     SubmitResult,
@@ -42,9 +41,9 @@ from dash_ray.models.views import (
 )
 
 __all__ = [
+    "FINAL",
     "QUEUES",
     "QUEUE_TABLE",
-    "TERMINAL_STATUSES",
     "WEBHOOK_EVENTS",
     "Allowance",
     "Backoff",
@@ -70,6 +69,7 @@ __all__ = [
     "QueueView",
     "ServerMessage",
     "SleepJob",
+    "Status",
     "SubmitResult",
     "SubscribeMessage",
     "SubscribedMessage",
@@ -79,6 +79,7 @@ __all__ = [
     "UpscalingJob",
     "UsageView",
     "Webhook",
+    "is_final",
     "parse_client_message",
     "parse_event",
     "parse_options",

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-__all__ = ["BULLMQ_RESERVED", "JobId", "LookupId", "RequestModel", "UserId", "WireModel", "is_lookup_id"]
+__all__ = [
+    "BULLMQ_RESERVED",
+    "USER_ID_PATTERN",
+    "JobId",
+    "LookupId",
+    "RequestModel",
+    "UserId",
+    "WireModel",
+    "is_lookup_id",
+    "is_user_id",
+]
 
 
 class WireModel(BaseModel):
@@ -30,7 +40,16 @@ class RequestModel(WireModel):
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$")
+# The one rule for a user id, wherever one comes from: a token's subject, a payload's `userId`,
+# a plain BullMQ job's `userId` when it is adopted. (It is also a path segment of artifacts.)
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,127}$"
+_USER = re.compile(USER_ID_PATTERN)
+
+
+def is_user_id(value: object) -> TypeGuard[str]:
+    """True if `value` is a user id: 1-128 letters, digits, '_', '.', '@' or '-', starting with a
+    letter or digit."""
+    return isinstance(value, str) and _USER.fullmatch(value) is not None
 
 
 def _job_id(value: str) -> str:
@@ -63,7 +82,7 @@ def _lookup_id(value: str) -> str:
 
 
 def _user_id(value: str) -> str:
-    if not _USER.match(value):
+    if not is_user_id(value):
         raise ValueError("must be 1-128 letters, digits, '_', '.', '@' or '-'")
     return value
 

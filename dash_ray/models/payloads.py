@@ -1,4 +1,7 @@
-"""Job payloads of the three queues, exactly the seed's fields, with typed settings and limits."""
+"""Job payloads of the built-in queues, exactly the seed's fields, with typed settings and limits.
+
+A payload model is one of the three things a queue is made of (with its runner and its row in
+models/queues.py); `ImageUrl` is the type of a field holding an image reference."""
 
 from __future__ import annotations
 
@@ -8,12 +11,15 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field
 
 from dash_ray.models.base import JobId, RequestModel, UserId
+from dash_ray.models.images import IMAGE_URL_SCHEMES
 
 __all__ = [
     "MAX_IMAGE_URL_CHARS",
     "GenerationJob",
     "GenerationSettings",
+    "ImageUrl",
     "JobPayload",
+    "ModelName",
     "SleepJob",
     "TrainingJob",
     "TrainingSettings",
@@ -43,7 +49,7 @@ _UPLOAD = re.compile(r"^upload://[0-9a-f]{32}$")
 
 def _image_url(value: str) -> str:
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
-    if scheme not in ("http", "https", "file", "data", "upload"):
+    if scheme not in IMAGE_URL_SCHEMES:
         raise ValueError("must be an upload://, http(s), file:// or data: URL")
     if scheme == "upload" and not _UPLOAD.match(value):
         raise ValueError("an upload reference is upload://<id> (as POST /v1/uploads returns it)")

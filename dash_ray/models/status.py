@@ -10,7 +10,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal, get_args
 
-__all__ = ["FINAL", "FINAL_EVENT_TYPES", "JobStatus", "Status", "derive", "guess_bull_state", "is_final"]
+__all__ = ["FAILURES", "FINAL", "FINAL_EVENT_TYPES", "JobStatus", "Status", "derive", "guess_bull_state", "is_failure",
+           "is_final"]
 
 JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
 
@@ -31,11 +32,18 @@ assert {s.value for s in Status} == set(get_args(JobStatus))
 
 FINAL: frozenset[str] = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
 FINAL_EVENT_TYPES: frozenset[str] = frozenset({"job:completed", "job:failed"})
+# The final statuses without a result: what a `job:failed` event carries (`status`).
+FAILURES: frozenset[str] = FINAL - {Status.COMPLETED.value}
 
 
 def is_final(status: str | None) -> bool:
     """Whether a job with this status is over for good (completed, failed or cancelled)."""
     return status in FINAL
+
+
+def is_failure(status: str | None) -> bool:
+    """Whether a job with this status is over without a result (failed or cancelled)."""
+    return status in FAILURES
 
 
 def derive(bull_state: str | None, ours: str | None, attempts_made: int) -> str:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from dash_ray.models.base import WireModel
+from dash_ray.models.status import JobStatus, is_final
 
-__all__ = ["TERMINAL_STATUSES", "Allowance", "JobList", "JobStatus", "JobView", "QueueView", "SubmitResult",
-           "UsageView"]
-
-JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+__all__ = ["Allowance", "JobList", "JobView", "QueueView", "SubmitResult", "UsageView"]
 
 
 class JobView(WireModel):
@@ -43,7 +40,7 @@ class JobView(WireModel):
     @property
     def done(self) -> bool:
         """True once the job completed, failed or was cancelled."""
-        return self.status in TERMINAL_STATUSES
+        return is_final(self.status)
 
 
 class SubmitResult(WireModel):

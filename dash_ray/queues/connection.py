@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import hiredis
@@ -15,6 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+from dash_ray.loops import pause
 
 __all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient", "redacted",
            "retry_pause"]
@@ -39,17 +40,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 async def retry_pause(delay_s: float) -> None:
-    """The pause of a loop that retries or polls Redis: `asyncio.sleep`, unless its task has been
-    cancelled (and not taken it back), which then stops here.
-
-    A cancel that lands inside a Redis call can be lost: it comes out as a connection or
-    time-out error, or not at all, and a loop that went on would never stop; its closer would
-    wait for ever. (Python 3.10 cannot tell: there the loops whose closers wait on them, the
-    webhook sender's and the consumer's, also stop on a flag their closer sets.)"""
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)
-    if cancelling is not None and cancelling():
-        raise asyncio.CancelledError()
-    await asyncio.sleep(delay_s)
+    """The pause of a loop that retries or polls Redis: `dash_ray.loops.pause` (it stops there
+    if its task has been cancelled, which a Redis call may have swallowed)."""
+    await pause(delay_s)
 
 
 class _HiredisPacking:

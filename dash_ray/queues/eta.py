@@ -1,5 +1,8 @@
 """Honest ETAs: measured seconds per unit of each job shape, and a queue's workers, turned into
-when a waiting job will start and finish (the jobs ahead of it played onto the workers)."""
+when a waiting job will start and finish (the jobs ahead of it played onto the workers); a
+running job's time left from its progress (`left_from_progress`, the one such rule: the view,
+the worker's progress events and the plan all use it); which jobs are ahead of a waiting one
+(`jobs_ahead`, BullMQ's hand-out order)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,12 @@ from dash_ray.models.cost import cost_shape
 from dash_ray.queues.batch import Batch
 from dash_ray.queues.keys import Keys
 
-__all__ = ["MAX_AHEAD", "CostBook", "estimate", "plan_start"]
+__all__ = ["MAX_AHEAD", "MIN_PROGRESS", "CostBook", "estimate", "jobs_ahead", "left_from_progress", "plan_start"]
 
 MAX_AHEAD = 500  # jobs ahead read one by one; the rest are counted at their mean
+# Percent of progress from which a running job's pace tells its time left: before it, the time
+# is mostly start-up (a model load, the first step's compilation) and the pace would overshoot.
+MIN_PROGRESS = 5.0
 _ALPHA = 0.3  # weight of a new measurement in the moving average
 
 
@@ -42,6 +48,30 @@ def job_seconds(queue: str, data: dict[str, Any], costs: dict[str, float]) -> fl
     return None if per_unit is None else per_unit * units
 
 
+def left_from_progress(elapsed_s: float, progress: float) -> float | None:
+    """Seconds a running job has left at its pace so far (`elapsed_s` since it started, at
+    `progress` percent); None below MIN_PROGRESS or once at 100 (nothing to extrapolate)."""
+    if not MIN_PROGRESS <= progress < 100:
+        return None
+    return max(0.0, elapsed_s) * (100 - progress) / progress
+
+
+def jobs_ahead(wait_len: int, rank: int | None, position: int,
+               most: int = MAX_AHEAD) -> tuple[tuple[int, int] | None, int]:
+    """Where the jobs ahead of a waiting job are, at most `most` of each: the LRANGE (start, stop)
+    of `wait` to read (None: none) and how many to read from the start of `prioritized`.
+
+    BullMQ hands out the tail of `wait` first, then `prioritized` by rank; a job's `position`
+    (1 = next) counts the same way (`queue_position`, queues/lua/includes/queue_position.lua, the
+    one place that counts it: atomically, beside the writes): a job in `prioritized` (`rank` not
+    None) has all of `wait` and the `rank` before it ahead; one in `wait` the position - 1 after it."""
+    if rank is not None:
+        return (-most, -1) if wait_len else None, min(rank, most)
+    idx = wait_len - position  # the job's index in `wait`; the ones after it go first
+    stop = min(idx + most, wait_len - 1)
+    return ((idx + 1, stop) if stop >= idx + 1 else None), 0
+
+
 def plan_start(remaining: list[float], ahead: list[float], slots: int) -> float:
     """When the next job starts: each slot is free once its running job ends (`remaining`),
     then the jobs `ahead` take the earliest free slot, in order."""
@@ -66,18 +96,13 @@ async def estimate(redis: Any, keys: Keys, queue: str, job_id: str, data: dict[s
     own = job_seconds(queue, data, costs)
     if own is None:
         return None
-    # BullMQ takes from the tail of `wait` first, then the prioritized set in order; `position`
-    # counts the same way (POSITION), so the jobs ahead are position - 1 of those.
-    wait_len = int(wait_len)
+    in_wait, in_prioritized = jobs_ahead(int(wait_len), None if rank is None else int(rank), position)
     b = Batch(redis)
-    if rank is not None:
-        b.add("lrange", keys.bull(queue, "wait"), -MAX_AHEAD, -1)
-        if int(rank) > 0:
-            b.add("zrange", keys.bull(queue, "prioritized"), 0, min(int(rank), MAX_AHEAD) - 1)
-    else:
-        idx = wait_len - position  # our index in `wait`; the ones after it go first
-        b.add("lrange", keys.bull(queue, "wait"), idx + 1, min(idx + MAX_AHEAD, wait_len - 1))
-    ahead_ids = [jid for part in await b.execute() for jid in (part or [])]
+    if in_wait is not None:
+        b.add("lrange", keys.bull(queue, "wait"), *in_wait)
+    if in_prioritized:
+        b.add("zrange", keys.bull(queue, "prioritized"), 0, in_prioritized - 1)
+    ahead_ids = [jid for part in (await b.execute() if in_wait or in_prioritized else []) for jid in (part or [])]
     shown = [jid for jid in ahead_ids if jid != job_id][:MAX_AHEAD]
     b = Batch(redis)
     for jid in shown:
@@ -95,9 +120,8 @@ async def estimate(redis: Any, keys: Keys, queue: str, job_id: str, data: dict[s
         est = job_seconds(queue, _json(rest[i]), costs) or mean
         started, progress = (rest[i + 1] or [None, None])[:2]
         elapsed = now - float(started) if started else 0.0
-        p = float(progress or 0)
-        left = elapsed * (100 - p) / p if 5 <= p < 100 else est - elapsed
-        remaining.append(max(0.0, left))
+        left = left_from_progress(elapsed, float(progress or 0))
+        remaining.append(max(0.0, est - elapsed if left is None else left))
     slots = max(1, int((cap or {}).get("slots") or 0), len(active))
     start = plan_start(remaining, ahead, slots)
     return round(start, 2), round(start + own, 2)

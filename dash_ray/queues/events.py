@@ -11,9 +11,9 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from dash_ray.models.events import JobCompletedEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.models.events import JobCompletedEvent, JobEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.models.status import Status, is_failure
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import AnyEvent
 from dash_ray.queues.pubsub import RawPubSub
 
 __all__ = ["EventBus", "EventHub", "event_from_state"]
@@ -21,8 +21,9 @@ __all__ = ["EventBus", "EventHub", "event_from_state"]
 log = logging.getLogger(__name__)
 
 
-def event_from_state(job_id: str, state: dict[str, str]) -> AnyEvent | None:
-    """The job's latest state (our job hash) as the event a late subscriber should get."""
+def event_from_state(job_id: str, state: dict[str, str]) -> JobEvent | None:
+    """The job's latest state (our job hash) as the event a late subscriber should get: its
+    status is the one the hash's last event wrote (`lifecycle.state_fields`), BullMQ not asked."""
     status = state.get("status")
     if not status:
         return None
@@ -33,10 +34,10 @@ def event_from_state(job_id: str, state: dict[str, str]) -> AnyEvent | None:
         "ts": float(state.get("updated", 0) or 0),
         "user_id": state.get("userId"),
     }
-    if status == "completed":
+    if status == Status.COMPLETED:
         raw = state.get("result")
         return JobCompletedEvent(result=json.loads(raw) if raw else None, **common)
-    if status in ("failed", "cancelled"):
+    if is_failure(status):
         return JobFailedEvent(error=state.get("error", status), status=status, **common)
     return JobProgressEvent(
         status=status,
@@ -57,7 +58,7 @@ class EventBus:
         """Our hash of the job: queue, owner, status, progress, message, result, seq..."""
         return cast(dict[str, str], await self.redis.hgetall(self.keys.job(job_id)))
 
-    async def latest(self, job_id: str) -> AnyEvent | None:
+    async def latest(self, job_id: str) -> JobEvent | None:
         """The job's latest state as an event, or None for an unknown job."""
         return event_from_state(job_id, await self.state(job_id))
 

@@ -2,6 +2,9 @@
 
 BullMQ's own keys (`{prefix}:{queue}:...`) are left to BullMQ; ours live under
 `{prefix}:__dash__:` so BullMQ dashboards that list `{prefix}:*:meta` do not see them.
+
+The Lua scripts get their keys from here, in KEYS; the few a script must build itself (for ids
+it reads in Redis) come from functions generated from these methods (`includes/keys`, queues/lua.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,15 @@ class Keys:
         """A BullMQ key of a queue: `{prefix}:{queue}:{suffix}` (suffix may be a job id)."""
         return f"{self.prefix}:{queue}:{suffix}"
 
+    def bull_lock(self, queue: str, job_id: str) -> str:
+        """BullMQ's lock of a job (its value: the holding attempt's token). extend_locks.lua builds
+        it as `bull(queue, "") .. id .. ':lock'` for the ids it is given."""
+        return self.bull(queue, f"{job_id}:lock")
+
+    def bull_logs(self, queue: str, job_id: str) -> str:
+        """BullMQ's log of a job (a list of lines)."""
+        return self.bull(queue, f"{job_id}:logs")
+
     def worker_client(self, queue: str, worker: str) -> str:
         """The client name a queue's worker connection carries, by Node BullMQ's convention
         (`{prefix}:{base64(queue)}:w:{worker}`), so `Queue.getWorkers()` and bull-board list it."""
@@ -30,11 +42,13 @@ class Keys:
 
     # Ours.
     def job(self, job_id: str) -> str:
-        """Hash: the job's queue, owner, payload digest and latest state (status, progress, seq...)."""
+        """Hash: the job's queue, owner, payload digest and latest state (status, progress, seq...).
+        Built in Lua too, as `job_key(id)` (generated from this method: `includes/keys` in queues/lua.py)."""
         return f"{self.ns}job:{job_id}"
 
     def events(self, job_id: str) -> str:
-        """Stream: the job's events, entry id `{seq}-0`, capped."""
+        """Stream: the job's events, entry id `{seq}-0`, capped. Built in Lua too, as `events_key(id)`
+        (generated from this method: `includes/keys` in queues/lua.py)."""
         return f"{self.ns}ev:{job_id}"
 
     def channel(self, job_id: str) -> str:
@@ -131,7 +145,7 @@ class Keys:
 
     def kept(self, user_id: str) -> str:
         """Sorted set: a user's job -> when its records expire (ms; inf while it is not final).
-        The name is built in Lua too (FINISH's trim): `{ns}kept:{user}`."""
+        Built in Lua too, as `kept_key(user)` (generated from this method: `includes/keys` in queues/lua.py)."""
         return f"{self.ns}kept:{user_id}"
 
     # The webhook outbox: deliveries due (by time), their bodies and tries, and those given up.

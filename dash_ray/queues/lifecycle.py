@@ -28,13 +28,16 @@ from redis.exceptions import NoScriptError
 
 from dash_ray.config import Settings
 from dash_ray.models.events import (
+    Frame,
     JobCompletedEvent,
+    JobEvent,
     JobFailedEvent,
     JobLogEvent,
     JobPreviewEvent,
     JobProgressEvent,
     LiveEvent,
 )
+from dash_ray.models.status import Status
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import (
@@ -53,7 +56,6 @@ from dash_ray.queues.lua import (
 
 __all__ = [
     "DURATION_BUCKETS",
-    "AnyEvent",
     "BullAdd",
     "BullAddRecorder",
     "Created",
@@ -69,7 +71,6 @@ __all__ = [
     "started_event",
 ]
 
-AnyEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent | JobPreviewEvent | JobLogEvent
 _SEP = "\x1f"
 DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -130,19 +131,6 @@ class Created:
         return self.seq > 0
 
 
-# ------------------------------------------------------------------ the event frame
-def frame_body(event: AnyEvent) -> str:
-    """An event's frame as the scripts take it: its JSON without `seq` and the closing brace."""
-    if not event.ts:
-        event.ts = round(time.time(), 3)
-    return event.model_dump_json(by_alias=True, exclude_none=True, exclude={"seq"})[:-1]
-
-
-def is_preview(frame: str) -> bool:
-    """True for a `job:preview` frame (the type is a frame's first field)."""
-    return frame.startswith('{"type":"job:preview"')
-
-
 def log_line(event: JobLogEvent) -> str:
     """How a log line is kept in BullMQ's job log (bull-board's Logs tab shows these)."""
     when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.ts or time.time()))
@@ -154,48 +142,47 @@ def _limit(n: int | None) -> str:
     return "" if n is None else str(n)
 
 
+# ------------------------------------------------------------------ the event frame
+# `models.events.Frame` builds (`Frame.body_of`) and reads frames; these four are older
+# spellings of it, kept for their callers (`dash_ray.queues` exports three).
+def is_preview(frame: str) -> bool:
+    """True for a `job:preview` frame (`Frame.is_preview`)."""
+    return Frame(frame).is_preview
+
+
 def frame_owner(frame: str) -> str | None:
-    """The `userId` a job's event frame carries (None if it carries none). User ids hold no
-    quote, so the first `"userId":"` starts it (the frames are pydantic's compact JSON)."""
-    i = frame.find('"userId":"')
-    if i < 0:
-        return None
-    j = frame.find('"', i + 10)
-    return frame[i + 10:j] if j > 0 else None
+    """The `userId` a job's event frame carries, None if none (`Frame.user_id`)."""
+    return Frame(frame).user_id
 
 
 def of_another(frame: str, owner: str | None) -> bool:
-    """True when a job's frame names an owner other than `owner`: its id changed hands (the job
-    expired and another user's job took the id) after the reader checked whose it was."""
-    got = frame_owner(frame)
-    return got is not None and owner is not None and got != owner
+    """True when a job's frame names an owner other than `owner` (`Frame.of_another`)."""
+    return Frame(frame).of_another(owner)
 
 
 def frame_seq(frame: str) -> int:
-    """The seq of a published frame (the scripts end every frame with `"seq":N}`)."""
-    i = frame.rfind('"seq":')
-    try:
-        return int(frame[i + 6 : -1])
-    except ValueError:
-        return 0
+    """The seq of a published frame (`Frame.seq`)."""
+    return Frame(frame).seq
 
 
-def state_fields(event: AnyEvent, extra: dict[str, Any] | None = None) -> str:
+def state_fields(event: JobEvent, extra: dict[str, Any] | None = None) -> str:
     """The job hash fields an event sets, as one argument: key, value, ... joined by \\x1f.
-    A preview or a log line sets none: the job's state is its progress."""
+    The hash's `status` is its last state event's (`events.event_from_state` reads it back;
+    `models/status.derive` refines it with BullMQ's state). A preview or a log line sets none:
+    the job's state is its progress."""
     if isinstance(event, JobPreviewEvent | JobLogEvent):
         return ""
     fields: dict[str, Any] = {"queue": event.queue, "updated": event.ts, **(extra or {})}
     if event.user_id:
         fields["userId"] = event.user_id
     if isinstance(event, JobCompletedEvent):
-        fields.update(status="completed", progress=100, message="",
+        fields.update(status=event.status, progress=100, message="",
                       result=json.dumps(event.result, separators=(",", ":")), finished=event.ts)
     elif isinstance(event, JobFailedEvent):
         fields.update(status=event.status, error=event.error, finished=event.ts, message=event.error)
     else:
         fields.update(status=event.status, progress=event.progress, message=event.message)
-        if event.status == "active":
+        if event.status == Status.ACTIVE:
             fields["started"] = event.ts
         if event.attempt is not None:
             fields["attempt"] = event.attempt
@@ -259,12 +246,12 @@ class _Calls:
                            keep=r.keep_finished, ns=self.keys.ns, history_max=r.history_max,
                            recent_max=r.recent_max)
 
-    def _common(self, event: AnyEvent) -> tuple[dict[str, str], dict[str, Any]]:
+    def _common(self, event: JobEvent) -> tuple[dict[str, str], dict[str, Any]]:
         k = self.keys
         user = event.user_id or "_"
         keys = {"job": k.job(event.job_id), "events": k.events(event.job_id), "finished": k.finished(event.queue),
                 "open": k.waiting_count(user), "hooks": k.hooks, "hook_bodies": k.hook_bodies, "kept": k.kept(user)}
-        args = {"channel": k.channel(event.job_id), "frame": frame_body(event), "job_id": event.job_id}
+        args = {"channel": k.channel(event.job_id), "frame": Frame.body_of(event), "job_id": event.job_id}
         return keys, args
 
     def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool,
@@ -307,8 +294,8 @@ class _Calls:
         keys, args = self._common(event)
         keys.update(cancel=self.keys.cancel(event.job_id), wait=self.keys.bull(event.queue, "wait"),
                     prioritized=self.keys.bull(event.queue, "prioritized"),
-                    lock=self.keys.bull(event.queue, f"{event.job_id}:lock"),
-                    logs=self.keys.bull(event.queue, f"{event.job_id}:logs"),
+                    lock=self.keys.bull_lock(event.queue, event.job_id),
+                    logs=self.keys.bull_logs(event.queue, event.job_id),
                     bull_job=self.keys.bull(event.queue, event.job_id),
                     bull_events=self.keys.bull(event.queue, "events"), bull_meta=self.keys.bull(event.queue, "meta"))
         progress = f"{event.progress:g}" if isinstance(event, JobProgressEvent) and event.status == "active" else ""
@@ -473,7 +460,7 @@ class SyncLifecycle:
         """Make `path` the job's checkpoint if the attempt holding `token` still holds the job
         (and it is not final); returns (done, the path it replaced or '', whether the job is
         asked to yield its GPU now that it can resume from there)."""
-        keys, args = CHECKPOINT.pack({"job": self.keys.job(job_id), "lock": self.keys.bull(queue, f"{job_id}:lock"),
+        keys, args = CHECKPOINT.pack({"job": self.keys.job(job_id), "lock": self.keys.bull_lock(queue, job_id),
                                       "yield": self.keys.yield_flag(job_id)},
                                      {"token": token, "path": path})
         reply = self._checkpoint(keys=keys, args=args)

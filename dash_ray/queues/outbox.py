@@ -1,7 +1,7 @@
 """The webhook outbox: deliveries of job events, durable in Redis, claimed and settled atomically.
 
 A job with a webhook has its wanted events put in the outbox by the very script that stores
-and publishes each event (see `_EMIT` in `queues/lua.py`), so no event is published without
+and publishes each event (see `queues/lua/includes/emit.lua`), so no event is published without
 its delivery being recorded, whatever crashes. Senders (any number, on any gateway replica)
 `claim` due deliveries under a lease: one that dies mid-send leaves its deliveries to be claimed
 again when the lease ends. Delivery is thus at least once; each carries the event's `seq`.
@@ -26,72 +26,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from dash_ray.models.events import Frame
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lua import Script
+from dash_ray.queues.lua import HOOK_CLAIM as _CLAIM
+from dash_ray.queues.lua import HOOK_SETTLE as _SETTLE
 
 __all__ = ["Delivery", "WebhookOutbox"]
 
 DEAD_MAX = 1000  # given-up deliveries kept for operators
-
-# A delivery's entry in K.tries: `{tries}` (settled, or from before claims were fenced) or
-# `{tries}:{token}` (claimed under that token).
-_CLAIM = Script(
-    "hook_claim", keys=("hooks", "bodies", "tries"), args=("now_ms", "lease_ms", "n", "token"), body=r"""
-local ids = redis.call('ZRANGEBYSCORE', K.hooks, '-inf', A.now_ms, 'LIMIT', 0, tonumber(A.n))
-local out = {}
-for _, id in ipairs(ids) do
-  local body = redis.call('HGET', K.bodies, id)
-  if body then
-    local tries = (tonumber(string.match(redis.call('HGET', K.tries, id) or '', '^%d+')) or 0) + 1
-    redis.call('ZADD', K.hooks, tonumber(A.now_ms) + tonumber(A.lease_ms), id)
-    redis.call('HSET', K.tries, id, tries .. ':' .. A.token)
-    out[#out + 1] = id
-    out[#out + 1] = body
-    out[#out + 1] = tries
-  else
-    redis.call('ZREM', K.hooks, id)
-  end
-end
-return out
-""")
-
-# settle: the send of `body` under the claim `token` ended. Nothing happens unless that claim
-# still holds the delivery (returns -1). `due_ms` = '' : done (delivered, or given up with `dead`
-# recorded); else try again at due_ms (`uncount` = '1': the claim is given back unsent, its try
-# not counted). When the body was replaced meanwhile (a newer latest progress), the newer one is
-# due now, with its tries counted afresh (returns 0). Returns 1 if settled as asked.
-_SETTLE = Script(
-    "hook_settle", keys=("hooks", "bodies", "tries", "dead"), args=("id", "token", "body", "due_ms", "dead", "uncount"),
-    body=r"""
-local held = redis.call('HGET', K.tries, A.id)
-local tries, token = string.match(held or '', '^(%d+):(.*)$')
-if token ~= A.token then
-  return -1
-end
-if redis.call('HGET', K.bodies, A.id) ~= A.body then
-  if redis.call('HEXISTS', K.bodies, A.id) == 1 then
-    redis.call('HDEL', K.tries, A.id)
-    redis.call('ZADD', K.hooks, 0, A.id)
-  end
-  return 0
-end
-if A.due_ms ~= '' then
-  tries = tonumber(tries)
-  if A.uncount == '1' then tries = tries - 1 end
-  if tries > 0 then redis.call('HSET', K.tries, A.id, tries) else redis.call('HDEL', K.tries, A.id) end
-  redis.call('ZADD', K.hooks, 'XX', tonumber(A.due_ms), A.id)
-  return 1
-end
-redis.call('HDEL', K.bodies, A.id)
-redis.call('HDEL', K.tries, A.id)
-redis.call('ZREM', K.hooks, A.id)
-if A.dead ~= '' then
-  redis.call('LPUSH', K.dead, A.dead)
-  redis.call('LTRIM', K.dead, 0, DEAD_MAX - 1)
-end
-return 1
-""")
-
 
 @dataclass(frozen=True)
 class Delivery:
@@ -109,6 +51,11 @@ class Delivery:
         return self.id.rsplit(":", 1)[0]
 
     @property
+    def frame(self) -> Frame:
+        """The event frame."""
+        return Frame(self.body)
+
+    @property
     def event(self) -> dict[str, Any]:
         """The event frame, parsed."""
         out = json.loads(self.body)
@@ -118,7 +65,7 @@ class Delivery:
     def message_id(self) -> str:
         """The delivery's id for receivers (`webhook-id`): the job and the event's seq, the same
         on every retry of it."""
-        return f"{self.job_id}:{self.event.get('seq', 0)}"
+        return f"{self.job_id}:{self.frame.seq}"
 
 
 class WebhookOutbox:
@@ -169,6 +116,12 @@ class WebhookOutbox:
         dead = json.dumps({"id": d.message_id, "url": url, "tries": d.attempt, "why": why, "ts": round(time.time(), 3)})
         return await self._settle_as(d, "", dead)
 
+    async def destination(self, job_id: str) -> tuple[str, str]:
+        """Where a job's webhooks go and whose job it is now: its record's (`hookUrl`, owner),
+        '' for what it has not (the record is gone: nothing to send)."""
+        url, owner = await self.redis.hmget(self.keys.job(job_id), "hookUrl", "userId")
+        return _text(url), _text(owner)
+
     async def pending(self) -> int:
         """Deliveries in the outbox (due, leased or waiting to be retried)."""
         return int(await self.redis.zcard(self.keys.hooks))
@@ -176,3 +129,7 @@ class WebhookOutbox:
     async def dead(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest given-up deliveries."""
         return [json.loads(x) for x in await self.redis.lrange(self.keys.hook_dead, 0, limit - 1)]
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else "" if x is None else str(x)

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import hiredis
 
-from dash_ray.queues.connection import retry_pause
+from dash_ray.loops import Backoff, supervised
 
 __all__ = ["RawPubSub"]
 
@@ -56,11 +56,15 @@ class RawPubSub:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._connected_before = False
+        self._backoff = Backoff(first_s=0.1, max_s=5.0)  # reconnects: 0.1 s doubling to 5 s (reset once up)
 
     async def start(self) -> None:
         """Connect and start reading (in a background task)."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="dash-pubsub")
+            self._task = asyncio.create_task(
+                supervised("pub/sub", self._session, backoff=self._backoff, transient=_unreachable, logger=log),
+                name="dash-pubsub")
 
     async def close(self) -> None:
         """Stop reading and close the socket."""
@@ -140,44 +144,47 @@ class RawPubSub:
             except Exception:
                 log.exception("pub/sub resubscribe listener failed")
 
-    async def _run(self) -> None:
-        delay = 0.1
-        connected_before = False
-        while True:
-            try:
-                reader, writer, parser = await self._connect()
-                self._writer = writer
-                self._connected.set()
-                delay = 0.1
-                if connected_before:
-                    self.reconnects += 1
-                    log.info("pub/sub reconnected (%d channels)", len(self.channels))
-                    self._unconfirmed = set(self.channels)
-                    if not self._unconfirmed:
-                        self._unconfirmed = None
-                        self._resubscribed()
-                connected_before = True
-                while True:
-                    data = await reader.read(1 << 16)
-                    if not data:
-                        raise ConnectionError("Redis closed the pub/sub connection")
-                    parser.feed(data)
-                    while (reply := parser.gets()) is not False:
-                        if not isinstance(reply, list) or len(reply) != 3:
-                            continue
-                        if reply[0] == "message":
-                            try:
-                                self.on_message(reply[1], reply[2])
-                            except Exception:
-                                log.exception("pub/sub listener failed on %s", reply[1])
-                        elif reply[0] == "subscribe":
-                            self._confirmed(reply[1])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._connected.clear()
-                self._writer = None
+    async def _session(self) -> float:
+        """One connection's life: connect (a failure here is retried with backoff), subscribe, then
+        read until it drops; returns the pause before the next connect."""
+        reader, writer, parser = await self._connect()
+        self._writer = writer
+        self._connected.set()
+        if self._connected_before:
+            self.reconnects += 1
+            log.info("pub/sub reconnected (%d channels)", len(self.channels))
+            self._unconfirmed = set(self.channels)
+            if not self._unconfirmed:
                 self._unconfirmed = None
-                log.warning("pub/sub connection lost (%s); reconnecting in %.1fs", exc, delay)
-                await retry_pause(delay)
-                delay = min(delay * 2, 5.0)
+                self._resubscribed()
+        self._connected_before = True
+        try:
+            await self._read(reader, parser)
+        except Exception as exc:  # (a cancel leaves the socket to close())
+            self._connected.clear()
+            self._writer = None
+            self._unconfirmed = None
+            log.warning("pub/sub connection lost (%s); reconnecting", exc)
+        return self._backoff.delay(0)  # soon, as after the first failure to connect
+
+    async def _read(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
+        while True:
+            data = await reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("Redis closed the pub/sub connection")
+            parser.feed(data)
+            while (reply := parser.gets()) is not False:
+                if not isinstance(reply, list) or len(reply) != 3:
+                    continue
+                if reply[0] == "message":
+                    try:
+                        self.on_message(reply[1], reply[2])
+                    except Exception:
+                        log.exception("pub/sub listener failed on %s", reply[1])
+                elif reply[0] == "subscribe":
+                    self._confirmed(reply[1])
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A failure to reach Redis (refused, reset, timed out, TLS): one warning per outage."""
+    return isinstance(exc, OSError)

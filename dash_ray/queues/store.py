@@ -31,15 +31,16 @@ from dash_ray.models.events import JobFailedEvent, JobProgressEvent
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import QUEUES, parse_options, parse_payload
-from dash_ray.models.views import TERMINAL_STATUSES, JobList, JobView, SubmitResult
+from dash_ray.models.status import Status, derive, guess_bull_state, is_failure, is_final
+from dash_ray.models.views import JobList, JobView, SubmitResult
 from dash_ray.queues.batch import Batch, register
-from dash_ray.queues.eta import estimate
+from dash_ray.queues.eta import estimate, left_from_progress
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota, Retention
 from dash_ray.queues.lua import POSITION
 
-__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "JobStore", "bull_opts", "view_status"]
+__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "JobStore", "bull_opts"]
 
 MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept within these
 
@@ -66,23 +67,6 @@ def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int,
     if opts.timeout_s:
         out["timeoutS"] = opts.timeout_s  # ours: BullMQ keeps unknown options and ignores them
     return out
-
-
-def view_status(bull_state: str | None, ours: dict[str, str], attempts_made: int) -> str:
-    """Our status from BullMQ's state (the truth) refined by our hash (cancelled, retrying)."""
-    mine = ours.get("status")
-    if bull_state in (None, "unknown"):
-        return mine or "waiting"
-    if bull_state == "completed":
-        return "completed"
-    if bull_state == "failed":
-        return "cancelled" if mine == "cancelled" else "failed"
-    if bull_state == "active":
-        return "active"
-    if bull_state == "delayed":
-        return "retrying" if attempts_made > 0 else "delayed"
-    # waiting, prioritized, waiting-children
-    return "retrying" if attempts_made > 0 and mine == "retrying" else "waiting"
 
 
 def _digest(data: dict[str, Any]) -> tuple[str, int]:
@@ -246,7 +230,7 @@ class JobStore:
     async def logs(self, job_id: str, queue: str, limit: int = 1000) -> list[str]:
         """The newest `limit` lines of a job's log (BullMQ's job log: its workers' lines too)."""
         return [x.decode() if isinstance(x, bytes) else x
-                for x in await self.redis.lrange(self.keys.bull(queue, f"{job_id}:logs"), -limit, -1)]
+                for x in await self.redis.lrange(self.keys.bull_logs(queue, job_id), -limit, -1)]
 
     async def find_queue(self, job_id: str) -> str | None:
         """The queue of a job: from our hash, else by looking in each queue (plain BullMQ jobs)."""
@@ -276,7 +260,7 @@ class JobStore:
     async def _with_eta(self, view: JobView) -> JobView:
         """The view with its ETA: a waiting job's from the queue (see queues/eta.py), a running
         one's from its own progress so far."""
-        if view.status == "waiting" and view.queue_position:
+        if view.status == Status.WAITING and view.queue_position:
             key = (view.queue, view.id, view.queue_position)
             now = time.monotonic()
             hit = self._etas.get(key)
@@ -288,10 +272,10 @@ class JobStore:
                                                              view.queue_position))
             if hit[1] is not None:
                 view.eta_s, view.finish_eta_s = hit[1]
-        elif view.status == "active" and view.started_at and 0 < view.progress < 100:
-            elapsed = max(0.0, time.time() - view.started_at)
-            view.eta_s = round(elapsed * (100 - view.progress) / view.progress, 2)
-            view.finish_eta_s = view.eta_s
+        elif view.status == Status.ACTIVE and view.started_at:
+            left = left_from_progress(time.time() - view.started_at, view.progress)
+            if left is not None:
+                view.eta_s = view.finish_eta_s = round(left, 2)
         return view
 
     async def _views(self, ids: list[tuple[str, str]], with_state: bool, with_data: bool = True) -> list[JobView]:
@@ -326,9 +310,10 @@ class JobStore:
     def _view(self, job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
               state: str | None, pos: Any, with_data: bool = True) -> JobView:
         attempts_made = int(bull.get("atm") or bull.get("attemptsMade") or 0)
-        if state is None:
-            state = None if not bull else _state_from_hash(bull, ours)
-        status = view_status(state, ours, attempts_made)
+        mine = ours.get("status")
+        if state is None and bull:  # a list: guessed from the hashes (see models/status.py)
+            state = guess_bull_state(bull, mine)
+        status = derive(state, mine, attempts_made)
         # the payload is parsed only when it is shown (or names the owner of a job we adopted)
         data = json.loads(bull["data"]) if bull.get("data") and (with_data or not ours.get("userId")) else {}
         opts = json.loads(bull["opts"]) if bull.get("opts") else {}
@@ -337,11 +322,10 @@ class JobStore:
             result = json.loads(ours["result"])
         elif bull.get("returnvalue"):
             result = json.loads(bull["returnvalue"])
+        # the last attempt's error: shown while it is retried, and when the job failed
         error = ours.get("error") or bull.get("failedReason") or None
-        if status in ("waiting", "delayed", "active", "retrying", "completed"):
-            error = None if status == "completed" else error
         progress = float(ours.get("progress") or 0)
-        if status == "completed":
+        if status == Status.COMPLETED:
             progress = 100.0
         return JobView(
             id=job_id,
@@ -352,11 +336,11 @@ class JobStore:
             message=ours.get("message", ""),
             data=data,
             result=result,
-            error=error if status in ("failed", "cancelled", "retrying") else None,
+            error=error if is_failure(status) or status == Status.RETRYING else None,
             attempts_made=attempts_made,
             attempts=int(opts.get("attempts") or 1),
             priority=int(bull.get("priority") or 0),
-            queue_position=int(pos) if pos and int(pos) > 0 and status == "waiting" else None,
+            queue_position=int(pos) if pos and int(pos) > 0 and status == Status.WAITING else None,
             created_at=(_f(bull.get("timestamp")) or _f(ours.get("created")) or 0) / 1000 or None,
             started_at=(_f(bull.get("processedOn")) or 0) / 1000 or _f(ours.get("started")),
             finished_at=(_f(bull.get("finishedOn")) or 0) / 1000 or _f(ours.get("finished")),
@@ -439,14 +423,14 @@ class JobStore:
     async def cancel(self, job_id: str) -> JobView:
         """Cancel: a waiting or delayed job is removed; a running one is told to stop."""
         view = await self.get(job_id)
-        if view.status in TERMINAL_STATUSES:
+        if is_final(view.status):
             raise InvalidJobState(job_id, view.status, "cancel")
         bq = self.queue(view.queue)
-        if view.status != "active":
+        if view.status != Status.ACTIVE:
             removed = await bq.backend.remove(job_id, True)
             if removed:
                 await self.lifecycle.finish(JobFailedEvent(
-                    job_id=job_id, queue=view.queue, user_id=view.user_id, error="cancelled", status="cancelled",
+                    job_id=job_id, queue=view.queue, user_id=view.user_id, error="cancelled", status=Status.CANCELLED.value,
                 ))
                 return await self.get(job_id)
             # It became active in between: cancel it as a running job.
@@ -457,7 +441,7 @@ class JobStore:
         """Run a failed (or cancelled-while-running) job again, with fresh attempts. `quota`:
         the owner's limits, taken atomically before it is requeued, as for a new job."""
         view = await self.get(job_id)
-        if view.status not in ("failed", "cancelled"):
+        if not is_failure(view.status):
             raise InvalidJobState(job_id, view.status, "retry")
         bq = self.queue(view.queue)
         bjob = await BullJob.fromId(bq, job_id)
@@ -521,15 +505,3 @@ class JobStore:
             "completed": completed,
             "failed": failed,
         }
-
-
-def _state_from_hash(bull: dict[str, str], ours: dict[str, str]) -> str:
-    """A cheap BullMQ state guess from the job hash alone (used for lists)."""
-    if bull.get("finishedOn"):
-        return "failed" if bull.get("failedReason") and not bull.get("returnvalue") else "completed"
-    mine = ours.get("status")
-    if mine == "active":
-        return "active"
-    if mine in ("delayed", "retrying"):
-        return "delayed"
-    return "waiting"

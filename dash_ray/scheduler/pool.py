@@ -1,4 +1,7 @@
-"""WorkerPool: a queue's GPU worker actors: start on demand, reuse, stop when idle."""
+"""WorkerPool: a queue's GPU worker actors: start on demand, reuse, stop when idle.
+
+The pool keeps the workers and their states; its `Starter` starts new ones (as many as may wait
+to be placed at once) and watches each until it is ready."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Slot", "WorkerPool"]
+__all__ = ["Slot", "Starter", "WorkerPool"]
 
 log = logging.getLogger(__name__)
 
@@ -34,49 +37,39 @@ class Slot:
     retire: bool = False  # let go after its current jobs (its job yielded the GPU)
     gpu_bytes: int | None = None  # its GPU's memory (None: no GPU)
 
+    def describe(self) -> dict[str, Any]:
+        """Its id, state, pid, jobs done, models held, resources and node (for stats)."""
+        return {"id": self.id, "state": self.state, "pid": self.pid, "jobs": self.jobs, "models": list(self.models),
+                "resources": self.resources, "node": self.node}
 
-class WorkerPool:
-    """Keeps worker actors of one queue. Ray places them; a worker that cannot be placed waits pending.
 
-    `factory()` returns a new actor handle (with its GPU fraction and queue resource);
-    `kill(handle)` ends one. Both are injected so the policy here is testable without Ray.
-    """
+class Starter:
+    """Starts a pool's workers: at most `max_pending` waiting to be placed at once (and at most
+    `max_size` live workers), each watched until it is ready; `start_s` is how long a new worker
+    takes to be ready (a moving average of those measured)."""
 
-    def __init__(self, factory: Callable[[], Any], kill: Callable[[Any], None], *,
-                 idle_s: float = 120.0, max_pending: int = 4, max_size: int | None = None) -> None:
+    def __init__(self, pool: WorkerPool, factory: Callable[[], Any], *, max_pending: int = 4,
+                 max_size: int | None = None) -> None:
+        self.pool = pool
         self.factory = factory
-        self.kill = kill
-        self.idle_s = idle_s
         self.max_pending = max_pending
         self.max_size = max_size  # live workers at most (None: as many as Ray can place)
-        self.slots: dict[int, Slot] = {}
+        self.start_s = 2.0
         self._ids = itertools.count(1)
-        self._changed = asyncio.Event()
-        self._ready_tasks: set[asyncio.Task[None]] = set()
-        self.start_s = 2.0  # how long a new worker takes to be ready: a moving average of those measured
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    # --- counts ---
-    def count(self, state: str) -> int:
-        """Workers in a state: pending, idle or busy."""
-        return sum(1 for s in self.slots.values() if s.state == state)
-
-    @property
-    def size(self) -> int:
-        """Live workers (pending, idle or busy)."""
-        return len(self.slots)
-
-    # --- growth ---
     def spawn(self, n: int) -> int:
         """Start up to n workers without exceeding max_pending (nor max_size live workers);
         returns how many were started."""
+        pool = self.pool
         started = 0
-        while (started < n and self.count("pending") < self.max_pending
-               and (self.max_size is None or self.size < self.max_size)):
+        while (started < n and pool.count("pending") < self.max_pending
+               and (self.max_size is None or len(pool.slots) < self.max_size)):
             slot = Slot(id=next(self._ids), handle=self.factory())
-            self.slots[slot.id] = slot
+            pool.slots[slot.id] = slot
             task = asyncio.create_task(self._await_ready(slot))
-            self._ready_tasks.add(task)
-            task.add_done_callback(self._ready_tasks.discard)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             started += 1
         return started
 
@@ -87,7 +80,7 @@ class WorkerPool:
             raise
         except Exception as exc:
             log.warning("worker %d failed to start: %s", slot.id, exc)
-            self.discard(slot)
+            self.pool.discard(slot)
             return
         if slot.state != "pending":
             return
@@ -100,7 +93,33 @@ class WorkerPool:
         slot.node = info.get("node")
         slot.gpu_bytes = info.get("gpu_bytes")
         log.info("worker %d ready (pid %s) after %.1fs", slot.id, slot.pid, time.monotonic() - slot.created)
-        self._notify()
+        self.pool.changed.set()
+
+    def cancel(self) -> None:
+        """Stop watching the workers still starting."""
+        for t in list(self._tasks):
+            t.cancel()
+
+
+class WorkerPool:
+    """Keeps worker actors of one queue. Ray places them; a worker that cannot be placed waits pending.
+
+    `factory()` returns a new actor handle (with its GPU fraction and queue resource);
+    `kill(handle)` ends one. Both are injected so the policy here is testable without Ray.
+    """
+
+    def __init__(self, factory: Callable[[], Any], kill: Callable[[Any], None], *,
+                 idle_s: float = 120.0, max_pending: int = 4, max_size: int | None = None) -> None:
+        self.kill = kill
+        self.idle_s = idle_s
+        self.slots: dict[int, Slot] = {}
+        self.changed = asyncio.Event()  # a worker became ready, idle or gone
+        self.starter = Starter(self, factory, max_pending=max_pending, max_size=max_size)
+
+    # --- counts ---
+    def count(self, state: str) -> int:
+        """Workers in a state: pending, idle or busy."""
+        return sum(1 for s in self.slots.values() if s.state == state)
 
     # --- use ---
     def take_idle(self, model: str | None = None) -> Slot | None:
@@ -138,7 +157,7 @@ class WorkerPool:
         slot.jobs += 1
         if models is not None:
             slot.models = models
-        self._notify()
+        self.changed.set()
 
     def discard(self, slot: Slot) -> None:
         """Drop a worker (dead or unwanted) and end its actor."""
@@ -148,7 +167,7 @@ class WorkerPool:
         self.slots.pop(slot.id, None)
         with contextlib.suppress(Exception):
             self.kill(slot.handle)
-        self._notify()
+        self.changed.set()
 
     # --- shrink ---
     def reap_idle(self, idle_s: float | None = None) -> int:
@@ -172,28 +191,18 @@ class WorkerPool:
         return dropped
 
     # --- waiting ---
-    def _notify(self) -> None:
-        self._changed.set()
-
     async def wait_change(self, timeout_s: float) -> None:
         """Wait until a worker becomes ready or idle (or the timeout)."""
-        self._changed.clear()
+        self.changed.clear()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+            await asyncio.wait_for(self.changed.wait(), timeout_s)
 
     def shutdown(self) -> None:
         """End every worker."""
-        for t in list(self._ready_tasks):
-            t.cancel()
+        self.starter.cancel()
         for s in list(self.slots.values()):
             self.discard(s)
 
     def stats(self) -> dict[str, int]:
         """Workers by state."""
         return {state: self.count(state) for state in ("pending", "idle", "busy")}
-
-    def detail(self) -> list[dict[str, Any]]:
-        """Each worker: id, state, pid, jobs done, models held."""
-        return [{"id": s.id, "state": s.state, "pid": s.pid, "jobs": s.jobs, "models": list(s.models),
-                 "resources": s.resources, "node": s.node}
-                for s in self.slots.values()]

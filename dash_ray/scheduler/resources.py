@@ -1,14 +1,15 @@
-"""Queue specs and the Ray resources that enforce per-queue concurrency."""
+"""Queue specs (the queue table's definitions as configured) and the Ray resources that enforce
+per-queue concurrency."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from dash_ray.config import Settings
-from dash_ray.models.queues import QUEUE_TABLE
-from dash_ray.scheduler.runner import RunnerSpec
+from dash_ray.models.queues import QueueDef, served_queues
+from dash_ray.runners import RunnerSpec
 
 __all__ = ["HEAD_RESOURCE", "QueueSpec", "head_options", "logical_gpus", "node_resources", "queue_specs",
            "with_runner"]
@@ -22,52 +23,14 @@ def head_options(on_head: bool) -> dict[str, Any]:
     return {"resources": {HEAD_RESOURCE: 0.001}} if on_head else {}
 
 
-@dataclass(frozen=True)
-class QueueSpec:
-    """A queue as the scheduler runs it: slots per GPU node, GPU share per worker, its runner."""
-
-    name: str
-    concurrency: int
-    gpu_fraction: float
-    runner: RunnerSpec
-    timeout_s: float = 600.0
-    num_cpus: float = 0.0
-    worker_env: dict[str, str] = field(default_factory=dict)
-    max_workers: int = 64  # on the whole cluster
-
-    def bundle(self) -> dict[str, float]:
-        """The resources one worker takes: what the autoscaler must find room for."""
-        out = {self.resource: 1.0}
-        if self.gpu_fraction:
-            out["GPU"] = self.gpu_fraction
-        if self.num_cpus:
-            out["CPU"] = self.num_cpus
-        return out
-
-    @property
-    def resource(self) -> str:
-        """The custom Ray resource counting this queue's worker slots (`dash_<queue>`)."""
-        return f"dash_{self.name}"
-
-    def actor_options(self) -> dict[str, Any]:
-        """Ray options of one worker actor: its GPU share plus one unit of the queue's resource."""
-        opts: dict[str, Any] = {
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.gpu_fraction,
-            "resources": {self.resource: 1},
-            "max_restarts": 0,
-        }
-        if self.worker_env:
-            opts["runtime_env"] = {"env_vars": dict(self.worker_env)}
-        return opts
+# A queue as the scheduler runs it is its definition as configured (`Settings.queue`): slots per
+# GPU node, GPU share per worker, its runner, the Ray options of a worker (models/queues.py).
+QueueSpec = QueueDef
 
 
-def queue_specs(settings: Settings, *, test_queues: bool = False) -> list[QueueSpec]:
+def queue_specs(settings: Settings, *, test_queues: bool = False) -> list[QueueDef]:
     """The queues settings serve (with `test_queues`, the test-only ones too), as the scheduler runs them."""
-    names = tuple(QUEUE_TABLE) if test_queues else settings.queue_names
-    return [QueueSpec(q.name, q.concurrency, q.gpu_fraction, RunnerSpec(q.runner), q.timeout_s,
-                      max_workers=q.max_workers)
-            for q in (settings.queue(n) for n in names)]
+    return [settings.queue(n) for n in (served_queues(test_queues=True) if test_queues else settings.queue_names)]
 
 
 def with_runner(specs: list[QueueSpec], runner: RunnerSpec) -> list[QueueSpec]:

@@ -1,62 +1,24 @@
-"""The runner interface the workloads plug into: `run(job, reporter) -> result`."""
+"""The worker's side of the runner contract: `Publisher` (events off the runner's thread) and
+`EventReporter`, the `Reporter` a runner is given. The contract itself (JobContext, Runner,
+RunnerSpec) lives in `dash_ray/runners.py`; its names are re-exported here."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from dash_ray.errors import JobCancelled, JobPreempted
 from dash_ray.models.events import JobLogEvent, JobPreviewEvent, JobProgressEvent, LiveEvent
+from dash_ray.queues.eta import left_from_progress
+from dash_ray.runners import JobContext, Runner, RunnerSpec, load_runner
 
-__all__ = ["JobContext", "Publisher", "Reporter", "Runner", "RunnerSpec", "load_runner"]
+__all__ = ["EventReporter", "JobContext", "Publisher", "Reporter", "Runner", "RunnerSpec", "load_runner"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class JobContext:
-    """What a runner knows of the job it runs."""
-
-    id: str
-    queue: str
-    data: dict[str, Any]
-    attempt: int = 1
-    attempts: int = 1
-    user_id: str | None = None
-    token: str = ""  # this attempt's lock token: its events are refused once another attempt holds the job
-
-
-@runtime_checkable
-class Runner(Protocol):
-    """A workload: runs one job in a worker thread, reporting progress; returns a JSON-able result.
-
-    Raise `JobCancelled` (the reporter does it for you) to stop, `WorkerError` for a bad input
-    that no retry can fix, anything else for a failure worth retrying.
-    """
-
-    def run(self, job: JobContext, reporter: Reporter) -> Any:
-        """Run one job."""
-
-
-@dataclass(frozen=True)
-class RunnerSpec:
-    """Where a runner class lives (`module:Class`) and the keyword arguments it is built with."""
-
-    path: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def load_runner(spec: RunnerSpec, settings: Any) -> Runner:
-    """Import and build the runner of a spec; it gets `settings=` plus the spec's kwargs."""
-    module, _, name = spec.path.partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(settings=settings, **spec.kwargs)
 
 
 class Publisher:
@@ -149,8 +111,9 @@ class Publisher:
             self._process(batch)
 
 
-class Reporter:
-    """Progress from a runner to the event bus: throttled, ordered, never decreasing, never blocking.
+class EventReporter:
+    """The `Reporter` (dash_ray/runners.py) a worker gives its runner: progress to the event bus,
+    throttled, ordered, never decreasing, never blocking.
 
     Ordinary reports are held to `max_hz` a second: one that comes too soon is held and sent
     when its turn comes, replaced by a newer one meanwhile (the last one is always sent).
@@ -198,8 +161,7 @@ class Reporter:
         with self._lock:
             progress = min(100.0, max(self._last_progress, float(progress)))
             self._last_progress = progress
-            elapsed = now - self._started
-            eta = elapsed * (100.0 - progress) / progress if 0 < progress < 100 else None
+            eta = left_from_progress(now - self._started, progress)
             event = JobProgressEvent(
                 job_id=self.job.id, queue=self.job.queue, user_id=self.job.user_id, status="active",
                 progress=round(progress, 2), message=message, attempt=self.job.attempt,
@@ -298,3 +260,7 @@ class Reporter:
                 self._last_sent = self._clock()
                 self._pub.send(event, token=self.job.token)
         self._pub.wait()
+
+
+# The name the scheduler's callers and tests use for the implementation.
+Reporter = EventReporter

@@ -12,19 +12,13 @@ without Ray or a GPU.
 from __future__ import annotations
 
 import math
-import resource
-import sys
+
+from dash_ray.runners import peak_rss  # the default measure of a job's memory (re-exported)
 
 __all__ = ["HEADROOM", "MIN_FRACTION", "MemoryBook", "peak_rss", "sized_fraction"]
 
 HEADROOM = 1.25  # a slot is the peak plus a quarter (allocator fragmentation, a larger batch)
 MIN_FRACTION = 0.05  # at most 20 workers a GPU
-
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 class MemoryBook:

@@ -7,12 +7,12 @@ import os
 import time
 from typing import Any
 
-from dash_ray.scheduler.runner import JobContext, Reporter
+from dash_ray.runners import JobContext, Reporter, Runner
 
 __all__ = ["SleepRunner"]
 
 
-class SleepRunner:
+class SleepRunner(Runner):
     """Sleeps `durationS` in `steps` steps, reporting each; fails the first `failAttempts` attempts.
 
     Payload fields (all optional): durationS, steps, failAttempts, failMessage, crash. The spec's

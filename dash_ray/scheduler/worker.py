@@ -20,16 +20,9 @@ from typing import Any
 from dash_ray.config import Settings
 from dash_ray.errors import JobCancelled, JobPreempted, WorkerError
 from dash_ray.queues import Keys, Retention, SyncLifecycle, connect_sync, started_event
+from dash_ray.runners import JobContext, Runner, RunnerSpec, load_runner, peak_rss
 from dash_ray.scheduler.contract import SKIPPED, BatchReply, Outcome
-from dash_ray.scheduler.runner import (
-    JobContext,
-    Publisher,
-    Reporter,
-    Runner,
-    RunnerSpec,
-    load_runner,
-)
-from dash_ray.scheduler.sizing import peak_rss
+from dash_ray.scheduler.runner import EventReporter, Publisher
 
 __all__ = ["WorkerCore", "public_error"]
 
@@ -74,14 +67,13 @@ class WorkerCore:
 
     def models(self) -> tuple[str, ...]:
         """The models this worker holds (for model affinity)."""
-        loaded = getattr(self.runner, "loaded_models", None)
-        return tuple(loaded()) if callable(loaded) else ()
+        return tuple(self.runner.loaded_models()) if self.runner is not None else ()
 
     def info(self) -> dict[str, Any]:
         """pid, queue, jobs done, the models held and the jobs running."""
-        device_memory = getattr(self.runner, "device_memory", None)
         return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": list(self.models()),
-                "running": list(self._cancels), "gpu_bytes": device_memory() if callable(device_memory) else None}
+                "running": list(self._cancels),
+                "gpu_bytes": self.runner.device_memory() if self.runner is not None else None}
 
     def run(self, ctx: JobContext) -> Outcome:
         """Run one job to its outcome (with the seconds it ran)."""
@@ -94,26 +86,22 @@ class WorkerCore:
         # The start event, and whether a cancel came before it, go out with the first reports.
         self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts), cancel=cancel,
                             token=ctx.token)
-        reporter = Reporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
+        reporter = EventReporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
         try:
             out = self._outcome(runner, ctx, reporter, t0)
             reporter.flush()  # every report is published before the outcome goes back
             return out
         finally:
             self._cancels.pop(ctx.id, None)
-            after = getattr(runner, "after_job", None)
-            if callable(after):
-                try:
-                    after()
-                except Exception:
-                    log.exception("runner cleanup failed")
+            try:
+                runner.after_job()
+            except Exception:
+                log.exception("runner cleanup failed")
 
-    def _outcome(self, runner: Runner, ctx: JobContext, reporter: Reporter, t0: float) -> Outcome:
+    def _outcome(self, runner: Runner, ctx: JobContext, reporter: EventReporter, t0: float) -> Outcome:
         try:
             reporter.check()
-            reset = getattr(runner, "reset_peak_memory", None)
-            if callable(reset):
-                reset()
+            runner.reset_peak_memory()
             result = runner.run(ctx, reporter)
             self.jobs_done += 1
             return Outcome("done", result, run_s=time.perf_counter() - t0, memory=_peak(runner))
@@ -178,20 +166,17 @@ class WorkerCore:
 
     def close(self) -> None:
         """Release the runner, the publisher and the Redis connection."""
-        close = getattr(self.runner, "close", None)
-        if callable(close):
-            close()
+        if self.runner is not None:
+            self.runner.close()
         self.publisher.close()
         self.lifecycle.redis.close()
 
 
 def _peak(runner: Runner) -> tuple[str, int]:
-    """The job's peak memory, as the runner measures it (GPU), else the process's peak RSS."""
-    measure = getattr(runner, "peak_memory", None)
-    if callable(measure):
-        try:
-            kind, nbytes = measure()
-            return str(kind), int(nbytes)
-        except Exception:
-            log.debug("peak memory not measured", exc_info=True)
+    """The job's peak memory, as the runner measures it (GPU; by default the process's peak RSS)."""
+    try:
+        kind, nbytes = runner.peak_memory()
+        return str(kind), int(nbytes)
+    except Exception:
+        log.debug("peak memory not measured", exc_info=True)
     return "rss", peak_rss()

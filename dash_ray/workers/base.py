@@ -12,7 +12,7 @@ from typing import Any
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
 from dash_ray.models.payloads import upload_path
-from dash_ray.scheduler.sizing import peak_rss
+from dash_ray.runners import Runner, peak_rss
 from dash_ray.services.artifacts import ArtifactStore
 from dash_ray.services.registry import ModelRegistry
 from dash_ray.workers.cache import ModelCache, device_and_dtype, free_memory
@@ -23,7 +23,7 @@ __all__ = ["TorchRunner"]
 log = logging.getLogger(__name__)
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     """Base of the GPU runners: one per worker actor, holding its models between jobs."""
 
     def __init__(self, settings: Settings) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from dash_ray.errors import WorkerError
 from dash_ray.models.payloads import GenerationJob
-from dash_ray.scheduler.runner import JobContext, Reporter
+from dash_ray.runners import JobContext, Reporter
 from dash_ray.services.registry import lora_path
 from dash_ray.workers.base import TorchRunner
 from dash_ray.workers.images import png_bytes

@@ -17,11 +17,11 @@ import httpcore
 
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
+from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS
 from dash_ray.services.netguard import PrivateAddress, pinned_url
 
 __all__ = ["fetch_bytes", "load_image", "png_bytes"]
 
-_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF"}
 
 
 def fetch_bytes(url: str, settings: Settings, uploads: Callable[[str], bytes] | None = None) -> bytes:
@@ -185,10 +185,10 @@ def load_image(url: str, settings: Settings, uploads: Callable[[str], bytes] | N
 
     data = fetch_bytes(url, settings, uploads)
     try:
-        img = Image.open(io.BytesIO(data), formats=sorted(_FORMATS))  # no other decoder is tried
+        img = Image.open(io.BytesIO(data), formats=PIL_FORMATS)  # no other decoder is tried
     except Exception:
-        raise WorkerError("not an image (PNG, JPEG, WebP, BMP or GIF)") from None
-    if img.format not in _FORMATS:
+        raise WorkerError(f"not an image ({IMAGE_FORMATS_TEXT})") from None
+    if img.format not in PIL_FORMATS:
         raise WorkerError(f"unsupported image type {img.format}")
     w, h = img.size
     if w * h > settings.max_image_pixels:

@@ -94,12 +94,12 @@ async def test_clocks_that_no_longer_matter_are_pruned_and_the_order_stays(make_
     await take_all(consumer, 300)
     heavy = [(await store.add("sleep", {"userId": "heavy", "durationS": 0})).job.id for _ in range(5)]
     assert await redis.hlen(fair) == 302  # 301 users' clocks and the level's latest start
-    assert await consumer.prune_fair(count=50) == 300  # walks the whole hash, page by page
+    assert await consumer.adoption.prune_fair(count=50) == 300  # walks the whole hash, page by page
     assert set(await redis.hkeys(fair)) == {"u:2:heavy", "last:2"}  # (priority 2, the default) heavy's turn is still ahead
-    assert await consumer.prune_fair() == 0
+    assert await consumer.adoption.prune_fair() == 0
     # the order is the one the clocks gave: a returning user goes just after heavy's first
     back = (await store.add("sleep", {"userId": "u7", "durationS": 0})).job.id
     order = [j.id for j in await take_all(consumer, 6)]
     assert order == [heavy[0], back, *heavy[1:]]
-    assert await consumer.prune_fair() == 2  # nothing waits: nobody is owed a turn, every clock goes
+    assert await consumer.adoption.prune_fair() == 2  # nothing waits: nobody is owed a turn, every clock goes
     assert await redis.hkeys(fair) == ["last:2"]

@@ -358,7 +358,7 @@ def test_a_waiting_jobs_place_and_eta_are_refreshed_on_its_socket(make_client: A
         r = connect(redis_url)
         await QueueConsumer(r, connect(redis_url, blocking=True), "sleep",
                             JobStore(r, prefix=prefix, queues=("sleep",)).lifecycle,
-                            prefix=prefix).report_capacity(costs, slots=1, busy=0)
+                            prefix=prefix).board.report_capacity(costs, slots=1, busy=0)
         await r.aclose()
 
     run_async(measured())
@@ -393,7 +393,7 @@ def test_queues_show_the_gpu_fraction_chosen_and_the_measured_peaks(make_client:
         r = connect(redis_url)
         consumer = QueueConsumer(r, connect(redis_url, blocking=True), "generation",
                                  JobStore(r, prefix=prefix, queues=("generation",)).lifecycle, prefix=prefix)
-        await consumer.report_capacity(CostBook(), 2, 0, gpu_fraction=0.05,
+        await consumer.board.report_capacity(CostBook(), 2, 0, gpu_fraction=0.05,
                                        memory={"sd15:512x512": ("cuda", 3 * 1024**3)})
         await r.aclose()
 

@@ -58,8 +58,8 @@ async def test_we_consume_jobs_added_by_plain_bullmq(make_store: Any, make_consu
     assert (await store.get("theirs")).status == "waiting"
     consumer = make_consumer("generation", store)
     ours = (await store.add("generation", {"userId": "node-user", "prompt": "from us"})).job.id
-    assert await consumer.adopt() == 1  # theirs (ours has its record), found by BullMQ's `added` event
-    assert await consumer.adopt() == 0  # once
+    assert await consumer.adoption.adopt() == 1  # theirs (ours has its record), found by BullMQ's `added` event
+    assert await consumer.adoption.adopt() == 0  # once
     listed = (await store.list("node-user")).jobs
     assert [j.id for j in listed] == ["theirs", ours]  # in its user's history (newest first: found after ours)
     assert "theirs" in [j.id for j in (await store.list("*")).jobs]  # and the admins' list

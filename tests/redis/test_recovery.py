@@ -49,7 +49,7 @@ async def test_sigkilled_consumer_job_completes_exactly_once(
         second = make_consumer("sleep", store, lock_duration_s=1.0, stalled_interval_s=0.5)
         # While the holder is alive and renewing, nothing is recovered.
         await asyncio.sleep(1.5)
-        await second.recover_stalled()
+        await second.locks.recover_stalled()
         assert await take_one(second) is None
         assert (await store.get("victim")).status == "active"
         os.kill(proc.pid, signal.SIGKILL)
@@ -57,7 +57,7 @@ async def test_sigkilled_consumer_job_completes_exactly_once(
         t0 = time.monotonic()
         job = None
         while job is None and time.monotonic() - t0 < 10:
-            await second.recover_stalled()
+            await second.locks.recover_stalled()
             job = await take_one(second, block_s=0.25)
         assert job is not None and job.id == "victim"
         recovered_after = time.monotonic() - t0
@@ -86,7 +86,7 @@ async def test_a_consumer_that_lost_its_lock_cannot_complete(make_store: Any, ma
     job = None
     t0 = time.monotonic()
     while job is None and time.monotonic() - t0 < 10:
-        await fast.recover_stalled()
+        await fast.locks.recover_stalled()
         job = await take_one(fast, block_s=0.25)
     assert job is not None
     await complete(fast, job, {"by": "fast"})
@@ -114,7 +114,7 @@ async def test_a_stale_attempt_cannot_write_progress_or_completion(make_store: A
     job = None
     t0 = time.monotonic()
     while job is None and time.monotonic() - t0 < 10:
-        await fast.recover_stalled()
+        await fast.locks.recover_stalled()
         job = await take_one(fast, block_s=0.25)
     assert job is not None and job.token != stale.token
     progress = JobProgressEvent(job_id="fenced", queue="sleep", user_id="alice", status="active", progress=50,

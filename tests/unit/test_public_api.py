@@ -33,7 +33,7 @@ def test_the_queue_table_drives_settings_specs_and_routes() -> None:
     for q in QUEUE_TABLE.values():
         conf = settings.queue(q.name)
         assert (conf.concurrency, conf.gpu_fraction, conf.runner) == (q.concurrency, q.gpu_fraction, q.runner)
-        assert specs[q.name].runner.path == q.runner and specs[q.name].resource == f"dash_{q.name}"
+        assert specs[q.name].runner == q.runner and specs[q.name].resource == f"dash_{q.name}"
         assert f"/v1/jobs/{q.name}" in routes
     assert settings.queue_names == tuple(QUEUE_TABLE)
     assert load_settings().queue_names == QUEUES == ("training", "upscaling", "generation")

@@ -144,7 +144,7 @@ async def test_pool_spawns_reuses_prefers_model_and_reaps() -> None:
         return made[-1]
 
     pool = WorkerPool(factory, killed.append, idle_s=0.2, max_pending=2)
-    assert pool.spawn(5) == 2  # bounded pending
+    assert pool.starter.spawn(5) == 2  # bounded pending
     await pool.wait_change(1)
     await asyncio.sleep(0.01)
     assert pool.stats()["idle"] == 2
@@ -154,7 +154,7 @@ async def test_pool_spawns_reuses_prefers_model_and_reaps() -> None:
     assert "m" in better.models
     pool.release(better)
     time.sleep(0.25)
-    assert pool.reap_idle() == 2 and len(killed) == 2 and pool.size == 0
+    assert pool.reap_idle() == 2 and len(killed) == 2 and len(pool.slots) == 0
 
 
 def test_milestones_are_never_dropped_even_in_a_fast_loop() -> None:
@@ -213,11 +213,11 @@ async def test_pool_never_holds_more_than_max_size_workers() -> None:
         return made[-1]
 
     pool = WorkerPool(factory, lambda h: None, max_pending=4, max_size=3)
-    assert pool.spawn(10) == 3
+    assert pool.starter.spawn(10) == 3
     await pool.wait_change(1)
-    assert pool.spawn(10) == 0 and pool.size == 3
+    assert pool.starter.spawn(10) == 0 and len(pool.slots) == 3
     pool.discard(next(iter(pool.slots.values())))
-    assert pool.spawn(10) == 1 and len(made) == 4
+    assert pool.starter.spawn(10) == 1 and len(made) == 4
 
 
 def test_a_queue_wants_a_worker_per_waiting_or_running_job_up_to_its_cap() -> None:

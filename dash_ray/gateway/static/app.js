@@ -242,7 +242,7 @@ function detail(job) {
   else if (job.step != null && job.steps) bits.push(`step ${job.step}/${job.steps}`);
   if (job.loss != null) bits.push(`loss ${Number(job.loss).toFixed(4)}`);
   const since = state.started.get(job.id);
-  if (job.status === 'active' && since && job.progress > 2) {
+  if (job.status === 'active' && since && job.progress >= 5) {  // MIN_PROGRESS of queues/eta.py
     const left = ((Date.now() - since) / job.progress) * (100 - job.progress) / 1000;
     bits.push(`ETA ${left < 90 ? `${Math.ceil(left)} s` : `${Math.ceil(left / 60)} min`}`);
   }

@@ -1,0 +1,54 @@
+"""A job a consumer holds: `ActiveJob` (the attempt it locked), `LockLost` (the lock went to
+another consumer) and `FailOutcome` (what a failure led to). Shared by the consumer's parts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bullmq import Job as BullJob
+
+__all__ = ["ActiveJob", "FailOutcome", "LockLost"]
+
+
+class LockLost(Exception):
+    """The job's lock was lost (it stalled and was handed out again); drop this attempt."""
+
+
+@dataclass
+class ActiveJob:
+    """A job this consumer holds the lock of, while one attempt of it runs."""
+
+    id: str
+    queue: str
+    data: dict[str, Any]
+    token: str
+    attempts_made: int
+    attempts: int
+    priority: int
+    created_at: float
+    bull: BullJob = field(repr=False)
+    deferred_failure: str | None = None
+    timeout_s: float | None = None  # the job's own run-time limit (options.timeoutS), if any
+    moved_to_failed: bool = False  # fail() got past BullMQ's move (a retried fail() skips it)
+    taken_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def attempt(self) -> int:
+        """This attempt's number, from 1."""
+        return self.attempts_made + 1
+
+    @property
+    def user_id(self) -> str | None:
+        """The job's owner, from its payload."""
+        uid = self.data.get("userId")
+        return str(uid) if uid is not None else None
+
+
+@dataclass
+class FailOutcome:
+    """What a failure led to: `retrying` (after `delay_s`), `failed` or `cancelled`."""
+
+    status: str
+    delay_s: float = 0.0

@@ -1,0 +1,115 @@
+--[[
+  Create a new job, whole, in one script: BullMQ's add (its own script, run as the function
+  `bull_add` over the KEYS and ARGV that come before these; see `with_bull_add` in lua.py), then
+  the job's record, its user's history entry and open set, and its `waiting` / `delayed` event.
+  No half-created job can exist: a failure anywhere before the script runs creates nothing. No
+  record is ever made for a BullMQ job that someone else created.
+
+  Input:
+    KEYS[1]  job          our record of the job (hash)
+    KEYS[2]  events       its replay stream
+    KEYS[3]  finished     its queue's finished jobs
+    KEYS[4]  open         its owner's unfinished jobs
+    KEYS[5]  history      its owner's jobs
+    KEYS[6]  history_n    the counter behind `history`
+    KEYS[7]  wait         BullMQ's wait list of its queue
+    KEYS[8]  prioritized  BullMQ's prioritized set of its queue
+    KEYS[9]  bull_job     BullMQ's job hash
+    KEYS[10] recent       every user's jobs (the admins' list)
+    KEYS[11] recent_n     the counter behind `recent`
+    KEYS[12] hooks        the webhook outbox: deliveries due
+    KEYS[13] hook_bodies  the webhook outbox: their bodies
+    KEYS[14] fair         its queue's fair-share clocks
+    KEYS[15] pc           BullMQ's priority counter of its queue
+    KEYS[16] usage        bytes each user keeps
+    KEYS[17] sizes        its owner's job -> bytes charged
+    KEYS[18] kept         its owner's job -> when its records expire
+
+    ARGV[1]  channel      its live channel
+    ARGV[2]  frame        the `waiting` / `delayed` event, without its closing brace
+    ARGV[3]  fields       the state fields of the record (key, value, ... joined by \31)
+    ARGV[4]  job_id
+    ARGV[5]  digest       the payload's digest (a record has one; an adopted job's has none)
+    ARGV[6]  position     '1': the frame shows the queue position
+    ARGV[7]  fair_level   its priority
+    ARGV[8]  fair_user    whose turn it takes
+    ARGV[9]  fair_inc     1 / its owner's weight ('' : FIFO, no fair share)
+    ARGV[10] user         its owner ('_' for none)
+    ARGV[11] now_ms
+    ARGV[12] bytes        what it is charged
+    ARGV[13] max_bytes    limits ('' for none)
+    ARGV[14] max_open
+    ARGV[15] high         '1': it counts as high priority
+    ARGV[16] max_high
+
+  Output:
+    {seq, position}: created, its event's seq and queue position (-1: none)
+    {0, -1, queue, digest, status, owner}: a job with this id has a record; nothing changed
+    {0, -1, '', '', '', ''}: BullMQ holds the id without a record (another producer's job, or
+                             its record expired first)
+    {0, -2, what, limit[, used]}: refused by its owner's limits; nothing written
+]]
+--- @include "includes/emit"
+--- @include "includes/queue_position"
+--- @include "includes/refusal"
+--- @include "includes/charge"
+--- @include "includes/live_again"
+--- @include "includes/append_capped"
+--- @include "includes/level_head"
+
+-- Fair share within a priority (start-time fair queuing): BullMQ scores a prioritized job
+-- priority * 2^32 + a counter; ours replace the counter with a virtual start time. A user's
+-- next job starts at max(where their last one ended, the level's head: the next job to be
+-- served), and ends 1/weight later. So a user with 500 jobs waiting and one who comes along
+-- with 1 alternate, a user of weight 2 gets two turns for one, a user back from idle gets no
+-- credit, and FIFO holds within a user. When the level has nothing waiting, a job starts at the
+-- latest end given (`last:`): as in SFQ, an idle level owes nobody a turn, so every clock then
+-- is at or below the floor (and fair_prune forgets it). BullMQ's counter (`pc`) is moved past
+-- every end given, so jobs BullMQ scores itself (retried, promoted from delayed, added by plain
+-- BullMQ with a priority) go to the back of their level, as in BullMQ.
+local function fair_share()
+  local base, head = level_head(K_prioritized, A_fair_level, 2)
+  local lastKey = 'last:' .. A_fair_level
+  local floor
+  for i = 1, #head, 2 do
+    if head[i] ~= A_job_id then  -- just after the head (a tie would be broken by job id)
+      floor = tonumber(head[i + 1]) - base + 1 / 1024
+      break
+    end
+  end
+  local last = tonumber(redis.call('HGET', K_fair, lastKey) or '0')
+  if not floor then floor = last end
+  local userKey = 'u:' .. A_fair_level .. ':' .. A_fair_user
+  local v = math.max(tonumber(redis.call('HGET', K_fair, userKey) or '0'), floor)
+  local fin = v + tonumber(A_fair_inc)
+  redis.call('HSET', K_fair, userKey, string.format('%.17g', fin))
+  if fin > last then redis.call('HSET', K_fair, lastKey, string.format('%.17g', fin)) end
+  redis.call('ZADD', K_prioritized, string.format('%.17g', base + (v % 4294967296)), A_job_id)
+  if tonumber(redis.call('GET', K_pc) or '0') < fin + 1 then
+    redis.call('SET', K_pc, string.format('%d', math.floor(fin) + 1))
+  end
+end
+
+local cur = redis.call('HMGET', K_job, 'queue', 'digest', 'status', 'userId')
+if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or '', cur[4] or ''} end
+if redis.call('EXISTS', K_bull_job) == 1 then return {0, -1, '', '', '', ''} end
+-- The owner's limits, checked and taken here, in the script that creates the job: concurrent
+-- submits cannot both pass a check that only one of them fits.
+local refused = refusal(A_high == '1', true)
+if refused then return refused end
+local added = bull_add()
+if type(added) == 'number' and added < 0 then
+  return redis.error_reply('BullMQ refused job ' .. A_job_id .. ': code ' .. added)
+end
+if A_fair_inc ~= '' and redis.call('ZSCORE', K_prioritized, A_job_id) then fair_share() end
+redis.call('HSET', K_job, 'digest', A_digest)
+if A_high == '1' then redis.call('HSET', K_job, 'high', 1) end
+charge()
+redis.call('ZADD', K_kept, 'inf', A_job_id)  -- kept until it is final and its records expire
+append_capped(K_history, K_history_n, A_job_id, HISTORY_MAX)
+append_capped(K_recent, K_recent_n, A_job_id, RECENT_MAX)
+live_again()
+local pos = -1
+if A_position == '1' then pos = queue_position(K_wait, K_prioritized, A_job_id) end
+local seq = emit(pos)
+return {seq, pos}

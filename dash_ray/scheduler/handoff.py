@@ -1,0 +1,97 @@
+"""Handoff: one Ray call that hands a batch of jobs to a worker, and an outcome for every job
+of it, also when the worker dies on the way (killed by the watchdog, crashed, out of memory,
+its node lost): a job it had not started goes back untouched, one it had started fails (or is
+cancelled, when that is why it was killed).
+
+The worker handle and the consumer are duck-typed (`run.remote(ctxs, budget_s)`;
+`attempts_started(jobs)`), so it is tested with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from dash_ray.queues import ActiveJob
+from dash_ray.runners import JobContext
+from dash_ray.scheduler.contract import SKIPPED, Outcome
+from dash_ray.scheduler.pool import Slot, WorkerPool
+from dash_ray.scheduler.watchdog import Watchdog
+
+__all__ = ["Handoff"]
+
+log = logging.getLogger(__name__)
+
+
+class Handoff:
+    """Runs batches of one queue's jobs on its workers; knows which jobs are on a worker now."""
+
+    def __init__(self, consumer: Any, pool: WorkerPool, watchdog: Watchdog, *, timeout_s: float = 600.0,
+                 batch_budget_s: float = 0.02) -> None:
+        self.consumer = consumer
+        self.pool = pool
+        self.watchdog = watchdog
+        self.timeout_s = timeout_s  # the queue's run-time limit; a job's own timeoutS may be lower
+        self.batch_budget_s = batch_budget_s
+        self.active: dict[str, ActiveJob] = {}  # the jobs on a worker now
+        self.calls = 0  # Ray calls to workers (a call may carry a batch of jobs)
+
+    async def run(self, slot: Slot, jobs: list[ActiveJob]) -> tuple[list[Outcome], tuple[str, ...], bool]:
+        """Run jobs on a worker; returns (outcome per job, the models it holds, whether it lives)."""
+        outcomes: dict[str, Outcome] = {}
+        ctxs = []
+        for job in jobs:
+            if job.deferred_failure:
+                outcomes[job.id] = Outcome.failure(job.deferred_failure, retry=False)
+                continue
+            self.active[job.id] = job
+            self.watchdog.track(job.id, slot, min(job.timeout_s or self.timeout_s, self.timeout_s))
+            ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
+                                   attempts=job.attempts, user_id=job.user_id, token=job.token))
+        alive, models = True, ()
+        try:
+            if ctxs:
+                budget = 2 * self.batch_budget_s if len(ctxs) > 1 else 0.0
+                self.calls += 1
+                reply = await slot.handle.run.remote(ctxs, budget)
+                models = reply.models
+                outcomes.update(zip((c.id for c in ctxs), reply.outcomes, strict=True))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the worker actor died (killed by us, crashed, OOM, node lost)
+            alive = False
+            await self._died(slot, jobs, outcomes, exc)
+        finally:
+            for c in ctxs:
+                self.active.pop(c.id, None)
+                self.watchdog.untrack(c.id)
+        return [outcomes[j.id] for j in jobs], models, alive
+
+    async def _died(self, slot: Slot, jobs: list[ActiveJob], outcomes: dict[str, Outcome], exc: Exception) -> None:
+        """The outcomes of a dead worker's jobs that have none."""
+        reason = self.watchdog.killed(slot)
+        unfinished = [j for j in jobs if j.id not in outcomes]
+        log.warning("worker %d died running %s: %s", slot.id, [j.id for j in unfinished], reason or type(exc).__name__)
+        self.pool.discard(slot)
+        started = await self._started(unfinished)
+        for job in unfinished:
+            if job.id not in started:
+                outcomes[job.id] = SKIPPED
+            elif reason == "cancelled":
+                outcomes[job.id] = Outcome("cancelled", error="cancelled")
+            else:
+                outcomes[job.id] = Outcome.failure(
+                    reason or f"the worker process died while running the job ({type(exc).__name__})")
+
+    async def _started(self, jobs: list[ActiveJob]) -> set[str]:
+        """Which of a dead worker's unfinished jobs had started. The first always counts (its
+        `active` event may not have gone out before the worker died); the others by their state
+        in Redis, all of them if that cannot be read."""
+        if not jobs:
+            return set()
+        try:
+            return {jobs[0].id} | await self.consumer.attempts_started(jobs[1:])
+        except Exception:
+            log.exception("could not read job states; counting them all as started")
+            return {j.id for j in jobs}
