@@ -51,7 +51,7 @@ class Load:
         while not self.stop:
             try:
                 counts = await store.counts("sleep")
-                hist = await store.durations("sleep")  # cumulative (BullMQ's completed set is trimmed)
+                hist = await store.control.durations("sleep")  # cumulative (BullMQ's completed set is trimmed)
                 self.samples.append((time.monotonic(), sum(int(v) for k, v in hist.items() if k.startswith("le_"))))
                 for _ in range(max(0, BACKLOG - counts["waiting"])):
                     self.ids.append((await store.add("sleep", {"userId": "chaos", "durationS": self.job_s})).job.id)

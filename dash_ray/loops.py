@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class Backoff:
     """Exponential backoff with jitter: the n-th retry (from 0) waits `first_s * 2**n`, at most
-    `max_s`, times a random factor in [0.5, 1) so that many clients do not retry in step."""
+    `max_s`, times a random factor in `jitter` (by default [0.5, 1)) so that many clients do not
+    retry in step."""
 
     first_s: float = 0.1
     max_s: float = 5.0
+    jitter: tuple[float, float] = (0.5, 1.0)
     tries: int = field(default=0, compare=False)
 
     def delay(self, attempt: int | None = None) -> float:
@@ -33,7 +35,7 @@ class Backoff:
         if attempt is None:
             attempt = self.tries
             self.tries += 1
-        return min(self.max_s, self.first_s * 2 ** min(attempt, 60)) * random.uniform(0.5, 1.0)
+        return min(self.max_s, self.first_s * 2 ** min(attempt, 60)) * random.uniform(*self.jitter)
 
     def reset(self) -> None:
         self.tries = 0

@@ -177,7 +177,7 @@ async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
 
 async def _queue_view(name: str, svc: GatewayServices) -> QueueView:
     info = svc.queue_info(name)
-    chosen, peaks = await svc.store.sizing(name)
+    chosen, peaks = await svc.store.control.sizing(name)
     return QueueView(name=name, counts=await svc.store.counts(name), paused=await svc.store.is_paused(name),
                      concurrency=info["concurrency"], gpu_fraction=chosen or info["gpu_fraction"],
                      configured_gpu_fraction=info["gpu_fraction"],
@@ -310,7 +310,7 @@ async def usage(who: Caller, svc: Svc) -> JSONResponse:
     unfinished jobs, uploaded bytes, and the sockets and event streams you have open on this
     replica. A submit over a limit is refused (413 for bytes, 429 for the rest)."""
     s = svc.settings
-    kept, unfinished = await svc.store.usage(who.user_id)
+    kept, unfinished = await svc.store.users.usage(who.user_id)
     uploads = await svc.accounts.upload_bytes(who.user_id)
     return JSONResponse(UsageView(
         user_id=who.user_id,
@@ -362,14 +362,14 @@ async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
     if want and not hmac.compare_digest(bearer(request.headers.get("authorization")) or "", want):
         raise Unauthorized("metrics need the metrics token (DASH_METRICS_TOKEN)")
     counts = {q: await svc.store.counts(q) for q in svc.queues}
-    durations = {q: await svc.store.durations(q) for q in svc.queues}
+    durations = {q: await svc.store.control.durations(q) for q in svc.queues}
     sizing = {}
     for q in svc.queues:
-        chosen, peaks = await svc.store.sizing(q)
+        chosen, peaks = await svc.store.control.sizing(q)
         sizing[q] = (chosen or svc.queue_info(q)["gpu_fraction"], peaks)
     # user ids are personal data: listed only where /metrics wants its token
     page = render(counts, durations, svc.metrics, sizing, open_streams=svc.streams.total,
-                  bytes_kept=await svc.store.top_usage(20) if want else None)
+                  bytes_kept=await svc.store.users.top_usage(20) if want else None)
     return PlainTextResponse(page, media_type="text/plain; version=0.0.4")
 
 

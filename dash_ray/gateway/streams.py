@@ -34,7 +34,7 @@ async def job_logs(job_id: str, who: QueryCaller, svc: Svc,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 1000) -> Response:
     """The job's log lines, oldest first (the newest `limit`; 1000 are kept per job)."""
     view = await _owned(job_id, who, svc)
-    lines = await svc.store.logs(job_id, view.queue, limit)
+    lines = await svc.store.reader.logs(job_id, view.queue, limit)
     return Response(json.dumps({"jobId": job_id, "logs": lines}), media_type="application/json")
 
 

@@ -114,6 +114,8 @@ class WebhookSender:
                  metrics: ReplicaMetrics) -> None:
         """`redis`: a client of the sender's own (closed with it), used on the loop it runs on."""
         self.settings = settings
+        # a failed delivery is tried again after webhook_retry_s, doubling, jittered +-20%
+        self.retries = Backoff(settings.webhook_retry_s, settings.webhook_retry_max_s, jitter=(0.8, 1.2))
         self.redis = redis
         self.keys = keys
         self.outbox = WebhookOutbox(redis, keys)
@@ -197,9 +199,8 @@ class WebhookSender:
                 self.metrics.webhooks["dropped"] = self.metrics.webhooks.get("dropped", 0) + 1
                 await self.outbox.give_up(d, url, why)
                 return
-            wait = min(self.settings.webhook_retry_s * 2 ** (d.attempt - 1), self.settings.webhook_retry_max_s)
             self.metrics.webhooks["retried"] = self.metrics.webhooks.get("retried", 0) + 1
-            await self.outbox.retry(d, wait * random.uniform(0.8, 1.2))
+            await self.outbox.retry(d, self.retries.delay(d.attempt - 1))
         except asyncio.CancelledError:
             raise
         except Exception:  # Redis went away mid-send: the lease runs out and it is sent again

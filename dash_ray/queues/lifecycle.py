@@ -49,7 +49,6 @@ from dash_ray.queues.lua import (
     FAIR_PRUNE,
     FINISH,
     REOPEN,
-    USAGE,
     Script,
     with_bull_add,
 )
@@ -129,6 +128,19 @@ class Created:
     def created(self) -> bool:
         """True when the job was new."""
         return self.seq > 0
+
+    @classmethod
+    def from_reply(cls, reply: list[Any]) -> Created:
+        """The reply of CREATE (REOPEN's refusal too) as a `Created`: {seq, position} for a new
+        job; {0, -2, what, limit[, used]} for a refused quota; else {0, -1, queue, digest, status,
+        owner} of the record that holds the id."""
+        seq, pos = int(reply[0]), int(reply[1])
+        if seq:
+            return cls(seq, pos if pos > 0 else None)
+        if pos == -2:
+            what = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+            return cls(0, None, refused=(what, int(reply[3]), int(reply[4]) if len(reply) > 4 else 0))
+        return cls(0, None, *(str(x) for x in reply[2:6]))
 
 
 def log_line(event: JobLogEvent) -> str:
@@ -236,7 +248,7 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, USAGE, REOPEN)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, REOPEN)}
 
     def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
         """A script's source with this deployment's constants."""
@@ -350,18 +362,7 @@ class Lifecycle:
             text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
             script = self._creates[bull.sha] = self.redis.register_script(text)
         keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size)
-        return self.created_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args]))
-
-    @staticmethod
-    def created_reply(reply: list[Any]) -> Created:
-        """The reply of `create` as a `Created`."""
-        seq, pos = int(reply[0]), int(reply[1])
-        if seq:
-            return Created(seq, pos if pos > 0 else None)
-        if pos == -2:
-            what = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
-            return Created(0, None, refused=(what, int(reply[3]), int(reply[4]) if len(reply) > 4 else 0))
-        return Created(0, None, *(str(x) for x in reply[2:6]))
+        return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args]))
 
     async def reopen(self, job_id: str, user_id: str, quota: Quota, size: int) -> tuple[str, int, int] | None:
         """Take the owner's limits for a finished job that is about to run again (a retry), as
@@ -375,15 +376,7 @@ class Lifecycle:
             {"job_id": job_id, "user": user_id, "now_ms": int(time.time() * 1000), "bytes": size + q.overhead_bytes,
              "max_bytes": _limit(q.max_bytes), "max_open": _limit(q.max_open), "max_high": _limit(q.max_high)})
         reply = await self._scripts[REOPEN.name](keys=keys, args=args)
-        return self.created_reply([0, *reply[1:]]).refused if int(reply[0]) == 0 else None
-
-    async def usage(self, user_id: str) -> tuple[int, int]:
-        """What a user keeps in Redis now: (bytes, unfinished jobs)."""
-        k = self.keys
-        keys, args = USAGE.pack({"usage": k.usage, "sizes": k.sizes(user_id), "kept": k.kept(user_id),
-                                 "open": k.waiting_count(user_id)}, {"user": user_id, "now_ms": int(time.time() * 1000)})
-        used, unfinished = await self._scripts[USAGE.name](keys=keys, args=args)
-        return int(used), int(unfinished)
+        return Created.from_reply([0, *reply[1:]]).refused if int(reply[0]) == 0 else None
 
     async def report(self, event: JobProgressEvent, *, token: str = "", batch: Batch | None = None) -> bool | None:
         """A `start` (`started_event`) or `progress` event from asyncio code, the twin of

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
@@ -19,7 +20,7 @@ import hiredis
 
 from dash_ray.loops import Backoff, supervised
 
-__all__ = ["RawPubSub"]
+__all__ = ["Endpoint", "RawPubSub"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,46 @@ log = logging.getLogger(__name__)
 def _pack(command: tuple[str, ...]) -> bytes:
     """One Redis command in RESP (hiredis's stub types its argument as a 1-tuple)."""
     return hiredis.pack_command(cast(Any, command))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the reader connects, from a `redis://` / `rediss://` URL, and the connection's
+    opening: the socket, AUTH (if the URL has a password) and SUBSCRIBE of the channels held."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    ssl: ssl.SSLContext | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, url: str) -> Endpoint:
+        """The endpoint a URL names; ValueError for a scheme other than redis / rediss."""
+        u = urlparse(url)
+        if u.scheme not in ("redis", "rediss"):
+            raise ValueError(f"unsupported Redis URL scheme {u.scheme!r} for pub/sub")
+        return cls(u.hostname or "127.0.0.1", u.port or 6379, unquote(u.username) if u.username else None,
+                   unquote(u.password) if u.password else None,
+                   ssl.create_default_context() if u.scheme == "rediss" else None)
+
+    async def open(self, channels: Iterable[str]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, hiredis.Reader]:
+        """Connect, authenticate (ConnectionError if refused) and subscribe to `channels` (if any)."""
+        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
+        parser = hiredis.Reader(encoding="utf-8", errors="replace")
+        if self.password:
+            auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
+            writer.write(_pack(auth))
+            while (reply := parser.gets()) is False:
+                parser.feed(await reader.read(4096))
+            if isinstance(reply, hiredis.ReplyError):
+                writer.close()
+                raise ConnectionError(f"Redis AUTH failed: {reply}")
+        names = sorted(channels)
+        if names:
+            writer.write(_pack(("SUBSCRIBE", *names)))
+        await writer.drain()
+        return reader, writer, parser
 
 
 class RawPubSub:
@@ -39,14 +80,7 @@ class RawPubSub:
 
     def __init__(self, url: str, on_message: Callable[[str, str], None],
                  on_resubscribed: Callable[[], None] | None = None) -> None:
-        u = urlparse(url)
-        if u.scheme not in ("redis", "rediss"):
-            raise ValueError(f"unsupported Redis URL scheme {u.scheme!r} for pub/sub")
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 6379
-        self.username = unquote(u.username) if u.username else None
-        self.password = unquote(u.password) if u.password else None
-        self.ssl = ssl.create_default_context() if u.scheme == "rediss" else None
+        self.endpoint = Endpoint.of(url)
         self.on_message = on_message
         self.on_resubscribed = on_resubscribed
         self.channels: set[str] = set()
@@ -111,22 +145,6 @@ class RawPubSub:
         """Wait until the socket is up and subscribed."""
         await asyncio.wait_for(self._connected.wait(), timeout_s)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, hiredis.Reader]:
-        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
-        parser = hiredis.Reader(encoding="utf-8", errors="replace")
-        if self.password:
-            auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)
-            writer.write(_pack(auth))
-            while (reply := parser.gets()) is False:
-                parser.feed(await reader.read(4096))
-            if isinstance(reply, hiredis.ReplyError):
-                writer.close()
-                raise ConnectionError(f"Redis AUTH failed: {reply}")
-        if self.channels:
-            writer.write(_pack(("SUBSCRIBE", *sorted(self.channels))))
-        await writer.drain()
-        return reader, writer, parser
-
     def _confirmed(self, channel: str) -> None:
         for fut in self._waiters.pop(channel, ()):
             if not fut.done():
@@ -147,7 +165,7 @@ class RawPubSub:
     async def _session(self) -> float:
         """One connection's life: connect (a failure here is retried with backoff), subscribe, then
         read until it drops; returns the pause before the next connect."""
-        reader, writer, parser = await self._connect()
+        reader, writer, parser = await self.endpoint.open(self.channels)
         self._writer = writer
         self._connected.set()
         if self._connected_before:

@@ -63,14 +63,14 @@ async def test_training_yields_to_a_generation_burst_and_resumes(make_real_sched
         assert stats["training"]["preempted"] == 1
 
         async def measured() -> Any:  # each queue's peaks, per model and size (on the CPU: the RSS)
-            return (await store.sizing("generation"))[1] and (await store.sizing("training"))[1]
+            return (await store.control.sizing("generation"))[1] and (await store.control.sizing("training"))[1]
 
         await wait_for(measured, 10, interval_s=0.2)
-        fraction, peaks = await store.sizing("generation")
+        fraction, peaks = await store.control.sizing("generation")
         assert fraction == 0.2  # nothing measured on a GPU: the configured share
         assert list(peaks) == ["-:64x64"]  # the default model at 64 x 64
         assert peaks["-:64x64"][0] == "rss" and peaks["-:64x64"][1] > 100 * 1024**2
-        assert {kind for kind, _ in (await store.sizing("training"))[1].values()} == {"rss"}
+        assert {kind for kind, _ in (await store.control.sizing("training"))[1].values()} == {"rss"}
     finally:
         if held is not None:
             remove_placement_group(held)

@@ -220,7 +220,7 @@ async def test_history_pagination_by_queue_and_status(make_store: Any, make_cons
     fresh = (await store.add("sleep", sleep_job())).job  # a generated id takes the one-round-trip path
     newest = await store.list("alice", limit=1)
     assert newest.jobs[0].id == fresh.id and newest.jobs[0].status == "waiting"
-    assert (await store.get(fresh.id)).user_id == "alice" and await store.open_jobs("alice") == 8  # 6 sleep + g0 + this one
+    assert (await store.get(fresh.id)).user_id == "alice" and await store.users.open_jobs("alice") == 8  # 6 sleep + g0 + this one
 
 
 async def test_bad_payload_enqueues_nothing(make_store: Any, redis: Any, prefix: str) -> None:

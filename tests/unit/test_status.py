@@ -27,6 +27,7 @@ from dash_ray.queues.eta import MIN_PROGRESS, estimate, jobs_ahead, left_from_pr
 from dash_ray.queues.events import event_from_state
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import state_fields
+from dash_ray.queues.reader import view_of
 from dash_ray.queues.store import JobStore
 
 # What BullMQ's getState answers ("waiting" for the wait and paused lists, "unknown": no such job)
@@ -134,10 +135,10 @@ def test_what_the_lifecycle_writes_is_what_the_events_read_back() -> None:
 
 @pytest.fixture
 def store() -> JobStore:
-    return JobStore(Redis(), prefix="t", queues=("sleep",))  # never connects: `_view` reads no Redis
+    return JobStore(Redis(), prefix="t", queues=("sleep",))  # never connects: a running job's ETA reads no Redis
 
 
-def test_the_stores_view_derives_the_status_and_shows_errors_of_failures_and_retries(store: JobStore) -> None:
+def test_the_stores_view_derives_the_status_and_shows_errors_of_failures_and_retries() -> None:
     data = json.dumps({"userId": "alice", "durationS": 1})
     opts = json.dumps({"attempts": 3})
     cases = [  # (BullMQ state, our status, attempts made, what is shown)
@@ -151,7 +152,7 @@ def test_the_stores_view_derives_the_status_and_shows_errors_of_failures_and_ret
     for bull_state, mine, atm, shown in cases:
         ours = {"status": mine, "userId": "alice", "progress": "30", "error": "boom", "seq": "4"}
         bull = {"data": data, "opts": opts, "atm": str(atm), "timestamp": "1000", "returnvalue": "1"}
-        view = store._view("j", "sleep", ours, bull, bull_state, 2)
+        view = view_of("j", "sleep", ours, bull, bull_state, 2)
         assert view.status == shown, (bull_state, mine)
         assert view.error == ("boom" if shown in ("failed", "cancelled", "retrying") else None)
         assert view.progress == (100.0 if shown == "completed" else 30.0)
@@ -159,8 +160,8 @@ def test_the_stores_view_derives_the_status_and_shows_errors_of_failures_and_ret
         assert view.done == is_final(shown) and view.seq == 4 and view.attempts == 3
     # a list (no state asked): the guess from the hashes
     finished = {"data": data, "finishedOn": "2000", "failedReason": "boom", "atm": "3"}
-    assert store._view("j", "sleep", {"status": "cancelled"}, finished, None, None).status == "cancelled"
-    assert store._view("j", "sleep", {"status": "retrying"}, {"data": data, "atm": "1"}, None, None).status == "retrying"
+    assert view_of("j", "sleep", {"status": "cancelled"}, finished, None, None).status == "cancelled"
+    assert view_of("j", "sleep", {"status": "retrying"}, {"data": data, "atm": "1"}, None, None).status == "retrying"
 
 
 # ------------------------------------------------------------------ ETAs
@@ -179,7 +180,7 @@ def test_the_views_eta_of_a_running_job_uses_the_same_rule(store: JobStore) -> N
 
     async def eta(progress: float) -> float | None:
         view = JobView(id="j", queue="sleep", status="active", progress=progress, started_at=time.time() - 10)
-        return (await store._with_eta(view)).eta_s
+        return (await store.reader.etas.with_eta(view)).eta_s
 
     assert asyncio.run(eta(50)) == pytest.approx(10.0, abs=0.1)
     assert asyncio.run(eta(2)) is None and asyncio.run(eta(100)) is None

@@ -1,0 +1,243 @@
+"""Producer: the writes a job's producer makes, through `Lifecycle`: add (BullMQ's add and our
+record in one script, idempotent on the job's id, with the owner's quota and fair share), cancel
+and retry. Also BullMQ's options for ours (`bull_opts`), the id and owner rules of an add
+(`identify`) and the error of a refused quota (`refusal`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bullmq import Job as BullJob
+from redis.asyncio import Redis
+
+from dash_ray.errors import (
+    DashError,
+    Forbidden,
+    InvalidJobState,
+    InvalidPayload,
+    JobConflict,
+    QuotaExceeded,
+    RateLimited,
+)
+from dash_ray.models.events import JobFailedEvent, JobProgressEvent
+from dash_ray.models.options import JobOptions
+from dash_ray.models.payloads import JobPayload
+from dash_ray.models.queues import parse_options, parse_payload
+from dash_ray.models.status import Status, is_failure, is_final
+from dash_ray.models.views import JobView, SubmitResult
+from dash_ray.queues.control import QueueControl
+from dash_ray.queues.keys import Keys
+from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota
+from dash_ray.queues.reader import JobReader
+
+__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "digest", "identify", "refusal"]
+
+MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept within these
+
+Validator = Callable[[JobPayload], None]
+
+
+def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int, keep_failed: int,
+              keep_s: int = 7 * 24 * 3600) -> dict[str, Any]:
+    """BullMQ job options for our options (BullMQ's names and units: milliseconds). Finished
+    jobs are removed by count and by age (`keep_s`, the life of our records), so BullMQ's job
+    and our record of it go away together."""
+    out: dict[str, Any] = {
+        "jobId": job_id,
+        "priority": opts.priority,
+        "attempts": attempts,
+        "backoff": {"type": opts.backoff.type, "delay": int(opts.backoff.delay_s * 1000)},
+        "removeOnComplete": {"count": keep_completed, "age": keep_s},
+        "removeOnFail": {"count": keep_failed, "age": keep_s},
+    }
+    if opts.delay_s:
+        out["delay"] = int(opts.delay_s * 1000)
+    if opts.timeout_s:
+        out["timeoutS"] = opts.timeout_s  # ours: BullMQ keeps unknown options and ignores them
+    return out
+
+
+def digest(data: dict[str, Any]) -> tuple[str, int]:
+    """A payload's digest (for idempotent adds) and its size in bytes (what it keeps in Redis)."""
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:32], len(raw)
+
+
+def refusal(what: str, limit: int, used: int) -> DashError:
+    """The error for a quota `create` refused."""
+    if what == "open":
+        return RateLimited(f"too many unfinished jobs (limit {limit}, DASH_MAX_WAITING_PER_USER); wait for some "
+                           "to finish", retry_after_s=5)
+    if what == "high":
+        return RateLimited(f"at most {limit} unfinished priority-1 training job(s) per user "
+                           "(DASH_HIGH_PRIORITY_PER_USER); submit this one at priority 2, or wait", retry_after_s=30)
+    return QuotaExceeded(f"your jobs keep {used} bytes in the queue's store; this one would pass the limit of "
+                         f"{limit} (DASH_MAX_BYTES_PER_USER): wait for finished jobs to expire, or send large "
+                         "images as uploads (POST /v1/uploads)")
+
+
+def identify(payload: JobPayload, opts: JobOptions, user_id: str | None) -> tuple[str, str, bool]:
+    """(job id, owner, whether the client chose the id) of an add: the owner is the payload's
+    `userId` or the caller's (they must agree); the id the payload's, or options.jobId (they must
+    agree), or a new one."""
+    owner = payload.user_id or user_id
+    if payload.user_id and user_id and payload.user_id != user_id:
+        raise Forbidden("userId in the payload does not match the caller", field="userId")
+    if not owner:
+        raise InvalidPayload("invalid payload: userId: required", errors=[{"field": "userId", "message": "required"}])
+    given = payload.get_id()
+    if given and opts.job_id and given != opts.job_id:
+        raise InvalidPayload(
+            f"invalid payload: {payload.id_field} and options.jobId differ",
+            errors=[{"field": "options.jobId", "message": f"must equal the payload's {payload.id_field}"}],
+        )
+    return given or opts.job_id or uuid.uuid4().hex, owner, bool(given or opts.job_id)
+
+
+@dataclass(frozen=True)
+class ProducerOptions:
+    """A deployment's settings for adds: retention (BullMQ's finished jobs kept, by count and
+    age), default attempts, fair share (and users' weights) and a payload check."""
+
+    keep_completed: int = 1000
+    keep_failed: int = 5000
+    finished_ttl_s: int = 7 * 24 * 3600
+    default_attempts: int = 3
+    fair_share: bool = True  # jobs of one priority taken round-robin across users (by weight)
+    user_weights: Mapping[str, float] = field(default_factory=dict)
+    validate: Validator | None = None
+
+    def fair(self, priority: int, owner: str, weight: float | None) -> tuple[int, float] | None:
+        """(priority, 1 / the owner's weight) to place a job by fair share; None: FIFO. `weight`:
+        the owner's share (else DASH_USER_WEIGHTS', else 1), kept within MIN_WEIGHT..MAX_WEIGHT."""
+        if not self.fair_share:
+            return None
+        share = weight if weight is not None else self.user_weights.get(owner, 1.0)
+        return priority, 1.0 / min(max(share, MIN_WEIGHT), MAX_WEIGHT)
+
+
+class Producer:
+    """Adds, cancels and retries jobs; reads them back through `reader`."""
+
+    def __init__(self, redis: Redis, keys: Keys, control: QueueControl, reader: JobReader, lifecycle: Lifecycle,
+                 options: ProducerOptions | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.control = control
+        self.reader = reader
+        self.lifecycle = lifecycle
+        self.options = options or ProducerOptions()
+
+    async def add(
+        self,
+        queue: str,
+        data: dict[str, Any] | JobPayload,
+        options: dict[str, Any] | JobOptions | None = None,
+        user_id: str | None = None,
+        weight: float | None = None,
+        quota: Quota | None = None,
+    ) -> SubmitResult:
+        """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict).
+        `weight`: the owner's share in fair share (else DASH_USER_WEIGHTS', else 1). `quota`: the
+        owner's limits, taken atomically with the job (RateLimited / QuotaExceeded when over)."""
+        o = self.options
+        bq = self.control.queue(queue)
+        payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_test_only=True)
+        opts = parse_options(options)
+        job_id, owner, chosen = identify(payload, opts, user_id)
+        payload = payload.with_ids(job_id, owner)
+        if o.validate:
+            o.validate(payload)
+        wire = payload.wire(exclude_none=True)
+        dig, size = digest(wire)
+        if chosen:  # a client-chosen id: an earlier job may hold it
+            found = await self.redis.hmget(self.keys.job(job_id), "queue", "digest", "status", "userId")
+            if found[1]:
+                return await self._existing(job_id, queue, dig, owner,
+                                            Created(0, None, *(str(x or "") for x in found)))
+        attempts = opts.attempts or o.default_attempts
+        bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
+                                                  o.finished_ttl_s))
+        event = JobProgressEvent(
+            job_id=job_id, queue=queue, user_id=owner,
+            status="delayed" if opts.delay_s else "waiting", progress=0,
+            message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
+        )
+        now_ms = int(time.time() * 1000)
+        recorder = BullAddRecorder(bq.scripts.commands)
+        await bq.scripts.addJob(bjob, recorder)
+        assert recorder.call is not None
+        hook = (opts.webhook.url, [str(e) for e in opts.webhook.events]) if opts.webhook else None
+        made = await self.lifecycle.create(event, recorder.call, digest=dig, created_ms=now_ms,
+                                           position=not opts.delay_s, hook=hook,
+                                           fair=o.fair(opts.priority, owner, weight), quota=quota, size=size)
+        if made.refused:
+            raise refusal(*made.refused)
+        if not made.created:  # the same id was added concurrently, or BullMQ holds it without a record
+            return await self._existing(job_id, queue, dig, owner, made)
+        view = JobView(
+            id=job_id, queue=queue, user_id=owner, status=event.status, message=event.message,
+            data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
+            seq=made.seq, queue_position=made.position,
+        )
+        return SubmitResult(job=view, created=True)
+
+    async def _existing(self, job_id: str, queue: str, dig: str, owner: str, found: Created) -> SubmitResult:
+        """An add whose id a job holds already: that job (same queue and payload) or JobConflict.
+        A job of another user's, or a BullMQ job with no record of ours (a producer's, or one
+        whose record expired first), is a conflict that says nothing about that job."""
+        if found.owner != owner or not found.digest:
+            raise JobConflict(job_id, "this id is taken; choose another")
+        if found.queue != queue:
+            raise JobConflict(job_id, f"a job with this id exists in queue {found.queue!r}")
+        if found.digest != dig:
+            raise JobConflict(job_id)
+        return SubmitResult(job=await self.reader.get(job_id), created=False)
+
+    async def cancel(self, job_id: str) -> JobView:
+        """Cancel: a waiting or delayed job is removed; a running one is told to stop."""
+        view = await self.reader.get(job_id)
+        if is_final(view.status):
+            raise InvalidJobState(job_id, view.status, "cancel")
+        bq = self.control.queue(view.queue)
+        if view.status != Status.ACTIVE:
+            removed = await bq.backend.remove(job_id, True)
+            if removed:
+                await self.lifecycle.finish(JobFailedEvent(
+                    job_id=job_id, queue=view.queue, user_id=view.user_id, error="cancelled", status=Status.CANCELLED.value,
+                ))
+                return await self.reader.get(job_id)
+            # It became active in between: cancel it as a running job.
+        await self.lifecycle.cancel(job_id)
+        return await self.reader.get(job_id)
+
+    async def retry(self, job_id: str, quota: Quota | None = None) -> JobView:
+        """Run a failed (or cancelled-while-running) job again, with fresh attempts. `quota`:
+        the owner's limits, taken atomically before it is requeued, as for a new job."""
+        view = await self.reader.get(job_id)
+        if not is_failure(view.status):
+            raise InvalidJobState(job_id, view.status, "retry")
+        bq = self.control.queue(view.queue)
+        bjob = await BullJob.fromId(bq, job_id)
+        if bjob is None:
+            raise InvalidJobState(job_id, view.status, "retry (the job was removed)")
+        owner = view.user_id or "_"
+        if quota is not None:
+            refused = await self.lifecycle.reopen(job_id, owner, quota, digest(view.data)[1])
+            if refused:
+                raise refusal(*refused)
+        await self.redis.delete(self.keys.cancel(job_id))
+        try:
+            await bjob.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
+        except Exception as exc:
+            if quota is not None:  # it does not run again: it holds no place among the unfinished
+                await self.redis.srem(self.keys.waiting_count(owner), job_id)
+            raise InvalidJobState(job_id, view.status, f"retry ({exc})") from None
+        await self.lifecycle.wait_again(job_id, view.queue, view.user_id, "retry requested")
+        return await self.reader.get(job_id)
