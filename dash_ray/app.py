@@ -62,10 +62,13 @@ class Gateway:
     host:port; with `serve`, Serve's proxy forwards requests to the replicas.
     """
 
-    def __init__(self, settings: Settings, redis_url: str, queues: tuple[str, ...], scheduler: Any = None) -> None:
+    def __init__(self, settings: Settings, redis_url: str, queues: tuple[QueueSpec, ...], scheduler: Any = None) -> None:
         runtime.setup()
         self.settings = settings
-        self.services = GatewayServices.create(settings, redis_url, queues=queues)
+        # The queues' definitions, not just their names: a plug-in queue's definition joins this
+        # replica's table as it arrives (as it does in the consumer actors), so its routes and
+        # views know it even where DASH_QUEUE_PLUGINS was set only for the driver.
+        self.services = GatewayServices.create(settings, redis_url, queues=tuple(q.name for q in queues))
         # Tagged with Serve's replica id (`x-dash-replica`, pong): the same name as in Serve's logs
         # and its actor (SERVE_REPLICA::<app>#Gateway#<id>).
         self.services.metrics.replica = serve.get_replica_context().replica_id.unique_id
@@ -114,7 +117,7 @@ def build_app(settings: Settings, redis_url: str, specs: list[QueueSpec] | None 
         supervisor = cast(Any, SchedulerSupervisor).options(
             ray_actor_options={"num_cpus": 0, **head_options(settings.control_on_head)},
         ).bind(settings, redis_url, specs)
-    queues = tuple(s.name for s in specs)
+    queues = tuple(specs)
     placement: dict[str, Any] = {}
     if settings.gateway_max_per_node:
         placement["max_replicas_per_node"] = settings.gateway_max_per_node

@@ -75,27 +75,29 @@ async def supervised(
 
     `step` returns the pause before its next run (None or 0: at once, after yielding to the
     loop). When it raises, the loop logs it — a `transient` error (the network or Redis away) as
-    one warning per outage, anything else with its traceback — waits `backoff`'s next delay and
-    goes on; the first step that succeeds resets the backoff."""
+    one warning per outage, anything else with its traceback, once per kind of error in a row of
+    failures — waits `backoff`'s next delay and goes on; the first step that succeeds resets the
+    backoff."""
     backoff = backoff or Backoff()
     out = logger or log
-    failing = False
+    failing: type[BaseException] | None = None  # the last error's type while steps keep failing
     while not stop():
         try:
             delay = await step()
-            if failing:
+            if failing is not None:
                 out.info("%s: back", name)
-            failing = False
+            failing = None
             backoff.reset()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if transient(exc):
-                if not failing:
-                    out.warning("%s: unavailable (%s); retrying", name, type(exc).__name__)
+            if type(exc) is failing:
+                out.debug("%s failed again: %s", name, exc)
+            elif transient(exc):
+                out.warning("%s: unavailable (%s: %s); retrying", name, type(exc).__name__, exc)
             else:
                 out.exception("%s failed; retrying", name)
-            failing = True
+            failing = type(exc)
             delay = backoff.delay()
         if delay:
             await pause(delay)

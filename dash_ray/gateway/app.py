@@ -8,7 +8,7 @@ import io
 import json
 import mimetypes
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,10 +46,11 @@ from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.streams import prefer_wait_s, wait_final
 from dash_ray.gateway.streams import router as streams_router
 from dash_ray.gateway.ws import serve_socket
-from dash_ray.models import QUEUE_TABLE, JobList, JobOptions, JobView, QueueDef, QueueView
+from dash_ray.models import JobList, JobOptions, JobView, QueueDef, QueueView
 from dash_ray.models.base import WireModel
 from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS, sniff_image
 from dash_ray.models.payloads import JobPayload, upload_path
+from dash_ray.models.queues import queue_def
 from dash_ray.models.views import Allowance, MemoryPeak, UsageView
 from dash_ray.services import InvalidArtifactPath
 
@@ -82,7 +83,7 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
                    201 if result.created else 200)
 
 
-def _add_submit_route(q: QueueDef) -> None:
+def _add_submit_route(jobs: APIRouter, q: QueueDef) -> None:
     """`POST /v1/jobs/<queue>`: the queue's payload plus optional job options, typed in OpenAPI."""
     body_model = create_model(f"{q.name.capitalize()}Submit", __base__=q.payload,
                               __doc__=f"The {q.title} payload plus optional job options.",
@@ -98,7 +99,7 @@ def _add_submit_route(q: QueueDef) -> None:
     # Real types, not the strings `from __future__ import annotations` leaves: FastAPI reads them.
     submit.__annotations__ = {"body": body_model, "who": Caller, "svc": Svc,
                               "prefer": Annotated[str | None, Header()], "return": Response}
-    router.add_api_route(
+    jobs.add_api_route(
         f"/v1/jobs/{q.name}", submit, methods=["POST"], status_code=201, response_model=JobView, tags=["jobs"],
         responses={200: {"model": JobView, "description": "The job of an id seen before with the same payload, "
                                                           "or one that ended within `Prefer: wait=N`"}},
@@ -111,8 +112,13 @@ def _add_submit_route(q: QueueDef) -> None:
     )
 
 
-for _queue in QUEUE_TABLE.values():
-    _add_submit_route(_queue)
+def _submit_routes(queues: Iterable[str]) -> APIRouter:
+    """The submit routes of the queues a replica serves, made when its app is: a plug-in queue
+    whose definition arrived after this module was imported gets its typed route too."""
+    jobs = APIRouter(route_class=errors.DocumentedRoute)
+    for name in queues:
+        _add_submit_route(jobs, queue_def(name))
+    return jobs
 
 
 @router.post("/v1/jobs/{queue}", status_code=201, response_model=JobView, tags=["jobs"],
@@ -478,6 +484,7 @@ def create_app(services: GatewayServices, *, max_body_bytes: int | None = None) 
     app.state.services = services
     runtime.hide_credentials_in_access_logs()
     errors.install(app)
+    app.include_router(_submit_routes(services.queues))  # before `router`, whose /v1/jobs/{queue} answers the rest
     app.include_router(router)
     app.include_router(streams_router)
 

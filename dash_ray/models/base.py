@@ -53,7 +53,7 @@ def is_user_id(value: object) -> TypeGuard[str]:
 
 
 def _job_id(value: str) -> str:
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise ValueError("must be 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
     if value.isdigit():
         raise ValueError("must not be all digits (BullMQ keeps numeric ids for its own counter)")
@@ -72,7 +72,7 @@ BULLMQ_RESERVED = frozenset({
 
 def is_lookup_id(value: str) -> bool:
     """True if `value` can name an existing job (ours, or BullMQ's numeric ids)."""
-    return bool(_ID.match(value)) and value not in BULLMQ_RESERVED
+    return bool(_ID.fullmatch(value)) and value not in BULLMQ_RESERVED
 
 
 def _lookup_id(value: str) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 
 from bullmq import Job as BullJob
 
+from dash_ray.models.base import is_user_id
+
 __all__ = ["ActiveJob", "FailOutcome", "LockLost"]
 
 
@@ -41,9 +43,11 @@ class ActiveJob:
 
     @property
     def user_id(self) -> str | None:
-        """The job's owner, from its payload."""
+        """The job's owner, from its payload, if it passes the user-id rule (a plain BullMQ
+        producer's job may carry anything there: adoption gave such a job no owner, and its
+        events must not give it one)."""
         uid = self.data.get("userId")
-        return str(uid) if uid is not None else None
+        return uid if isinstance(uid, str) and is_user_id(uid) else None
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from dash_ray.errors import InvalidPayload, JobNotFound, UnknownQueue
-from dash_ray.models.base import is_lookup_id
+from dash_ray.models.base import is_lookup_id, is_user_id
 from dash_ray.models.status import Status, derive, guess_bull_state, is_failure
 from dash_ray.models.views import JobList, JobView
 from dash_ray.queues.batch import Batch, register
@@ -32,6 +32,12 @@ Estimator = Callable[[Redis, Keys, str, str, dict[str, Any], int], Awaitable[tup
 
 def _f(value: str | None) -> float | None:
     return float(value) if value not in (None, "", "0") else None
+
+
+def _owner_in(data: dict[str, Any]) -> str | None:
+    """A payload's `userId`, if it passes the user-id rule (a plain BullMQ job may carry anything)."""
+    uid = data.get("userId")
+    return uid if isinstance(uid, str) and is_user_id(uid) else None
 
 
 def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
@@ -60,7 +66,7 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
     return JobView(
         id=job_id,
         queue=queue,
-        user_id=ours.get("userId") or data.get("userId"),
+        user_id=ours.get("userId") or _owner_in(data),
         status=status,
         progress=progress,
         message=ours.get("message", ""),

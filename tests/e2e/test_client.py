@@ -133,6 +133,12 @@ def test_sync_client_history_queues_cancel_retry_watch_and_wait_all(live: dict[s
         assert queues["generation"].concurrency >= 1
         with pytest.raises(Forbidden):
             c.pause("sleep")
+
+        # The plug-in queue of tests/plugin_queue.py, through REST: the gateway replicas and the
+        # workers learned it from its definition alone (nothing in dash_ray names it).
+        assert "echo" in queues
+        echo = c.submit("echo", {"text": "hi", "repeat": 3}).wait(timeout=60)
+        assert echo.status == "completed" and echo.result["echo"] == "hi hi hi"
     with Client(live["base"], live["token"]("ops", admin=True)) as admin:
         assert admin.pause("sleep").paused
         assert {q.name: q.paused for q in admin.queues()}["sleep"]

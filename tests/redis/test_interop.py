@@ -72,6 +72,30 @@ async def test_we_consume_jobs_added_by_plain_bullmq(make_store: Any, make_consu
     assert view.status == "completed" and view.user_id == "node-user" and view.result == {"ok": True}
 
 
+@pytest.mark.parametrize("raw", ["_system", "bob smith", 42])
+async def test_a_plain_jobs_user_id_that_no_token_can_have_gives_it_no_owner_ever(
+        raw: Any, make_store: Any, make_consumer: Any, redis_url: str, prefix: str) -> None:
+    """Adoption and the run agree on the user-id rule: a plain BullMQ job whose `userId` no token
+    could carry (42 would become the tenant "42"'s job) stays ownerless through its whole life,
+    and leaves no unfinished-job entry behind."""
+    store = make_store()
+    queue = Queue("generation", {"connection": redis_url, "prefix": prefix})
+    try:
+        await queue.add("generate", {"userId": raw, "prompt": "from node"}, {"jobId": f"odd{abs(hash(raw)) % 1000}"})
+    finally:
+        await queue.close()
+    consumer = make_consumer("generation", store)
+    assert await consumer.adoption.adopt() == 1
+    job = await take_one(consumer)
+    assert job is not None and job.user_id is None
+    await complete(consumer, job, {"ok": True})
+    view = await store.get(job.id)
+    assert view.status == "completed" and view.user_id is None
+    assert [e.get("userId") for e in await events(store, job.id)] == [None, None, None]
+    assert await store.redis.scard(store.keys.waiting_count("_")) == 0  # nothing left in any open set
+    assert await store.redis.scard(store.keys.waiting_count(str(raw))) == 0
+
+
 async def test_bullmq_tools_see_progress_logs_and_real_stack_traces(make_store: Any, make_consumer: Any,
                                                                      redis: Any, redis_url: str, prefix: str) -> None:
     """What bull-board and `QueueEvents` read: the job's `progress`, a `progress` event in the

@@ -24,11 +24,11 @@ def test_every_name_in_all_exists(name: str) -> None:
 def test_the_queue_table_drives_settings_specs_and_routes() -> None:
     """A queue is one row of the table: it gets its settings, its scheduler spec (runner,
     slots, GPU share) and its typed submit route without naming it anywhere else."""
-    from dash_ray.gateway.app import router
+    from dash_ray.gateway.app import _submit_routes
     from dash_ray.scheduler import queue_specs
 
     settings = load_settings(enable_sleep_queue=True)
-    routes = {getattr(r, "path", "") for r in router.routes}
+    routes = {getattr(r, "path", "") for r in _submit_routes(QUEUE_TABLE).routes}
     specs = {s.name: s for s in queue_specs(settings)}
     for q in QUEUE_TABLE.values():
         conf = settings.queue(q.name)
