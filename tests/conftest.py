@@ -114,7 +114,7 @@ def make_consumer(redis: Any, blocking_redis: Any, redis_url: str, prefix: str) 
     yield make
     # close() is async; maintenance tasks die with the test's event loop.
     for c in made:
-        for t in c._tasks:
+        for t in c.locks.tasks:
             t.cancel()
     sync.close()
 

@@ -62,14 +62,12 @@ def _backoff(cap_s: float) -> Backoff:
 def image_ref(image: Any) -> str:
     """An image as a payload's `imageUrl`: a URL (`http(s)://`, `data:`, `upload://`, `file://`)
     as is; a path, bytes or a PIL image as a `data:` URL."""
-    if _is_url(image):
+    if is_image_url(image):
         return str(image)
     data, mime = _image_bytes(image)
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-_is_url = is_image_url  # the schemes and the formats are listed once, in models/images.py
-_sniff = sniff_image
 
 
 def _image_bytes(image: Any) -> tuple[bytes, str]:
@@ -77,10 +75,10 @@ def _image_bytes(image: Any) -> tuple[bytes, str]:
     if isinstance(image, str | os.PathLike):
         path = Path(image)
         data = path.read_bytes()
-        return data, _sniff(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return data, sniff_image(data) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if isinstance(image, bytes | bytearray | memoryview):
         data = bytes(image)
-        return data, _sniff(data) or "application/octet-stream"
+        return data, sniff_image(data) or "application/octet-stream"
     if hasattr(image, "save") and hasattr(image, "size"):  # a PIL image (PIL is not imported here)
         import io
 
@@ -168,7 +166,7 @@ class AsyncClient:
     async def image_url(self, image: Any) -> str:
         """What a payload should carry for an image: a URL as is; otherwise an upload (a `data:`
         URL on a server without uploads)."""
-        if _is_url(image):
+        if is_image_url(image):
             return str(image)
         if self._uploads is not False:
             try:

@@ -91,8 +91,6 @@ def _add_submit_route(jobs: APIRouter, q: QueueDef) -> None:
 
     @errors.raises(UnknownQueue, Forbidden, InvalidPayload, RateLimited, QuotaExceeded, JobConflict)
     async def submit(body: Any, who: Principal, svc: GatewayServices, prefer: str | None = None) -> Response:
-        if q.name not in svc.queues:
-            raise UnknownQueue(q.name)
         payload = q.payload.model_validate(body.model_dump(exclude={"options"}, exclude_unset=True))
         return await _submit(q.name, payload, body.options, who, svc, prefer)
 
@@ -251,7 +249,6 @@ async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
     return StreamingResponse(chunks(), media_type=media)
 
 
-_sniff = sniff_image  # the accepted formats are listed once, in models/images.py
 
 
 @router.post("/v1/uploads", status_code=201, tags=["uploads"])
@@ -274,11 +271,11 @@ async def upload(request: Request, who: Caller, svc: Svc) -> JSONResponse:
         if len(data) > room:
             raise QuotaExceeded(f"upload quota of {s.upload_quota_bytes} bytes reached (DASH_UPLOAD_QUOTA_BYTES)")
         if kind is None and len(data) >= 16:
-            kind = _sniff(bytes(data[:16]))
+            kind = sniff_image(bytes(data[:16]))
             if kind is None:
                 break
     body = bytes(data)  # one copy, read by the checks and written as is
-    kind = kind or _sniff(body[:16])
+    kind = kind or sniff_image(body[:16])
     if kind is None:
         raise InvalidPayload(f"not an image ({IMAGE_FORMATS_TEXT})", errors=[{"field": "body",
                                                                                  "message": "not an image"}])

@@ -23,7 +23,6 @@ __all__ = ["SubmitPolicy"]
 LOOKUPS_PER_USER = 2  # webhook URLs of one user resolved at once, per replica
 
 
-_bad = bad_field
 
 
 class SubmitPolicy:
@@ -42,22 +41,22 @@ class SubmitPolicy:
         s = self.settings
         opts = options or JobOptions()
         if opts.attempts is not None and opts.attempts > s.max_attempts:
-            raise _bad("options.attempts", f"at most {s.max_attempts} (DASH_MAX_ATTEMPTS)")
+            raise bad_field("options.attempts", f"at most {s.max_attempts} (DASH_MAX_ATTEMPTS)")
         if opts.backoff.delay_s < s.min_backoff_s:
-            raise _bad("options.backoff.delayS", f"at least {s.min_backoff_s:g}s (DASH_MIN_BACKOFF_S)")
+            raise bad_field("options.backoff.delayS", f"at least {s.min_backoff_s:g}s (DASH_MIN_BACKOFF_S)")
         q = queue_def(queue)  # what is checked per queue is declared on its definition
         for field, url in q.image_refs(payload):
             if url.startswith("data:") and (len(url) - url.find(",") - 1) * 3 // 4 > s.max_inline_image_bytes:
-                raise _bad(field, f"an inline image is at most {s.max_inline_image_bytes} bytes "
+                raise bad_field(field, f"an inline image is at most {s.max_inline_image_bytes} bytes "
                                   "(DASH_MAX_INLINE_IMAGE_BYTES); upload it with POST /v1/uploads and "
                                   "pass the upload:// reference")
             if url.startswith("upload://") and not await asyncio.to_thread(self.artifacts.exists,
                                                                             upload_path(owner, url)):
-                raise _bad(field, "no such upload of yours")
+                raise bad_field(field, "no such upload of yours")
         if q.limits is not None:  # compute per job (generation, training)
             q.limits(payload, s)
         if q.priority_share and opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
-            raise _bad("options.priority", f"priority 1 on {queue} is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
+            raise bad_field("options.priority", f"priority 1 on {queue} is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is
@@ -70,7 +69,7 @@ class SubmitPolicy:
         try:
             await check_webhook_url(options.webhook.url, self.settings.webhook_allowed_networks, timeout_s=5.0)
         except PrivateAddress as exc:
-            raise _bad("options.webhook.url", f"{exc}; refused unless DASH_WEBHOOK_ALLOWED_NETWORKS "
+            raise bad_field("options.webhook.url", f"{exc}; refused unless DASH_WEBHOOK_ALLOWED_NETWORKS "
                                               "covers it") from None
         finally:
             self._lookups.give(owner)

@@ -1,12 +1,10 @@
 """What a user holds open on a replica (`OpenSlots`: sockets, event streams, webhook lookups).
-The submission rate limiter keeps its windows in Redis, so it lives in `queues/accounts.py`
-(re-exported here); the unfinished-jobs cap is the store's (taken atomically with the job)."""
+The submission rate limiter keeps its windows in Redis, so it lives in `queues/accounts.py`;
+the unfinished-jobs cap is the store's (taken atomically with the job)."""
 
 from __future__ import annotations
 
-from dash_ray.queues.accounts import SubmitLimiter
-
-__all__ = ["OpenSlots", "SubmitLimiter"]
+__all__ = ["OpenSlots"]
 
 
 class OpenSlots:

@@ -42,7 +42,7 @@ from dash_ray.models.events import (
 from dash_ray.models.queues import validation_errors
 from dash_ray.models.status import Status
 from dash_ray.queues import event_from_state, is_transient
-from dash_ray.queues.frames import MAX_HELD, FrameCursor
+from dash_ray.queues.frames import FrameCursor
 
 __all__ = ["serve_socket"]
 
@@ -94,6 +94,7 @@ class _Session:
         self.ws = ws
         self.who = who
         self.svc = svc
+        self._channel_prefix = len(svc.store.keys.channel(""))  # a channel is this prefix + the job id
         self.subs: dict[str, _Sub] = {}
         self.out: asyncio.Queue[str] = asyncio.Queue()
         self.closing = False
@@ -192,7 +193,7 @@ class _Session:
 
     # --- live events ---
     def on_event(self, channel: str, data: str) -> None:
-        job_id = channel[len(self.svc.store.keys.channel("")):]
+        job_id = channel[self._channel_prefix:]
         sub = self.subs.get(job_id)
         if sub is None:
             return
@@ -259,7 +260,7 @@ class _Session:
                     self.not_found += 1
                 self._enqueue_error(exc, job_id)
                 continue
-            sub = _Sub(channel=self.svc.store.keys.channel(job_id), cursor=FrameCursor(job_id, max_held=MAX_HELD),
+            sub = _Sub(channel=self.svc.store.keys.channel(job_id), cursor=FrameCursor(job_id),
                        owner=owner, previews=msg.previews)
             self.subs[job_id] = sub
             try:

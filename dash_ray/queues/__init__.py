@@ -12,7 +12,6 @@ from dash_ray.queues.connection import (
     connect_sync,
     is_transient,
     redacted,
-    retry_pause,
 )
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
@@ -24,9 +23,6 @@ from dash_ray.queues.lifecycle import (
     Quota,
     Retention,
     SyncLifecycle,
-    frame_seq,
-    is_preview,
-    of_another,
     started_event,
 )
 from dash_ray.queues.outbox import Delivery, WebhookOutbox
@@ -55,11 +51,7 @@ __all__ = [
     "connect",
     "connect_sync",
     "event_from_state",
-    "frame_seq",
-    "is_preview",
     "is_transient",
-    "of_another",
     "redacted",
-    "retry_pause",
     "started_event",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from bullmq import Job as BullJob
@@ -41,13 +42,13 @@ class ActiveJob:
         """This attempt's number, from 1."""
         return self.attempts_made + 1
 
-    @property
+    @cached_property
     def user_id(self) -> str | None:
         """The job's owner, from its payload, if it passes the user-id rule (a plain BullMQ
         producer's job may carry anything there: adoption gave such a job no owner, and its
         events must not give it one)."""
         uid = self.data.get("userId")
-        return uid if isinstance(uid, str) and is_user_id(uid) else None
+        return uid if is_user_id(uid) else None
 
 
 @dataclass

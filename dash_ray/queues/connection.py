@@ -15,10 +15,7 @@ from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from dash_ray.loops import pause
-
-__all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient", "redacted",
-           "retry_pause"]
+__all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient", "redacted"]
 
 # Errors that pass when Redis comes back: lost or refused connections, time-outs, a Redis still
 # loading its data (BusyLoadingError is a ConnectionError), a read-only replica mid-failover.
@@ -37,12 +34,6 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "LOADING", "MASTERDOWN", "TRYAGAIN"))
-
-
-async def retry_pause(delay_s: float) -> None:
-    """The pause of a loop that retries or polls Redis: `dash_ray.loops.pause` (it stops there
-    if its task has been cancelled, which a Redis call may have swallowed)."""
-    await pause(delay_s)
 
 
 class _HiredisPacking:

@@ -106,7 +106,6 @@ class QueueConsumer:
         self.board = CapacityBoard(redis, queue, lifecycle.keys)
         self.adoption = Adoption(redis, queue, lifecycle)
         self.held = self.locks.held  # job id -> ActiveJob: the attempts whose locks we hold
-        self._tasks = self.locks.tasks  # the maintenance loops (tests cancel them)
         self._next_delayed_ms = 0.0
 
     # ------------------------------------------------------------ taking

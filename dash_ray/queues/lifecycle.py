@@ -63,10 +63,6 @@ __all__ = [
     "Retention",
     "SyncLifecycle",
     "duration_bucket",
-    "frame_owner",
-    "frame_seq",
-    "is_preview",
-    "of_another",
     "started_event",
 ]
 
@@ -152,29 +148,6 @@ def log_line(event: JobLogEvent) -> str:
 def _limit(n: int | None) -> str:
     """A limit as a script argument ('' for none)."""
     return "" if n is None else str(n)
-
-
-# ------------------------------------------------------------------ the event frame
-# `models.events.Frame` builds (`Frame.body_of`) and reads frames; these four are older
-# spellings of it, kept for their callers (`dash_ray.queues` exports three).
-def is_preview(frame: str) -> bool:
-    """True for a `job:preview` frame (`Frame.is_preview`)."""
-    return Frame(frame).is_preview
-
-
-def frame_owner(frame: str) -> str | None:
-    """The `userId` a job's event frame carries, None if none (`Frame.user_id`)."""
-    return Frame(frame).user_id
-
-
-def of_another(frame: str, owner: str | None) -> bool:
-    """True when a job's frame names an owner other than `owner` (`Frame.of_another`)."""
-    return Frame(frame).of_another(owner)
-
-
-def frame_seq(frame: str) -> int:
-    """The seq of a published frame (`Frame.seq`)."""
-    return Frame(frame).seq
 
 
 def state_fields(event: JobEvent, extra: dict[str, Any] | None = None) -> str:

@@ -22,6 +22,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from redis.asyncio import Redis
@@ -50,16 +51,10 @@ class Delivery:
         """The job whose event this is."""
         return self.id.rsplit(":", 1)[0]
 
-    @property
+    @cached_property
     def frame(self) -> Frame:
         """The event frame."""
         return Frame(self.body)
-
-    @property
-    def event(self) -> dict[str, Any]:
-        """The event frame, parsed."""
-        out = json.loads(self.body)
-        return out if isinstance(out, dict) else {}
 
     @property
     def message_id(self) -> str:

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dash_ray.runners import JobContext  # what goes in (defined with the runner contract)
-
-__all__ = ["SKIPPED", "BatchReply", "JobContext", "Outcome", "OutcomeKind"]
+__all__ = ["SKIPPED", "BatchReply", "Outcome", "OutcomeKind"]
 
 OutcomeKind = Literal["done", "failed", "cancelled", "skipped"]
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import math
 
-from dash_ray.runners import peak_rss  # the default measure of a job's memory (re-exported)
-
-__all__ = ["HEADROOM", "MIN_FRACTION", "MemoryBook", "peak_rss", "sized_fraction"]
+__all__ = ["HEADROOM", "MIN_FRACTION", "MemoryBook", "sized_fraction"]
 
 HEADROOM = 1.25  # a slot is the peak plus a quarter (allocator fragmentation, a larger batch)
 MIN_FRACTION = 0.05  # at most 20 workers a GPU

@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from dash_ray.models import JobCompletedEvent, JobProgressEvent
-from dash_ray.queues import EventHub, frame_seq
+from dash_ray.models.events import Frame
+from dash_ray.queues import EventHub
 from tests.helpers import complete, take_one
 
 
@@ -29,7 +30,7 @@ async def test_seq_replay_and_latest(make_store: Any, make_consumer: Any) -> Non
     assert events[0]["status"] == "waiting" and events[1]["status"] == "active"
     assert events[-1]["type"] == "job:completed"
     missed = await bus.replay("e1", after_seq=4)
-    assert [frame_seq(e) for e in missed] == [5, 6, 7]
+    assert [Frame(e).seq for e in missed] == [5, 6, 7]
     latest = await bus.latest("e1")
     assert isinstance(latest, JobCompletedEvent) and latest.seq == 7 and latest.result == {"n": 5}
     assert await bus.latest("missing") is None

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from dash_ray.queues import CostBook, Keys, retry_pause
+from dash_ray.loops import pause as retry_pause
+from dash_ray.queues import CostBook, Keys
 from dash_ray.queues.adoption import Adoption, _user_of
 from dash_ray.queues.board import CapacityBoard
 from dash_ray.queues.locks import LockKeeper

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dash_ray.gateway.metrics import ReplicaMetrics, render
-from dash_ray.scheduler.sizing import MemoryBook, peak_rss, sized_fraction
+from dash_ray.runners import peak_rss
+from dash_ray.scheduler.sizing import MemoryBook, sized_fraction
 
 GiB = 1024**3
 
