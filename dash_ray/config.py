@@ -65,6 +65,10 @@ _QueueFields: Any = create_model(  # type: ignore[call-overload]
             # The most workers of this queue on the whole cluster: it bounds the pool and what the
             # queue's backlog asks the autoscaler for.
             (f"{q.name}_max_workers", (int, Field(q.max_workers, ge=1, le=4096))),
+            # Rows (images) one batched pass may carry (queues with a batch rule; 1: no batching).
+            (f"{q.name}_max_batch", (int, Field(q.max_batch, ge=1, le=64))),
+            # Warm workers kept (started at start-up, never reaped below this).
+            (f"{q.name}_min_workers", (int, Field(q.min_workers, ge=0, le=64))),
         )
     },
 )
@@ -313,6 +317,8 @@ class Settings(_QueueFields):
             gpu_fraction=getattr(self, f"{name}_gpu_fraction", q.gpu_fraction),
             timeout_s=getattr(self, f"{name}_timeout_s", q.timeout_s),
             max_workers=getattr(self, f"{name}_max_workers", q.max_workers),
+            max_batch=getattr(self, f"{name}_max_batch", q.max_batch),
+            min_workers=getattr(self, f"{name}_min_workers", q.min_workers),
         )
 
     @property

@@ -9,6 +9,7 @@ __all__ = [
     "BodyTooLarge",
     "ConfigError",
     "DashError",
+    "DeviceOutOfMemory",
     "Forbidden",
     "InvalidJobState",
     "InvalidPayload",
@@ -146,6 +147,17 @@ class WorkerError(DashError):
     """A workload rejected its input or could not run (a clear message, no retry helps)."""
 
     code = "worker_error"
+
+
+class DeviceOutOfMemory(WorkerError):
+    """A job ran out of its worker's device memory (its GPU share, enforced), already retried alone:
+    `out of GPU memory at 1024x1024, batch 4: ...`. Its peak teaches the sizing book."""
+
+    code = "out_of_memory"
+
+    def __init__(self, message: str, peak_bytes: int = 0) -> None:
+        super().__init__(message, peak_bytes=peak_bytes)
+        self.peak_bytes = peak_bytes
 
 
 class Unavailable(DashError):

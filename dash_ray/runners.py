@@ -30,6 +30,7 @@ class JobContext:
     attempts: int = 1
     user_id: str | None = None
     token: str = ""  # this attempt's lock token: its events are refused once another attempt holds the job
+    created_at: float = 0.0  # when the job was submitted (epoch seconds; 0: unknown)
 
 
 class Reporter(Protocol):
@@ -88,6 +89,31 @@ class Runner(ABC):
     @abstractmethod
     def run(self, job: JobContext, reporter: Reporter) -> Any:
         """Run one job."""
+
+    def run_batch(self, jobs: list[JobContext], reporters: list[Reporter]) -> list[Any]:
+        """Run jobs that the queue's batch rule (`QueueDef.batch`) found compatible, together.
+
+        Returns a result or the exception, per job, in order: one job's failure or cancel (its
+        reporter raises `JobCancelled`) must not end the others'. Each job keeps its own reporter
+        (progress, previews, logs). Default: one after another, which any runner may keep.
+        """
+        out: list[Any] = []
+        for job, reporter in zip(jobs, reporters, strict=True):
+            try:
+                out.append(self.run(job, reporter))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def preload(self, models: list[str]) -> None:
+        """Load these models before the worker takes its first job (the queue's waiting jobs
+        need them); a model that cannot be loaded is left for its job to report."""
+        return None
+
+    def limit_memory(self, gpu_fraction: float) -> None:
+        """Hold this worker to its share of the device (`gpu_fraction` of the GPU, as Ray placed
+        it; 0: none), so that an out-of-memory error lands on its own job, never a neighbour's."""
+        return None
 
     def loaded_models(self) -> list[str]:
         """Names of the models this worker holds (the consumer prefers it for jobs needing them)."""

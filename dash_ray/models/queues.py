@@ -17,6 +17,7 @@ there when it is unpickled, so every process that serves a queue knows it.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,6 +43,7 @@ __all__ = [
     "PLUGINS_ENV",
     "QUEUES",
     "QUEUE_TABLE",
+    "BatchRule",
     "QueueDef",
     "bad_field",
     "load_queue_plugins",
@@ -59,6 +61,10 @@ PLUGINS_ENV = "DASH_QUEUE_PLUGINS"
 
 # (payload, settings) -> None, or InvalidPayload for a submission over a limit of the queue's own.
 LimitsCheck = Callable[[Any, "Settings"], None]
+
+# (payload as a wire dict) -> None: the job runs alone; or (key, rows): jobs with equal keys may
+# share one forward pass on one worker, `rows` being the samples the job adds to it.
+BatchRule = Callable[[dict[str, Any]], "tuple[str, int] | None"]
 
 
 def no_model(data: dict[str, Any]) -> str | None:
@@ -95,6 +101,11 @@ class QueueDef:
     max_workers: int = 64  # on the whole cluster
     num_cpus: float = 0.0  # CPUs one worker reserves
     worker_env: dict[str, str] = field(default_factory=dict)
+    # Batched runs (models.queues.BatchRule): compatible jobs at the head of the queue run together
+    # in one pass of `Runner.run_batch`, up to `max_batch` rows (DASH_<QUEUE>_MAX_BATCH).
+    batch: BatchRule | None = None
+    max_batch: int = 1
+    min_workers: int = 0  # warm workers kept per queue (DASH_<QUEUE>_MIN_WORKERS)
 
     def __post_init__(self) -> None:
         if isinstance(self.runner, str):  # `module:Class` alone is accepted too
@@ -150,6 +161,15 @@ class QueueDef:
                 out.extend((f"{wire}.{i}", str(v)) for i, v in enumerate(value))
         return out
 
+    def batch_of(self, data: dict[str, Any]) -> tuple[str, int] | None:
+        """A job's batch key and rows (None: it runs alone, also when the queue batches nothing)."""
+        if self.batch is None or self.max_batch <= 1:
+            return None
+        try:
+            return self.batch(data)
+        except (ValidationError, TypeError, ValueError):
+            return None  # a payload the runner will reject: alone, so it fails alone
+
     @property
     def id_field(self) -> str:
         """The payload's own job id field on the wire (`jobId`, `loraId`)."""
@@ -185,6 +205,16 @@ def _upscaling_model(data: dict[str, Any]) -> str | None:
     return _named(data.get("model"))
 
 
+def _generation_batch(data: dict[str, Any]) -> tuple[str, int]:
+    """Generation jobs share a forward pass when everything but prompts and seeds is equal: the
+    model, the LoRA (its owner, id and weight), size, steps and guidance."""
+    g = GenerationJob.model_validate(data)
+    s = g.settings
+    lora = [g.user_id, s.lora_id, s.lora_weight] if s.lora_id else None
+    key = [s.model or "", s.width, s.height, s.steps, s.guidance_scale, lora]
+    return json.dumps(key, separators=(",", ":")), s.num_images
+
+
 def _generation_limits(p: GenerationJob, s: Settings) -> None:
     g = p.settings
     mpx_steps = g.steps * g.width * g.height * g.num_images / 1e6
@@ -217,7 +247,7 @@ QUEUE_TABLE: dict[str, QueueDef] = {q.name: q for q in (
              image_fields=("image_url",), preempts=2),
     QueueDef("generation", "image generation", GenerationJob, RunnerSpec("dash_ray.workers.generation:GenerationRunner"),
              5, 0.2, timeout_s=600, cost=generation_cost, model_of=_generation_model,
-             limits=_generation_limits, preempts=1),
+             limits=_generation_limits, preempts=1, batch=_generation_batch, max_batch=8),
     QueueDef("sleep", "sleep (tests and benchmarks)", SleepJob, RunnerSpec("dash_ray.scheduler.sleep:SleepRunner"),
              5, 0.2, timeout_s=600, cost=seconds_cost, test_only=True),
 )}
