@@ -16,6 +16,7 @@ from dash_ray.runners import Runner, peak_rss
 from dash_ray.services.artifacts import ArtifactStore
 from dash_ray.services.registry import ModelRegistry
 from dash_ray.workers.cache import ModelCache, device_and_dtype, free_memory
+from dash_ray.workers.memory import MemoryGuard
 from dash_ray.workers.tiny import ensure_tiny
 
 __all__ = ["TorchRunner"]
@@ -39,6 +40,7 @@ class TorchRunner(Runner):
         self.settings = settings
         self.device, self.dtype = device_and_dtype(settings.torch_dtype)
         self.cache = ModelCache(settings.model_cache_bytes)
+        self.memory = MemoryGuard(device=self.device)
         self.artifacts = ArtifactStore(settings.artifacts_location)
         self.registry = ModelRegistry(settings, self.artifacts)
         self.timings: dict[str, float] = {}
