@@ -372,7 +372,9 @@ async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
         sizing[q] = (chosen or svc.queue_info(q)["gpu_fraction"], peaks)
     # user ids are personal data: listed only where /metrics wants its token
     page = render(counts, durations, svc.metrics, sizing, open_streams=svc.streams.total,
-                  bytes_kept=await svc.store.users.top_usage(20) if want else None)
+                  bytes_kept=await svc.store.users.top_usage(20) if want else None,
+                  cold=await svc.store.control.cold_starts(list(svc.queues)),
+                  min_workers={q: svc.settings.queue(q).min_workers for q in svc.queues})
     return PlainTextResponse(page, media_type="text/plain; version=0.0.4")
 
 

@@ -1,4 +1,5 @@
-"""Prometheus text exposition: queue depths and job durations (from Redis), per-replica counters."""
+"""Prometheus text exposition: queue depths, job durations and worker starts (from Redis),
+per-replica counters."""
 
 from __future__ import annotations
 
@@ -28,10 +29,14 @@ def _line(name: str, labels: dict[str, str], value: float) -> str:
 
 def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str]], replica: ReplicaMetrics,
            sizing: dict[str, tuple[float, dict[str, tuple[str, int]]]] | None = None, *,
-           open_streams: int = 0, bytes_kept: list[tuple[str, int]] | None = None) -> str:
+           open_streams: int = 0, bytes_kept: list[tuple[str, int]] | None = None,
+           cold: dict[str, dict[str, dict[str, float]]] | None = None,
+           min_workers: dict[str, int] | None = None) -> str:
     """The metrics page: counts[queue][state], durations[queue] (our Redis histogram hash),
     sizing[queue] (the GPU share its workers ask for, the measured peaks by job shape), the
-    replica's open event streams, and the users who keep the most bytes in Redis."""
+    replica's open event streams, the users who keep the most bytes in Redis, cold[queue][phase]
+    (its workers' starts: count, sum and max seconds, `board.cold_starts`) and min_workers[queue]
+    (the warm workers it keeps)."""
     out = [
         "# HELP dash_jobs Jobs per queue and state.",
         "# TYPE dash_jobs gauge",
@@ -62,6 +67,23 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
     for queue, (_, peaks) in (sizing or {}).items():
         for shape, (kind, nbytes) in sorted(peaks.items()):
             out.append(_line("dash_job_peak_memory_bytes", {"queue": queue, "shape": shape, "kind": kind}, nbytes))
+    out += ["# HELP dash_worker_cold_start_seconds Time a new worker took to start, by phase (readyS: all of it).",
+            "# TYPE dash_worker_cold_start_seconds summary"]
+    for queue, phases in (cold or {}).items():
+        for phase, t in sorted(phases.items()):
+            lab = {"queue": queue, "phase": phase}
+            out.append(_line("dash_worker_cold_start_seconds_sum", lab, float(t.get("sum", 0.0))))
+            out.append(_line("dash_worker_cold_start_seconds_count", lab, int(t.get("count", 0))))
+    out += ["# HELP dash_worker_cold_start_max_seconds Longest start of a worker, by phase.",
+            "# TYPE dash_worker_cold_start_max_seconds gauge"]
+    for queue, phases in (cold or {}).items():
+        for phase, t in sorted(phases.items()):
+            out.append(_line("dash_worker_cold_start_max_seconds", {"queue": queue, "phase": phase},
+                             float(t.get("max", 0.0))))
+    out += ["# HELP dash_queue_min_workers Warm workers a queue keeps (DASH_<QUEUE>_MIN_WORKERS).",
+            "# TYPE dash_queue_min_workers gauge"]
+    for queue, n in (min_workers or {}).items():
+        out.append(_line("dash_queue_min_workers", {"queue": queue}, n))
     r = {"replica": replica.replica}
     out += ["# HELP dash_ws_events_sent_total Events sent to sockets by this replica.",
             "# TYPE dash_ws_events_sent_total counter",

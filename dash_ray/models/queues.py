@@ -92,6 +92,7 @@ class QueueDef:
     _: KW_ONLY
     cost: CostRule
     model_of: Callable[[dict[str, Any]], str | None] = no_model  # the model a payload (wire dict) needs
+    adapter_of: Callable[[dict[str, Any]], str | None] = no_model  # its adapter (`lora:<user>/<id>`), if any
     image_fields: tuple[str, ...] = ()  # payload fields (snake_case) holding image references
     limits: LimitsCheck | None = None  # the queue's own limits on a submission (compute per job)
     priority_share: bool = False  # a non-admin's priority-1 job counts against DASH_HIGH_PRIORITY_PER_USER
@@ -161,6 +162,10 @@ class QueueDef:
                 out.extend((f"{wire}.{i}", str(v)) for i, v in enumerate(value))
         return out
 
+    def affinity(self, data: dict[str, Any]) -> list[str]:
+        """What a worker may already hold for this job, best first: its adapter, then its model."""
+        return [name for name in (self.adapter_of(data), self.model_of(data)) if name]
+
     def batch_of(self, data: dict[str, Any]) -> tuple[str, int] | None:
         """A job's batch key and rows (None: it runs alone, also when the queue batches nothing)."""
         if self.batch is None or self.max_batch <= 1:
@@ -205,6 +210,11 @@ def _upscaling_model(data: dict[str, Any]) -> str | None:
     return _named(data.get("model"))
 
 
+def _generation_adapter(data: dict[str, Any]) -> str | None:
+    lora = _settings_of(data).get("loraId")
+    return f"lora:{data.get('userId')}/{lora}" if lora else None
+
+
 def _generation_batch(data: dict[str, Any]) -> tuple[str, int]:
     """Generation jobs share a forward pass when everything but prompts and seeds is equal: the
     model, the LoRA (its owner, id and weight), size, steps and guidance."""
@@ -247,7 +257,7 @@ QUEUE_TABLE: dict[str, QueueDef] = {q.name: q for q in (
              image_fields=("image_url",), preempts=2),
     QueueDef("generation", "image generation", GenerationJob, RunnerSpec("dash_ray.workers.generation:GenerationRunner"),
              5, 0.2, timeout_s=600, cost=generation_cost, model_of=_generation_model,
-             limits=_generation_limits, preempts=1, batch=_generation_batch, max_batch=8),
+             adapter_of=_generation_adapter, limits=_generation_limits, preempts=1, batch=_generation_batch, max_batch=8),
     QueueDef("sleep", "sleep (tests and benchmarks)", SleepJob, RunnerSpec("dash_ray.scheduler.sleep:SleepRunner"),
              5, 0.2, timeout_s=600, cost=seconds_cost, test_only=True),
 )}

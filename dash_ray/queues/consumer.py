@@ -11,9 +11,11 @@ stalled checks, presence), `board` (queues/board.py: capacity and yield flags) a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -33,6 +35,10 @@ from dash_ray.queues.connection import is_transient
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import Lifecycle
 from dash_ray.queues.locks import LockKeeper
+from dash_ray.queues.lua import PEEK_READY
+
+# A queue's batch rule (`QueueDef.batch_of`): a job's (key, rows), or None when it runs alone.
+BatchOf = Callable[[dict[str, Any]], "tuple[str, int] | None"]
 
 __all__ = ["ActiveJob", "FailOutcome", "LockLost", "QueueConsumer"]
 
@@ -107,6 +113,10 @@ class QueueConsumer:
         self.adoption = Adoption(redis, queue, lifecycle)
         self.held = self.locks.held  # job id -> ActiveJob: the attempts whose locks we hold
         self._next_delayed_ms = 0.0
+        self._peek: Any = redis.register_script(PEEK_READY)  # called with a Batch as its client
+        register(self._peek)
+        # Batched runs: with a rule, a take of several jobs takes the head's compatible ones only.
+        self.batch_of: BatchOf | None = None
 
     # ------------------------------------------------------------ taking
     def _active(self, reply: Any, token: str) -> ActiveJob | None:
@@ -145,15 +155,21 @@ class QueueConsumer:
         lone job costs one round trip.
         """
         deadline = time.monotonic() + block_s
+        batched = self.batch_of is not None and up_to > 1
         while True:
             token = self.locks.token()
             self._next_delayed_ms = 0.0
             batch = Batch(self.redis)
             await _move_to_active(self.scripts, batch, token, self.lock_ms, round(time.time() * 1000))
-            raw, *counts = await _count_ready(self.scripts, batch).execute()
+            _count_ready(self.scripts, batch)
+            if batched:
+                await self._queue_peek(batch, up_to - 1)
+            raw, *counts = await batch.execute()
             job = self._active(raw, token)
             if job is not None:
-                more = min(up_to - 1, _ready(*counts))
+                if batched:
+                    return [job, *await self._take_compatible(job, counts[3], up_to)]
+                more = min(up_to - 1, _ready(*counts[:3]))
                 return [job, *await self.take_more(more)] if more > 0 else [job]
             left = deadline - time.monotonic()
             if left <= 0:
@@ -174,6 +190,67 @@ class QueueConsumer:
             await _move_to_active(self.scripts, batch, token, self.lock_ms, now)
         jobs = (self._active(raw, token) for raw, token in zip(await batch.execute(), tokens, strict=True))
         return [job for job in jobs if job is not None]
+
+    async def _queue_peek(self, batch: Batch, n: int) -> None:
+        k = self.scripts.keys
+        await batch.evalsha(self._peek.sha, 3, k["wait"], k["prioritized"], k["meta"], k[""], n)
+
+    async def peek(self, n: int) -> list[dict[str, Any]]:
+        """The data of the next `n` jobs a take would lock, in order (one round trip; a read)."""
+        batch = Batch(self.redis)
+        await self._queue_peek(batch, n)
+        (peeked,) = await batch.execute()
+        out = []
+        for raw in peeked[1::2]:
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                out.append(data)
+        return out
+
+    async def take_batch(self, head: ActiveJob, up_to: int) -> list[ActiveJob]:
+        """Lock the jobs that may run in one pass with `head` (taken already): those right behind it
+        in the queue's order with its batch key, up to `up_to` rows in all with the head's. Two
+        round trips (a read, then the takes); none when the queue batches nothing."""
+        if self.batch_of is None or up_to <= 1:
+            return []
+        batch = Batch(self.redis)
+        await self._queue_peek(batch, up_to - 1)
+        (peeked,) = await batch.execute()
+        return await self._take_compatible(head, peeked, up_to)
+
+    async def _take_compatible(self, head: ActiveJob, peeked: list[Any], up_to: int) -> list[ActiveJob]:
+        """Take the prefix of `peeked` (ids and data, in take order) that shares `head`'s batch key.
+
+        Only the head of the order, never a job past one that cannot join: a batch takes only jobs
+        that would start now anyway. A job taken that is not the one read (another one came first
+        meanwhile) goes back to the head of the queue untouched."""
+        assert self.batch_of is not None
+        first = self.batch_of(head.data)
+        if first is None or not peeked:
+            return []
+        key, rows = first
+        want: list[str] = []
+        for job_id, raw in zip(peeked[::2], peeked[1::2], strict=True):
+            try:
+                data = json.loads(raw) if raw else None
+            except ValueError:
+                data = None
+            this = self.batch_of(data) if isinstance(data, dict) else None
+            if this is None or this[0] != key or rows + this[1] > up_to:
+                break
+            rows += this[1]
+            want.append(str(job_id))
+        if not want:
+            return []
+        taken = await self.take_more(len(want))
+        ours = [j for j, w in zip(taken, want, strict=False) if j.id == w]
+        stray = [j for j in taken if j not in ours]
+        if stray:
+            await self.requeue(*stray)
+        return ours
 
     async def wait_for_marker(self, timeout_s: float) -> bool:
         """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""

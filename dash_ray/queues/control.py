@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from dash_ray.errors import UnknownQueue
 from dash_ray.queues.batch import register
+from dash_ray.queues.board import cold_starts as board_cold_starts
 from dash_ray.queues.keys import Keys
 
 __all__ = ["QueueControl", "parse_peaks"]
@@ -78,6 +79,10 @@ class QueueControl:
     async def durations(self, queue: str) -> dict[str, str]:
         """The queue's job-duration histogram (bucket counts and sum) as kept by its consumer."""
         return cast(dict[str, str], await self.redis.hgetall(self.keys.metrics(queue)))
+
+    async def cold_starts(self, queues: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+        """Each queue's workers' cold starts by phase, as its consumer last reported them."""
+        return await board_cold_starts(self.redis, self.keys, queues)
 
     async def sizing(self, queue: str) -> tuple[float | None, dict[str, tuple[str, int]]]:
         """The GPU share a queue's consumer last chose for its workers (None: not reported) and

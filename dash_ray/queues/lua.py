@@ -39,7 +39,7 @@ from dash_ray.models.status import FINAL
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
-           "HOOK_CLAIM", "HOOK_SETTLE", "POSITION", "REOPEN", "USAGE", "Script", "ScriptError", "load", "with_bull_add"]
+           "HOOK_CLAIM", "HOOK_SETTLE", "PEEK_READY", "POSITION", "REOPEN", "USAGE", "Script", "ScriptError", "load", "with_bull_add"]
 
 
 class ScriptError(ValueError):
@@ -276,3 +276,4 @@ HOOK_SETTLE = load("hook_settle")
 # Reads and lock renewal, registered as plain text (KEYS and ARGV in their headers' order).
 POSITION: str = load("position").text()
 EXTEND_LOCKS: str = load("extend_locks").text()
+PEEK_READY: str = load("peek_ready").text()

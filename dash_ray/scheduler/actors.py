@@ -29,18 +29,20 @@ class WorkerActor:
 
     def __init__(self, queue: str, settings: Settings, spec: RunnerSpec, redis_url: str) -> None:
         runtime.setup()
-        self.core = WorkerCore(queue, settings, spec, redis_url)
+        share = float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+        self.core = WorkerCore(queue, settings, spec, redis_url, gpu_fraction=share)
 
-    def ready(self) -> dict[str, Any]:
-        info = self.core.load()
+    def ready(self, preload: list[str] | None = None) -> dict[str, Any]:
+        """Build the runner and preload these models; the worker's info (with its cold start)."""
+        info = self.core.load(preload)
         ctx = ray.get_runtime_context()
         info["resources"] = ctx.get_assigned_resources()
         info["node"] = ctx.get_node_id()
         return info
 
-    def run(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
-        """Run a batch of jobs (usually one); see WorkerCore.run_batch."""
-        return self.core.run_batch(jobs, budget_s)
+    def run(self, jobs: list[JobContext], budget_s: float = 0.0, together: bool = False) -> BatchReply:
+        """Run a batch of jobs (usually one; `together`: in one pass); see WorkerCore.run_batch."""
+        return self.core.run_batch(jobs, budget_s, together)
 
     @ray.method(concurrency_group="control")
     def cancel(self, job_id: str, requeue: bool = False) -> bool:

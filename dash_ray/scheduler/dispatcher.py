@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dash_ray.loops import Backoff, supervised
-from dash_ray.models.queues import queue_def
+from dash_ray.models.queues import no_model, queue_def
 from dash_ray.queues import ActiveJob, EventHub, QueueConsumer, is_transient
 from dash_ray.scheduler.arbiter import Arbiter
 from dash_ray.scheduler.demand import DemandReport
@@ -61,13 +61,18 @@ class Dispatcher:
                  heartbeat_s: float = 5.0, heartbeat_timeout_s: float = 30.0,
                  want_workers: Callable[[int], Awaitable[None]] | None = None, max_workers: int = 64,
                  want_refresh_s: float = 30.0, arbitration: Arbitration | None = None,
-                 gpu_fraction: float = 0.0) -> None:
+                 gpu_fraction: float = 0.0, batch_rows: int = 1) -> None:
         self.consumer = consumer
         self.pool = pool
         self.hub = hub
         self.cancel_channel = cancel_channel
+        self.qdef = queue_def(consumer.name)
+        if batch_rows > 1 and self.qdef.batch is not None:  # compatible jobs run together
+            consumer.batch_of = self.qdef.batch_of
+        else:
+            batch_rows = 1
         self.book = Measurements(consumer.name, batch_budget_s=batch_budget_s, max_batch=max_batch,
-                                 gpu_fraction=gpu_fraction)
+                                 gpu_fraction=gpu_fraction, batch_rows=batch_rows)
         self.watchdog = Watchdog(pool.kill, cancel_grace_s=cancel_grace_s, heartbeat_timeout_s=heartbeat_timeout_s)
         self.arbiter = Arbiter(consumer.name, consumer.board, arbitration)
         self.demand = DemandReport(consumer.name, want_workers, max_workers=max_workers, refresh_s=want_refresh_s)
@@ -94,7 +99,7 @@ class Dispatcher:
         self.consumer.start_maintenance()
         if self.hub is not None and self.cancel_channel:
             await self.hub.start()
-            await self.hub.add(self.cancel_channel, self.watchdog.on_cancel, confirm=False)
+            await self.hub.add(self.cancel_channel, self.on_cancel, confirm=False)
         house = asyncio.create_task(supervised(f"housekeeping of {self.queue}", self.timetable.tick, logger=log),
                                     name=f"housekeeping-{self.queue}")
         log.info("dispatcher for %s started (consumer %s)", self.queue, self.consumer.id)
@@ -111,7 +116,8 @@ class Dispatcher:
     async def _step(self) -> None:
         # here, not in a timer: no race with take_idle (which holds an idle worker while it
         # waits for a job). Idle workers all go at once while another queue waits for their GPU.
-        self.pool.reap_idle(0.0 if self.arbiter.yield_idle else None)
+        yielding = self.arbiter.yield_idle
+        self.pool.reap_idle(0.0 if yielding else None, keep_warm=not yielding)
         slot = self.pool.take_idle()
         if slot is None:
             # Delayed jobs about to be due count: with no worker left nothing would take them (a
@@ -119,7 +125,7 @@ class Dispatcher:
             backlog = await self.consumer.backlog(ahead_s=self.lead_s())
             pending = self.pool.count("pending")
             if backlog > pending and not self.arbiter.peers_starved:
-                self.pool.starter.spawn(backlog - pending)
+                self.pool.starter.spawn(backlog - pending, preload=await self.wanted_models())
             await self.pool.wait_change(0.2 if backlog else 0.5)
             return
         try:
@@ -130,11 +136,35 @@ class Dispatcher:
         if not jobs:
             self.pool.unreserve(slot)
             return
-        slot = self.pool.prefer(slot, queue_def(self.queue).model_of(jobs[0].data))
+        for name in self.qdef.affinity(jobs[0].data):  # a worker holding its adapter, else its model
+            slot = self.pool.prefer(slot, name)
+            if name in slot.models:
+                break
         # The worker publishes each job's `active` event as it starts it.
         task = asyncio.create_task(self._serve(slot, jobs), name=f"job-{jobs[0].id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
+
+    def on_cancel(self, channel: str, job_id: str) -> None:
+        """The one cancel notification: the job's worker is told (`Watchdog.on_cancel`); a member
+        of a batched pass ends `cancelled` at once, while the others run on."""
+        self.watchdog.on_cancel(channel, job_id)
+        job = self.handoff.detach(job_id)
+        if job is not None:
+            task = asyncio.create_task(self.outcomes.cancelled(job), name=f"cancel-{job_id}")
+            self._job_tasks.add(task)
+            task.add_done_callback(self._job_tasks.discard)
+
+    async def wanted_models(self, look: int = 8, most: int = 2) -> list[str]:
+        """The models the next waiting jobs need (a new worker loads them before its first job)."""
+        if self.qdef.model_of is no_model:
+            return []
+        try:
+            models = [self.qdef.model_of(d) for d in await self.consumer.peek(look)]
+        except Exception:
+            log.debug("could not read the waiting jobs' models", exc_info=True)
+            return []
+        return list(dict.fromkeys(m for m in models if m))[:most]
 
     def lead_s(self) -> float:
         """How long before its due time a delayed job (a later start, a retry's backoff) counts
@@ -159,6 +189,7 @@ class Dispatcher:
                 t0 = time.monotonic()
                 outcomes, models_now, alive = await self.handoff.run(slot, jobs)
                 models = models_now or models
+                jobs, outcomes = self.handoff.take_settled(jobs, outcomes)  # cancelled members: written
                 ran, jobs = jobs, await self.outcomes.record(slot, jobs, outcomes, fetch=alive and not self.stopping)
                 self.book.costed(ran, outcomes, time.monotonic() - t0)
         except Exception:
@@ -183,11 +214,14 @@ class Dispatcher:
         self.book.gpus_seen(self.pool.slots.values())
         await self.consumer.board.report_capacity(self.book.costs, self.pool.count("idle") + busy, busy, pending,
                                                   starved_since, gpu_fraction=self.worker_fraction(),
-                                                  memory=self.book.new_peaks())
+                                                  memory=self.book.new_peaks(), cold=self.pool.cold_starts())
+        warm = len(self.pool.slots) < self.pool.min_workers and not self.stopping and not self.arbiter.peers_starved
+        if warm and self.pool.keep_warm(await self.wanted_models()):
+            log.info("%s: starting workers to keep %d warm", self.queue, self.pool.min_workers)
         await self.consumer.adoption.adopt()  # plain BullMQ producers' jobs: into their users' history
         if pending or self.demand.enabled:
             if backlog == 0:
-                self.pool.drop_pending(0)
+                self.pool.drop_pending(0, keep_warm=not self.arbiter.yield_idle)
             if not self.stopping:
                 await self.demand.report(backlog, self.pool.count("busy"))
         if self.arbiter.arb.peers:
@@ -229,7 +263,8 @@ class Dispatcher:
         out = self.outcomes
         return {"queue": self.queue, "running": len(self.running), "completed": out.completed,
                 "failed": out.failed, "requeued": out.requeued, "preempted": out.preempted,
-                "worker_calls": self.handoff.calls,
+                "worker_calls": self.handoff.calls, "batched_passes": self.handoff.passes,
+                "batched_jobs": self.handoff.batched_jobs,
                 "batch_size": self.batch_size(),
                 "job_ms": round(self.book.cost_s * 1000, 3) if self.book.cost_s is not None else None,
                 "workers": self.pool.stats(), "worker_detail": [s.describe() for s in self.pool.slots.values()],

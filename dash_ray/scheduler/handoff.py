@@ -3,8 +3,12 @@ of it, also when the worker dies on the way (killed by the watchdog, crashed, ou
 its node lost): a job it had not started goes back untouched, one it had started fails (or is
 cancelled, when that is why it was killed).
 
-The worker handle and the consumer are duck-typed (`run.remote(ctxs, budget_s)`;
-`attempts_started(jobs)`), so it is tested with fakes.
+A batching queue's jobs taken together (compatible: `QueueDef.batch`) run in one pass of the
+runner; a member cancelled meanwhile is settled at once (`detach`), its outcome from the worker
+ignored, while the others run on.
+
+The worker handle and the consumer are duck-typed (`run.remote(ctxs, budget_s, together)`;
+`attempts_started(jobs)`, `batch_of`), so it is tested with fakes.
 """
 
 from __future__ import annotations
@@ -35,7 +39,28 @@ class Handoff:
         self.timeout_s = timeout_s  # the queue's run-time limit; a job's own timeoutS may be lower
         self.batch_budget_s = batch_budget_s
         self.active: dict[str, ActiveJob] = {}  # the jobs on a worker now
+        self.together: set[str] = set()  # those running in one pass with others
+        self.settled: set[str] = set()  # members whose outcome was written before their pass ended
         self.calls = 0  # Ray calls to workers (a call may carry a batch of jobs)
+        self.passes = 0  # of them, batched passes (jobs run together)
+        self.batched_jobs = 0  # jobs run in batched passes
+
+    def detach(self, job_id: str) -> ActiveJob | None:
+        """A member of a batched pass is cancelled: its outcome is written now (by the caller), and
+        the one its worker reports is ignored. None: not such a member (or settled already)."""
+        if job_id not in self.together or job_id in self.settled:
+            return None
+        self.settled.add(job_id)
+        self.watchdog.untrack(job_id)  # its worker goes on with the others: no cancel deadline
+        return self.active.get(job_id)
+
+    def _together(self, jobs: list[JobContext]) -> bool:
+        """Whether these jobs run in one pass: a batching queue's, all with one batch key."""
+        batch_of = getattr(self.consumer, "batch_of", None)
+        if batch_of is None or len(jobs) < 2:
+            return False
+        keys = {(b or (None,))[0] for b in (batch_of(j.data) for j in jobs)}
+        return len(keys) == 1 and None not in keys
 
     async def run(self, slot: Slot, jobs: list[ActiveJob]) -> tuple[list[Outcome], tuple[str, ...], bool]:
         """Run jobs on a worker; returns (outcome per job, the models it holds, whether it lives)."""
@@ -48,13 +73,19 @@ class Handoff:
             self.active[job.id] = job
             self.watchdog.track(job.id, slot, min(job.timeout_s or self.timeout_s, self.timeout_s))
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
-                                   attempts=job.attempts, user_id=job.user_id, token=job.token))
+                                   attempts=job.attempts, user_id=job.user_id, token=job.token,
+                                   created_at=job.created_at))
         alive, models = True, ()
+        together = self._together(ctxs)
+        if together:
+            self.together.update(c.id for c in ctxs)
+            self.passes += 1
+            self.batched_jobs += len(ctxs)
         try:
             if ctxs:
-                budget = 2 * self.batch_budget_s if len(ctxs) > 1 else 0.0
+                budget = 2 * self.batch_budget_s if len(ctxs) > 1 and not together else 0.0
                 self.calls += 1
-                reply = await slot.handle.run.remote(ctxs, budget)
+                reply = await slot.handle.run.remote(ctxs, budget, together)
                 models = reply.models
                 outcomes.update(zip((c.id for c in ctxs), reply.outcomes, strict=True))
         except asyncio.CancelledError:
@@ -65,8 +96,17 @@ class Handoff:
         finally:
             for c in ctxs:
                 self.active.pop(c.id, None)
+                self.together.discard(c.id)
                 self.watchdog.untrack(c.id)
         return [outcomes[j.id] for j in jobs], models, alive
+
+    def take_settled(self, jobs: list[ActiveJob], outcomes: list[Outcome]) -> tuple[list[ActiveJob], list[Outcome]]:
+        """The jobs (and outcomes) of a pass left to record: those not settled already (`detach`)."""
+        if not self.settled:
+            return jobs, outcomes
+        kept = [(j, o) for j, o in zip(jobs, outcomes, strict=True) if j.id not in self.settled]
+        self.settled.difference_update(j.id for j in jobs)
+        return [j for j, _ in kept], [o for _, o in kept]
 
     async def _died(self, slot: Slot, jobs: list[ActiveJob], outcomes: dict[str, Outcome], exc: Exception) -> None:
         """The outcomes of a dead worker's jobs that have none."""

@@ -21,8 +21,9 @@ class Measurements:
     """One queue's measurement book: job run times, costs by shape, memory peaks."""
 
     def __init__(self, queue: str, *, batch_budget_s: float = 0.02, max_batch: int = 8,
-                 gpu_fraction: float = 0.0) -> None:
+                 gpu_fraction: float = 0.0, batch_rows: int = 1) -> None:
         self.queue = queue
+        self.batch_rows = batch_rows  # > 1: a batching queue's rows per pass (its jobs run together)
         self.batch_budget_s = batch_budget_s
         self.max_batch = max_batch
         self.gpu_fraction = gpu_fraction  # the configured GPU share of a worker (0: none)
@@ -33,11 +34,14 @@ class Measurements:
     def batch_size(self) -> int:
         """How many jobs to hand a worker in one Ray call.
 
-        One, unless this queue's jobs have been measured to be short: then as many as fit in
+        A batching queue's rows per pass (compatible jobs run in one pass, `QueueDef.batch`).
+        Otherwise one, unless this queue's jobs have been measured to be short: then as many as fit in
         `batch_budget_s` (at most `max_batch`). A Ray call costs ~2 ms of CPU in all, which
         dwarfs a job of a millisecond, while a batch of 0.1 s jobs would make a later
         higher-priority job wait behind it; the budget bounds that wait.
         """
+        if self.batch_rows > 1:
+            return self.batch_rows
         if self.cost_s is None or self.batch_budget_s <= 0 or self.max_batch <= 1:
             return 1
         return max(1, min(self.max_batch, int(self.batch_budget_s / max(self.cost_s, 1e-4))))
@@ -48,7 +52,7 @@ class Measurements:
         if outcome.run_s is not None:
             seconds = outcome.run_s
             self.cost_s = seconds if self.cost_s is None else 0.8 * self.cost_s + 0.2 * seconds
-        if outcome.kind == "done" and outcome.memory is not None:
+        if outcome.kind in ("done", "failed") and outcome.memory is not None:  # failed: out of memory
             self.memory.measured(cost_shape(self.queue, job.data)[0], *outcome.memory)
 
     def costed(self, jobs: list[ActiveJob], outcomes: list[Outcome], wall_s: float) -> None:

@@ -96,6 +96,10 @@ class OutcomeWriter:
         fetch = fetch and slot.failures < self.max_failures and not slot.retire
         return await self._complete(done, self.book.batch_size() if fetch else 0)
 
+    async def cancelled(self, job: ActiveJob) -> None:
+        """A member of a batched pass was cancelled: it ends now (its pass goes on without it)."""
+        await self._fail(job, Outcome("cancelled", error="cancelled"))
+
     async def _fail(self, job: ActiveJob, outcome: Outcome) -> None:
         try:
             await self.written("failing a job", partial(
@@ -121,15 +125,20 @@ class OutcomeWriter:
 
     async def _complete(self, done: list[tuple[ActiveJob, Any]], want: int) -> list[ActiveJob]:
         nxt: list[ActiveJob] = []
+        batching = want > 1 and getattr(self.consumer, "batch_of", None) is not None
         if done:
+            fetch = 1 if batching else want  # a batch is the next job and the compatible ones behind it
             try:
-                nxt, lost = await self.written("completing jobs", lambda: self.consumer.complete(done, fetch_next=want))
+                nxt, lost = await self.written("completing jobs", lambda: self.consumer.complete(done, fetch_next=fetch))
                 self.completed += len(done) - len(lost)
                 for lock_lost in lost:
                     log.warning("%s", lock_lost)
             except Exception:
                 log.exception("could not complete %d jobs", len(done))
-        if want and nxt and len(nxt) < want:  # the batch size grew, and the queue is not empty
+        if batching and nxt:
+            with contextlib.suppress(Exception):  # the next round takes them otherwise
+                nxt += await self.consumer.take_batch(nxt[0], want)
+        elif want and nxt and len(nxt) < want:  # the batch size grew, and the queue is not empty
             with contextlib.suppress(Exception):  # the next round takes them otherwise
                 nxt += await self.consumer.take_more(want - len(nxt))
         return nxt

@@ -1,7 +1,8 @@
 """WorkerPool: a queue's GPU worker actors: start on demand, reuse, stop when idle.
 
-The pool keeps the workers and their states; its `Starter` starts new ones (as many as may wait
-to be placed at once) and watches each until it is ready."""
+The pool keeps the workers and their states (and at least `min_workers` of them warm); its
+`Starter` starts new ones (as many as may wait to be placed at once) and watches each until it is
+ready. What each start cost, by phase (`COLD_PHASES`), is tallied for the metrics."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Slot", "Starter", "WorkerPool"]
+__all__ = ["COLD_PHASES", "Slot", "Starter", "WorkerPool"]
 
 log = logging.getLogger(__name__)
+
+# A worker's start, as its `ready` reports it: process start until its actor was built, building
+# its runner (imports), preloading the models asked for, and process start until ready (all of it).
+COLD_PHASES = ("processS", "importS", "loadS", "readyS")
 
 
 @dataclass
@@ -36,11 +42,12 @@ class Slot:
     node: str | None = None  # the Ray node it runs on
     retire: bool = False  # let go after its current jobs (its job yielded the GPU)
     gpu_bytes: int | None = None  # its GPU's memory (None: no GPU)
+    cold: dict[str, float] | None = None  # its start's phases in seconds (COLD_PHASES; None: not reported)
 
     def describe(self) -> dict[str, Any]:
-        """Its id, state, pid, jobs done, models held, resources and node (for stats)."""
+        """Its id, state, pid, jobs done, models held, resources, node and start phases (for stats)."""
         return {"id": self.id, "state": self.state, "pid": self.pid, "jobs": self.jobs, "models": list(self.models),
-                "resources": self.resources, "node": self.node}
+                "resources": self.resources, "node": self.node, "cold": self.cold}
 
 
 class Starter:
@@ -58,30 +65,31 @@ class Starter:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(self, n: int) -> int:
-        """Start up to n workers without exceeding max_pending (nor max_size live workers);
-        returns how many were started."""
+    def spawn(self, n: int, preload: list[str] | None = None) -> int:
+        """Start up to n workers without exceeding max_pending (nor max_size live workers), each
+        asked to load `preload` models before it is ready; returns how many were started."""
         pool = self.pool
         started = 0
         while (started < n and pool.count("pending") < self.max_pending
                and (self.max_size is None or len(pool.slots) < self.max_size)):
             slot = Slot(id=next(self._ids), handle=self.factory())
             pool.slots[slot.id] = slot
-            task = asyncio.create_task(self._await_ready(slot))
+            task = asyncio.create_task(self._await_ready(slot, list(preload or [])))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             started += 1
         return started
 
-    async def _await_ready(self, slot: Slot) -> None:
+    async def _await_ready(self, slot: Slot, preload: list[str]) -> None:
         try:
-            info = await slot.handle.ready.remote()
+            info = await slot.handle.ready.remote(preload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("worker %d failed to start: %s", slot.id, exc)
             self.pool.discard(slot)
             return
+        slot.cold = self.pool.tally_cold(info.get("cold"))  # it started, even if no longer wanted
         if slot.state != "pending":
             return
         slot.state = "idle"
@@ -106,13 +114,16 @@ class WorkerPool:
 
     `factory()` returns a new actor handle (with its GPU fraction and queue resource);
     `kill(handle)` ends one. Both are injected so the policy here is testable without Ray.
+    `min_workers` stay warm: `keep_warm()` starts them, and idle ones are not reaped below it.
     """
 
-    def __init__(self, factory: Callable[[], Any], kill: Callable[[Any], None], *,
-                 idle_s: float = 120.0, max_pending: int = 4, max_size: int | None = None) -> None:
+    def __init__(self, factory: Callable[[], Any], kill: Callable[[Any], None], *, idle_s: float = 120.0,
+                 max_pending: int = 4, max_size: int | None = None, min_workers: int = 0) -> None:
         self.kill = kill
         self.idle_s = idle_s
+        self.min_workers = min_workers  # live workers kept (idle ones are not reaped below it)
         self.slots: dict[int, Slot] = {}
+        self._cold: dict[str, dict[str, float]] = {}  # phase -> count, sum, max over every start
         self.changed = asyncio.Event()  # a worker became ready, idle or gone
         self.starter = Starter(self, factory, max_pending=max_pending, max_size=max_size)
 
@@ -169,26 +180,58 @@ class WorkerPool:
             self.kill(slot.handle)
         self.changed.set()
 
-    # --- shrink ---
-    def reap_idle(self, idle_s: float | None = None) -> int:
-        """Stop workers idle longer than idle_s (default: the pool's); returns how many."""
+    # --- grow and shrink ---
+    def keep_warm(self, preload: list[str] | None = None) -> int:
+        """Start workers (loading `preload`) until min_workers are live (pending, idle or busy),
+        within the starter's bounds; returns how many were started."""
+        missing = self.min_workers - len(self.slots)
+        return self.starter.spawn(missing, preload) if missing > 0 else 0
+
+    def _spare(self, keep_warm: bool) -> int:
+        """How many workers may go without leaving fewer than min_workers live (all if not keep_warm)."""
+        return max(0, len(self.slots) - self.min_workers) if keep_warm else len(self.slots)
+
+    def reap_idle(self, idle_s: float | None = None, *, keep_warm: bool = True) -> int:
+        """Stop workers idle longer than idle_s (default: the pool's), the longest idle first, but
+        none that min_workers keeps (unless not keep_warm: another queue waits for their GPU);
+        returns how many."""
         now = time.monotonic()
         limit = self.idle_s if idle_s is None else idle_s
-        reaped = 0
-        for s in [s for s in self.slots.values() if s.state == "idle" and now - s.last_used >= limit]:
+        idle = sorted((s for s in self.slots.values() if s.state == "idle" and now - s.last_used >= limit),
+                      key=lambda s: s.last_used)
+        reaped = idle[:self._spare(keep_warm)]
+        for s in reaped:
             log.info("worker %d idle for %.0fs: stopping it", s.id, now - s.last_used)
             self.discard(s)
-            reaped += 1
-        return reaped
+        return len(reaped)
 
-    def drop_pending(self, keep: int) -> int:
-        """Cancel pending workers beyond `keep` (the backlog went away)."""
+    def drop_pending(self, keep: int, *, keep_warm: bool = True) -> int:
+        """Cancel pending workers beyond `keep` (the backlog went away), the newest first, but none
+        that min_workers keeps (unless not keep_warm)."""
         pending = sorted((s for s in self.slots.values() if s.state == "pending"), key=lambda s: s.created)
-        dropped = 0
-        for s in pending[keep:]:
+        dropped = pending[keep:][::-1][:self._spare(keep_warm)]
+        for s in dropped:
             self.discard(s)
-            dropped += 1
-        return dropped
+        return len(dropped)
+
+    # --- cold starts ---
+    def tally_cold(self, cold: Any) -> dict[str, float] | None:
+        """Fold one worker's start phases (its ready info's `cold`) into the pool's tally; returns
+        them as read (None if it reported none)."""
+        if not isinstance(cold, dict):
+            return None
+        phases = {k: float(v) for k, v in cold.items() if isinstance(k, str) and isinstance(v, int | float)
+                  and not isinstance(v, bool) and math.isfinite(v) and v >= 0}
+        for phase, secs in phases.items():
+            t = self._cold.setdefault(phase, {"count": 0, "sum": 0.0, "max": 0.0})
+            t["count"] += 1
+            t["sum"] += secs
+            t["max"] = max(t["max"], secs)
+        return phases
+
+    def cold_starts(self) -> dict[str, dict[str, float]]:
+        """Every worker start so far, by phase: {"count", "sum", "max"} (seconds)."""
+        return {phase: dict(t) for phase, t in self._cold.items()}
 
     # --- waiting ---
     async def wait_change(self, timeout_s: float) -> None:

@@ -139,6 +139,7 @@ class EventReporter:
         self._preview_interval = 1.0 / preview_max_hz
         self._last_preview = -1e9
         self.previews = 0  # previews sent
+        self.first_step_s: float | None = None  # from the start to the first step done (`step` >= 1)
 
     @property
     def cancelled(self) -> bool:
@@ -158,6 +159,8 @@ class EventReporter:
         """
         self.check()
         now = self._clock()
+        if self.first_step_s is None and (extra.get("step") or extra.get("epoch") or 0) >= 1:
+            self.first_step_s = now - self._started
         with self._lock:
             progress = min(100.0, max(self._last_progress, float(progress)))
             self._last_progress = progress

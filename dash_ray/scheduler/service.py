@@ -62,7 +62,7 @@ class ConsumerService:
             ray.kill(handle, no_restart=True)
 
         pool = WorkerPool(factory, kill, idle_s=settings.worker_idle_s, max_pending=settings.max_pending_workers,
-                          max_size=spec.max_workers)
+                          max_size=spec.max_workers, min_workers=spec.min_workers)
         want = None
         if demand is not None:
             key, bundle = f"{settings.key_prefix}/{spec.name}", spec.bundle()
@@ -79,7 +79,8 @@ class ConsumerService:
                                      heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
                                      want_workers=want, max_workers=spec.max_workers,
                                      arbitration=arbitration(settings, spec.name),
-                                     gpu_fraction=float(options.get("num_gpus") or 0.0))
+                                     gpu_fraction=float(options.get("num_gpus") or 0.0),
+                                     batch_rows=spec.max_batch)
 
     async def run(self) -> None:
         """Serve until drained."""

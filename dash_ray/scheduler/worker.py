@@ -18,7 +18,7 @@ import traceback
 from typing import Any
 
 from dash_ray.config import Settings
-from dash_ray.errors import JobCancelled, JobPreempted, WorkerError
+from dash_ray.errors import DeviceOutOfMemory, JobCancelled, JobPreempted, WorkerError
 from dash_ray.queues import Keys, Retention, SyncLifecycle, connect_sync, started_event
 from dash_ray.runners import JobContext, Runner, RunnerSpec, load_runner, peak_rss
 from dash_ray.scheduler.contract import SKIPPED, BatchReply, Outcome
@@ -42,13 +42,26 @@ def public_error(exc: BaseException) -> str:
     return text[:1000]
 
 
-class WorkerCore:
-    """Runs one job at a time with its runner; cancel stops it at its next progress check."""
+def _process_started() -> float:
+    """When this process started (epoch seconds); now if that cannot be read."""
+    try:
+        import psutil
 
-    def __init__(self, queue: str, settings: Settings, spec: RunnerSpec, redis_url: str) -> None:
+        return float(psutil.Process().create_time())
+    except Exception:
+        return time.time()
+
+
+class WorkerCore:
+    """Runs jobs with its runner, one at a time or a compatible batch in one pass; cancel stops a
+    job at its next progress check (a batch member alone: the others go on)."""
+
+    def __init__(self, queue: str, settings: Settings, spec: RunnerSpec, redis_url: str,
+                 gpu_fraction: float = 0.0) -> None:
         self.queue = queue
         self.settings = settings
         self.spec = spec
+        self.gpu_fraction = gpu_fraction
         self.lifecycle = SyncLifecycle(connect_sync(redis_url, name=f"dash:worker:{queue}"),
                                        Keys(settings.key_prefix), Retention.of(settings))
         self.publisher = Publisher(self.lifecycle)
@@ -57,12 +70,31 @@ class WorkerCore:
         self._cancels: dict[str, threading.Event] = {}
         self._requeue: set[str] = set()  # jobs stopped by a shutdown, not by their user
         self.jobs_done = 0
+        self.jobs_run = 0  # attempts begun (the first one pays the cold start)
+        started = _process_started()
+        # The cold start by phase (seconds): process start to this object, building the runner
+        # (imports), preloading models, and process start to ready in all.
+        self.cold: dict[str, float] = {"processS": round(max(0.0, time.time() - started), 4)}
+        self._process_started = started
 
-    def load(self) -> dict[str, Any]:
-        """Build the runner (imports torch etc. once); returns `info()`."""
+    def load(self, preload: list[str] | None = None) -> dict[str, Any]:
+        """Build the runner (imports torch etc. once), hold it to its GPU share and preload the
+        models the queue's waiting jobs need; returns `info()` (with the cold start's phases)."""
         with self._load_lock:
             if self.runner is None:
-                self.runner = load_runner(self.spec, self.settings)
+                t0 = time.perf_counter()
+                runner = load_runner(self.spec, self.settings)
+                runner.limit_memory(self.gpu_fraction)
+                self.cold["importS"] = round(time.perf_counter() - t0, 4)
+                t1 = time.perf_counter()
+                if preload:
+                    try:
+                        runner.preload(list(preload))
+                    except Exception:
+                        log.exception("preloading %s failed", preload)
+                self.cold["loadS"] = round(time.perf_counter() - t1, 4)
+                self.cold["readyS"] = round(max(0.0, time.time() - self._process_started), 4)
+                self.runner = runner
         return self.info()
 
     def models(self) -> tuple[str, ...]:
@@ -70,81 +102,158 @@ class WorkerCore:
         return tuple(self.runner.loaded_models()) if self.runner is not None else ()
 
     def info(self) -> dict[str, Any]:
-        """pid, queue, jobs done, the models held and the jobs running."""
+        """pid, queue, jobs done, the models held, the jobs running and the cold start's phases."""
         return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": list(self.models()),
-                "running": list(self._cancels),
+                "running": list(self._cancels), "cold": dict(self.cold),
                 "gpu_bytes": self.runner.device_memory() if self.runner is not None else None}
+
+    def _runner(self) -> Runner:
+        if self.runner is None:
+            self.load()
+        assert self.runner is not None
+        return self.runner
+
+    def _begin(self, ctx: JobContext) -> tuple[EventReporter, float]:
+        """Publish a job's start (whether a cancel came before it goes out with the first
+        reports) and make its reporter."""
+        cancel = self._cancels.setdefault(ctx.id, threading.Event())  # run_batch may have made it
+        self.jobs_run += 1
+        self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts), cancel=cancel,
+                            token=ctx.token)
+        return EventReporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel), time.time()
 
     def run(self, ctx: JobContext) -> Outcome:
         """Run one job to its outcome (with the seconds it ran)."""
-        if self.runner is None:
-            self.load()
-        runner = self.runner
-        assert runner is not None
-        cancel = self._cancels.setdefault(ctx.id, threading.Event())  # run_batch may have made it
+        runner = self._runner()
+        first = self.jobs_run == 0
+        reporter, began = self._begin(ctx)
         t0 = time.perf_counter()
-        # The start event, and whether a cancel came before it, go out with the first reports.
-        self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts), cancel=cancel,
-                            token=ctx.token)
-        reporter = EventReporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel)
         try:
-            out = self._outcome(runner, ctx, reporter, t0)
+            try:
+                reporter.check()
+                runner.reset_peak_memory()
+                result: Any = runner.run(ctx, reporter)
+            except Exception as exc:
+                result = exc
+            out = self._settle(runner, ctx, reporter, result, t0, began, first)
             reporter.flush()  # every report is published before the outcome goes back
             return out
         finally:
             self._cancels.pop(ctx.id, None)
-            try:
-                runner.after_job()
-            except Exception:
-                log.exception("runner cleanup failed")
+            self._after(runner)
 
-    def _outcome(self, runner: Runner, ctx: JobContext, reporter: EventReporter, t0: float) -> Outcome:
+    def run_together(self, jobs: list[JobContext]) -> list[Outcome]:
+        """Run compatible jobs (the queue's batch rule) in one pass of the runner: each keeps its
+        own events, result, cancel and outcome; a member cancelled before the pass is left out."""
+        runner = self._runner()
+        first = self.jobs_run == 0
+        begun = [self._begin(ctx) for ctx in jobs]
+        t0 = time.perf_counter()
+        results: list[Any] = [JobCancelled(ctx.id) if rep.cancelled else None for ctx, (rep, _) in zip(jobs, begun, strict=True)]
+        live = [i for i, r in enumerate(results) if r is None]
         try:
-            reporter.check()
-            runner.reset_peak_memory()
-            result = runner.run(ctx, reporter)
+            if live:
+                runner.reset_peak_memory()
+                try:
+                    got = runner.run_batch([jobs[i] for i in live], [begun[i][0] for i in live])
+                    if len(got) != len(live):
+                        raise RuntimeError(f"run_batch returned {len(got)} results for {len(live)} jobs")
+                except Exception as exc:
+                    got = [exc] * len(live)
+                for i, value in zip(live, got, strict=True):
+                    results[i] = value
+            # A member cancelled during the pass is discarded at its end, whatever it returned.
+            results = [JobCancelled(ctx.id) if rep.cancelled and not isinstance(r, JobPreempted) else r
+                       for ctx, (rep, _), r in zip(jobs, begun, results, strict=True)]
+            out = [self._settle(runner, ctx, rep, result, t0, began, first)
+                   for ctx, (rep, began), result in zip(jobs, begun, results, strict=True)]
+            for rep, _ in begun:
+                rep.flush()
+            return out
+        finally:
+            for ctx in jobs:
+                self._cancels.pop(ctx.id, None)
+            self._after(runner)
+
+    def _after(self, runner: Runner) -> None:
+        try:
+            runner.after_job()
+        except Exception:
+            log.exception("runner cleanup failed")
+
+    def _settle(self, runner: Runner, ctx: JobContext, reporter: EventReporter, result: Any, t0: float,
+                began: float, first: bool) -> Outcome:
+        """A job's outcome from what its run returned or raised."""
+        run_s = time.perf_counter() - t0
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result
+        if not isinstance(result, Exception):
             self.jobs_done += 1
-            return Outcome("done", result, run_s=time.perf_counter() - t0, memory=_peak(runner))
-        except JobCancelled:
+            if isinstance(result, dict):
+                result = self._with_timings(result, ctx, reporter, began, first)
+            return Outcome("done", result, run_s=run_s, memory=_peak(runner))
+        exc = result
+        if isinstance(exc, JobCancelled):
             if ctx.id in self._requeue:
                 self._requeue.discard(ctx.id)
                 log.info("job %s interrupted by a shutdown; it goes back to its queue", ctx.id,
                          extra={"job_id": ctx.id})
-                return Outcome("skipped", error="interrupted by a shutdown", run_s=time.perf_counter() - t0)
+                return Outcome("skipped", error="interrupted by a shutdown", run_s=run_s)
             log.info("job %s cancelled", ctx.id, extra={"job_id": ctx.id})
-            return Outcome("cancelled", error="cancelled", run_s=time.perf_counter() - t0)
-        except JobPreempted as exc:
+            return Outcome("cancelled", error="cancelled", run_s=run_s)
+        if isinstance(exc, JobPreempted):
             log.info("job %s yields its GPU after %s", ctx.id, exc.after, extra={"job_id": ctx.id})
             return Outcome("skipped", error=f"preempted after {exc.after} so that waiting jobs of other queues "
-                                            "can run; it resumes from its checkpoint", run_s=time.perf_counter() - t0,
-                           preempted=True)
-        except WorkerError as exc:
+                                            "can run; it resumes from its checkpoint", run_s=run_s, preempted=True)
+        if isinstance(exc, DeviceOutOfMemory):
+            log.warning("job %s: %s", ctx.id, exc, extra={"job_id": ctx.id})
+            kind, _ = _peak(runner)
+            return Outcome("failed", error=str(exc), run_s=run_s, memory=(kind, exc.peak_bytes) if exc.peak_bytes
+                           else None)
+        if isinstance(exc, WorkerError):
             log.info("job %s rejected: %s", ctx.id, exc, extra={"job_id": ctx.id})
-            return Outcome("failed", error=str(exc), run_s=time.perf_counter() - t0)
-        except Exception as exc:
-            trace = traceback.format_exc()
-            log.warning("job %s failed: %s\n%s", ctx.id, exc, trace, extra={"job_id": ctx.id})
-            return Outcome("failed", error=public_error(exc), retry=True, run_s=time.perf_counter() - t0,
-                           trace=trace[-8000:])
+            return Outcome("failed", error=str(exc), run_s=run_s)
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.warning("job %s failed: %s\n%s", ctx.id, exc, trace, extra={"job_id": ctx.id})
+        return Outcome("failed", error=public_error(exc), retry=True, run_s=run_s, trace=trace[-8000:])
 
-    def run_batch(self, jobs: list[JobContext], budget_s: float = 0.0) -> BatchReply:
-        """Run jobs one after another; an outcome per job, in order, and the models held after.
+    def _with_timings(self, result: dict[str, Any], ctx: JobContext, reporter: EventReporter, began: float,
+                      first: bool) -> dict[str, Any]:
+        """A result's `timings` with where the job's time went before it ran: `queuedS` (submitted
+        to started), `coldStartS` (this worker's start, for its first job), `loadS` (models
+        loaded for it), `firstStepS` (started to its first step done)."""
+        timings = result.get("timings")
+        timings = dict(timings) if isinstance(timings, dict) else {}
+        timings.update({
+            "queuedS": round(max(0.0, began - ctx.created_at), 4) if ctx.created_at else None,
+            "coldStartS": self.cold.get("readyS", 0.0) if first else 0.0,
+            "loadS": round(float(timings.get("load_s") or 0.0), 4),
+            "firstStepS": round(reporter.first_step_s, 4) if reporter.first_step_s is not None else None,
+        })
+        return {**result, "timings": timings}
 
-        Every job of the batch can be cancelled from the start. Once the batch has run longer
-        than `budget_s` (when > 0), the jobs not yet started come back `skipped` (the consumer
-        puts them back at the head of the queue), so a misjudged batch cannot hold jobs, or a
-        higher-priority job behind them, for long.
+    def run_batch(self, jobs: list[JobContext], budget_s: float = 0.0, together: bool = False) -> BatchReply:
+        """Run jobs: `together` (compatible jobs of a batching queue), in one pass of the runner;
+        else one after another. An outcome per job, in order, and the models held after.
+
+        Every job of the batch can be cancelled from the start. Run one after another, once the
+        batch has run longer than `budget_s` (when > 0), the jobs not yet started come back
+        `skipped` (the consumer puts them back at the head of the queue), so a misjudged batch
+        cannot hold jobs, or a higher-priority job behind them, for long.
         """
         for job in jobs:
             self._cancels.setdefault(job.id, threading.Event())
         out: list[Outcome] = []
         t0 = time.perf_counter()
         try:
-            for i, job in enumerate(jobs):
-                if i and budget_s and time.perf_counter() - t0 > budget_s:
-                    out.extend(SKIPPED for _ in jobs[i:])
-                    break
-                out.append(self.run(job))
+            if together and len(jobs) > 1:
+                out = self.run_together(jobs)
+            else:
+                for i, job in enumerate(jobs):
+                    if i and budget_s and time.perf_counter() - t0 > budget_s:
+                        out.extend(SKIPPED for _ in jobs[i:])
+                        break
+                    out.append(self.run(job))
         finally:
             for job in jobs:
                 self._cancels.pop(job.id, None)

@@ -407,6 +407,23 @@ def test_queues_show_the_gpu_fraction_chosen_and_the_measured_peaks(make_client:
     assert 'dash_worker_gpu_fraction{queue="generation"} 0.05' in c.get("/metrics").text
 
 
+async def test_the_cold_start_tally_round_trips_through_redis_into_the_metrics_text(redis: Any, prefix: str) -> None:
+    from dash_ray.gateway.metrics import ReplicaMetrics, render
+    from dash_ray.queues import CostBook
+    from dash_ray.queues.board import CapacityBoard, cold_starts
+
+    keys = Keys(prefix)
+    board = CapacityBoard(redis, "generation", keys)
+    tally = {"readyS": {"count": 3, "sum": 21.5, "max": 9.25}, "importS": {"count": 3, "sum": 6.0, "max": 2.5}}
+    await board.report_capacity(CostBook(), 2, 1, cold=tally)
+    got = await cold_starts(redis, keys, ["generation", "training"])
+    assert got == {"generation": tally, "training": {}}
+    assert (await board.capacities(["generation"]))["generation"]["slots"] == "2"  # peers read it as before
+    text = render({"generation": {"waiting": 0}}, {}, ReplicaMetrics("r1"), cold=got)
+    assert 'dash_worker_cold_start_seconds_count{queue="generation",phase="readyS"} 3' in text
+    assert 'dash_worker_cold_start_max_seconds{queue="generation",phase="importS"} 2.5' in text
+
+
 def test_a_tokens_weight_claim_is_checked(make_client: Any, tokens: Any) -> None:
     """A token's fair-share weight must be a number within 0.01 and 100: anything else is 401,
     however the token was signed; a good one is taken."""

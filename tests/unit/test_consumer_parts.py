@@ -15,7 +15,7 @@ import pytest
 from dash_ray.loops import pause as retry_pause
 from dash_ray.queues import CostBook, Keys
 from dash_ray.queues.adoption import Adoption, _user_of
-from dash_ray.queues.board import CapacityBoard
+from dash_ray.queues.board import CapacityBoard, cold_starts, parse_cold
 from dash_ray.queues.locks import LockKeeper
 from dash_ray.queues.pubsub import RawPubSub
 
@@ -197,6 +197,24 @@ async def test_the_board_writes_workers_and_costs_only_when_they_changed() -> No
     written = {c[1][0] for c in redis.executed[1] if c[0] == "hset"}
     assert written == {Keys("bull").capacity("q"), Keys("bull").costs("q"), Keys("bull").memory("q")}
     assert not costs.dirty
+
+
+async def test_the_board_writes_the_cold_start_tally_in_the_capacity_hash_and_reads_it_back() -> None:
+    redis = FakeRedis()
+    board = CapacityBoard(redis, "q", Keys("bull"))  # type: ignore[arg-type]
+    await board.report_capacity(CostBook(), 1, 0, cold={})  # no start yet: nothing more
+    assert [c[0] for c in redis.executed[0]] == ["hset", "expire"]
+    await board.report_capacity(CostBook(), 1, 0, cold={"readyS": {"count": 2, "sum": 12.34567, "max": 7.0}})
+    cold = [c for c in redis.executed[1] if c[0] == "hset"][1]
+    assert cold[1] == (Keys("bull").capacity("q"),)
+    assert cold[2]["mapping"] == {"cold:readyS:count": 2, "cold:readyS:sum": 12.346, "cold:readyS:max": 7.0}
+    raw = {b"slots": b"1", b"cold:readyS:count": b"2", b"cold:readyS:sum": b"12.346", b"cold:readyS:max": b"7",
+           b"cold:a:b:sum": b"1", b"cold:loadS:min": b"1", b"cold:loadS:max": b"soon", b"coldx:p:sum": b"1"}
+    assert parse_cold(raw) == {"readyS": {"count": 2, "sum": 12.346, "max": 7.0}, "a:b": {"sum": 1.0}}
+    redis.replies = [raw, None]
+    assert await cold_starts(redis, Keys("bull"), ["q", "other"]) == {  # type: ignore[arg-type]
+        "q": parse_cold(raw), "other": {}}
+    assert await cold_starts(redis, Keys("bull"), []) == {}  # type: ignore[arg-type]
 
 
 async def test_the_board_reads_other_queues_and_flags_yields() -> None:

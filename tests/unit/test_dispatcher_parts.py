@@ -67,7 +67,7 @@ class Worker:
         self.ready = Remote(self._ready)
         self.silent = False
 
-    async def _run(self, ctxs: list[Any], budget_s: float) -> BatchReply:
+    async def _run(self, ctxs: list[Any], budget_s: float, together: bool = False) -> BatchReply:
         await asyncio.sleep(0)
         return BatchReply([self.outcome(c) for c in ctxs], models=("m",))
 
@@ -76,7 +76,7 @@ class Worker:
             await asyncio.Event().wait()
         return {}
 
-    async def _ready(self) -> dict[str, Any]:
+    async def _ready(self, preload: list[str] | None = None) -> dict[str, Any]:
         await asyncio.sleep(0)
         return {"pid": 100 + self.n}
 
@@ -354,7 +354,7 @@ def test_memory_peaks_size_the_next_workers_and_are_written_once() -> None:
     book = Measurements("generation", gpu_fraction=0.5)
     assert book.worker_fraction() == 0.5 and book.new_peaks() is None
     book.ran(job("a", data={"settings": {"model": "m"}}), Outcome("done", run_s=1.0, memory=("cuda", 1 << 30)))
-    book.ran(job("b"), Outcome("failed", run_s=1.0, memory=("cuda", 8 << 30)))  # a failure's peak is not kept
+    book.ran(job("b"), Outcome("failed", run_s=1.0))  # a failure carries a peak only when out of memory
     book.gpus_seen([Slot(1, None, gpu_bytes=16 << 30), Slot(2, None)])
     assert book.memory.gpu_bytes == 16 << 30
     assert book.worker_fraction() == pytest.approx(1 / 12, abs=1e-6)

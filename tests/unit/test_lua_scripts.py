@@ -38,7 +38,7 @@ def header(keys: str = "", args: str = "") -> str:
 
 def test_every_file_is_a_script_or_a_used_include() -> None:
     names = {p.stem for p in LUA_DIR.glob("*.lua")}
-    assert names == {*SCRIPTS, "position", "extend_locks"}
+    assert names == {*SCRIPTS, "position", "extend_locks", "peek_ready"}
     texts = [p.read_text() for p in LUA_DIR.rglob("*.lua")]
     for inc in (LUA_DIR / "includes").glob("*.lua"):
         assert any(f'@include "includes/{inc.stem}"' in t or f'@include "{inc.stem}"' in t for t in texts), inc

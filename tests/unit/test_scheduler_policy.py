@@ -124,13 +124,19 @@ def test_publisher_sets_flag_when_a_cancel_was_requested() -> None:
 
 
 class Handle:
-    def __init__(self, n: int) -> None:
+    """A worker actor's handle: ready at once (with `cold`, its start's phases, if given)."""
+
+    def __init__(self, n: int, cold: Any = None) -> None:
         self.n = n
+        self.preload: list[str] | None = None
+        handle = self
 
         class Ready:
-            async def remote(_self) -> dict[str, Any]:
+            async def remote(_self, preload: list[str] | None = None) -> dict[str, Any]:
+                handle.preload = preload
                 await asyncio.sleep(0)
-                return {"pid": 1000 + n, "models": ["m"] if n % 2 else []}
+                info = {"pid": 1000 + n, "models": ["m"] if n % 2 else []}
+                return info if cold is None else {**info, "cold": cold}
 
         self.ready = Ready()
 
@@ -218,6 +224,83 @@ async def test_pool_never_holds_more_than_max_size_workers() -> None:
     assert pool.starter.spawn(10) == 0 and len(pool.slots) == 3
     pool.discard(next(iter(pool.slots.values())))
     assert pool.starter.spawn(10) == 1 and len(made) == 4
+
+
+async def _ready(pool: WorkerPool, n: int) -> None:
+    for _ in range(100):
+        if pool.count("idle") >= n:
+            return
+        await pool.wait_change(0.05)
+    raise AssertionError(f"{n} idle workers expected, {pool.stats()}")
+
+
+async def test_pool_keeps_min_workers_warm_unless_their_gpu_is_wanted_elsewhere() -> None:
+    made: list[Handle] = []
+    killed: list[Handle] = []
+
+    def factory() -> Handle:
+        made.append(Handle(len(made)))
+        return made[-1]
+
+    pool = WorkerPool(factory, killed.append, idle_s=0.0, min_workers=2)
+    assert pool.keep_warm(["m"]) == 2 and pool.keep_warm() == 0  # pending ones count
+    await _ready(pool, 2)
+    assert [h.preload for h in made] == [["m"], ["m"]]
+    assert pool.starter.spawn(1) == 1
+    await _ready(pool, 3)
+    assert made[-1].preload == []  # asked to load nothing
+    assert pool.reap_idle() == 1 and pool.reap_idle() == 0 and pool.count("idle") == 2
+    busy = pool.take_idle()
+    assert busy is not None and pool.reap_idle() == 0  # one busy, one idle: both kept
+    assert pool.reap_idle(0.0, keep_warm=False) == 1 and pool.stats() == {"pending": 0, "idle": 0, "busy": 1}
+    assert pool.keep_warm() == 1 and len(made) == 4
+    await _ready(pool, 1)
+    pool.release(busy)
+    assert pool.reap_idle(0.0, keep_warm=False) == 2 and len(killed) == 4
+
+
+async def test_keep_warm_starts_within_the_pools_bounds_and_pending_ones_are_kept() -> None:
+    assert WorkerPool(lambda: Handle(0), lambda h: None).keep_warm() == 0  # no min_workers: nothing
+    pool = WorkerPool(lambda: Handle(0), lambda h: None, max_pending=2, max_size=3, min_workers=5)
+    assert pool.keep_warm() == 2  # at most max_pending waiting
+    await _ready(pool, 2)
+    assert pool.keep_warm() == 1 and pool.keep_warm() == 0 and len(pool.slots) == 3  # at most max_size
+    pending = WorkerPool(lambda: Handle(0), lambda h: None, min_workers=1)
+    assert pending.starter.spawn(3) == 3
+    assert pending.drop_pending(0) == 2 and pending.count("pending") == 1  # the backlog went: one stays warm
+    assert pending.drop_pending(0, keep_warm=False) == 1 and not pending.slots
+    pending.shutdown()
+
+
+async def test_the_pool_tallies_its_workers_cold_starts_by_phase() -> None:
+    colds: list[Any] = [
+        {"processS": 1.0, "importS": 4.0, "loadS": 2.0, "readyS": 7.0},
+        {"processS": 3.0, "importS": 2.0, "loadS": 0, "readyS": 5.5},
+        None,  # an older worker: nothing reported
+        {"processS": "soon", "readyS": float("nan"), "loadS": True, "importS": 1.5},  # only importS is a time
+    ]
+    made: list[Handle] = []
+
+    def factory() -> Handle:
+        made.append(Handle(len(made), colds[len(made)]))
+        return made[-1]
+
+    pool = WorkerPool(factory, lambda h: None, idle_s=0.0)
+    assert pool.cold_starts() == {}
+    assert pool.starter.spawn(4) == 4
+    await _ready(pool, 4)
+    by_pid = {s.pid: s for s in pool.slots.values()}
+    assert by_pid[1000].cold == colds[0] and by_pid[1002].cold is None and by_pid[1003].cold == {"importS": 1.5}
+    assert by_pid[1000].describe()["cold"] == colds[0]
+    assert pool.reap_idle() == 4 and not pool.slots  # the tally outlives the workers
+    assert pool.cold_starts() == {
+        "processS": {"count": 2, "sum": 4.0, "max": 3.0},
+        "importS": {"count": 3, "sum": 7.5, "max": 4.0},
+        "loadS": {"count": 2, "sum": 2.0, "max": 2.0},
+        "readyS": {"count": 2, "sum": 12.5, "max": 7.0},
+    }
+    pool.cold_starts()["readyS"]["count"] = 99  # a copy
+    assert pool.cold_starts()["readyS"]["count"] == 2
 
 
 def test_a_queue_wants_a_worker_per_waiting_or_running_job_up_to_its_cap() -> None:

@@ -49,3 +49,20 @@ def test_metrics_show_the_fractions_and_peaks() -> None:
                   {"generation": (0.05, {"sd15:512x512": ("cuda", 3 * GiB)})})
     assert 'dash_worker_gpu_fraction{queue="generation"} 0.05' in text
     assert f'dash_job_peak_memory_bytes{{queue="generation",shape="sd15:512x512",kind="cuda"}} {3 * GiB}' in text
+
+
+def test_metrics_show_cold_starts_by_phase_and_the_warm_workers_kept() -> None:
+    cold = {"generation": {"readyS": {"count": 2, "sum": 12.5, "max": 7.0}, "loadS": {"count": 1, "sum": 0.25,
+                                                                                     "max": 0.25}}}
+    text = render({"generation": {"waiting": 0}}, {}, ReplicaMetrics("r1"), cold=cold,
+                  min_workers={"generation": 2, "training": 0})
+    lines = text.splitlines()
+    assert "# TYPE dash_worker_cold_start_seconds summary" in lines
+    assert "# TYPE dash_worker_cold_start_max_seconds gauge" in lines
+    assert "# TYPE dash_queue_min_workers gauge" in lines
+    assert 'dash_worker_cold_start_seconds_sum{queue="generation",phase="readyS"} 12.5' in lines
+    assert 'dash_worker_cold_start_seconds_count{queue="generation",phase="readyS"} 2' in lines
+    assert 'dash_worker_cold_start_seconds_count{queue="generation",phase="loadS"} 1' in lines
+    assert 'dash_worker_cold_start_max_seconds{queue="generation",phase="readyS"} 7' in lines
+    assert 'dash_queue_min_workers{queue="generation"} 2' in lines and 'dash_queue_min_workers{queue="training"} 0' in lines
+    assert "dash_worker_cold_start_seconds_sum{" not in render({}, {}, ReplicaMetrics("r1"))  # none reported
