@@ -190,6 +190,9 @@ class Settings(_QueueFields):
     # measured run time (0 turns it off), at most max_batch. Long jobs always go one by one.
     batch_budget_s: float = Field(0.02, ge=0, le=10)
     max_batch: int = Field(8, ge=1, le=256)
+    # A batching queue's job (DASH_<QUEUE>_MAX_BATCH > 1) that has waited less than this since it
+    # was submitted waits out the rest for compatible company before its pass starts (0: never waits).
+    batch_window_s: float = Field(0.05, ge=0, le=2)
     enable_sleep_queue: bool = False  # serve the test-only queues (the built-in sleep runner): tests, benchmarks
     drain_timeout_s: float = Field(30.0, ge=0)
     cancel_grace_s: float = Field(3.0, ge=0.1)  # a cancelled job still running after this: its worker is killed
@@ -207,6 +210,16 @@ class Settings(_QueueFields):
     torch_dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     torch_threads: int | None = Field(None, ge=1, le=256)
     model_cache_bytes: int = Field(8 * 1024**3, ge=0)
+    # LoRAs stay loaded as adapters of their cached model, least recently used dropped past this
+    # many or these bytes (the one a job uses is kept; 0: dropped once the next job starts).
+    lora_cache_count: int = Field(8, ge=0, le=256)
+    lora_cache_bytes: int = Field(1024**3, ge=0)
+    # A worker is held to its GPU share less this part (left for the CUDA context and the kernels
+    # that the caching allocator does not count).
+    gpu_memory_headroom: float = Field(0.1, ge=0, lt=1)
+    # On the CPU, a simulated GPU of this many bytes: a worker's share of it caps what a run adds
+    # to the process's resident memory (tests; None: no cap on the CPU).
+    simulated_gpu_bytes: int | None = Field(None, ge=1)
     allowed_image_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # a,b or JSON
     # Private, loopback and link-local addresses an allowed host may resolve to (CIDRs); by
     # default none, so an image URL is no way into the deployment's own network.

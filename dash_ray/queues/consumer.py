@@ -210,18 +210,20 @@ class QueueConsumer:
                 out.append(data)
         return out
 
-    async def take_batch(self, head: ActiveJob, up_to: int) -> list[ActiveJob]:
-        """Lock the jobs that may run in one pass with `head` (taken already): those right behind it
-        in the queue's order with its batch key, up to `up_to` rows in all with the head's. Two
-        round trips (a read, then the takes); none when the queue batches nothing."""
+    async def take_batch(self, head: ActiveJob, up_to: int, rows: int = 0) -> list[ActiveJob]:
+        """Lock the jobs that may run in one pass with `head` (taken already, with `rows` more rows
+        taken with it): those right behind it in the queue's order with its batch key, up to
+        `up_to` rows in all. Two round trips (a read, then the takes); none when the queue batches
+        nothing."""
         if self.batch_of is None or up_to <= 1:
             return []
         batch = Batch(self.redis)
         await self._queue_peek(batch, up_to - 1)
         (peeked,) = await batch.execute()
-        return await self._take_compatible(head, peeked, up_to)
+        return await self._take_compatible(head, peeked, up_to, rows)
 
-    async def _take_compatible(self, head: ActiveJob, peeked: list[Any], up_to: int) -> list[ActiveJob]:
+    async def _take_compatible(self, head: ActiveJob, peeked: list[Any], up_to: int,
+                               extra: int = 0) -> list[ActiveJob]:
         """Take the prefix of `peeked` (ids and data, in take order) that shares `head`'s batch key.
 
         Only the head of the order, never a job past one that cannot join: a batch takes only jobs
@@ -232,6 +234,7 @@ class QueueConsumer:
         if first is None or not peeked:
             return []
         key, rows = first
+        rows += extra
         want: list[str] = []
         for job_id, raw in zip(peeked[::2], peeked[1::2], strict=True):
             try:

@@ -61,18 +61,20 @@ class Dispatcher:
                  heartbeat_s: float = 5.0, heartbeat_timeout_s: float = 30.0,
                  want_workers: Callable[[int], Awaitable[None]] | None = None, max_workers: int = 64,
                  want_refresh_s: float = 30.0, arbitration: Arbitration | None = None,
-                 gpu_fraction: float = 0.0, batch_rows: int = 1) -> None:
+                 gpu_fraction: float = 0.0, batch_rows: int = 1, batch_window_s: float = 0.05) -> None:
         self.consumer = consumer
         self.pool = pool
         self.hub = hub
         self.cancel_channel = cancel_channel
         self.qdef = queue_def(consumer.name)
-        if batch_rows > 1 and self.qdef.batch is not None:  # compatible jobs run together
-            consumer.batch_of = self.qdef.batch_of
+        self.batch_of = self.qdef.batch_of if batch_rows > 1 and self.qdef.batch is not None else None
+        if self.batch_of is not None:  # compatible jobs run together
+            consumer.batch_of = self.batch_of
         else:
             batch_rows = 1
         self.book = Measurements(consumer.name, batch_budget_s=batch_budget_s, max_batch=max_batch,
                                  gpu_fraction=gpu_fraction, batch_rows=batch_rows)
+        self.batch_window_s = batch_window_s
         self.watchdog = Watchdog(pool.kill, cancel_grace_s=cancel_grace_s, heartbeat_timeout_s=heartbeat_timeout_s)
         self.arbiter = Arbiter(consumer.name, consumer.board, arbitration)
         self.demand = DemandReport(consumer.name, want_workers, max_workers=max_workers, refresh_s=want_refresh_s)
@@ -136,6 +138,8 @@ class Dispatcher:
         if not jobs:
             self.pool.unreserve(slot)
             return
+        if self.batch_of is not None:
+            jobs += await self._company(jobs)
         for name in self.qdef.affinity(jobs[0].data):  # a worker holding its adapter, else its model
             slot = self.pool.prefer(slot, name)
             if name in slot.models:
@@ -144,6 +148,24 @@ class Dispatcher:
         task = asyncio.create_task(self._serve(slot, jobs), name=f"job-{jobs[0].id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
+
+    async def _company(self, jobs: list[ActiveJob]) -> list[ActiveJob]:
+        """A batch that is not full, of a job submitted less than the batch window ago: wait out the
+        window for compatible jobs submitted right after it (a burst), then take them. A job that
+        waited longer starts at once; no job waits past the window from its submission."""
+        head = jobs[0]
+        batch_of = self.batch_of
+        assert batch_of is not None
+        rows = sum((batch_of(j.data) or ("", 1))[1] for j in jobs)
+        left = head.created_at + self.batch_window_s - time.time()
+        if left <= 0 or rows >= self.batch_size() or batch_of(head.data) is None:
+            return []
+        await asyncio.sleep(left)
+        try:
+            return await self.consumer.take_batch(head, self.batch_size(), rows - (batch_of(head.data) or ("", 1))[1])
+        except Exception:
+            log.warning("could not take company for job %s", head.id, exc_info=True)
+            return []
 
     def on_cancel(self, channel: str, job_id: str) -> None:
         """The one cancel notification: the job's worker is told (`Watchdog.on_cancel`); a member
@@ -191,7 +213,9 @@ class Dispatcher:
                 models = models_now or models
                 jobs, outcomes = self.handoff.take_settled(jobs, outcomes)  # cancelled members: written
                 ran, jobs = jobs, await self.outcomes.record(slot, jobs, outcomes, fetch=alive and not self.stopping)
-                self.book.costed(ran, outcomes, time.monotonic() - t0)
+                # a batching queue's jobs handed over together ran in one pass
+                self.book.costed(ran, outcomes, time.monotonic() - t0,
+                                 shared=len(ran) > 1 and self.batch_of is not None)
         except Exception:
             log.exception("lost track of %d jobs on worker %d", len(jobs), slot.id)  # their locks expire
         finally:

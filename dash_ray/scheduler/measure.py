@@ -55,11 +55,16 @@ class Measurements:
         if outcome.kind in ("done", "failed") and outcome.memory is not None:  # failed: out of memory
             self.memory.measured(cost_shape(self.queue, job.data)[0], *outcome.memory)
 
-    def costed(self, jobs: list[ActiveJob], outcomes: list[Outcome], wall_s: float) -> None:
+    def costed(self, jobs: list[ActiveJob], outcomes: list[Outcome], wall_s: float, shared: bool = False) -> None:
         """Fold the completed jobs of one round into the costs for ETAs, as the seconds they held
         their slot: their run times scaled up to the round's wall time, which adds the Ray call,
         writing the outcome and taking the next job (on a busy machine a fair share of a short
-        job's turn)."""
+        job's turn). Jobs that `shared` one pass (a batch) split its wall time."""
+        if shared:
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if outcome.kind == "done":
+                    self.costs.measured(self.queue, job.data, wall_s / len(jobs))
+            return
         run = sum(o.run_s for o in outcomes if o.run_s is not None)
         scale = max(1.0, wall_s / run) if run > 0 else 1.0
         for job, outcome in zip(jobs, outcomes, strict=True):

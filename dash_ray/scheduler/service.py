@@ -80,7 +80,7 @@ class ConsumerService:
                                      want_workers=want, max_workers=spec.max_workers,
                                      arbitration=arbitration(settings, spec.name),
                                      gpu_fraction=float(options.get("num_gpus") or 0.0),
-                                     batch_rows=spec.max_batch)
+                                     batch_rows=spec.max_batch, batch_window_s=settings.batch_window_s)
 
     async def run(self) -> None:
         """Serve until drained."""

@@ -12,7 +12,7 @@ from typing import Any
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
 from dash_ray.models.payloads import upload_path
-from dash_ray.runners import Runner, peak_rss
+from dash_ray.runners import Runner
 from dash_ray.services.artifacts import ArtifactStore
 from dash_ray.services.registry import ModelRegistry
 from dash_ray.workers.cache import ModelCache, device_and_dtype, free_memory
@@ -40,7 +40,8 @@ class TorchRunner(Runner):
         self.settings = settings
         self.device, self.dtype = device_and_dtype(settings.torch_dtype)
         self.cache = ModelCache(settings.model_cache_bytes)
-        self.memory = MemoryGuard(device=self.device)
+        self.memory = MemoryGuard(device=self.device, headroom=settings.gpu_memory_headroom,
+                                  simulated_bytes=settings.simulated_gpu_bytes)
         self.artifacts = ArtifactStore(settings.artifacts_location)
         self.registry = ModelRegistry(settings, self.artifacts)
         self.timings: dict[str, float] = {}
@@ -80,21 +81,19 @@ class TorchRunner(Runner):
         self.timings["load_s"] = 0.0
         return name, self.cache.get((name, str(self.dtype)), load)
 
-    def reset_peak_memory(self) -> None:
-        """Start measuring a job's peak memory (CUDA: the allocator's peak is reset)."""
-        if self.device.startswith("cuda"):
-            import torch
+    def limit_memory(self, gpu_fraction: float) -> None:
+        """Hold the worker to its GPU share (CUDA: the allocator refuses past it; on the CPU, a
+        share of DASH_SIMULATED_GPU_BYTES when set)."""
+        self.memory.limit(gpu_fraction)
 
-            torch.cuda.reset_peak_memory_stats()
+    def reset_peak_memory(self) -> None:
+        """Start measuring a job's peak memory."""
+        self.memory.start()
 
     def peak_memory(self) -> tuple[str, int]:
-        """The last job's peak memory: ("cuda", the allocator's peak bytes) on a GPU, else
-        ("rss", the process's peak resident bytes: the same code path's footprint on the CPU)."""
-        if self.device.startswith("cuda"):
-            import torch
-
-            return "cuda", int(torch.cuda.max_memory_allocated())
-        return "rss", peak_rss()
+        """The last job's peak memory: ("cuda", the allocator's peak bytes, models held included)
+        on a GPU, else ("rss", what the job added to the process's resident memory)."""
+        return ("cuda" if self.memory.cuda else "rss"), self.memory.peak()
 
     def device_memory(self) -> int | None:
         """Bytes of the worker's GPU (None on the CPU)."""
