@@ -1,18 +1,28 @@
-"""Text-to-image generation with diffusers: progress per step, cancel between steps, optional LoRA."""
+"""Text-to-image generation with diffusers: progress per step, cancel between steps, optional LoRA
+(kept loaded as an adapter), and compatible jobs batched into one pass.
+
+Row k of a job is drawn from its own generator seeded `seed + k`, alone or batched, so a job's
+images do not depend on the jobs it shares a pass with (up to the float noise of batched kernels).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from dash_ray.errors import WorkerError
-from dash_ray.models.payloads import GenerationJob
+from dash_ray.config import Settings
+from dash_ray.errors import JobCancelled, WorkerError
+from dash_ray.models.payloads import GenerationJob, GenerationSettings
 from dash_ray.runners import JobContext, Reporter
 from dash_ray.services.registry import lora_path
+from dash_ray.workers.adapters import AdapterCache, AdapterKey, file_version
 from dash_ray.workers.base import TorchRunner
 from dash_ray.workers.images import png_bytes
+from dash_ray.workers.memory import out_of_memory
 from dash_ray.workers.previews import image_data_url, latent_preview
 
 __all__ = ["GenerationRunner"]
@@ -20,78 +30,276 @@ __all__ = ["GenerationRunner"]
 log = logging.getLogger(__name__)
 
 
+class _AllCancelled(Exception):
+    """Every job of a pass was cancelled: the pass stops at once."""
+
+
+@dataclass
+class _Job:
+    """One job of a pass: its payload, reporter and seed; its rows start at `row`."""
+
+    ctx: JobContext
+    reporter: Reporter
+    payload: GenerationJob
+    seed: int
+    row: int = 0
+    cancelled: JobCancelled | None = None
+
+    @property
+    def settings(self) -> GenerationSettings:
+        return self.payload.settings
+
+    @property
+    def rows(self) -> int:
+        return self.payload.settings.num_images
+
+
+def _batch_key(p: GenerationJob) -> str:
+    """What jobs of one pass share (as `models.queues._generation_batch`)."""
+    s = p.settings
+    lora = [p.user_id, s.lora_id, s.lora_weight] if s.lora_id else None
+    return json.dumps([s.model or "", s.width, s.height, s.steps, s.guidance_scale, lora])
+
+
 class GenerationRunner(TorchRunner):
     """`generation` queue: AutoPipelineForText2Image (SD 1.5 / SDXL class) from the model registry."""
 
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.adapters = AdapterCache(settings.lora_cache_count, settings.lora_cache_bytes)
+        self._oom_rows: dict[str, int] = {}  # shape -> rows of a batch that ran out of memory: fewer next time
+
     def run(self, job: JobContext, reporter: Reporter) -> dict[str, Any]:
         """Generate `numImages` images; returns their artifact URLs, the seed and timings."""
+        return self._alone(self._job(job, reporter))
+
+    def run_batch(self, jobs: list[JobContext], reporters: list[Reporter]) -> list[Any]:
+        """Generate for compatible jobs in one pipeline call (as many rows as fit the memory);
+        per job its result, or its exception (its cancel ends only its own rows)."""
+        if len(jobs) <= 1:
+            return super().run_batch(jobs, reporters)
+        out: list[Any] = [None] * len(jobs)
+        groups: dict[str, list[tuple[int, _Job]]] = {}
+        for i, (ctx, reporter) in enumerate(zip(jobs, reporters, strict=True)):
+            try:
+                j = self._job(ctx, reporter)
+            except Exception as exc:
+                out[i] = exc
+                continue
+            groups.setdefault(_batch_key(j.payload), []).append((i, j))
+        for group in groups.values():  # one group, unless the batch rule was bypassed
+            for part in self._split(group):
+                self._run_part(part, out)
+        return out
+
+    def preload(self, models: list[str]) -> None:
+        """Load these models' pipelines into the cache (a failure is logged, left to the job)."""
+        from diffusers import AutoPipelineForText2Image
+
+        for model in models:
+            try:
+                self.pipeline(model, AutoPipelineForText2Image)
+            except Exception as exc:
+                log.warning("preload of model %s failed: %s", model, exc)
+
+    def loaded_models(self) -> list[str]:
+        """The models held, then `lora:<userId>/<loraId>` per LoRA loaded on one of them."""
+        self.adapters.prune(self._pipelines())
+        return self.cache.names() + self.adapters.names()
+
+    # --- passes ---
+    def _job(self, ctx: JobContext, reporter: Reporter) -> _Job:
+        p = GenerationJob.model_validate(ctx.data)
+        seed = p.settings.seed if p.settings.seed is not None else secrets.randbelow(2**32)
+        return _Job(ctx, reporter, p, seed)
+
+    def _alone(self, j: _Job) -> dict[str, Any]:
+        """One job's pass; out of memory, the cached models go and the error names the job's size."""
+        import torch
+
+        s = j.settings
+        try:
+            with self.dropping_models_on_oom():
+                [result] = self._generate([j])
+        except torch.OutOfMemoryError as exc:
+            raise out_of_memory(exc, width=s.width, height=s.height, rows=s.num_images,
+                                peak=self.memory.peak()) from exc
+        if isinstance(result, JobCancelled):
+            raise result
+        return result
+
+    def _split(self, group: list[tuple[int, _Job]]) -> list[list[tuple[int, _Job]]]:
+        """Consecutive parts of at most the rows that fit (a job is never split; one too big runs alone)."""
+        shape = self._shape(group[0][1].settings)
+        limit = self.memory.max_rows(shape, sum(j.rows for _, j in group))
+        if shape in self._oom_rows:
+            limit = max(1, min(limit, self._oom_rows[shape] - 1))
+        parts: list[list[tuple[int, _Job]]] = []
+        rows = 0
+        for item in group:
+            if not parts or rows + item[1].rows > limit:
+                parts.append([])
+                rows = 0
+            parts[-1].append(item)
+            rows += item[1].rows
+        return parts
+
+    def _run_part(self, part: list[tuple[int, _Job]], out: list[Any]) -> None:
+        """Run one part, each job's outcome into its slot of `out`; out of memory, each job alone."""
+        import torch
+
+        jobs = [j for _, j in part]
+        if len(jobs) == 1:
+            out[part[0][0]] = self._attempt(jobs[0])
+            return
+        try:
+            results: list[Any] = self._generate(jobs)
+        except torch.OutOfMemoryError as exc:
+            rows, shape = sum(j.rows for j in jobs), self._shape(jobs[0].settings)
+            self.memory.learn(shape, rows, self.memory.peak())  # CUDA: the refused allocation is not in it
+            self._oom_rows[shape] = min(rows, self._oom_rows.get(shape, rows))
+            self.after_job()
+            log.warning("out of memory in a batch of %d jobs (%d images): running them alone: %s", len(jobs), rows, exc)
+            results = []
+            for j in jobs:
+                if j.cancelled is None:
+                    j.reporter.log(f"out of memory in a batch of {len(jobs)} jobs ({rows} images): running alone",
+                                   "warning")
+                results.append(j.cancelled or self._attempt(j))
+        except Exception as exc:
+            results = [j.cancelled or exc for j in jobs]
+        for (i, _), result in zip(part, results, strict=True):
+            out[i] = result
+
+    def _attempt(self, j: _Job) -> Any:
+        try:
+            return self._alone(j)
+        except Exception as exc:
+            return exc
+
+    def _generate(self, jobs: list[_Job]) -> list[dict[str, Any] | JobCancelled]:
+        """One pipeline call for jobs of equal settings, each its own rows; per job its result, or
+        the JobCancelled that ended it. A failure of the pass itself is raised."""
         import torch
         from diffusers import AutoPipelineForText2Image
 
-        p = GenerationJob.model_validate(job.data)
-        s = p.settings
+        s = jobs[0].settings
         t0 = time.perf_counter()
         name, pipe = self.pipeline(s.model, AutoPipelineForText2Image)
         load_s = self.timings["load_s"]
-        reporter.log(f"model {name} {'loaded in ' + format(load_s, '.2f') + ' s' if load_s else 'warm'}")
-        seed = s.seed if s.seed is not None else secrets.randbelow(2**32)
-        adapter = None
-        if s.lora_id:
-            adapter = self._load_lora(pipe, p.user_id or "", s.lora_id, s.lora_weight)
-            reporter.log(f"LoRA {s.lora_id} applied (weight {s.lora_weight:g})")
+        lora = self._set_lora(name, pipe, jobs[0].payload)
+        total = 0
+        for j in jobs:
+            j.row, total = total, total + j.rows
         steps = s.steps
-        every = max(1, round(steps / 10)) if s.preview_every is None else s.preview_every
-        reporter.log(f"{s.width}x{s.height}, {steps} steps, {s.num_images} image(s), seed {seed}")
+        for j in jobs:
+            self._begin(j, name, load_s, lora, len(jobs), total)
+        if all(j.cancelled for j in jobs):
+            return [j.cancelled for j in jobs if j.cancelled]
 
         def on_step(_pipe: Any, i: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             step = i + 1
-            if every and step % every == 0 and step < steps and "latents" in kwargs:
-                latents = kwargs["latents"]
-                reporter.preview(lambda: image_data_url(latent_preview(latents)), step=step, steps=steps)
-            reporter.progress(100.0 * step / steps, f"step {step}/{steps}", step=step, steps=steps,
-                              milestone=True)
+            self.memory.check(f"step {step}")
+            latents = kwargs.get("latents")
+            for j in jobs:
+                if j.cancelled is None:
+                    self._step(j, step, latents)
+            if all(j.cancelled for j in jobs):
+                # Raised rather than `pipe._interrupt`, which skips the steps left but still decodes every row.
+                raise _AllCancelled
             return kwargs
 
-        reporter.progress(0, f"generating with {name}", step=0, steps=steps)
+        prompts = [j.payload.prompt for j in jobs for _ in range(j.rows)]
+        negatives = [j.settings.negative_prompt for j in jobs for _ in range(j.rows)]
+        generators = [self.generator(j.seed + k) for j in jobs for k in range(j.rows)]
+        self.memory.start()
         t1 = time.perf_counter()
         try:
-            with self.dropping_models_on_oom(), torch.inference_mode():
-                out = pipe(
-                    prompt=p.prompt,
-                    negative_prompt=s.negative_prompt or None,
-                    num_inference_steps=steps,
-                    guidance_scale=s.guidance_scale,
-                    width=s.width,
-                    height=s.height,
-                    num_images_per_prompt=s.num_images,
-                    generator=self.generator(seed),
-                    callback_on_step_end=on_step,
-                )
-        finally:
-            if adapter:
-                pipe.unload_lora_weights()
+            with torch.inference_mode():
+                images = pipe(prompt=prompts, negative_prompt=negatives, num_inference_steps=steps,
+                              guidance_scale=s.guidance_scale, width=s.width, height=s.height,
+                              num_images_per_prompt=1, generator=generators, callback_on_step_end=on_step).images
+        except _AllCancelled:
+            return [j.cancelled for j in jobs if j.cancelled]
+        self.memory.check("decoding")  # the VAE's peak comes after the last step (CPU: the simulated cap)
+        self.memory.learn(self._shape(s), total, self.memory.peak())
         gen_s = time.perf_counter() - t1
-        urls = []
-        for i, img in enumerate(out.images):
-            rel = self.artifacts.put(f"{p.user_id}/{job.id}/image-{i}.png", png_bytes(img))
-            urls.append(self.artifacts.url_for(rel))
-        return {
-            "images": urls, "seed": seed, "model": name, "width": s.width, "height": s.height,
-            "steps": steps, "lora": s.lora_id, "modelLoads": self.cache.loads,
-            "timings": {"load_s": round(load_s, 4), "generate_s": round(gen_s, 4),
-                        "per_step_s": round(gen_s / steps, 5), "total_s": round(time.perf_counter() - t0, 4)},
-        }
+        results: list[dict[str, Any] | JobCancelled] = []
+        for j in jobs:
+            if j.cancelled is not None:
+                results.append(j.cancelled)
+                continue
+            urls = []
+            for k, img in enumerate(images[j.row:j.row + j.rows]):
+                rel = self.artifacts.put(f"{j.payload.user_id}/{j.ctx.id}/image-{k}.png", png_bytes(img))
+                urls.append(self.artifacts.url_for(rel))
+            results.append({
+                "images": urls, "seed": j.seed, "model": name, "width": s.width, "height": s.height,
+                "steps": steps, "lora": s.lora_id, "modelLoads": self.cache.loads, "loraLoads": self.adapters.loads,
+                "batch": len(jobs),
+                "timings": {"load_s": round(load_s, 4), "generate_s": round(gen_s, 4),
+                            "per_step_s": round(gen_s / steps, 5), "total_s": round(time.perf_counter() - t0, 4)},
+            })
+        return results
 
-    def _load_lora(self, pipe: Any, user_id: str, lora_id: str, weight: float) -> str:
-        rel = lora_path(user_id, lora_id)
-        if not self.artifacts.exists(rel):
-            raise WorkerError(f"no trained LoRA {lora_id!r}")
-        with self.artifacts.open(rel) as f:
-            data = f.read()
-        from safetensors.torch import load as load_safetensors
+    def _begin(self, j: _Job, name: str, load_s: float, lora: str, jobs: int, rows: int) -> None:
+        """A job's first log lines and progress (a job already cancelled is marked, not raised)."""
+        s, r = j.settings, j.reporter
+        r.log(f"model {name} {'loaded in ' + format(load_s, '.2f') + ' s' if load_s else 'warm'}")
+        if lora:
+            r.log(lora)
+        r.log(f"{s.width}x{s.height}, {s.steps} steps, {s.num_images} image(s), seed {j.seed}")
+        if jobs > 1:
+            r.log(f"batched: {jobs} jobs, {rows} images in one pass")
+        try:
+            r.progress(0, f"generating with {name}", step=0, steps=s.steps)
+        except JobCancelled as exc:
+            j.cancelled = exc
 
-        state = load_safetensors(data)
-        adapter = f"lora_{lora_id}"
-        pipe.load_lora_weights(state, adapter_name=adapter)
-        pipe.set_adapters([adapter], adapter_weights=[weight])
-        return adapter
+    def _step(self, j: _Job, step: int, latents: Any) -> None:
+        """A job's events for a finished step: a preview of its first row now and then, progress."""
+        s, r = j.settings, j.reporter
+        steps = s.steps
+        every = max(1, round(steps / 10)) if s.preview_every is None else s.preview_every
+        try:
+            if every and step % every == 0 and step < steps and latents is not None:
+                rows = latents[j.row:j.row + 1]
+                r.preview(lambda: image_data_url(latent_preview(rows)), step=step, steps=steps)
+            r.progress(100.0 * step / steps, f"step {step}/{steps}", step=step, steps=steps, milestone=True)
+        except JobCancelled as exc:
+            j.cancelled = exc
+
+    # --- LoRA ---
+    def _set_lora(self, name: str, pipe: Any, p: GenerationJob) -> str:
+        """Switch the pipeline to the job's LoRA (loaded unless warm), or to none; the log line."""
+        s = p.settings
+        self.adapters.prune(self._pipelines())
+        if not s.lora_id:
+            self.adapters.disable(pipe)
+            return ""
+        user = p.user_id or ""
+        rel = lora_path(user, s.lora_id)
+        version = file_version(self.artifacts, rel)
+        if version is None:
+            raise WorkerError(f"no trained LoRA {s.lora_id!r}")
+
+        def load() -> dict[str, Any]:
+            from safetensors.torch import load as load_safetensors
+
+            with self.artifacts.open(rel) as f:
+                return load_safetensors(f.read())
+
+        key = AdapterKey(f"{name}:{self.dtype}", user, s.lora_id, version)
+        loaded = self.adapters.use(pipe, key, s.lora_weight, load)
+        return f"LoRA {s.lora_id} {'loaded' if loaded else 'warm'}, applied (weight {s.lora_weight:g})"
+
+    def _pipelines(self) -> list[Any]:
+        return [e.value for e in list(self.cache.entries.values())]
+
+    def _shape(self, s: GenerationSettings) -> str:
+        """The memory guard's name for a pass's shape: model and size."""
+        try:
+            name = self.registry.resolve(s.model)[0]
+        except KeyError:
+            name = s.model or ""
+        return f"{name}:{s.width}x{s.height}"
