@@ -46,6 +46,7 @@ __all__ = [
     "BatchRule",
     "QueueDef",
     "bad_field",
+    "generation_batch_key",
     "load_queue_plugins",
     "no_model",
     "parse_options",
@@ -215,14 +216,17 @@ def _generation_adapter(data: dict[str, Any]) -> str | None:
     return f"lora:{data.get('userId')}/{lora}" if lora else None
 
 
-def _generation_batch(data: dict[str, Any]) -> tuple[str, int]:
-    """Generation jobs share a forward pass when everything but prompts and seeds is equal: the
-    model, the LoRA (its owner, id and weight), size, steps and guidance."""
-    g = GenerationJob.model_validate(data)
+def generation_batch_key(g: GenerationJob) -> str:
+    """What generation jobs sharing one forward pass have in common: everything but prompts, seeds
+    and `numImages`: the model, the LoRA (its owner, id and weight), size, steps and guidance."""
     s = g.settings
     lora = [g.user_id, s.lora_id, s.lora_weight] if s.lora_id else None
-    key = [s.model or "", s.width, s.height, s.steps, s.guidance_scale, lora]
-    return json.dumps(key, separators=(",", ":")), s.num_images
+    return json.dumps([s.model or "", s.width, s.height, s.steps, s.guidance_scale, lora], separators=(",", ":"))
+
+
+def _generation_batch(data: dict[str, Any]) -> tuple[str, int]:
+    g = GenerationJob.model_validate(data)
+    return generation_batch_key(g), g.settings.num_images
 
 
 def _generation_limits(p: GenerationJob, s: Settings) -> None:

@@ -7,7 +7,6 @@ images do not depend on the jobs it shares a pass with (up to the float noise of
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -17,6 +16,7 @@ from typing import Any
 from dash_ray.config import Settings
 from dash_ray.errors import JobCancelled, WorkerError
 from dash_ray.models.payloads import GenerationJob, GenerationSettings
+from dash_ray.models.queues import generation_batch_key
 from dash_ray.runners import JobContext, Reporter
 from dash_ray.services.registry import lora_path
 from dash_ray.workers.adapters import AdapterCache, AdapterKey, file_version
@@ -54,13 +54,6 @@ class _Job:
         return self.payload.settings.num_images
 
 
-def _batch_key(p: GenerationJob) -> str:
-    """What jobs of one pass share (as `models.queues._generation_batch`)."""
-    s = p.settings
-    lora = [p.user_id, s.lora_id, s.lora_weight] if s.lora_id else None
-    return json.dumps([s.model or "", s.width, s.height, s.steps, s.guidance_scale, lora])
-
-
 class GenerationRunner(TorchRunner):
     """`generation` queue: AutoPipelineForText2Image (SD 1.5 / SDXL class) from the model registry."""
 
@@ -86,7 +79,7 @@ class GenerationRunner(TorchRunner):
             except Exception as exc:
                 out[i] = exc
                 continue
-            groups.setdefault(_batch_key(j.payload), []).append((i, j))
+            groups.setdefault(generation_batch_key(j.payload), []).append((i, j))
         for group in groups.values():  # one group, unless the batch rule was bypassed
             for part in self._split(group):
                 self._run_part(part, out)
