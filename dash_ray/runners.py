@@ -107,7 +107,7 @@ class Runner(ABC):
 
     def preload(self, models: list[str]) -> None:
         """Load these models before the worker takes its first job (the queue's waiting jobs
-        need them); a model that cannot be loaded is left for its job to report."""
+        need them; "" is the default model); a model that cannot be loaded is left for its job."""
         return None
 
     def limit_memory(self, gpu_fraction: float) -> None:

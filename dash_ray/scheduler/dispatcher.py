@@ -178,7 +178,8 @@ class Dispatcher:
             task.add_done_callback(self._job_tasks.discard)
 
     async def wanted_models(self, look: int = 8, most: int = 2) -> list[str]:
-        """The models the next waiting jobs need (a new worker loads them before its first job)."""
+        """The models the next waiting jobs need (a new worker loads them before its first job);
+        "" stands for the deployment's default model."""
         if self.qdef.model_of is no_model:
             return []
         try:
@@ -186,7 +187,7 @@ class Dispatcher:
         except Exception:
             log.debug("could not read the waiting jobs' models", exc_info=True)
             return []
-        return list(dict.fromkeys(m for m in models if m))[:most]
+        return list(dict.fromkeys(m or "" for m in models))[:most]  # "": the default model
 
     def lead_s(self) -> float:
         """How long before its due time a delayed job (a later start, a retry's backoff) counts

@@ -76,6 +76,7 @@ class WorkerCore:
         # (imports), preloading models, and process start to ready in all.
         self.cold: dict[str, float] = {"processS": round(max(0.0, time.time() - started), 4)}
         self._process_started = started
+        self.ready_at = 0.0  # when the runner was built (epoch seconds)
 
     def load(self, preload: list[str] | None = None) -> dict[str, Any]:
         """Build the runner (imports torch etc. once), hold it to its GPU share and preload the
@@ -93,7 +94,8 @@ class WorkerCore:
                     except Exception:
                         log.exception("preloading %s failed", preload)
                 self.cold["loadS"] = round(time.perf_counter() - t1, 4)
-                self.cold["readyS"] = round(max(0.0, time.time() - self._process_started), 4)
+                self.ready_at = time.time()
+                self.cold["readyS"] = round(max(0.0, self.ready_at - self._process_started), 4)
                 self.runner = runner
         return self.info()
 
@@ -220,17 +222,25 @@ class WorkerCore:
     def _with_timings(self, result: dict[str, Any], ctx: JobContext, reporter: EventReporter, began: float,
                       first: bool) -> dict[str, Any]:
         """A result's `timings` with where the job's time went before it ran: `queuedS` (submitted
-        to started), `coldStartS` (this worker's start, for its first job), `loadS` (models
+        to started), `coldStartS` (the part of this worker's start it waited for, its first job only), `loadS` (models
         loaded for it), `firstStepS` (started to its first step done)."""
         timings = result.get("timings")
         timings = dict(timings) if isinstance(timings, dict) else {}
         timings.update({
             "queuedS": round(max(0.0, began - ctx.created_at), 4) if ctx.created_at else None,
-            "coldStartS": self.cold.get("readyS", 0.0) if first else 0.0,
+            "coldStartS": self._waited_for_start(ctx) if first else 0.0,
             "loadS": round(float(timings.get("load_s") or 0.0), 4),
             "firstStepS": round(reporter.first_step_s, 4) if reporter.first_step_s is not None else None,
         })
         return {**result, "timings": timings}
+
+    def _waited_for_start(self, ctx: JobContext) -> float:
+        """How much of this worker's start its first job waited for: none when the worker was ready
+        (kept warm) before the job was submitted."""
+        ready_s = self.cold.get("readyS", 0.0)
+        if not ctx.created_at:
+            return ready_s
+        return round(min(ready_s, max(0.0, self.ready_at - ctx.created_at)), 4)
 
     def run_batch(self, jobs: list[JobContext], budget_s: float = 0.0, together: bool = False) -> BatchReply:
         """Run jobs: `together` (compatible jobs of a batching queue), in one pass of the runner;

@@ -91,7 +91,7 @@ class GenerationRunner(TorchRunner):
 
         for model in models:
             try:
-                self.pipeline(model, AutoPipelineForText2Image)
+                self.pipeline(model or None, AutoPipelineForText2Image)  # "": the default model
             except Exception as exc:
                 log.warning("preload of model %s failed: %s", model, exc)
 
