@@ -258,6 +258,15 @@ class InProcess:
                                   num_inference_steps=self.args.steps, guidance_scale=7.5, width=self.size,
                                   height=self.size, generator=gens).images)
 
+    def direct_n_s(self) -> float:
+        """Seconds of one diffusers call with N prompts."""
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(self.n)]
+        self.sync()
+        t0 = time.perf_counter()
+        self.direct(prompts, [1000 + i for i in range(self.n)])
+        self.sync()
+        return time.perf_counter() - t0
+
     def direct_rates(self) -> dict[str, Any]:
         """Images/s of diffusers directly: batch 1 (N calls) and batch N (one call), alternating."""
         n = self.n
@@ -354,9 +363,23 @@ class InProcess:
         order = ["bench-la" if i % 2 == 0 else "bench-lb" for i in range(n)]
         adapters = self.runner.adapters
 
+        switch: list[float] = []  # seconds of each job's LoRA switch (GenerationRunner._set_lora)
+        set_lora = self.runner._set_lora
+
+        def timed_set_lora(*a: Any, **kw: Any) -> str:
+            t0 = time.perf_counter()
+            try:
+                return set_lora(*a, **kw)
+            finally:
+                self.sync()
+                switch.append(time.perf_counter() - t0)
+
+        self.runner._set_lora = timed_set_lora  # type: ignore[method-assign]
+
         def jobs(loras: Sequence[str | None]) -> tuple[list[float], int]:
             times = []
             loads0 = adapters.loads
+            switch.clear()
             for i, lora in enumerate(loras):
                 data = job_data(self.model, self.size, self.args.steps, i, self.args.previews, lora=lora)
                 times.append(self.run_jobs([data], together=False)[0])
@@ -364,22 +387,26 @@ class InProcess:
 
         jobs([None])  # warm-up (when the parts before were skipped)
         plain, _ = jobs([None] * n)  # before any LoRA is loaded: the pipeline as it was
+        plain_switch = med(switch)
         jobs(["bench-la", "bench-lb"])  # warm-up: both loaded once
         hot, hot_loads = jobs(order)
+        hot_switch = med(switch)
         count = adapters.max_count
         adapters.max_count = 0  # as DASH_LORA_CACHE_COUNT=0: only the LoRA in use stays loaded
         try:
             jobs(["bench-la"])
             cold, cold_loads = jobs(["bench-lb" if i % 2 == 0 else "bench-la" for i in range(n)])
+            cold_switch = med(switch)
         finally:
             adapters.max_count = count
+            self.runner._set_lora = set_lora  # type: ignore[method-assign]
         base = med(plain)
         rows = [
-            ["no LoRA", f"{base:.3f}", "0", "-"],
+            ["no LoRA", f"{base:.3f}", "0", f"{plain_switch * 1000:.1f} ms", "-"],
             ["two LoRAs alternating, hot-swapped (adapter cache, default)", f"{med(hot):.3f}", str(hot_loads),
-             f"{(med(hot) - base) * 1000:+.0f} ms"],
+             f"{hot_switch * 1000:.1f} ms", f"{(med(hot) - base) * 1000:+.0f} ms"],
             ["two LoRAs alternating, loaded + deleted per switch (adapter cache 0)", f"{med(cold):.3f}",
-             str(cold_loads), f"{(med(cold) - base) * 1000:+.0f} ms"],
+             str(cold_loads), f"{cold_switch * 1000:.1f} ms", f"{(med(cold) - base) * 1000:+.0f} ms"],
         ]
         return rows
 
@@ -512,8 +539,9 @@ class RaySide:
 
 
 async def ray_measure(rig: RayRig, settings_kw: dict[str, Any], model: str, size: int, max_batch: int,
-                      args: argparse.Namespace) -> dict[str, Any]:
-    """A fresh scheduler: its cold first job, a warm-up round, warm lone jobs, then the rounds."""
+                      args: argparse.Namespace, paired: Any = None) -> dict[str, Any]:
+    """A fresh scheduler: its cold first job, a warm-up round, warm lone jobs, then the rounds
+    (each batched round after a `paired()` measurement, when given: seconds of diffusers directly)."""
     n, steps = args.jobs, args.steps
     side = RaySide(rig, settings_kw, max_batch)
     try:
@@ -522,13 +550,18 @@ async def ray_measure(rig: RayRig, settings_kw: dict[str, Any], model: str, size
         datas = [job_data(model, size, steps, i, args.previews) for i in range(n)]
         await side.round(datas)  # warm-up round (the batched path's first pass)
         warm = [await side.first_step(job_data(model, size, steps, i, args.previews)) for i in range(args.warm)]
-        burst, prefill = [], []
+        burst, prefill, pairs = [], [], []
+        if paired is not None:
+            await asyncio.to_thread(paired)  # warm-up
         for _ in range(args.rounds):
+            if paired is not None:
+                pairs.append(await asyncio.to_thread(paired))
             burst.append(await side.round(datas))
             if max_batch > 1:
                 prefill.append(await side.round(datas, prefill=True))
         stats = (await asyncio.to_thread(side.sched.stats))["generation"]
-        return {"cold": cold, "phases": phases, "warm": warm, "burst": burst, "prefill": prefill, "stats": stats}
+        return {"cold": cold, "phases": phases, "warm": warm, "burst": burst, "prefill": prefill, "stats": stats,
+                "paired": pairs}
     finally:
         await side.close()
 
@@ -694,8 +727,16 @@ def main() -> None:
                     rig = RayRig(root, load_settings(**ray_kw), cuda)
                     print(f"  local Ray + embedded Redis up in {time.perf_counter() - t0:.1f}s", flush=True)
                 got = {}
+                # diffusers at batch N once before each batched round, in this process (Ray up): paired
+                ip2 = InProcess(settings, m, size, args, cuda) if "direct" not in args.skip else None
+                try:
+                    for mb in (1, n):
+                        got[mb] = asyncio.run(ray_measure(rig, ray_kw, m, size, mb, args,
+                                                          paired=ip2.direct_n_s if ip2 and mb > 1 else None))
+                finally:
+                    if ip2 is not None:
+                        ip2.close()
                 for mb in (1, n):
-                    got[mb] = asyncio.run(ray_measure(rig, ray_kw, m, size, mb, args))
                     b = median_round(got[mb]["burst"])
                     assert b is not None
                     print(f"  ray, max_batch {mb}: {n / b['wall_s']:.2f} img/s (passes {passes_of(b['results'])})",
@@ -712,8 +753,14 @@ def main() -> None:
                     rate["pre"] = n / pre["wall_s"]
                     tables["rates"].append([m, size, f"dash-ray via Ray, batching on, {n} waiting (timed from resume)",
                                             f"{rate['pre']:.2f}", f"{pre['wall_s']:.2f}", passes_of(pre["results"])])
+                if got[n]["paired"]:
+                    rate["directN_ray"] = n / med(got[n]["paired"])
+                    tables["rates"].append([m, size, f"diffusers directly, batch {n} (1 call), alternating with "
+                                            "the batched rounds above (same machine load)",
+                                            f"{rate['directN_ray']:.2f}", f"{med(got[n]['paired']):.2f}", "-"])
                 ratio = [m, size, f"{rate['on'] / rate['off']:.2f}x"]
                 ratio.append(f"{rate['on'] / rate['directN']:.2f}x" if "directN" in rate else "-")
+                ratio.append(f"{rate['on'] / rate['directN_ray']:.2f}x" if "directN_ray" in rate else "-")
                 ratio.append(f"{rate['pre'] / rate['directN']:.2f}x" if "directN" in rate and "pre" in rate else "-")
                 ratio.append(f"{rate['directN'] / rate['direct1']:.2f}x" if "directN" in rate else "-")
                 tables["ratios"].append(ratio)
@@ -748,6 +795,7 @@ def main() -> None:
         print()
         print(md(["model", "px", "dash-ray batched / unbatched (target >= 2x)",
                   f"dash-ray batched / direct batch {args.jobs} (target >= 0.9x)",
+                  f"... / direct batch {args.jobs}, paired with the rounds",
                   f"... {args.jobs} waiting / direct batch {args.jobs}",
                   f"direct batch {args.jobs} / direct batch 1"], tables["ratios"]))
     if tables["time"]:
@@ -762,7 +810,8 @@ def main() -> None:
                   "warm queuedS / firstStepS (median)"], tables["latency"]))
     if tables["lora"]:
         print(f"\nc. LoRA switching in the runner (no Ray), {args.lora_jobs} jobs per mode, rank 8\n")
-        print(md(["model", "px", "jobs", "median job (s)", "LoRA loads", "cost per job vs no LoRA"], tables["lora"]))
+        print(md(["model", "px", "jobs", "median job (s)", "LoRA loads", "the switch itself (median)",
+                  "job vs no LoRA (noisy)"], tables["lora"]))
     if tables["memory"]:
         print("\nd. peak memory of one worker's run (the runner's peak_memory(), second run of each)\n")
         print(md(["model", "px", "batch", "peak", "measured as"], tables["memory"]))
