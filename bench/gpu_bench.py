@@ -476,12 +476,15 @@ class RaySide:
 
         deadline = time.monotonic() + timeout_s
         views: dict[str, Any] = {}
+        # One read a poll (the first job not seen final; a pass ends its jobs together): the wall
+        # time comes from the jobs' own finish times, and polling harder would take CPU from the worker.
         while True:
             for job_id in ids:
                 if job_id not in views:
                     v = await self.store.get(job_id)
-                    if is_final(v.status):
-                        views[job_id] = v
+                    if not is_final(v.status):
+                        break
+                    views[job_id] = v
             if len(views) == len(ids):
                 break
             if time.monotonic() > deadline:
