@@ -34,6 +34,7 @@ class ActiveJob:
     bull: BullJob = field(repr=False)
     deferred_failure: str | None = None
     timeout_s: float | None = None  # the job's own run-time limit (options.timeoutS), if any
+    batch_closed: bool = False  # a batch's head: the job behind its batch cannot join it (or it is full)
     moved_to_failed: bool = False  # fail() got past BullMQ's move (a retried fail() skips it)
     taken_at: float = field(default_factory=time.monotonic)
 

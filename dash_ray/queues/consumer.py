@@ -168,7 +168,11 @@ class QueueConsumer:
             job = self._active(raw, token)
             if job is not None:
                 if batched:
-                    return [job, *await self._take_compatible(job, counts[3], up_to)]
+                    try:
+                        return [job, *await self._take_compatible(job, counts[3], up_to)]
+                    except Exception:  # the head is ours: it runs, alone
+                        log.warning("could not take a batch with job %s", job.id, exc_info=True)
+                        return [job]
                 more = min(up_to - 1, _ready(*counts[:3]))
                 return [job, *await self.take_more(more)] if more > 0 else [job]
             left = deadline - time.monotonic()
@@ -226,12 +230,15 @@ class QueueConsumer:
                                extra: int = 0) -> list[ActiveJob]:
         """Take the prefix of `peeked` (ids and data, in take order) that shares `head`'s batch key.
 
-        Only the head of the order, never a job past one that cannot join: a batch takes only jobs
-        that would start now anyway. A job taken that is not the one read (another one came first
-        meanwhile) goes back to the head of the queue untouched."""
+        Only the jobs right behind the head in the queue's order, never one past a job that cannot
+        join (so never past a priority, nor out of the fair order); `head.batch_closed` says whether
+        the prefix ended at such a job or at `up_to` rows. A job taken that is not one read (another
+        came first meanwhile) goes back to the head of the queue untouched (or, if that fails, runs
+        after the batch)."""
         assert self.batch_of is not None
         first = self.batch_of(head.data)
-        if first is None or not peeked:
+        if first is None:
+            head.batch_closed = True
             return []
         key, rows = first
         rows += extra
@@ -239,20 +246,28 @@ class QueueConsumer:
         for job_id, raw in zip(peeked[::2], peeked[1::2], strict=True):
             try:
                 data = json.loads(raw) if raw else None
-            except ValueError:
+            except Exception:  # not JSON (or absurdly nested): it cannot join
                 data = None
             this = self.batch_of(data) if isinstance(data, dict) else None
             if this is None or this[0] != key or rows + this[1] > up_to:
+                head.batch_closed = True
                 break
             rows += this[1]
             want.append(str(job_id))
+        else:
+            head.batch_closed = rows >= up_to
         if not want:
             return []
         taken = await self.take_more(len(want))
-        ours = [j for j, w in zip(taken, want, strict=False) if j.id == w]
-        stray = [j for j in taken if j not in ours]
+        wanted = set(want)
+        ours = [j for j in taken if j.id in wanted]
+        stray = [j for j in taken if j.id not in wanted]
         if stray:
-            await self.requeue(*stray)
+            try:
+                await self.requeue(*stray)
+            except Exception:
+                log.warning("could not put back %s; they run after the batch", [j.id for j in stray], exc_info=True)
+                return taken
         return ours
 
     async def wait_for_marker(self, timeout_s: float) -> bool:

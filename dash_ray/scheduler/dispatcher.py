@@ -76,6 +76,7 @@ class Dispatcher:
                                  gpu_fraction=gpu_fraction, batch_rows=batch_rows)
         self.batch_window_s = batch_window_s
         self.watchdog = Watchdog(pool.kill, cancel_grace_s=cancel_grace_s, heartbeat_timeout_s=heartbeat_timeout_s)
+        self.watchdog.overdue = self.overdue
         self.arbiter = Arbiter(consumer.name, consumer.board, arbitration)
         self.demand = DemandReport(consumer.name, want_workers, max_workers=max_workers, refresh_s=want_refresh_s)
         self.handoff = Handoff(consumer, pool, self.watchdog, timeout_s=timeout_s, batch_budget_s=batch_budget_s)
@@ -138,8 +139,6 @@ class Dispatcher:
         if not jobs:
             self.pool.unreserve(slot)
             return
-        if self.batch_of is not None:
-            jobs += await self._company(jobs)
         for name in self.qdef.affinity(jobs[0].data):  # a worker holding its adapter, else its model
             slot = self.pool.prefer(slot, name)
             if name in slot.models:
@@ -156,8 +155,11 @@ class Dispatcher:
         head = jobs[0]
         batch_of = self.batch_of
         assert batch_of is not None
+        if head.batch_closed or self.batch_window_s <= 0:  # the job behind it cannot join, or it is full
+            return []
         rows = sum((batch_of(j.data) or ("", 1))[1] for j in jobs)
-        left = head.created_at + self.batch_window_s - time.time()
+        # the submit time is the gateway's clock: never more than one window, however far it is ahead
+        left = min(head.created_at + self.batch_window_s - time.time(), self.batch_window_s)
         if left <= 0 or rows >= self.batch_size() or batch_of(head.data) is None:
             return []
         await asyncio.sleep(left)
@@ -173,9 +175,24 @@ class Dispatcher:
         self.watchdog.on_cancel(channel, job_id)
         job = self.handoff.detach(job_id)
         if job is not None:
-            task = asyncio.create_task(self.outcomes.cancelled(job), name=f"cancel-{job_id}")
-            self._job_tasks.add(task)
-            task.add_done_callback(self._job_tasks.discard)
+            self._settle_now(self.outcomes.cancelled(job), job_id)
+
+    def overdue(self, job_id: str, why: str) -> bool:
+        """A member of a batched pass past its own time limit: it alone fails (retried per its
+        attempts) and its rows are dropped, while the others run on; the worker is not killed."""
+        slot = self.running.get(job_id)
+        job = self.handoff.detach(job_id)
+        if job is None or slot is None:
+            return False
+        log.warning("job %s: %s; ending it alone, its batch runs on", job_id, why, extra={"job_id": job_id})
+        slot.handle.cancel.remote(job_id)
+        self._settle_now(self.outcomes.timed_out(job, why), job_id)
+        return True
+
+    def _settle_now(self, write: Any, job_id: str) -> None:
+        task = asyncio.create_task(write, name=f"settle-{job_id}")
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
 
     async def wanted_models(self, look: int = 8, most: int = 2) -> list[str]:
         """The models the next waiting jobs need (a new worker loads them before its first job);
@@ -208,6 +225,8 @@ class Dispatcher:
         alive = True
         models: tuple[str, ...] | None = None
         try:
+            if self.batch_of is not None:  # here, in the job's task: the loop goes on serving meanwhile
+                jobs += await self._company(jobs)
             while jobs:
                 t0 = time.monotonic()
                 outcomes, models_now, alive = await self.handoff.run(slot, jobs)

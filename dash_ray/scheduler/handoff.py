@@ -39,16 +39,19 @@ class Handoff:
         self.timeout_s = timeout_s  # the queue's run-time limit; a job's own timeoutS may be lower
         self.batch_budget_s = batch_budget_s
         self.active: dict[str, ActiveJob] = {}  # the jobs on a worker now
-        self.together: set[str] = set()  # those running in one pass with others
+        self.together: dict[str, frozenset[str]] = {}  # those running in one pass with others: the pass's ids
         self.settled: set[str] = set()  # members whose outcome was written before their pass ended
         self.calls = 0  # Ray calls to workers (a call may carry a batch of jobs)
         self.passes = 0  # of them, batched passes (jobs run together)
         self.batched_jobs = 0  # jobs run in batched passes
 
     def detach(self, job_id: str) -> ActiveJob | None:
-        """A member of a batched pass is cancelled: its outcome is written now (by the caller), and
-        the one its worker reports is ignored. None: not such a member (or settled already)."""
-        if job_id not in self.together or job_id in self.settled:
+        """A member of a batched pass ends before its pass (cancelled, or past its own time limit):
+        its outcome is written now (by the caller), and the one its worker reports is ignored; the
+        pass runs on for the others. None: not such a member, settled already, or the pass's last
+        member (then the pass ends the usual way: stopped, or its worker killed)."""
+        members = self.together.get(job_id)
+        if members is None or job_id in self.settled or not members - self.settled - {job_id}:
             return None
         self.settled.add(job_id)
         self.watchdog.untrack(job_id)  # its worker goes on with the others: no cancel deadline
@@ -78,7 +81,8 @@ class Handoff:
         alive, models = True, ()
         together = self._together(ctxs)
         if together:
-            self.together.update(c.id for c in ctxs)
+            members = frozenset(c.id for c in ctxs)
+            self.together.update((c.id, members) for c in ctxs)
             self.passes += 1
             self.batched_jobs += len(ctxs)
         try:
@@ -96,7 +100,7 @@ class Handoff:
         finally:
             for c in ctxs:
                 self.active.pop(c.id, None)
-                self.together.discard(c.id)
+                self.together.pop(c.id, None)
                 self.watchdog.untrack(c.id)
         return [outcomes[j.id] for j in jobs], models, alive
 

@@ -100,6 +100,11 @@ class OutcomeWriter:
         """A member of a batched pass was cancelled: it ends now (its pass goes on without it)."""
         await self._fail(job, Outcome("cancelled", error="cancelled"))
 
+    async def timed_out(self, job: ActiveJob, why: str) -> None:
+        """A member of a batched pass ran past its own time limit: it fails now (retried per its
+        attempts), its pass goes on without it."""
+        await self._fail(job, Outcome.failure(why))
+
     async def _fail(self, job: ActiveJob, outcome: Outcome) -> None:
         try:
             await self.written("failing a job", partial(

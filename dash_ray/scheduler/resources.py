@@ -34,8 +34,9 @@ def queue_specs(settings: Settings, *, test_queues: bool = False) -> list[QueueD
 
 
 def with_runner(specs: list[QueueSpec], runner: RunnerSpec) -> list[QueueSpec]:
-    """The same queues, every one running `runner` (tests and benchmarks)."""
-    return [replace(s, runner=runner) for s in specs]
+    """The same queues, every one running `runner` (tests and benchmarks): one job a pass, since a
+    queue's batch rule is its own runner's (`Runner.run_batch`)."""
+    return [replace(s, runner=runner, batch=None, max_batch=1) for s in specs]
 
 
 def node_resources(specs: list[QueueSpec]) -> dict[str, float]:

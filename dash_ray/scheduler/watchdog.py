@@ -35,6 +35,9 @@ class Watchdog:
         self.deadlines: dict[str, tuple[float, str]] = {}  # job id -> (deadline on `clock`, why it ends)
         self.kill_reasons: dict[int, str] = {}  # worker slot id -> why it was killed
         self.pings: dict[int, asyncio.Task[None]] = {}  # worker slot id -> its heartbeat in flight
+        # A job past its time limit that can end alone (a member of a batched pass whose others run
+        # on): `overdue(job_id, why)` ends it and returns True; else its worker is killed.
+        self.overdue: Callable[[str, str], bool] | None = None
 
     def track(self, job_id: str, slot: Slot, limit_s: float) -> None:
         """A job starts on a worker, with its run-time limit."""
@@ -69,6 +72,8 @@ class Watchdog:
         for job_id, (deadline, why) in list(self.deadlines.items()):
             slot = self.running.get(job_id)
             if slot is None or now < deadline or slot.id in self.kill_reasons:
+                continue
+            if why != "cancelled" and self.overdue is not None and self.overdue(job_id, why):
                 continue
             log.warning("job %s: %s; killing worker %d (pid %s)", job_id, why, slot.id, slot.pid,
                         extra={"job_id": job_id})

@@ -31,6 +31,14 @@ def file_version(store: ArtifactStore, rel: str) -> str | None:
     return f"{info.get('size', '')}:{stamp}"
 
 
+def _has_adapters(pipe: Any) -> bool:
+    """Whether any of the pipeline's models holds a LoRA adapter (loaded or left over)."""
+    try:
+        return any(pipe.get_list_adapters().values())
+    except Exception:
+        return False
+
+
 @dataclass(frozen=True)
 class AdapterKey:
     """One LoRA on one model: the model's cache key, the LoRA's owner and id, its file's version."""
@@ -110,7 +118,7 @@ class AdapterCache:
     def disable(self, pipe: Any) -> None:
         """Run the pipeline without LoRA (its adapters stay loaded, off)."""
         self._evict(keep=None)
-        if self._on(pipe):
+        if self._on(pipe) or _has_adapters(pipe):  # also one whose delete failed: never left active
             pipe.disable_lora()
 
     def prune(self, alive: Iterable[Any]) -> None:

@@ -111,13 +111,18 @@ class GenerationRunner(TorchRunner):
         import torch
 
         s = j.settings
+        oom: BaseException | None = None
         try:
             with self.dropping_models_on_oom():
                 [result] = self._generate([j])
         except torch.OutOfMemoryError as exc:
-            raise out_of_memory(exc, width=s.width, height=s.height, rows=s.num_images,
-                                peak=self.memory.peak()) from exc
-        if isinstance(result, JobCancelled):
+            # Only its text leaves this block: its traceback's frames hold the pass's tensors.
+            oom = RuntimeError(str(exc))
+        if oom is not None:
+            peak = self.memory.peak()
+            self.after_job()
+            raise out_of_memory(oom, width=s.width, height=s.height, rows=s.num_images, peak=peak) from None
+        if isinstance(result, Exception):
             raise result
         return result
 
@@ -145,22 +150,28 @@ class GenerationRunner(TorchRunner):
         if len(jobs) == 1:
             out[part[0][0]] = self._attempt(jobs[0])
             return
+        oom = ""
         try:
             results: list[Any] = self._generate(jobs)
         except torch.OutOfMemoryError as exc:
+            # Only its text leaves this block: its traceback's frames hold the pass's tensors,
+            # which must be gone before the jobs run again one at a time.
+            oom = str(exc) or "out of memory"
+        except Exception as exc:
+            results = [j.cancelled or exc for j in jobs]
+        if oom:
             rows, shape = sum(j.rows for j in jobs), self._shape(jobs[0].settings)
             self.memory.learn(shape, rows, self.memory.peak())  # CUDA: the refused allocation is not in it
             self._oom_rows[shape] = min(rows, self._oom_rows.get(shape, rows))
             self.after_job()
-            log.warning("out of memory in a batch of %d jobs (%d images): running them alone: %s", len(jobs), rows, exc)
+            log.warning("out of memory in a batch of %d jobs (%d images): running them alone: %s", len(jobs), rows,
+                        oom.splitlines()[0])
             results = []
             for j in jobs:
                 if j.cancelled is None:
                     j.reporter.log(f"out of memory in a batch of {len(jobs)} jobs ({rows} images): running alone",
                                    "warning")
                 results.append(j.cancelled or self._attempt(j))
-        except Exception as exc:
-            results = [j.cancelled or exc for j in jobs]
         for (i, _), result in zip(part, results, strict=True):
             out[i] = result
 
@@ -168,11 +179,13 @@ class GenerationRunner(TorchRunner):
         try:
             return self._alone(j)
         except Exception as exc:
+            exc.__traceback__ = None  # kept until the pass ends: without the frames (and their tensors)
             return exc
 
-    def _generate(self, jobs: list[_Job]) -> list[dict[str, Any] | JobCancelled]:
+    def _generate(self, jobs: list[_Job]) -> list[dict[str, Any] | Exception]:
         """One pipeline call for jobs of equal settings, each its own rows; per job its result, or
-        the JobCancelled that ended it. A failure of the pass itself is raised."""
+        the exception that ended it (its cancel; its files not written). A failure of the pass itself
+        is raised."""
         import torch
         from diffusers import AutoPipelineForText2Image
 
@@ -217,15 +230,20 @@ class GenerationRunner(TorchRunner):
         self.memory.check("decoding")  # the VAE's peak comes after the last step (CPU: the simulated cap)
         self.memory.learn(self._shape(s), total, self.memory.peak())
         gen_s = time.perf_counter() - t1
-        results: list[dict[str, Any] | JobCancelled] = []
+        results: list[dict[str, Any] | Exception] = []
         for j in jobs:
             if j.cancelled is not None:
                 results.append(j.cancelled)
                 continue
             urls = []
-            for k, img in enumerate(images[j.row:j.row + j.rows]):
-                rel = self.artifacts.put(f"{j.payload.user_id}/{j.ctx.id}/image-{k}.png", png_bytes(img))
-                urls.append(self.artifacts.url_for(rel))
+            try:  # one job's files failing to be written fails that job only
+                for k, img in enumerate(images[j.row:j.row + j.rows]):
+                    rel = self.artifacts.put(f"{j.payload.user_id}/{j.ctx.id}/image-{k}.png", png_bytes(img))
+                    urls.append(self.artifacts.url_for(rel))
+            except Exception as exc:
+                exc.__traceback__ = None
+                results.append(exc)
+                continue
             results.append({
                 "images": urls, "seed": j.seed, "model": name, "width": s.width, "height": s.height,
                 "steps": steps, "lora": s.lora_id, "modelLoads": self.cache.loads, "loraLoads": self.adapters.loads,

@@ -80,4 +80,18 @@ async def test_another_users_lora_never_shares_and_fetch_next_takes_a_batch(make
     assert nxt.id == "l2" and [j.id for j in rest] == []
     [last] = await c.take(up_to=8)
     assert last.id == "l3"
-    assert [d["jobId"] for d in await c.peek(4)] == []
+
+
+async def test_a_head_knows_whether_company_may_still_come(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    c = await consumer_of(make_consumer, store)
+    await store.add("generation", gen("u", "alone"))
+    [head] = await c.take(up_to=8)
+    assert not head.batch_closed  # nothing behind it yet: a burst's next jobs may join (the window)
+    await store.add("generation", gen("u", "next"))
+    await store.add("generation", gen("u", "wide", width=80))
+    assert [d["jobId"] for d in await c.peek(4)] == ["next", "wide"]
+    assert [j.id for j in await c.take_batch(head, 8)] == ["next"] and head.batch_closed  # "wide" cannot join
+    await store.add("generation", gen("u", "w2", width=80))
+    [wide, w2] = await c.take(up_to=2)
+    assert (wide.id, w2.id) == ("wide", "w2") and wide.batch_closed  # full

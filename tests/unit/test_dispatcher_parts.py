@@ -418,6 +418,71 @@ async def test_a_batch_goes_to_the_worker_in_one_call_with_its_limits_watched() 
     assert hand.active == {} and dog.running == {} and dog.deadlines == {}
 
 
+def same_batch(data: dict[str, Any]) -> tuple[str, int]:
+    return "k", 1
+
+
+async def test_a_batched_pass_lets_a_member_go_alone_but_never_its_last() -> None:
+    consumer, killed = Consumer(), list[Any]()
+    consumer.batch_of = same_batch
+    pool = WorkerPool(lambda: None, killed.append)
+    dog = Watchdog(killed.append, clock=Clock())
+    hand = Handoff(consumer, pool, dog, timeout_s=60.0)
+    gate = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def run(ctxs: list[Any], budget_s: float, together: bool = False) -> BatchReply:
+        seen["together"], seen["budget"] = together, budget_s
+        await gate.wait()
+        return BatchReply([Outcome("done", result=c.id, run_s=1.0) for c in ctxs])
+
+    w = Worker(1)
+    w.run = Remote(run)
+    s = slot(1, w)
+    task = asyncio.create_task(hand.run(s, [job("a"), job("b", timeout_s=1.0), job("c")]))
+    while "together" not in seen:
+        await asyncio.sleep(0)
+    assert seen == {"together": True, "budget": 0.0}  # one pass: no sequential budget
+    assert hand.detach("zz") is None
+    assert hand.detach("b") is not None and hand.detach("b") is None  # once
+    assert "b" not in dog.deadlines and "b" in hand.settled  # its worker is not killed for it
+    assert hand.detach("a") is not None
+    assert hand.detach("c") is None  # the last one: the pass ends the usual way (stopped, or killed)
+    assert "c" in dog.deadlines
+    gate.set()
+    outcomes, _models, alive = await task
+    jobs, kept = hand.take_settled([job("a"), job("b"), job("c")], outcomes)
+    assert alive and [j.id for j in jobs] == ["c"] and [o.result for o in kept] == ["c"]
+    assert hand.settled == set() and hand.together == {}
+
+
+async def test_a_member_past_its_own_limit_ends_alone_and_the_pass_runs_on() -> None:
+    killed: list[Any] = []
+    clock = Clock()
+    dog = Watchdog(killed.append, clock=clock)
+    ended: list[tuple[str, str]] = []
+    members = {"a", "b"}
+
+    def overdue(job_id: str, why: str) -> bool:
+        if len(members) < 2:
+            return False
+        members.discard(job_id)
+        dog.untrack(job_id)
+        ended.append((job_id, why))
+        return True
+
+    dog.overdue = overdue
+    s = slot(1)
+    dog.track("a", s, 1.0)
+    dog.track("b", s, 60.0)
+    clock.now += 2
+    dog.watch()
+    assert ended == [("a", "timeout: ran longer than 1s")] and killed == []
+    clock.now += 60
+    dog.watch()  # the pass's last member past its limit: the worker is killed
+    assert killed == [s.handle] and dog.kill_reasons[s.id] == "timeout: ran longer than 60s"
+
+
 async def test_when_a_worker_dies_its_started_jobs_fail_and_the_others_go_back() -> None:
     consumer, killed = Consumer(), list[Any]()
     pool = WorkerPool(lambda: None, killed.append)
