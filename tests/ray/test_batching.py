@@ -26,8 +26,8 @@ def pixels(sched: Any, url: str) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.int16)
 
 
-def gen(prompt: str, seed: int, steps: int = 3, **settings: Any) -> dict[str, Any]:
-    return {"userId": "u", "prompt": prompt, "settings": {"steps": steps, "width": 64, "height": 64, "seed": seed,
+def gen(prompt: str, seed: int, steps: int = 3, user: str = "u", **settings: Any) -> dict[str, Any]:
+    return {"userId": user, "prompt": prompt, "settings": {"steps": steps, "width": 64, "height": 64, "seed": seed,
                                                           **settings}}
 
 
@@ -39,12 +39,16 @@ async def test_eight_compatible_jobs_share_one_pass_and_each_image_is_its_solo_i
         make_real_scheduler: Any, make_store: Any) -> None:
     store = make_store()
     # Waiting before any worker exists: the first worker's first take finds all eight.
-    jobs = [gen(f"a fox, take {i}", 100 + i, **({"numImages": 2} if i == 0 else {})) for i in range(8)]
+    # two tenants' jobs in one pass: each keeps its own files
+    jobs = [gen(f"a fox, take {i}", 100 + i, user="alice" if i % 2 else "bob", **({"numImages": 2} if i == 0 else {}))
+            for i in range(8)]
     ids = [(await store.add("generation", data)).job.id for data in jobs]
     sched = make_real_scheduler(("generation",), generation_concurrency=1, generation_max_batch=9)
     views = [await wait_status(store, j, ("completed", "failed"), timeout_s=240) for j in ids]
     assert all(v.status == "completed" for v in views), [v.error for v in views]
     assert [v.result["batch"] for v in views] == [8] * 8
+    for data, j, view in zip(jobs, ids, views, strict=True):
+        assert all(f"/{data['userId']}/{j}/image-" in url for url in view.result["images"])
     assert len(views[0].result["images"]) == 2 and [v.result["seed"] for v in views] == [100 + i for i in range(8)]
     stats = (await asyncio.to_thread(sched.stats))["generation"]
     assert stats["batched_passes"] == 1 and stats["batched_jobs"] == 8
