@@ -69,7 +69,8 @@ async def test_training_yields_to_a_generation_burst_and_resumes(make_real_sched
         fraction, peaks = await store.control.sizing("generation")
         assert fraction == 0.2  # nothing measured on a GPU: the configured share
         assert list(peaks) == ["-:64x64"]  # the default model at 64 x 64
-        assert peaks["-:64x64"][0] == "rss" and peaks["-:64x64"][1] > 100 * 1024**2
+        # on the CPU a run's peak is what it added to the worker's resident memory (its first run loads the model)
+        assert peaks["-:64x64"][0] == "rss" and peaks["-:64x64"][1] > 1024**2
         assert {kind for kind, _ in (await store.control.sizing("training"))[1].values()} == {"rss"}
     finally:
         if held is not None:
