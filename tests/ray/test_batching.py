@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.helpers import assert_well_formed, events, wait_for, wait_status
@@ -18,6 +19,9 @@ from tests.helpers import assert_well_formed, events, wait_for, wait_status
 # The most a pixel of a batched image may differ from the same job's image alone (0-255): a
 # batch of 8 goes through other CPU kernels than a batch of 1, which round differently.
 TOLERANCE = 2
+
+pytestmark = pytest.mark.once  # batching and cold starts on Ray: the same on any Redis server (the take's
+# Redis side runs on both in tests/redis/test_batch_take.py)
 
 
 def pixels(sched: Any, url: str) -> np.ndarray:

@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.helpers import wait_for, wait_status
+
+pytestmark = pytest.mark.once  # batching and cold starts on Ray: the same on any Redis server (the take's
+# Redis side runs on both in tests/redis/test_batch_take.py)
 
 
 def gen(prompt: str) -> dict[str, Any]:
