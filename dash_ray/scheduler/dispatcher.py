@@ -157,14 +157,14 @@ class Dispatcher:
         assert batch_of is not None
         if head.batch_closed or self.batch_window_s <= 0:  # the job behind it cannot join, or it is full
             return []
-        rows = sum((batch_of(j.data) or ("", 1))[1] for j in jobs)
+        with_head = sum((batch_of(j.data) or ("", 1))[1] for j in jobs[1:])  # rows taken with the head
         # the submit time is the gateway's clock: never more than one window, however far it is ahead
         left = min(head.created_at + self.batch_window_s - time.time(), self.batch_window_s)
-        if left <= 0 or rows >= self.batch_size() or batch_of(head.data) is None:
+        if left <= 0:
             return []
         await asyncio.sleep(left)
         try:
-            return await self.consumer.take_batch(head, self.batch_size(), rows - (batch_of(head.data) or ("", 1))[1])
+            return await self.consumer.take_batch(head, self.batch_size(), with_head)
         except Exception:
             log.warning("could not take company for job %s", head.id, exc_info=True)
             return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -141,14 +142,19 @@ class Handle:
         self.ready = Ready()
 
 
-async def test_pool_spawns_reuses_prefers_model_and_reaps() -> None:
-    made: list[Handle] = []
-    killed: list[Handle] = []
-
+def handles(made: list[Handle]) -> Callable[[], Handle]:
+    """A pool's factory of fake handles, each kept in `made`."""
     def factory() -> Handle:
         made.append(Handle(len(made)))
         return made[-1]
 
+    return factory
+
+
+async def test_pool_spawns_reuses_prefers_model_and_reaps() -> None:
+    made: list[Handle] = []
+    killed: list[Handle] = []
+    factory = handles(made)
     pool = WorkerPool(factory, killed.append, idle_s=0.2, max_pending=2)
     assert pool.starter.spawn(5) == 2  # bounded pending
     await pool.wait_change(1)
@@ -213,11 +219,7 @@ def test_flush_sends_a_held_report_at_once() -> None:
 
 async def test_pool_never_holds_more_than_max_size_workers() -> None:
     made: list[Handle] = []
-
-    def factory() -> Handle:
-        made.append(Handle(len(made)))
-        return made[-1]
-
+    factory = handles(made)
     pool = WorkerPool(factory, lambda h: None, max_pending=4, max_size=3)
     assert pool.starter.spawn(10) == 3
     await pool.wait_change(1)
@@ -237,11 +239,7 @@ async def _ready(pool: WorkerPool, n: int) -> None:
 async def test_pool_keeps_min_workers_warm_unless_their_gpu_is_wanted_elsewhere() -> None:
     made: list[Handle] = []
     killed: list[Handle] = []
-
-    def factory() -> Handle:
-        made.append(Handle(len(made)))
-        return made[-1]
-
+    factory = handles(made)
     pool = WorkerPool(factory, killed.append, idle_s=0.0, min_workers=2)
     assert pool.keep_warm(["m"]) == 2 and pool.keep_warm() == 0  # pending ones count
     await _ready(pool, 2)
