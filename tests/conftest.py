@@ -177,4 +177,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker in ("unit", "redis", "ray", "e2e", "workers", "cluster"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
+        if "workers" in parts:  # runners on tiny models: no Redis at all
+            item.add_marker(pytest.mark.once)
     items.sort(key=lambda item: "cluster" not in Path(str(item.fspath)).parts)  # stable: order kept within

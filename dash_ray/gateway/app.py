@@ -10,6 +10,7 @@ import mimetypes
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,10 +37,10 @@ from dash_ray.gateway.auth import Principal, bearer
 from dash_ray.gateway.deps import (
     Caller,
     Svc,
-    _caller_or_query,
     _owned,
     _signed,
     _signed_list,
+    caller_or_query,
 )
 from dash_ray.gateway.metrics import render
 from dash_ray.gateway.services import GatewayServices
@@ -68,11 +69,15 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     await svc.policy.check(queue, body, options, who, owner)
-    await svc.limiter.check(owner)  # the store takes the owner's other limits, atomically with the job
-    await svc.policy.check_webhook(options, owner)
+    quota = svc.policy.quota(queue, options, who)
+    if options is not None and options.webhook is not None:
+        await svc.limiter.check(owner)  # counted before the webhook's lookup: refused callers cost none
+        await svc.policy.check_webhook(options, owner)
+    else:  # counted by the script that makes the job, with the owner's other limits: one round trip
+        quota = replace(quota, rate=svc.limiter.rate)
     # the token's weight is its user's: an admin submitting for someone else uses theirs
     result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None,
-                                 quota=svc.policy.quota(queue, options, who))
+                                 quota=quota)
     wait_s = min(prefer_wait_s(prefer), svc.settings.max_prefer_wait_s)
     if wait_s > 0 and await wait_final(svc, result.job.id, wait_s):
         # `Prefer: wait=N` (RFC 7240): the job ended within N seconds: 200 with its outcome
@@ -232,7 +237,7 @@ async def get_artifact(path: str, request: Request, svc: Svc) -> Response:
         owner = svc.artifacts.check(path)[0]
     except InvalidArtifactPath:
         raise JobNotFound(path) from None
-    if not signed and not _caller_or_query(request).may_see(owner):
+    if not signed and not caller_or_query(request).may_see(owner):
         raise JobNotFound(path)
     if not svc.artifacts.exists(path):
         raise JobNotFound(path)

@@ -68,6 +68,9 @@ class TokenAuth:
         self.max_admin_lifetime_s = max_admin_lifetime_s
         self.audience = audience
         self.issuer = issuer
+        self._accepted: dict[str, tuple[Principal, float]] = {}  # token -> (its caller, its expiry)
+
+    remembered = 10_000  # accepted tokens kept at most
 
     @classmethod
     def of(cls, s: Settings) -> TokenAuth:
@@ -99,9 +102,24 @@ class TokenAuth:
 
     def verify(self, token: str | None) -> Principal:
         """The caller of a token; raises Unauthorized if it is missing, bad, expired, for
-        another audience or issuer, or made to live too long."""
+        another audience or issuer, or made to live too long.
+
+        A token accepted once is remembered until its expiry (checked again on every use), so a
+        client's next requests skip the signature and claims checks: nothing in an accepted
+        token's checks but its expiry changes with time."""
         if not token:
             raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
+        known = self._accepted.get(token)
+        if known is not None:
+            if known[1] > time.time():
+                return known[0]
+            self._accepted.pop(token, None)
+            raise Unauthorized("token expired")
+        if len(self._accepted) >= self.remembered:  # only signed tokens get here: ours, or minted with our secret
+            self._accepted.clear()  # a bound, not an LRU: refilled by the clients still calling
+        return self._verify(token)
+
+    def _verify(self, token: str) -> Principal:
         required = ["sub", "exp"] + (["aud"] if self.audience else []) + (["iss"] if self.issuer else [])
         try:
             claims = jwt.decode(token, self.secret, algorithms=["HS256"], audience=self.audience, issuer=self.issuer,
@@ -123,7 +141,9 @@ class TokenAuth:
         if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)
                                    or not 0.01 <= weight <= 100):
             raise Unauthorized("invalid token: bad weight")
-        return Principal(user_id=sub, admin=admin, weight=None if weight is None else float(weight))
+        who = Principal(user_id=sub, admin=admin, weight=None if weight is None else float(weight))
+        self._accepted[token] = (who, float(claims["exp"]))
+        return who
 
 
 _ARTIFACT = re.compile(r'"(/v1/artifacts/[A-Za-z0-9_.@\-/]+)"')

@@ -19,9 +19,15 @@ from dash_ray.models import JobView
 __all__ = ["Caller", "QueryCaller", "Svc"]
 
 
-@raises(Unavailable)  # the job store behind them may be down for a moment
-def _services(request: Request) -> GatewayServices:
+def _services_of(request: Request) -> GatewayServices:
     return request.app.state.services
+
+
+# The dependencies are coroutines: FastAPI runs a plain function dependency in its thread pool,
+# a thread handoff per dependency per request.
+@raises(Unavailable)  # the job store behind them may be down for a moment
+async def _services(request: Request) -> GatewayServices:
+    return _services_of(request)
 
 
 def _bearer(request: Request, allow_query: bool = False) -> str | None:
@@ -32,15 +38,19 @@ def _bearer(request: Request, allow_query: bool = False) -> str | None:
 
 
 @raises(Unauthorized)
-def _caller(request: Request) -> Principal:
+async def _caller(request: Request) -> Principal:
     who = request.scope.get("state", {}).get("principal")  # checked at the edge, before the body
-    return who if isinstance(who, Principal) else _services(request).auth.verify(_bearer(request))
+    return who if isinstance(who, Principal) else _services_of(request).auth.verify(_bearer(request))
+
+
+def caller_or_query(request: Request) -> Principal:
+    """Like _caller, but `?token=` works too (an <img src> cannot send headers)."""
+    return _services_of(request).auth.verify(_bearer(request, allow_query=True))
 
 
 @raises(Unauthorized)
-def _caller_or_query(request: Request) -> Principal:
-    """Like _caller, but `?token=` works too (an <img src> cannot send headers)."""
-    return _services(request).auth.verify(_bearer(request, allow_query=True))
+async def _caller_or_query(request: Request) -> Principal:
+    return caller_or_query(request)
 
 
 def _signed(svc: GatewayServices, view: dict[str, Any], status: int = 200) -> Response:

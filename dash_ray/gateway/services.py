@@ -68,7 +68,7 @@ class GatewayServices:
             user_history_max=settings.user_history_max, queues=queues, validate=validate,
             fair_share=settings.fair_share, user_weights=settings.user_weights,
         )
-        limiter = SubmitLimiter(redis_url, store.keys.ratelimit_prefix, settings.rate_submit)
+        limiter = SubmitLimiter(redis, store.keys, settings.rate_submit)
         signer = UrlSigner(settings.secret(), settings.artifact_url_ttl_s)
         metrics = ReplicaMetrics(uuid.uuid4().hex[:8])
         webhooks = WebhookSender(settings, connect(redis_url, name="dash:webhooks"), store.keys, signer, metrics)

@@ -21,6 +21,7 @@ from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import (
     Lifecycle,
     Quota,
+    Rate,
     Retention,
     SyncLifecycle,
     started_event,
@@ -45,6 +46,7 @@ __all__ = [
     "LockLost",
     "QueueConsumer",
     "Quota",
+    "Rate",
     "Retention",
     "SyncLifecycle",
     "WebhookOutbox",

@@ -1,20 +1,17 @@
 """What the gateway keeps in Redis beside the jobs, per user: one-use WebSocket tickets, the bytes
-of their uploads, their submission rate (the `limits` package's moving windows, under
-`Keys.ratelimit_prefix`); and whether Redis answers (the gateway's health)."""
+of their uploads, their submission rate (a moving window per user, `Keys.rate`); and whether
+Redis answers (the gateway's health)."""
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 
-from limits import parse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
-from dash_ray.errors import RateLimited
 from dash_ray.queues.keys import Keys
+from dash_ray.queues.lifecycle import Rate
+from dash_ray.queues.lua import RATE
 
 __all__ = ["Accounts", "SubmitLimiter"]
 
@@ -65,16 +62,21 @@ class Accounts:
 
 
 class SubmitLimiter:
-    """Raises RateLimited (with a retry-after) before a submission that would go over a limit."""
+    """Counts a submission that is checked before its job is made (a retry, a submit with a
+    webhook to look up), or raises RateLimited with a retry-after. A plain submit is counted by
+    the script that makes its job (`Quota.rate`): one round trip for both."""
 
-    def __init__(self, redis_url: str, key_prefix: str, rate: str) -> None:
-        self.storage = RedisStorage(f"async+{redis_url}", implementation="redispy", key_prefix=key_prefix)
-        self.limiter = MovingWindowRateLimiter(self.storage)
-        self.rate = parse(rate.replace(" per ", "/"))
+    def __init__(self, redis: Redis, keys: Keys, rate: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.rate = Rate.parse(rate)
+        self._script = redis.register_script(RATE.text())
 
     async def check(self, user_id: str) -> None:
         """Count one submission (or retry) of `user_id`, or raise RateLimited."""
-        if not await self.limiter.hit(self.rate, "submit", user_id):
-            stats = await self.limiter.get_window_stats(self.rate, "submit", user_id)
-            retry = max(1, math.ceil(stats.reset_time - time.time()))
-            raise RateLimited(f"rate limit {self.rate} exceeded; retry in {retry}s", retry_after_s=retry)
+        keys, args = RATE.pack({"rate": self.keys.rate(user_id)},
+                               {"rate_limit": self.rate.limit, "rate_window_ms": self.rate.window_ms,
+                                "now_ms": int(time.time() * 1000)})
+        wait_ms = int((await self._script(keys=keys, args=args))[0])
+        if wait_ms:
+            raise self.rate.refused(wait_ms)

@@ -116,10 +116,9 @@ class Keys:
         """Hash: per-queue job duration histogram and counters."""
         return f"{self.ns}metrics:{queue}"
 
-    @property
-    def ratelimit_prefix(self) -> str:
-        """Prefix handed to the `limits` storage for per-user rate limits."""
-        return f"{self.ns}rl"
+    def rate(self, user_id: str) -> str:
+        """List: the times of a user's last submissions, newest first (their rate's moving window)."""
+        return f"{self.ns}rate:{user_id}"
 
     def upload_bytes(self, user_id: str) -> str:
         """Counter: bytes of uploads a user keeps (for DASH_UPLOAD_QUOTA_BYTES)."""

@@ -18,15 +18,18 @@ Each operation builds its event here (the only place that does) and runs one scr
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from limits import parse as parse_rate
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from dash_ray.config import Settings
+from dash_ray.errors import RateLimited
 from dash_ray.models.events import (
     Frame,
     JobCompletedEvent,
@@ -60,6 +63,7 @@ __all__ = [
     "Created",
     "Lifecycle",
     "Quota",
+    "Rate",
     "Retention",
     "SyncLifecycle",
     "duration_bucket",
@@ -103,6 +107,28 @@ class Quota:
     max_bytes: int | None = None
     high: bool = False
     max_high: int | None = None
+    rate: Rate | None = None  # the owner's submission rate, counted by `create` (None: counted before)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A submission rate: at most `limit` in any `window_ms` (a moving window per user, counted
+    in Redis by the script that makes the job, or by `SubmitLimiter`); `text` names it."""
+
+    limit: int
+    window_ms: int
+    text: str
+
+    @classmethod
+    def parse(cls, rate: str) -> Rate:
+        """`120/minute`, `2 per second`, `1000/hour`... (the `limits` package's notation)."""
+        item = parse_rate(rate.replace(" per ", "/"))
+        return cls(int(item.amount), int(item.get_expiry() * 1000), str(item))
+
+    def refused(self, wait_ms: int) -> RateLimited:
+        """The error of a submission over this rate whose next place frees in `wait_ms`."""
+        retry = max(1, math.ceil(wait_ms / 1000))
+        return RateLimited(f"rate limit {self.text} exceeded; retry in {retry}s", retry_after_s=retry)
 
 
 @dataclass(frozen=True)
@@ -110,7 +136,7 @@ class Created:
     """What `create` did: `seq`/`position` of the new job's event, or (seq 0) the existing
     record's queue, digest, status and owner (all empty: BullMQ holds the id without a record),
     or (seq 0, `refused` set) the quota it did not fit: ("open" | "high" | "bytes", the limit,
-    the bytes kept now)."""
+    the bytes kept now), or ("rate", the limit, the ms until a place frees)."""
 
     seq: int
     position: int | None
@@ -249,14 +275,16 @@ class _Calls:
         keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
                     prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id),
                     recent=k.recent, recent_n=k.recent_counter, fair=k.fair(event.queue), pc=k.bull(event.queue, "pc"),
-                    usage=k.usage, sizes=k.sizes(user))
+                    usage=k.usage, sizes=k.sizes(user), rate=k.rate(user))
         level, inc = fair if fair else (0, None)
         q = quota or Quota()
 
         args.update(fair_level=str(level), fair_user=event.user_id or "_",
                     fair_inc="" if inc is None else repr(float(inc)), user=user, now_ms=created_ms,
                     bytes=size + q.overhead_bytes, max_bytes=_limit(q.max_bytes), max_open=_limit(q.max_open),
-                    high="1" if q.high else "", max_high=_limit(q.max_high))
+                    high="1" if q.high else "", max_high=_limit(q.max_high),
+                    rate_limit=_limit(q.rate.limit if q.rate else None),
+                    rate_window_ms=q.rate.window_ms if q.rate else 0)
         extra: dict[str, Any] = {"created": created_ms}
         if hook:  # the webhook: its URL, and the kinds of event it wants (",completed,failed,")
             extra.update(hookUrl=hook[0], hookEvents=f",{','.join(hook[1])},")

@@ -39,7 +39,7 @@ from dash_ray.models.status import FINAL
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
-           "HOOK_CLAIM", "HOOK_SETTLE", "PEEK_READY", "POSITION", "REOPEN", "USAGE", "Script", "ScriptError", "load", "with_bull_add"]
+           "HOOK_CLAIM", "HOOK_SETTLE", "PEEK_READY", "POSITION", "RATE", "REOPEN", "USAGE", "Script", "ScriptError", "load", "with_bull_add"]
 
 
 class ScriptError(ValueError):
@@ -263,6 +263,7 @@ def with_bull_add(bull_source: str, bull_keys: int, bull_args: int) -> str:
 # The lifecycle's scripts (queues/lifecycle.py), each described in its file's header.
 CREATE = load("create")  # run with BullMQ's add as its prelude (`with_bull_add`)
 REOPEN = load("reopen")
+RATE = load("rate")  # the submission rate alone (queues/accounts.py); CREATE counts it itself
 USAGE = load("usage")
 FAIR_PRUNE = load("fair_prune")
 ADOPT_SCAN = load("adopt_scan")

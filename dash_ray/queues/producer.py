@@ -33,7 +33,7 @@ from dash_ray.models.status import Status, is_failure, is_final
 from dash_ray.models.views import JobView, SubmitResult
 from dash_ray.queues.control import QueueControl
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota
+from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota, Rate
 from dash_ray.queues.reader import JobReader
 
 __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "digest", "identify", "refusal"]
@@ -69,8 +69,11 @@ def digest(data: dict[str, Any]) -> tuple[str, int]:
     return hashlib.sha256(raw).hexdigest()[:32], len(raw)
 
 
-def refusal(what: str, limit: int, used: int) -> DashError:
-    """The error for a quota `create` refused."""
+def refusal(what: str, limit: int, used: int, rate: Rate | None = None) -> DashError:
+    """The error for a quota `create` refused (`rate`: the submission rate it counted; `used` is
+    then the ms until a place frees)."""
+    if what == "rate" and rate is not None:
+        return rate.refused(used)
     if what == "open":
         return RateLimited(f"too many unfinished jobs (limit {limit}, DASH_MAX_WAITING_PER_USER); wait for some "
                            "to finish", retry_after_s=5)
@@ -150,17 +153,12 @@ class Producer:
         bq = self.control.queue(queue)
         payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_test_only=True)
         opts = parse_options(options)
-        job_id, owner, chosen = identify(payload, opts, user_id)
+        job_id, owner, _chosen = identify(payload, opts, user_id)
         payload = payload.with_ids(job_id, owner)
         if o.validate:
             o.validate(payload)
         wire = payload.wire(exclude_none=True)
         dig, size = digest(wire)
-        if chosen:  # a client-chosen id: an earlier job may hold it
-            found = await self.redis.hmget(self.keys.job(job_id), "queue", "digest", "status", "userId")
-            if found[1]:
-                return await self._existing(job_id, queue, dig, owner,
-                                            Created(0, None, *(str(x or "") for x in found)))
         attempts = opts.attempts or o.default_attempts
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
                                                   o.finished_ttl_s))
@@ -178,8 +176,8 @@ class Producer:
                                            position=not opts.delay_s, hook=hook,
                                            fair=o.fair(opts.priority, owner, weight), quota=quota, size=size)
         if made.refused:
-            raise refusal(*made.refused)
-        if not made.created:  # the same id was added concurrently, or BullMQ holds it without a record
+            raise refusal(*made.refused, rate=quota.rate if quota else None)
+        if not made.created:  # an earlier job holds the id (a client-chosen one), or BullMQ does without a record
             return await self._existing(job_id, queue, dig, owner, made)
         view = JobView(
             id=job_id, queue=queue, user_id=owner, status=event.status, message=event.message,

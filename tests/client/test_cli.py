@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The CLI over the client and the gateway: nothing in it depends on which Redis server runs it.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.once]
 
 
 def dash(up: dict[str, Any], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
@@ -97,7 +98,6 @@ def test_a_cancelled_job_ends_its_wait_with_exit_1_and_can_be_retried(up: dict[s
     assert dash(up, "cancel", "cli-lora").returncode == 0
 
 
-@pytest.mark.once  # terminal drawing: the same on any Redis server
 def test_watch_draws_progress_bars_in_a_terminal(up: dict[str, Any]) -> None:
     submitted = [json.loads(dash(up, "submit", "generation", f"a bird {i}", "--steps", "20", "--width", "64",
                                  "--height", "64", "--json").stdout)["id"] for i in range(2)]

@@ -10,10 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from tests.helpers import assert_well_formed, events, wait_for, wait_status
 from tests.workers.conftest import giant_png, png_data_url
+
+# The runners on Ray: their Redis side (events, checkpoints, fencing) runs on both servers in
+# tests/redis and tests/ray/test_scheduler.py.
+pytestmark = pytest.mark.once
 
 
 def art(sched: Any, url: str) -> Path:

@@ -115,6 +115,32 @@ def test_concurrent_submits_cannot_race_past_a_limit(live: Callable[..., str]) -
     assert httpx.get(f"{base}/healthz").status_code == 200
 
 
+def test_the_submission_rate_holds_under_a_race_across_replicas(live: Callable[..., str]) -> None:  # noqa: F811
+    """A plain submit's rate is counted by the script that makes its job; a submit with a webhook
+    is counted before the webhook's lookup (as a retry is). Raced on two replicas, with replays of
+    known ids among them: one window per user, exactly its limit let through."""
+    bases = [live(rate_submit="10/minute", webhook_allowed_networks="127.0.0.0/8") for _ in range(2)]
+    mallory = bearer("mallory")
+
+    def submit(i: int) -> httpx.Response:
+        n = i % 25  # ids 0-14 are sent twice: a replay counts as a submission too
+        body: dict[str, Any] = {"jobId": f"rate-{n}"}
+        if n % 3 == 0:
+            body["options"] = {"webhook": {"url": "http://127.0.0.1:9/hook"}}
+        return httpx.post(f"{bases[i % 2]}/v1/jobs/sleep", json=body, headers=mallory, timeout=30)
+
+    answers = at_once(40, submit)
+    codes = [a.status_code for a in answers]
+    assert codes.count(429) == 30 and all(c in (200, 201, 429) for c in codes), codes  # 200: a replay let through
+    refused = [a for a in answers if a.status_code == 429]
+    assert all(1 <= int(a.headers["Retry-After"]) <= 60 for a in refused)
+    assert all("rate limit 10 per 1 minute" in a.json()["error"]["message"] for a in refused)
+    usage = httpx.get(f"{bases[0]}/v1/usage", headers=mallory).json()
+    assert usage["jobsUnfinished"]["used"] == sum(1 for c in codes if c == 201)  # a refused submit made no job
+    # another user has their own window
+    assert httpx.post(f"{bases[1]}/v1/jobs/sleep", json={}, headers=bearer("alice")).status_code == 201
+
+
 def test_what_one_user_keeps_in_redis_is_budgeted_and_shown(live: Callable[..., str]) -> None:  # noqa: F811
     base = live(max_bytes_per_user=64 * 1024, job_overhead_bytes=1024, max_inline_image_bytes=32 * 1024,
                 rate_submit="1000/minute")

@@ -17,7 +17,7 @@ from dash_ray.queues.lua import Script, ScriptError
 LUA_DIR = Path(lua.__file__).parent / "lua"
 CONSTANTS: dict[str, Any] = {"maxlen": 1000, "ttl": 60, "logs_max": 100, "keep": 10, "ns": "p:__dash__:", "history_max": 5,
              "recent_max": 7, "dead_max": 3}
-SCRIPTS = {s.name: s for s in (lua.CREATE, lua.REOPEN, lua.USAGE, lua.FAIR_PRUNE, lua.ADOPT_SCAN, lua.ADOPT, lua.EVENT,
+SCRIPTS = {s.name: s for s in (lua.CREATE, lua.REOPEN, lua.RATE, lua.USAGE, lua.FAIR_PRUNE, lua.ADOPT_SCAN, lua.ADOPT, lua.EVENT,
                                lua.FINISH, lua.CHECKPOINT, lua.HOOK_CLAIM, lua.HOOK_SETTLE)}
 
 
@@ -49,8 +49,9 @@ def test_the_python_api_of_the_scripts_is_unchanged() -> None:
     assert lua.FINISH.keys == ("job", "events", "finished", "open", "cancel", "durations", "bull_job", "hooks",
                                "hook_bodies", "kept")
     assert lua.FINISH.args == ("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds")
-    assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-3:] == ("usage", "sizes", "kept")
-    assert len(lua.CREATE.keys) == 18 and len(lua.CREATE.args) == 16
+    assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-4:] == ("usage", "sizes", "kept", "rate")
+    assert len(lua.CREATE.keys) == 19 and len(lua.CREATE.args) == 18
+    assert lua.RATE.keys == ("rate",) and lua.RATE.args == ("rate_limit", "rate_window_ms", "now_ms")
     keys, args = lua.CHECKPOINT.pack({"yield": "y", "job": "j", "lock": "l"}, {"path": "p", "token": "t"})
     assert (keys, args) == (["j", "l", "y"], ["t", "p"])
     assert isinstance(lua.POSITION, str) and isinstance(lua.EXTEND_LOCKS, str)
@@ -65,7 +66,8 @@ def test_names_become_locals_from_the_header_and_after_shifts_them() -> None:
 
 def test_each_script_ships_only_its_includes_each_once_dependencies_first() -> None:
     create = lua.CREATE.text(**CONSTANTS)
-    for fn in ("emit", "refusal", "reap_kept", "charge", "live_again", "job_key", "queue_position", "level_head"):
+    for fn in ("emit", "refusal", "reap_kept", "charge", "live_again", "job_key", "queue_position", "level_head",
+               "rate_take"):
         assert create.count(f"local function {fn}(") == 1, fn
     assert create.index("local function reap_kept(") < create.index("local function refusal(")
     assert create.index("local function job_key(") < create.index("local function refusal(")

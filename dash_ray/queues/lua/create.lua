@@ -24,6 +24,7 @@
     KEYS[16] usage        bytes each user keeps
     KEYS[17] sizes        its owner's job -> bytes charged
     KEYS[18] kept         its owner's job -> when its records expire
+    KEYS[19] rate         its owner's submission times (the rate limit's window)
 
     ARGV[1]  channel      its live channel
     ARGV[2]  frame        the `waiting` / `delayed` event, without its closing brace
@@ -41,6 +42,8 @@
     ARGV[14] max_open
     ARGV[15] high         '1': it counts as high priority
     ARGV[16] max_high
+    ARGV[17] rate_limit      at most this many submissions ('' for none: counted before)
+    ARGV[18] rate_window_ms  in any window this long
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -48,6 +51,7 @@
     {0, -1, '', '', '', ''}: BullMQ holds the id without a record (another producer's job, or
                              its record expired first)
     {0, -2, what, limit[, used]}: refused by its owner's limits; nothing written
+    {0, -2, 'rate', limit, ms}: over its owner's submission rate; a place frees in ms
 ]]
 --- @include "includes/emit"
 --- @include "includes/queue_position"
@@ -56,6 +60,7 @@
 --- @include "includes/live_again"
 --- @include "includes/append_capped"
 --- @include "includes/level_head"
+--- @include "includes/rate_take"
 
 -- Fair share within a priority (start-time fair queuing): BullMQ scores a prioritized job
 -- priority * 2^32 + a counter; ours replace the counter with a virtual start time. A user's
@@ -90,6 +95,10 @@ local function fair_share()
   end
 end
 
+-- Every submission counts against the rate, a replay of a known id too (as it did when the
+-- gateway counted it before the store).
+local wait_ms = rate_take()
+if wait_ms then return {0, -2, 'rate', A_rate_limit, wait_ms} end
 local cur = redis.call('HMGET', K_job, 'queue', 'digest', 'status', 'userId')
 if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or '', cur[4] or ''} end
 if redis.call('EXISTS', K_bull_job) == 1 then return {0, -1, '', '', '', ''} end

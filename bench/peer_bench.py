@@ -1,0 +1,334 @@
+"""dash-ray against the bare tools a user could pick instead, in one process tree; prints each ratio.
+
+    python bench/peer_bench.py [--jobs 2000] [--rest-jobs 2000] [--in-flight 32] [--rounds 2]
+                               [--sockets 500] [--only drain,submit,rest,start,sockets]
+
+Every pair runs on the same Redis, one after the other (peer, then dash-ray, `--rounds` times;
+the median of each side is compared):
+
+- drain: a backlog of N no-op jobs. Peer: bullmq's `Worker` (concurrency = dash-ray's warm
+  workers). dash-ray: the `sleep` queue's consumer actor and its warm worker actors through Ray.
+- submit while running: N jobs added (64 in flight) while they are consumed. Peer: bullmq
+  `Queue.add` with a `Worker` running. dash-ray: `JobStore.add` with the Ray scheduler running.
+- REST submit: N POSTs (`--in-flight` at once) of the same generation payload from one httpx
+  client, into a queue nothing consumes. Peer: bench/peers/fastapi_bullmq.py under uvicorn
+  (FastAPI, pydantic, `Queue.add`). dash-ray: the gateway as `dash-ray up` runs it (a Ray Serve
+  replica serving the port itself), and the same app under plain uvicorn (no Ray), which splits
+  the cost between the app and its Ray host.
+- submit-to-start p50: one job at a time on an idle system, submit to its `active` event.
+- sockets: `--sockets` WebSockets, 10 progress events/s each (bench/gateway_bench.py's load).
+
+REDIS_URL if set, else an embedded Redis (DASH_REDIS_SERVER picks which). Loopback only; every
+process it starts it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks, whose phases it runs
+
+import gateway_bench
+import httpx
+import scheduler_bench
+from bullmq import Queue, Worker
+
+from dash_ray.config import load_settings
+from dash_ray.gateway import TokenAuth
+from dash_ray.queues import EmbeddedRedis, EventHub, JobStore, connect
+from dash_ray.testing import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-secret-0123456789abcdef-0123456789"
+BODY = {"prompt": "a red fox in the snow", "settings": {"steps": 20, "width": 64, "height": 64}}
+
+
+async def bull_drain(url: str, n: int, concurrency: int) -> float:
+    """jobs/s of a bullmq Worker over a backlog of n no-op jobs."""
+    prefix = f"pb{uuid.uuid4().hex[:8]}"
+    queue = Queue("bench", {"connection": url, "prefix": prefix})
+    sem = asyncio.Semaphore(64)
+
+    async def add(i: int) -> None:
+        async with sem:
+            await queue.add("noop", {"i": i}, {"removeOnComplete": 1000})
+
+    await asyncio.gather(*(add(i) for i in range(n)))
+    done = asyncio.Event()
+    count = 0
+
+    async def process(job: Any, token: Any) -> None:
+        return None
+
+    def on_completed(*_a: Any) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    t0 = time.perf_counter()
+    worker = Worker("bench", process, {"connection": url, "prefix": prefix, "concurrency": concurrency})
+    worker.on("completed", on_completed)
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - t0
+    await worker.close()
+    await queue.obliterate(force=True)
+    await queue.close()
+    return n / elapsed
+
+
+async def bull_submit_running(url: str, n: int, concurrency: int) -> float:
+    """jobs/s from the first add to the last completion, a bullmq Worker consuming meanwhile."""
+    prefix = f"pb{uuid.uuid4().hex[:8]}"
+    queue = Queue("bench", {"connection": url, "prefix": prefix})
+    done = asyncio.Event()
+    count = 0
+
+    async def process(job: Any, token: Any) -> None:
+        return None
+
+    def on_completed(*_a: Any) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    worker = Worker("bench", process, {"connection": url, "prefix": prefix, "concurrency": concurrency})
+    worker.on("completed", on_completed)
+    sem = asyncio.Semaphore(64)
+
+    async def add(i: int) -> None:
+        async with sem:
+            await queue.add("noop", {"i": i}, {"removeOnComplete": 1000})
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(add(i) for i in range(n)))
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - t0
+    await worker.close()
+    await queue.obliterate(force=True)
+    await queue.close()
+    return n / elapsed
+
+
+async def rest(base: str, n: int, in_flight: int, token: str | None) -> float:
+    """POSTs/s of n generation submits, in_flight at once, from one httpx client."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    sem = asyncio.Semaphore(in_flight)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+        for _ in range(50):  # warm: connections open, scripts loaded
+            r = await client.post("/v1/jobs/generation", json=BODY)
+            assert r.status_code == 201, r.text
+
+        async def one() -> None:
+            async with sem:
+                r = await client.post("/v1/jobs/generation", json=BODY)
+                assert r.status_code == 201, r.text
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(n)))
+        return n / (time.perf_counter() - t0)
+
+
+def start_uvicorn(target: str, port: int, env: dict[str, str], factory: bool = False) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), target,
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(cmd, env={**os.environ, **env}, cwd=str(ROOT))
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, url: str) -> None:
+        self.args = args
+        self.url = url
+        self.rows: list[tuple[str, str, str, str]] = []
+        self.prefix = f"pbd{uuid.uuid4().hex[:6]}"
+        self.env_settings: dict[str, Any] = {
+            "key_prefix": self.prefix, "token_secret": SECRET, "data_dir": tempfile.mkdtemp(prefix="dash-pb-"),
+            "rate_submit": "1000000/minute", "max_waiting_per_user": 1_000_000, "max_sockets_per_user": 100_000,
+            "worker_idle_s": 600}
+
+    def row(self, path: str, dash: float, peer: float | None, unit: str, target: str) -> None:
+        ratio = f"{dash / peer:.2f}x" if peer else "-"
+        peer_s = f"{peer:,.0f} {unit}" if peer else "-"
+        self.rows.append((path, f"{dash:,.0f} {unit}" if unit == "jobs/s" else f"{dash:.2f} {unit}", peer_s,
+                          f"{ratio} ({target})"))
+
+    # -------------------------------------------------------------- through Ray
+    async def scheduler_phases(self, want: set[str]) -> None:
+        from dash_ray.scheduler import queue_specs
+        from dash_ray.scheduler.cluster import Scheduler, init_ray
+
+        a = self.args
+        settings = load_settings(**self.env_settings)
+        specs = [s for s in queue_specs(settings, test_queues=True) if s.name == "sleep"]
+        init_ray(settings, queue_specs(settings, test_queues=True))
+        sched = Scheduler(settings, self.url, specs)
+        sched.start()
+        slots = specs[0].concurrency
+        r = connect(self.url)
+        store = JobStore(r, prefix=self.prefix, queues=("sleep",), user_history_max=100)
+        hub = EventHub(self.url)
+        await hub.start()
+        try:
+            for _ in range(30):  # every worker warm before anything is timed
+                workers = (await asyncio.to_thread(sched.stats))["sleep"]["workers"]
+                if workers["idle"] + workers["busy"] >= slots:
+                    break
+                await scheduler_bench.throughput(store, hub, 200, prefill=True)
+            else:
+                raise RuntimeError(f"could not start {slots} workers: {workers}")
+            drains: dict[str, list[float]] = {"peer": [], "dash": []}
+            subs: dict[str, list[float]] = {"peer": [], "dash": []}
+            for _ in range(a.rounds):
+                if "drain" in want:
+                    drains["peer"].append(await bull_drain(self.url, a.jobs, slots))
+                    drains["dash"].append(await scheduler_bench.throughput(store, hub, a.jobs, prefill=True))
+                    print(f"  drain: bullmq {drains['peer'][-1]:,.0f}  dash-ray {drains['dash'][-1]:,.0f} jobs/s", flush=True)
+                if "submit" in want:
+                    subs["peer"].append(await bull_submit_running(self.url, a.jobs, slots))
+                    subs["dash"].append(await scheduler_bench.throughput(store, hub, a.jobs))
+                    print(f"  submit while running: bullmq {subs['peer'][-1]:,.0f}  dash-ray {subs['dash'][-1]:,.0f} jobs/s",
+                          flush=True)
+            if "drain" in want:
+                self.row(f"drain a backlog of {a.jobs} no-op jobs ({slots} workers)", med(drains["dash"]),
+                         med(drains["peer"]), "jobs/s", "target >= 0.9x")
+            if "submit" in want:
+                self.row(f"submit while running (add + consume, {a.jobs} jobs)", med(subs["dash"]), med(subs["peer"]),
+                         "jobs/s", "target >= 0.9x")
+            if "start" in want:
+                lat = await scheduler_bench.start_latency(store, hub, a.latency_jobs)
+                print(f"  submit-to-start p50 {statistics.median(lat):.2f} ms  p99 {scheduler_bench.pct(lat, 99):.2f} ms",
+                      flush=True)
+                self.row(f"submit-to-start p50, idle ({a.latency_jobs} jobs)", statistics.median(lat), None, "ms",
+                         "target <= 3 ms")
+        finally:
+            await hub.close()
+            keys = [k async for k in r.scan_iter(match=f"{self.prefix}:*", count=5000)]
+            for i in range(0, len(keys), 1000):
+                await r.delete(*keys[i: i + 1000])
+            await r.aclose()
+            await asyncio.to_thread(sched.stop, 5)
+
+    # -------------------------------------------------------------- gateway
+    def gateway_phases(self, want: set[str]) -> None:
+        from ray import serve
+
+        from dash_ray.app import build_app, run_gateway, wait_healthy
+        from dash_ray.scheduler.cluster import init_ray
+        from dash_ray.scheduler.resources import queue_specs
+
+        a = self.args
+        token = TokenAuth(SECRET).mint("rest-bench")
+        env = {"REDIS_URL": self.url, **{f"DASH_{k.upper()}": str(v) for k, v in self.env_settings.items()}}
+        rests: dict[str, list[float]] = {"peer": [], "serve": [], "uvicorn": []}
+        port = free_port()
+        settings = load_settings(**self.env_settings, host="127.0.0.1", websocket_port=port)
+        init_ray(settings, queue_specs(settings))
+        base = run_gateway(settings, build_app(settings, self.url, specs=queue_specs(settings), scheduler=False),
+                           "peerbench", timeout_s=120)
+        try:
+            if "rest" in want:
+                for _ in range(a.rounds):
+                    peer_port = free_port()
+                    peer = start_uvicorn("bench.peers.fastapi_bullmq:app", peer_port,
+                                         {"REDIS_URL": self.url, "PEER_PREFIX": f"pp{uuid.uuid4().hex[:6]}"})
+                    try:
+                        wait_healthy(f"http://127.0.0.1:{peer_port}", 60)
+                        rests["peer"].append(asyncio.run(rest(f"http://127.0.0.1:{peer_port}", a.rest_jobs,
+                                                              a.in_flight, None)))
+                    finally:
+                        stop(peer)
+                    rests["serve"].append(asyncio.run(rest(base, a.rest_jobs, a.in_flight, token)))
+                    uv_port = free_port()
+                    uv = start_uvicorn("dash_ray.gateway.asgi:app", uv_port, env, factory=True)
+                    try:
+                        wait_healthy(f"http://127.0.0.1:{uv_port}", 60)
+                        rests["uvicorn"].append(asyncio.run(rest(f"http://127.0.0.1:{uv_port}", a.rest_jobs,
+                                                                 a.in_flight, token)))
+                    finally:
+                        stop(uv)
+                    print(f"  REST submit: FastAPI+bullmq {rests['peer'][-1]:,.0f}  dash-ray (Serve replica) "
+                          f"{rests['serve'][-1]:,.0f}  dash-ray app (plain uvicorn) {rests['uvicorn'][-1]:,.0f} jobs/s",
+                          flush=True)
+                self.row(f"REST submit ({a.rest_jobs} POSTs, {a.in_flight} in flight), as `dash-ray up` serves it",
+                         med(rests["serve"]), med(rests["peer"]), "jobs/s", "target >= 0.9x")
+                self.row("REST submit, the same app under plain uvicorn (no Ray)", med(rests["uvicorn"]),
+                         med(rests["peer"]), "jobs/s", "the app's own cost")
+            if "sockets" in want:
+                ns = argparse.Namespace(sockets=a.sockets, rate=10.0, seconds=10.0)
+                ws = asyncio.run(gateway_bench.sockets_phase(ns, self.url, self.prefix, base))
+                print(f"  sockets: {ws['events_per_s']:,.0f} events/s  p50 {ws['p50']:.1f} ms  p99 {ws['p99']:.1f} ms  "
+                      f"lost {ws['lost']}", flush=True)
+                self.row(f"{a.sockets} sockets x 10 events/s: p99 (lost {ws['lost']} of {ws['published']})", ws["p99"],
+                         None, "ms", "target <= 50 ms")
+        finally:
+            serve.shutdown()
+
+    def report(self) -> None:
+        print(f"\npeer_bench  jobs={self.args.jobs} rest_jobs={self.args.rest_jobs} in_flight={self.args.in_flight} "
+              f"rounds={self.args.rounds} redis={self.url}")
+        print("| path | dash-ray | bare peer | ratio |")
+        print("|---|---:|---:|---:|")
+        for row in self.rows:
+            print("| " + " | ".join(row) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--rest-jobs", type=int, default=2000)
+    ap.add_argument("--in-flight", type=int, default=32)
+    ap.add_argument("--latency-jobs", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sockets", type=int, default=500)
+    ap.add_argument("--only", default="drain,submit,rest,start,sockets")
+    args = ap.parse_args()
+    want = set(args.only.split(","))
+    settings = load_settings()
+    url = settings.resolved_redis_url()
+    server = None
+    if url is None:
+        server = EmbeddedRedis(tempfile.mkdtemp(prefix="dash-pb-"), server=settings.redis_server)
+        url = server.start()
+    bench = Bench(args, url)
+    try:
+        if want & {"drain", "submit", "start"}:
+            asyncio.run(bench.scheduler_phases(want))
+        if want & {"rest", "sockets"}:
+            bench.gateway_phases(want)
+        bench.report()
+    finally:
+        import ray
+
+        ray.shutdown()
+        if server:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
