@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -155,6 +156,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def redacted(url: str) -> str:
+    """A Redis URL without its password (the embedded one has one)."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def med(xs: list[float]) -> float:
@@ -291,7 +297,7 @@ class Bench:
 
     def report(self) -> None:
         print(f"\npeer_bench  jobs={self.args.jobs} rest_jobs={self.args.rest_jobs} in_flight={self.args.in_flight} "
-              f"rounds={self.args.rounds} redis={self.url}")
+              f"rounds={self.args.rounds} redis={redacted(self.url)}")
         print("| path | dash-ray | bare peer | ratio |")
         print("|---|---:|---:|---:|")
         for row in self.rows:

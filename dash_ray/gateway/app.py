@@ -93,10 +93,14 @@ def _add_submit_route(jobs: APIRouter, q: QueueDef) -> None:
     body_model = create_model(f"{q.name.capitalize()}Submit", __base__=q.payload,
                               __doc__=f"The {q.title} payload plus optional job options.",
                               options=(JobOptions | None, None))
+    fields = tuple(q.payload.model_fields)
 
     @errors.raises(UnknownQueue, Forbidden, InvalidPayload, RateLimited, QuotaExceeded, JobConflict)
     async def submit(body: Any, who: Principal, svc: GatewayServices, prefer: str | None = None) -> Response:
-        payload = q.payload.model_validate(body.model_dump(exclude={"options"}, exclude_unset=True))
+        # The body is the queue's payload plus `options`, validated once by FastAPI: the payload is
+        # its fields as they are (no second parse).
+        payload = q.payload.model_construct(_fields_set=body.model_fields_set - {"options"},
+                                            **{name: getattr(body, name) for name in fields})
         return await _submit(q.name, payload, body.options, who, svc, prefer)
 
     # Real types, not the strings `from __future__ import annotations` leaves: FastAPI reads them.

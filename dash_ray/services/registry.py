@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from dash_ray.config import Settings
@@ -19,6 +20,7 @@ TINY_UPSCALER = "tiny-upscaler"
 BUILTIN = {TINY_SD: "builtin:" + TINY_SD, TINY_UPSCALER: "builtin:" + TINY_UPSCALER}
 TEXT_TO_IMAGE = "text-to-image"
 UPSCALER = "upscaler"
+KIND_TTL_S = 30.0  # a model's kind, read from its model_index.json, is read again after this
 
 
 def lora_path(user_id: str, lora_id: str) -> str:
@@ -33,6 +35,8 @@ class ModelRegistry:
         self.models = {**BUILTIN, **settings.models}
         self.default = settings.default_model
         self.artifacts = artifacts
+        # (name, location) -> (kind, until when it is trusted): a submit reads no file
+        self._kinds: dict[tuple[str, str], tuple[str, float]] = {}
 
     def resolve(self, name: str | None) -> tuple[str, str]:
         """(name, location) of a model; location is a path, a hub id or `builtin:<name>`."""
@@ -47,6 +51,14 @@ class ModelRegistry:
         name, location = self.resolve(name)
         if location == BUILTIN[TINY_UPSCALER]:
             return UPSCALER
+        known = self._kinds.get((name, location))
+        if known is not None and known[1] > time.monotonic():
+            return known[0]
+        kind = self._read_kind(name, location)
+        self._kinds[(name, location)] = (kind, time.monotonic() + KIND_TTL_S)
+        return kind
+
+    def _read_kind(self, name: str, location: str) -> str:
         index = Path(location) / "model_index.json"
         try:
             cls = json.loads(index.read_text()).get("_class_name", "")
