@@ -255,14 +255,15 @@ class EventReporter:
         if self.yield_asked:
             raise JobPreempted(self.job.id, after)
 
-    def flush(self) -> None:
-        """Send the held report now and wait until every report is published."""
+    def flush(self, wait: bool = True) -> None:
+        """Send the held report now and (unless `wait` is False) wait until every report is published."""
         with self._lock:
             event, self._pending = self._pending, None
             if event is not None:  # a queued timer finds nothing held and returns at once
                 self._last_sent = self._clock()
                 self._pub.send(event, token=self.job.token)
-        self._pub.wait()
+        if wait:
+            self._pub.wait()
 
 
 # The name the scheduler's callers and tests use for the implementation.

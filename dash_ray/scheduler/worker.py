@@ -124,8 +124,10 @@ class WorkerCore:
                             token=ctx.token)
         return EventReporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel), time.time()
 
-    def run(self, ctx: JobContext) -> Outcome:
-        """Run one job to its outcome (with the seconds it ran)."""
+    def run(self, ctx: JobContext, wait: bool = True) -> Outcome:
+        """Run one job to its outcome (with the seconds it ran). Its reports are all published
+        when it returns, or (`wait` False) queued: the caller waits for them before its outcome
+        goes back (`run_batch`: once for a Ray call of short jobs, not a round trip each)."""
         runner = self._runner()
         first = self.jobs_run == 0
         reporter, began = self._begin(ctx)
@@ -138,7 +140,7 @@ class WorkerCore:
             except Exception as exc:
                 result = exc
             out = self._settle(runner, ctx, reporter, result, t0, began, first)
-            reporter.flush()  # every report is published before the outcome goes back
+            reporter.flush(wait)  # every report is published before the outcome goes back
             return out
         finally:
             self._cancels.pop(ctx.id, None)
@@ -263,8 +265,10 @@ class WorkerCore:
                     if i and budget_s and time.perf_counter() - t0 > budget_s:
                         out.extend(SKIPPED for _ in jobs[i:])
                         break
-                    out.append(self.run(job))
+                    out.append(self.run(job, wait=len(jobs) == 1))
         finally:
+            if len(jobs) > 1:
+                self.publisher.wait()  # the jobs' reports, published while the next ones ran
             for job in jobs:
                 self._cancels.pop(job.id, None)
         return BatchReply(out, self.models())
