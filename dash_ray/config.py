@@ -189,7 +189,7 @@ class Settings(_QueueFields):
     # Short jobs go to a worker several per Ray call: as many as fit in this many seconds of
     # measured run time (0 turns it off), at most max_batch. Long jobs always go one by one.
     batch_budget_s: float = Field(0.02, ge=0, le=10)
-    max_batch: int = Field(8, ge=1, le=256)
+    max_batch: int = Field(32, ge=1, le=256)  # the budget bounds the wait; this, the jobs held per call
     # A batching queue's job (DASH_<QUEUE>_MAX_BATCH > 1) that has waited less than this since it
     # was submitted waits out the rest for compatible company before its pass starts (0: never waits).
     batch_window_s: float = Field(0.05, ge=0, le=2)
