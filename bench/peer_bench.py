@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
 
 import gateway_bench
 import httpx
+import psutil
 import scheduler_bench
 from bullmq import Queue, Worker
 
@@ -124,8 +125,15 @@ async def bull_submit_running(url: str, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
-async def rest(base: str, n: int, in_flight: int, token: str | None) -> float:
-    """POSTs/s of n generation submits, in_flight at once, from one httpx client."""
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+async def rest(base: str, n: int, in_flight: int, token: str | None, pid: int | None = None) -> tuple[float, float]:
+    """(POSTs/s, ms of the server process's CPU per POST) of n generation submits, in_flight at
+    once, from one httpx client."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     sem = asyncio.Semaphore(in_flight)
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
@@ -138,9 +146,10 @@ async def rest(base: str, n: int, in_flight: int, token: str | None) -> float:
                 r = await client.post("/v1/jobs/generation", json=BODY)
                 assert r.status_code == 201, r.text
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_s(pid) if pid else 0.0
         await asyncio.gather(*(one() for _ in range(n)))
-        return n / (time.perf_counter() - t0)
+        wall, cpu = time.perf_counter() - t0, (cpu_s(pid) - c0) if pid else float("nan")
+        return n / wall, 1000 * cpu / n
 
 
 def start_uvicorn(target: str, port: int, env: dict[str, str], factory: bool = False) -> subprocess.Popen[bytes]:
@@ -252,11 +261,19 @@ class Bench:
         token = TokenAuth(SECRET).mint("rest-bench")
         env = {"REDIS_URL": self.url, **{f"DASH_{k.upper()}": str(v) for k, v in self.env_settings.items()}}
         rests: dict[str, list[float]] = {"peer": [], "serve": [], "uvicorn": []}
+        cpus: dict[str, list[float]] = {"peer": [], "serve": [], "uvicorn": []}
         port = free_port()
         settings = load_settings(**self.env_settings, host="127.0.0.1", websocket_port=port)
         init_ray(settings, queue_specs(settings))
         base = run_gateway(settings, build_app(settings, self.url, specs=queue_specs(settings), scheduler=False),
                            "peerbench", timeout_s=120)
+        replica = next(p.pid for p in psutil.process_iter(["cmdline"])
+                       if "ServeReplica:peerbench:Gateway" in " ".join(p.info["cmdline"] or []))
+
+        def record(side: str, got: tuple[float, float]) -> None:
+            rests[side].append(got[0])
+            cpus[side].append(got[1])
+
         try:
             if "rest" in want:
                 for _ in range(a.rounds):
@@ -265,26 +282,33 @@ class Bench:
                                          {"REDIS_URL": self.url, "PEER_PREFIX": f"pp{uuid.uuid4().hex[:6]}"})
                     try:
                         wait_healthy(f"http://127.0.0.1:{peer_port}", 60)
-                        rests["peer"].append(asyncio.run(rest(f"http://127.0.0.1:{peer_port}", a.rest_jobs,
-                                                              a.in_flight, None)))
+                        record("peer", asyncio.run(rest(f"http://127.0.0.1:{peer_port}", a.rest_jobs,
+                                                        a.in_flight, None, peer.pid)))
                     finally:
                         stop(peer)
-                    rests["serve"].append(asyncio.run(rest(base, a.rest_jobs, a.in_flight, token)))
+                    record("serve", asyncio.run(rest(base, a.rest_jobs, a.in_flight, token, replica)))
                     uv_port = free_port()
                     uv = start_uvicorn("dash_ray.gateway.asgi:app", uv_port, env, factory=True)
                     try:
                         wait_healthy(f"http://127.0.0.1:{uv_port}", 60)
-                        rests["uvicorn"].append(asyncio.run(rest(f"http://127.0.0.1:{uv_port}", a.rest_jobs,
-                                                                 a.in_flight, token)))
+                        record("uvicorn", asyncio.run(rest(f"http://127.0.0.1:{uv_port}", a.rest_jobs,
+                                                           a.in_flight, token, uv.pid)))
                     finally:
                         stop(uv)
-                    print(f"  REST submit: FastAPI+bullmq {rests['peer'][-1]:,.0f}  dash-ray (Serve replica) "
-                          f"{rests['serve'][-1]:,.0f}  dash-ray app (plain uvicorn) {rests['uvicorn'][-1]:,.0f} jobs/s",
-                          flush=True)
+                    print("  REST submit: " + ", ".join(
+                        f"{label} {rests[k][-1]:,.0f} jobs/s ({cpus[k][-1]:.2f} ms CPU per POST)"
+                        for k, label in (("peer", "FastAPI+bullmq"), ("serve", "dash-ray (Serve replica)"),
+                                         ("uvicorn", "dash-ray app (plain uvicorn)"))), flush=True)
                 self.row(f"REST submit ({a.rest_jobs} POSTs, {a.in_flight} in flight), as `dash-ray up` serves it",
                          med(rests["serve"]), med(rests["peer"]), "jobs/s", "target >= 0.9x")
                 self.row("REST submit, the same app under plain uvicorn (no Ray)", med(rests["uvicorn"]),
                          med(rests["peer"]), "jobs/s", "the app's own cost")
+                # The server's CPU per POST moves far less than jobs/s with the machine's load: the
+                # peer's over ours is the throughput ratio of saturated servers.
+                serve_cpu, uv_cpu, peer_cpu = med(cpus["serve"]), med(cpus["uvicorn"]), med(cpus["peer"])
+                self.rows.append(("REST submit: the server process's CPU per POST (Serve replica; plain uvicorn)",
+                                  f"{serve_cpu:.2f} ms; {uv_cpu:.2f} ms", f"{peer_cpu:.2f} ms",
+                                  f"{peer_cpu / serve_cpu:.2f}x; {peer_cpu / uv_cpu:.2f}x (peer's CPU over ours)"))
             if "sockets" in want:
                 ns = argparse.Namespace(sockets=a.sockets, rate=10.0, seconds=10.0)
                 ws = asyncio.run(gateway_bench.sockets_phase(ns, self.url, self.prefix, base))

@@ -79,7 +79,7 @@ class Gateway:
 
     def _serve_directly(self) -> None:
         app = create_app(self.services)
-        config = uvicorn.Config(app, log_level="warning", ws="websockets-sansio", lifespan="on",
+        config = uvicorn.Config(app, log_level="warning", access_log=False, ws="websockets-sansio", lifespan="on",
                                 ws_per_message_deflate=False, timeout_keep_alive=30,
                                 ws_max_size=self.settings.max_ws_frame_bytes)  # refused by the protocol layer
         self.server = uvicorn.Server(config)

@@ -48,12 +48,15 @@ __all__ = [
     "EDGE_AUTH_METHODS",
     "STATUS",
     "DocumentedRoute",
+    "dash_response",
     "declared_errors",
     "error_body",
     "error_responses",
     "install",
+    "invalid_response",
     "raises",
     "status_of",
+    "unexpected_response",
     "ws_error",
 ]
 
@@ -177,26 +180,46 @@ def ws_error(exc: DashError, job_id: str | None = None) -> dict[str, object]:
     return msg
 
 
+def dash_response(exc: DashError) -> JSONResponse:
+    """The answer to a DashError: its status, body and headers (Retry-After, WWW-Authenticate)."""
+    retry_after = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    if isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    return JSONResponse(error_body(exc), status_code=status_of(exc), headers=headers)
+
+
+def invalid_response(found: Iterable[Any]) -> JSONResponse:
+    """422 for pydantic's errors of a request (FastAPI's, whose locations start with `body`, or a
+    model's own)."""
+    errors = []
+    for e in found:
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
+        errors.append({"field": ".".join(loc) or "(body)", "message": e.get("msg", "invalid")})
+    text = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    body = InvalidPayload(f"invalid request: {text}", errors=errors)
+    return JSONResponse(error_body(body), status_code=422)
+
+
+def unexpected_response(method: str, path: str, exc: Exception) -> JSONResponse:
+    """503 for Redis away for a moment (the client may retry), else 500 (logged)."""
+    if is_transient(exc):  # Redis is down, restarting or full
+        log.warning("%s %s: Redis unavailable (%s)", method, path, type(exc).__name__)
+        return dash_response(Unavailable())
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+
+
 def install(app: FastAPI) -> None:
     """Register handlers: DashError by class, validation errors as 422, others as 500."""
 
     @app.exception_handler(DashError)
     async def _dash(_req: Request, exc: DashError) -> JSONResponse:
-        retry_after = getattr(exc, "retry_after_s", None)
-        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        if isinstance(exc, Unauthorized):
-            headers = {"WWW-Authenticate": "Bearer"}
-        return JSONResponse(error_body(exc), status_code=status_of(exc), headers=headers)
+        return dash_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = []
-        for e in exc.errors():
-            loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
-            errors.append({"field": ".".join(loc) or "(body)", "message": e.get("msg", "invalid")})
-        text = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        body = InvalidPayload(f"invalid request: {text}", errors=errors)
-        return JSONResponse(error_body(body), status_code=422)
+        return invalid_response(exc.errors())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -204,16 +227,9 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"error": {"code": code, "message": str(exc.detail)}}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    async def _transient(req: Request, exc: Exception) -> JSONResponse:
-        if is_transient(exc):  # Redis is down, restarting or full: the client may retry
-            log.warning("%s %s: Redis unavailable (%s)", req.method, req.url.path, type(exc).__name__)
-            return await _dash(req, Unavailable())
-        return await _crash(req, exc)
+    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+        return unexpected_response(req.method, req.url.path, exc)
 
     for cls in MAYBE_TRANSIENT:
-        app.add_exception_handler(cls, _transient)
-
-    @app.exception_handler(Exception)
-    async def _crash(req: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", req.method, req.url.path)
-        return JSONResponse({"error": {"code": "internal", "message": "internal error"}}, status_code=500)
+        app.add_exception_handler(cls, _unexpected)
+    app.add_exception_handler(Exception, _unexpected)

@@ -443,3 +443,44 @@ def test_a_tokens_weight_claim_is_checked(make_client: Any, tokens: Any) -> None
     assert c.post("/v1/jobs/sleep", json={"durationS": 0}, headers=auth(good)).status_code == 201
     with pytest.raises(ValueError, match="weight"):
         TokenAuth(SECRET).mint("w", weight=500)
+
+
+def test_the_submit_fast_path_answers_as_the_route_does(make_client: Any, tokens: Any) -> None:
+    """The edge serves submits itself (one JSON parse, no router): every answer, good or bad, is
+    the one FastAPI's route gives for the same request."""
+    from dash_ray.gateway.app import _Edge
+
+    fast, routed = make_client(), make_client()
+    layer = routed.app.middleware_stack
+    while not isinstance(layer, _Edge):
+        layer = layer.app
+    layer.submits = {}  # this app's submits go through FastAPI's route
+    h = auth(tokens("alice"))
+    bodies: list[Any] = [
+        {"prompt": "a red fox", "jobId": "same-1"},
+        {"prompt": "a red fox", "jobId": "same-1"},  # the replay: 200
+        {"prompt": "another", "jobId": "same-1"},  # 409
+        {"prompt": ""}, {"prompt": "x", "settings": {"steps": 0}}, {"prompt": "x", "nope": 1},
+        {"prompt": "x", "options": {"priority": 9}}, {"prompt": "x", "options": {"attempts": "many"}},
+        {"prompt": "x", "userId": "bob"}, {"prompt": "x", "settings": {"model": "no-such-model"}},
+        [], "x", 3, None,
+    ]
+    for body in bodies:
+        answers = [c.post("/v1/jobs/generation", headers=h,  # one store: each side its own id
+                          json={**body, "jobId": f"{body['jobId']}-{k}"} if isinstance(body, dict) and "jobId" in body
+                          else body) for k, c in enumerate((fast, routed))]
+        assert answers[0].status_code == answers[1].status_code, (body, [a.text for a in answers])
+        a, b = (r.json() for r in answers)
+        if answers[0].status_code >= 400:
+            assert a["error"]["code"] == b["error"]["code"], (body, a, b)
+            fields = [{e["field"] for e in x["error"].get("errors", [])} for x in (a, b)]
+            assert fields[0] == fields[1], (body, a, b)
+        else:
+            assert a.keys() == b.keys() and a["status"] == b["status"] == "waiting"
+    for raw in (b"", b"{not json", b'{"prompt": "x"', "{\"prompt\": \"caf\u00e9\"}".encode()):
+        answers = [c.post("/v1/jobs/generation", content=raw, headers={**h, "Content-Type": "application/json"})
+                   for c in (fast, routed)]
+        assert answers[0].status_code == answers[1].status_code, (raw, [a.text for a in answers])
+    # a body the edge does not read as JSON goes to the route
+    r = fast.post("/v1/jobs/generation", content=b"prompt=x", headers={**h, "Content-Type": "text/plain"})
+    assert r.status_code == 422

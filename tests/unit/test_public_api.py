@@ -28,7 +28,7 @@ def test_the_queue_table_drives_settings_specs_and_routes() -> None:
     from dash_ray.scheduler import queue_specs
 
     settings = load_settings(enable_sleep_queue=True)
-    routes = {getattr(r, "path", "") for r in _submit_routes(QUEUE_TABLE).routes}
+    routes = {getattr(r, "path", "") for r in _submit_routes(QUEUE_TABLE)[0].routes}
     specs = {s.name: s for s in queue_specs(settings)}
     for q in QUEUE_TABLE.values():
         conf = settings.queue(q.name)
