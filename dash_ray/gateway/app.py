@@ -69,6 +69,7 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
     if body.user_id and body.user_id != who.user_id and not who.admin:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
+    svc.limiter.refused_lately(owner)  # over their rate a moment ago: 429 at once, nothing checked
     await svc.policy.check(queue, body, options, who, owner)
     quota = svc.policy.quota(queue, options, who)
     if options is not None and options.webhook is not None:
@@ -76,9 +77,18 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         await svc.policy.check_webhook(options, owner)
     else:  # counted by the script that makes the job, with the owner's other limits: one round trip
         quota = replace(quota, rate=svc.limiter.rate)
-    # the token's weight is its user's: an admin submitting for someone else uses theirs
-    result = await svc.store.add(queue, body, options, user_id=owner, weight=who.weight if owner == who.user_id else None,
-                                 quota=quota)
+    try:
+        # the token's weight is its user's: an admin submitting for someone else uses theirs
+        result = await svc.store.add(queue, body, options, user_id=owner,
+                                     weight=who.weight if owner == who.user_id else None, quota=quota)
+    except RateLimited as exc:
+        if quota.rate is not None and hasattr(exc, "wait_ms"):  # the create script's refusal of the rate
+            raise svc.limiter.refused(owner, exc.wait_ms) from None
+        raise
+    except InvalidPayload:
+        if quota.rate is not None:  # refused before the create counted it (an unknown model, LoRA): count it
+            await svc.limiter.check(owner)
+        raise
     wait_s = min(prefer_wait_s(prefer), svc.settings.max_prefer_wait_s)
     if wait_s > 0 and await wait_final(svc, result.job.id, wait_s):
         # `Prefer: wait=N` (RFC 7240): the job ended within N seconds: 200 with its outcome
@@ -511,18 +521,21 @@ class _Edge:
         raw = b"".join(chunks)
         model, handler = fast
         response: Response
+        body: Any = None
         try:
-            if not raw.strip():
+            body = model.model_validate_json(raw) if raw.strip() else None
+        except ValidationError as exc:  # the request's fault; one raised further on is ours (500)
+            response = errors.invalid_response(exc.errors(include_url=False, include_context=False))
+        else:
+            if body is None:
                 response = errors.invalid_response([{"loc": ("body",), "msg": "Field required"}])
             else:
-                who = scope["state"]["principal"]
-                response = await handler(model.model_validate_json(raw), who, self.services, prefer)
-        except ValidationError as exc:
-            response = errors.invalid_response(exc.errors(include_url=False, include_context=False))
-        except DashError as exc:
-            response = errors.dash_response(exc)
-        except Exception as exc:
-            response = errors.unexpected_response("POST", scope["path"], exc)
+                try:
+                    response = await handler(body, scope["state"]["principal"], self.services, prefer)
+                except DashError as exc:
+                    response = errors.dash_response(exc)
+                except Exception as exc:
+                    response = errors.unexpected_response("POST", scope["path"], exc)
         await response(scope, receive, send)
 
 

@@ -115,8 +115,6 @@ class TokenAuth:
                 return known[0]
             self._accepted.pop(token, None)
             raise Unauthorized("token expired")
-        if len(self._accepted) >= self.remembered:  # only signed tokens get here: ours, or minted with our secret
-            self._accepted.clear()  # a bound, not an LRU: refilled by the clients still calling
         return self._verify(token)
 
     def _verify(self, token: str) -> Principal:
@@ -142,6 +140,8 @@ class TokenAuth:
                                    or not 0.01 <= weight <= 100):
             raise Unauthorized("invalid token: bad weight")
         who = Principal(user_id=sub, admin=admin, weight=None if weight is None else float(weight))
+        if len(self._accepted) >= self.remembered:  # only accepted tokens count: minted with our secret
+            self._accepted.clear()  # a bound, not an LRU: refilled by the clients still calling
         self._accepted[token] = (who, float(claims["exp"]))
         return who
 

@@ -126,9 +126,12 @@ class Rate:
         return cls(int(item.amount), int(item.get_expiry() * 1000), str(item))
 
     def refused(self, wait_ms: int) -> RateLimited:
-        """The error of a submission over this rate whose next place frees in `wait_ms`."""
+        """The error of a submission over this rate whose next place frees in `wait_ms`
+        (`wait_ms` on it: the gateway remembers the refusal that long)."""
         retry = max(1, math.ceil(wait_ms / 1000))
-        return RateLimited(f"rate limit {self.text} exceeded; retry in {retry}s", retry_after_s=retry)
+        err = RateLimited(f"rate limit {self.text} exceeded; retry in {retry}s", retry_after_s=retry)
+        err.wait_ms = wait_ms  # type: ignore[attr-defined]
+        return err
 
 
 @dataclass(frozen=True)

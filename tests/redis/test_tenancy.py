@@ -338,3 +338,20 @@ async def test_a_socket_never_gets_the_events_of_another_users_job_that_took_the
             got.append(msg)
     assert got == [], got
     assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_refused_submits_count_against_the_rate_and_zero_refuses_all(live: Callable[..., str]) -> None:  # noqa: F811
+    """A submit refused for its payload after the gateway's own checks (an unknown model) still
+    counts against the rate, as every submission did; `0/minute` lets nothing through."""
+    base = live(rate_submit="2/minute")
+    mallory = bearer("mallory")
+    bad = {"prompt": "x", "settings": {"model": "no-such-model"}}
+    assert [httpx.post(f"{base}/v1/jobs/generation", json=bad, headers=mallory).status_code
+            for _ in range(2)] == [422, 422]
+    refused = httpx.post(f"{base}/v1/jobs/generation", json={"prompt": "x"}, headers=mallory)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    again = httpx.post(f"{base}/v1/jobs/generation", json=bad, headers=mallory)  # remembered: no checks
+    assert again.status_code == 429 and int(again.headers["Retry-After"]) <= int(refused.headers["Retry-After"])
+    closed = live(rate_submit="0/minute")
+    r = httpx.post(f"{closed}/v1/jobs/generation", json={"prompt": "x"}, headers=bearer("alice"))
+    assert r.status_code == 429, r.text

@@ -11,6 +11,7 @@ local function rate_take()
   local limit = tonumber(A_rate_limit)
   local window = tonumber(A_rate_window_ms)
   local now = tonumber(A_now_ms)
+  if limit < 1 then return window end  -- `0/minute`: no submissions at all
   local oldest = redis.call('LINDEX', K_rate, limit - 1)
   if oldest and tonumber(oldest) > now - window then
     return math.max(1, tonumber(oldest) + window - now)
