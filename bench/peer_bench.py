@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import statistics
@@ -152,6 +153,75 @@ async def rest(base: str, n: int, in_flight: int, token: str | None, pid: int | 
         return n / wall, 1000 * cpu / n
 
 
+async def start_hops(store: JobStore, hub: EventHub, r: Any, n: int) -> dict[str, list[float]]:
+    """One job at a time on an idle system: ms from the submit to its `active` event at a
+    subscriber, and by hop: the add's reply; the consumer's take (BullMQ's `processedOn`, the
+    consumer's clock as it takes, in whole ms); the worker making the `active` event (its `ts`);
+    the event reaching the subscriber."""
+    out: dict[str, list[float]] = {k: [] for k in (
+        "submit to the subscriber's `active`", "submit to the add's reply", "submit to the consumer's take",
+        "the take to the worker's `active` event", "the event to the subscriber")}
+    for _ in range(n):
+        job_id = uuid.uuid4().hex
+        got: dict[str, float] = {}
+        done = asyncio.Event()
+
+        def on_event(_ch: str, data: str, got: dict[str, float] = got, done: asyncio.Event = done) -> None:
+            ev = json.loads(data)
+            if ev.get("status") == "active" and "active" not in got:
+                got["active"], got["ts"] = time.time(), float(ev["ts"])
+            if ev["type"] == "job:completed":
+                done.set()
+
+        await hub.add(store.keys.channel(job_id), on_event)
+        t0 = time.time()
+        await store.add("sleep", {"userId": "bench", "jobId": job_id})
+        added = time.time()
+        await asyncio.wait_for(done.wait(), 30)
+        await hub.remove(store.keys.channel(job_id), on_event)
+        taken = float(await r.hget(store.keys.bull("sleep", job_id), "processedOn") or 0) / 1000
+        for key, ms in zip(out, ((got["active"] - t0), (added - t0), (taken - t0), (got["ts"] - taken),
+                                 (got["active"] - got["ts"])), strict=True):
+            out[key].append(ms * 1000)
+        await asyncio.sleep(0.02)
+    return out
+
+
+def ray_call_latency(n: int) -> tuple[float, float]:
+    """p50 ms, on the running Ray, from an async actor's call to a threaded actor until the call
+    begins there, and its round trip: the shape of the consumer's call to a worker."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Callee:
+        def run(self, jobs: list[dict[str, Any]]) -> float:
+            return time.time()
+
+    @ray.remote(num_cpus=0)
+    class Caller:
+        def __init__(self, callee: Any) -> None:
+            self.callee = callee
+
+        async def probe(self, n: int) -> tuple[float, float]:
+            begin, round_trip = [], []
+            for _ in range(n):
+                t0 = time.time()
+                began = await self.callee.run.remote([{"id": "x" * 32, "data": {"userId": "bench"}}])
+                begin.append((began - t0) * 1000)
+                round_trip.append((time.time() - t0) * 1000)
+                await asyncio.sleep(0.01)
+            return statistics.median(begin), statistics.median(round_trip)
+
+    callee = Callee.remote()  # type: ignore[attr-defined]
+    caller = Caller.remote(callee)  # type: ignore[attr-defined]
+    try:
+        ray.get(caller.probe.remote(20))
+        return tuple(ray.get(caller.probe.remote(n)))  # type: ignore[return-value]
+    finally:
+        ray.kill(caller)
+        ray.kill(callee)
+
+
 def start_uvicorn(target: str, port: int, env: dict[str, str], factory: bool = False) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), target,
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]
@@ -241,9 +311,15 @@ class Bench:
                 self.row(f"submit while running (add + consume, {a.jobs} jobs)", med(subs["dash"]), med(subs["peer"]),
                          "jobs/s", "target >= 0.9x")
             if "start" in want:
-                lat = await scheduler_bench.start_latency(store, hub, a.latency_jobs)
+                hops = await start_hops(store, hub, r, a.latency_jobs)
+                lat = hops["submit to the subscriber's `active`"]
                 print(f"  submit-to-start p50 {statistics.median(lat):.2f} ms  p99 {scheduler_bench.pct(lat, 99):.2f} ms",
                       flush=True)
+                for name, values in hops.items():
+                    print(f"    {name:46s} p50 {statistics.median(values):6.2f} ms", flush=True)
+                begin, round_trip = await asyncio.to_thread(ray_call_latency, 200)
+                print(f"    bare Ray: an async actor's call to a threaded actor begins after {begin:.2f} ms p50 "
+                      f"({round_trip:.2f} ms round trip)", flush=True)
                 self.row(f"submit-to-start p50, idle ({a.latency_jobs} jobs)", statistics.median(lat), None, "ms",
                          "target <= 3 ms")
         finally:
