@@ -58,19 +58,19 @@ SECRET = "bench-secret-0123456789abcdef-0123456789"
 BODY = {"prompt": "a red fox in the snow", "settings": {"steps": 20, "width": 64, "height": 64}}
 
 
-async def bull_drain(url: str, n: int, concurrency: int) -> float:
-    """jobs/s of a bullmq Worker over a backlog of n no-op jobs."""
+async def bull_jobs(url: str, n: int, concurrency: int, backlog: bool) -> float:
+    """jobs/s of a bullmq Worker (`concurrency`) over n no-op jobs: with `backlog`, all added
+    before it starts and only the drain timed; else added while it consumes, from the first add
+    to the last completion."""
     prefix = f"pb{uuid.uuid4().hex[:8]}"
     queue = Queue("bench", {"connection": url, "prefix": prefix})
     sem = asyncio.Semaphore(64)
+    done = asyncio.Event()
+    count = 0
 
     async def add(i: int) -> None:
         async with sem:
             await queue.add("noop", {"i": i}, {"removeOnComplete": 1000})
-
-    await asyncio.gather(*(add(i) for i in range(n)))
-    done = asyncio.Event()
-    count = 0
 
     async def process(job: Any, token: Any) -> None:
         return None
@@ -81,43 +81,13 @@ async def bull_drain(url: str, n: int, concurrency: int) -> float:
         if count >= n:
             done.set()
 
+    if backlog:
+        await asyncio.gather(*(add(i) for i in range(n)))
     t0 = time.perf_counter()
     worker = Worker("bench", process, {"connection": url, "prefix": prefix, "concurrency": concurrency})
     worker.on("completed", on_completed)
-    await asyncio.wait_for(done.wait(), 600)
-    elapsed = time.perf_counter() - t0
-    await worker.close()
-    await queue.obliterate(force=True)
-    await queue.close()
-    return n / elapsed
-
-
-async def bull_submit_running(url: str, n: int, concurrency: int) -> float:
-    """jobs/s from the first add to the last completion, a bullmq Worker consuming meanwhile."""
-    prefix = f"pb{uuid.uuid4().hex[:8]}"
-    queue = Queue("bench", {"connection": url, "prefix": prefix})
-    done = asyncio.Event()
-    count = 0
-
-    async def process(job: Any, token: Any) -> None:
-        return None
-
-    def on_completed(*_a: Any) -> None:
-        nonlocal count
-        count += 1
-        if count >= n:
-            done.set()
-
-    worker = Worker("bench", process, {"connection": url, "prefix": prefix, "concurrency": concurrency})
-    worker.on("completed", on_completed)
-    sem = asyncio.Semaphore(64)
-
-    async def add(i: int) -> None:
-        async with sem:
-            await queue.add("noop", {"i": i}, {"removeOnComplete": 1000})
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(add(i) for i in range(n)))
+    if not backlog:
+        await asyncio.gather(*(add(i) for i in range(n)))
     await asyncio.wait_for(done.wait(), 600)
     elapsed = time.perf_counter() - t0
     await worker.close()
@@ -296,11 +266,11 @@ class Bench:
             subs: dict[str, list[float]] = {"peer": [], "dash": []}
             for _ in range(a.rounds):
                 if "drain" in want:
-                    drains["peer"].append(await bull_drain(self.url, a.jobs, slots))
+                    drains["peer"].append(await bull_jobs(self.url, a.jobs, slots, backlog=True))
                     drains["dash"].append(await scheduler_bench.throughput(store, hub, a.jobs, prefill=True))
                     print(f"  drain: bullmq {drains['peer'][-1]:,.0f}  dash-ray {drains['dash'][-1]:,.0f} jobs/s", flush=True)
                 if "submit" in want:
-                    subs["peer"].append(await bull_submit_running(self.url, a.jobs, slots))
+                    subs["peer"].append(await bull_jobs(self.url, a.jobs, slots, backlog=False))
                     subs["dash"].append(await scheduler_bench.throughput(store, hub, a.jobs))
                     print(f"  submit while running: bullmq {subs['peer'][-1]:,.0f}  dash-ray {subs['dash'][-1]:,.0f} jobs/s",
                           flush=True)
