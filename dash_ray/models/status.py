@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Literal, get_args
 
-__all__ = ["FAILURES", "FINAL", "FINAL_EVENT_TYPES", "JobStatus", "Status", "derive", "guess_bull_state", "is_failure",
+__all__ = ["CANCELLING", "FAILURES", "FINAL", "FINAL_EVENT_TYPES", "JobStatus", "Status", "derive", "guess_bull_state", "is_failure",
            "is_final"]
 
 JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
@@ -34,6 +34,9 @@ FINAL: frozenset[str] = frozenset({Status.COMPLETED.value, Status.FAILED.value, 
 FINAL_EVENT_TYPES: frozenset[str] = frozenset({"job:completed", "job:failed"})
 # The final statuses without a result: what a `job:failed` event carries (`status`).
 FAILURES: frozenset[str] = FINAL - {Status.COMPLETED.value}
+# A field of our job hash: "1" while an attempt is being ended as cancelled, from before BullMQ's
+# move to failed until the final event (which deletes it): see `derive`.
+CANCELLING = "cancelling"
 
 
 def is_final(status: str | None) -> bool:
@@ -46,15 +49,19 @@ def is_failure(status: str | None) -> bool:
     return status in FAILURES
 
 
-def derive(bull_state: str | None, ours: str | None, attempts_made: int) -> str:
+def derive(bull_state: str | None, ours: str | None, attempts_made: int, cancelling: bool = False) -> str:
     """Our status from BullMQ's state (the truth) refined by our hash's status (cancelled,
-    retrying). `bull_state` is what BullMQ's `getState` answers (None or "unknown": no such job)."""
+    retrying). `bull_state` is what BullMQ's `getState` answers (None or "unknown": no such job).
+    `cancelling`: our hash says the attempt is being ended as cancelled (set before BullMQ's
+    move to failed, cleared by the final event), so a read between the two says cancelled too:
+    a job's final status never changes once shown."""
     if bull_state in (None, "unknown"):
         return ours or Status.WAITING.value
     if bull_state == "completed":
         return Status.COMPLETED.value
     if bull_state == "failed":
-        return Status.CANCELLED.value if ours == Status.CANCELLED.value else Status.FAILED.value
+        cancelled = ours == Status.CANCELLED.value or (cancelling and ours not in FINAL)
+        return Status.CANCELLED.value if cancelled else Status.FAILED.value
     if bull_state == "active":
         return Status.ACTIVE.value
     if bull_state == "delayed":

@@ -27,6 +27,7 @@ from bullmq.scripts import raw2NextJobData
 from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
+from dash_ray.models.status import CANCELLING
 from dash_ray.queues.active import ActiveJob, FailOutcome, LockLost
 from dash_ray.queues.adoption import Adoption
 from dash_ray.queues.batch import Batch, register
@@ -348,6 +349,8 @@ class QueueConsumer:
         """
         final = cancelled or not retry or job.attempt >= job.attempts
         if not job.moved_to_failed:
+            if cancelled:  # a read between BullMQ's move and the final event says cancelled, not failed
+                await self.redis.hset(self.keys.job(job.id), CANCELLING, "1")
             err: Exception = UnrecoverableError(error) if final else Exception(error)
             _keep_trace(job.bull, trace)
             try:
@@ -356,6 +359,8 @@ class QueueConsumer:
                 if is_transient(exc):
                     raise
                 self.held.pop(job.id, None)  # lock lost: someone else has it now
+                if cancelled:  # and it is not ours to end
+                    await self.redis.hdel(self.keys.job(job.id), CANCELLING)
                 raise LockLost(f"job {job.id}: cannot fail ({exc})") from exc
             job.moved_to_failed = True
         self.held.pop(job.id, None)  # BullMQ holds its outcome now; the event below may be retried

@@ -35,7 +35,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from dash_ray.models.status import FINAL
+from dash_ray.models.status import CANCELLING, FINAL
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
@@ -132,7 +132,8 @@ def _file(path: str) -> str | None:
 def _final_lua() -> str:
     names = sorted(FINAL)
     assert all(n.isidentifier() for n in names)
-    return f"local FINAL = {{{', '.join(f'{n} = true' for n in names)}}}  -- models/status.py FINAL\n"
+    return (f"local FINAL = {{{', '.join(f'{n} = true' for n in names)}}}  -- models/status.py FINAL\n"
+            f"local CANCELLING = '{CANCELLING}'  -- models/status.py CANCELLING\n")
 
 
 # Key shapes a script builds itself, for ids it reads from a stream or a set (the trim in finish,

@@ -29,7 +29,7 @@ from dash_ray.models.events import JobFailedEvent, JobProgressEvent
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import parse_options, parse_payload
-from dash_ray.models.status import Status, is_failure, is_final
+from dash_ray.models.status import CANCELLING, Status, is_failure, is_final
 from dash_ray.models.views import JobView, SubmitResult
 from dash_ray.queues.control import QueueControl
 from dash_ray.queues.keys import Keys
@@ -230,7 +230,10 @@ class Producer:
             refused = await self.lifecycle.reopen(job_id, owner, quota, digest(view.data)[1])
             if refused:
                 raise refusal(*refused)
-        await self.redis.delete(self.keys.cancel(job_id))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.cancel(job_id))
+        pipe.hdel(self.keys.job(job_id), CANCELLING)  # left by a cancel whose final event never came
+        await pipe.execute()
         try:
             await bjob.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
         except Exception as exc:

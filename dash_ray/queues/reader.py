@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from dash_ray.errors import InvalidPayload, JobNotFound, UnknownQueue
 from dash_ray.models.base import is_lookup_id, is_user_id
-from dash_ray.models.status import Status, derive, guess_bull_state, is_failure
+from dash_ray.models.status import CANCELLING, Status, derive, guess_bull_state, is_failure
 from dash_ray.models.views import JobList, JobView
 from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.control import QueueControl
@@ -49,7 +49,7 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
     mine = ours.get("status")
     if state is None and bull:  # a list: guessed from the hashes (see models/status.py)
         state = guess_bull_state(bull, mine)
-    status = derive(state, mine, attempts_made)
+    status = derive(state, mine, attempts_made, ours.get(CANCELLING) == "1")
     # the payload is parsed only when it is shown (or names the owner of a job we adopted)
     data = json.loads(bull["data"]) if bull.get("data") and (with_data or not ours.get("userId")) else {}
     opts = json.loads(bull["opts"]) if bull.get("opts") else {}

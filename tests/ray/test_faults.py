@@ -259,7 +259,8 @@ async def test_a_shutdown_past_its_drain_time_requeues_running_jobs_without_an_a
         own_redis: EmbeddedRedis, start_scheduler: Any, prefix: str, tmp_path: Path) -> None:
     sched = start_scheduler()
     store = store_on(own_redis, prefix)
-    job = (await store.add("sleep", {"userId": "u", "durationS": 20, "steps": 40})).job.id
+    # long enough to outlast the 1 s drain by far, short enough to run again in full below
+    job = (await store.add("sleep", {"userId": "u", "durationS": 8, "steps": 16})).job.id
     await wait_for(lambda: _all_active(store, [job]), 60)
     out = await asyncio.to_thread(sched.stop, 1.0)
     assert out["sleep"]["requeued"] == 1, out

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from dash_ray.errors import InvalidJobState, InvalidPayload, JobConflict, UnknownQueue
+from dash_ray.models.status import CANCELLING
 from tests.helpers import assert_well_formed, complete, events, take_one
 
 TRN = {"userId": "bob", "prompt": "sks dog", "imageUrls": ["https://img.example.com/1.png"]}
@@ -136,10 +137,21 @@ async def test_cancel_running_job_sets_flag(make_store: Any, make_consumer: Any)
     view = await store.cancel("r1")
     assert view.status == "active"
     assert await store.redis.exists(store.keys.cancel("r1"))  # the flag a worker reads with each event
+    seen: list[str] = []
+    finish = c.lifecycle.finish
+
+    async def read_then_finish(event: Any, **kw: Any) -> Any:
+        # between BullMQ's move to failed and our final event: a reader says cancelled already
+        seen.append((await store.get("r1")).status)
+        seen.extend(v.status for v in (await store.list("alice")).jobs if v.id == "r1")
+        return await finish(event, **kw)
+
+    c.lifecycle.finish = read_then_finish
     out = await c.fail(job, "cancelled", cancelled=True)
-    assert out.status == "cancelled"
+    assert out.status == "cancelled" and seen == ["cancelled", "cancelled"]
     assert (await store.get("r1")).status == "cancelled"
     assert not await store.redis.exists(store.keys.cancel("r1"))
+    assert not await store.redis.hexists(store.keys.job("r1"), CANCELLING)  # the final event took it
 
 
 async def test_pause_resume(make_store: Any, make_consumer: Any) -> None:

@@ -67,6 +67,10 @@ def test_bullmq_decides_whether_a_job_is_over_and_our_hash_only_refines() -> Non
         for bull in ("active", "delayed", "waiting", "prioritized", "waiting-children"):
             assert not is_final(derive(bull, mine, 1)), (bull, mine)  # a stale final hash does not end it
     assert derive("failed", "cancelled", 0) == "cancelled" and derive("failed", "active", 0) == "failed"
+    # an attempt being ended as cancelled (BullMQ has moved it, our final event not written yet)
+    assert derive("failed", "active", 1, cancelling=True) == "cancelled"
+    assert derive("failed", "failed", 1, cancelling=True) == "failed"  # our final event wins
+    assert derive("active", "active", 1, cancelling=True) == "active"
 
 
 def test_final_and_failures() -> None:

@@ -10,7 +10,7 @@
     KEYS[2]  events       its replay stream
     KEYS[3]  finished     its queue's finished jobs
     KEYS[4]  open         its owner's unfinished jobs
-    KEYS[5]  cancel       its cancel flag
+    KEYS[5]  cancel       its cancel flag (and CANCELLING in `job`: both go)
     KEYS[6]  durations    its queue's run-time histogram
     KEYS[7]  bull_job     BullMQ's job hash
     KEYS[8]  hooks        the webhook outbox: deliveries due
@@ -35,6 +35,7 @@
 if A_finished_on ~= '' and redis.call('HGET', K_bull_job, 'finishedOn') ~= A_finished_on then
   return {0}
 end
+redis.call('HDEL', K_job, CANCELLING)  -- the final status is (or was) written: the marker's work is done
 if FINAL[redis.call('HGET', K_job, 'status')] then return {0} end
 local seq = emit(-1)
 if A_bucket ~= '' then
