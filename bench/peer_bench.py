@@ -130,7 +130,7 @@ async def start_hops(store: JobStore, hub: EventHub, r: Any, n: int) -> dict[str
     the event reaching the subscriber."""
     out: dict[str, list[float]] = {k: [] for k in (
         "submit to the subscriber's `active`", "submit to the add's reply", "submit to the consumer's take",
-        "the take to the worker's `active` event", "the event to the subscriber")}
+        "the take to the `active` event", "the event to the subscriber")}
     for _ in range(n):
         job_id = uuid.uuid4().hex
         got: dict[str, float] = {}

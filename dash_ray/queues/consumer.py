@@ -34,7 +34,7 @@ from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.board import CapacityBoard
 from dash_ray.queues.connection import is_transient
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import Lifecycle
+from dash_ray.queues.lifecycle import Lifecycle, started_event
 from dash_ray.queues.locks import LockKeeper
 from dash_ray.queues.lua import PEEK_READY
 
@@ -329,6 +329,15 @@ class QueueConsumer:
                 log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
                 ok = False
         return ok
+
+    async def announce(self, job: ActiveJob) -> bool:
+        """Publish the `active` event of a held job as it is handed to its worker (the first job
+        of a worker call, which counts as started from then on: see `attempts_started`'s
+        caller); returns whether it should stop at once (a cancel came first, or another attempt
+        holds it now). One round trip; raises if Redis cannot be reached."""
+        stop = await self.lifecycle.report(started_event(job.id, self.name, job.user_id, job.attempt, job.attempts),
+                                           token=job.token)
+        return bool(stop)
 
     async def attempts_started(self, jobs: list[ActiveJob]) -> set[str]:
         """Which of these held jobs' current attempts have begun on a worker: their `active` event

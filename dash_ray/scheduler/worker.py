@@ -116,12 +116,15 @@ class WorkerCore:
         return self.runner
 
     def _begin(self, ctx: JobContext) -> tuple[EventReporter, float]:
-        """Publish a job's start (whether a cancel came before it goes out with the first
-        reports) and make its reporter."""
+        """Publish a job's start, unless its consumer did as it handed it over (whether a cancel
+        came before it goes out with the first reports), and make its reporter."""
         cancel = self._cancels.setdefault(ctx.id, threading.Event())  # run_batch may have made it
         self.jobs_run += 1
-        self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts), cancel=cancel,
-                            token=ctx.token)
+        if ctx.stop:
+            cancel.set()
+        if not ctx.announced:
+            self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts),
+                                cancel=cancel, token=ctx.token)
         return EventReporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel), time.time()
 
     def run(self, ctx: JobContext, wait: bool = True) -> Outcome:

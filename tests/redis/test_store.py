@@ -354,3 +354,24 @@ async def test_every_users_jobs_newest_first_for_admins(make_store: Any) -> None
     rest = await store.list("*", limit=3, cursor=page.next_cursor)
     assert [j.id for j in rest.jobs] == [made[0]] and rest.next_cursor is None
     assert [j.id for j in (await store.list("ann")).jobs] == [made[2], made[0]]
+
+
+async def test_a_consumer_announces_the_start_once_and_learns_of_a_cancel_or_a_newer_attempt(
+        make_store: Any, make_consumer: Any) -> None:
+    """The `active` event published as a job is handed to its worker (`QueueConsumer.announce`):
+    one event; a cancel requested first, or another attempt holding the job, says stop."""
+    store = make_store()
+    for name in ("go", "cancelled", "stale"):
+        await store.add("sleep", sleep_job(jobId=name))
+    c = make_consumer("sleep", store)
+    go, cancelled, stale = await c.take(up_to=3)
+    assert [go.id, cancelled.id, stale.id] == ["go", "cancelled", "stale"]
+    assert await c.announce(go) is False
+    evs = await events(store, "go")
+    assert [e["status"] for e in evs] == ["waiting", "active"] and evs[-1]["attempt"] == 1
+    assert (await store.get("go")).status == "active"
+    await store.cancel("cancelled")
+    assert await c.announce(cancelled) is True
+    stale.token = "an-older-attempt"
+    assert await c.announce(stale) is True  # fenced: nothing published for it
+    assert [e["status"] for e in await events(store, "stale")] == ["waiting"]

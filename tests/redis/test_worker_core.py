@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -63,3 +64,29 @@ def test_errors_users_see_carry_no_paths_urls_or_passwords(redis_url: str, prefi
     assert out.kind == "failed" and out.retry
     assert "/srv/dash" not in out.error and "hunter2" not in out.error and "10.1.2.3" not in out.error
     assert "unet.bin" in out.error and out.error.startswith("RuntimeError: cannot open")
+
+
+def test_a_job_its_consumer_announced_gets_no_second_start_and_one_found_cancelled_never_runs(
+        redis_url: str, prefix: str) -> None:
+    import dataclasses
+
+    from dash_ray.queues import Keys, connect_sync
+
+    core = make_core(redis_url, prefix)
+    redis, keys = connect_sync(redis_url), Keys(prefix)
+    try:
+        announced = dataclasses.replace(job("ann", durationS=0.05, steps=2), announced=True)
+        stopped = dataclasses.replace(job("stop", durationS=5.0, steps=50), announced=True, stop=True)
+        [a] = core.run_batch([announced]).outcomes
+        t0 = time.monotonic()
+        [s] = core.run_batch([stopped]).outcomes
+        assert a.kind == "done" and s.kind == "cancelled" and time.monotonic() - t0 < 1.0
+        def evs(job_id: str) -> list[dict[str, Any]]:
+            return [json.loads(f.get("m") or f[b"m"]) for _, f in redis.xrange(keys.events(job_id))]
+
+        ran = evs("ann")
+        assert ran and all(e["status"] == "active" and e["progress"] > 0 for e in ran)  # no start of its own
+        assert evs("stop") == []  # found cancelled as it was handed over: not a step ran
+    finally:
+        redis.close()
+        core.close()
