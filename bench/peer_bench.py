@@ -125,9 +125,9 @@ async def rest(base: str, n: int, in_flight: int, token: str | None, pid: int | 
 
 async def start_hops(store: JobStore, hub: EventHub, r: Any, n: int) -> dict[str, list[float]]:
     """One job at a time on an idle system: ms from the submit to its `active` event at a
-    subscriber, and by hop: the add's reply; the consumer's take (BullMQ's `processedOn`, the
-    consumer's clock as it takes, in whole ms); the worker making the `active` event (its `ts`);
-    the event reaching the subscriber."""
+    subscriber, and by hop: the add's reply; the consumer's take (BullMQ's `processedOn`, Redis's
+    clock as the take runs, in whole ms); the `active` event being made (its `ts`: the take makes
+    it, in the same script, for the first job it hands out); the event reaching the subscriber."""
     out: dict[str, list[float]] = {k: [] for k in (
         "submit to the subscriber's `active`", "submit to the add's reply", "submit to the consumer's take",
         "the take to the `active` event", "the event to the subscriber")}

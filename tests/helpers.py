@@ -50,17 +50,19 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
 
 
 async def take_one(consumer: Any, block_s: float = 0.0) -> Any:
-    """Take one job the way the scheduler does and start it the way a worker does (its `active`
-    event through a worker's SyncLifecycle, which `make_consumer` gives each consumer as
-    `worker_lifecycle`); None if nothing came within block_s."""
+    """Take one job the way the scheduler does (the take publishes its `active` event), or, had
+    it not, start it the way a worker does (its `active` event through a worker's SyncLifecycle,
+    which `make_consumer` gives each consumer as `worker_lifecycle`); None if nothing came
+    within block_s."""
     from dash_ray.queues import started_event
 
     jobs = await consumer.take(block_s)
     if not jobs:
         return None
     job = jobs[0]
-    await asyncio.to_thread(consumer.worker_lifecycle.publish,
-                            [started_event(job.id, job.queue, job.user_id, job.attempt, job.attempts)])
+    if not job.announced:  # the take published its start (it always does for the first job it hands out)
+        await asyncio.to_thread(consumer.worker_lifecycle.publish,
+                                [started_event(job.id, job.queue, job.user_id, job.attempt, job.attempts)])
     return job
 
 

@@ -36,6 +36,10 @@ class ActiveJob:
     timeout_s: float | None = None  # the job's own run-time limit (options.timeoutS), if any
     batch_closed: bool = False  # a batch's head: the job behind its batch cannot join it (or it is full)
     moved_to_failed: bool = False  # fail() got past BullMQ's move (a retried fail() skips it)
+    # Its `active` event went out as it was taken (`QueueConsumer.take`): its worker publishes no
+    # start of its own; `stop`: a cancel was requested already.
+    announced: bool = False
+    stop: bool = False
     taken_at: float = field(default_factory=time.monotonic)
 
     @property

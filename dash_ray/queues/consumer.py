@@ -34,7 +34,7 @@ from dash_ray.queues.batch import Batch, register
 from dash_ray.queues.board import CapacityBoard
 from dash_ray.queues.connection import is_transient
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import Lifecycle, started_event
+from dash_ray.queues.lifecycle import Lifecycle
 from dash_ray.queues.locks import LockKeeper
 from dash_ray.queues.lua import PEEK_READY
 
@@ -60,12 +60,18 @@ def _keep_trace(bull_job: Any, trace: str) -> None:
     bull_job.updateStacktrace = update
 
 
-async def _move_to_active(scripts: Any, batch: Batch, token: str, lock_ms: int, now_ms: int) -> None:
-    """Queue BullMQ's moveToActive (its Scripts.moveToActive's keys and arguments) on a batch."""
+def _move_to_active_call(scripts: Any, token: str, lock_ms: int, now_ms: int) -> tuple[list[str], list[Any]]:
+    """BullMQ's moveToActive's keys and arguments (as its Scripts.moveToActive makes them)."""
     keys = scripts.getKeys(["wait", "active", "prioritized", "events", "stalled", "limiter",
                             "delayed", "paused", "meta", "pc", "marker"])
     opts = msgpack.packb({"token": token, "lockDuration": lock_ms, "limiter": None}, use_bin_type=True)
-    await scripts.commands["moveToActive"](keys=keys, args=[scripts.keys[""], now_ms, opts], client=batch)
+    return keys, [scripts.keys[""], now_ms, opts]
+
+
+async def _move_to_active(scripts: Any, batch: Batch, token: str, lock_ms: int, now_ms: int) -> None:
+    """Queue BullMQ's moveToActive on a batch."""
+    keys, args = _move_to_active_call(scripts, token, lock_ms, now_ms)
+    await scripts.commands["moveToActive"](keys=keys, args=args, client=batch)
 
 
 def _count_ready(scripts: Any, batch: Batch) -> Batch:
@@ -115,7 +121,10 @@ class QueueConsumer:
         self.held = self.locks.held  # job id -> ActiveJob: the attempts whose locks we hold
         self._next_delayed_ms = 0.0
         self._peek: Any = redis.register_script(PEEK_READY)  # called with a Batch as its client
-        register(self._peek)
+        # TAKE: moveToActive at Redis's clock, and the taken job's `active` event (see take.lua)
+        self._take: Any = redis.register_script(lifecycle.calls.take_text(self.scripts.commands["moveToActive"].script))
+        self._take_call = lifecycle.calls.take(queue)
+        register(self._peek, self._take)
         # Batched runs: with a rule, a take of several jobs takes the head's compatible ones only.
         self.batch_of: BatchOf | None = None
 
@@ -153,21 +162,31 @@ class QueueConsumer:
         block_s for one; then up to `up_to - 1` more of those ready, in priority order.
 
         The first take also counts what is left in the queue, in the same round trip, so a
-        lone job costs one round trip.
+        lone job costs one round trip. The job it takes first is announced by the take itself
+        (its `active` event, `ActiveJob.announced`: see take.lua). Waiting, the take is queued
+        behind the wait for BullMQ's marker (BZPOPMIN) on the blocking connection: Redis runs it
+        the moment the wait ends, so a job submitted to an idle queue is taken, and shows as
+        started, without a round trip back to here.
         """
         deadline = time.monotonic() + block_s
         batched = self.batch_of is not None and up_to > 1
+        wait_s: float | None = None  # the first take does not wait
         while True:
             token = self.locks.token()
             self._next_delayed_ms = 0.0
-            batch = Batch(self.redis)
-            await _move_to_active(self.scripts, batch, token, self.lock_ms, round(time.time() * 1000))
+            batch = Batch(self.redis if wait_s is None else self.blocking)
+            if wait_s is not None:
+                batch.add("bzpopmin", self.scripts.keys["marker"], max(wait_s, 0.002))
+            keys, args = _move_to_active_call(self.scripts, token, self.lock_ms, 0)  # TAKE reads the time
+            await self._take(keys=[*keys, *self._take_call[0]], args=[*args, *self._take_call[1]], client=batch)
             _count_ready(self.scripts, batch)
             if batched:
                 await self._queue_peek(batch, up_to - 1)
-            raw, *counts = await batch.execute()
+            replies = await batch.execute()
+            (raw, seq, cancelled), *counts = replies if wait_s is None else replies[1:]
             job = self._active(raw, token)
             if job is not None:
+                job.announced, job.stop = int(seq) > 0, bool(int(cancelled))
                 if batched:
                     try:
                         return [job, *await self._take_compatible(job, counts[3], up_to)]
@@ -179,10 +198,9 @@ class QueueConsumer:
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
-            timeout = left
+            wait_s = left
             if self._next_delayed_ms:
-                timeout = min(left, max(0.002, (self._next_delayed_ms - time.time() * 1000) / 1000))
-            await self.wait_for_marker(timeout)
+                wait_s = min(left, max(0.002, (self._next_delayed_ms - time.time() * 1000) / 1000))
 
     async def take_more(self, n: int) -> list[ActiveJob]:
         """Lock up to n more ready jobs in one round trip (no waiting); in priority order."""
@@ -271,11 +289,6 @@ class QueueConsumer:
                 return taken
         return ours
 
-    async def wait_for_marker(self, timeout_s: float) -> bool:
-        """Block until BullMQ's marker says a job may be ready (or timeout); True if woken."""
-        got = await self.blocking.bzpopmin(self.scripts.keys["marker"], max(timeout_s, 0.002))
-        return bool(got)
-
     async def complete(self, done: list[tuple[ActiveJob, Any]], fetch_next: int = 0,
                        ) -> tuple[list[ActiveJob], list[LockLost]]:
         """Complete several attempts in one round trip, each publishing its `job:completed`; the
@@ -329,15 +342,6 @@ class QueueConsumer:
                 log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
                 ok = False
         return ok
-
-    async def announce(self, job: ActiveJob) -> bool:
-        """Publish the `active` event of a held job as it is handed to its worker (the first job
-        of a worker call, which counts as started from then on: see `attempts_started`'s
-        caller); returns whether it should stop at once (a cancel came first, or another attempt
-        holds it now). One round trip; raises if Redis cannot be reached."""
-        stop = await self.lifecycle.report(started_event(job.id, self.name, job.user_id, job.attempt, job.attempts),
-                                           token=job.token)
-        return bool(stop)
 
     async def attempts_started(self, jobs: list[ActiveJob]) -> set[str]:
         """Which of these held jobs' current attempts have begun on a worker: their `active` event

@@ -52,8 +52,10 @@ from dash_ray.queues.lua import (
     FAIR_PRUNE,
     FINISH,
     REOPEN,
+    TAKE,
     Script,
     with_bull_add,
+    with_bull_take,
 )
 
 __all__ = [
@@ -219,6 +221,24 @@ def started_event(job_id: str, queue: str, user_id: str | None, attempt: int, at
     )
 
 
+# What TAKE fills in, in `started_marks`' frame and fields (Lua constants: MARK_JOB...): none
+# can occur in an event's text by chance (ids and owners are JSON strings there, numbers these).
+MARKS = {"mark_job": "zzMARKJOBzz", "mark_user": "zzMARKUSERzz", "mark_attempt": "777000001",
+         "mark_attempts": "777000002", "mark_ts": "777000003.0"}
+
+
+def started_marks(queue: str) -> tuple[str, str]:
+    """`started_event`'s frame and state fields with marks where the job's id, owner, attempt,
+    attempts and time go: TAKE fills them in for the job it takes."""
+    event = started_event(MARKS["mark_job"], queue, MARKS["mark_user"], int(MARKS["mark_attempt"]),
+                          int(MARKS["mark_attempts"]))
+    event.ts = float(MARKS["mark_ts"])
+    frame, fields = Frame.body_of(event), state_fields(event)
+    if any(m not in frame for m in MARKS.values()):
+        raise ValueError(f"started_event's frame lost a mark: {frame}")
+    return frame, fields
+
+
 @dataclass(frozen=True)
 class BullAdd:
     """One call of a BullMQ add script: its SHA and source, and the KEYS and ARGV it was given."""
@@ -258,7 +278,18 @@ class _Calls:
         return script.text(after=after, prelude=prelude, maxlen=r.events_per_job, ttl=r.finished_ttl_s,
                            logs_max=r.logs_per_job,
                            keep=r.keep_finished, ns=self.keys.ns, history_max=r.history_max,
-                           recent_max=r.recent_max)
+                           recent_max=r.recent_max, **MARKS)
+
+    def take_text(self, move_to_active: str) -> str:
+        """TAKE's source, with BullMQ's moveToActive (`move_to_active`, its text) as its prelude."""
+        return self.text(TAKE, after=(11, 3), prelude=with_bull_take(move_to_active))
+
+    def take(self, queue: str) -> tuple[list[str], list[Any]]:
+        """TAKE's own KEYS and ARGV (after moveToActive's) for a queue: the job's are placeholders."""
+        frame, fields = started_marks(queue)
+        keys = {"job": self.keys.job("-"), "events": self.keys.events("-"), "hooks": self.keys.hooks,
+                "hook_bodies": self.keys.hook_bodies}
+        return TAKE.pack(keys, {"frame": frame, "fields": fields, "channel": "", "job_id": ""})
 
     def _common(self, event: JobEvent) -> tuple[dict[str, str], dict[str, Any]]:
         k = self.keys

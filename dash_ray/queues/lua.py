@@ -39,7 +39,8 @@ from dash_ray.models.status import CANCELLING, FINAL
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
-           "HOOK_CLAIM", "HOOK_SETTLE", "PEEK_READY", "POSITION", "RATE", "REOPEN", "USAGE", "Script", "ScriptError", "load", "with_bull_add"]
+           "HOOK_CLAIM", "HOOK_SETTLE", "PEEK_READY", "POSITION", "RATE", "REOPEN", "TAKE", "USAGE", "Script",
+           "ScriptError", "load", "with_bull_add", "with_bull_take"]
 
 
 class ScriptError(ValueError):
@@ -137,9 +138,10 @@ def _final_lua() -> str:
 
 
 # Key shapes a script builds itself, for ids it reads from a stream or a set (the trim in finish,
-# the scan in adopt_scan, the high-priority count in refusal): Lua name -> the `Keys` method.
+# the scan in adopt_scan, the high-priority count in refusal, the job take found): Lua name -> the `Keys` method.
 _KEY_SHAPES: dict[str, Callable[[Keys, str], str]] = {"job_key": Keys.job, "events_key": Keys.events,
-                                                      "kept_key": Keys.kept}
+                                                      "kept_key": Keys.kept, "channel_key": Keys.channel,
+                                                      "cancel_key": Keys.cancel}
 
 
 def _keys_lua() -> str:
@@ -261,8 +263,17 @@ def with_bull_add(bull_source: str, bull_keys: int, bull_args: int) -> str:
             f"  return bull_add_script({{unpack(KEYS, 1, {bull_keys})}}, {{unpack(ARGV, 1, {bull_args})}})\nend\n")
 
 
+def with_bull_take(bull_source: str) -> str:
+    """The prelude of TAKE that runs BullMQ's moveToActive (its text unchanged, as the body of a
+    function whose KEYS and ARGV are the first 11 / 3 of ours) with the timestamp given."""
+    return (f"local function bull_take_script(KEYS, ARGV)\n{bull_source}\nend\n"
+            f"local function bull_take(now_ms)\n"
+            f"  return bull_take_script({{unpack(KEYS, 1, 11)}}, {{ARGV[1], now_ms, ARGV[3]}})\nend\n")
+
+
 # The lifecycle's scripts (queues/lifecycle.py), each described in its file's header.
 CREATE = load("create")  # run with BullMQ's add as its prelude (`with_bull_add`)
+TAKE = load("take")  # run with BullMQ's moveToActive as its prelude (`with_bull_take`)
 REOPEN = load("reopen")
 RATE = load("rate")  # the submission rate alone (queues/accounts.py); CREATE counts it itself
 USAGE = load("usage")

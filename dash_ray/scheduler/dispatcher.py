@@ -143,7 +143,7 @@ class Dispatcher:
             slot = self.pool.prefer(slot, name)
             if name in slot.models:
                 break
-        # Each job's `active` event goes out as it starts: the first one's as it is handed over.
+        # The take published the first job's `active` event; the worker publishes the others'.
         task = asyncio.create_task(self._serve(slot, jobs), name=f"job-{jobs[0].id}")
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
@@ -227,13 +227,9 @@ class Dispatcher:
         try:
             if self.batch_of is not None:  # here, in the job's task: the loop goes on serving meanwhile
                 jobs += await self._company(jobs)
-            fresh = True
             while jobs:
                 t0 = time.monotonic()
-                # A job taken by an idle worker is announced as it is handed over (the latency of a
-                # submit to an idle queue); those fetched with a completion, under load, by their worker.
-                outcomes, models_now, alive = await self.handoff.run(slot, jobs, announce=fresh)
-                fresh = False
+                outcomes, models_now, alive = await self.handoff.run(slot, jobs)
                 models = models_now or models
                 jobs, outcomes = self.handoff.take_settled(jobs, outcomes)  # cancelled members: written
                 ran, jobs = jobs, await self.outcomes.record(slot, jobs, outcomes, fetch=alive and not self.stopping)

@@ -14,7 +14,6 @@ The worker handle and the consumer are duck-typed (`run.remote(ctxs, budget_s, t
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from typing import Any
 
@@ -66,10 +65,8 @@ class Handoff:
         keys = {(b or (None,))[0] for b in (batch_of(j.data) for j in jobs)}
         return len(keys) == 1 and None not in keys
 
-    async def run(self, slot: Slot, jobs: list[ActiveJob],
-                  announce: bool = False) -> tuple[list[Outcome], tuple[str, ...], bool]:
-        """Run jobs on a worker; returns (outcome per job, the models it holds, whether it lives).
-        `announce`: the first job's `active` event goes out before the Ray call (`_announce`)."""
+    async def run(self, slot: Slot, jobs: list[ActiveJob]) -> tuple[list[Outcome], tuple[str, ...], bool]:
+        """Run jobs on a worker; returns (outcome per job, the models it holds, whether it lives)."""
         outcomes: dict[str, Outcome] = {}
         ctxs = []
         for job in jobs:
@@ -80,7 +77,7 @@ class Handoff:
             self.watchdog.track(job.id, slot, min(job.timeout_s or self.timeout_s, self.timeout_s))
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
                                    attempts=job.attempts, user_id=job.user_id, token=job.token,
-                                   created_at=job.created_at))
+                                   created_at=job.created_at, announced=job.announced, stop=job.stop))
         alive, models = True, ()
         together = self._together(ctxs)
         if together:
@@ -90,8 +87,6 @@ class Handoff:
             self.batched_jobs += len(ctxs)
         try:
             if ctxs:
-                if announce:
-                    ctxs[0] = await self._announce(ctxs[0])
                 budget = 2 * self.batch_budget_s if len(ctxs) > 1 and not together else 0.0
                 self.calls += 1
                 reply = await slot.handle.run.remote(ctxs, budget, together)
@@ -108,25 +103,6 @@ class Handoff:
                 self.together.pop(c.id, None)
                 self.watchdog.untrack(c.id)
         return [outcomes[j.id] for j in jobs], models, alive
-
-    async def _announce(self, ctx: JobContext) -> JobContext:
-        """The first job of a worker call starts as it is handed over: its consumer publishes its
-        `active` event now, before the Ray call, which it waits for (so a submit to an idle queue
-        shows as started without waiting on Ray, and the worker's own events come after it). It
-        counts as started from here on whatever happens to the call (`_started`), so nothing
-        changes in what an attempt is. If Redis cannot be reached, the worker publishes it."""
-        announce = getattr(self.consumer, "announce", None)
-        job = self.active.get(ctx.id)
-        if announce is None or job is None:
-            return ctx
-        try:
-            stop = await announce(job)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("could not announce job %s (its worker will): %s", ctx.id, exc, extra={"job_id": ctx.id})
-            return ctx
-        return dataclasses.replace(ctx, announced=True, stop=stop)
 
     def take_settled(self, jobs: list[ActiveJob], outcomes: list[Outcome]) -> tuple[list[ActiveJob], list[Outcome]]:
         """The jobs (and outcomes) of a pass left to record: those not settled already (`detach`)."""
@@ -153,9 +129,9 @@ class Handoff:
                     reason or f"the worker process died while running the job ({type(exc).__name__})")
 
     async def _started(self, jobs: list[ActiveJob]) -> set[str]:
-        """Which of a dead worker's unfinished jobs had started. The first always counts (its
-        `active` event may not have gone out before the worker died); the others by their state
-        in Redis, all of them if that cannot be read."""
+        """Which of a dead worker's unfinished jobs had started. The first always counts (the take
+        announced it, or its worker's `active` event may not have gone out before it died); the
+        others by their state in Redis, all of them if that cannot be read."""
         if not jobs:
             return set()
         try:

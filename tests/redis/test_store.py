@@ -356,22 +356,48 @@ async def test_every_users_jobs_newest_first_for_admins(make_store: Any) -> None
     assert [j.id for j in (await store.list("ann")).jobs] == [made[2], made[0]]
 
 
-async def test_a_consumer_announces_the_start_once_and_learns_of_a_cancel_or_a_newer_attempt(
+async def test_a_take_publishes_the_start_of_the_job_it_takes_first_and_says_if_it_was_cancelled(
         make_store: Any, make_consumer: Any) -> None:
-    """The `active` event published as a job is handed to its worker (`QueueConsumer.announce`):
-    one event; a cancel requested first, or another attempt holding the job, says stop."""
+    """TAKE (queues/lua/take.lua) publishes the `active` event of the first job it hands out,
+    filled in from the template (an id that spells the template's marks stays as it is), and
+    says whether a cancel came first; the jobs taken with it are left to their worker."""
     store = make_store()
-    for name in ("go", "cancelled", "stale"):
-        await store.add("sleep", sleep_job(jobId=name))
+    odd = "zzMARKUSERzz777000001zzMARKJOBzz"  # a client-chosen id that spells the marks
+    for name in (odd, "second", "third"):
+        await store.add("sleep", sleep_job(jobId=name), {"attempts": 3})
     c = make_consumer("sleep", store)
-    go, cancelled, stale = await c.take(up_to=3)
-    assert [go.id, cancelled.id, stale.id] == ["go", "cancelled", "stale"]
-    assert await c.announce(go) is False
-    evs = await events(store, "go")
-    assert [e["status"] for e in evs] == ["waiting", "active"] and evs[-1]["attempt"] == 1
-    assert (await store.get("go")).status == "active"
-    await store.cancel("cancelled")
-    assert await c.announce(cancelled) is True
-    stale.token = "an-older-attempt"
-    assert await c.announce(stale) is True  # fenced: nothing published for it
-    assert [e["status"] for e in await events(store, "stale")] == ["waiting"]
+    first, second = await c.take(up_to=2)
+    assert first.id == odd and first.announced and not first.stop and not second.announced
+    [start] = [e for e in await events(store, odd) if e["status"] == "active"]
+    assert start["jobId"] == odd and start["userId"] == "alice" and start["attempt"] == 1
+    assert start["attempts"] == 3 and start["message"] == "started (attempt 1 of 3)" and start["progress"] == 0
+    assert abs(start["ts"] - time.time()) < 60
+    view = await store.get(odd)
+    assert view.status == "active" and view.started_at and abs(view.started_at - time.time()) < 60
+    assert [e["status"] for e in await events(store, "second")] == ["waiting"]  # its worker's to publish
+    await store.cancel("third")  # waiting: removed at once
+    await store.add("sleep", sleep_job(jobId="fourth"))
+    [fourth] = await c.take()
+    await store.cancel("fourth")
+    assert fourth.announced and not fourth.stop
+    await c.fail(fourth, "cancelled", cancelled=True)
+    # a cancel flagged before the take (a running job's flag; here set by hand): the take says stop
+    await store.add("sleep", sleep_job(jobId="fifth"))
+    await store.redis.set(store.keys.cancel("fifth"), "1")
+    [fifth] = await c.take()
+    assert fifth.announced and fifth.stop
+
+
+async def test_a_take_of_a_plain_bullmq_job_with_no_record_publishes_a_start_without_an_owner(
+        make_store: Any, make_consumer: Any) -> None:
+    from bullmq import Queue as BullQueue
+
+    store = make_store()
+    q = BullQueue("sleep", {"connection": store.redis, "prefix": store.keys.prefix})
+    await q.add("plain", {"durationS": 0}, {"jobId": "plain-1"})
+    c = make_consumer("sleep", store)
+    [job] = await c.take()
+    assert job.id == "plain-1" and job.announced
+    [start] = await events(store, "plain-1")
+    assert start["status"] == "active" and "userId" not in start and start["attempt"] == 1
+    assert await store.redis.hget(store.keys.job("plain-1"), "userId") is None
