@@ -31,8 +31,8 @@ class JobContext:
     user_id: str | None = None
     token: str = ""  # this attempt's lock token: its events are refused once another attempt holds the job
     created_at: float = 0.0  # when the job was submitted (epoch seconds; 0: unknown)
-    # Its `active` event went out as it was handed over (the consumer announced it), so the worker
-    # does not; `stop`: that announcement found a cancel (or another attempt holding it) already.
+    # Its `active` event went out as it was taken (`QueueConsumer.take`), so the worker publishes
+    # none; `stop`: a cancel was requested before it reached the worker.
     announced: bool = False
     stop: bool = False
 

@@ -55,7 +55,8 @@ class _FastSSLConnection(_HiredisPacking, SSLConnection):
 
 
 def connect(url: str, *, blocking: bool = False, name: str | None = None, max_connections: int = 64) -> Redis:
-    """An asyncio Redis client (str responses, as BullMQ needs); `blocking` for BZPOPMIN waits.
+    """An asyncio Redis client (str responses, as BullMQ needs); `blocking`: one connection, for
+    BZPOPMIN waits (the consumer's, with its take queued behind: `QueueConsumer.take`).
 
     A command that meets a dropped connection (Redis restarted) is retried on a new one, up to
     three times within about a second; longer outages surface as `TRANSIENT_ERRORS`.
@@ -71,10 +72,10 @@ def connect(url: str, *, blocking: bool = False, name: str | None = None, max_co
     }
     if name:
         kwargs["client_name"] = name
-    if blocking:
-        return Redis.from_url(url, single_connection_client=True, **kwargs)  # type: ignore[arg-type]
     fast = _FastSSLConnection if url.startswith("rediss://") else _FastConnection
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30,
+    # `blocking`: one connection (its waits, and what is queued behind them, take turns on it; a
+    # pipeline cannot use a single-connection client's own connection, so it is a pool of one).
+    pool = BlockingConnectionPool.from_url(url, max_connections=1 if blocking else max_connections, timeout=30,
                                            connection_class=fast, **kwargs)
     return Redis(connection_pool=pool)
 

@@ -183,7 +183,7 @@ class QueueConsumer:
             if batched:
                 await self._queue_peek(batch, up_to - 1)
             replies = await batch.execute()
-            (raw, seq, cancelled), *counts = replies if wait_s is None else replies[1:]
+            (raw, seq, cancelled, now_ms), *counts = replies if wait_s is None else replies[1:]
             job = self._active(raw, token)
             if job is not None:
                 job.announced, job.stop = int(seq) > 0, bool(int(cancelled))
@@ -199,8 +199,8 @@ class QueueConsumer:
             if left <= 0:
                 return []
             wait_s = left
-            if self._next_delayed_ms:
-                wait_s = min(left, max(0.002, (self._next_delayed_ms - time.time() * 1000) / 1000))
+            if self._next_delayed_ms:  # on Redis's clock, as the take that promotes it
+                wait_s = min(left, max(0.002, (self._next_delayed_ms - float(now_ms)) / 1000))
 
     async def take_more(self, n: int) -> list[ActiveJob]:
         """Lock up to n more ready jobs in one round trip (no waiting); in priority order."""

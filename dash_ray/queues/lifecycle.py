@@ -236,6 +236,8 @@ def started_marks(queue: str) -> tuple[str, str]:
     frame, fields = Frame.body_of(event), state_fields(event)
     if any(m not in frame for m in MARKS.values()):
         raise ValueError(f"started_event's frame lost a mark: {frame}")
+    if MARKS["mark_job"] in fields:  # TAKE fills the owner, attempt(s) and time in the fields, not the id
+        raise ValueError(f"started_event's fields have a mark TAKE does not fill: {fields!r}")
     return frame, fields
 
 
@@ -289,7 +291,7 @@ class _Calls:
         frame, fields = started_marks(queue)
         keys = {"job": self.keys.job("-"), "events": self.keys.events("-"), "hooks": self.keys.hooks,
                 "hook_bodies": self.keys.hook_bodies}
-        return TAKE.pack(keys, {"frame": frame, "fields": fields, "channel": "", "job_id": ""})
+        return TAKE.pack(keys, {"frame": frame, "fields": fields, "channel": "", "job_id": "", "queue": queue})
 
     def _common(self, event: JobEvent) -> tuple[dict[str, str], dict[str, Any]]:
         k = self.keys

@@ -41,6 +41,7 @@ class Handoff:
         self.active: dict[str, ActiveJob] = {}  # the jobs on a worker now
         self.together: dict[str, frozenset[str]] = {}  # those running in one pass with others: the pass's ids
         self.settled: set[str] = set()  # members whose outcome was written before their pass ended
+        self.cancelled_early: set[str] = set()  # taken jobs cancelled before they reached a worker
         self.calls = 0  # Ray calls to workers (a call may carry a batch of jobs)
         self.passes = 0  # of them, batched passes (jobs run together)
         self.batched_jobs = 0  # jobs run in batched passes
@@ -72,12 +73,15 @@ class Handoff:
         for job in jobs:
             if job.deferred_failure:
                 outcomes[job.id] = Outcome.failure(job.deferred_failure, retry=False)
+                self.cancelled_early.discard(job.id)
                 continue
             self.active[job.id] = job
             self.watchdog.track(job.id, slot, min(job.timeout_s or self.timeout_s, self.timeout_s))
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
                                    attempts=job.attempts, user_id=job.user_id, token=job.token,
-                                   created_at=job.created_at, announced=job.announced, stop=job.stop))
+                                   created_at=job.created_at, announced=job.announced,
+                                   stop=job.stop or job.id in self.cancelled_early))
+            self.cancelled_early.discard(job.id)
         alive, models = True, ()
         together = self._together(ctxs)
         if together:

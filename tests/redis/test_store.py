@@ -12,7 +12,7 @@ import pytest
 
 from dash_ray.errors import InvalidJobState, InvalidPayload, JobConflict, UnknownQueue
 from dash_ray.models.status import CANCELLING
-from tests.helpers import assert_well_formed, complete, events, take_one
+from tests.helpers import assert_well_formed, complete, events, take_one, wait_for
 
 TRN = {"userId": "bob", "prompt": "sks dog", "imageUrls": ["https://img.example.com/1.png"]}
 
@@ -374,13 +374,15 @@ async def test_a_take_publishes_the_start_of_the_job_it_takes_first_and_says_if_
     assert abs(start["ts"] - time.time()) < 60
     view = await store.get(odd)
     assert view.status == "active" and view.started_at and abs(view.started_at - time.time()) < 60
+    assert view.message == "started (attempt 1 of 3)"  # the record's fields are filled in too
     assert [e["status"] for e in await events(store, "second")] == ["waiting"]  # its worker's to publish
     await store.cancel("third")  # waiting: removed at once
     await store.add("sleep", sleep_job(jobId="fourth"))
     [fourth] = await c.take()
-    await store.cancel("fourth")
-    assert fourth.announced and not fourth.stop
+    assert fourth.announced
+    await store.cancel("fourth")  # running: flagged, and the worker told
     await c.fail(fourth, "cancelled", cancelled=True)
+    assert (await store.get("fourth")).status == "cancelled"
     # a cancel flagged before the take (a running job's flag; here set by hand): the take says stop
     await store.add("sleep", sleep_job(jobId="fifth"))
     await store.redis.set(store.keys.cancel("fifth"), "1")
@@ -401,3 +403,48 @@ async def test_a_take_of_a_plain_bullmq_job_with_no_record_publishes_a_start_wit
     [start] = await events(store, "plain-1")
     assert start["status"] == "active" and "userId" not in start and start["attempt"] == 1
     assert await store.redis.hget(store.keys.job("plain-1"), "userId") is None
+
+
+async def test_a_job_retried_at_once_into_a_waiting_take_shows_its_new_attempt_running(
+        make_store: Any, make_consumer: Any) -> None:
+    """A failed attempt with no backoff goes back to waiting, and a consumer waiting on the
+    marker takes it the moment it does: the new attempt's start is the last word, not the
+    `retrying` event that follows the move (it publishes nothing once another attempt holds it)."""
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="again"), {"attempts": 3, "backoff": {"type": "fixed", "delayS": 0}})
+    a, b = make_consumer("sleep", store), make_consumer("sleep", store)
+    [job] = await a.take()
+    parked = asyncio.create_task(b.take(block_s=20))
+
+    async def b_waits() -> bool:
+        return int((await store.redis.info("clients"))["blocked_clients"]) >= 1
+
+    await wait_for(b_waits, 10, interval_s=0.01)
+    await a.fail(job, "boom", retry=True)
+    [again] = await asyncio.wait_for(parked, 10)
+    assert again.id == "again" and again.attempt == 2 and again.announced
+    evs = await events(store, "again")
+    assert evs[-1]["status"] == "active" and evs[-1]["attempt"] == 2, [e["status"] for e in evs]
+    assert (await store.get("again")).status == "active"
+    assert (await store.list("alice")).jobs[0].status == "active"
+
+
+async def test_a_take_does_not_announce_a_job_whose_id_belongs_to_a_finished_record(
+        make_store: Any, make_consumer: Any) -> None:
+    """BullMQ forgot a finished job (its retention) while our record of it is kept; a plain
+    producer reuses the id: the take does not publish a start into the finished job's record."""
+    from bullmq import Queue as BullQueue
+
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="reused"))
+    c = make_consumer("sleep", store)
+    await complete(c, await take_one(c), {"ok": 1})
+    await store.redis.delete(store.keys.bull("sleep", "reused"))  # BullMQ's removeOnComplete
+    await store.redis.zrem(store.keys.bull("sleep", "completed"), "reused")
+    seen = len(await events(store, "reused"))
+    q = BullQueue("sleep", {"connection": store.redis, "prefix": store.keys.prefix})
+    await q.add("plain", {"durationS": 0}, {"jobId": "reused"})
+    [job] = await c.take()
+    assert job.id == "reused" and not job.announced
+    assert len(await events(store, "reused")) == seen  # nothing published into alice's job
+    assert (await store.redis.hget(store.keys.job("reused"), "status")) == "completed"

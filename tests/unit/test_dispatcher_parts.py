@@ -418,6 +418,25 @@ async def test_a_batch_goes_to_the_worker_in_one_call_with_its_limits_watched() 
     assert hand.active == {} and dog.running == {} and dog.deadlines == {}
 
 
+async def test_a_job_cancelled_between_its_take_and_its_worker_reaches_the_worker_stopped() -> None:
+    """A take announced the job's start; the cancel came before the job reached a worker (no
+    worker to tell yet): the worker gets it with `stop`, and ends it before it runs."""
+    consumer, killed = Consumer(), list[Any]()
+    hand = Handoff(consumer, WorkerPool(lambda: None, killed.append), Watchdog(killed.append))
+    got: dict[str, Any] = {}
+
+    def outcome(ctx: Any) -> Outcome:
+        got[ctx.id] = (ctx.announced, ctx.stop)
+        return Outcome("cancelled", error="cancelled") if ctx.stop else Outcome("done", run_s=0.001)
+
+    first, second = job("first"), job("second")
+    first.announced = True
+    hand.cancelled_early.add("first")
+    outcomes, _models, _alive = await hand.run(slot(1, Worker(1, outcome)), [first, second])
+    assert got == {"first": (True, True), "second": (False, False)}
+    assert [o.kind for o in outcomes] == ["cancelled", "done"] and not hand.cancelled_early
+
+
 def same_batch(data: dict[str, Any]) -> tuple[str, int]:
     return "k", 1
 

@@ -24,11 +24,14 @@
     ARGV[2] fields        its state fields (key, value, ... joined by \31), with the marks
     ARGV[3] channel       (a placeholder: its live channel)
     ARGV[4] job_id        (a placeholder)
+    ARGV[5] queue         its queue: a record of the id in another queue, or final, is not
+                          announced here (the worker's fenced start decides)
 
   Output:
-    {moveToActive's reply, the `active` event's seq (0: no job taken), 1 if a cancel was
-    requested for the job else 0}
+    {moveToActive's reply, the `active` event's seq (0: none published), 1 if a cancel was
+    requested for the job else 0, Redis's time in ms}
 ]]
+--- @include "includes/final"
 --- @include "includes/keys"
 --- @include "includes/emit"
 local function put(s, mark, value)  -- every `mark` in s replaced by value (plain text, no patterns)
@@ -63,10 +66,15 @@ end
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local taken = bull_take(string.format('%d', now_ms))
+local now = string.format('%d', now_ms)
+local taken = bull_take(now)
 local id = taken[2]
-if type(taken[1]) ~= 'table' or not id or id == 0 or id == '' then return {taken, 0, 0} end
+if type(taken[1]) ~= 'table' or not id or id == 0 or id == '' then return {taken, 0, 0, now} end
 id = tostring(id)
+local cur = redis.call('HMGET', job_key(id), 'status', 'queue')
+if FINAL[cur[1]] or (cur[2] and cur[2] ~= A_queue) then  -- a record of another job with this id
+  return {taken, 0, redis.call('EXISTS', cancel_key(id)), now}
+end
 local atm, attempts = 0, 1
 local data = taken[1]
 for i = 1, #data, 2 do
@@ -88,6 +96,8 @@ local ts = t[1] .. '.' .. string.format('%03d', math.floor(tonumber(t[2]) / 1000
 local attempt = tostring(atm + 1)
 A_frame = fill(frame, {{'"' .. MARK_JOB .. '"', cjson.encode(id)}, {'"' .. MARK_USER .. '"', cjson.encode(owner or '')},
                        {MARK_ATTEMPTS, tostring(attempts)}, {MARK_ATTEMPT, attempt}, {MARK_TS, ts}})
-A_fields = fill(fields, {{MARK_USER, owner or ''}, {MARK_ATTEMPT, attempt}, {MARK_TS, ts}})
+A_fields = fill(fields, {{MARK_USER, owner or ''}, {MARK_ATTEMPTS, tostring(attempts)}, {MARK_ATTEMPT, attempt},
+                         {MARK_TS, ts}})
 local seq = emit(-1)
-return {taken, seq, redis.call('EXISTS', cancel_key(id))}
+redis.call('HDEL', K_job, CANCELLING)  -- an earlier attempt's, left by a crash before its final event
+return {taken, seq, redis.call('EXISTS', cancel_key(id)), now}
