@@ -225,6 +225,7 @@ class Bench:
         self.env_settings: dict[str, Any] = {
             "key_prefix": self.prefix, "token_secret": SECRET, "data_dir": tempfile.mkdtemp(prefix="dash-pb-"),
             "rate_submit": "1000000/minute", "max_waiting_per_user": 1_000_000, "max_sockets_per_user": 100_000,
+            "max_bytes_per_user": 1 << 40,  # the peer keeps no budget: rounds of paused submits would fill ours
             "worker_idle_s": 600}
 
     def row(self, path: str, dash: float, peer: float | None, unit: str, target: str) -> None:

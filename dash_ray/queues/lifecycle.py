@@ -255,13 +255,18 @@ class BullAddRecorder:
     """Stands in as the client of BullMQ's `addJob` and records the script call it makes
     (`Lifecycle.create` runs it, inside CREATE)."""
 
+    _SOURCES: dict[str, str] = {}  # SHA -> source: a SHA names one text, whatever the queue
+
     def __init__(self, scripts: dict[str, Any]) -> None:
-        self._sources = {s.sha: s.script for s in scripts.values()}
+        self._scripts = scripts
         self.call: BullAdd | None = None
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> int:
         """Record the call; answers 0 (BullMQ's add takes it as success)."""
-        self.call = BullAdd(sha, self._sources[sha], keys_and_args[:numkeys], keys_and_args[numkeys:])
+        source = self._SOURCES.get(sha)
+        if source is None:  # once per script (a map of them all per add was 1% of a submit)
+            source = self._SOURCES[sha] = next(s.script for s in self._scripts.values() if s.sha == sha)
+        self.call = BullAdd(sha, source, keys_and_args[:numkeys], keys_and_args[numkeys:])
         return 0
 
 

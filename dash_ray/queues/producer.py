@@ -233,16 +233,17 @@ class Producer:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.keys.cancel(job_id))
         pipe.hdel(self.keys.job(job_id), CANCELLING)  # left by a cancel whose final event never came
-        # Not final any more before BullMQ requeues it: a take waiting on the marker may start it
-        # before `wait_again` below (which then publishes nothing), and must not find it final.
-        pipe.hset(self.keys.job(job_id), "status", Status.WAITING.value)
         await pipe.execute()
+        # It waits again before BullMQ requeues it: a take waiting on the marker may start it the
+        # moment it is requeued, and its start must come after this event (and find it not final).
+        await self.lifecycle.wait_again(job_id, view.queue, view.user_id, "retry requested", position=False)
         try:
             await bjob.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
         except Exception as exc:
             if quota is not None:  # it does not run again: it holds no place among the unfinished
                 await self.redis.srem(self.keys.waiting_count(owner), job_id)
-            await self.redis.hset(self.keys.job(job_id), "status", view.status)  # final, as it was
+            await self.lifecycle.finish(JobFailedEvent(  # over again, as it was
+                job_id=job_id, queue=view.queue, user_id=view.user_id, error=view.error or view.status,
+                status=view.status))
             raise InvalidJobState(job_id, view.status, f"retry ({exc})") from None
-        await self.lifecycle.wait_again(job_id, view.queue, view.user_id, "retry requested")
         return await self.reader.get(job_id)

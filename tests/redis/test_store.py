@@ -12,6 +12,7 @@ import pytest
 
 from dash_ray.errors import InvalidJobState, InvalidPayload, JobConflict, UnknownQueue
 from dash_ray.models.status import CANCELLING
+from dash_ray.queues import started_event
 from tests.helpers import assert_well_formed, complete, events, take_one, wait_for
 
 TRN = {"userId": "bob", "prompt": "sks dog", "imageUrls": ["https://img.example.com/1.png"]}
@@ -405,11 +406,11 @@ async def test_a_take_of_a_plain_bullmq_job_with_no_record_publishes_a_start_wit
     assert await store.redis.hget(store.keys.job("plain-1"), "userId") is None
 
 
-async def test_a_job_retried_at_once_into_a_waiting_take_shows_its_new_attempt_running(
+async def test_a_job_retried_at_once_into_a_waiting_take_says_why_before_its_new_start(
         make_store: Any, make_consumer: Any) -> None:
     """A failed attempt with no backoff goes back to waiting, and a consumer waiting on the
-    marker takes it the moment it does: the new attempt's start is the last word, not the
-    `retrying` event that follows the move (it publishes nothing once another attempt holds it)."""
+    marker takes it the moment BullMQ moves it, before the `retrying` event that follows the
+    move: that take does not announce the new attempt (its worker does, after the `retrying`)."""
     store = make_store()
     await store.add("sleep", sleep_job(jobId="again"), {"attempts": 3, "backoff": {"type": "fixed", "delayS": 0}})
     a, b = make_consumer("sleep", store), make_consumer("sleep", store)
@@ -422,11 +423,13 @@ async def test_a_job_retried_at_once_into_a_waiting_take_shows_its_new_attempt_r
     await wait_for(b_waits, 10, interval_s=0.01)
     await a.fail(job, "boom", retry=True)
     [again] = await asyncio.wait_for(parked, 10)
-    assert again.id == "again" and again.attempt == 2 and again.announced
+    assert again.id == "again" and again.attempt == 2 and not again.announced
+    await asyncio.to_thread(b.worker_lifecycle.publish, [started_event(again.id, again.queue, again.user_id,
+                                                                       again.attempt, again.attempts)])
     evs = await events(store, "again")
-    assert evs[-1]["status"] == "active" and evs[-1]["attempt"] == 2, [e["status"] for e in evs]
+    assert [(e["status"], e.get("attempt")) for e in evs] == [
+        ("waiting", None), ("active", 1), ("retrying", 2), ("active", 2)]
     assert (await store.get("again")).status == "active"
-    assert (await store.list("alice")).jobs[0].status == "active"
 
 
 async def test_a_take_does_not_announce_a_job_whose_id_belongs_to_a_finished_record(

@@ -33,8 +33,7 @@
     ARGV[9] progress      the progress to mirror on BullMQ's job ('' for none)
 
   Output:
-    {seq, position (-1: none), 1 if a cancel was requested for the job else 0}; {0, -1, 1}: refused;
-    {0, -1, c}: a `live` event of a job another attempt has taken since (nothing published)
+    {seq, position (-1: none), 1 if a cancel was requested for the job else 0}; {0, -1, 1}: refused
 ]]
 --- @include "includes/fenced_out"
 --- @include "includes/emit"
@@ -43,10 +42,6 @@
 local cur = redis.call('HMGET', K_job, 'status', 'boot')
 if A_live == '1' then
   live_again()
-  -- BullMQ's moves back to waiting (a retry, a requeue, a stalled job's recovery) drop the lock,
-  -- and this event follows them: a lock now means a new attempt took the job in between (a take
-  -- waiting on the marker runs the moment it is set) and announced its start. Waiting is over.
-  if redis.call('EXISTS', K_lock) == 1 then return {0, -1, redis.call('EXISTS', K_cancel)} end
 elseif fenced_out(cur[1], K_lock, A_token) then
   return {0, -1, 1}
 end

@@ -24,8 +24,7 @@
     ARGV[2] fields        its state fields (key, value, ... joined by \31), with the marks
     ARGV[3] channel       (a placeholder: its live channel)
     ARGV[4] job_id        (a placeholder)
-    ARGV[5] queue         its queue: a record of the id in another queue, or final, is not
-                          announced here (the worker's fenced start decides)
+    ARGV[5] queue         its queue (a record of the id in another queue is not announced here)
 
   Output:
     {moveToActive's reply, the `active` event's seq (0: none published), 1 if a cancel was
@@ -71,8 +70,12 @@ local taken = bull_take(now)
 local id = taken[2]
 if type(taken[1]) ~= 'table' or not id or id == 0 or id == '' then return {taken, 0, 0, now} end
 id = tostring(id)
+-- Not announced here (its worker publishes its fenced start, as for the jobs a take does not
+-- hand out first): a record still `active`, whose last attempt's end is not written yet (a retry
+-- or a requeue: BullMQ's move woke this take before the `retrying` / `waiting` event that follows
+-- it, which must come first); a final record, or one of another queue (another job with this id).
 local cur = redis.call('HMGET', job_key(id), 'status', 'queue')
-if FINAL[cur[1]] or (cur[2] and cur[2] ~= A_queue) then  -- a record of another job with this id
+if cur[1] == 'active' or FINAL[cur[1]] or (cur[2] and cur[2] ~= A_queue) then
   return {taken, 0, redis.call('EXISTS', cancel_key(id)), now}
 end
 local atm, attempts = 0, 1
