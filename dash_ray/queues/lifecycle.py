@@ -343,7 +343,7 @@ class _Calls:
                     position="1" if event.status == "waiting" else "")
         return ADOPT.pack(keys, args)
 
-    def event(self, event: LiveEvent, live: bool = False, position: bool = False,
+    def event(self, event: LiveEvent, live: bool | str = False, position: bool = False,
               token: str = "") -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         keys.update(cancel=self.keys.cancel(event.job_id), wait=self.keys.bull(event.queue, "wait"),
@@ -353,7 +353,8 @@ class _Calls:
                     bull_job=self.keys.bull(event.queue, event.job_id),
                     bull_events=self.keys.bull(event.queue, "events"), bull_meta=self.keys.bull(event.queue, "meta"))
         progress = f"{event.progress:g}" if isinstance(event, JobProgressEvent) and event.status == "active" else ""
-        args.update(fields=state_fields(event), live="1" if live else "", position="1" if position else "",
+        args.update(fields=state_fields(event), live=live if isinstance(live, str) else "1" if live else "",
+                    position="1" if position else "",
                     token=token, log=log_line(event) if isinstance(event, JobLogEvent) else "", progress=progress)
         return EVENT.pack(keys, args)
 
@@ -428,12 +429,13 @@ class Lifecycle:
 
     async def wait_again(self, job_id: str, queue: str, user_id: str | None, message: str, *,
                       status: str = "waiting", attempt: int | None = None, attempts: int | None = None,
-                      position: bool = True) -> int:
+                      position: bool = True, reopen: bool = False) -> int:
         """The job waits again (retried, recovered, or its attempt failed with retries left);
-        returns the event's seq."""
+        returns the event's seq (0: it is final, and this is no `reopen`: a retry of a final job)."""
         event = JobProgressEvent(job_id=job_id, queue=queue, user_id=user_id, status=status, progress=0,
                                  message=message, attempt=attempt, attempts=attempts)
-        seq, _pos, _c = await self._run(EVENT, self.calls.event(event, live=True, position=position), None)
+        seq, _pos, _c = await self._run(EVENT, self.calls.event(event, live="2" if reopen else "1", position=position),
+                                        None)
         return int(seq)
 
     async def finish(self, event: JobCompletedEvent | JobFailedEvent, *, batch: Batch | None = None,

@@ -225,6 +225,8 @@ class Producer:
         bjob = await BullJob.fromId(bq, job_id)
         if bjob is None:
             raise InvalidJobState(job_id, view.status, "retry (the job was removed)")
+        if not bjob.finishedOn:  # requeued since its view was read (a retry at the same time): that run
+            return await self.reader.get(job_id)
         owner = view.user_id or "_"
         if quota is not None:
             refused = await self.lifecycle.reopen(job_id, owner, quota, digest(view.data)[1])
@@ -236,14 +238,19 @@ class Producer:
         await pipe.execute()
         # It waits again before BullMQ requeues it: a take waiting on the marker may start it the
         # moment it is requeued, and its start must come after this event (and find it not final).
-        await self.lifecycle.wait_again(job_id, view.queue, view.user_id, "retry requested", position=False)
+        await self.lifecycle.wait_again(job_id, view.queue, view.user_id, "retry requested", position=False,
+                                        reopen=True)
+        finished_on = str(bjob.finishedOn)
         try:
             await bjob.retry("failed", {"resetAttemptsMade": True, "resetAttemptsStarted": True})
         except Exception as exc:
-            if quota is not None:  # it does not run again: it holds no place among the unfinished
-                await self.redis.srem(self.keys.waiting_count(owner), job_id)
-            await self.lifecycle.finish(JobFailedEvent(  # over again, as it was
-                job_id=job_id, queue=view.queue, user_id=view.user_id, error=view.error or view.status,
-                status=view.status))
+            # Over again, as it was (the final event takes it out of its owner's unfinished jobs),
+            # unless another retry requeued it meanwhile: BullMQ's requeue clears its finishedOn.
+            ended = JobFailedEvent(job_id=job_id, queue=view.queue, user_id=view.user_id,
+                                   error=view.error or view.status, status=view.status)
+            if not await self.lifecycle.finish(ended, guard=finished_on):
+                if await BullJob.fromId(bq, job_id) is not None:
+                    return await self.reader.get(job_id)  # the other retry's run
+                await self.lifecycle.finish(ended)  # gone from BullMQ: its record ends too
             raise InvalidJobState(job_id, view.status, f"retry ({exc})") from None
         return await self.reader.get(job_id)

@@ -174,7 +174,7 @@ class Dispatcher:
         of a batched pass ends `cancelled` at once, while the others run on."""
         self.watchdog.on_cancel(channel, job_id)
         if job_id in getattr(self.consumer, "held", {}) and job_id not in self.handoff.active:
-            self.handoff.cancelled_early.add(job_id)  # taken, not on a worker yet: it stops as it starts
+            self.handoff.cancelled_early[job_id] = time.monotonic()  # taken, not on a worker yet: it stops as it starts
         job = self.handoff.detach(job_id)
         if job is not None:
             self._settle_now(self.outcomes.cancelled(job), job_id)

@@ -41,7 +41,8 @@ class Handoff:
         self.active: dict[str, ActiveJob] = {}  # the jobs on a worker now
         self.together: dict[str, frozenset[str]] = {}  # those running in one pass with others: the pass's ids
         self.settled: set[str] = set()  # members whose outcome was written before their pass ended
-        self.cancelled_early: set[str] = set()  # taken jobs cancelled before they reached a worker
+        # taken jobs cancelled before they reached a worker: job id -> when (time.monotonic)
+        self.cancelled_early: dict[str, float] = {}
         self.calls = 0  # Ray calls to workers (a call may carry a batch of jobs)
         self.passes = 0  # of them, batched passes (jobs run together)
         self.batched_jobs = 0  # jobs run in batched passes
@@ -73,15 +74,14 @@ class Handoff:
         for job in jobs:
             if job.deferred_failure:
                 outcomes[job.id] = Outcome.failure(job.deferred_failure, retry=False)
-                self.cancelled_early.discard(job.id)
+                self._cancelled_early(job)
                 continue
             self.active[job.id] = job
             self.watchdog.track(job.id, slot, min(job.timeout_s or self.timeout_s, self.timeout_s))
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
                                    attempts=job.attempts, user_id=job.user_id, token=job.token,
                                    created_at=job.created_at, announced=job.announced,
-                                   stop=job.stop or job.id in self.cancelled_early))
-            self.cancelled_early.discard(job.id)
+                                   stop=job.stop or self._cancelled_early(job)))
         alive, models = True, ()
         together = self._together(ctxs)
         if together:
@@ -107,6 +107,12 @@ class Handoff:
                 self.together.pop(c.id, None)
                 self.watchdog.untrack(c.id)
         return [outcomes[j.id] for j in jobs], models, alive
+
+    def _cancelled_early(self, job: ActiveJob) -> bool:
+        """Whether a cancel came for this attempt between its take and now (one that came for an
+        earlier attempt of the id, while its end was being written, does not count)."""
+        when = self.cancelled_early.pop(job.id, None)
+        return when is not None and when >= job.taken_at
 
     def take_settled(self, jobs: list[ActiveJob], outcomes: list[Outcome]) -> tuple[list[ActiveJob], list[Outcome]]:
         """The jobs (and outcomes) of a pass left to record: those not settled already (`detach`)."""

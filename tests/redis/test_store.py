@@ -451,3 +451,50 @@ async def test_a_take_does_not_announce_a_job_whose_id_belongs_to_a_finished_rec
     assert job.id == "reused" and not job.announced
     assert len(await events(store, "reused")) == seen  # nothing published into alice's job
     assert (await store.redis.hget(store.keys.job("reused"), "status")) == "completed"
+
+
+async def test_two_retries_at_once_run_the_job_once_and_end_it_never(make_store: Any, make_consumer: Any) -> None:
+    """An owner and an admin retry one failed job together: one requeues it, the other finds it
+    requeued; no second final event, and it is among the unfinished."""
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="twice"), {"attempts": 1})
+    c = make_consumer("sleep", store)
+    await c.fail(await take_one(c), "boom", retry=False)
+    assert (await store.get("twice")).status == "failed"
+    views = await asyncio.gather(store.retry("twice"), store.retry("twice"), return_exceptions=True)
+    # the second finds it waiting already (409), or requeued under it (its view): never an error of its own
+    assert all(not isinstance(v, BaseException) or isinstance(v, InvalidJobState) for v in views), views
+    assert any(not isinstance(v, BaseException) for v in views), views
+    evs = await events(store, "twice")
+    assert [e["type"] for e in evs].count("job:failed") == 1 and evs[-1]["status"] == "waiting"
+    assert (await store.get("twice")).status == "waiting"
+    assert await store.redis.sismember(store.keys.waiting_count("alice"), "twice")
+    assert [j.id for j in [await take_one(c)]] == ["twice"]
+
+
+async def test_an_adopted_plain_job_keeps_its_id_from_another_tenant(make_store: Any) -> None:
+    """A plain BullMQ producer's job, adopted (a record with no digest): a tenant who submits its
+    id to another queue is refused; the record, its owner and its events stay as they were."""
+    from bullmq import Queue as BullQueue
+
+    store = make_store()
+    q = BullQueue("sleep", {"connection": store.redis, "prefix": store.keys.prefix})
+    await q.add("plain", {"userId": "victim", "durationS": 0}, {"jobId": "order-7"})
+    assert await store.lifecycle.adopt("order-7", "sleep", "victim", delayed=False, created_ms=int(time.time() * 1000))
+    before = await events(store, "order-7")
+    with pytest.raises(JobConflict):
+        await store.add("generation", {"userId": "mallory", "prompt": "x", "jobId": "order-7"})
+    assert (await store.get("order-7")).user_id == "victim"
+    assert await events(store, "order-7") == before
+
+
+async def test_a_late_waiting_again_event_does_not_revive_a_finished_job(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    await store.add("sleep", sleep_job(jobId="done-then-late"))
+    c = make_consumer("sleep", store)
+    await complete(c, await take_one(c), {"ok": 1})
+    seen = await events(store, "done-then-late")
+    assert await store.lifecycle.wait_again("done-then-late", "sleep", "alice", "recovered") == 0
+    assert await events(store, "done-then-late") == seen
+    assert not await store.redis.sismember(store.keys.waiting_count("alice"), "done-then-late")
+    assert (await store.get("done-then-late")).status == "completed"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -429,9 +430,10 @@ async def test_a_job_cancelled_between_its_take_and_its_worker_reaches_the_worke
         got[ctx.id] = (ctx.announced, ctx.stop)
         return Outcome("cancelled", error="cancelled") if ctx.stop else Outcome("done", run_s=0.001)
 
+    hand.cancelled_early["second"] = time.monotonic()  # an earlier attempt's: before this one's take
     first, second = job("first"), job("second")
     first.announced = True
-    hand.cancelled_early.add("first")
+    hand.cancelled_early["first"] = time.monotonic()
     outcomes, _models, _alive = await hand.run(slot(1, Worker(1, outcome)), [first, second])
     assert got == {"first": (True, True), "second": (False, False)}
     assert [o.kind for o in outcomes] == ["cancelled", "done"] and not hand.cancelled_early

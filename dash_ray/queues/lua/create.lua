@@ -47,7 +47,8 @@
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
-    {0, -1, queue, digest, status, owner}: a job with this id has a record; nothing changed
+    {0, -1, queue, digest, status, owner}: a job with this id has a record (an adopted job's has
+                                           no digest); nothing changed
     {0, -1, '', '', '', ''}: BullMQ holds the id without a record (another producer's job, or
                              its record expired first)
     {0, -2, what, limit[, used]}: refused by its owner's limits; nothing written
@@ -100,7 +101,9 @@ end
 local wait_ms = rate_take()
 if wait_ms then return {0, -2, 'rate', A_rate_limit, wait_ms} end
 local cur = redis.call('HMGET', K_job, 'queue', 'digest', 'status', 'userId')
-if cur[2] then return {0, -1, cur[1] or '', cur[2], cur[3] or '', cur[4] or ''} end
+-- Any record holds its id: ours (with a digest), or one made for another producer's job (adopted,
+-- or started by a take before its adoption), which must not pass to a new owner with its events.
+if cur[1] or cur[2] then return {0, -1, cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or ''} end
 if redis.call('EXISTS', K_bull_job) == 1 then return {0, -1, '', '', '', ''} end
 -- The owner's limits, checked and taken here, in the script that creates the job: concurrent
 -- submits cannot both pass a check that only one of them fits.

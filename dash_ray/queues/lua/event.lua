@@ -26,7 +26,8 @@
     ARGV[2] frame         the event, without its closing brace
     ARGV[3] fields        the state fields it sets (key, value, ... joined by \31)
     ARGV[4] job_id
-    ARGV[5] live          '1': the job waits again
+    ARGV[5] live          '1': the job waits again (not once it is final); '2': it is reopened
+                          (a retry of a final job)
     ARGV[6] position      '1': the frame shows the queue position
     ARGV[7] token         the attempt's lock token ('' : not an attempt's)
     ARGV[8] log           a log line for BullMQ's job log ('' for none)
@@ -40,7 +41,9 @@
 --- @include "includes/queue_position"
 --- @include "includes/live_again"
 local cur = redis.call('HMGET', K_job, 'status', 'boot')
-if A_live == '1' then
+if A_live == '1' and FINAL[cur[1]] then  -- a late `waiting again` (a recovery's) of a job over since
+  return {0, -1, redis.call('EXISTS', K_cancel)}
+elseif A_live ~= '' then  -- '1', or '2': a retry reopens a final job
   live_again()
 elseif fenced_out(cur[1], K_lock, A_token) then
   return {0, -1, 1}

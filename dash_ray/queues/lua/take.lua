@@ -81,7 +81,9 @@ end
 local atm, attempts = 0, 1
 local data = taken[1]
 for i = 1, #data, 2 do
-  if data[i] == 'atm' then
+  if data[i] == 'defa' then  -- BullMQ's deferred failure: it fails as taken, it never starts
+    return {taken, 0, redis.call('EXISTS', cancel_key(id)), now}
+  elseif data[i] == 'atm' then
     atm = tonumber(data[i + 1]) or 0
   elseif data[i] == 'opts' then
     local ok, opts = pcall(cjson.decode, data[i + 1])
