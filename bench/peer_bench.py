@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import statistics
@@ -121,40 +120,6 @@ async def rest(base: str, n: int, in_flight: int, token: str | None, pid: int | 
         await asyncio.gather(*(one() for _ in range(n)))
         wall, cpu = time.perf_counter() - t0, (cpu_s(pid) - c0) if pid else float("nan")
         return n / wall, 1000 * cpu / n
-
-
-async def start_hops(store: JobStore, hub: EventHub, r: Any, n: int) -> dict[str, list[float]]:
-    """One job at a time on an idle system: ms from the submit to its `active` event at a
-    subscriber, and by hop: the add's reply; the consumer's take (BullMQ's `processedOn`, Redis's
-    clock as the take runs, in whole ms); the `active` event being made (its `ts`: the take makes
-    it, in the same script, for the first job it hands out); the event reaching the subscriber."""
-    out: dict[str, list[float]] = {k: [] for k in (
-        "submit to the subscriber's `active`", "submit to the add's reply", "submit to the consumer's take",
-        "the take to the `active` event", "the event to the subscriber")}
-    for _ in range(n):
-        job_id = uuid.uuid4().hex
-        got: dict[str, float] = {}
-        done = asyncio.Event()
-
-        def on_event(_ch: str, data: str, got: dict[str, float] = got, done: asyncio.Event = done) -> None:
-            ev = json.loads(data)
-            if ev.get("status") == "active" and "active" not in got:
-                got["active"], got["ts"] = time.time(), float(ev["ts"])
-            if ev["type"] == "job:completed":
-                done.set()
-
-        await hub.add(store.keys.channel(job_id), on_event)
-        t0 = time.time()
-        await store.add("sleep", {"userId": "bench", "jobId": job_id})
-        added = time.time()
-        await asyncio.wait_for(done.wait(), 30)
-        await hub.remove(store.keys.channel(job_id), on_event)
-        taken = float(await r.hget(store.keys.bull("sleep", job_id), "processedOn") or 0) / 1000
-        for key, ms in zip(out, ((got["active"] - t0), (added - t0), (taken - t0), (got["ts"] - taken),
-                                 (got["active"] - got["ts"])), strict=True):
-            out[key].append(ms * 1000)
-        await asyncio.sleep(0.02)
-    return out
 
 
 def ray_call_latency(n: int) -> tuple[float, float]:
@@ -282,8 +247,8 @@ class Bench:
                 self.row(f"submit while running (add + consume, {a.jobs} jobs)", med(subs["dash"]), med(subs["peer"]),
                          "jobs/s", "target >= 0.9x")
             if "start" in want:
-                hops = await start_hops(store, hub, r, a.latency_jobs)
-                lat = hops["submit to the subscriber's `active`"]
+                hops = await scheduler_bench.start_hops(store, hub, a.latency_jobs)
+                lat = hops[scheduler_bench.START]
                 print(f"  submit-to-start p50 {statistics.median(lat):.2f} ms  p99 {scheduler_bench.pct(lat, 99):.2f} ms",
                       flush=True)
                 for name, values in hops.items():

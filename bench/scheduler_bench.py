@@ -166,9 +166,17 @@ async def throughput(store: JobStore, hub: EventHub, n: int, prefill: bool = Fal
     return n / elapsed
 
 
-async def start_latency(store: JobStore, hub: EventHub, n: int) -> list[float]:
-    """Submit one job at a time on an idle system; ms from submit to its `active` event."""
-    out = []
+START = "submit to the subscriber's `active`"
+
+
+async def start_hops(store: JobStore, hub: EventHub, n: int) -> dict[str, list[float]]:
+    """One job at a time on an idle system: ms from the submit to its `active` event at a
+    subscriber, and by hop: the add's reply; the consumer's take (BullMQ's `processedOn`, Redis's
+    clock as the take runs, in whole ms); the `active` event being made (its `ts`: the take makes
+    it, in the same script, for the first job it hands out); the event reaching the subscriber."""
+    out: dict[str, list[float]] = {k: [] for k in (
+        START, "submit to the add's reply", "submit to the consumer's take",
+        "the take to the `active` event", "the event to the subscriber")}
     for _ in range(n):
         job_id = uuid.uuid4().hex
         got: dict[str, float] = {}
@@ -177,18 +185,27 @@ async def start_latency(store: JobStore, hub: EventHub, n: int) -> list[float]:
         def on_event(_ch: str, data: str, got: dict[str, float] = got, done: asyncio.Event = done) -> None:
             ev = json.loads(data)
             if ev.get("status") == "active" and "active" not in got:
-                got["active"] = time.time()
+                got["active"], got["ts"] = time.time(), float(ev["ts"])
             if ev["type"] == "job:completed":
                 done.set()
 
         await hub.add(store.keys.channel(job_id), on_event)
         t0 = time.time()
         await store.add("sleep", {"userId": "bench", "jobId": job_id})
+        added = time.time()
         await asyncio.wait_for(done.wait(), 30)
         await hub.remove(store.keys.channel(job_id), on_event)
-        out.append((got["active"] - t0) * 1000)
+        taken = float(await store.redis.hget(store.keys.bull("sleep", job_id), "processedOn") or 0) / 1000
+        for key, ms in zip(out, ((got["active"] - t0), (added - t0), (taken - t0), (got["ts"] - taken),
+                                 (got["active"] - got["ts"])), strict=True):
+            out[key].append(ms * 1000)
         await asyncio.sleep(0.02)
     return out
+
+
+async def start_latency(store: JobStore, hub: EventHub, n: int) -> list[float]:
+    """Submit one job at a time on an idle system; ms from submit to its `active` event."""
+    return (await start_hops(store, hub, n))[START]
 
 
 async def event_latency(store: JobStore, hub: EventHub, jobs: int, steps: int) -> list[float]:
