@@ -116,8 +116,9 @@ class WorkerCore:
         return self.runner
 
     def _begin(self, ctx: JobContext) -> tuple[EventReporter, float]:
-        """Publish a job's start, unless its consumer did as it handed it over (whether a cancel
-        came before it goes out with the first reports), and make its reporter."""
+        """Publish a job's start, unless the take that handed it out did (`ctx.announced`;
+        whether a cancel came before it goes out with the first reports, or came with the job as
+        `ctx.stop`), and make its reporter."""
         cancel = self._cancels.setdefault(ctx.id, threading.Event())  # run_batch may have made it
         self.jobs_run += 1
         if ctx.stop:
