@@ -326,10 +326,12 @@ class _Calls:
                     high="1" if q.high else "", max_high=_limit(q.max_high),
                     rate_limit=_limit(q.rate.limit if q.rate else None),
                     rate_window_ms=q.rate.window_ms if q.rate else 0)
-        extra: dict[str, Any] = {"created": created_ms}
+        extra: dict[str, Any] = {"created": created_ms, "digest": digest}
+        if q.high:
+            extra["high"] = 1
         if hook:  # the webhook: its URL, and the kinds of event it wants (",completed,failed,")
             extra.update(hookUrl=hook[0], hookEvents=f",{','.join(hook[1])},")
-        args.update(fields=state_fields(event, extra), digest=digest, position="1" if position else "")
+        args.update(fields=state_fields(event, extra), position="1" if position else "")
         return CREATE.pack(keys, args)
 
     def adopt(self, event: JobProgressEvent, created_ms: int) -> tuple[list[str], list[Any]]:

@@ -29,7 +29,7 @@ from dash_ray.models.events import JobFailedEvent, JobProgressEvent
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import parse_options, parse_payload
-from dash_ray.models.status import CANCELLING, Status, is_failure, is_final
+from dash_ray.models.status import CANCELLING, JobStatus, Status, is_failure, is_final
 from dash_ray.models.views import JobView, SubmitResult
 from dash_ray.queues.control import QueueControl
 from dash_ray.queues.keys import Keys
@@ -162,9 +162,9 @@ class Producer:
         attempts = opts.attempts or o.default_attempts
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
                                                   o.finished_ttl_s))
+        status: JobStatus = "delayed" if opts.delay_s else "waiting"
         event = JobProgressEvent(
-            job_id=job_id, queue=queue, user_id=owner,
-            status="delayed" if opts.delay_s else "waiting", progress=0,
+            job_id=job_id, queue=queue, user_id=owner, status=status, progress=0,
             message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
         )
         now_ms = int(time.time() * 1000)
@@ -179,12 +179,13 @@ class Producer:
             raise refusal(*made.refused, rate=quota.rate if quota else None)
         if not made.created:  # an earlier job holds the id (a client-chosen one), or BullMQ does without a record
             return await self._existing(job_id, queue, dig, owner, made)
-        view = JobView(
-            id=job_id, queue=queue, user_id=owner, status=event.status, message=event.message,
+        # Made from values checked above (the payload, options, its new event), not validated again.
+        view = JobView.model_construct(
+            id=job_id, queue=queue, user_id=owner, status=status, message=event.message,
             data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
             seq=made.seq, queue_position=made.position,
         )
-        return SubmitResult(job=view, created=True)
+        return SubmitResult.model_construct(job=view, created=True)
 
     async def _existing(self, job_id: str, queue: str, dig: str, owner: str, found: Created) -> SubmitResult:
         """An add whose id a job holds already: that job (same queue and payload) or JobConflict.

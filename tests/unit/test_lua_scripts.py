@@ -50,7 +50,7 @@ def test_the_python_api_of_the_scripts_is_unchanged() -> None:
                                "hook_bodies", "kept")
     assert lua.FINISH.args == ("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds")
     assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-4:] == ("usage", "sizes", "kept", "rate")
-    assert len(lua.CREATE.keys) == 19 and len(lua.CREATE.args) == 18
+    assert len(lua.CREATE.keys) == 19 and len(lua.CREATE.args) == 17  # the digest goes with the fields
     assert lua.RATE.keys == ("rate",) and lua.RATE.args == ("rate_limit", "rate_window_ms", "now_ms")
     keys, args = lua.CHECKPOINT.pack({"yield": "y", "job": "j", "lock": "l"}, {"path": "p", "token": "t"})
     assert (keys, args) == (["j", "l", "y"], ["t", "p"])
@@ -60,7 +60,7 @@ def test_the_python_api_of_the_scripts_is_unchanged() -> None:
 def test_names_become_locals_from_the_header_and_after_shifts_them() -> None:
     text = lua.CREATE.text(after=(3, 2), prelude="local function bull_add() return 1 end", **CONSTANTS)
     assert "local K_job = KEYS[4]" in text and "local K_kept = KEYS[21]" in text
-    assert "local A_channel = ARGV[3]" in text and "local A_max_high = ARGV[18]" in text
+    assert "local A_channel = ARGV[3]" in text and "local A_max_high = ARGV[17]" in text
     assert "KEYS[" not in lua.CREATE.body and "ARGV[" not in re.sub(r"--\[\[.*?\]\]", "", lua.CREATE.body, flags=re.S)
 
 

@@ -28,22 +28,23 @@
 
     ARGV[1]  channel      its live channel
     ARGV[2]  frame        the `waiting` / `delayed` event, without its closing brace
-    ARGV[3]  fields       the state fields of the record (key, value, ... joined by \31)
+    ARGV[3]  fields       the state fields of the record (key, value, ... joined by \31), its
+                          payload's `digest` (a record has one; an adopted job's has none) and
+                          `high` among them
     ARGV[4]  job_id
-    ARGV[5]  digest       the payload's digest (a record has one; an adopted job's has none)
-    ARGV[6]  position     '1': the frame shows the queue position
-    ARGV[7]  fair_level   its priority
-    ARGV[8]  fair_user    whose turn it takes
-    ARGV[9]  fair_inc     1 / its owner's weight ('' : FIFO, no fair share)
-    ARGV[10] user         its owner ('_' for none)
-    ARGV[11] now_ms
-    ARGV[12] bytes        what it is charged
-    ARGV[13] max_bytes    limits ('' for none)
-    ARGV[14] max_open
-    ARGV[15] high         '1': it counts as high priority
-    ARGV[16] max_high
-    ARGV[17] rate_limit      at most this many submissions ('' for none: counted before)
-    ARGV[18] rate_window_ms  in any window this long
+    ARGV[5]  position     '1': the frame shows the queue position
+    ARGV[6]  fair_level   its priority
+    ARGV[7]  fair_user    whose turn it takes
+    ARGV[8]  fair_inc     1 / its owner's weight ('' : FIFO, no fair share)
+    ARGV[9]  user         its owner ('_' for none)
+    ARGV[10] now_ms
+    ARGV[11] bytes        what it is charged
+    ARGV[12] max_bytes    limits ('' for none)
+    ARGV[13] max_open
+    ARGV[14] high         '1': it counts as high priority
+    ARGV[15] max_high
+    ARGV[16] rate_limit      at most this many submissions ('' for none: counted before)
+    ARGV[17] rate_window_ms  in any window this long
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -83,13 +84,18 @@ local function fair_share()
       break
     end
   end
-  local last = tonumber(redis.call('HGET', K_fair, lastKey) or '0')
-  if not floor then floor = last end
   local userKey = 'u:' .. A_fair_level .. ':' .. A_fair_user
-  local v = math.max(tonumber(redis.call('HGET', K_fair, userKey) or '0'), floor)
+  local clocks = redis.call('HMGET', K_fair, lastKey, userKey)
+  local last = tonumber(clocks[1] or '0')
+  if not floor then floor = last end
+  local v = math.max(tonumber(clocks[2] or '0'), floor)
   local fin = v + tonumber(A_fair_inc)
-  redis.call('HSET', K_fair, userKey, string.format('%.17g', fin))
-  if fin > last then redis.call('HSET', K_fair, lastKey, string.format('%.17g', fin)) end
+  local finText = string.format('%.17g', fin)
+  if fin > last then
+    redis.call('HSET', K_fair, userKey, finText, lastKey, finText)
+  else
+    redis.call('HSET', K_fair, userKey, finText)
+  end
   redis.call('ZADD', K_prioritized, string.format('%.17g', base + (v % 4294967296)), A_job_id)
   if tonumber(redis.call('GET', K_pc) or '0') < fin + 1 then
     redis.call('SET', K_pc, string.format('%d', math.floor(fin) + 1))
@@ -114,8 +120,6 @@ if type(added) == 'number' and added < 0 then
   return redis.error_reply('BullMQ refused job ' .. A_job_id .. ': code ' .. added)
 end
 if A_fair_inc ~= '' and redis.call('ZSCORE', K_prioritized, A_job_id) then fair_share() end
-redis.call('HSET', K_job, 'digest', A_digest)
-if A_high == '1' then redis.call('HSET', K_job, 'high', 1) end
 charge()
 redis.call('ZADD', K_kept, 'inf', A_job_id)  -- kept until it is final and its records expire
 append_capped(K_history, K_history_n, A_job_id, HISTORY_MAX)

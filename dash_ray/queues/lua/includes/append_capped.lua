@@ -4,6 +4,5 @@
 ]]
 local function append_capped(zset, counter, id, max)
   redis.call('ZADD', zset, redis.call('INCR', counter), id)
-  local over = redis.call('ZCARD', zset) - max
-  if over > 0 then redis.call('ZREMRANGEBYRANK', zset, 0, over - 1) end
+  redis.call('ZREMRANGEBYRANK', zset, 0, -(max + 1))  -- ranks 0 .. card - max - 1: none when within max
 end

@@ -21,7 +21,6 @@ local function emit(pos, known, last)
   local step = 1
   if last and tonumber(last) ~= boot then step = SEQ_GAP end
   local seq = redis.call('HINCRBY', K_job, 'seq', step)
-  if tonumber(last) ~= boot then redis.call('HSET', K_job, 'boot', boot) end
   local body = A_frame
   if pos > 0 then body = body .. ',"queuePosition":' .. pos end
   local msg = body .. ',"seq":' .. seq .. '}'
@@ -34,6 +33,10 @@ local function emit(pos, known, last)
     end
     fields[#fields + 1] = string.sub(s, from, i - 1)
     from = i + 1
+  end
+  if tonumber(last) ~= boot then  -- with the state fields: one write
+    fields[#fields + 1] = 'boot'
+    fields[#fields + 1] = boot
   end
   if #fields >= 2 then redis.call('HSET', K_job, unpack(fields)) end
   redis.call('XADD', K_events, 'MAXLEN', '~', MAXLEN, seq .. '-0', 'm', msg)
