@@ -7,16 +7,22 @@ healed after a NOSCRIPT reply runs after the commands queued behind it, and some
 depend on their order (BullMQ's add, then the job's record). After a Redis restart or flush,
 NOSCRIPT replies are still healed, and callers whose order matters check their replies.
 It also stands in as the `client` of a registered script: `await script(keys, args, client=batch)`.
+
+Grouped: concurrent callers' commands on one connection of its own, sent in groups (group
+commit), for the gateway's hottest call (a submit's CREATE).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["Batch", "register"]
+__all__ = ["Batch", "Grouped", "register"]
 
 _SCRIPTS: dict[str, Any] = {}
 _LOADED: set[tuple[int, str]] = set()  # (client's connection pool, script SHA) known to be loaded
@@ -73,3 +79,101 @@ class Batch:
             elif isinstance(reply, Exception):
                 raise reply
         return replies
+
+
+class Grouped:
+    """Commands of concurrent callers on one connection of its own, sent in groups: a command
+    made while a group is on its way goes out with the next one, in one write, and its reply
+    comes back with that group's. Each caller gets its own reply or error.
+
+    BullMQ's producer puts its callers behind one connection, a round trip each, and a pool
+    hands each caller a connection of its own at the price of a checkout and a return (a tenth
+    of a REST submit's CPU in the gateway); here no caller waits for another's round trip
+    beyond the one in flight, and under load a group costs one write and one read on both
+    sides instead of one per command.
+
+    The connection is made from the client's pool's settings (outside its count) and made
+    again after an error. A group that meets a dropped connection is sent again, what was not
+    answered of it, on a new one (up to `retries` times), as redis-py sends a pipeline again:
+    only for commands that may run twice (a CREATE does nothing the second time but say the
+    job exists). It stands in as the `client` of a registered script (`evalsha`,
+    `script_load`)."""
+
+    def __init__(self, redis: Redis, retries: int = 3) -> None:
+        self.redis = redis
+        self.retries = retries
+        self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._conn: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.groups = 0  # groups written so far (each one write and one read of their replies)
+
+    async def execute_command(self, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queued.append((args, future))
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send())
+        return await future
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        return await self.execute_command("EVALSHA", sha, numkeys, *keys_and_args)
+
+    async def script_load(self, script: str) -> Any:
+        return await self.execute_command("SCRIPT LOAD", script)
+
+    async def _send(self) -> None:
+        """Send what is queued, group after group, until nothing is (a task of its own: a
+        caller that is cancelled leaves the others' commands going)."""
+        while self._queued:
+            group, self._queued = self._queued, []
+            try:
+                await self._send_group(group)
+            except BaseException as exc:  # cancelled (the loop is closing), or a bug: nobody waits forever
+                self._conn = None
+                error = exc if isinstance(exc, Exception) else RedisConnectionError("the sender was cancelled")
+                for _args, future in group + self._queued:
+                    if not future.done():
+                        future.set_exception(error)
+                self._queued = []
+                raise
+
+    async def _send_group(self, group: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        for attempt in range(self.retries + 1):
+            group = [(args, future) for args, future in group if not future.done()]
+            if not group:
+                return
+            try:
+                conn = await self._connection()
+                await conn.send_packed_command(conn.pack_commands([args for args, _f in group]))
+                self.groups += 1
+                for _args, future in group:
+                    try:
+                        reply = await conn.read_response()
+                    except ResponseError as exc:  # this command's error, not the connection's
+                        if not future.done():
+                            future.set_exception(exc)
+                        continue
+                    if not future.done():  # else its caller was cancelled
+                        future.set_result(reply)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._conn = None
+                if attempt == self.retries:
+                    for _args, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    return
+                await asyncio.sleep(min(0.5, 0.05 * 2 ** attempt))
+
+    async def _connection(self) -> Any:
+        """The connection, made (again) when there is none, it closed, or the loop changed."""
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        if conn is not None and self._loop is loop and conn.is_connected:
+            return conn
+        self._conn = None
+        conn = self.redis.connection_pool.make_connection()
+        await conn.connect()
+        self._conn, self._loop = conn, loop
+        return conn

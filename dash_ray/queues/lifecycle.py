@@ -41,7 +41,7 @@ from dash_ray.models.events import (
     LiveEvent,
 )
 from dash_ray.models.status import Status
-from dash_ray.queues.batch import Batch, register
+from dash_ray.queues.batch import Batch, Grouped, register
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import (
     ADOPT,
@@ -381,6 +381,7 @@ class Lifecycle:
         self.calls = _Calls(keys, retention or Retention())
         self._scripts: dict[str, Any] = {n: redis.register_script(t) for n, t in self.calls.texts.items()}
         self._creates: dict[str, Any] = {}  # BullMQ add script's SHA -> CREATE around it
+        self._grouped = Grouped(redis)
         register(*self._scripts.values())
 
     async def _run(self, script: Script, call: tuple[list[str], list[Any]], batch: Batch | None) -> Any:
@@ -401,13 +402,16 @@ class Lifecycle:
         1 / its owner's weight) to place it in its priority by fair share (None: FIFO). `quota`:
         the owner's limits it must fit, `size` its payload's bytes (refused: `Created.refused`,
         nothing written)."""
-        script = self._creates.get(bull.sha)
+        script: Any = self._creates.get(bull.sha)
         if script is None:
             prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
             text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
             script = self._creates[bull.sha] = self.redis.register_script(text)
         keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size)
-        return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args]))
+        # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
+        # twice after a dropped connection finds its job made and changes nothing.
+        return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],
+                                               client=self._grouped))
 
     async def reopen(self, job_id: str, user_id: str, quota: Quota, size: int) -> tuple[str, int, int] | None:
         """Take the owner's limits for a finished job that is about to run again (a retry), as
