@@ -13,16 +13,23 @@ from typing import Any
 
 __all__ = [
     "CostRule",
+    "FamilyRule",
+    "cost_family",
     "cost_shape",
     "flat_cost",
     "generation_cost",
+    "generation_family",
     "seconds_cost",
     "training_cost",
+    "training_family",
     "upscaling_cost",
 ]
 
 # A payload (its wire dict, camelCase) -> (shape, units).
 CostRule = Callable[[dict[str, Any]], tuple[str, float]]
+# A payload -> (family, scale): shapes of one family cost the same per unit x scale (a model's
+# generations per step and megapixel), so a shape never run gets a cost from its family's.
+FamilyRule = Callable[[dict[str, Any]], tuple[str, float]]
 
 
 def _num(value: Any, default: float) -> float:
@@ -43,6 +50,19 @@ def generation_cost(data: dict[str, Any]) -> tuple[str, float]:
     s = _settings(data)
     shape = f"{s.get('model') or '-'}:{s.get('width', 512)}x{s.get('height', 512)}"
     return shape, _num(s.get("steps"), 30) * _num(s.get("numImages"), 1)
+
+
+def generation_family(data: dict[str, Any]) -> tuple[str, float]:
+    """Generation: a model's jobs cost about the same per step, image and megapixel."""
+    s = _settings(data)
+    return f"{s.get('model') or '-'}", _num(s.get("width"), 512) * _num(s.get("height"), 512) / 1e6
+
+
+def training_family(data: dict[str, Any]) -> tuple[str, float]:
+    """Training: a base model's runs cost about the same per epoch, image and megapixel of
+    resolution (at one rank or another: the adapter is small beside the model)."""
+    s = _settings(data)
+    return f"{s.get('baseModel') or '-'}", _num(s.get("resolution"), 512) ** 2 / 1e6
 
 
 def training_cost(data: dict[str, Any]) -> tuple[str, float]:
@@ -67,6 +87,15 @@ def seconds_cost(data: dict[str, Any]) -> tuple[str, float]:
 def flat_cost(data: dict[str, Any]) -> tuple[str, float]:
     """Every job alike: one shape, one unit (the explicit choice of a queue without a measure)."""
     return "-", 1.0
+
+
+def cost_family(queue: str, data: dict[str, Any]) -> tuple[str, float] | None:
+    """(family, scale) of a payload of `queue`, by its definition's `cost_family` rule; None for
+    a queue without one."""
+    from dash_ray.models.queues import queue_def
+
+    rule = queue_def(queue).cost_family
+    return None if rule is None else rule(data)
 
 
 def cost_shape(queue: str, data: dict[str, Any]) -> tuple[str, float]:

@@ -27,9 +27,12 @@ from pydantic import ValidationError
 from dash_ray.errors import InvalidPayload, UnknownQueue
 from dash_ray.models.cost import (
     CostRule,
+    FamilyRule,
     generation_cost,
+    generation_family,
     seconds_cost,
     training_cost,
+    training_family,
     upscaling_cost,
 )
 from dash_ray.models.options import JobOptions
@@ -92,6 +95,8 @@ class QueueDef:
     timeout_s: float  # an attempt running longer is stopped (its worker killed) and retried
     _: KW_ONLY
     cost: CostRule
+    # Shapes that cost alike per unit x scale (models.cost.FamilyRule): a new shape's ETA from its family's.
+    cost_family: FamilyRule | None = None
     model_of: Callable[[dict[str, Any]], str | None] = no_model  # the model a payload (wire dict) needs
     adapter_of: Callable[[dict[str, Any]], str | None] = no_model  # its adapter (`lora:<user>/<id>`), if any
     image_fields: tuple[str, ...] = ()  # payload fields (snake_case) holding image references
@@ -254,13 +259,13 @@ def _training_limits(p: TrainingJob, s: Settings) -> None:
 
 QUEUE_TABLE: dict[str, QueueDef] = {q.name: q for q in (
     QueueDef("training", "LoRA training", TrainingJob, RunnerSpec("dash_ray.workers.training:TrainingRunner"),
-             1, 1.0, timeout_s=6 * 3600, cost=training_cost, model_of=_training_model,
+             1, 1.0, timeout_s=6 * 3600, cost=training_cost, cost_family=training_family, model_of=_training_model,
              image_fields=("image_urls",), limits=_training_limits, priority_share=True, preemptible=True),
     QueueDef("upscaling", "image upscaling", UpscalingJob, RunnerSpec("dash_ray.workers.upscaling:UpscalingRunner"),
              3, 0.33, timeout_s=600, cost=upscaling_cost, model_of=_upscaling_model,
              image_fields=("image_url",), preempts=2),
     QueueDef("generation", "image generation", GenerationJob, RunnerSpec("dash_ray.workers.generation:GenerationRunner"),
-             5, 0.2, timeout_s=600, cost=generation_cost, model_of=_generation_model,
+             5, 0.2, timeout_s=600, cost=generation_cost, cost_family=generation_family, model_of=_generation_model,
              adapter_of=_generation_adapter, limits=_generation_limits, preempts=1, batch=_generation_batch, max_batch=8),
     QueueDef("sleep", "sleep (tests and benchmarks)", SleepJob, RunnerSpec("dash_ray.scheduler.sleep:SleepRunner"),
              5, 0.2, timeout_s=600, cost=seconds_cost, test_only=True),

@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from dash_ray.models.cost import cost_shape
+from dash_ray.models.cost import cost_family, cost_shape
 from dash_ray.queues.batch import Batch
 from dash_ray.queues.keys import Keys
 
@@ -24,8 +24,12 @@ MIN_PROGRESS = 5.0
 _ALPHA = 0.3  # weight of a new measurement in the moving average
 
 
+FAMILY = "~"  # a family's key in the costs: `~<family>`, seconds per unit x scale
+
+
 class CostBook:
-    """A consumer's moving averages of seconds per unit, by job shape (`*`: the queue's)."""
+    """A consumer's moving averages of seconds per unit, by job shape; by family (`~<family>`,
+    per unit x scale: see `models.cost.FamilyRule`); and the queue's (`*`)."""
 
     def __init__(self) -> None:
         self.per_unit: dict[str, float] = {}
@@ -35,16 +39,26 @@ class CostBook:
         """Fold one job's run time into its shape's average and the queue's."""
         shape, units = cost_shape(queue, data)
         x = seconds / units
-        for key in (shape, "*"):
+        rates = [(shape, x), ("*", x)]
+        family = cost_family(queue, data)
+        if family is not None:
+            rates.append((FAMILY + family[0], x / family[1]))
+        for key, rate in rates:
             old = self.per_unit.get(key)
-            self.per_unit[key] = x if old is None else (1 - _ALPHA) * old + _ALPHA * x
+            self.per_unit[key] = rate if old is None else (1 - _ALPHA) * old + _ALPHA * rate
         self.dirty = True
 
 
 def job_seconds(queue: str, data: dict[str, Any], costs: dict[str, float]) -> float | None:
-    """A job's expected run time from the measured costs (None before any measurement)."""
+    """A job's expected run time from the measured costs: its shape's; for a shape never run,
+    its family's scaled to it (a model's generations per step and megapixel); else the queue's
+    per unit (None before any measurement)."""
     shape, units = cost_shape(queue, data)
-    per_unit = costs.get(shape, costs.get("*"))
+    per_unit = costs.get(shape)
+    if per_unit is None:
+        family = cost_family(queue, data)
+        rate = costs.get(FAMILY + family[0]) if family is not None else None
+        per_unit = rate * family[1] if rate is not None and family is not None else costs.get("*")
     return None if per_unit is None else per_unit * units
 
 

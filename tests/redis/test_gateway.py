@@ -383,6 +383,33 @@ def test_a_waiting_jobs_place_and_eta_are_refreshed_on_its_socket(make_client: A
     assert all(m["status"] != "waiting" for m in got if "seq" in m and m["type"] == "job:progress")
 
 
+def test_a_waiting_job_of_a_shape_never_run_gets_its_eta_from_its_models_cost_per_step_and_megapixel(
+        make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    """One 150-step 256 px generation measured (0.1 s a step); a backlog of 40-step 128 px jobs,
+    a shape never run: the 15th starts after 14 jobs of 40 steps at a quarter of the pixels,
+    about 1 s each (not 4 s, the queue's mean per step), and says so."""
+    from dash_ray.queues import CostBook
+
+    c = make_client()
+    h = auth(tokens("alice"))
+
+    async def measured() -> None:  # what a consumer writes once its worker has run the job
+        costs = CostBook()
+        costs.measured("generation", {"settings": {"width": 256, "height": 256, "steps": 150}}, 15.0)
+        r = connect(redis_url)
+        await QueueConsumer(r, connect(redis_url, blocking=True), "generation",
+                            JobStore(r, prefix=prefix, queues=("generation",)).lifecycle,
+                            prefix=prefix).board.report_capacity(costs, slots=1, busy=0)
+        await r.aclose()
+
+    run_async(measured())
+    body = {"prompt": "a fox", "settings": {"width": 128, "height": 128, "steps": 40}}
+    ids = [c.post("/v1/jobs/generation", json=body, headers=h).json()["id"] for _ in range(15)]
+    view = c.get(f"/v1/jobs/{ids[-1]}", headers=h).json()
+    assert view["queuePosition"] == 15
+    assert view["etaS"] == pytest.approx(14.0, abs=0.5) and view["finishEtaS"] == pytest.approx(15.0, abs=0.5)
+
+
 def test_queues_show_the_gpu_fraction_chosen_and_the_measured_peaks(make_client: Any, tokens: Any,
                                                                     redis_url: str, prefix: str) -> None:
     from dash_ray.queues import CostBook
