@@ -62,6 +62,12 @@ def test_sign_in_by_fragment_generate_and_see_progress_and_the_image(browser: An
     page.fill("#form-generation [name=steps]", "40")
     job_id = submit(page, "generation")
     wait_status(page, job_id, "completed")
+    # The whole id is shown (ids are 32 characters here; users choose theirs), and copied by its button.
+    assert page.inner_text(f"#jobs tr[data-job='{job_id}'] code.jid") == job_id
+    page.click(f"#jobs tr[data-job='{job_id}'] button.copy")
+    page.wait_for_function("""id => { const r = getSelection().toString(); const b = document.querySelector(
+        `#jobs tr[data-job='${id}'] button.copy`).textContent; return b === 'copied' || r === id; }""", arg=job_id,
+                           timeout=5_000)
     img = page.wait_for_selector(f"#jobs tr[data-job='{job_id}'] td.result img")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img, timeout=30_000)
     assert "&sig=" in str(img.get_attribute("src")) and "token=" not in str(img.get_attribute("src"))

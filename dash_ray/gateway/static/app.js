@@ -258,9 +258,17 @@ function render(job, append = false) {
   if (!tr) {
     tr = document.createElement('tr');
     tr.dataset.job = job.id;
-    tr.innerHTML = `<td><code>${job.id.slice(0, 12)}</code><div class="user"></div></td><td>${job.queue}</td>
+    tr.innerHTML = `<td class="id"><code class="jid"></code> <button class="copy small" title="Copy the job id">copy</button>
+      <div class="user"></div></td><td>${job.queue}</td>
       <td class="status"></td><td><progress max="100" value="0"></progress> <span class="pct"></span></td>
       <td class="detail"></td><td class="result"></td><td class="actions"></td>`;
+    // The whole id (users choose theirs: `portrait-session-1` and `-2` must read apart), wrapped,
+    // never cut; the button copies it.
+    $('.jid', tr).textContent = job.id;
+    $('.copy', tr).onclick = async () => {
+      try { await navigator.clipboard.writeText(job.id); $('.copy', tr).textContent = 'copied'; }
+      catch (e) { window.getSelection().selectAllChildren($('.jid', tr)); }  // no clipboard: selected to copy by hand
+    };
     state.rows.set(job.id, tr);
     const body = $('#jobs tbody');
     append ? body.append(tr) : body.prepend(tr);
