@@ -62,6 +62,9 @@ _QueueFields: Any = create_model(  # type: ignore[call-overload]
             (f"{q.name}_gpu_fraction", (float, Field(q.gpu_fraction, gt=0, le=1) if q.gpu_fraction
                                         else Field(0.0, ge=0, le=1))),
             (f"{q.name}_timeout_s", (float, Field(q.timeout_s, ge=1))),
+            # A job not started this many seconds after its submit ends `expired` (the default of
+            # `options.startBy`; none when unset).
+            (f"{q.name}_start_by_s", (float | None, Field(None, gt=0, le=30 * 24 * 3600))),
             # The most workers of this queue on the whole cluster: it bounds the pool and what the
             # queue's backlog asks the autoscaler for.
             (f"{q.name}_max_workers", (int, Field(q.max_workers, ge=1, le=4096))),

@@ -104,7 +104,8 @@ def loss_png(losses: list[tuple[int, float]], title: str = "") -> bytes | None:
 def job_html(view: Any, images: list[bytes], loss: bytes | None) -> str:
     """A job as HTML: queue, id, status, a progress bar, its message or error, its images as a
     grid and (training) its loss curve."""
-    color = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#6d6d6d"}.get(view.status, "#1565c0")
+    color = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#6d6d6d", "expired": "#6d6d6d"}.get(
+        view.status, "#1565c0")
     parts = [
         '<div style="font-family:sans-serif;font-size:13px">',
         f"<b>{html.escape(view.queue)}</b> <code>{html.escape(view.id)}</code> "

@@ -67,6 +67,7 @@ class GatewayServices:
             finished_ttl_s=settings.finished_ttl_s, events_per_job=settings.events_per_job,
             user_history_max=settings.user_history_max, queues=queues, validate=validate,
             fair_share=settings.fair_share, user_weights=settings.user_weights,
+            start_by_s={q: s for q in queues if (s := getattr(settings, f"{q}_start_by_s", None))},
         )
         limiter = SubmitLimiter(redis, store.keys, settings.rate_submit)
         signer = UrlSigner(settings.secret(), settings.artifact_url_ttl_s)

@@ -82,11 +82,12 @@ class JobCompletedEvent(_Event):
 
 
 class JobFailedEvent(_Event):
-    """`job:failed {jobId, queue, error}` plus seq, ts and status (`failed` or `cancelled`)."""
+    """`job:failed {jobId, queue, error}` plus seq, ts and status (`failed`, `cancelled`, or `expired`:
+    not started by its deadline)."""
 
     type: Literal["job:failed"] = "job:failed"
     error: str
-    status: Literal["failed", "cancelled"] = "failed"
+    status: Literal["failed", "cancelled", "expired"] = "failed"
 
 
 class JobPreviewEvent(_Event):

@@ -1,11 +1,12 @@
-"""Job options: priority, delay, attempts, backoff, a client-given id and a webhook."""
+"""Job options: priority, delay, attempts, backoff, a client-given id, a start deadline and a webhook."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from dash_ray.models.base import JobId, RequestModel
 
@@ -52,9 +53,21 @@ class Webhook(RequestModel):
     events: list[WebhookEvent] = Field(default_factory=lambda: _DEFAULT_EVENTS.copy(), min_length=1, max_length=5)
 
 
+def _time(value: object) -> object:
+    if isinstance(value, int | float):  # not a Unix time: a number is seconds from the submit
+        raise ValueError("a number is seconds from the submit, more than 0 and at most 30 days")
+    return value
+
+
+def _aware(value: float | datetime) -> float | datetime:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)  # a time without a zone is UTC
+    return value
+
+
 class JobOptions(RequestModel):
     """How a job is queued: priority 1-3 (1 = high), delay, attempts, backoff, job id, run-time
-    limit, and a webhook for its events."""
+    limit, a deadline to start by, and a webhook for its events."""
 
     priority: Priority = 2
     delay_s: float = Field(0.0, ge=0, le=MAX_DELAY_S)
@@ -62,4 +75,17 @@ class JobOptions(RequestModel):
     backoff: Backoff = Field(default_factory=Backoff)
     job_id: JobId | None = None
     timeout_s: float | None = Field(None, ge=1, le=7 * 24 * 3600)  # capped by the queue's DASH_<QUEUE>_TIMEOUT_S
+    # Not started by then, the job ends `expired` (never run, not retried): seconds from the submit,
+    # or a time (ISO 8601; UTC without a zone). Default: the queue's DASH_<QUEUE>_START_BY_S, if set.
+    start_by: Annotated[Annotated[float, Field(gt=0, le=MAX_DELAY_S)] | Annotated[datetime, BeforeValidator(_time)],
+                        Field(union_mode="left_to_right"), AfterValidator(_aware)] | None = None
+
+    def start_by_ms(self, submitted_ms: int, default_s: float | None = None) -> int | None:
+        """The deadline to start by, in ms (None: none), for a job submitted at `submitted_ms`."""
+        value = self.start_by if self.start_by is not None else default_s
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return int(value.timestamp() * 1000)
+        return submitted_ms + int(value * 1000)
     webhook: Webhook | None = None

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 __all__ = ["CANCELLING", "FAILURES", "FINAL", "FINAL_EVENT_TYPES", "JobStatus", "Status", "derive", "guess_bull_state", "is_failure",
            "is_final"]
 
-JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled"]
+JobStatus = Literal["waiting", "delayed", "active", "retrying", "completed", "failed", "cancelled", "expired"]
 
 
 class Status(str, Enum):
@@ -26,42 +26,47 @@ class Status(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not started by its deadline (`options.startBy`): never ran, not retried
 
 
 assert {s.value for s in Status} == set(get_args(JobStatus))
 
-FINAL: frozenset[str] = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value})
+FINAL: frozenset[str] = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value,
+                                   Status.EXPIRED.value})
 FINAL_EVENT_TYPES: frozenset[str] = frozenset({"job:completed", "job:failed"})
 # The final statuses without a result: what a `job:failed` event carries (`status`).
 FAILURES: frozenset[str] = FINAL - {Status.COMPLETED.value}
-# A field of our job hash: "1" while an attempt is being ended as cancelled, from before BullMQ's
-# move to failed until the final event (which deletes it): see `derive`.
+# A field of our job hash: "1" while an attempt is being ended as cancelled ("expired": as
+# expired), from before BullMQ's move to failed until the final event (which deletes it): see `derive`.
 CANCELLING = "cancelling"
 
 
 def is_final(status: str | None) -> bool:
-    """Whether a job with this status is over for good (completed, failed or cancelled)."""
+    """Whether a job with this status is over for good (completed, failed, cancelled or expired)."""
     return status in FINAL
 
 
 def is_failure(status: str | None) -> bool:
-    """Whether a job with this status is over without a result (failed or cancelled)."""
+    """Whether a job with this status is over without a result (failed, cancelled or expired)."""
     return status in FAILURES
 
 
-def derive(bull_state: str | None, ours: str | None, attempts_made: int, cancelling: bool = False) -> str:
+def derive(bull_state: str | None, ours: str | None, attempts_made: int, cancelling: bool | str = False) -> str:
     """Our status from BullMQ's state (the truth) refined by our hash's status (cancelled,
     retrying). `bull_state` is what BullMQ's `getState` answers (None or "unknown": no such job).
-    `cancelling`: our hash says the attempt is being ended as cancelled (set before BullMQ's
-    move to failed, cleared by the final event), so a read between the two says cancelled too:
-    a job's final status never changes once shown."""
+    `cancelling`: our hash says the attempt is being ended as cancelled, or as expired when it
+    is "expired" (set before BullMQ's move to failed, cleared by the final event), so a read
+    between the two says so too: a job's final status never changes once shown."""
     if bull_state in (None, "unknown"):
         return ours or Status.WAITING.value
     if bull_state == "completed":
         return Status.COMPLETED.value
     if bull_state == "failed":
-        cancelled = ours == Status.CANCELLED.value or (cancelling and ours not in FINAL)
-        return Status.CANCELLED.value if cancelled else Status.FAILED.value
+        if ours in (Status.CANCELLED.value, Status.EXPIRED.value):
+            return ours
+        if cancelling and ours not in FINAL:
+            return Status.EXPIRED.value if cancelling == Status.EXPIRED.value else Status.CANCELLED.value
+        return Status.FAILED.value
     if bull_state == "active":
         return Status.ACTIVE.value
     if bull_state == "delayed":

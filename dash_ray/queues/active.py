@@ -34,6 +34,7 @@ class ActiveJob:
     bull: BullJob = field(repr=False)
     deferred_failure: str | None = None
     timeout_s: float | None = None  # the job's own run-time limit (options.timeoutS), if any
+    start_by_ms: int | None = None  # its deadline to start (options.startBy), if any: later, it expires
     batch_closed: bool = False  # a batch's head: the job behind its batch cannot join it (or it is full)
     moved_to_failed: bool = False  # fail() got past BullMQ's move (a retried fail() skips it)
     # Its `active` event went out as it was taken (`QueueConsumer.take`): its worker publishes no
@@ -58,7 +59,7 @@ class ActiveJob:
 
 @dataclass
 class FailOutcome:
-    """What a failure led to: `retrying` (after `delay_s`), `failed` or `cancelled`."""
+    """What a failure led to: `retrying` (after `delay_s`), `failed`, `cancelled` or `expired`."""
 
     status: str
     delay_s: float = 0.0

@@ -80,6 +80,10 @@ def _count_ready(scripts: Any, batch: Batch) -> Batch:
     return batch.add("llen", k["wait"]).add("zcard", k["prioritized"]).add("hexists", k["meta"], "paused")
 
 
+def _iso(ms: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
+
+
 def _ready(wait: Any, prio: Any, paused: Any) -> int:
     """Jobs ready to run from the replies of `_count_ready`: 0 while paused."""
     return 0 if paused else int(wait) + int(prio)
@@ -153,6 +157,7 @@ class QueueConsumer:
             bull=bull,
             deferred_failure=bull.deferredFailure,
             timeout_s=float(bull.opts.get("timeoutS") or 0) or None,
+            start_by_ms=int(bull.opts["startBy"]) if isinstance(bull.opts.get("startBy"), int | float) else None,
         )
         self.held[job.id] = job
         return job
@@ -189,12 +194,18 @@ class QueueConsumer:
                 job.announced, job.stop = int(seq) > 0, bool(int(cancelled))
                 if batched:
                     try:
-                        return [job, *await self._take_compatible(job, counts[3], up_to)]
+                        jobs = [job, *await self._take_compatible(job, counts[3], up_to)]
                     except Exception:  # the head is ours: it runs, alone
                         log.warning("could not take a batch with job %s", job.id, exc_info=True)
-                        return [job]
-                more = min(up_to - 1, _ready(*counts[:3]))
-                return [job, *await self.take_more(more)] if more > 0 else [job]
+                        jobs = [job]
+                else:
+                    more = min(up_to - 1, _ready(*counts[:3]))
+                    jobs = [job, *await self.take_more(more)] if more > 0 else [job]
+                jobs = await self.expire_taken(jobs, float(now_ms))
+                if jobs:
+                    return jobs
+                wait_s = None  # every one was past its deadline (ended `expired`): the next, at once
+                continue
             left = deadline - time.monotonic()
             if left <= 0:
                 return []
@@ -212,7 +223,25 @@ class QueueConsumer:
         for token in tokens:
             await _move_to_active(self.scripts, batch, token, self.lock_ms, now)
         jobs = (self._active(raw, token) for raw, token in zip(await batch.execute(), tokens, strict=True))
-        return [job for job in jobs if job is not None]
+        return await self.expire_taken([job for job in jobs if job is not None])
+
+    async def expire_taken(self, jobs: list[ActiveJob], now_ms: float | None = None) -> list[ActiveJob]:
+        """The taken jobs that may start: one never started (a first attempt), not announced, and
+        past its deadline to start (`options.startBy`) ends `expired` here, unrun (its take's time
+        on Redis's clock, `now_ms`, where the take read it). A retry is not held to it: the job
+        started in time. One that cannot be ended now (Redis unreachable) runs, late."""
+        now = time.time() * 1000 if now_ms is None else now_ms
+        keep = []
+        for job in jobs:
+            if job.start_by_ms is not None and job.attempts_made == 0 and not job.announced and now > job.start_by_ms:
+                try:
+                    await self.fail(job, f"expired: not started by its deadline ({_iso(job.start_by_ms)})",
+                                    expired=True)
+                    continue
+                except Exception:
+                    log.warning("could not end job %s as expired; it runs late", job.id, exc_info=True)
+            keep.append(job)
+        return keep
 
     async def _queue_peek(self, batch: Batch, n: int) -> None:
         k = self.scripts.keys
@@ -323,7 +352,7 @@ class QueueConsumer:
             following = self._active(raw, job.token) if fetch else None
             if following is not None:
                 nxt.append(following)
-        return nxt, lost
+        return await self.expire_taken(nxt), lost
 
     async def requeue(self, *jobs: ActiveJob) -> bool:
         """Put held jobs that never started back at the head of their queue, in their order, in one
@@ -354,16 +383,18 @@ class QueueConsumer:
                 if status == "active" and str(attempt) == str(job.attempt)}
 
     async def fail(self, job: ActiveJob, error: str, *, retry: bool = True, cancelled: bool = False,
-                   trace: str = "") -> FailOutcome:
-        """Fail the attempt: retry per attempts/backoff, else fail (or cancel) for good; publish it.
+                   expired: bool = False, trace: str = "") -> FailOutcome:
+        """Fail the attempt: retry per attempts/backoff, else fail (or cancel, or expire: not
+        started by its deadline) for good; publish it.
 
         Raises a transient error if Redis cannot be reached: call again with the same job (the
         step that went through is not repeated); the job stays held until its failure is written.
         """
-        final = cancelled or not retry or job.attempt >= job.attempts
+        final = cancelled or expired or not retry or job.attempt >= job.attempts
+        ending = "expired" if expired else "cancelled" if cancelled else "failed"
         if not job.moved_to_failed:
-            if cancelled:  # a read between BullMQ's move and the final event says cancelled, not failed
-                await self.redis.hset(self.keys.job(job.id), CANCELLING, "1")
+            if ending != "failed":  # a read between BullMQ's move and the final event says so, not failed
+                await self.redis.hset(self.keys.job(job.id), CANCELLING, "expired" if expired else "1")
             err: Exception = UnrecoverableError(error) if final else Exception(error)
             _keep_trace(job.bull, trace)
             try:
@@ -372,15 +403,15 @@ class QueueConsumer:
                 if is_transient(exc):
                     raise
                 self.held.pop(job.id, None)  # lock lost: someone else has it now
-                if cancelled:  # and it is not ours to end
+                if ending != "failed":  # and it is not ours to end
                     await self.redis.hdel(self.keys.job(job.id), CANCELLING)
                 raise LockLost(f"job {job.id}: cannot fail ({exc})") from exc
             job.moved_to_failed = True
         self.held.pop(job.id, None)  # BullMQ holds its outcome now; the event below may be retried
         if final:
             await self.lifecycle.finish(JobFailedEvent(job_id=job.id, queue=self.name, user_id=job.user_id,
-                                                       error=error, status="cancelled" if cancelled else "failed"))
-            return FailOutcome("cancelled" if cancelled else "failed")
+                                                       error=error, status=ending))
+            return FailOutcome(ending)
         delay_s = (job.bull.delay or 0) / 1000
         when = f" in {delay_s:g}s" if delay_s else ""
         await self.lifecycle.wait_again(
@@ -388,6 +419,27 @@ class QueueConsumer:
             status="retrying", attempt=job.attempt + 1, attempts=job.attempts, position=not delay_s,
         )
         return FailOutcome("retrying", delay_s)
+
+    async def expire_overdue(self, most: int = 200) -> int:
+        """End `expired` this queue's jobs still waiting (or delayed) past their deadline to start
+        (`options.startBy`; a take ends the ones it meets late): each taken out of BullMQ, then
+        its final event. A job that started by then just leaves the deadlines. Returns how many
+        expired."""
+        key = self.keys.start_by(self.name)
+        due: list[Any] = await self.redis.zrangebyscore(key, "-inf", int(time.time() * 1000), start=0, num=most,
+                                                        withscores=True)
+        n = 0
+        for raw_id, deadline in due:
+            job_id = str(raw_id)
+            user_id, started = await self.redis.hmget(self.keys.job(job_id), "userId", "started")
+            # Taken out only if never started and not running (BullMQ does not remove a locked job).
+            if not started and await self.queue.backend.remove(job_id, True):
+                await self.lifecycle.finish(JobFailedEvent(
+                    job_id=job_id, queue=self.name, user_id=user_id, status="expired",
+                    error=f"expired: not started by its deadline ({_iso(float(deadline))})"))
+                n += 1
+            await self.redis.zrem(key, job_id)
+        return n
 
     async def backlog(self, ahead_s: float = 0.0) -> int:
         """Jobs ready to run now (waiting + prioritized) and delayed ones (a later start, a retry's

@@ -116,6 +116,10 @@ class Keys:
         """Hash: per-queue job duration histogram and counters."""
         return f"{self.ns}metrics:{queue}"
 
+    def start_by(self, queue: str) -> str:
+        """Sorted set: a queue's jobs with a deadline to start, scored by it (ms); swept by its consumer."""
+        return f"{self.ns}startby:{queue}"
+
     def rate(self, user_id: str) -> str:
         """List: the times of a user's last submissions, newest first (their rate's moving window)."""
         return f"{self.ns}rate:{user_id}"

@@ -44,7 +44,7 @@ Validator = Callable[[JobPayload], None]
 
 
 def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int, keep_failed: int,
-              keep_s: int = 7 * 24 * 3600) -> dict[str, Any]:
+              keep_s: int = 7 * 24 * 3600, start_by_ms: int | None = None) -> dict[str, Any]:
     """BullMQ job options for our options (BullMQ's names and units: milliseconds). Finished
     jobs are removed by count and by age (`keep_s`, the life of our records), so BullMQ's job
     and our record of it go away together."""
@@ -60,6 +60,8 @@ def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int,
         out["delay"] = int(opts.delay_s * 1000)
     if opts.timeout_s:
         out["timeoutS"] = opts.timeout_s  # ours: BullMQ keeps unknown options and ignores them
+    if start_by_ms is not None:
+        out["startBy"] = start_by_ms  # ours: the deadline to start by, ms
     return out
 
 
@@ -115,6 +117,7 @@ class ProducerOptions:
     fair_share: bool = True  # jobs of one priority taken round-robin across users (by weight)
     user_weights: Mapping[str, float] = field(default_factory=dict)
     validate: Validator | None = None
+    start_by_s: Mapping[str, float] = field(default_factory=dict)  # queue -> default deadline to start, s
 
     def fair(self, priority: int, owner: str, weight: float | None) -> tuple[int, float] | None:
         """(priority, 1 / the owner's weight) to place a job by fair share; None: FIFO. `weight`:
@@ -160,21 +163,27 @@ class Producer:
         wire = payload.wire(exclude_none=True)
         dig, size = digest(wire)
         attempts = opts.attempts or o.default_attempts
+        now_ms = int(time.time() * 1000)
+        start_by = opts.start_by_ms(now_ms, o.start_by_s.get(queue))
+        if start_by is not None and start_by <= now_ms + int(opts.delay_s * 1000):
+            raise InvalidPayload("invalid payload: options.startBy: the job could never start by then "
+                                 "(it is past, or within the delay)",
+                                 errors=[{"field": "options.startBy", "message": "must be after the submit and its delay"}])
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
-                                                  o.finished_ttl_s))
+                                                  o.finished_ttl_s, start_by))
         status: JobStatus = "delayed" if opts.delay_s else "waiting"
         event = JobProgressEvent(
             job_id=job_id, queue=queue, user_id=owner, status=status, progress=0,
             message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
         )
-        now_ms = int(time.time() * 1000)
         recorder = BullAddRecorder(bq.scripts.commands)
         await bq.scripts.addJob(bjob, recorder)
         assert recorder.call is not None
         hook = (opts.webhook.url, [str(e) for e in opts.webhook.events]) if opts.webhook else None
         made = await self.lifecycle.create(event, recorder.call, digest=dig, created_ms=now_ms,
                                            position=not opts.delay_s, hook=hook,
-                                           fair=o.fair(opts.priority, owner, weight), quota=quota, size=size)
+                                           fair=o.fair(opts.priority, owner, weight), quota=quota, size=size,
+                                           start_by_ms=start_by)
         if made.refused:
             raise refusal(*made.refused, rate=quota.rate if quota else None)
         if not made.created:  # an earlier job holds the id (a client-chosen one), or BullMQ does without a record
@@ -235,7 +244,13 @@ class Producer:
                 raise refusal(*refused)
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.keys.cancel(job_id))
-        pipe.hdel(self.keys.job(job_id), CANCELLING)  # left by a cancel whose final event never came
+        # CANCELLING: left by a cancel whose final event never came; startBy: a retry, asked for
+        # after the deadline to start (an expired job's), runs whenever it can.
+        pipe.hdel(self.keys.job(job_id), CANCELLING, "startBy")
+        if "startBy" in bjob.opts:  # BullMQ's copy of it too (the take reads it from there)
+            opts = {k: v for k, v in json.loads(await self.redis.hget(self.keys.bull(view.queue, job_id), "opts")
+                                                 or "{}").items() if k != "startBy"}
+            pipe.hset(self.keys.bull(view.queue, job_id), "opts", json.dumps(opts, separators=(",", ":")))
         await pipe.execute()
         # It waits again before BullMQ requeues it: a take waiting on the marker may start it the
         # moment it is requeued, and its start must come after this event (and find it not final).

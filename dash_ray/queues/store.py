@@ -58,6 +58,7 @@ class JobStore:
         validate: Validator | None = None,
         fair_share: bool = True,
         user_weights: Mapping[str, float] | None = None,
+        start_by_s: Mapping[str, float] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
@@ -72,7 +73,7 @@ class JobStore:
         self.producer = Producer(redis, self.keys, self.control, self.reader, self.lifecycle, ProducerOptions(
             keep_completed=keep_completed, keep_failed=keep_failed, finished_ttl_s=finished_ttl_s,
             default_attempts=default_attempts, fair_share=fair_share, user_weights=dict(user_weights or {}),
-            validate=validate,
+            validate=validate, start_by_s=dict(start_by_s or {}),
         ))
 
     # ------------------------------------------------------------------ jobs

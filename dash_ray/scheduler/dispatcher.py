@@ -252,7 +252,8 @@ class Dispatcher:
 
     async def _upkeep(self) -> None:
         """Every second: the capacity board (workers, starvation, costs, memory peaks), adoption of
-        plain BullMQ producers' jobs, pending workers and the autoscaler's demand, arbitration."""
+        plain BullMQ producers' jobs, waiting jobs past their deadline to start, pending workers and
+        the autoscaler's demand, arbitration."""
         busy, pending = self.pool.count("busy"), self.pool.count("pending")
         needed = pending or self.demand.enabled or self.arbiter.arb.peers
         backlog = await self.consumer.backlog(ahead_s=self.lead_s()) if needed else 0
@@ -265,6 +266,7 @@ class Dispatcher:
         if warm and self.pool.keep_warm(await self.wanted_models()):
             log.info("%s: starting workers to keep %d warm", self.queue, self.pool.min_workers)
         await self.consumer.adoption.adopt()  # plain BullMQ producers' jobs: into their users' history
+        await self.consumer.expire_overdue()  # waiting jobs past their deadline to start: `expired`
         if pending or self.demand.enabled:
             if backlog == 0:
                 self.pool.drop_pending(0, keep_warm=not self.arbiter.yield_idle)

@@ -511,3 +511,34 @@ def test_the_submit_fast_path_answers_as_the_route_does(make_client: Any, tokens
     # a body the edge does not read as JSON goes to the route
     r = fast.post("/v1/jobs/generation", content=b"prompt=x", headers={**h, "Content-Type": "text/plain"})
     assert r.status_code == 422
+
+
+def test_a_deadline_to_start_through_the_api(make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    """`options.startBy` in seconds or as a time is taken; one that cannot be met, or is not a
+    deadline, is 422 naming the field; the job's view says `expired` once it lapsed unrun."""
+    c = make_client()
+    h = auth(tokens("alice"))
+    ok = c.post("/v1/jobs/sleep", json={"durationS": 1, "options": {"startBy": 0.2}}, headers=h)
+    assert ok.status_code == 201, ok.text
+    later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+    assert c.post("/v1/jobs/sleep", json={"options": {"startBy": later}}, headers=h).status_code == 201
+    for bad in ("2020-01-01T00:00:00Z", "soon", -5, 10**9):
+        r = c.post("/v1/jobs/sleep", json={"options": {"startBy": bad}}, headers=h)
+        assert r.status_code == 422 and "startBy" in r.json()["error"]["message"], (bad, r.text)
+    job_id = ok.json()["id"]
+
+    async def sweep() -> int:  # what the queue's consumer does every second
+        r = connect(redis_url)
+        try:
+            consumer = QueueConsumer(r, connect(redis_url, blocking=True), "sleep",
+                                     JobStore(r, prefix=prefix, queues=("sleep",)).lifecycle, prefix=prefix)
+            return int(await consumer.expire_overdue())
+        finally:
+            await r.aclose()
+
+    deadline = time.time() + 10
+    while c.get(f"/v1/jobs/{job_id}", headers=h).json()["status"] != "expired":
+        assert time.time() < deadline
+        run_async(sweep())
+    view = c.get(f"/v1/jobs/{job_id}", headers=h).json()
+    assert view["error"].startswith("expired: not started by its deadline")

@@ -498,3 +498,96 @@ async def test_a_late_waiting_again_event_does_not_revive_a_finished_job(make_st
     assert await events(store, "done-then-late") == seen
     assert not await store.redis.sismember(store.keys.waiting_count("alice"), "done-then-late")
     assert (await store.get("done-then-late")).status == "completed"
+
+
+# ------------------------------------------------------------------ deadlines to start (options.startBy)
+async def past(ms: int) -> None:
+    """Wait until the clock is past `ms` (a deadline)."""
+    async def over() -> bool:
+        return time.time() * 1000 > ms + 5
+
+    await wait_for(over, 10)
+
+
+async def test_a_job_taken_past_its_deadline_ends_expired_unrun(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    consumer = make_consumer("sleep", store)
+    made = await store.add("sleep", sleep_job(), {"startBy": 0.3})
+    deadline = int(await store.redis.hget(store.keys.job(made.job.id), "startBy"))
+    assert deadline == pytest.approx(made.job.created_at * 1000 + 300, abs=5)
+    late = await store.add("sleep", sleep_job())  # behind it, no deadline
+    await past(deadline)
+    taken = await consumer.take(block_s=0.0)
+    assert [j.id for j in taken] == [late.job.id]  # the expired one was taken, ended, and the next one taken
+    view = await store.get(made.job.id)
+    assert view.status == "expired" and view.error.startswith("expired: not started by its deadline")
+    evs = await events(store, made.job.id)
+    assert [(e["type"], e["status"]) for e in evs] == [("job:progress", "waiting"), ("job:failed", "expired")]
+    assert_well_formed(evs)
+    assert await consumer.queue.getJobState(made.job.id) == "failed"
+    # Retried, it runs with no deadline.
+    again = await store.retry(made.job.id)
+    assert again.status == "waiting"
+    assert await store.redis.hget(store.keys.job(made.job.id), "startBy") is None
+    (job,) = await consumer.take(block_s=1.0)
+    assert job.id == made.job.id and job.start_by_ms is None and job.announced
+
+
+async def test_the_sweep_ends_waiting_and_delayed_jobs_past_their_deadline(make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    consumer = make_consumer("sleep", store)
+    waiting = await store.add("sleep", sleep_job(), {"startBy": 0.2})
+    delayed = await store.add("sleep", sleep_job(), {"delayS": 5, "startBy": 5.2})
+    other = await store.add("sleep", sleep_job(), {"startBy": 60})
+    assert await consumer.expire_overdue() == 0
+    await past(int(waiting.job.created_at * 1000) + 200)
+    assert await consumer.expire_overdue() == 1
+    view = await store.get(waiting.job.id)
+    assert view.status == "expired" and "not started by its deadline" in (view.error or "")
+    assert await consumer.queue.getJobState(waiting.job.id) == "unknown"  # out of BullMQ, never run
+    assert (await store.get(delayed.job.id)).status == "delayed" and (await store.get(other.job.id)).status == "waiting"
+    # The delayed one: its deadline 0.2 s after its delay ends; swept before anything takes it.
+    await store.redis.zadd(store.keys.start_by("sleep"), {delayed.job.id: 1})  # (its deadline, brought forward)
+    assert await consumer.expire_overdue() == 1
+    assert (await store.get(delayed.job.id)).status == "expired"
+    assert await consumer.expire_overdue() == 0
+    assert await store.redis.zrange(store.keys.start_by("sleep"), 0, -1) == [other.job.id]
+
+
+async def test_a_job_started_in_time_is_not_expired_and_its_retry_is_not_held_to_the_deadline(
+        make_store: Any, make_consumer: Any) -> None:
+    store = make_store()
+    consumer = make_consumer("sleep", store)
+    made = await store.add("sleep", sleep_job(), {"startBy": 0.5, "backoff": {"type": "fixed", "delayS": 0}})
+    (job,) = await consumer.take(block_s=1.0)
+    assert job.announced  # started in time
+    await past(job.start_by_ms)
+    assert await consumer.expire_overdue() == 0  # running: the sweep leaves it
+    assert (await consumer.fail(job, "boom")).status == "retrying"
+    (retry,) = await consumer.take(block_s=2.0)  # its second attempt, past the deadline: it runs
+    assert retry.id == made.job.id and retry.attempts_made == 1
+    await complete(consumer, retry, {"ok": True})
+    assert (await store.get(made.job.id)).status == "completed"
+    assert await consumer.expire_overdue() == 0
+
+
+async def test_a_deadline_that_cannot_be_met_is_refused_and_a_queue_default_applies(
+        make_store: Any, redis: Any, prefix: str) -> None:
+    store = make_store()
+    with pytest.raises(InvalidPayload, match="startBy"):
+        await store.add("sleep", sleep_job(), {"startBy": "2020-01-01T00:00:00Z"})  # past
+    with pytest.raises(InvalidPayload, match="startBy"):
+        await store.add("sleep", sleep_job(), {"startBy": 5, "delayS": 5})  # within its delay
+    with pytest.raises(InvalidPayload, match="startBy"):
+        await store.add("sleep", sleep_job(), {"startBy": -1})
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    made = await store.add("sleep", sleep_job(), {"startBy": when})
+    assert int(await redis.hget(store.keys.job(made.job.id), "startBy")) // 1000 == \
+        int(time.mktime(time.strptime(when, "%Y-%m-%dT%H:%M:%SZ"))) - time.timezone
+    from dash_ray.queues import JobStore
+
+    defaulted = JobStore(redis, prefix=prefix, queues=("sleep",), start_by_s={"sleep": 30})
+    made = await defaulted.add("sleep", sleep_job())
+    assert int(await redis.hget(store.keys.job(made.job.id), "startBy")) == pytest.approx(
+        made.job.created_at * 1000 + 30_000, abs=5)
+    assert await redis.zscore(store.keys.start_by("sleep"), made.job.id) is not None

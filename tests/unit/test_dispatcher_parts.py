@@ -186,6 +186,10 @@ class Consumer:
     async def backlog(self, ahead_s: float = 0.0) -> int:
         return len(self.waiting)
 
+    async def expire_overdue(self) -> int:
+        self.swept = getattr(self, "swept", 0) + 1
+        return 0
+
     def start_maintenance(self) -> None:
         self.maintained = True
 
@@ -605,7 +609,7 @@ async def test_the_dispatcher_runs_a_queue_on_fake_workers_and_drains() -> None:
     d = Dispatcher(consumer, pool, want_workers=want)  # type: ignore[arg-type]
     task = asyncio.create_task(d.run())
     await until(lambda: len(consumer.completed) == 6)
-    await until(lambda: consumer.board.reports != [] and consumer.adoption.adopted > 0)
+    await until(lambda: consumer.board.reports != [] and consumer.adoption.adopted > 0 and getattr(consumer, 'swept', 0) > 0)
     assert consumer.maintained and {j for j, _ in consumer.completed} == {j.id for j in jobs}
     out = await d.drain(5.0)
     await asyncio.wait_for(task, 5.0)

@@ -42,7 +42,7 @@ def _expected(bull: str | None, ours: str | None, attempts_made: int) -> str:
     if bull == "completed":
         return "completed"
     if bull == "failed":
-        return "cancelled" if ours == "cancelled" else "failed"
+        return ours if ours in ("cancelled", "expired") else "failed"
     if bull == "active":
         return "active"
     if bull == "delayed":
@@ -71,10 +71,13 @@ def test_bullmq_decides_whether_a_job_is_over_and_our_hash_only_refines() -> Non
     assert derive("failed", "active", 1, cancelling=True) == "cancelled"
     assert derive("failed", "failed", 1, cancelling=True) == "failed"  # our final event wins
     assert derive("active", "active", 1, cancelling=True) == "active"
+    # ... or as expired (not started by its deadline: taken late, moved to failed unrun)
+    assert derive("failed", "waiting", 0, cancelling="expired") == "expired"
+    assert derive("failed", "expired", 0) == "expired" and derive(None, "expired", 0) == "expired"
 
 
 def test_final_and_failures() -> None:
-    assert {"completed", "failed", "cancelled"} == FINAL and {"failed", "cancelled"} == FAILURES
+    assert {"completed", "failed", "cancelled", "expired"} == FINAL and {"failed", "cancelled", "expired"} == FAILURES
     for s in Status:
         assert is_final(s) == is_final(s.value) == (s.value in FINAL)
         assert is_failure(s.value) == (is_final(s.value) and s is not Status.COMPLETED)
@@ -90,7 +93,7 @@ def test_the_guess_from_the_hashes_agrees_with_bullmq_for_records_we_wrote(ours:
     (attempts made where it is retrying), the guess derives the same status as the truth."""
     mine = None if ours is None else ours.value
     truth = {None: "waiting", "waiting": "waiting", "delayed": "delayed", "active": "active", "retrying": "delayed",
-             "completed": "completed", "failed": "failed", "cancelled": "failed"}[mine]
+             "completed": "completed", "failed": "failed", "cancelled": "failed", "expired": "failed"}[mine]
     finished = {"finishedOn": "1700000000000"}
     bull = {"completed": {**finished, "returnvalue": "{}"}, "failed": {**finished, "failedReason": "boom"}}.get(
         truth, {"timestamp": "1700000000000"})

@@ -1,4 +1,4 @@
-export type JobStatus = 'waiting' | 'delayed' | 'active' | 'retrying' | 'completed' | 'failed' | 'cancelled';
+export type JobStatus = 'waiting' | 'delayed' | 'active' | 'retrying' | 'completed' | 'failed' | 'cancelled' | 'expired';
 
 export interface JobProgressEvent {
   type: 'job:progress'; jobId: string; queue: string; status: JobStatus; progress: number; message: string;
@@ -7,7 +7,7 @@ export interface JobProgressEvent {
   epoch?: number; epochs?: number; loss?: number; step?: number; steps?: number; etaS?: number; finishEtaS?: number;
 }
 export interface JobCompletedEvent { type: 'job:completed'; jobId: string; queue: string; status: 'completed'; result: any; seq: number; ts: number; }
-export interface JobFailedEvent { type: 'job:failed'; jobId: string; queue: string; status: 'failed' | 'cancelled'; error: string; seq: number; ts: number; }
+export interface JobFailedEvent { type: 'job:failed'; jobId: string; queue: string; status: 'failed' | 'cancelled' | 'expired'; error: string; seq: number; ts: number; }
 export type JobEvent = JobProgressEvent | JobCompletedEvent | JobFailedEvent;
 export interface ErrorMessage { type: 'error'; code: string; message: string; jobId?: string; }
 

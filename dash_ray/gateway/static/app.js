@@ -3,7 +3,7 @@ import { connectJobs, createClient, RateLimited, Unauthorized } from './dash-ray
 
 const $ = (sel, root = document) => root.querySelector(sel);
 const KEY = 'dash-ray-token';
-const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
+const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'expired']);
 
 const state = {
   api: null, conn: null, claims: null,

@@ -25,6 +25,7 @@
     KEYS[17] sizes        its owner's job -> bytes charged
     KEYS[18] kept         its owner's job -> when its records expire
     KEYS[19] rate         its owner's submission times (the rate limit's window)
+    KEYS[20] start_by     its queue's jobs with a deadline to start, by deadline (ms)
 
     ARGV[1]  channel      its live channel
     ARGV[2]  frame        the `waiting` / `delayed` event, without its closing brace
@@ -45,6 +46,8 @@
     ARGV[15] max_high
     ARGV[16] rate_limit      at most this many submissions ('' for none: counted before)
     ARGV[17] rate_window_ms  in any window this long
+    ARGV[18] start_by     its deadline to start, ms ('' for none; the record's `startBy` is in
+                          the fields)
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -122,6 +125,7 @@ end
 if A_fair_inc ~= '' and redis.call('ZSCORE', K_prioritized, A_job_id) then fair_share() end
 charge()
 redis.call('ZADD', K_kept, 'inf', A_job_id)  -- kept until it is final and its records expire
+if A_start_by ~= '' then redis.call('ZADD', K_start_by, A_start_by, A_job_id) end
 append_capped(K_history, K_history_n, A_job_id, HISTORY_MAX)
 append_capped(K_recent, K_recent_n, A_job_id, RECENT_MAX)
 live_again()
