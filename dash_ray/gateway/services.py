@@ -112,6 +112,8 @@ class GatewayServices:
         with contextlib.suppress(Exception):
             await self.hub.close()
         with contextlib.suppress(Exception):
+            await self.store.aclose()
+        with contextlib.suppress(Exception):
             await self.redis.aclose()
         self.started = False
 

@@ -15,6 +15,7 @@ commit), for the gateway's hottest call (a submit's CREATE).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from redis.asyncio import Redis
@@ -23,6 +24,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["Batch", "Grouped", "register"]
+
+log = logging.getLogger(__name__)
 
 _SCRIPTS: dict[str, Any] = {}
 _LOADED: set[tuple[int, str]] = set()  # (client's connection pool, script SHA) known to be loaded
@@ -92,16 +95,18 @@ class Grouped:
     beyond the one in flight, and under load a group costs one write and one read on both
     sides instead of one per command.
 
-    The connection is made from the client's pool's settings (outside its count) and made
-    again after an error. A group that meets a dropped connection is sent again, what was not
-    answered of it, on a new one (up to `retries` times), as redis-py sends a pipeline again:
-    only for commands that may run twice (a CREATE does nothing the second time but say the
-    job exists). It stands in as the `client` of a registered script (`evalsha`,
-    `script_load`)."""
+    The connection is made from the client's pool's settings (outside its count), closed and
+    made again after an error, and closed by `aclose`. A group whose replies do not all come
+    within `timeout_s` (a connection gone silent) counts as a dropped connection: what was not
+    answered of it is sent again on a new one (up to `retries` times), as redis-py sends a
+    pipeline again. So only for commands that may run twice: CREATE answers a resent copy of
+    itself as it answered the first (create.lua). It stands in as the `client` of a registered
+    script (`evalsha`, `script_load`)."""
 
-    def __init__(self, redis: Redis, retries: int = 3) -> None:
+    def __init__(self, redis: Redis, retries: int = 3, timeout_s: float = 10.0) -> None:
         self.redis = redis
         self.retries = retries
+        self.timeout_s = timeout_s
         self._queued: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._conn: Any = None
@@ -112,7 +117,8 @@ class Grouped:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queued.append((args, future))
-        if self._sender is None or self._sender.done():
+        sender = self._sender
+        if sender is None or sender.done() or sender.get_loop() is not loop:  # (a loop closed under it)
             self._sender = loop.create_task(self._send())
         return await future
 
@@ -122,6 +128,10 @@ class Grouped:
     async def script_load(self, script: str) -> Any:
         return await self.execute_command("SCRIPT LOAD", script)
 
+    async def aclose(self) -> None:
+        """Close the connection (a later command makes a new one)."""
+        await self._drop()
+
     async def _send(self) -> None:
         """Send what is queued, group after group, until nothing is (a task of its own: a
         caller that is cancelled leaves the others' commands going)."""
@@ -130,13 +140,15 @@ class Grouped:
             try:
                 await self._send_group(group)
             except BaseException as exc:  # cancelled (the loop is closing), or a bug: nobody waits forever
-                self._conn = None
+                await self._drop()
                 error = exc if isinstance(exc, Exception) else RedisConnectionError("the sender was cancelled")
                 for _args, future in group + self._queued:
                     if not future.done():
                         future.set_exception(error)
                 self._queued = []
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("Grouped: a group could not be sent")
 
     async def _send_group(self, group: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         for attempt in range(self.retries + 1):
@@ -145,20 +157,10 @@ class Grouped:
                 return
             try:
                 conn = await self._connection()
-                await conn.send_packed_command(conn.pack_commands([args for args, _f in group]))
-                self.groups += 1
-                for _args, future in group:
-                    try:
-                        reply = await conn.read_response()
-                    except ResponseError as exc:  # this command's error, not the connection's
-                        if not future.done():
-                            future.set_exception(exc)
-                        continue
-                    if not future.done():  # else its caller was cancelled
-                        future.set_result(reply)
+                await asyncio.wait_for(self._exchange(conn, group), self.timeout_s)
                 return
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                self._conn = None
+            except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
+                await self._drop()
                 if attempt == self.retries:
                     for _args, future in group:
                         if not future.done():
@@ -166,14 +168,54 @@ class Grouped:
                     return
                 await asyncio.sleep(min(0.5, 0.05 * 2 ** attempt))
 
+    async def _exchange(self, conn: Any, group: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        """Write the group's commands at once, then read their replies in order. A command that
+        cannot be packed fails alone (its caller's error), before anything is written."""
+        packed: list[bytes] = []
+        sent = []
+        for args, future in group:
+            try:
+                packed += conn.pack_command(*args)
+            except Exception as exc:
+                future.set_exception(exc)
+                continue
+            sent.append(future)
+        if not sent:
+            return
+        await conn.send_packed_command(packed)
+        self.groups += 1
+        for future in sent:
+            try:
+                reply = await conn.read_response()
+            except ResponseError as exc:  # this command's error, not the connection's (those are ConnectionErrors)
+                if isinstance(exc, RedisConnectionError):  # a reply that says the server cannot serve (LOADING)
+                    raise
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():  # else its caller was cancelled
+                future.set_result(reply)
+
     async def _connection(self) -> Any:
         """The connection, made (again) when there is none, it closed, or the loop changed."""
         loop = asyncio.get_running_loop()
         conn = self._conn
         if conn is not None and self._loop is loop and conn.is_connected:
             return conn
-        self._conn = None
+        await self._drop()
         conn = self.redis.connection_pool.make_connection()
         await conn.connect()
         self._conn, self._loop = conn, loop
         return conn
+
+    async def _drop(self) -> None:
+        """Forget the connection, closed (its replies unread are not anyone's any more)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._loop is not asyncio.get_running_loop():  # another loop's: it cannot be closed from here
+            return
+        try:
+            await conn.disconnect(nowait=True)
+        except Exception:
+            log.debug("Grouped: closing a dropped connection failed", exc_info=True)

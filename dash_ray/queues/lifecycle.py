@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -319,6 +320,7 @@ class _Calls:
                     usage=k.usage, sizes=k.sizes(user), rate=k.rate(user), start_by=k.start_by(event.queue))
         level, inc = fair if fair else (0, None)
         q = quota or Quota()
+        nonce = secrets.token_hex(8)  # this call's: a copy of it sent again is told from other submits
 
         args.update(fair_level=str(level), fair_user=event.user_id or "_",
                     fair_inc="" if inc is None else repr(float(inc)), user=user, now_ms=created_ms,
@@ -326,8 +328,8 @@ class _Calls:
                     high="1" if q.high else "", max_high=_limit(q.max_high),
                     rate_limit=_limit(q.rate.limit if q.rate else None),
                     rate_window_ms=q.rate.window_ms if q.rate else 0,
-                    start_by="" if start_by_ms is None else str(start_by_ms))
-        extra: dict[str, Any] = {"created": created_ms, "digest": digest}
+                    start_by="" if start_by_ms is None else str(start_by_ms), nonce=nonce)
+        extra: dict[str, Any] = {"created": created_ms, "digest": digest, "made": nonce}
         if start_by_ms is not None:
             extra["startBy"] = start_by_ms
         if q.high:
@@ -413,9 +415,13 @@ class Lifecycle:
             script = self._creates[bull.sha] = self.redis.register_script(text)
         keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by_ms)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
-        # twice after a dropped connection finds its job made and changes nothing.
+        # again after a dropped connection answers as the first did (create.lua).
         return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],
                                                client=self._grouped))
+
+    async def aclose(self) -> None:
+        """Close the connection of its own that creates go out on (the client's stay open)."""
+        await self._grouped.aclose()
 
     async def reopen(self, job_id: str, user_id: str, quota: Quota, size: int) -> tuple[str, int, int] | None:
         """Take the owner's limits for a finished job that is about to run again (a retry), as

@@ -76,6 +76,10 @@ class JobStore:
             validate=validate, start_by_s=dict(start_by_s or {}),
         ))
 
+    async def aclose(self) -> None:
+        """Close the connection the store's creates go out on (the Redis client is the caller's)."""
+        await self.lifecycle.aclose()
+
     # ------------------------------------------------------------------ jobs
     async def add(self, queue: str, data: dict[str, Any] | JobPayload,
                   options: dict[str, Any] | JobOptions | None = None, user_id: str | None = None,

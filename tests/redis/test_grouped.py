@@ -4,6 +4,7 @@ answered with its own reply or error, through errors, dropped connections and ca
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -85,3 +86,59 @@ async def test_a_script_through_it_is_loaded_again_after_a_flush(redis: Any, pre
     assert await script(keys=[f"{prefix}:s"], args=[2], client=g) == 2
     await redis.script_flush()
     assert await asyncio.gather(*(script(keys=[f"{prefix}:s"], args=[1], client=g) for _ in range(3))) == [3, 4, 5]
+
+
+async def test_a_create_sent_again_after_its_reply_was_lost_answers_as_the_first_did(
+        make_store: Any, redis: Any) -> None:
+    """The connection drops after the CREATE ran but before its reply was read: it is sent
+    again on a new connection, and answers `created` (201), counting the owner's rate once,
+    where counting it twice would refuse a job that exists (429) or answer it as old (200)."""
+    from dash_ray.queues.lifecycle import Quota, Rate
+
+    store = make_store()
+    await store.add("sleep", {"userId": "bob"})  # the script loaded: the reply lost below is the CREATE's
+    g = store.lifecycle._grouped
+    made_conns: list[Any] = []
+    connection = g._connection
+
+    async def flaky_connection() -> Any:
+        conn = await connection()
+        if not made_conns:  # the first connection loses the first reply, after Redis ran the command
+            read = conn.read_response
+
+            async def lose(*a: Any, **kw: Any) -> Any:
+                await read(*a, **kw)
+                conn.read_response = read
+                raise ConnectionError("connection lost before the reply")
+
+            conn.read_response = lose
+        if conn not in made_conns:
+            made_conns.append(conn)
+        return conn
+
+    g._connection = flaky_connection
+    quota = Quota(rate=Rate(limit=1, window_ms=60_000, text="1/minute"))
+    result = await store.add("sleep", {"userId": "alice"}, quota=quota)
+    assert result.created and result.job.status == "waiting"
+    assert len(made_conns) == 2  # sent again, on a new connection
+    assert await redis.llen(store.keys.rate("alice")) == 1  # counted once
+    assert [e["status"] for e in [json.loads(x) for x in await store.bus.replay(result.job.id)]] == ["waiting"]
+
+
+async def test_a_connection_gone_silent_times_out_and_its_group_goes_again_on_a_new_one(redis: Any, prefix: str) -> None:
+    g = Grouped(redis, timeout_s=0.3)
+    assert await g.execute_command("ECHO", "warm") == "warm"
+    first = g._conn
+    never = asyncio.Event()
+
+    async def silent(*_a: Any, **_kw: Any) -> Any:  # the server's replies stop coming (a dead route)
+        await never.wait()
+
+    first.read_response = silent
+    got = await asyncio.wait_for(asyncio.gather(*(g.execute_command("INCR", f"{prefix}:t") for _ in range(3))), 5)
+    # Sent twice (the first copies ran: their replies were what went missing), answered on a new connection.
+    assert got == [4, 5, 6] and g._conn is not first and not first.is_connected
+    await g.aclose()
+    assert g._conn is None
+    assert await g.execute_command("ECHO", "again") == "again"  # a new connection once asked
+    await g.aclose()

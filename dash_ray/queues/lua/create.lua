@@ -48,6 +48,9 @@
     ARGV[17] rate_window_ms  in any window this long
     ARGV[18] start_by     its deadline to start, ms ('' for none; the record's `startBy` is in
                           the fields)
+    ARGV[19] nonce        this call's own random mark (also in the fields, the record's
+                          `made`): what tells this create sent again (its reply lost with its
+                          connection) from any other submit of the id
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -105,11 +108,14 @@ local function fair_share()
   end
 end
 
+local cur = redis.call('HMGET', K_job, 'queue', 'digest', 'status', 'userId', 'made', 'seq')
+-- This very call, sent again after its connection dropped before the reply: it made the job; it
+-- answers so again, and counts nothing twice.
+if cur[5] == A_nonce then return {tonumber(cur[6]) or 1, -1} end
 -- Every submission counts against the rate, a replay of a known id too (as it did when the
 -- gateway counted it before the store).
 local wait_ms = rate_take()
 if wait_ms then return {0, -2, 'rate', A_rate_limit, wait_ms} end
-local cur = redis.call('HMGET', K_job, 'queue', 'digest', 'status', 'userId')
 -- Any record holds its id: ours (with a digest), or one made for another producer's job (adopted,
 -- or started by a take before its adoption), which must not pass to a new owner with its events.
 if cur[1] or cur[2] then return {0, -1, cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or ''} end
