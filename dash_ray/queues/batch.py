@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 from redis.asyncio import Redis
@@ -157,7 +158,11 @@ class Grouped:
                 return
             try:
                 conn = await self._connection()
-                await asyncio.wait_for(self._exchange(conn, group), self.timeout_s)
+                if sys.version_info >= (3, 11):  # a deadline on this task: no task of its own per group
+                    async with asyncio.timeout(self.timeout_s):
+                        await self._exchange(conn, group)
+                else:
+                    await asyncio.wait_for(self._exchange(conn, group), self.timeout_s)
                 return
             except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError) as exc:
                 await self._drop()
