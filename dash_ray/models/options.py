@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AfterValidator, BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
 
 from dash_ray.models.base import JobId, RequestModel
 
@@ -14,6 +15,7 @@ __all__ = ["WEBHOOK_EVENTS", "Backoff", "JobOptions", "Priority", "Webhook"]
 
 Priority = Literal[1, 2, 3]
 MAX_DELAY_S = 30 * 24 * 3600
+_NUMERIC = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
 
 class Backoff(RequestModel):
@@ -53,16 +55,29 @@ class Webhook(RequestModel):
     events: list[WebhookEvent] = Field(default_factory=lambda: _DEFAULT_EVENTS.copy(), min_length=1, max_length=5)
 
 
-def _time(value: object) -> object:
-    if isinstance(value, int | float):  # not a Unix time: a number is seconds from the submit
-        raise ValueError("a number is seconds from the submit, more than 0 and at most 30 days")
-    return value
+_TIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
-def _aware(value: float | datetime) -> float | datetime:
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)  # a time without a zone is UTC
-    return value
+def _start_by(value: object) -> object:
+    """A deadline to start: seconds from the submit (a JSON number, more than 0, at most 30
+    days) or a time (an ISO 8601 string; UTC without a zone). One clear error for anything else."""
+    if value is None:
+        return value
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, bool):
+        raise ValueError("a number of seconds from the submit, or an ISO 8601 time")
+    if isinstance(value, int | float):
+        if not 0 < value <= MAX_DELAY_S:  # (NaN fails both)
+            raise ValueError(f"seconds from the submit: more than 0, at most {MAX_DELAY_S} (30 days)")
+        return float(value)
+    if isinstance(value, str) and value.strip() and not _NUMERIC.fullmatch(value):
+        try:
+            when = _TIME.validate_python(value.strip())
+        except ValidationError:
+            raise ValueError("not an ISO 8601 time (e.g. 2026-12-06T22:00:00Z)") from None
+        return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)  # no zone: UTC
+    raise ValueError("a number of seconds from the submit (not in quotes), or an ISO 8601 time")
 
 
 class JobOptions(RequestModel):
@@ -77,8 +92,7 @@ class JobOptions(RequestModel):
     timeout_s: float | None = Field(None, ge=1, le=7 * 24 * 3600)  # capped by the queue's DASH_<QUEUE>_TIMEOUT_S
     # Not started by then, the job ends `expired` (never run, not retried): seconds from the submit,
     # or a time (ISO 8601; UTC without a zone). Default: the queue's DASH_<QUEUE>_START_BY_S, if set.
-    start_by: Annotated[Annotated[float, Field(gt=0, le=MAX_DELAY_S)] | Annotated[datetime, BeforeValidator(_time)],
-                        Field(union_mode="left_to_right"), AfterValidator(_aware)] | None = None
+    start_by: Annotated[float | datetime | None, BeforeValidator(_start_by)] = None
 
     def start_by_ms(self, submitted_ms: int, default_s: float | None = None) -> int | None:
         """The deadline to start by, in ms (None: none), for a job submitted at `submitted_ms`."""
@@ -88,4 +102,10 @@ class JobOptions(RequestModel):
         if isinstance(value, datetime):
             return int(value.timestamp() * 1000)
         return submitted_ms + int(value * 1000)
+
+    def start_within_ms(self, default_s: float | None = None) -> int | None:
+        """A deadline given in seconds from the submit (or the queue's default), in ms; None for
+        none or for a time (`start_by_ms`)."""
+        value = self.start_by if self.start_by is not None else default_s
+        return None if value is None or isinstance(value, datetime) else int(value * 1000)
     webhook: Webhook | None = None

@@ -11,6 +11,7 @@ stalled checks, presence), `board` (queues/board.py: capacity and yield flags) a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -226,22 +227,38 @@ class QueueConsumer:
         return await self.expire_taken([job for job in jobs if job is not None])
 
     async def expire_taken(self, jobs: list[ActiveJob], now_ms: float | None = None) -> list[ActiveJob]:
-        """The taken jobs that may start: one never started (a first attempt), not announced, and
-        past its deadline to start (`options.startBy`) ends `expired` here, unrun (its take's time
-        on Redis's clock, `now_ms`, where the take read it). A retry is not held to it: the job
-        started in time. One that cannot be ended now (Redis unreachable) runs, late."""
-        now = time.time() * 1000 if now_ms is None else now_ms
-        keep = []
-        for job in jobs:
-            if job.start_by_ms is not None and job.attempts_made == 0 and not job.announced and now > job.start_by_ms:
-                try:
-                    await self.fail(job, f"expired: not started by its deadline ({_iso(job.start_by_ms)})",
-                                    expired=True)
-                    continue
-                except Exception:
-                    log.warning("could not end job %s as expired; it runs late", job.id, exc_info=True)
-            keep.append(job)
-        return keep
+        """The taken jobs that may start: one that was never started (its record has no `started`:
+        a job put back after it started keeps it), not announced, and past its deadline to start
+        (the record's `startBy`, on Redis's clock: `now_ms` where the take read it) ends
+        `expired` here, unrun. Jobs without a deadline cost nothing; the others one round trip.
+        One that cannot be ended now (Redis unreachable) runs, late; one whose lock was lost is
+        not ours to run."""
+        maybe = [j for j in jobs if j.start_by_ms is not None and not j.announced]
+        if not maybe:
+            return jobs
+        batch = Batch(self.redis)
+        if now_ms is None:
+            batch.add("time")
+        for job in maybe:
+            batch.add("hmget", self.keys.job(job.id), "startBy", "started")
+        replies = await batch.execute()
+        if now_ms is None:
+            secs, micros = replies.pop(0)
+            now_ms = int(secs) * 1000 + int(micros) // 1000
+        gone = set()
+        for job, (start_by, started) in zip(maybe, replies, strict=True):
+            if start_by is None or started or now_ms <= float(start_by):
+                continue
+            try:
+                await self.fail(job, f"expired: not started by its deadline ({_iso(float(start_by))})", expired=True)
+                gone.add(job.id)
+            except LockLost:
+                gone.add(job.id)
+            except Exception:
+                log.warning("could not end job %s as expired; it runs late", job.id, exc_info=True)
+                with contextlib.suppress(Exception):
+                    await self.redis.hdel(self.keys.job(job.id), CANCELLING)
+        return [j for j in jobs if j.id not in gone] if gone else jobs
 
     async def _queue_peek(self, batch: Batch, n: int) -> None:
         k = self.scripts.keys
@@ -422,23 +439,33 @@ class QueueConsumer:
 
     async def expire_overdue(self, most: int = 200) -> int:
         """End `expired` this queue's jobs still waiting (or delayed) past their deadline to start
-        (`options.startBy`; a take ends the ones it meets late): each taken out of BullMQ, then
-        its final event. A job that started by then just leaves the deadlines. Returns how many
-        expired."""
+        (`options.startBy`; a take ends the ones it meets late), on Redis's clock: each taken out
+        of BullMQ, then its final event. An entry is acted on only while it is what it was made
+        for (the record of this queue, with this deadline, never started, waiting or delayed): an
+        id reused, a job started, retried or over, or a record gone, just leaves the deadlines.
+        Returns how many expired."""
         key = self.keys.start_by(self.name)
-        due: list[Any] = await self.redis.zrangebyscore(key, "-inf", int(time.time() * 1000), start=0, num=most,
-                                                        withscores=True)
+        secs, micros = await self.redis.time()
+        due: list[Any] = await self.redis.zrangebyscore(key, "-inf", int(secs) * 1000 + int(micros) // 1000,
+                                                        start=0, num=most, withscores=True)
+        if not due:
+            return 0
+        batch = Batch(self.redis)
+        for job_id, _deadline in due:
+            batch.add("hmget", self.keys.job(str(job_id)), "queue", "startBy", "started", "status", "userId")
+        records = await batch.execute()
         n = 0
-        for raw_id, deadline in due:
-            job_id = str(raw_id)
-            user_id, started = await self.redis.hmget(self.keys.job(job_id), "userId", "started")
-            # Taken out only if never started and not running (BullMQ does not remove a locked job).
-            if not started and await self.queue.backend.remove(job_id, True):
+        for (job_id, deadline), (queue, start_by, started, status, user_id) in zip(due, records, strict=True):
+            if (queue != self.name or start_by is None or int(float(start_by)) != int(deadline) or started
+                    or status not in ("waiting", "delayed")):
+                continue
+            # BullMQ removes only a job no one holds: one taken meanwhile is the take's to end.
+            if await self.queue.backend.remove(str(job_id), True):
                 await self.lifecycle.finish(JobFailedEvent(
-                    job_id=job_id, queue=self.name, user_id=user_id, status="expired",
+                    job_id=str(job_id), queue=self.name, user_id=user_id, status="expired",
                     error=f"expired: not started by its deadline ({_iso(float(deadline))})"))
                 n += 1
-            await self.redis.zrem(key, job_id)
+        await self.redis.zrem(key, *[job_id for job_id, _d in due])
         return n
 
     async def backlog(self, ahead_s: float = 0.0) -> int:

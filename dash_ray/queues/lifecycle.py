@@ -310,7 +310,7 @@ class _Calls:
     def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool,
                hook: tuple[str, list[str]] | None = None,
                fair: tuple[int, float] | None = None, quota: Quota | None = None,
-               size: int = 0, start_by_ms: int | None = None) -> tuple[list[str], list[Any]]:
+               size: int = 0, start_by: str = "") -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         user = event.user_id or "_"
         k = self.keys
@@ -328,10 +328,8 @@ class _Calls:
                     high="1" if q.high else "", max_high=_limit(q.max_high),
                     rate_limit=_limit(q.rate.limit if q.rate else None),
                     rate_window_ms=q.rate.window_ms if q.rate else 0,
-                    start_by="" if start_by_ms is None else str(start_by_ms), nonce=nonce)
+                    start_by=start_by, nonce=nonce)
         extra: dict[str, Any] = {"created": created_ms, "digest": digest, "made": nonce}
-        if start_by_ms is not None:
-            extra["startBy"] = start_by_ms
         if q.high:
             extra["high"] = 1
         if hook:  # the webhook: its URL, and the kinds of event it wants (",completed,failed,")
@@ -399,21 +397,22 @@ class Lifecycle:
     async def create(self, event: JobProgressEvent, bull: BullAdd, *, digest: str, created_ms: int,
                      position: bool = True, hook: tuple[str, list[str]] | None = None,
                      fair: tuple[int, float] | None = None, quota: Quota | None = None,
-                     size: int = 0, start_by_ms: int | None = None) -> Created:
+                     size: int = 0, start_by: str = "") -> Created:
         """Create a job in one script: BullMQ's add (`bull`, recorded from BullMQ's client) and
         the job's record, history entry and first event; or, when a job with this id has a
         record, change nothing and say whose (`Created.created` False). `hook`: the job's
         webhook (URL, event kinds), whose events then go to the outbox. `fair`: (its priority,
         1 / its owner's weight) to place it in its priority by fair share (None: FIFO). `quota`:
         the owner's limits it must fit, `size` its payload's bytes (refused: `Created.refused`,
-        nothing written). `start_by_ms`: its deadline to start (the record's `startBy`, and its
-        queue's deadlines set, which `QueueConsumer.expire_overdue` sweeps)."""
+        nothing written). `start_by`: its deadline to start, ms ('+<ms>': that long after the create,
+        on Redis's clock): the record's `startBy`, and its queue's deadlines set, which
+        `QueueConsumer.expire_overdue` sweeps."""
         script: Any = self._creates.get(bull.sha)
         if script is None:
             prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
             text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
             script = self._creates[bull.sha] = self.redis.register_script(text)
-        keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by_ms)
+        keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
         return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],

@@ -39,6 +39,7 @@ from dash_ray.queues.reader import JobReader
 __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "digest", "identify", "refusal"]
 
 MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept within these
+MAX_START_BY_MS = 30 * 24 * 3600 * 1000  # a deadline to start is at most this far from the submit
 
 Validator = Callable[[JobPayload], None]
 
@@ -156,7 +157,7 @@ class Producer:
         bq = self.control.queue(queue)
         payload = data if isinstance(data, JobPayload) else parse_payload(queue, data, allow_test_only=True)
         opts = parse_options(options)
-        job_id, owner, _chosen = identify(payload, opts, user_id)
+        job_id, owner, chosen = identify(payload, opts, user_id)
         payload = payload.with_ids(job_id, owner)
         if o.validate:
             o.validate(payload)
@@ -165,10 +166,16 @@ class Producer:
         attempts = opts.attempts or o.default_attempts
         now_ms = int(time.time() * 1000)
         start_by = opts.start_by_ms(now_ms, o.start_by_s.get(queue))
-        if start_by is not None and start_by <= now_ms + int(opts.delay_s * 1000):
-            raise InvalidPayload("invalid payload: options.startBy: the job could never start by then "
-                                 "(it is past, or within the delay)",
-                                 errors=[{"field": "options.startBy", "message": "must be after the submit and its delay"}])
+        if start_by is not None and not now_ms + int(opts.delay_s * 1000) < start_by <= now_ms + MAX_START_BY_MS:
+            if chosen and (known := await self._known(job_id, queue, owner, dig)) is not None:
+                return known  # the same submit again, its deadline passed since: the job it made
+            raise InvalidPayload("invalid payload: options.startBy: the job could never start by then (it is past, "
+                                 "or within the delay), or it is more than 30 days away",
+                                 errors=[{"field": "options.startBy",
+                                          "message": "must be after the submit and its delay, within 30 days"}])
+        # A deadline in seconds is counted from the create, on Redis's clock (as the take reads it).
+        within = opts.start_within_ms(o.start_by_s.get(queue))
+        start_arg = f"+{within}" if within is not None else "" if start_by is None else str(start_by)
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
                                                   o.finished_ttl_s, start_by))
         status: JobStatus = "delayed" if opts.delay_s else "waiting"
@@ -183,7 +190,7 @@ class Producer:
         made = await self.lifecycle.create(event, recorder.call, digest=dig, created_ms=now_ms,
                                            position=not opts.delay_s, hook=hook,
                                            fair=o.fair(opts.priority, owner, weight), quota=quota, size=size,
-                                           start_by_ms=start_by)
+                                           start_by=start_arg)
         if made.refused:
             raise refusal(*made.refused, rate=quota.rate if quota else None)
         if not made.created:  # an earlier job holds the id (a client-chosen one), or BullMQ does without a record
@@ -195,6 +202,14 @@ class Producer:
             seq=made.seq, queue_position=made.position,
         )
         return SubmitResult.model_construct(job=view, created=True)
+
+    async def _known(self, job_id: str, queue: str, owner: str, dig: str) -> SubmitResult | None:
+        """The job an earlier submit of this id, queue, owner and payload made, if any."""
+        found_queue, found_digest, found_owner = await self.redis.hmget(self.keys.job(job_id), "queue", "digest",
+                                                                         "userId")
+        if (found_queue, found_digest, found_owner) != (queue, dig, owner):
+            return None
+        return SubmitResult(job=await self.reader.get(job_id), created=False)
 
     async def _existing(self, job_id: str, queue: str, dig: str, owner: str, found: Created) -> SubmitResult:
         """An add whose id a job holds already: that job (same queue and payload) or JobConflict.
@@ -247,6 +262,7 @@ class Producer:
         # CANCELLING: left by a cancel whose final event never came; startBy: a retry, asked for
         # after the deadline to start (an expired job's), runs whenever it can.
         pipe.hdel(self.keys.job(job_id), CANCELLING, "startBy")
+        pipe.zrem(self.keys.start_by(view.queue), job_id)
         if "startBy" in bjob.opts:  # BullMQ's copy of it too (the take reads it from there)
             opts = {k: v for k, v in json.loads(await self.redis.hget(self.keys.bull(view.queue, job_id), "opts")
                                                  or "{}").items() if k != "startBy"}

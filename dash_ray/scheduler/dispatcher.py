@@ -266,7 +266,6 @@ class Dispatcher:
         if warm and self.pool.keep_warm(await self.wanted_models()):
             log.info("%s: starting workers to keep %d warm", self.queue, self.pool.min_workers)
         await self.consumer.adoption.adopt()  # plain BullMQ producers' jobs: into their users' history
-        await self.consumer.expire_overdue()  # waiting jobs past their deadline to start: `expired`
         if pending or self.demand.enabled:
             if backlog == 0:
                 self.pool.drop_pending(0, keep_warm=not self.arbiter.yield_idle)
@@ -274,6 +273,7 @@ class Dispatcher:
                 await self.demand.report(backlog, self.pool.count("busy"))
         if self.arbiter.arb.peers:
             await self.arbiter.arbitrate(backlog, self.handoff.active)
+        await self.consumer.expire_overdue()  # waiting jobs past their deadline to start: `expired`
 
     # ------------------------------------------------------------------ lifecycle
     async def drain(self, timeout_s: float, interrupt_s: float = 15.0) -> dict[str, int]:

@@ -514,7 +514,7 @@ async def test_a_job_taken_past_its_deadline_ends_expired_unrun(make_store: Any,
     consumer = make_consumer("sleep", store)
     made = await store.add("sleep", sleep_job(), {"startBy": 0.3})
     deadline = int(await store.redis.hget(store.keys.job(made.job.id), "startBy"))
-    assert deadline == pytest.approx(made.job.created_at * 1000 + 300, abs=5)
+    assert deadline == pytest.approx(made.job.created_at * 1000 + 300, abs=50)  # on Redis's clock
     late = await store.add("sleep", sleep_job())  # behind it, no deadline
     await past(deadline)
     taken = await consumer.take(block_s=0.0)
@@ -525,6 +525,8 @@ async def test_a_job_taken_past_its_deadline_ends_expired_unrun(make_store: Any,
     assert [(e["type"], e["status"]) for e in evs] == [("job:progress", "waiting"), ("job:failed", "expired")]
     assert_well_formed(evs)
     assert await consumer.queue.getJobState(made.job.id) == "failed"
+    # The sweep leaves it (its deadline's entry is not what it was made for any more): it can be retried.
+    assert await consumer.expire_overdue() == 0 and await consumer.queue.getJobState(made.job.id) == "failed"
     # Retried, it runs with no deadline.
     again = await store.retry(made.job.id)
     assert again.status == "waiting"
@@ -540,18 +542,28 @@ async def test_the_sweep_ends_waiting_and_delayed_jobs_past_their_deadline(make_
     delayed = await store.add("sleep", sleep_job(), {"delayS": 5, "startBy": 5.2})
     other = await store.add("sleep", sleep_job(), {"startBy": 60})
     assert await consumer.expire_overdue() == 0
-    await past(int(waiting.job.created_at * 1000) + 200)
+    await past(int(await store.redis.hget(store.keys.job(waiting.job.id), "startBy")))
     assert await consumer.expire_overdue() == 1
     view = await store.get(waiting.job.id)
     assert view.status == "expired" and "not started by its deadline" in (view.error or "")
     assert await consumer.queue.getJobState(waiting.job.id) == "unknown"  # out of BullMQ, never run
     assert (await store.get(delayed.job.id)).status == "delayed" and (await store.get(other.job.id)).status == "waiting"
     # The delayed one: its deadline 0.2 s after its delay ends; swept before anything takes it.
-    await store.redis.zadd(store.keys.start_by("sleep"), {delayed.job.id: 1})  # (its deadline, brought forward)
+    await store.redis.hset(store.keys.job(delayed.job.id), "startBy", 1)  # (its deadline, brought forward)
+    await store.redis.zadd(store.keys.start_by("sleep"), {delayed.job.id: 1})
     assert await consumer.expire_overdue() == 1
     assert (await store.get(delayed.job.id)).status == "expired"
     assert await consumer.expire_overdue() == 0
     assert await store.redis.zrange(store.keys.start_by("sleep"), 0, -1) == [other.job.id]
+    # An entry that is not what it was made for is dropped, its job left alone: another deadline than
+    # the record's (a reused id), an id with no record (none is made for it), a job of another queue.
+    plain = await store.add("sleep", sleep_job())
+    await store.redis.zadd(store.keys.start_by("sleep"), {plain.job.id: 1, "gone-id": 1, other.job.id: 1})
+    await store.redis.zadd(store.keys.start_by("generation"), {other.job.id: 1})
+    assert await consumer.expire_overdue() == 0
+    assert await make_consumer("generation", store).expire_overdue() == 0
+    assert (await store.get(plain.job.id)).status == "waiting" and (await store.get(other.job.id)).status == "waiting"
+    assert not await store.redis.exists(store.keys.job("gone-id"))
 
 
 async def test_a_job_started_in_time_is_not_expired_and_its_retry_is_not_held_to_the_deadline(
@@ -563,6 +575,10 @@ async def test_a_job_started_in_time_is_not_expired_and_its_retry_is_not_held_to
     assert job.announced  # started in time
     await past(job.start_by_ms)
     assert await consumer.expire_overdue() == 0  # running: the sweep leaves it
+    assert await consumer.requeue(job)  # put back after it started (a preemption, a shutdown): no attempt used
+    (again,) = await consumer.take(block_s=1.0)
+    assert again.id == made.job.id and again.attempts_made == 0  # past its deadline, but it started in time
+    job = again
     assert (await consumer.fail(job, "boom")).status == "retrying"
     (retry,) = await consumer.take(block_s=2.0)  # its second attempt, past the deadline: it runs
     assert retry.id == made.job.id and retry.attempts_made == 1

@@ -46,8 +46,8 @@
     ARGV[15] max_high
     ARGV[16] rate_limit      at most this many submissions ('' for none: counted before)
     ARGV[17] rate_window_ms  in any window this long
-    ARGV[18] start_by     its deadline to start, ms ('' for none; the record's `startBy` is in
-                          the fields)
+    ARGV[18] start_by     its deadline to start, ms ('' for none; '+<ms>': that long from now, on
+                          Redis's clock): the record's `startBy`
     ARGV[19] nonce        this call's own random mark (also in the fields, the record's
                           `made`): what tells this create sent again (its reply lost with its
                           connection) from any other submit of the id
@@ -131,7 +131,15 @@ end
 if A_fair_inc ~= '' and redis.call('ZSCORE', K_prioritized, A_job_id) then fair_share() end
 charge()
 redis.call('ZADD', K_kept, 'inf', A_job_id)  -- kept until it is final and its records expire
-if A_start_by ~= '' then redis.call('ZADD', K_start_by, A_start_by, A_job_id) end
+if A_start_by ~= '' then
+  local start_by = A_start_by
+  if string.sub(start_by, 1, 1) == '+' then
+    local t = redis.call('TIME')
+    start_by = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(string.sub(start_by, 2)))
+  end
+  redis.call('HSET', K_job, 'startBy', start_by)
+  redis.call('ZADD', K_start_by, start_by, A_job_id)
+end
 append_capped(K_history, K_history_n, A_job_id, HISTORY_MAX)
 append_capped(K_recent, K_recent_n, A_job_id, RECENT_MAX)
 live_again()

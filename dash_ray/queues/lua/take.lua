@@ -74,7 +74,7 @@ id = tostring(id)
 -- hand out first): a record still `active`, whose last attempt's end is not written yet (a retry
 -- or a requeue: BullMQ's move woke this take before the `retrying` / `waiting` event that follows
 -- it, which must come first); a final record, or one of another queue (another job with this id).
-local cur = redis.call('HMGET', job_key(id), 'status', 'queue', 'startBy')
+local cur = redis.call('HMGET', job_key(id), 'status', 'queue', 'startBy', 'started')
 if cur[1] == 'active' or FINAL[cur[1]] or (cur[2] and cur[2] ~= A_queue) then
   return {taken, 0, redis.call('EXISTS', cancel_key(id)), now}
 end
@@ -90,8 +90,9 @@ for i = 1, #data, 2 do
     if ok and type(opts) == 'table' and tonumber(opts.attempts) then attempts = tonumber(opts.attempts) end
   end
 end
-if atm == 0 and tonumber(cur[3]) and tonumber(cur[3]) < now_ms then
-  -- Never started, and past its deadline to start (`startBy`, ms): the consumer ends it `expired`.
+if not cur[4] and tonumber(cur[3]) and tonumber(cur[3]) < now_ms then
+  -- Never started (a job put back after it started keeps its `started`), and past its deadline to
+  -- start (`startBy`, ms): the consumer ends it `expired`.
   return {taken, 0, redis.call('EXISTS', cancel_key(id)), now}
 end
 K_job, K_events, A_channel, A_job_id = job_key(id), events_key(id), channel_key(id), id
