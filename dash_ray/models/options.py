@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, Valida
 
 from dash_ray.models.base import JobId, RequestModel
 
-__all__ = ["WEBHOOK_EVENTS", "Backoff", "JobOptions", "Priority", "Webhook"]
+__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "JobOptions", "Priority", "Webhook"]
 
 Priority = Literal[1, 2, 3]
 MAX_DELAY_S = 30 * 24 * 3600

@@ -51,7 +51,7 @@ def is_failure(status: str | None) -> bool:
     return status in FAILURES
 
 
-def derive(bull_state: str | None, ours: str | None, attempts_made: int, cancelling: bool | str = False) -> str:
+def derive(bull_state: str | None, ours: str | None, attempts_made: int, cancelling: bool | str | None = False) -> str:
     """Our status from BullMQ's state (the truth) refined by our hash's status (cancelled,
     retrying). `bull_state` is what BullMQ's `getState` answers (None or "unknown": no such job).
     `cancelling`: our hash says the attempt is being ended as cancelled, or as expired when it

@@ -81,6 +81,9 @@ def _count_ready(scripts: Any, batch: Batch) -> Batch:
     return batch.add("llen", k["wait"]).add("zcard", k["prioritized"]).add("hexists", k["meta"], "paused")
 
 
+SKEW_S = 60.0  # how far this host's clock may lag Redis's for the sweep of deadlines to see them due
+
+
 def _iso(ms: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
@@ -193,16 +196,16 @@ class QueueConsumer:
             job = self._active(raw, token)
             if job is not None:
                 job.announced, job.stop = int(seq) > 0, bool(int(cancelled))
+                followers: list[ActiveJob] = []  # taken by take_more, which ends the late ones itself
                 if batched:
                     try:
-                        jobs = [job, *await self._take_compatible(job, counts[3], up_to)]
+                        followers = await self._take_compatible(job, counts[3], up_to)
                     except Exception:  # the head is ours: it runs, alone
                         log.warning("could not take a batch with job %s", job.id, exc_info=True)
-                        jobs = [job]
                 else:
                     more = min(up_to - 1, _ready(*counts[:3]))
-                    jobs = [job, *await self.take_more(more)] if more > 0 else [job]
-                jobs = await self.expire_taken(jobs, float(now_ms))
+                    followers = await self.take_more(more) if more > 0 else []
+                jobs = [*await self.expire_taken([job], float(now_ms)), *followers]
                 if jobs:
                     return jobs
                 wait_s = None  # every one was past its deadline (ended `expired`): the next, at once
@@ -445,9 +448,13 @@ class QueueConsumer:
         id reused, a job started, retried or over, or a record gone, just leaves the deadlines.
         Returns how many expired."""
         key = self.keys.start_by(self.name)
-        secs, micros = await self.redis.time()
-        due: list[Any] = await self.redis.zrangebyscore(key, "-inf", int(secs) * 1000 + int(micros) // 1000,
-                                                        start=0, num=most, withscores=True)
+        # One round trip: Redis's time and the earliest deadlines (to the local clock, with room for
+        # it to lag Redis's); the due ones are those at or before Redis's time.
+        batch = Batch(self.redis).add("time")
+        batch.add("zrangebyscore", key, "-inf", int((time.time() + SKEW_S) * 1000), start=0, num=most, withscores=True)
+        (secs, micros), soonest = await batch.execute()
+        now_ms = int(secs) * 1000 + int(micros) // 1000
+        due: list[Any] = [(job_id, score) for job_id, score in soonest if score <= now_ms]
         if not due:
             return 0
         batch = Batch(self.redis)

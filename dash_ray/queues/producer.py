@@ -26,7 +26,7 @@ from dash_ray.errors import (
     RateLimited,
 )
 from dash_ray.models.events import JobFailedEvent, JobProgressEvent
-from dash_ray.models.options import JobOptions
+from dash_ray.models.options import MAX_DELAY_S, JobOptions
 from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import parse_options, parse_payload
 from dash_ray.models.status import CANCELLING, JobStatus, Status, is_failure, is_final
@@ -39,7 +39,7 @@ from dash_ray.queues.reader import JobReader
 __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "digest", "identify", "refusal"]
 
 MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept within these
-MAX_START_BY_MS = 30 * 24 * 3600 * 1000  # a deadline to start is at most this far from the submit
+MAX_START_BY_MS = MAX_DELAY_S * 1000  # a deadline to start is at most this far from the submit
 
 Validator = Callable[[JobPayload], None]
 

@@ -49,8 +49,7 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
     mine = ours.get("status")
     if state is None and bull:  # a list: guessed from the hashes (see models/status.py)
         state = guess_bull_state(bull, mine)
-    ending = ours.get(CANCELLING)
-    status = derive(state, mine, attempts_made, Status.EXPIRED.value if ending == Status.EXPIRED.value else ending == "1")
+    status = derive(state, mine, attempts_made, ours.get(CANCELLING))  # "1": being cancelled; "expired"
     # the payload is parsed only when it is shown (or names the owner of a job we adopted)
     data = json.loads(bull["data"]) if bull.get("data") and (with_data or not ours.get("userId")) else {}
     opts = json.loads(bull["opts"]) if bull.get("opts") else {}

@@ -29,6 +29,29 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def consumer_on(r: Any, redis_url: str, prefix: str, queue: str) -> Any:
+    """A queue's consumer on the client `r` (as a scheduler runs one), for what it writes."""
+    return QueueConsumer(r, connect(redis_url, blocking=True), queue, JobStore(r, prefix=prefix, queues=(queue,)).lifecycle,
+                         prefix=prefix)
+
+
+def measured(redis_url: str, prefix: str, queue: str, data: dict[str, Any], seconds: float) -> None:
+    """What a queue's consumer writes once its worker ran a job of `data` in `seconds`: the
+    costs ETAs read, and one worker standing."""
+    from dash_ray.queues import CostBook
+
+    async def report() -> None:
+        costs = CostBook()
+        costs.measured(queue, data, seconds)
+        r = connect(redis_url)
+        try:
+            await consumer_on(r, redis_url, prefix, queue).board.report_capacity(costs, slots=1, busy=0)
+        finally:
+            await r.aclose()
+
+    run_async(report())
+
+
 def run_one(redis_url: str, prefix: str, queue: str, steps: int = 3, result: Any = None, fail: str | None = None) -> str:
     """Take one job as the scheduler does, publish its start and progress as a worker does, then
     complete (or fail) it."""
@@ -346,22 +369,10 @@ def test_a_waiting_jobs_place_and_eta_are_refreshed_on_its_socket(make_client: A
                                                                      redis_url: str, prefix: str) -> None:
     """The jobs ahead finish: the socket gets seq-less `job:progress` refreshes of the waiting
     job's place and start time, which shrink; its own events keep their seqs, none repeated."""
-    from dash_ray.queues import CostBook
-
     c = make_client(ws_eta_refresh_s=0.2)
     h = auth(tokens("alice"))
     ids = [c.post("/v1/jobs/sleep", json={"durationS": 2}, headers=h).json()["id"] for _ in range(4)]
-
-    async def measured() -> None:  # what a consumer writes once its workers have run a job
-        costs = CostBook()
-        costs.measured("sleep", {"durationS": 2}, 2.0)
-        r = connect(redis_url)
-        await QueueConsumer(r, connect(redis_url, blocking=True), "sleep",
-                            JobStore(r, prefix=prefix, queues=("sleep",)).lifecycle,
-                            prefix=prefix).board.report_capacity(costs, slots=1, busy=0)
-        await r.aclose()
-
-    run_async(measured())
+    measured(redis_url, prefix, "sleep", {"durationS": 2}, 2.0)
     with c.websocket_connect(f"/ws?token={tokens('alice')}") as ws:
         ws.send_json({"type": "subscribe", "jobIds": [ids[-1]]})
         first = ws.receive_json()
@@ -388,21 +399,9 @@ def test_a_waiting_job_of_a_shape_never_run_gets_its_eta_from_its_models_cost_pe
     """One 150-step 256 px generation measured (0.1 s a step); a backlog of 40-step 128 px jobs,
     a shape never run: the 15th starts after 14 jobs of 40 steps at a quarter of the pixels,
     about 1 s each (not 4 s, the queue's mean per step), and says so."""
-    from dash_ray.queues import CostBook
-
     c = make_client()
     h = auth(tokens("alice"))
-
-    async def measured() -> None:  # what a consumer writes once its worker has run the job
-        costs = CostBook()
-        costs.measured("generation", {"settings": {"width": 256, "height": 256, "steps": 150}}, 15.0)
-        r = connect(redis_url)
-        await QueueConsumer(r, connect(redis_url, blocking=True), "generation",
-                            JobStore(r, prefix=prefix, queues=("generation",)).lifecycle,
-                            prefix=prefix).board.report_capacity(costs, slots=1, busy=0)
-        await r.aclose()
-
-    run_async(measured())
+    measured(redis_url, prefix, "generation", {"settings": {"width": 256, "height": 256, "steps": 150}}, 15.0)
     body = {"prompt": "a fox", "settings": {"width": 128, "height": 128, "steps": 40}}
     ids = [c.post("/v1/jobs/generation", json=body, headers=h).json()["id"] for _ in range(15)]
     view = c.get(f"/v1/jobs/{ids[-1]}", headers=h).json()
@@ -530,9 +529,7 @@ def test_a_deadline_to_start_through_the_api(make_client: Any, tokens: Any, redi
     async def sweep() -> int:  # what the queue's consumer does every second
         r = connect(redis_url)
         try:
-            consumer = QueueConsumer(r, connect(redis_url, blocking=True), "sleep",
-                                     JobStore(r, prefix=prefix, queues=("sleep",)).lifecycle, prefix=prefix)
-            return int(await consumer.expire_overdue())
+            return int(await consumer_on(r, redis_url, prefix, "sleep").expire_overdue())
         finally:
             await r.aclose()
 
