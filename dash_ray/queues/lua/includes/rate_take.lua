@@ -14,7 +14,9 @@ local function rate_take()
   if limit < 1 then return window end  -- `0/minute`: no submissions at all
   local oldest = redis.call('LINDEX', K_rate, limit - 1)
   if oldest and tonumber(oldest) > now - window then
-    return math.max(1, tonumber(oldest) + window - now)
+    -- at most the window: an entry stamped a little after `now` (a concurrent submit, its clock read
+    -- a moment later, ran first) still frees within one window
+    return math.min(window, math.max(1, tonumber(oldest) + window - now))
   end
   redis.call('LPUSH', K_rate, A_now_ms)
   redis.call('LTRIM', K_rate, 0, limit - 1)
