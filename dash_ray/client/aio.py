@@ -261,21 +261,25 @@ class AsyncClient:
         return JobView.model_validate(await self.request("POST", f"/v1/jobs/{job_id}/retry"))
 
     async def jobs(self, queue: str | None = None, status: str | None = None, limit: int | None = None, *,
-                   page_size: int = 50, user_id: str | None = None) -> AsyncIterator[JobView]:
+                   page_size: int = 50, user_id: str | None = None, text: str | None = None,
+                   id_prefix: str | None = None, since: float | str | None = None,
+                   until: float | str | None = None) -> AsyncIterator[JobView]:
         """Your jobs, newest first, fetched a page at a time as you iterate (`limit`: at most
-        this many in all)."""
+        this many in all). Search: `text` in the prompt (any case), `id_prefix`, and a creation
+        time range `since` / `until` (Unix seconds or ISO 8601)."""
         cursor, seen = None, 0
         while True:
             size = min(page_size, 200, (limit - seen) if limit else 200)
             page = JobList.model_validate(await self.request("GET", "/v1/jobs", params={
-                "queue": queue, "status": status, "limit": size, "cursor": cursor, "userId": user_id}))
+                "queue": queue, "status": status, "limit": size, "cursor": cursor, "userId": user_id,
+                "q": text, "idPrefix": id_prefix, "from": since, "to": until}))
             for view in page.jobs:
                 yield view
                 seen += 1
                 if limit and seen >= limit:
                     return
             cursor = page.next_cursor
-            if not cursor or not page.jobs:
+            if not cursor:  # (a search's page may be empty and still have more to read)
                 return
 
     async def usage(self) -> UsageView:
@@ -355,6 +359,61 @@ class AsyncClient:
                     raise Unauthorized("the server refused the socket", status=exc.response.status_code) from exc
             except (OSError, asyncio.TimeoutError, WebSocketException, Unavailable):
                 pass  # the gateway restarted or the network blinked: reconnect with `since`
+            await backoff.sleep()
+
+    async def feed(self, scope: str = "mine", *, previews: bool = False,
+                   places: bool = False) -> AsyncIterator[Event]:
+        """Every event of your jobs as it happens, over one socket: those unfinished now, and each
+        new one the moment it is made, from any client (a notebook, the CLI, the dashboard, a
+        plain BullMQ producer). Admins: `scope="all"`, every user's new jobs. Reconnects by itself:
+        the jobs it follows get the events they missed (`since`), and those made meanwhile that
+        are still unfinished are picked up. Never ends by itself: `break` out of it.
+        `previews`: also the `job:preview` images (off by default: they are large)."""
+        import websockets
+        from websockets.exceptions import InvalidStatus, WebSocketException
+
+        seen = Seen()  # the unfinished jobs followed, and the last seq of each
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        backoff = _backoff(_RECONNECT_MAX_S)
+        while True:
+            try:
+                async with websockets.connect(self.ws_url, additional_headers=headers, open_timeout=10,
+                                              max_size=None, ping_interval=20) as ws:
+                    pending = sorted(seen.last)
+                    for i in range(0, len(pending), MAX_SUBSCRIBE_IDS):
+                        chunk = pending[i:i + MAX_SUBSCRIBE_IDS]
+                        await ws.send(json.dumps({"type": "subscribe", "jobIds": chunk, "since": seen.since(chunk),
+                                                  "previews": previews}))
+                    await ws.send(json.dumps({"type": "subscribe", "scope": scope, "previews": previews}))
+                    async for raw in ws:
+                        data = json.loads(raw)
+                        kind = data.get("type")
+                        if kind == "error":
+                            if data.get("code") == "forbidden":
+                                raise error_from(403, {"error": data})
+                            if data.get("code") == "not_found":  # a followed job gone meanwhile: let go
+                                seen.last.pop(data.get("jobId") or "", None)
+                            else:
+                                _raise_ws_error(data, set())
+                            continue
+                        if kind not in EVENT_TYPES:
+                            continue
+                        backoff.reset()
+                        event = parse_event(data)
+                        if "seq" not in data:
+                            if places:
+                                yield event
+                            continue
+                        if not seen.fresh(event.job_id, event.seq):
+                            continue
+                        if _final(event):
+                            del seen.last[event.job_id]  # no longer followed (a retry comes back by the feed)
+                        yield event
+            except InvalidStatus as exc:
+                if exc.response.status_code in (401, 403):
+                    raise Unauthorized("the server refused the socket", status=exc.response.status_code) from exc
+            except (OSError, asyncio.TimeoutError, WebSocketException, Unavailable):
+                pass  # reconnect: the jobs followed resume with `since`
             await backoff.sleep()
 
     async def watch(self, handles: Iterable[AsyncJobHandle | str]) -> AsyncIterator[Event]:

@@ -170,6 +170,11 @@ class Client:
         """See AsyncClient.events."""
         return self._loop.iterate(self.aio.events(list(job_ids), since, **kwargs))
 
+    def feed(self, scope: str = "mine", **kwargs: Any) -> Iterator[Event]:
+        """Every event of your jobs as it happens (new ones from any client too); never ends by
+        itself. See AsyncClient.feed."""
+        return self._loop.iterate(self.aio.feed(scope, **kwargs))
+
     def watch(self, handles: Iterable[JobHandle | str]) -> Iterator[Event]:
         """The live events of several jobs over one socket, until all are final."""
         return self._loop.iterate(self.aio.watch([h if isinstance(h, str) else h.aio for h in handles]))

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -54,6 +55,7 @@ from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS, sniff_image
 from dash_ray.models.payloads import JobPayload, upload_path
 from dash_ray.models.queues import queue_def
 from dash_ray.models.views import Allowance, MemoryPeak, UsageView
+from dash_ray.queues.reader import Search
 from dash_ray.services import InvalidArtifactPath
 
 __all__ = ["create_app"]
@@ -172,19 +174,46 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(max_length=32)] = None,
     user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
     include: Annotated[str | None, Query(pattern="^data$")] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    id_prefix: Annotated[str | None, Query(alias="idPrefix", min_length=1, max_length=128)] = None,
+    from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    to: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Response:
     """Your jobs, newest first (history); pass `nextCursor` back as `cursor` for the next page.
     Each job's payload (`data`) is left out unless `include=data`. Admins may list another
-    user's jobs (`userId`), or every user's (`userId=*`)."""
+    user's jobs (`userId`), or every user's (`userId=*`).
+
+    Search: `q` (text in the prompt, any case), `idPrefix`, and a creation time range `from`
+    (inclusive) / `to` (exclusive), each Unix seconds or an ISO 8601 time. A search reads the
+    history index (yours, or everyone's for `userId=*`), never every job, and at most 50 x
+    `limit` entries a call: a page may hold fewer than `limit` jobs and still give a
+    `nextCursor`, to go on searching older history."""
     if user_id and user_id != who.user_id and not who.admin:
         raise Forbidden("only an admin may list another user's jobs")
+    search = Search(text=q, id_prefix=id_prefix, since_s=_instant("from", from_), until_s=_instant("to", to))
     page = await svc.store.list(user_id or who.user_id, queue=queue, status=status, limit=limit, cursor=cursor,
-                                with_data=include == "data")
+                                with_data=include == "data", search=search)
     body = page.wire()
     if include != "data":
         for job in body["jobs"]:
             job.pop("data", None)
     return _signed_list(svc, body)
+
+
+def _instant(field: str, value: str | None) -> float | None:
+    """A time query parameter: Unix seconds, or an ISO 8601 time (UTC unless it says); 422 else."""
+    if value is None:
+        return None
+    try:
+        return float(value) if value.replace(".", "", 1).isdigit() else _iso_seconds(value)
+    except ValueError:
+        raise InvalidPayload(f"{field}: not a time", errors=[{"field": field, "message": (
+            "Unix seconds or an ISO 8601 time")}]) from None
+
+
+def _iso_seconds(value: str) -> float:
+    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"],

@@ -20,7 +20,7 @@ from dash_ray.gateway.policy import SubmitPolicy
 from dash_ray.gateway.ratelimit import OpenSlots
 from dash_ray.gateway.webhooks import WebhookSender
 from dash_ray.models.payloads import JobPayload
-from dash_ray.queues import EventHub, JobStore, connect
+from dash_ray.queues import EventHub, Feed, JobStore, connect
 from dash_ray.queues.accounts import Accounts, SubmitLimiter
 from dash_ray.services import ArtifactStore, ModelRegistry
 
@@ -47,9 +47,11 @@ class GatewayServices:
     webhooks: WebhookSender | None = None  # sends the outbox's webhooks (on its own connection)
     started: bool = False
     accounts: Accounts = field(init=False)  # tickets, upload bytes, health: on `redis`, by the store's keys
+    feed: Feed = field(init=False)  # new jobs' first events, by owner (the sockets' `scope` feeds)
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.redis, self.store.keys)
+        self.feed = Feed(self.hub, self.store.keys.feed)
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str, *, queues: Iterable[str] | None = None,

@@ -4,6 +4,12 @@ On subscribe the socket first gets each job's current state (or, with `since`, e
 events it missed), then live events; nothing is sent twice or out of order (events carry
 an increasing `seq`, and live events that race the snapshot are held until it is sent).
 
+`{type:'subscribe', scope:'mine'}` follows the caller's jobs without naming them: those
+unfinished now (as a subscribe of their ids), then each new one from any client the moment it is
+made (from its first event); admins may ask for `scope:'all'`, every user's new jobs. A job the
+feed brought is let go once it ends (its final event is sent). Past MAX_SUBSCRIPTIONS, a new
+job's first event is still sent, and the job not followed.
+
 A waiting job's place in line changes without events of its own (the jobs ahead finish): every
 DASH_WS_ETA_REFRESH_S the socket gets a `job:progress` of each waiting job it follows whose
 `queuePosition` or `etaS` changed. Such a refresh has no `seq`: it is not in the job's log and
@@ -23,7 +29,14 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from dash_ray.errors import DashError, InvalidPayload, JobNotFound, Unauthorized, Unavailable
+from dash_ray.errors import (
+    DashError,
+    Forbidden,
+    InvalidPayload,
+    JobNotFound,
+    Unauthorized,
+    Unavailable,
+)
 from dash_ray.gateway.auth import Principal, bearer
 from dash_ray.gateway.errors import ws_error
 from dash_ray.gateway.services import GatewayServices
@@ -52,6 +65,8 @@ MAX_SUBSCRIPTIONS = 1000  # subscriptions plus lookups of ids that were not foun
 MAX_BUFFERED = 20_000  # messages queued for one slow client before it is disconnected
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # ... or bytes (previews are images)
 MAX_REFRESHED = 50  # waiting jobs whose place one socket gets refreshed, a round
+MAX_OPEN_FOLLOWED = 200  # a `scope: mine` subscribe follows at most this many unfinished jobs
+MAX_FEED_QUEUED = 1000  # new jobs announced to a socket and not followed yet; past it the socket is too slow
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
@@ -67,6 +82,7 @@ class _Sub:
     previews: bool = True  # false: `job:preview` frames are not sent (they still count in seq)
     waiting: bool = False  # its last event said `waiting`: its place is refreshed
     place: tuple[int | None, float | None] = (None, None)  # (queuePosition, etaS) last sent
+    auto: bool = False  # followed for the socket's `scope` (not asked for by id): let go when it ends
 
 
 class _Bucket:
@@ -103,6 +119,10 @@ class _Session:
         self.bucket = _Bucket(svc.settings.ws_messages_per_s)
         self.ids = _Bucket(svc.settings.ws_ids_per_s)  # what a subscribe costs is its ids: counted too
         self.buffered = 0  # bytes queued for the client
+        self.scope: str | None = None  # its feed of new jobs ("mine" / "all"), if any
+        self.scope_previews = True
+        self.feed_in: asyncio.Queue[Frame] = asyncio.Queue()  # new jobs announced, to follow
+        self.feeder: asyncio.Task[None] | None = None
 
     # --- outgoing ---
     def _enqueue(self, text: str, owner: str | None = None) -> None:
@@ -153,6 +173,10 @@ class _Session:
             sub.waiting = False
         if sub.previews or kind != "job:preview":
             self._enqueue(frame.text, sub.owner)
+        if sub.auto and frame.is_final and not self.closing:  # a job the feed brought: followed to its end
+            self.subs.pop(sub.cursor.job_id, None)
+            task = asyncio.ensure_future(self.svc.hub.remove(sub.channel, self.on_event))
+            task.add_done_callback(_done)
 
     def _frames(self, sub: _Sub, frames: list[Frame]) -> None:
         for frame in frames:
@@ -221,15 +245,19 @@ class _Session:
         if isinstance(msg, PingMessage):
             self.send_model(PongMessage(ts=round(time.time(), 3), replica=self.svc.metrics.replica))
         elif isinstance(msg, SubscribeMessage):
-            if not self.ids.take(len(msg.job_ids)):
+            if not self.ids.take(len(msg.job_ids) or 1):
                 self.send_model(ErrorMessage(code="rate_limited", message=(
                     f"too many job ids subscribed; at most {self.ids.rate:g} a second (DASH_WS_IDS_PER_S)")))
                 return
+            if msg.scope is not None:
+                await self.follow(msg.scope, msg.previews)
             await self.subscribe(msg)
         elif isinstance(msg, UnsubscribeMessage):
+            if msg.scope is not None and msg.scope == self.scope:
+                await self.unfollow()
             for job_id in msg.job_ids:
                 await self.drop(job_id)
-            self.send_model(SubscribedMessage(job_ids=sorted(self.subs)))
+            self._subscribed()
 
     async def _owner(self, job_id: str) -> tuple[str | None, dict[str, str]]:
         state = await self.svc.store.bus.state(job_id)
@@ -241,35 +269,117 @@ class _Session:
     async def subscribe(self, msg: SubscribeMessage) -> None:
         since = msg.since or {}
         for job_id in dict.fromkeys(msg.job_ids):
-            if job_id in self.subs:
-                continue
-            if len(self.subs) + self.not_found >= MAX_SUBSCRIPTIONS:
-                self.send_model(ErrorMessage(code="too_many", message=f"at most {MAX_SUBSCRIPTIONS} subscriptions",
-                                             job_id=job_id))
-                continue
+            await self._subscribe(job_id, since.get(job_id), msg.previews)
+        self._subscribed()
+
+    def _subscribed(self) -> None:
+        self.send_model(SubscribedMessage(job_ids=sorted(self.subs), scope=self.scope))
+
+    async def _subscribe(self, job_id: str, since: int | None, previews: bool, *, auto: bool = False) -> None:
+        """Follow one job: its start (`_snapshot`), then its live events; an error frame if it
+        cannot be (not found, not the caller's, too many). `auto`: for the socket's scope."""
+        sub = self.subs.get(job_id)
+        if sub is not None:
+            if not auto:
+                sub.auto = False  # asked for by id: followed until unsubscribed, as any other
+            return
+        if len(self.subs) + self.not_found >= MAX_SUBSCRIPTIONS:
+            self.send_model(ErrorMessage(code="too_many", message=f"at most {MAX_SUBSCRIPTIONS} subscriptions",
+                                         job_id=job_id))
+            return
+        try:
+            owner, state = await self._owner(job_id)
+            if not self.who.may_see(owner):
+                raise JobNotFound(job_id)  # the same answer as for a job that does not exist
+            last = int(state.get("seq") or 0)
+            if since is not None and since > last:
+                raise InvalidPayload(f"since: {job_id} has no event after seq {last}",
+                                     errors=[{"field": f"since.{job_id}", "message": f"past the last seq ({last})"}])
+        except DashError as exc:
+            if isinstance(exc, JobNotFound):
+                self.not_found += 1
+            self._enqueue_error(exc, job_id)
+            return
+        if job_id in self.subs:  # the feed followed it meanwhile
+            return
+        sub = _Sub(channel=self.svc.store.keys.channel(job_id), cursor=FrameCursor(job_id),
+                   owner=owner, previews=previews, auto=auto)
+        self.subs[job_id] = sub
+        try:
+            await self.svc.hub.add(sub.channel, self.on_event)
+            await self._snapshot(job_id, sub, since)
+        except BaseException:
+            await self.drop(job_id)  # a subscribe fully succeeds or leaves nothing behind
+            raise
+
+    # --- the feed of new jobs (`scope`) ---
+    async def follow(self, scope: str, previews: bool) -> None:
+        """Follow the caller's jobs (`mine`; admins: `all`, every user's new ones): the feed of
+        new jobs first, then (`mine`) those unfinished now, so that none falls between."""
+        if scope == "all" and not self.who.admin:
+            raise Forbidden("only an admin may follow every user's jobs (scope 'all')")
+        self.scope_previews = previews
+        if self.scope != scope:
+            if self.scope is not None:
+                await self.unfollow()
+            await self.svc.feed.join(None if scope == "all" else self.who.user_id, self.on_feed)
+            self.scope = scope
+            if self.feeder is None:
+                self.feeder = asyncio.create_task(self._feed_loop())
+        if scope == "mine":
+            for job_id in await self.svc.store.reader.open_jobs(self.who.user_id, MAX_OPEN_FOLLOWED):
+                if job_id not in self.subs and len(self.subs) + self.not_found < MAX_SUBSCRIPTIONS:
+                    await self._subscribe(job_id, None, previews, auto=True)
+
+    async def unfollow(self) -> None:
+        """Stop the feed of new jobs (the jobs it brought are followed to their end)."""
+        scope, self.scope = self.scope, None
+        if scope is not None:
+            await self.svc.feed.leave(None if scope == "all" else self.who.user_id, self.on_feed)
+
+    def on_feed(self, frame: Frame) -> None:
+        """A new job of the scope's (its first frame): followed by `_feed_loop`, in order."""
+        if self.closing or self.scope is None:
+            return
+        if self.feed_in.qsize() >= MAX_FEED_QUEUED:
+            log.warning("socket of %s cannot keep up with its feed of new jobs; closing it", self.who.user_id)
+            self.close_later(CLOSE_TOO_SLOW)
+            return
+        self.feed_in.put_nowait(frame)
+
+    async def _feed_loop(self) -> None:
+        while not self.closing:
+            frame = await self.feed_in.get()
             try:
-                owner, state = await self._owner(job_id)
-                if not self.who.may_see(owner):
-                    raise JobNotFound(job_id)  # the same answer as for a job that does not exist
-                last = int(state.get("seq") or 0)
-                if job_id in since and since[job_id] > last:
-                    raise InvalidPayload(f"since: {job_id} has no event after seq {last}",
-                                         errors=[{"field": f"since.{job_id}", "message": f"past the last seq ({last})"}])
-            except DashError as exc:
-                if isinstance(exc, JobNotFound):
-                    self.not_found += 1
-                self._enqueue_error(exc, job_id)
-                continue
-            sub = _Sub(channel=self.svc.store.keys.channel(job_id), cursor=FrameCursor(job_id),
-                       owner=owner, previews=msg.previews)
-            self.subs[job_id] = sub
-            try:
-                await self.svc.hub.add(sub.channel, self.on_event)
-                await self._snapshot(job_id, sub, since.get(job_id))
-            except BaseException:
-                await self.drop(job_id)  # a subscribe fully succeeds or leaves nothing behind
+                await self._follow_new(frame)
+            except asyncio.CancelledError:
                 raise
-        self.send_model(SubscribedMessage(job_ids=sorted(self.subs)))
+            except Exception as exc:
+                log.warning("cannot follow a new job on a socket (%s): sent its first event only", exc)
+                if frame.job_id not in self.subs:
+                    self._enqueue(frame.text, frame.user_id)
+
+    async def _follow_new(self, frame: Frame) -> None:
+        """Follow a job the feed announced: its events from the announced one on (read back from its
+        replay stream once its channel is listened to, so none falls between)."""
+        job_id = frame.job_id
+        if job_id is None or job_id in self.subs or self.scope is None:
+            return  # followed already: its own channel brings its events
+        owner = frame.user_id
+        if not self.who.may_see(owner):
+            return
+        if len(self.subs) + self.not_found >= MAX_SUBSCRIPTIONS:
+            self._enqueue(frame.text, owner)  # announced, not followed
+            return
+        sub = _Sub(channel=self.svc.store.keys.channel(job_id), cursor=FrameCursor(job_id), owner=owner,
+                   previews=self.scope_previews, auto=True)
+        self.subs[job_id] = sub
+        try:
+            await self.svc.hub.add(sub.channel, self.on_event)
+            self._frames(sub, await sub.cursor.catch_up(self.svc.store.bus.replay, max(0, frame.seq - 1)))
+        except BaseException:
+            await self.drop(job_id)
+            raise
 
     async def resync(self) -> None:
         """The hub's pub/sub connection came back: send every subscription the events it missed
@@ -321,8 +431,20 @@ class _Session:
         self._enqueue(json.dumps(ws_error(exc, job_id), separators=(",", ":")))
 
     async def close(self) -> None:
+        if self.feeder is not None:
+            self.feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.feeder
+        with contextlib.suppress(Exception):
+            await self.unfollow()
         for job_id in list(self.subs):
             await self.drop(job_id)
+
+
+def _done(task: asyncio.Task[None]) -> None:
+    """A background unsubscribe's end: its error (Redis away) is not the socket's."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _size(text: str) -> int:

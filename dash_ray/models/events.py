@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
 
 from dash_ray.models.base import LookupId, RequestModel, WireModel
 from dash_ray.models.status import FINAL_EVENT_TYPES, JobStatus
@@ -123,20 +123,40 @@ JobEvent = Annotated[_JobEvents, Field(discriminator="type")]
 EVENT_TYPES: tuple[str, ...] = tuple(c.model_fields["type"].default for c in get_args(_JobEvents))
 
 
+Scope = Literal["mine", "all"]
+
+
 class SubscribeMessage(RequestModel):
-    """Client -> server: `{"type":"subscribe","jobIds":[...]}`; `since` maps jobId -> last seq seen."""
+    """Client -> server: `{"type":"subscribe","jobIds":[...]}`; `since` maps jobId -> last seq seen.
+    `{"type":"subscribe","scope":"mine"}` follows the caller's jobs: those unfinished now and
+    every one made from then on, from any client (`"all"`: every user's new jobs, admins)."""
 
     type: Literal["subscribe"]
-    job_ids: list[LookupId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
+    job_ids: list[LookupId] = Field(default_factory=list, max_length=MAX_SUBSCRIBE_IDS)
     since: dict[LookupId, Annotated[int, Field(ge=0, le=2**53)]] | None = None
     previews: bool = True  # false: this socket gets no `job:preview` events of these jobs
+    scope: Scope | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SubscribeMessage:
+        if not self.job_ids and self.scope is None:
+            raise ValueError("jobIds or scope is required")
+        return self
 
 
 class UnsubscribeMessage(RequestModel):
-    """Client -> server: `{"type":"unsubscribe","jobIds":[...]}`."""
+    """Client -> server: `{"type":"unsubscribe","jobIds":[...]}`; `{"type":"unsubscribe","scope":"mine"}`
+    stops the feed of new jobs (the jobs it brought are followed until they end)."""
 
     type: Literal["unsubscribe"]
-    job_ids: list[LookupId] = Field(min_length=1, max_length=MAX_SUBSCRIBE_IDS)
+    job_ids: list[LookupId] = Field(default_factory=list, max_length=MAX_SUBSCRIBE_IDS)
+    scope: Scope | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> UnsubscribeMessage:
+        if not self.job_ids and self.scope is None:
+            raise ValueError("jobIds or scope is required")
+        return self
 
 
 class PingMessage(RequestModel):
@@ -163,6 +183,7 @@ class SubscribedMessage(WireModel):
 
     type: Literal["subscribed"] = "subscribed"
     job_ids: list[str]
+    scope: Scope | None = None  # the socket's feed of new jobs, if it has one
 
 
 class ErrorMessage(WireModel):

@@ -16,7 +16,7 @@ from dash_ray.queues.connection import (
 from dash_ray.queues.consumer import ActiveJob, FailOutcome, LockLost, QueueConsumer
 from dash_ray.queues.embedded import EmbeddedRedis
 from dash_ray.queues.eta import CostBook
-from dash_ray.queues.events import EventBus, EventHub, event_from_state
+from dash_ray.queues.events import EventBus, EventHub, Feed, event_from_state
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import (
     Lifecycle,
@@ -40,6 +40,7 @@ __all__ = [
     "EventBus",
     "EventHub",
     "FailOutcome",
+    "Feed",
     "JobStore",
     "Keys",
     "Lifecycle",

@@ -11,12 +11,18 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from dash_ray.models.events import JobCompletedEvent, JobEvent, JobFailedEvent, JobProgressEvent
+from dash_ray.models.events import (
+    Frame,
+    JobCompletedEvent,
+    JobEvent,
+    JobFailedEvent,
+    JobProgressEvent,
+)
 from dash_ray.models.status import Status, is_failure
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.pubsub import RawPubSub
 
-__all__ = ["EventBus", "EventHub", "event_from_state"]
+__all__ = ["EventBus", "EventHub", "Feed", "event_from_state"]
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +170,70 @@ class EventHub:
                 listener(channel, data)
             except Exception:
                 log.exception("event listener failed on %s", channel)
+
+
+FeedListener = Callable[[Frame], None]
+
+
+class Feed:
+    """Every new job's first event, by owner: the scripts that make a job (create, adopt) publish
+    its first frame on one feed channel as well as its own; this routes each to the listeners of
+    its owner (`join(user, fn)`) and to those of every user (`join(None, fn)`: admins). One
+    hub listener per replica however many sockets follow; it listens while anyone does."""
+
+    def __init__(self, hub: EventHub, channel: str) -> None:
+        self.hub = hub
+        self.channel = channel
+        self._by_user: dict[str, set[FeedListener]] = {}
+        self._everyone: set[FeedListener] = set()
+        self._lock = asyncio.Lock()
+        self._listening = False
+
+    @property
+    def listeners(self) -> int:
+        """How many listen (all users' and each user's)."""
+        return len(self._everyone) + sum(map(len, self._by_user.values()))
+
+    async def join(self, user_id: str | None, listener: FeedListener) -> None:
+        """Call `listener(frame)` for each new job of `user_id` (None: of every user) from now on:
+        once this returns, no job made later is missed (the hub confirmed the channel)."""
+        async with self._lock:
+            if user_id is None:
+                self._everyone.add(listener)
+            else:
+                self._by_user.setdefault(user_id, set()).add(listener)
+            if not self._listening:
+                try:
+                    await self.hub.add(self.channel, self._dispatch)
+                except BaseException:
+                    self._forget(user_id, listener)
+                    raise
+                self._listening = True
+
+    async def leave(self, user_id: str | None, listener: FeedListener) -> None:
+        """Stop calling `listener`."""
+        async with self._lock:
+            self._forget(user_id, listener)
+            if self._listening and not self.listeners:
+                self._listening = False
+                await self.hub.remove(self.channel, self._dispatch)
+
+    def _forget(self, user_id: str | None, listener: FeedListener) -> None:
+        if user_id is None:
+            self._everyone.discard(listener)
+            return
+        mine = self._by_user.get(user_id)
+        if mine is not None:
+            mine.discard(listener)
+            if not mine:
+                del self._by_user[user_id]
+
+    def _dispatch(self, _channel: str, data: str) -> None:
+        frame = Frame(data)
+        owner = frame.user_id
+        mine = self._by_user.get(owner) if owner is not None else None
+        for listener in (*(mine or ()), *self._everyone):
+            try:
+                listener(frame)
+            except Exception:
+                log.exception("feed listener failed")

@@ -55,6 +55,11 @@ class Keys:
         """Pub/sub channel of one job's live events."""
         return f"{self.ns}ch:{job_id}"
 
+    @property
+    def feed(self) -> str:
+        """Pub/sub channel of every new job's first event (a socket's `scope: mine` / `all` feed)."""
+        return f"{self.ns}feed"
+
     def user_jobs(self, user_id: str) -> str:
         """Sorted set: a user's job ids, scored by a per-user submission counter."""
         return f"{self.ns}user:{user_id}"

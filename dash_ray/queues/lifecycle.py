@@ -328,7 +328,7 @@ class _Calls:
                     high="1" if q.high else "", max_high=_limit(q.max_high),
                     rate_limit=_limit(q.rate.limit if q.rate else None),
                     rate_window_ms=q.rate.window_ms if q.rate else 0,
-                    start_by=start_by, nonce=nonce)
+                    start_by=start_by, nonce=nonce, feed=k.feed)
         extra: dict[str, Any] = {"created": created_ms, "digest": digest, "made": nonce}
         if q.high:
             extra["high"] = 1
@@ -345,7 +345,7 @@ class _Calls:
                     wait=k.bull(event.queue, "wait"), prioritized=k.bull(event.queue, "prioritized"),
                     bull_job=k.bull(event.queue, event.job_id), recent=k.recent, recent_n=k.recent_counter)
         args.update(fields=state_fields(event, {"created": created_ms}), user=user,
-                    position="1" if event.status == "waiting" else "")
+                    position="1" if event.status == "waiting" else "", feed=k.feed)
         return ADOPT.pack(keys, args)
 
     def event(self, event: LiveEvent, live: bool | str = False, position: bool = False,

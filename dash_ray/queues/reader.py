@@ -8,6 +8,7 @@ import builtins
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -22,7 +23,7 @@ from dash_ray.queues.eta import estimate, left_from_progress
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import POSITION
 
-__all__ = ["ETA_CACHE_S", "JobReader", "ViewEtas", "view_of"]
+__all__ = ["ETA_CACHE_S", "JobReader", "Search", "ViewEtas", "view_of"]
 
 ETA_CACHE_S = 1.0  # a waiting job's ETA is computed at most this often per replica (at the same place)
 
@@ -117,6 +118,29 @@ class ViewEtas:
         return view
 
 
+@dataclass(frozen=True)
+class Search:
+    """What a history search asks besides queue and status: `text` in the prompt (case-insensitive),
+    an id prefix, a creation time range (Unix seconds, `since_s` inclusive, `until_s` exclusive)."""
+
+    text: str | None = None
+    id_prefix: str | None = None
+    since_s: float | None = None
+    until_s: float | None = None
+
+    def matches(self, view: JobView) -> bool:
+        """Whether the job is one the search asks for (its time range's start aside: see list)."""
+        if self.id_prefix and not view.id.startswith(self.id_prefix):
+            return False
+        if self.until_s is not None and (view.created_at is None or view.created_at >= self.until_s):
+            return False
+        if self.text is not None:
+            prompt = view.data.get("prompt") if isinstance(view.data, dict) else None
+            if not isinstance(prompt, str) or self.text.casefold() not in prompt.casefold():
+                return False
+        return True
+
+
 class JobReader:
     """Jobs read back from Redis: by id, a user's history, a job's log."""
 
@@ -194,9 +218,19 @@ class JobReader:
         limit: int = 20,
         cursor: str | None = None,
         with_data: bool = True,
+        search: Search | None = None,
     ) -> JobList:
-        """A user's jobs (`user_id` "*": every user's), newest first, optionally by queue and
-        status; `cursor` pages on; `with_data` False leaves each payload out (and unparsed)."""
+        """A user's jobs (`user_id` "*": every user's), newest first, optionally by queue,
+        status and `search` (prompt text, id prefix, time range); `cursor` pages on; `with_data`
+        False leaves each payload out (and unparsed).
+
+        It reads the user's own history index (never every job), newest first, at most 50 x
+        `limit` entries a call: a page can hold fewer than `limit` jobs and still have a
+        `nextCursor` (more history to search). A time range's start ends the read where the
+        history gets older than it."""
+        find = search or Search()
+        if find.text is not None:
+            with_data = True  # the prompt is in the payload
         if queue is not None and queue not in self.control.names:
             raise UnknownQueue(queue)
         if user_id is None:
@@ -210,7 +244,11 @@ class JobReader:
         found: builtins.list[JobView] = []
         next_cursor: str | None = None
         scanned = 0
-        while len(found) < limit and scanned < 50 * limit:
+        older = False  # past the time range's start: nothing older is read
+        while len(found) < limit and not older:
+            if scanned >= 50 * limit:  # the read's bound: the next page goes on from here
+                next_cursor = top[1:]
+                break
             batch = cast(builtins.list[tuple[str, float]], await self.redis.zrevrangebyscore(
                 key, top, "-inf", start=0, num=max(limit, 50), withscores=True))
             if not batch:
@@ -234,6 +272,11 @@ class JobReader:
                 v = views.get(member)
                 if v is None or member in stale or (queue and v.queue != queue) or (status and v.status != status):
                     continue
+                if find.since_s is not None and v.created_at is not None and v.created_at < find.since_s:
+                    older = True
+                    break
+                if not find.matches(v):
+                    continue
                 found.append(v)
                 if len(found) >= limit:
                     next_cursor = str(int(score))
@@ -248,3 +291,8 @@ class JobReader:
         """The newest `limit` lines of a job's log (BullMQ's job log: its workers' lines too)."""
         return [x.decode() if isinstance(x, bytes) else x
                 for x in await self.redis.lrange(self.keys.bull_logs(queue, job_id), -limit, -1)]
+
+    async def open_jobs(self, user_id: str, limit: int) -> builtins.list[str]:
+        """Up to `limit` of a user's unfinished jobs (any `limit` of them when there are more)."""
+        ids = cast(builtins.list[Any], await self.redis.srandmember(self.keys.waiting_count(user_id), limit))
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in ids or ()]

@@ -34,7 +34,7 @@ from dash_ray.queues.producer import (
     Validator,
     bull_opts,
 )
-from dash_ray.queues.reader import JobReader
+from dash_ray.queues.reader import JobReader, Search
 from dash_ray.queues.usage import UsageBook
 
 __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "JobStore", "bull_opts"]
@@ -93,9 +93,10 @@ class JobStore:
         return await self.reader.get(job_id)
 
     async def list(self, user_id: str | None, queue: str | None = None, status: str | None = None,
-                   limit: int = 20, cursor: str | None = None, with_data: bool = True) -> JobList:
+                   limit: int = 20, cursor: str | None = None, with_data: bool = True,
+                   search: Search | None = None) -> JobList:
         """A user's jobs (`user_id` "*": every user's), newest first (`JobReader.list`)."""
-        return await self.reader.list(user_id, queue, status, limit, cursor, with_data)
+        return await self.reader.list(user_id, queue, status, limit, cursor, with_data, search)
 
     async def cancel(self, job_id: str) -> JobView:
         """Cancel: a waiting or delayed job is removed; a running one is told to stop."""

@@ -161,3 +161,33 @@ def test_a_bad_token_stays_on_sign_in_with_the_reason(browser: Any, up: dict[str
     page.click("#signin-form button")
     page.wait_for_function("() => document.querySelector('#signin-error').textContent.includes('refused')")
     page.close()
+
+
+def test_a_job_from_another_client_appears_live_and_a_search_finds_it(browser: Any, up: dict[str, Any]) -> None:
+    from dash_ray.client import Client
+
+    page = open_page(browser, up, up["token"])
+    page.wait_for_function("() => window.dash.conn && window.dash.conn.state === 'open'")
+    page.wait_for_load_state("networkidle")
+    word = f"heron{int(time.time() * 1000)}"
+    with Client(up["base"], up["token"]) as client:  # a notebook's client, not the page
+        t0 = time.monotonic()
+        job = client.submit_generation(f"a grey {word} by the river", settings={"steps": 12, "width": 64, "height": 64})
+        page.wait_for_selector(f"#jobs tr[data-job='{job.id}']", timeout=10_000)
+        shown_s = time.monotonic() - t0
+    print(f"a job submitted from the Python client was on the page {shown_s:.2f} s later")
+    wait_status(page, job.id, "completed")
+    img = page.wait_for_selector(f"#jobs tr[data-job='{job.id}'] td.result img")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=img, timeout=30_000)
+    seqs = page.evaluate(f"window.dash.seqs['{job.id}']")
+    assert seqs[0] == 1 and seqs == sorted(set(seqs)) and len(seqs) > 3, seqs  # from its first event, each once
+    # a search by a word of its prompt leaves it alone in the table
+    page.fill("#f-q", word.upper())
+    page.dispatch_event("#f-q", "change")
+    page.wait_for_function("id => { const rows = [...document.querySelectorAll('#jobs tbody tr')];"
+                           " return rows.length === 1 && rows[0].dataset.job === id; }", arg=job.id, timeout=10_000)
+    page.fill("#f-q", "no prompt says this")
+    page.dispatch_event("#f-q", "change")
+    page.wait_for_function("() => document.querySelectorAll('#jobs tbody tr').length === 0", timeout=10_000)
+    assert page.errors == []
+    page.close()

@@ -260,24 +260,10 @@ def test_the_dashboard_shows_reconnecting_then_every_event_once_across_a_replica
 def test_the_design_react_component_gets_progress_and_completion(live: dict[str, Any], browser: Any) -> None:
     """The design's TrainingComponent, unchanged, with React from npm (UMD builds and an import
     map: no bundler), on `useJobWebSocket` from clients/js."""
-    react = ROOT / "clients/js/node_modules/react/umd/react.development.js"
-    react_dom = ROOT / "clients/js/node_modules/react-dom/umd/react-dom.development.js"
-    if not react.exists():
-        if os.environ.get("DASH_REQUIRE_BROWSER"):
-            pytest.fail("React is not installed: npm install --prefix clients/js")
-        pytest.skip("React is not installed: npm install --prefix clients/js (.ci/run does)")
     token = live["token"]("react-user")
     with Client(live["base"], token) as c:
         job = c.submit("sleep", {"durationS": 2, "steps": 10})
-    files = {
-        "/react-test/react.umd.js": react.read_text(),
-        "/react-test/react-dom.umd.js": react_dom.read_text(),
-        "/react-test/react-shim.js": "const R = window.React; export default R; export const {useEffect, useRef, "
-                                     "useState, createElement} = R;",
-        "/react-test/index.js": (ROOT / "clients/js/src/index.js").read_text(),
-        "/react-test/react.js": (ROOT / "clients/js/src/react.js").read_text(),
-        "/react-test/page.html": REACT_PAGE.replace("JOB_ID", job.id).replace("TOKEN", token),
-    }
+    files = _react_files(REACT_PAGE.replace("JOB_ID", job.id).replace("TOKEN", token))
     page = browser.new_page()
 
     def serve(route: Any) -> None:
@@ -299,6 +285,72 @@ def test_the_design_react_component_gets_progress_and_completion(live: dict[str,
     assert "active" in seen and max(progress) == 100 and len(progress) >= 5, (seen, progress)
     assert page.text_content("#status") == "completed"
     page.close()
+
+
+def _react_files(page_html: str) -> dict[str, str]:
+    react = ROOT / "clients/js/node_modules/react/umd/react.development.js"
+    react_dom = ROOT / "clients/js/node_modules/react-dom/umd/react-dom.development.js"
+    if not react.exists():
+        if os.environ.get("DASH_REQUIRE_BROWSER"):
+            pytest.fail("React is not installed: npm install --prefix clients/js")
+        pytest.skip("React is not installed: npm install --prefix clients/js (.ci/run does)")
+    return {
+        "/react-test/react.umd.js": react.read_text(),
+        "/react-test/react-dom.umd.js": react_dom.read_text(),
+        "/react-test/react-shim.js": "const R = window.React; export default R; export const {useEffect, useRef, "
+                                     "useState, createElement} = R;",
+        "/react-test/index.js": (ROOT / "clients/js/src/index.js").read_text(),
+        "/react-test/react.js": (ROOT / "clients/js/src/react.js").read_text(),
+        "/react-test/page.html": page_html,
+    }
+
+
+def test_use_my_jobs_shows_jobs_made_by_another_client_live(live: dict[str, Any], browser: Any) -> None:
+    """`useMyJobs`: the user's jobs made elsewhere (here, the Python client) appear and run to
+    their end in the component; another user's never do."""
+    token = live["token"]("feed-user")
+    files = _react_files(MY_JOBS_PAGE.replace("TOKEN", token))
+    page = browser.new_page()
+    page.route(f"{live['base']}/react-test/**", lambda route: route.fulfill(
+        status=200, body=files[route.request.url.split(live["base"], 1)[1].split("?")[0]],
+        content_type="text/html" if route.request.url.split("?")[0].endswith(".html") else "text/javascript"))
+    console: list[str] = []
+    page.on("pageerror", lambda e: console.append(str(e)))
+    page.goto(f"{live['base']}/react-test/page.html")
+    with Client(live["base"], token) as c:
+        # Once a first job shows (unfinished when the hook began following, or new since), the
+        # hook follows: the next ones come from the feed.
+        first = c.submit("sleep", {"durationS": 2, "steps": 2})
+        page.wait_for_function("id => (window.myJobs || []).some((j) => j.id === id)", arg=first.id, timeout=30_000)
+        with Client(live["base"], live["token"]("someone-else")) as other:
+            theirs = other.submit("sleep", {"durationS": 0.2, "steps": 2})
+        mine = [c.submit("sleep", {"durationS": 0.5, "steps": 5}) for _ in range(2)]
+    try:
+        page.wait_for_function("ids => ids.every((id) => (window.myJobs || []).some((j) => j.id === id"
+                               " && j.status === 'completed' && j.progress === 100))",
+                               arg=[j.id for j in mine], timeout=60_000)
+    except Exception:
+        raise AssertionError(f"{page.evaluate('window.myJobs')} {console[-10:]}") from None
+    shown = [j["id"] for j in page.evaluate("window.myJobs")]
+    assert shown[:2] == [mine[1].id, mine[0].id] and theirs.id not in shown  # newest first, only hers
+    assert page.text_content("#count") == "3"
+    page.close()
+
+
+MY_JOBS_PAGE = """<!doctype html><html><body><p id="count"></p>
+<script src="/react-test/react.umd.js"></script>
+<script src="/react-test/react-dom.umd.js"></script>
+<script type="importmap">{"imports": {"react": "/react-test/react-shim.js"}}</script>
+<script type="module">
+import { useEffect, createElement } from 'react';
+import { useMyJobs } from '/react-test/react.js';
+function MyJobs() {
+  const jobs = useMyJobs({ url: `ws://${location.host}/ws`, token: 'TOKEN' });
+  useEffect(() => { window.myJobs = jobs; document.getElementById('count').textContent = String(jobs.length); }, [jobs]);
+  return createElement('ul', null, jobs.map((j) => createElement('li', { key: j.id }, `${j.id} ${j.status} ${j.progress}`)));
+}
+ReactDOM.createRoot(document.body.appendChild(document.createElement('div'))).render(createElement(MyJobs));
+</script></body></html>"""
 
 
 REACT_PAGE = """<!doctype html><html><body><div id="root"></div><p id="status"></p>

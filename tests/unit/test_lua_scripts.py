@@ -50,7 +50,7 @@ def test_the_python_api_of_the_scripts_is_unchanged() -> None:
                                "hook_bodies", "kept")
     assert lua.FINISH.args == ("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds")
     assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-5:] == ("usage", "sizes", "kept", "rate", "start_by")
-    assert len(lua.CREATE.keys) == 20 and len(lua.CREATE.args) == 19
+    assert len(lua.CREATE.keys) == 20 and len(lua.CREATE.args) == 20 and lua.CREATE.args[-1] == "feed"
     assert lua.RATE.keys == ("rate",) and lua.RATE.args == ("rate_limit", "rate_window_ms", "now_ms")
     keys, args = lua.CHECKPOINT.pack({"yield": "y", "job": "j", "lock": "l"}, {"path": "p", "token": "t"})
     assert (keys, args) == (["j", "l", "y"], ["t", "p"])

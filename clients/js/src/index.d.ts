@@ -19,6 +19,10 @@ export interface JobConnection {
   readonly received: number;
   subscribe(jobIds: string | string[], options?: { replay?: boolean }): void;
   unsubscribe(jobIds: string | string[]): void;
+  /** Follow the caller's jobs (unfinished now, then each new one, from any client); 'all': every
+   *  user's new jobs (admins). Returns a function that stops following. */
+  follow(scope?: 'mine' | 'all', options?: { previews?: boolean }): () => void;
+  on(type: 'job', fn: (e: JobEvent) => void): () => void;
   on(type: 'job:progress', fn: (e: JobProgressEvent) => void): () => void;
   on(type: 'job:completed', fn: (e: JobCompletedEvent) => void): () => void;
   on(type: 'job:failed', fn: (e: JobFailedEvent) => void): () => void;
@@ -55,7 +59,9 @@ export interface RestClient {
   get(id: string): Promise<JobView>;
   cancel(id: string): Promise<JobView>;
   retry(id: string): Promise<JobView>;
-  jobs(filter?: { queue?: string; status?: string; limit?: number; cursor?: string; userId?: string }): Promise<JobList>;
+  jobs(filter?: { queue?: string; status?: string; limit?: number; cursor?: string; userId?: string;
+    /** Search: text in the prompt, an id prefix, a creation time range (Unix seconds or ISO 8601). */
+    q?: string; idPrefix?: string; from?: number | string; to?: number | string }): Promise<JobList>;
   queues(): Promise<QueueView[]>;
   pause(queue: string): Promise<QueueView>;
   resume(queue: string): Promise<QueueView>;

@@ -20,3 +20,7 @@ export interface JobState {
   queuePosition?: number; etaS?: number;
 }
 export function useJob(jobId: string | null | undefined, options?: Partial<ConnectOptions>): JobState;
+
+export interface MyJob extends JobState { id: string; queue: string; }
+/** The caller's jobs, live (unfinished ones, then each new one from any client), newest first. */
+export function useMyJobs(options?: Partial<ConnectOptions> & { scope?: 'mine' | 'all'; previews?: boolean; max?: number }): MyJob[];

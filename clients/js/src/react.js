@@ -97,3 +97,48 @@ export function useJob(jobId, { url, token, getTicket, WebSocket } = {}) {
   }, [jobId, url, token, getTicket, WebSocket]);
   return state;
 }
+
+/**
+ * All of the caller's jobs, live: those unfinished when it mounts, then each new one the moment
+ * it is made, from any client (a notebook, the CLI, another tab). Returns the jobs newest first,
+ * each `{id, queue, status, progress, message, result, error, preview, queuePosition, etaS}`;
+ * `scope: 'all'` (admins) gets every user's new jobs. At most `max` are kept (the oldest go).
+ */
+export function useMyJobs({ url, token, getTicket, WebSocket, scope = 'mine', previews = true, max = 200 } = {}) {
+  const [jobs, setJobs] = useState([]);
+  useEffect(() => {
+    const { conn, release } = acquire({ url: socketUrl(url), token, getTicket, WebSocket });
+    const byId = new Map();
+    let queued = false;
+    const publish = () => {
+      if (queued) return;
+      queued = true;
+      queueMicrotask(() => { queued = false; setJobs([...byId.values()].reverse()); });
+    };
+    const off = conn.on('event', (e) => {
+      let job = byId.get(e.jobId);
+      if (!job) {
+        job = { id: e.jobId, queue: e.queue, status: 'unknown', progress: 0, message: '', result: null, error: null };
+        byId.set(e.jobId, job);
+        if (byId.size > max) byId.delete(byId.keys().next().value);
+      }
+      const next = { ...job };
+      if (e.type === 'job:preview') next.preview = e.image;
+      else if (e.type === 'job:log') next.log = e.message;
+      else {
+        next.status = e.status || (e.type === 'job:completed' ? 'completed' : job.status);
+        next.progress = e.type === 'job:completed' ? 100 : (e.progress ?? job.progress);
+        next.message = e.message ?? job.message;
+        if (e.type === 'job:completed') next.result = e.result;
+        if (e.type === 'job:failed') next.error = e.error;
+        next.queuePosition = e.type === 'job:progress' && e.status === 'waiting' ? e.queuePosition : undefined;
+        next.etaS = e.type === 'job:progress' ? e.etaS : undefined;
+      }
+      byId.set(e.jobId, next);
+      publish();
+    });
+    const unfollow = conn.follow(scope, { previews });
+    return () => { off(); unfollow(); release(); };
+  }, [url, token, getTicket, WebSocket, scope, previews, max]);
+  return jobs;
+}

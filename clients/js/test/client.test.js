@@ -145,3 +145,34 @@ test('replay subscribes from the job start (since 0), also after a reconnect', a
   sockets[1].open();
   assert.deepEqual(sockets[1].sent, [{ type: 'subscribe', jobIds: ['old'], since: { old: 0 } }]);
 });
+
+test('follow: the feed is asked for once open and after each reconnect; the jobs it brings are delivered', async () => {
+  const { conn, sockets, timers } = harness();
+  await Promise.resolve();
+  const jobs = [], got = [];
+  conn.on('job', (e) => jobs.push(e.jobId));
+  conn.on('event', (e) => got.push(`${e.jobId}:${e.seq}`));
+  const stopA = conn.follow('mine', { previews: false });
+  const stopB = conn.follow('mine');  // a second follower shares it
+  sockets[0].open();
+  assert.deepEqual(sockets[0].sent, [{ type: 'subscribe', scope: 'mine', previews: false }]);
+  for (const m of [ev('n1', 1), ev('n1', 2), ev('n1', 1), ev('n2', 1)]) sockets[0].push(m);
+  sockets[0].push({ type: 'job:completed', jobId: 'n2', queue: 'generation', status: 'completed', result: {}, seq: 2 });
+  assert.deepEqual(jobs, ['n1', 'n2']);
+  assert.deepEqual(got, ['n1:1', 'n1:2', 'n2:1', 'n2:2']);
+  sockets[0].drop();
+  timers.at(-1).fn();
+  await Promise.resolve();
+  sockets[1].open();  // the unfinished job resumes with since; then the feed again
+  assert.deepEqual(sockets[1].sent, [{ type: 'subscribe', jobIds: ['n1'], since: { n1: 2 } },
+    { type: 'subscribe', scope: 'mine', previews: false }]);
+  stopA();
+  assert.equal(sockets[1].sent.length, 2);  // another follower still follows
+  stopB();
+  stopB();
+  assert.deepEqual(sockets[1].sent.at(-1), { type: 'unsubscribe', scope: 'mine' });
+  assert.equal(sockets[1].sent.length, 3);
+  sockets[1].push(ev('n9', 1));  // no feed now: an unknown job is ignored
+  assert.deepEqual(jobs, ['n1', 'n2']);
+  conn.close();
+});

@@ -83,6 +83,10 @@ function start() {
   });
   state.conn.on('open', (e) => { if (e.reconnects) notice('Reconnected; caught up.', 3000); });
   state.conn.on('event', onEvent);
+  // Every job of the user's (an admin's: every user's) from any client — a notebook, the CLI,
+  // another tab — appears as it is made, and is followed to its end.
+  const admin = (state.claims?.roles || []).includes('admin');
+  state.conn.follow(admin ? 'all' : 'mine');
   state.conn.on('error', (e) => { if (e.code !== 'unauthorized') notice(`Server: ${e.message}`, 5000); });
   setConn(state.conn.state);
   refreshQueues();
@@ -101,8 +105,19 @@ function stop() {
   $('#jobs tbody').replaceChildren();
 }
 
+/** Whether a job the feed brought belongs in the table as filtered (a text search shows only
+ *  what it found: events carry no prompt). */
+function wanted(e) {
+  if ($('#f-q').value.trim()) return false;
+  const queue = $('#f-queue').value, status = $('#f-status').value, prefix = $('#f-id').value.trim();
+  const user = $('#f-user').value.trim();
+  return (!queue || e.queue === queue) && (!status || e.status === status) && (!prefix || e.jobId.startsWith(prefix))
+    && (!user || e.userId === user);
+}
+
 function onEvent(e) {
   const t0 = performance.now();
+  if (!state.rows.has(e.jobId) && !wanted(e)) return;
   if (e.seq != null) (state.seqs[e.jobId] ||= []).push(e.seq); // seq-less: a waiting job's place refreshed
   const job = state.jobs.get(e.jobId) || { id: e.jobId, queue: e.queue, progress: 0 };
   if (e.type === 'job:progress') {
@@ -220,6 +235,7 @@ async function loadJobs(reset) {
   let page;
   try {
     page = await state.api.jobs({ queue: $('#f-queue').value, status: $('#f-status').value, limit: 20,
+      q: $('#f-q').value.trim() || undefined, idPrefix: $('#f-id').value.trim() || undefined,
       cursor: state.cursor || undefined, userId: admin ? $('#f-user').value.trim() || '*' : undefined });
   } catch (e) {
     if (e instanceof Unauthorized) showSignIn('Your session ended (401). Sign in again.');
@@ -461,6 +477,8 @@ function wire() {
   $('#f-queue').onchange = () => loadJobs(true);
   $('#f-status').onchange = () => loadJobs(true);
   $('#f-user').onchange = () => loadJobs(true);
+  $('#f-q').onchange = () => loadJobs(true);
+  $('#f-id').onchange = () => loadJobs(true);
   $('#more').onclick = () => loadJobs(false);
   setInterval(() => { for (const job of state.jobs.values()) if (job.status === 'active') $('.detail', state.rows.get(job.id)).textContent = detail(job); }, 1000);
 }

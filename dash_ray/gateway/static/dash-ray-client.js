@@ -67,6 +67,9 @@ export function connectJobs({
   const pendingSubs = new Set(); // subscribed this tick, sent together
   let flushQueued = false;
   const queued = [];
+  let scope = null; // the feed of the caller's jobs ('mine' | 'all'), while anyone follows it
+  let scopePreviews = true;
+  let followers = 0;
   let ws = null;
   let closed = false;
   let failures = 0;
@@ -112,7 +115,12 @@ export function connectJobs({
     try { m = JSON.parse(text); } catch { return; }
     conn.received += 1;
     if (typeof m.type === 'string' && m.type.startsWith('job:')) {
-      if (!seqs.has(m.jobId)) return; // not (or no longer) subscribed
+      if (!seqs.has(m.jobId)) {
+        // not (or no longer) subscribed; with a feed, a job it brings (new, or unfinished when it began)
+        if (!scope || finished.has(m.jobId)) return;
+        seqs.set(m.jobId, 0);
+        emit('job', m);
+      }
       if (typeof m.seq === 'number' && m.seq <= seqs.get(m.jobId)) return; // seen already
       if (typeof m.seq === 'number') seqs.set(m.jobId, m.seq);
       if (FINAL.has(m.type)) finished.add(m.jobId);
@@ -144,6 +152,7 @@ export function connectJobs({
       pendingSubs.clear(); // all of them go out now
       const ids = [...seqs.keys()].filter((id) => !finished.has(id));
       for (const msg of subscribeMessages(ids)) rawSend(msg);
+      if (scope) rawSend({ type: 'subscribe', scope, previews: scopePreviews });
       while (queued.length) rawSend(queued.shift());
       setState('open');
       emit('open', { reconnects: conn.reconnects });
@@ -200,12 +209,35 @@ export function connectJobs({
         });
       }
     },
+    /** Follow the caller's jobs without naming them: those unfinished now, then each new one the
+     *  moment it is made, from any client (`scope` 'all': every user's new jobs, admins only).
+     *  Their events come as any subscribed job's; a 'job' listener hears of each job first.
+     *  Returns a function that stops following (once every caller of follow() has). */
+    follow(scopeName = 'mine', { previews = true } = {}) {
+      followers += 1;
+      if (scope !== scopeName) {
+        scope = scopeName;
+        scopePreviews = previews;
+        if (ws && ws.readyState === 1) rawSend({ type: 'subscribe', scope, previews }); // else on open
+      }
+      let done = false;
+      return () => {
+        if (done) return;
+        done = true;
+        followers -= 1;
+        if (followers === 0 && scope) {
+          if (ws && ws.readyState === 1) rawSend({ type: 'unsubscribe', scope });
+          scope = null;
+        }
+      };
+    },
     unsubscribe(jobIds) {
       const ids = [].concat(jobIds).filter((id) => seqs.delete(id));
       ids.forEach((id) => { finished.delete(id); replay.delete(id); });
       if (ids.length) send({ type: 'unsubscribe', jobIds: ids });
     },
-    /** Listen: 'job:progress' | 'job:completed' | 'job:failed' | 'event' | 'error' | 'state' | 'open' | 'message'. */
+    /** Listen: 'job:progress' | 'job:completed' | 'job:failed' | 'event' | 'job' (a job the feed
+     *  brought, its first event) | 'error' | 'state' | 'open' | 'message'. */
     on(type, fn) {
       if (!listeners.has(type)) listeners.set(type, new Set());
       listeners.get(type).add(fn);
@@ -252,7 +284,9 @@ export function createClient({ url = '', token, fetch: doFetch = globalThis.fetc
     get: (id) => call('GET', `/v1/jobs/${encodeURIComponent(id)}`),
     cancel: (id) => call('DELETE', `/v1/jobs/${encodeURIComponent(id)}`),
     retry: (id) => call('POST', `/v1/jobs/${encodeURIComponent(id)}/retry`),
-    jobs: ({ queue, status, limit, cursor, userId } = {}) => call('GET', `/v1/jobs${q({ queue, status, limit, cursor, userId })}`),
+    /** Your jobs, newest first; search with `q` (prompt text), `idPrefix`, `from` / `to` (creation time). */
+    jobs: ({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to } = {}) =>
+      call('GET', `/v1/jobs${q({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to })}`),
     queues: () => call('GET', '/v1/queues'),
     pause: (queue) => call('POST', `/v1/queues/${queue}/pause`),
     resume: (queue) => call('POST', `/v1/queues/${queue}/resume`),

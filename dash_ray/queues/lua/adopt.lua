@@ -24,6 +24,7 @@
     ARGV[4] job_id
     ARGV[5] position      '1': the frame shows the queue position
     ARGV[6] user          its owner ('' for none: no history entry)
+    ARGV[7] feed          the channel every new job's first event is also published on
 
   Output:
     {seq}; {0}: nothing done; {-1}: recorded, but it had started, so no event
@@ -44,4 +45,5 @@ if st then return {-1} end
 local pos = -1
 if A_position == '1' then pos = queue_position(K_wait, K_prioritized, A_job_id) end
 local seq = emit(pos)
+redis.call('PUBLISH', A_feed, emitted)
 return {seq}

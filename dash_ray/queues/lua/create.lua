@@ -51,6 +51,8 @@
     ARGV[19] nonce        this call's own random mark (also in the fields, the record's
                           `made`): what tells this create sent again (its reply lost with its
                           connection) from any other submit of the id
+    ARGV[20] feed         the channel every new job's first event is also published on (the
+                          sockets' `scope: mine` feed)
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -146,4 +148,5 @@ live_again()
 local pos = -1
 if A_position == '1' then pos = queue_position(K_wait, K_prioritized, A_job_id) end
 local seq = emit(pos)
+redis.call('PUBLISH', A_feed, emitted)
 return {seq, pos}

@@ -12,9 +12,11 @@
   start time, or its last RDB save) of its last event, and when that changed, the next seq jumps
   by SEQ_GAP, more than any job publishes in the writes a restart can lose.
 
-  Uses KEYS job, events, hooks, hook_bodies; ARGV channel, frame, fields, job_id.
+  Uses KEYS job, events, hooks, hook_bodies; ARGV channel, frame, fields, job_id. The frame as
+  sent is left in `emitted` (a script that announces a new job publishes it on the feed too).
 ]]
 local SEQ_GAP = 1000
+local emitted
 local function emit(pos, known, last)
   local boot = redis.call('LASTSAVE')
   if not known then last = redis.call('HGET', K_job, 'boot') end
@@ -41,6 +43,7 @@ local function emit(pos, known, last)
   if #fields >= 2 then redis.call('HSET', K_job, unpack(fields)) end
   redis.call('XADD', K_events, 'MAXLEN', '~', MAXLEN, seq .. '-0', 'm', msg)
   redis.call('PUBLISH', A_channel, msg)
+  emitted = msg
   local hook = redis.call('HGET', K_job, 'hookEvents')
   if hook then  -- the job has a webhook: into the outbox, in the same script as the event
     local kind = string.match(A_frame, '^{"type":"job:(%a+)"')
