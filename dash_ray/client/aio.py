@@ -260,6 +260,15 @@ class AsyncClient:
         """Run a failed or cancelled job again."""
         return JobView.model_validate(await self.request("POST", f"/v1/jobs/{job_id}/retry"))
 
+    async def move(self, job_id: str, *, to: str | None = None, before: str | None = None,
+                   priority: int | None = None) -> JobView:
+        """Reorder a waiting job (one of): `to="front"` (first of your waiting jobs of its
+        priority; an admin's: the front of the whole queue), `before=` another of your waiting
+        jobs of the same priority, `priority=` 1-3 (admins: to the back of that priority). Your
+        jobs only trade places among themselves, never ahead of another user's."""
+        body = {k: v for k, v in (("to", to), ("before", before), ("priority", priority)) if v is not None}
+        return JobView.model_validate(await self.request("POST", f"/v1/jobs/{job_id}/move", json_body=body))
+
     async def jobs(self, queue: str | None = None, status: str | None = None, limit: int | None = None, *,
                    page_size: int = 50, user_id: str | None = None, text: str | None = None,
                    id_prefix: str | None = None, since: float | str | None = None,
@@ -551,6 +560,11 @@ class AsyncJobHandle:
     async def cancel(self) -> JobView:
         """Cancel the job."""
         self.view = await self.client.cancel(self.id)
+        return self.view
+
+    async def move(self, **where: Any) -> JobView:
+        """Reorder it while it waits: `to="front"`, `before=`, `priority=` (see AsyncClient.move)."""
+        self.view = await self.client.move(self.id, **where)
         return self.view
 
     async def retry(self) -> JobView:

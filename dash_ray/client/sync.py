@@ -136,6 +136,10 @@ class Client:
         """Run a failed or cancelled job again."""
         return self._loop.run(self.aio.retry(job_id))
 
+    def move(self, job_id: str, **where: Any) -> JobView:
+        """Reorder a waiting job: `to="front"`, `before=`, `priority=` (see AsyncClient.move)."""
+        return self._loop.run(self.aio.move(job_id, **where))
+
     def jobs(self, queue: str | None = None, status: str | None = None, limit: int | None = None,
              **kwargs: Any) -> Iterator[JobView]:
         """Your jobs, newest first, a page at a time as you iterate."""
@@ -240,6 +244,10 @@ class JobHandle:
     def retry(self) -> JobView:
         """Run the failed or cancelled job again."""
         return self._run(self.aio.retry())
+
+    def move(self, **where: Any) -> JobView:
+        """Reorder it while it waits: `to="front"`, `before=`, `priority=` (see AsyncClient.move)."""
+        return self._run(self.aio.move(**where))
 
     def images(self) -> list[Any]:
         """The job's images as PIL images (waits for it)."""

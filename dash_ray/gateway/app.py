@@ -49,7 +49,7 @@ from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.streams import prefer_wait_s, wait_final
 from dash_ray.gateway.streams import router as streams_router
 from dash_ray.gateway.ws import serve_socket
-from dash_ray.models import JobList, JobOptions, JobView, QueueDef, QueueView
+from dash_ray.models import JobList, JobOptions, JobView, MoveRequest, QueueDef, QueueView
 from dash_ray.models.base import WireModel
 from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS, sniff_image
 from dash_ray.models.payloads import JobPayload, upload_path
@@ -235,6 +235,26 @@ async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
     await svc.limiter.check(view.user_id or who.user_id)  # the store takes the rest, atomically
     return _signed(svc, (await svc.store.retry(job_id, quota=svc.policy.quota(view.queue, None, who,
                                                                            retry=True))).wire())
+
+
+@router.post("/v1/jobs/{job_id}/move", response_model=JobView, tags=["jobs"])
+@errors.raises(JobNotFound, InvalidJobState, Forbidden, InvalidPayload)
+async def move_job(job_id: str, body: MoveRequest, who: Caller, svc: Svc) -> Response:
+    """Reorder a waiting job. `{"to": "front"}` puts one of yours first among your waiting
+    jobs of its queue and priority; `{"before": id}` just before another of them. Your jobs
+    trade places among themselves only: never ahead of another user's, whose places stay as
+    they were. Admins: `{"to": "front"}` puts any job at the front of its whole queue (it runs
+    next), `{"priority": 1-3}` moves it to the back of that priority."""
+    await _owned(job_id, who, svc)
+    other: str | int | None = None
+    if body.priority is not None:
+        _admin(who)
+        how, other = "priority", body.priority
+    elif body.before is not None:
+        how, other = "before", body.before
+    else:
+        how = "front" if who.admin else "own"
+    return _signed(svc, (await svc.store.move(job_id, how, other)).wire())
 
 
 async def _queue_view(name: str, svc: GatewayServices) -> QueueView:

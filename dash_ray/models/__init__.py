@@ -19,7 +19,7 @@ from dash_ray.models.events import (
     parse_client_message,
     parse_event,
 )
-from dash_ray.models.options import WEBHOOK_EVENTS, Backoff, JobOptions, Webhook
+from dash_ray.models.options import WEBHOOK_EVENTS, Backoff, JobOptions, MoveRequest, Webhook
 from dash_ray.models.payloads import (
     GenerationJob,
     GenerationSettings,
@@ -63,6 +63,7 @@ __all__ = [
     "JobStatus",
     "JobView",
     "LiveEvent",
+    "MoveRequest",
     "PingMessage",
     "PongMessage",
     "QueueDef",

@@ -7,11 +7,18 @@ from datetime import datetime, timezone
 from typing import Annotated, Literal
 from urllib.parse import urlparse
 
-from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
-from dash_ray.models.base import JobId, RequestModel
+from dash_ray.models.base import JobId, LookupId, RequestModel
 
-__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "JobOptions", "Priority", "Webhook"]
+__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "JobOptions", "MoveRequest", "Priority", "Webhook"]
 
 Priority = Literal[1, 2, 3]
 MAX_DELAY_S = 30 * 24 * 3600
@@ -109,3 +116,18 @@ class JobOptions(RequestModel):
         value = self.start_by if self.start_by is not None else default_s
         return None if value is None or isinstance(value, datetime) else int(value * 1000)
     webhook: Webhook | None = None
+
+
+class MoveRequest(RequestModel):
+    """Where a waiting job goes (one of): `{"to": "front"}`, `{"before": "<job id>"}` (another
+    waiting job of the same owner and priority), `{"priority": 1-3}` (admins)."""
+
+    to: Literal["front"] | None = None
+    before: LookupId | None = None
+    priority: Priority | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> MoveRequest:
+        if sum(x is not None for x in (self.to, self.before, self.priority)) != 1:
+            raise ValueError("give one of to, before, priority")
+        return self

@@ -39,7 +39,7 @@ from dash_ray.models.status import CANCELLING, FINAL
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
-           "HOOK_CLAIM", "HOOK_SETTLE", "PEEK_READY", "POSITION", "RATE", "REOPEN", "TAKE", "USAGE", "Script",
+           "HOOK_CLAIM", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REOPEN", "TAKE", "USAGE", "Script",
            "ScriptError", "load", "with_bull_add", "with_bull_take"]
 
 
@@ -283,6 +283,7 @@ ADOPT = load("adopt")
 EVENT = load("event")
 FINISH = load("finish")
 CHECKPOINT = load("checkpoint")
+MOVE = load("move")
 # The webhook outbox's (queues/outbox.py).
 HOOK_CLAIM = load("hook_claim")
 HOOK_SETTLE = load("hook_settle")

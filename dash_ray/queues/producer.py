@@ -34,6 +34,7 @@ from dash_ray.models.views import JobView, SubmitResult
 from dash_ray.queues.control import QueueControl
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota, Rate
+from dash_ray.queues.lua import MOVE
 from dash_ray.queues.reader import JobReader
 
 __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "digest", "identify", "refusal"]
@@ -140,6 +141,7 @@ class Producer:
         self.reader = reader
         self.lifecycle = lifecycle
         self.options = options or ProducerOptions()
+        self._move = redis.register_script(MOVE.text())
 
     async def add(
         self,
@@ -238,6 +240,31 @@ class Producer:
                 return await self.reader.get(job_id)
             # It became active in between: cancel it as a running job.
         await self.lifecycle.cancel(job_id)
+        return await self.reader.get(job_id)
+
+    async def move(self, job_id: str, how: str, other: str | int | None = None) -> JobView:
+        """Move a waiting job in its queue (move.lua), in one step: `front` (of the whole queue),
+        `own` (first of its owner's waiting jobs of its priority), `before` (`other`, another of
+        its owner's waiting jobs of that priority), or `priority` (`other`: to the back of it).
+        `own` and `before` only exchange the owner's own places: no other user's job moves.
+        InvalidJobState unless it is waiting; InvalidPayload for an `other` it cannot go before."""
+        view = await self.reader.get(job_id)
+        if view.status != Status.WAITING:
+            raise InvalidJobState(job_id, view.status, "move")
+        k, q = self.keys, view.queue
+        keys, args = MOVE.pack(
+            {"prioritized": k.bull(q, "prioritized"), "wait": k.bull(q, "wait"), "open": k.waiting_count(view.user_id or "_"),
+             "bull_job": k.bull(q, job_id), "pc": k.bull(q, "pc")},
+            {"job_id": job_id, "how": how, "other": "" if other is None else str(other)})
+        reply = await self._move(keys=keys, args=args)
+        code = int(reply[0])
+        if code == 0:
+            raise InvalidJobState(job_id, (await self.reader.get(job_id)).status, "move")
+        if code == -1:
+            raise InvalidPayload(f"before: {other!r} is not a waiting job of the same owner, queue and priority",
+                                 errors=[{"field": "before", "message": "not a waiting job of the same owner and priority"}])
+        if code == -2:
+            raise InvalidJobState(job_id, "waiting", "reorder (a plain BullMQ job of priority 0)")
         return await self.reader.get(job_id)
 
     async def retry(self, job_id: str, quota: Quota | None = None) -> JobView:

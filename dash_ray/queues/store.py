@@ -102,6 +102,10 @@ class JobStore:
         """Cancel: a waiting or delayed job is removed; a running one is told to stop."""
         return await self.producer.cancel(job_id)
 
+    async def move(self, job_id: str, how: str, other: str | int | None = None) -> JobView:
+        """Move a waiting job in its queue (`Producer.move`)."""
+        return await self.producer.move(job_id, how, other)
+
     async def retry(self, job_id: str, quota: Quota | None = None) -> JobView:
         """Run a failed (or cancelled-while-running) job again, with fresh attempts (`Producer.retry`)."""
         return await self.producer.retry(job_id, quota)

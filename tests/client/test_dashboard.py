@@ -133,6 +133,15 @@ def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up
         held = submit(page, "generation")
         time.sleep(3)
         assert page.text_content(f"#jobs tr[data-job='{held}'] .status") == "waiting"
+        # the user puts a later job of theirs first among their waiting ones
+        second = submit(page, "generation")
+        was = page.evaluate("id => window.dash.jobs.get(id).queuePosition", second)
+        page.click(f"#jobs tr[data-job='{second}'] button.front")
+        page.wait_for_function("a => window.dash.jobs.get(a[0]).queuePosition !== a[1]", arg=[second, was],
+                               timeout=10_000)
+        places = page.evaluate("async (ids) => Promise.all(ids.map(async (id) => (await window.dash.api.get(id))"
+                               ".queuePosition))", [second, held])
+        assert places[0] < places[1], places
         # the admin sees every user's jobs, with the user shown, and can narrow them to one user
         admin.reload()
         admin.wait_for_selector(f"#jobs tr[data-job='{held}']")
@@ -147,6 +156,7 @@ def test_cancel_a_running_job_and_an_admin_pause_holds_new_jobs(browser: Any, up
         admin.click("#queues tr[data-queue=generation] button")  # resume
     admin.wait_for_selector("#queues tr[data-queue=generation] .qstate:text('running')")
     wait_status(page, held, "completed", 60)
+    wait_status(page, second, "completed", 60)
     assert page.errors == [] and admin.errors == []
     admin.close()
     page.close()

@@ -59,6 +59,8 @@ export interface RestClient {
   get(id: string): Promise<JobView>;
   cancel(id: string): Promise<JobView>;
   retry(id: string): Promise<JobView>;
+  /** Reorder a waiting job (one of): to the front, before another of yours, or (admins) a new priority. */
+  move(id: string, where: { to: 'front' } | { before: string } | { priority: 1 | 2 | 3 }): Promise<JobView>;
   jobs(filter?: { queue?: string; status?: string; limit?: number; cursor?: string; userId?: string;
     /** Search: text in the prompt, an id prefix, a creation time range (Unix seconds or ISO 8601). */
     q?: string; idPrefix?: string; from?: number | string; to?: number | string }): Promise<JobList>;

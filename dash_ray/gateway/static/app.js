@@ -303,23 +303,29 @@ function render(job, append = false) {
 
 function renderActions(job, tr) {
   const cell = $('.actions', tr);
-  const want = TERMINAL.has(job.status) ? (job.status === 'completed' ? '' : 'retry') : 'cancel';
+  const want = TERMINAL.has(job.status) ? (job.status === 'completed' ? '' : 'retry')
+    : job.status === 'waiting' ? 'front cancel' : 'cancel';
   if (cell.dataset.kind === want) return;
   cell.dataset.kind = want;
   cell.replaceChildren();
-  if (!want) return;
-  const b = document.createElement('button');
-  b.className = `small ${want}`;
-  b.textContent = want === 'cancel' ? 'Cancel' : 'Retry';
-  b.onclick = async () => {
-    try {
-      const v = await (want === 'cancel' ? state.api.cancel(job.id) : state.api.retry(job.id));
-      if (want === 'retry') { state.conn.unsubscribe(job.id); state.started.delete(job.id); state.conn.subscribe(job.id); }
-      Object.assign(job, v);
-      render(job);
-    } catch (e) { showError(e); }
-  };
-  cell.append(b);
+  const admin = (state.claims?.roles || []).includes('admin');
+  for (const kind of want.split(' ').filter(Boolean)) {
+    const b = document.createElement('button');
+    b.className = `small ${kind}`;
+    b.textContent = { cancel: 'Cancel', retry: 'Retry', front: 'To front' }[kind];
+    // an admin's puts it at the front of its queue; a user's, first among their own waiting jobs
+    if (kind === 'front') b.title = admin ? 'Run it next' : 'First among your waiting jobs';
+    b.onclick = async () => {
+      try {
+        const v = await (kind === 'cancel' ? state.api.cancel(job.id) : kind === 'retry' ? state.api.retry(job.id)
+          : state.api.move(job.id, { to: 'front' }));
+        if (kind === 'retry') { state.conn.unsubscribe(job.id); state.started.delete(job.id); state.conn.subscribe(job.id); }
+        Object.assign(job, v);
+        render(job);
+      } catch (e) { showError(e); }
+    };
+    cell.append(b);
+  }
 }
 
 function renderResult(job, tr) {

@@ -284,6 +284,9 @@ export function createClient({ url = '', token, fetch: doFetch = globalThis.fetc
     get: (id) => call('GET', `/v1/jobs/${encodeURIComponent(id)}`),
     cancel: (id) => call('DELETE', `/v1/jobs/${encodeURIComponent(id)}`),
     retry: (id) => call('POST', `/v1/jobs/${encodeURIComponent(id)}/retry`),
+    /** Reorder a waiting job: `{to: 'front'}`, `{before: otherId}` (yours, same priority), or an
+     *  admin's `{priority: 1-3}`. Your jobs only trade places among themselves. */
+    move: (id, where) => call('POST', `/v1/jobs/${encodeURIComponent(id)}/move`, { json: where }),
     /** Your jobs, newest first; search with `q` (prompt text), `idPrefix`, `from` / `to` (creation time). */
     jobs: ({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to } = {}) =>
       call('GET', `/v1/jobs${q({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to })}`),
