@@ -132,6 +132,9 @@ class Settings(_QueueFields):
     max_prefer_wait_s: float = Field(60.0, ge=0, le=600)  # the longest `Prefer: wait=N` a submit may hold
     ws_eta_refresh_s: float = Field(2.0, ge=0)  # a followed waiting job's place and ETA, resent this often (0: off)
     ws_messages_per_s: float = Field(20.0, gt=0)  # client messages a socket may send per second (burst: 2 s)
+    # Repeatable submits (an explicit seed; a lanczos upscale of an upload) answered by the user's
+    # completed run of the same payload, or following its unfinished run (options.cache's default).
+    cache_results: bool = False
     ws_ids_per_s: float = Field(200.0, ge=100)  # job ids a socket may subscribe per second (burst: 2 s)
 
     # --- Storage and retention ---

@@ -60,8 +60,9 @@ class GatewayServices:
         serves, by default the settings' queues)."""
         queues = tuple(queues) if queues is not None else settings.queue_names
         artifacts = ArtifactStore(settings.artifacts_location)
+        registry = ModelRegistry(settings, artifacts)
         if validate is None:
-            validate = ModelRegistry(settings, artifacts).validate
+            validate = registry.validate
         redis = connect(redis_url, name="dash:gateway")
         store = JobStore(
             redis, prefix=settings.key_prefix, keep_completed=settings.keep_completed,
@@ -70,6 +71,7 @@ class GatewayServices:
             user_history_max=settings.user_history_max, queues=queues, validate=validate,
             fair_share=settings.fair_share, user_weights=settings.user_weights,
             start_by_s={q: s for q in queues if (s := getattr(settings, f"{q}_start_by_s", None))},
+            cache_results=settings.cache_results, content=registry.content,
         )
         limiter = SubmitLimiter(redis, store.keys, settings.rate_submit)
         signer = UrlSigner(settings.secret(), settings.artifact_url_ttl_s)

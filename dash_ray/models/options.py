@@ -100,6 +100,10 @@ class JobOptions(RequestModel):
     # Not started by then, the job ends `expired` (never run, not retried): seconds from the submit,
     # or a time (ISO 8601; UTC without a zone). Default: the queue's DASH_<QUEUE>_START_BY_S, if set.
     start_by: Annotated[float | datetime | None, BeforeValidator(_start_by)] = None
+    # A repeatable payload (an explicit seed; a lanczos upscale of an upload) answered by your
+    # completed run of the same one (200, `cached`), or following your unfinished run of it.
+    # Default: the deployment's DASH_CACHE_RESULTS.
+    cache: bool | None = None
 
     def start_by_ms(self, submitted_ms: int, default_s: float | None = None) -> int | None:
         """The deadline to start by, in ms (None: none), for a job submitted at `submitted_ms`."""

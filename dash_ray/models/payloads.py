@@ -111,6 +111,10 @@ class JobPayload(RequestModel):
         """The payload's own job id (jobId, or loraId for training), if given."""
         return getattr(self, self.id_field)
 
+    def repeatable(self) -> bool:
+        """Whether running it again gives the same result (so an earlier run's may answer it)."""
+        return False
+
     def with_ids(self, job_id: str, user_id: str) -> JobPayload:
         """A copy with the job id and user id filled in."""
         return self.model_copy(update={self.id_field: job_id, "user_id": user_id})
@@ -138,6 +142,10 @@ class UpscalingJob(JobPayload):
     scale: Literal[2, 4] = 2
     model: ModelName = "lanczos"
 
+    def repeatable(self) -> bool:
+        """A lanczos resize of an upload (fixed bytes): the same image every time."""
+        return self.model == "lanczos" and self.image_url.startswith(("upload://", "data:"))
+
 
 class GenerationJob(JobPayload):
     """The seed's generation payload: `{jobId, userId, prompt, settings}`."""
@@ -147,6 +155,10 @@ class GenerationJob(JobPayload):
     job_id: JobId | None = None
     prompt: str = Field(min_length=1, max_length=2000)
     settings: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    def repeatable(self) -> bool:
+        """With an explicit seed: the same images every time (on the same model and LoRA)."""
+        return self.settings.seed is not None
 
 
 class SleepJob(JobPayload):
@@ -160,3 +172,7 @@ class SleepJob(JobPayload):
     fail_attempts: int | None = Field(None, ge=0, le=100)
     fail_message: str | None = Field(None, max_length=500)
     crash: Literal["segfault"] | None = None  # the worker process dies mid-job, every attempt
+
+    def repeatable(self) -> bool:
+        """A sleep (the test runner's) is the same every time."""
+        return True

@@ -36,6 +36,19 @@ class JobView(WireModel):
     started_at: float | None = None
     finished_at: float | None = None
     seq: int = 0
+    # `cached`: this answer to a submit is an earlier completed job of the same payload (its id);
+    # `sameAs`: the job follows that unfinished run of its payload and ends as it does.
+    cached: bool | None = None
+    same_as: str | None = None
+
+    def wire(self, **kwargs: Any) -> dict[str, Any]:
+        """The view as a camelCase JSON-able dict; `cached` and `sameAs` only when they say something."""
+        out = super().wire(**kwargs)
+        if self.cached is None:
+            out.pop("cached", None)
+        if self.same_as is None:
+            out.pop("sameAs", None)
+        return out
 
     @property
     def done(self) -> bool:
@@ -55,6 +68,10 @@ class JobList(WireModel):
 
     jobs: list[JobView]
     next_cursor: str | None = None
+
+    def wire(self, **kwargs: Any) -> dict[str, Any]:
+        """The page as a camelCase JSON-able dict (each job as `JobView.wire` has it)."""
+        return {"jobs": [j.wire(**kwargs) for j in self.jobs], "nextCursor": self.next_cursor}
 
 
 class MemoryPeak(WireModel):

@@ -475,6 +475,39 @@ class QueueConsumer:
         await self.redis.zrem(key, *[job_id for job_id, _d in due])
         return n
 
+    async def settle_followers(self, most: int = 100) -> int:
+        """End the jobs that followed a run of their payload (identical submits made while it
+        ran: `options.cache`) as that run ended: completed with its result, or failed, cancelled
+        or expired as it was (a retry of one is a new submit). Its final event queued them
+        (finish.lua); this is safe to run again (a follower ended already stays as it is).
+        Returns how many ended."""
+        key = self.keys.settle(self.name)
+        leaders = [str(x) for x in await self.redis.zrange(key, 0, most - 1)]
+        if not leaders:
+            return 0
+        batch = Batch(self.redis)
+        for leader in leaders:
+            batch.add("hmget", self.keys.job(leader), "status", "result", "error")
+            batch.add("smembers", self.keys.followers(leader))
+        replies = await batch.execute()
+        n = 0
+        for i, leader in enumerate(leaders):
+            (status, result, error), followers = replies[2 * i], replies[2 * i + 1]
+            for follower in sorted(str(f) for f in followers):
+                owner = await self.redis.hget(self.keys.job(follower), "userId")
+                if owner is None:
+                    continue
+                if status == "completed":
+                    event: JobCompletedEvent | JobFailedEvent = JobCompletedEvent(
+                        job_id=follower, queue=self.name, user_id=owner, result=json.loads(result) if result else None)
+                else:
+                    ended = status if status in ("failed", "cancelled", "expired") else "failed"
+                    event = JobFailedEvent(job_id=follower, queue=self.name, user_id=owner, status=ended,
+                                           error=f"the run it followed ({leader}) ended {ended}: {error or ended}")
+                n += bool(await self.lifecycle.finish(event))
+            await Batch(self.redis).add("delete", self.keys.followers(leader)).add("zrem", key, leader).execute()
+        return n
+
     async def backlog(self, ahead_s: float = 0.0) -> int:
         """Jobs ready to run now (waiting + prioritized) and delayed ones (a later start, a retry's
         backoff) due within `ahead_s`; 0 while the queue is paused. One round trip.

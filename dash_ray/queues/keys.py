@@ -125,6 +125,21 @@ class Keys:
         """Sorted set: a queue's jobs with a deadline to start, scored by it (ms); swept by its consumer."""
         return f"{self.ns}startby:{queue}"
 
+    def cache(self, user_id: str, digest: str) -> str:
+        """String: the job that ran a user's repeatable submit of this digest (its result cached
+        while its record lives; an unfinished one: identical submits follow it)."""
+        return f"{self.ns}cache:{user_id}:{digest}"
+
+    def followers(self, job_id: str) -> str:
+        """Set: the jobs that follow this one (identical submits made while it ran: they end as
+        it ends, with its result). Built in Lua too, as `followers_key(id)` (`includes/keys`)."""
+        return f"{self.ns}follow:{job_id}"
+
+    def settle(self, queue: str) -> str:
+        """Sorted set: a queue's jobs that ended with followers to end too (by when, ms); its
+        consumer's upkeep ends them."""
+        return f"{self.ns}settle:{queue}"
+
     def rate(self, user_id: str) -> str:
         """List: the times of a user's last submissions, newest first (their rate's moving window)."""
         return f"{self.ns}rate:{user_id}"

@@ -151,6 +151,8 @@ class Created:
     status: str = ""
     owner: str = ""
     refused: tuple[str, int, int] | None = field(default=None, kw_only=True)
+    follows: str = field(default="", kw_only=True)  # made, following this unfinished run of its payload
+    cached: str = field(default="", kw_only=True)  # not made: this completed job ran its payload
 
     @property
     def created(self) -> bool:
@@ -164,11 +166,17 @@ class Created:
         owner} of the record that holds the id."""
         seq, pos = int(reply[0]), int(reply[1])
         if seq:
-            return cls(seq, pos if pos > 0 else None)
+            return cls(seq, pos if pos > 0 else None, follows=_text(reply[2]) if len(reply) > 2 else "")
+        if pos == -3:
+            return cls(0, None, cached=_text(reply[2]))
         if pos == -2:
             what = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
             return cls(0, None, refused=(what, int(reply[3]), int(reply[4]) if len(reply) > 4 else 0))
         return cls(0, None, *(str(x) for x in reply[2:6]))
+
+
+def _text(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def log_line(event: JobLogEvent) -> str:
@@ -310,14 +318,15 @@ class _Calls:
     def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool,
                hook: tuple[str, list[str]] | None = None,
                fair: tuple[int, float] | None = None, quota: Quota | None = None,
-               size: int = 0, start_by: str = "") -> tuple[list[str], list[Any]]:
+               size: int = 0, start_by: str = "", cache: str = "", data: str = "") -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         user = event.user_id or "_"
         k = self.keys
         keys.update(history=k.user_jobs(user), history_n=k.user_counter(user), wait=k.bull(event.queue, "wait"),
                     prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id),
                     recent=k.recent, recent_n=k.recent_counter, fair=k.fair(event.queue), pc=k.bull(event.queue, "pc"),
-                    usage=k.usage, sizes=k.sizes(user), rate=k.rate(user), start_by=k.start_by(event.queue))
+                    usage=k.usage, sizes=k.sizes(user), rate=k.rate(user), start_by=k.start_by(event.queue),
+                    cache=k.cache(user, cache) if cache else k.cache(user, "-"))
         level, inc = fair if fair else (0, None)
         q = quota or Quota()
         nonce = secrets.token_hex(8)  # this call's: a copy of it sent again is told from other submits
@@ -328,7 +337,7 @@ class _Calls:
                     high="1" if q.high else "", max_high=_limit(q.max_high),
                     rate_limit=_limit(q.rate.limit if q.rate else None),
                     rate_window_ms=q.rate.window_ms if q.rate else 0,
-                    start_by=start_by, nonce=nonce, feed=k.feed)
+                    start_by=start_by, nonce=nonce, feed=k.feed, cache="1" if cache else "", data=data if cache else "")
         extra: dict[str, Any] = {"created": created_ms, "digest": digest, "made": nonce}
         if q.high:
             extra["high"] = 1
@@ -367,7 +376,7 @@ class _Calls:
                duration_s: float | None) -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         keys.update(cancel=self.keys.cancel(event.job_id), durations=self.keys.metrics(event.queue),
-                    bull_job=self.keys.bull(event.queue, event.job_id))
+                    bull_job=self.keys.bull(event.queue, event.job_id), settle=self.keys.settle(event.queue))
         args.update(fields=state_fields(event), now_ms=int(event.ts * 1000), finished_on=guard or "",
                     bucket=duration_bucket(duration_s) if duration_s is not None else "",
                     seconds=round(duration_s or 0.0, 6))
@@ -397,7 +406,7 @@ class Lifecycle:
     async def create(self, event: JobProgressEvent, bull: BullAdd, *, digest: str, created_ms: int,
                      position: bool = True, hook: tuple[str, list[str]] | None = None,
                      fair: tuple[int, float] | None = None, quota: Quota | None = None,
-                     size: int = 0, start_by: str = "") -> Created:
+                     size: int = 0, start_by: str = "", cache: str = "", data: str = "") -> Created:
         """Create a job in one script: BullMQ's add (`bull`, recorded from BullMQ's client) and
         the job's record, history entry and first event; or, when a job with this id has a
         record, change nothing and say whose (`Created.created` False). `hook`: the job's
@@ -406,13 +415,16 @@ class Lifecycle:
         the owner's limits it must fit, `size` its payload's bytes (refused: `Created.refused`,
         nothing written). `start_by`: its deadline to start, ms ('+<ms>': that long after the create,
         on Redis's clock): the record's `startBy`, and its queue's deadlines set, which
-        `QueueConsumer.expire_overdue` sweeps."""
+        `QueueConsumer.expire_overdue` sweeps. `cache`: the digest of a repeatable payload (and
+        `data`, its JSON): the owner's completed run of it answers instead (`Created.cached`),
+        an unfinished one is followed (`Created.follows`)."""
         script: Any = self._creates.get(bull.sha)
         if script is None:
             prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
             text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
             script = self._creates[bull.sha] = self.redis.register_script(text)
-        keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by)
+        keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by,
+                                       cache, data)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
         return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],

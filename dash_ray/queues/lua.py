@@ -35,7 +35,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from dash_ray.models.status import CANCELLING, FINAL
+from dash_ray.models.status import CANCELLING, FINAL, Status
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
@@ -134,14 +134,15 @@ def _final_lua() -> str:
     names = sorted(FINAL)
     assert all(n.isidentifier() for n in names)
     return (f"local FINAL = {{{', '.join(f'{n} = true' for n in names)}}}  -- models/status.py FINAL\n"
-            f"local CANCELLING = '{CANCELLING}'  -- models/status.py CANCELLING\n")
+            f"local CANCELLING = '{CANCELLING}'  -- models/status.py CANCELLING\n"
+            f"local COMPLETED = '{Status.COMPLETED.value}'  -- models/status.py Status.COMPLETED\n")
 
 
 # Key shapes a script builds itself, for ids it reads from a stream or a set (the trim in finish,
 # the scan in adopt_scan, the high-priority count in refusal, the job take found): Lua name -> the `Keys` method.
 _KEY_SHAPES: dict[str, Callable[[Keys, str], str]] = {"job_key": Keys.job, "events_key": Keys.events,
                                                       "kept_key": Keys.kept, "channel_key": Keys.channel,
-                                                      "cancel_key": Keys.cancel}
+                                                      "cancel_key": Keys.cancel, "followers_key": Keys.followers}
 
 
 def _keys_lua() -> str:

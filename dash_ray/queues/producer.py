@@ -5,6 +5,7 @@ and retry. Also BullMQ's options for ours (`bull_opts`), the id and owner rules 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -37,7 +38,8 @@ from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota
 from dash_ray.queues.lua import MOVE
 from dash_ray.queues.reader import JobReader
 
-__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "digest", "identify", "refusal"]
+__all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "cache_digest", "digest", "identify",
+           "refusal"]
 
 MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept within these
 MAX_START_BY_MS = MAX_DELAY_S * 1000  # a deadline to start is at most this far from the submit
@@ -71,6 +73,14 @@ def digest(data: dict[str, Any]) -> tuple[str, int]:
     """A payload's digest (for idempotent adds) and its size in bytes (what it keeps in Redis)."""
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:32], len(raw)
+
+
+def cache_digest(queue: str, payload: JobPayload, content: str = "") -> str:
+    """The identity of a repeatable payload's result: its queue and fields (its id and owner
+    aside) and what its inputs hold (`content`: a LoRA's digest)."""
+    fields = payload.model_dump(mode="json", exclude={"user_id", payload.id_field})
+    raw = json.dumps([queue, fields, content], sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(raw).hexdigest()[:40]
 
 
 def refusal(what: str, limit: int, used: int, rate: Rate | None = None) -> DashError:
@@ -120,6 +130,8 @@ class ProducerOptions:
     user_weights: Mapping[str, float] = field(default_factory=dict)
     validate: Validator | None = None
     start_by_s: Mapping[str, float] = field(default_factory=dict)  # queue -> default deadline to start, s
+    cache_results: bool = False  # repeatable payloads answered by the owner's earlier run (options.cache's default)
+    content: Callable[[JobPayload], str] | None = None  # what a payload's inputs hold (a LoRA's digest), for the cache
 
     def fair(self, priority: int, owner: str, weight: float | None) -> tuple[int, float] | None:
         """(priority, 1 / the owner's weight) to place a job by fair share; None: FIFO. `weight`:
@@ -178,6 +190,16 @@ class Producer:
         # A deadline in seconds is counted from the create, on Redis's clock (as the take reads it).
         within = opts.start_within_ms(o.start_by_s.get(queue))
         start_arg = f"+{within}" if within is not None else "" if start_by is None else str(start_by)
+        cache = ""
+        if opts.cache or (opts.cache is None and o.cache_results):
+            if payload.repeatable():
+                content = await asyncio.to_thread(o.content, payload) if o.content else ""  # (reads a file once)
+                cache = cache_digest(queue, payload, content)
+            elif opts.cache:
+                raise InvalidPayload(
+                    "invalid payload: options.cache: this payload gives another result each run (give "
+                    "settings.seed; an upscale: the lanczos model on an upload)",
+                    errors=[{"field": "options.cache", "message": "the payload is not repeatable"}])
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
                                                   o.finished_ttl_s, start_by))
         status: JobStatus = "delayed" if opts.delay_s else "waiting"
@@ -192,16 +214,21 @@ class Producer:
         made = await self.lifecycle.create(event, recorder.call, digest=dig, created_ms=now_ms,
                                            position=not opts.delay_s, hook=hook,
                                            fair=o.fair(opts.priority, owner, weight), quota=quota, size=size,
-                                           start_by=start_arg)
+                                           start_by=start_arg, cache=cache,
+                                           data=json.dumps(wire, separators=(",", ":")) if cache else "")
         if made.refused:
             raise refusal(*made.refused, rate=quota.rate if quota else None)
+        if made.cached:  # the owner's completed run of this payload answers: nothing was made
+            view = await self.reader.get(made.cached)
+            view.cached = True
+            return SubmitResult(job=view, created=False)
         if not made.created:  # an earlier job holds the id (a client-chosen one), or BullMQ does without a record
             return await self._existing(job_id, queue, dig, owner, made)
         # Made from values checked above (the payload, options, its new event), not validated again.
         view = JobView.model_construct(
             id=job_id, queue=queue, user_id=owner, status=status, message=event.message,
             data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
-            seq=made.seq, queue_position=made.position,
+            seq=made.seq, queue_position=made.position, same_as=made.follows or None,
         )
         return SubmitResult.model_construct(job=view, created=True)
 
@@ -231,6 +258,11 @@ class Producer:
         if is_final(view.status):
             raise InvalidJobState(job_id, view.status, "cancel")
         bq = self.control.queue(view.queue)
+        if view.same_as:  # it follows another's run, with none of its own: it ends alone
+            await self.lifecycle.finish(JobFailedEvent(job_id=job_id, queue=view.queue, user_id=view.user_id,
+                                                       error="cancelled", status=Status.CANCELLED.value))
+            await self.redis.srem(self.keys.followers(view.same_as), job_id)
+            return await self.reader.get(job_id)
         if view.status != Status.ACTIVE:
             removed = await bq.backend.remove(job_id, True)
             if removed:

@@ -52,7 +52,8 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
         state = guess_bull_state(bull, mine)
     status = derive(state, mine, attempts_made, ours.get(CANCELLING))  # "1": being cancelled; "expired"
     # the payload is parsed only when it is shown (or names the owner of a job we adopted)
-    data = json.loads(bull["data"]) if bull.get("data") and (with_data or not ours.get("userId")) else {}
+    raw = bull.get("data") or ours.get("data")  # (a job that follows another's run keeps its payload itself)
+    data = json.loads(raw) if raw and (with_data or not ours.get("userId")) else {}
     opts = json.loads(bull["opts"]) if bull.get("opts") else {}
     result: Any = None
     if ours.get("result"):
@@ -82,6 +83,7 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
         started_at=(_f(bull.get("processedOn")) or 0) / 1000 or _f(ours.get("started")),
         finished_at=(_f(bull.get("finishedOn")) or 0) / 1000 or _f(ours.get("finished")),
         seq=int(ours.get("seq") or 0),
+        same_as=ours.get("follows") or None,
     )
 
 

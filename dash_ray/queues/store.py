@@ -13,7 +13,7 @@ together the parts that own each concern and answers the common calls itself:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -59,6 +59,8 @@ class JobStore:
         fair_share: bool = True,
         user_weights: Mapping[str, float] | None = None,
         start_by_s: Mapping[str, float] | None = None,
+        cache_results: bool = False,
+        content: Callable[[JobPayload], str] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
@@ -73,7 +75,7 @@ class JobStore:
         self.producer = Producer(redis, self.keys, self.control, self.reader, self.lifecycle, ProducerOptions(
             keep_completed=keep_completed, keep_failed=keep_failed, finished_ttl_s=finished_ttl_s,
             default_attempts=default_attempts, fair_share=fair_share, user_weights=dict(user_weights or {}),
-            validate=validate, start_by_s=dict(start_by_s or {}),
+            validate=validate, start_by_s=dict(start_by_s or {}), cache_results=cache_results, content=content,
         ))
 
     async def aclose(self) -> None:

@@ -274,6 +274,7 @@ class Dispatcher:
         if self.arbiter.arb.peers:
             await self.arbiter.arbitrate(backlog, self.handoff.active)
         await self.consumer.expire_overdue()  # waiting jobs past their deadline to start: `expired`
+        await self.consumer.settle_followers()  # identical submits that followed a run that ended
 
     # ------------------------------------------------------------------ lifecycle
     async def drain(self, timeout_s: float, interrupt_s: float = 15.0) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import re
@@ -24,6 +25,7 @@ class ArtifactStore:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self._digests: dict[tuple[str, Any, str], str] = {}  # (path, size, mtime) -> SHA-256
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in (self.fs.protocol or ())
         if self.local:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -67,6 +69,23 @@ class ArtifactStore:
     def open(self, rel: str) -> IO[Any]:
         """Open a file for reading (binary)."""
         return self.fs.open(self._full(rel), "rb")
+
+    def digest(self, rel: str) -> str:
+        """A file's SHA-256 (hex); remembered while its size and modification time stay the same,
+        so a file read once is not read again until it changes."""
+        info = self.fs.info(self._full(rel))
+        stamp = (rel, info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("created")))
+        found = self._digests.get(stamp)
+        if found is None:
+            h = hashlib.sha256()
+            with self.open(rel) as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            found = h.hexdigest()
+            if len(self._digests) >= 256:
+                self._digests.pop(next(iter(self._digests)))
+            self._digests[stamp] = found
+        return found
 
     def local_path(self, rel: str) -> str:
         """Where a file lives (a path for local storage, a URL otherwise)."""

@@ -85,6 +85,14 @@ class ModelRegistry:
                 errors=[{"field": field, "message": f"{shown!r} is a model of another kind ({found})"}],
             )
 
+    def content(self, payload: JobPayload) -> str:
+        """What a payload's inputs hold beyond its fields, for the result cache: its LoRA's
+        digest ('' for none)."""
+        if isinstance(payload, GenerationJob) and payload.settings.lora_id and payload.user_id and self.artifacts:
+            path = lora_path(payload.user_id, payload.settings.lora_id)
+            return self.artifacts.digest(path) if self.artifacts.exists(path) else ""
+        return ""
+
     def validate(self, payload: JobPayload) -> None:
         """Raise InvalidPayload (422) for an unknown model or a LoRA that was not trained."""
         if isinstance(payload, GenerationJob):

@@ -106,6 +106,33 @@ def test_sync_client_generate_upscale_train_and_generate_with_the_lora(live: dic
         assert html.count("data:image/png;base64") == 2 and "completed" in html
 
 
+def test_a_cached_resubmit_never_reaches_a_worker_and_identical_submits_run_once(live: dict[str, Any]) -> None:
+    """`options.cache` on real workers (tiny model): a second identical submit made while the
+    first runs follows it (its own id and events; never started by a worker) and ends with the
+    same images; a third, after, is answered at once by the first, completed."""
+    token = live["token"]("cache-user")
+    settings = {**GEN, "seed": 1234, "steps": 40}
+    with Client(live["base"], token) as c:
+        first = c.submit_generation("a cached heron", settings=settings, options={"cache": True})
+        second = c.submit_generation("a cached heron", settings=settings, options={"cache": True})
+        assert second.id != first.id and second.view.same_as == first.id  # one run, two jobs
+        done = first.wait(timeout=120)
+        follower = second.wait(timeout=60)
+        assert done.status == follower.status == "completed"
+        assert follower.started_at is None  # no worker ever took it
+
+        def paths(view: Any) -> list[str]:
+            return [u.split("?")[0] for u in view.result["images"]]
+
+        assert paths(follower) == paths(done)
+        t0 = time.monotonic()
+        third = c.submit_generation("a cached heron", settings=settings, options={"cache": True})
+        answered_s = time.monotonic() - t0
+        assert third.id == first.id and third.view.cached is True and third.view.status == "completed"
+        assert paths(third.view) == paths(done)
+    print(f"a cached resubmit was answered in {answered_s * 1000:.1f} ms")
+
+
 def test_sync_client_history_queues_cancel_retry_watch_and_wait_all(live: dict[str, Any]) -> None:
     with client_for(live) as c:
         handles = [c.submit("sleep", {"durationS": 0.2, "steps": 4}) for _ in range(5)]

@@ -47,10 +47,11 @@ def test_every_file_is_a_script_or_a_used_include() -> None:
 def test_the_python_api_of_the_scripts_is_unchanged() -> None:
     assert lua.CHECKPOINT.keys == ("job", "lock", "yield") and lua.CHECKPOINT.args == ("token", "path")
     assert lua.FINISH.keys == ("job", "events", "finished", "open", "cancel", "durations", "bull_job", "hooks",
-                               "hook_bodies", "kept")
+                               "hook_bodies", "kept", "settle")
     assert lua.FINISH.args == ("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds")
-    assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-5:] == ("usage", "sizes", "kept", "rate", "start_by")
-    assert len(lua.CREATE.keys) == 20 and len(lua.CREATE.args) == 20 and lua.CREATE.args[-1] == "feed"
+    assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-6:] == ("usage", "sizes", "kept", "rate", "start_by",
+                                                                               "cache")
+    assert len(lua.CREATE.keys) == 21 and lua.CREATE.args[-3:] == ("feed", "cache", "data")
     assert lua.RATE.keys == ("rate",) and lua.RATE.args == ("rate_limit", "rate_window_ms", "now_ms")
     keys, args = lua.CHECKPOINT.pack({"yield": "y", "job": "j", "lock": "l"}, {"path": "p", "token": "t"})
     assert (keys, args) == (["j", "l", "y"], ["t", "p"])

@@ -26,6 +26,7 @@
     KEYS[18] kept         its owner's job -> when its records expire
     KEYS[19] rate         its owner's submission times (the rate limit's window)
     KEYS[20] start_by     its queue's jobs with a deadline to start, by deadline (ms)
+    KEYS[21] cache        its owner's job of this repeatable payload (used only with ARGV cache)
 
     ARGV[1]  channel      its live channel
     ARGV[2]  frame        the `waiting` / `delayed` event, without its closing brace
@@ -53,6 +54,10 @@
                           connection) from any other submit of the id
     ARGV[20] feed         the channel every new job's first event is also published on (the
                           sockets' `scope: mine` feed)
+    ARGV[21] cache        '1': a repeatable submit that may be answered by the same user's run of
+                          the same payload (KEYS cache): completed, it answers at once; unfinished,
+                          this job follows it (no run of its own: it ends as that one ends)
+    ARGV[22] data         the payload's JSON, kept in the record of a job that follows another
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -62,7 +67,11 @@
                              its record expired first)
     {0, -2, what, limit[, used]}: refused by its owner's limits; nothing written
     {0, -2, 'rate', limit, ms}: over its owner's submission rate; a place frees in ms
+    {0, -3, id}: the owner's completed job `id` ran this payload: nothing made (cached)
+    {seq, -1, id}: created, following the owner's unfinished job `id` (not added to BullMQ)
 ]]
+--- @include "includes/keys"
+--- @include "includes/final"
 --- @include "includes/emit"
 --- @include "includes/queue_position"
 --- @include "includes/refusal"
@@ -122,18 +131,37 @@ if wait_ms then return {0, -2, 'rate', A_rate_limit, wait_ms} end
 -- or started by a take before its adoption), which must not pass to a new owner with its events.
 if cur[1] or cur[2] then return {0, -1, cur[1] or '', cur[2] or '', cur[3] or '', cur[4] or ''} end
 if redis.call('EXISTS', K_bull_job) == 1 then return {0, -1, '', '', '', ''} end
+-- A repeatable payload the owner ran before: its result, or (still running) its run to follow.
+local leader
+if A_cache ~= '' then
+  local hit = redis.call('GET', K_cache)
+  if hit and hit ~= A_job_id then
+    local was = redis.call('HMGET', job_key(hit), 'status', 'userId')
+    if was[2] == A_user and was[1] == COMPLETED then return {0, -3, hit} end
+    if was[2] == A_user and was[1] and not FINAL[was[1]] then leader = hit end
+  end
+end
 -- The owner's limits, checked and taken here, in the script that creates the job: concurrent
 -- submits cannot both pass a check that only one of them fits.
 local refused = refusal(A_high == '1', true)
 if refused then return refused end
-local added = bull_add()
-if type(added) == 'number' and added < 0 then
-  return redis.error_reply('BullMQ refused job ' .. A_job_id .. ': code ' .. added)
+if leader then  -- no run of its own: its record, events and history, ended with its leader's
+  redis.call('SADD', followers_key(leader), A_job_id)
+  redis.call('HSET', K_job, 'follows', leader, 'data', A_data)
+else
+  local added = bull_add()
+  if type(added) == 'number' and added < 0 then
+    return redis.error_reply('BullMQ refused job ' .. A_job_id .. ': code ' .. added)
+  end
+  if A_fair_inc ~= '' and redis.call('ZSCORE', K_prioritized, A_job_id) then fair_share() end
+  if A_cache ~= '' then  -- identical submits follow it until it ends; then, completed, answer with it
+    redis.call('SET', K_cache, A_job_id)
+    redis.call('HSET', K_job, 'cacheKey', K_cache)
+  end
 end
-if A_fair_inc ~= '' and redis.call('ZSCORE', K_prioritized, A_job_id) then fair_share() end
 charge()
 redis.call('ZADD', K_kept, 'inf', A_job_id)  -- kept until it is final and its records expire
-if A_start_by ~= '' then
+if A_start_by ~= '' and not leader then
   local start_by = A_start_by
   if string.sub(start_by, 1, 1) == '+' then
     local t = redis.call('TIME')
@@ -146,7 +174,8 @@ append_capped(K_history, K_history_n, A_job_id, HISTORY_MAX)
 append_capped(K_recent, K_recent_n, A_job_id, RECENT_MAX)
 live_again()
 local pos = -1
-if A_position == '1' then pos = queue_position(K_wait, K_prioritized, A_job_id) end
+if A_position == '1' and not leader then pos = queue_position(K_wait, K_prioritized, A_job_id) end
 local seq = emit(pos)
 redis.call('PUBLISH', A_feed, emitted)
+if leader then return {seq, -1, leader} end
 return {seq, pos}

@@ -16,6 +16,7 @@
     KEYS[8]  hooks        the webhook outbox: deliveries due
     KEYS[9]  hook_bodies  the webhook outbox: their bodies
     KEYS[10] kept         its owner's job -> when its records expire
+    KEYS[11] settle       its queue's ended jobs whose followers are to end too
 
     ARGV[1] channel       its live channel
     ARGV[2] frame         the event, without its closing brace
@@ -36,8 +37,19 @@ if A_finished_on ~= '' and redis.call('HGET', K_bull_job, 'finishedOn') ~= A_fin
   return {0}
 end
 redis.call('HDEL', K_job, CANCELLING)  -- the final status is (or was) written: the marker's work is done
-if FINAL[redis.call('HGET', K_job, 'status')] then return {0} end
+local was = redis.call('HMGET', K_job, 'status', 'cacheKey')
+if FINAL[was[1]] then return {0} end
 local seq = emit(-1)
+if was[2] then  -- a repeatable payload's run: its result is the cache's while its record lives
+  if redis.call('HGET', K_job, 'status') == COMPLETED then
+    redis.call('SET', was[2], A_job_id, 'EX', TTL)
+  elseif redis.call('GET', was[2]) == A_job_id then
+    redis.call('DEL', was[2])
+  end
+  if redis.call('EXISTS', followers_key(A_job_id)) == 1 then  -- they end as it did (the consumer's upkeep)
+    redis.call('ZADD', K_settle, A_now_ms, A_job_id)
+  end
+end
 if A_bucket ~= '' then
   redis.call('HINCRBY', K_durations, A_bucket, 1)
   redis.call('HINCRBYFLOAT', K_durations, 'sum', A_seconds)
