@@ -19,6 +19,7 @@ __all__ = [
     "JobPreempted",
     "QuotaExceeded",
     "RateLimited",
+    "ScheduleNotFound",
     "Unauthorized",
     "Unavailable",
     "UnknownQueue",
@@ -75,6 +76,14 @@ class JobNotFound(DashError):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} not found", jobId=job_id)
         self.job_id = job_id
+
+
+class ScheduleNotFound(JobNotFound):
+    """The caller has no schedule of this name."""
+
+    def __init__(self, name: str) -> None:
+        DashError.__init__(self, f"schedule {name!r} not found", name=name)
+        self.job_id = name
 
 
 class JobConflict(DashError):

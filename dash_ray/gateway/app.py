@@ -45,6 +45,7 @@ from dash_ray.gateway.deps import (
     caller_or_query,
 )
 from dash_ray.gateway.metrics import render
+from dash_ray.gateway.schedules import router as schedules_router
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.streams import prefer_wait_s, wait_final
 from dash_ray.gateway.streams import router as streams_router
@@ -622,6 +623,7 @@ def create_app(services: GatewayServices, *, max_body_bytes: int | None = None) 
     app.include_router(submits)  # before `router`, whose /v1/jobs/{queue} answers the rest
     app.include_router(router)
     app.include_router(streams_router)
+    app.include_router(schedules_router)
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:

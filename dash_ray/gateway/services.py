@@ -22,6 +22,7 @@ from dash_ray.gateway.webhooks import WebhookSender
 from dash_ray.models.payloads import JobPayload
 from dash_ray.queues import EventHub, Feed, JobStore, connect
 from dash_ray.queues.accounts import Accounts, SubmitLimiter
+from dash_ray.queues.schedules import Schedules
 from dash_ray.services import ArtifactStore, ModelRegistry
 
 __all__ = ["GatewayServices"]
@@ -48,10 +49,15 @@ class GatewayServices:
     started: bool = False
     accounts: Accounts = field(init=False)  # tickets, upload bytes, health: on `redis`, by the store's keys
     feed: Feed = field(init=False)  # new jobs' first events, by owner (the sockets' `scope` feeds)
+    schedules: Schedules = field(init=False)  # recurring jobs (BullMQ's job schedulers)
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.redis, self.store.keys)
         self.feed = Feed(self.hub, self.store.keys.feed)
+        o = self.store.producer.options
+        self.schedules = Schedules(self.redis, self.store.keys, self.store.control, keep_completed=o.keep_completed,
+                                   keep_failed=o.keep_failed, keep_s=o.finished_ttl_s,
+                                   default_attempts=o.default_attempts)
 
     @classmethod
     def create(cls, settings: Settings, redis_url: str, *, queues: Iterable[str] | None = None,

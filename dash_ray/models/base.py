@@ -70,9 +70,14 @@ BULLMQ_RESERVED = frozenset({
 })
 
 
+# The id BullMQ gives a job a job scheduler makes: `repeat:{scheduler id}:{its time, ms}` (the only
+# shape with ':' that names a job: others would name a key beside a job's, e.g. its lock or logs).
+_SCHEDULED_ID = re.compile(r"^repeat:[A-Za-z0-9][A-Za-z0-9_.@\-]{0,150}:\d{1,16}$")
+
+
 def is_lookup_id(value: str) -> bool:
-    """True if `value` can name an existing job (ours, or BullMQ's numeric ids)."""
-    return bool(_ID.fullmatch(value)) and value not in BULLMQ_RESERVED
+    """True if `value` can name an existing job (ours, BullMQ's numeric ids, a job scheduler's)."""
+    return (bool(_ID.fullmatch(value)) and value not in BULLMQ_RESERVED) or bool(_SCHEDULED_ID.fullmatch(value))
 
 
 def _lookup_id(value: str) -> str:
@@ -88,5 +93,5 @@ def _user_id(value: str) -> str:
 
 
 JobId = Annotated[str, AfterValidator(_job_id), Field(min_length=1, max_length=128)]
-LookupId = Annotated[str, AfterValidator(_lookup_id), Field(min_length=1, max_length=128)]
+LookupId = Annotated[str, AfterValidator(_lookup_id), Field(min_length=1, max_length=200)]
 UserId = Annotated[str, AfterValidator(_user_id), Field(min_length=1, max_length=128)]

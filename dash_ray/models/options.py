@@ -18,7 +18,8 @@ from pydantic import (
 
 from dash_ray.models.base import JobId, LookupId, RequestModel
 
-__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "JobOptions", "MoveRequest", "Priority", "Webhook"]
+__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "JobOptions", "MoveRequest", "Priority", "ScheduleOptions",
+           "ScheduleRequest", "Webhook"]
 
 Priority = Literal[1, 2, 3]
 MAX_DELAY_S = 30 * 24 * 3600
@@ -135,3 +136,47 @@ class MoveRequest(RequestModel):
         if sum(x is not None for x in (self.to, self.before, self.priority)) != 1:
             raise ValueError("give one of to, before, priority")
         return self
+
+
+ScheduleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")]
+
+
+class ScheduleOptions(RequestModel):
+    """The options each job a schedule makes is queued with (a subset of JobOptions')."""
+
+    priority: Priority = 2
+    attempts: int | None = Field(None, ge=1, le=100)
+    backoff: Backoff = Field(default_factory=Backoff)
+    timeout_s: float | None = Field(None, ge=1, le=7 * 24 * 3600)
+
+
+class ScheduleRequest(RequestModel):
+    """A recurring job (BullMQ's job scheduler): `every` N seconds or on a `cron` pattern (in `tz`),
+    until `endAt` or `limit` runs, each run a job of `payload` on `queue`. A name is the user's:
+    posting it again replaces the schedule."""
+
+    name: ScheduleName
+    queue: str = Field(min_length=1, max_length=64)
+    every: float | None = Field(None, gt=0, le=366 * 24 * 3600)
+    cron: str | None = Field(None, min_length=9, max_length=120)
+    tz: str | None = Field(None, min_length=1, max_length=64)
+    end_at: Annotated[float | datetime | None, BeforeValidator(_start_by)] = None
+    limit: int | None = Field(None, ge=1, le=10_000_000)
+    payload: dict[str, object]
+    options: ScheduleOptions = Field(default_factory=ScheduleOptions)
+
+    @model_validator(mode="after")
+    def _one_rhythm(self) -> ScheduleRequest:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give one of every (seconds) or cron (a pattern)")
+        if self.tz is not None and self.cron is None:
+            raise ValueError("tz goes with cron")
+        return self
+
+    def end_ms(self, now_ms: int) -> int | None:
+        """When the schedule ends, ms (a number is seconds from now), or None."""
+        if self.end_at is None:
+            return None
+        if isinstance(self.end_at, datetime):
+            return int(self.end_at.timestamp() * 1000)
+        return now_ms + int(self.end_at * 1000)

@@ -9,7 +9,7 @@ from pydantic import Field
 from dash_ray.models.base import WireModel
 from dash_ray.models.status import JobStatus, is_final
 
-__all__ = ["Allowance", "JobList", "JobView", "QueueView", "SubmitResult", "UsageView"]
+__all__ = ["Allowance", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult", "UsageView"]
 
 
 class JobView(WireModel):
@@ -115,3 +115,22 @@ class UsageView(WireModel):
     sockets: Allowance
     streams: Allowance
     submit_rate: str
+
+
+class ScheduleView(WireModel):
+    """A recurring job: its name (the user's), the scheduler's id in BullMQ (`{user}.{name}`), its
+    rhythm (`every` seconds or `cron` in `tz`), its end, the runs made, the next run's time (Unix
+    seconds) and the payload each run gets."""
+
+    id: str
+    name: str
+    queue: str
+    user_id: str | None = None
+    every: float | None = None
+    cron: str | None = None
+    tz: str | None = None
+    end_at: float | None = None
+    limit: int | None = None
+    runs: int = 0
+    next_at: float | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)

@@ -11,6 +11,7 @@ stalled checks, presence), `board` (queues/board.py: capacity and yield flags) a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -127,6 +128,7 @@ class QueueConsumer:
         self.board = CapacityBoard(redis, queue, lifecycle.keys)
         self.adoption = Adoption(redis, queue, lifecycle)
         self.held = self.locks.held  # job id -> ActiveJob: the attempts whose locks we hold
+        self._iterations: set[asyncio.Task[None]] = set()  # job schedulers' next runs being made
         self._next_delayed_ms = 0.0
         self._peek: Any = redis.register_script(PEEK_READY)  # called with a Batch as its client
         # TAKE: moveToActive at Redis's clock, and the taken job's `active` event (see take.lua)
@@ -164,7 +166,20 @@ class QueueConsumer:
             start_by_ms=int(bull.opts["startBy"]) if isinstance(bull.opts.get("startBy"), int | float) else None,
         )
         self.held[job.id] = job
+        if bull.repeatJobKey:  # a job scheduler's: its next run is made as this one starts (as BullMQ's workers do)
+            task = asyncio.ensure_future(self._next_iteration(bull))
+            self._iterations.add(task)
+            task.add_done_callback(self._iterations.discard)
         return job
+
+    async def _next_iteration(self, bull: BullJob) -> None:
+        """Make the next job of the job scheduler that made `bull` (`upsertJobScheduler` with
+        override off, as BullMQ's own workers call it; a scheduler removed meanwhile makes none)."""
+        try:
+            await self.queue.upsertJobScheduler(bull.repeatJobKey, (bull.opts or {}).get("repeat") or {}, bull.name,
+                                                bull.data, bull.opts, override=False, producer_id=bull.id)
+        except Exception as exc:
+            log.warning("%s: could not schedule the run after %s (%s)", self.name, bull.id, exc)
 
     async def take(self, block_s: float = 0.0, up_to: int = 1) -> list[ActiveJob]:
         """Lock the next job (priority, then FIFO; due delayed jobs promoted), waiting up to

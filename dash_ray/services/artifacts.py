@@ -10,9 +10,15 @@ from typing import IO, Any
 
 import fsspec
 
-__all__ = ["ArtifactStore", "InvalidArtifactPath"]
+__all__ = ["ArtifactStore", "InvalidArtifactPath", "job_dir"]
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,199}$")
+
+
+def job_dir(user_id: str, job_id: str) -> str:
+    """The folder of a job's result files: `user/job` (a job scheduler's job `repeat:s:t` in
+    `repeat@s@t`: ':' is no path segment's, and no other job id holds '@')."""
+    return f"{user_id}/{job_id.replace(':', '@')}"
 
 
 class InvalidArtifactPath(ValueError):

@@ -18,6 +18,7 @@ from dash_ray.errors import JobCancelled, WorkerError
 from dash_ray.models.payloads import GenerationJob, GenerationSettings
 from dash_ray.models.queues import generation_batch_key
 from dash_ray.runners import JobContext, Reporter
+from dash_ray.services.artifacts import job_dir
 from dash_ray.services.registry import lora_path
 from dash_ray.workers.adapters import AdapterCache, AdapterKey, file_version
 from dash_ray.workers.base import TorchRunner
@@ -238,7 +239,7 @@ class GenerationRunner(TorchRunner):
             urls = []
             try:  # one job's files failing to be written fails that job only
                 for k, img in enumerate(images[j.row:j.row + j.rows]):
-                    rel = self.artifacts.put(f"{j.payload.user_id}/{j.ctx.id}/image-{k}.png", png_bytes(img))
+                    rel = self.artifacts.put(f"{job_dir(str(j.payload.user_id), j.ctx.id)}/image-{k}.png", png_bytes(img))
                     urls.append(self.artifacts.url_for(rel))
             except Exception as exc:
                 exc.__traceback__ = None

@@ -8,6 +8,7 @@ from typing import Any
 from dash_ray.errors import WorkerError
 from dash_ray.models.payloads import UpscalingJob
 from dash_ray.runners import JobContext, Reporter
+from dash_ray.services.artifacts import job_dir
 from dash_ray.workers.base import TorchRunner
 from dash_ray.workers.images import load_image, png_bytes
 
@@ -39,7 +40,7 @@ class UpscalingRunner(TorchRunner):
             out = self._diffusion(p, img, reporter)
             if out.size != target:
                 out = out.resize(target, Image.Resampling.LANCZOS)
-        rel = self.artifacts.put(f"{p.user_id}/{job.id}/upscaled.png", png_bytes(out))
+        rel = self.artifacts.put(f"{job_dir(str(p.user_id), job.id)}/upscaled.png", png_bytes(out))
         reporter.progress(100, f"upscaled to {out.size[0]}x{out.size[1]}")
         return {"image": self.artifacts.url_for(rel), "width": out.size[0], "height": out.size[1],
                 "scale": p.scale, "model": p.model, "timings": {"total_s": round(time.perf_counter() - t0, 4)}}
