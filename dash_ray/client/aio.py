@@ -45,7 +45,7 @@ from dash_ray.models.events import (
 from dash_ray.models.images import is_image_url, sniff_image
 from dash_ray.models.queues import QUEUE_TABLE
 from dash_ray.models.status import FINAL_EVENT_TYPES, is_failure
-from dash_ray.models.views import JobList, JobView, QueueView, UsageView
+from dash_ray.models.views import JobList, JobView, QueueView, ScheduleView, UsageView
 
 __all__ = ["AsyncClient", "AsyncJobHandle", "Event", "image_ref"]
 
@@ -268,6 +268,29 @@ class AsyncClient:
         jobs only trade places among themselves, never ahead of another user's."""
         body = {k: v for k, v in (("to", to), ("before", before), ("priority", priority)) if v is not None}
         return JobView.model_validate(await self.request("POST", f"/v1/jobs/{job_id}/move", json_body=body))
+
+    async def schedule(self, name: str, queue: str, payload: dict[str, Any], *, every: float | None = None,
+                       cron: str | None = None, tz: str | None = None, end_at: float | str | None = None,
+                       limit: int | None = None, options: dict[str, Any] | None = None) -> ScheduleView:
+        """Run a job of `payload` on `queue` again and again: `every` N seconds, or on a `cron`
+        pattern (in `tz`), until `end_at` or `limit` runs. Each run is one of your jobs (in your
+        history, with its own events). The same `name` again replaces the schedule."""
+        body: dict[str, Any] = {"name": name, "queue": queue, "payload": payload}
+        for key, value in (("every", every), ("cron", cron), ("tz", tz), ("endAt", end_at), ("limit", limit),
+                           ("options", options)):
+            if value is not None:
+                body[key] = value
+        return ScheduleView.model_validate(await self.request("POST", "/v1/schedules", json_body=body))
+
+    async def schedules(self, user_id: str | None = None) -> list[ScheduleView]:
+        """Your schedules, soonest next run first (admins: `user_id`, or "*" for all)."""
+        return [ScheduleView.model_validate(v) for v in await self.request("GET", "/v1/schedules",
+                                                                         params={"userId": user_id})]
+
+    async def unschedule(self, name: str, user_id: str | None = None) -> ScheduleView:
+        """Stop one of your schedules (its waiting run goes; a running one ends as it would)."""
+        return ScheduleView.model_validate(await self.request("DELETE", f"/v1/schedules/{name}",
+                                                              params={"userId": user_id}))
 
     async def jobs(self, queue: str | None = None, status: str | None = None, limit: int | None = None, *,
                    page_size: int = 50, user_id: str | None = None, text: str | None = None,

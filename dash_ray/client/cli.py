@@ -8,8 +8,10 @@ failed or was cancelled, 2 the server refused the request (or could not be reach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import time
 from typing import Any
 
 from dash_ray.models.images import is_image_url
@@ -162,6 +164,35 @@ def cmd_queues(_settings_obj: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule_line(v: Any) -> str:
+    rhythm = f"every {v.every:g}s" if v.every else f"cron '{v.cron}'" + (f" {v.tz}" if v.tz else "")
+    nxt = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.next_at)) if v.next_at else "-"
+    return f"{v.name:<20} {v.queue:<11} {rhythm:<24} runs {v.runs:<6} next {nxt}"
+
+
+def cmd_schedule(_settings_obj: Any, args: argparse.Namespace) -> int:
+    """Add (or replace) a schedule, list them, or remove one."""
+    with _client(args) as c:
+        if args.action == "add":
+            if (args.every is None) == (args.cron is None):
+                raise SystemExit("dash-ray schedule add: give one of --every SECONDS or --cron PATTERN")
+            payload = _settings(args.set, **(json.loads(args.data) if args.data else {}))
+            options = {"priority": args.priority} if args.priority else None
+            end_at: float | str | None = args.end_at
+            with contextlib.suppress(ValueError):  # (else an ISO 8601 time)
+                end_at = float(args.end_at) if args.end_at is not None else None  # seconds from now
+            v = c.schedule(args.name, args.queue, payload, every=args.every, cron=args.cron, tz=args.tz,
+                           end_at=end_at, limit=args.limit, options=options)
+            _print(args, v.wire(), _schedule_line(v))
+        elif args.action == "rm":
+            v = c.unschedule(args.name)
+            _print(args, v.wire(), f"removed {v.name}")
+        else:
+            views = c.schedules()
+            _print(args, [v.wire() for v in views], "\n".join(_schedule_line(v) for v in views) or "no schedules")
+    return 0
+
+
 def cmd_download(_settings_obj: Any, args: argparse.Namespace) -> int:
     """Save a job's result files (waits for the job)."""
     with _client(args) as c:
@@ -236,6 +267,24 @@ def add_client_commands(sub: Any, run: Any) -> None:
     jobs.set_defaults(fn=run(cmd_jobs))
     queues_p = sub.add_parser("queues", parents=[common], help="the queues and their counts")
     queues_p.set_defaults(fn=run(cmd_queues))
+    sched = sub.add_parser("schedule", help="recurring jobs: add, ls, rm")
+    actions = sched.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", parents=[common], help="run a job every N seconds or on a cron pattern")
+    add.add_argument("name", help="your name for it (letters, digits, '_', '-'); the same name replaces it")
+    add.add_argument("queue")
+    add.add_argument("--data", help="the payload as JSON (camelCase fields), e.g. '{\"prompt\": \"a fox\"}'")
+    add.add_argument("--set", action="append", metavar="KEY=VALUE", help="a payload field (JSON values)")
+    add.add_argument("--every", type=float, help="seconds between runs")
+    add.add_argument("--cron", help="a cron pattern (5 fields, or 6 with seconds first)")
+    add.add_argument("--tz", help="the cron pattern's time zone (e.g. Europe/Paris)")
+    add.add_argument("--end-at", help="when it stops (ISO 8601, or seconds from now)")
+    add.add_argument("--limit", type=int, help="at most this many runs")
+    add.add_argument("--priority", type=int, choices=(1, 2, 3))
+    ls = actions.add_parser("ls", parents=[common], help="your schedules")
+    rm = actions.add_parser("rm", parents=[common], help="stop a schedule")
+    rm.add_argument("name")
+    for p in (add, ls, rm):
+        p.set_defaults(fn=run(cmd_schedule))
     dl = sub.add_parser("download", parents=[common], help="save a job's result files in DIR")
     dl.add_argument("job_id")
     dl.add_argument("dir")

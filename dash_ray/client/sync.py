@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from dash_ray.client.aio import AsyncClient, AsyncJobHandle, Event
 from dash_ray.models.status import Status
-from dash_ray.models.views import JobView, QueueView, UsageView
+from dash_ray.models.views import JobView, QueueView, ScheduleView, UsageView
 
 __all__ = ["Client", "JobHandle"]
 
@@ -135,6 +135,18 @@ class Client:
     def retry(self, job_id: str) -> JobView:
         """Run a failed or cancelled job again."""
         return self._loop.run(self.aio.retry(job_id))
+
+    def schedule(self, name: str, queue: str, payload: dict[str, Any], **kwargs: Any) -> ScheduleView:
+        """A recurring job: `every=` seconds or `cron=`; see AsyncClient.schedule."""
+        return self._loop.run(self.aio.schedule(name, queue, payload, **kwargs))
+
+    def schedules(self, user_id: str | None = None) -> list[ScheduleView]:
+        """Your schedules, soonest next run first."""
+        return self._loop.run(self.aio.schedules(user_id))
+
+    def unschedule(self, name: str, user_id: str | None = None) -> ScheduleView:
+        """Stop one of your schedules."""
+        return self._loop.run(self.aio.unschedule(name, user_id))
 
     def move(self, job_id: str, **where: Any) -> JobView:
         """Reorder a waiting job: `to="front"`, `before=`, `priority=` (see AsyncClient.move)."""

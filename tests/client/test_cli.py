@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import pty
@@ -130,3 +131,31 @@ def test_watch_draws_progress_bars_in_a_terminal(up: dict[str, Any]) -> None:
     assert "100%|" in text and "\u2588" in text, text[-2000:]  # a full bar, drawn with block characters
     assert all(job_id[:12] in text for job_id in submitted)
     assert "\r" in text or "\x1b[" in text  # redrawn in place, as in a terminal
+
+
+def test_a_schedule_from_the_cli_runs_every_2_s_on_ray_and_stops_when_removed(up: dict[str, Any]) -> None:
+    from dash_ray.client import Client
+
+    added = dash(up, "schedule", "add", "tick", "sleep", "--data", '{"durationS": 0.05}', "--every", "2", "--json")
+    assert added.returncode == 0, added.stderr
+    assert json.loads(added.stdout)["id"] == "tester.tick"
+
+    def runs(c: Any) -> list[Any]:
+        return [j for j in c.jobs(queue="sleep", limit=50) if j.id.startswith("repeat:tester.tick:")]
+
+    with Client(up["base"], up["token"]) as c:
+        deadline = time.monotonic() + 60
+        while len([j for j in runs(c) if j.status == "completed"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)  # polling the history (bounded): the runs come every 2 s
+        # each run's id ends with the time it was due (ms)
+        due = sorted(int(j.id.rsplit(":", 1)[1]) for j in runs(c) if j.status == "completed")
+        assert len(due) >= 3, [(j.id, j.status) for j in runs(c)]
+        assert [b - a for a, b in itertools.pairwise(due[:3])] == [2000, 2000]  # three runs, 2 s apart
+        listed = dash(up, "schedule", "ls", "--json")
+        assert [s["name"] for s in json.loads(listed.stdout)] == ["tick"]
+        removed = dash(up, "schedule", "rm", "tick")
+        assert removed.returncode == 0 and "removed tick" in removed.stdout, removed.stderr
+        made = {j.id for j in runs(c)}
+        time.sleep(4.5)  # two periods with no schedule: no run may come
+        assert {j.id for j in runs(c)} <= made
+        assert dash(up, "schedule", "rm", "tick").returncode == 2  # gone: 404

@@ -201,3 +201,20 @@ def test_a_job_from_another_client_appears_live_and_a_search_finds_it(browser: A
     page.wait_for_function("() => document.querySelectorAll('#jobs tbody tr').length === 0", timeout=10_000)
     assert page.errors == []
     page.close()
+
+
+def test_schedules_are_listed_and_deleted_from_the_page(browser: Any, up: dict[str, Any]) -> None:
+    from dash_ray.client import Client
+
+    page = open_page(browser, up, up["token"])
+    with Client(up["base"], up["token"]) as client:
+        client.schedule("hourly-fox", "generation", {"prompt": "a fox", "settings": {"steps": 2, "width": 64,
+                                                                                   "height": 64}}, every=3600)
+        page.evaluate("window.dash.refreshSchedules()")
+        row = page.wait_for_selector("#schedules tr[data-schedule='tester.hourly-fox']", timeout=10_000)
+        assert "every 3600 s" in row.inner_text()
+        page.click("#schedules tr[data-schedule='tester.hourly-fox'] button.unschedule")
+        page.wait_for_selector("#schedules tr[data-schedule='tester.hourly-fox']", state="detached", timeout=10_000)
+        assert client.schedules() == []
+    assert page.errors == []
+    page.close()

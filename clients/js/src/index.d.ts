@@ -50,6 +50,11 @@ export interface JobView {
   id: string; queue: string; userId?: string; status: JobStatus; progress: number; message: string;
   data?: Record<string, any>; result?: any; error?: string | null; attemptsMade: number; attempts: number;
   priority: number; queuePosition?: number | null; createdAt?: number; startedAt?: number; finishedAt?: number; seq: number;
+  etaS?: number | null; finishEtaS?: number | null;
+  /** This answer is an earlier completed run of the same payload (`options.cache`). */
+  cached?: boolean;
+  /** The job follows this unfinished run of the same payload and ends as it does. */
+  sameAs?: string;
 }
 export interface QueueView { name: string; counts: Record<string, number>; concurrency: number; gpuFraction: number; paused: boolean; }
 export interface JobList { jobs: JobView[]; nextCursor?: string | null; }
@@ -65,6 +70,10 @@ export interface RestClient {
     /** Search: text in the prompt, an id prefix, a creation time range (Unix seconds or ISO 8601). */
     q?: string; idPrefix?: string; from?: number | string; to?: number | string }): Promise<JobList>;
   queues(): Promise<QueueView[]>;
+  /** A recurring job (every N seconds, or a cron pattern); the same name replaces it. */
+  schedule(body: ScheduleRequest): Promise<ScheduleView>;
+  schedules(filter?: { userId?: string }): Promise<ScheduleView[]>;
+  unschedule(name: string, filter?: { userId?: string }): Promise<ScheduleView>;
   pause(queue: string): Promise<QueueView>;
   resume(queue: string): Promise<QueueView>;
   upload(image: Blob | ArrayBuffer | Uint8Array): Promise<{ id: string; url: string; contentType: string; bytes: number; width: number; height: number }>;
@@ -85,3 +94,13 @@ export class RateLimited extends DashApiError {}
 export class Unavailable extends DashApiError {}
 export class ServerError extends DashApiError {}
 export function errorFrom(status: number, body: any, retryAfter?: string | null): DashApiError;
+
+export interface ScheduleRequest {
+  name: string; queue: string; payload: Record<string, any>;
+  every?: number; cron?: string; tz?: string; endAt?: number | string; limit?: number;
+  options?: { priority?: 1 | 2 | 3; attempts?: number; backoff?: { type?: 'fixed' | 'exponential'; delayS?: number }; timeoutS?: number };
+}
+export interface ScheduleView {
+  id: string; name: string; queue: string; userId?: string; every?: number; cron?: string; tz?: string;
+  endAt?: number; limit?: number; runs: number; nextAt?: number; payload: Record<string, any>;
+}

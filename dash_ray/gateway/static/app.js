@@ -90,7 +90,8 @@ function start() {
   state.conn.on('error', (e) => { if (e.code !== 'unauthorized') notice(`Server: ${e.message}`, 5000); });
   setConn(state.conn.state);
   refreshQueues();
-  state.queueTimer = setInterval(refreshQueues, 2000);
+  refreshSchedules();
+  state.queueTimer = setInterval(() => { refreshQueues(); if ((state.ticks = (state.ticks || 0) + 1) % 3 === 0) refreshSchedules(); }, 2000);
   loadJobs(true);
 }
 
@@ -198,6 +199,43 @@ async function refreshQueues() {
   drawChart();
 }
 
+// ---------------------------------------------------------------- schedules
+async function refreshSchedules() {
+  const admin = (state.claims?.roles || []).includes('admin');
+  let list;
+  try {
+    list = await state.api.schedules(admin ? { userId: '*' } : {});
+  } catch (e) {
+    if (e instanceof Unauthorized) showSignIn('Your session ended (401). Sign in again.');
+    return;
+  }
+  const body = $('#schedules tbody');
+  body.replaceChildren(...list.map((s) => {
+    const tr = document.createElement('tr');
+    tr.dataset.schedule = s.id;
+    const when = s.every != null ? `every ${s.every} s` : `cron ${s.cron}${s.tz ? ` (${s.tz})` : ''}`;
+    const cells = [admin && s.userId ? `${s.name} · ${s.userId}` : s.name, s.queue, String(s.runs), when,
+      s.nextAt ? new Date(s.nextAt * 1000).toLocaleTimeString() : '-'];
+    for (const text of cells) { const td = document.createElement('td'); td.textContent = text; tr.append(td); }
+    const td = document.createElement('td');
+    if (s.userId === state.claims.sub || admin) {
+      const b = document.createElement('button');
+      b.className = 'small unschedule';
+      b.textContent = 'Delete';
+      b.onclick = async () => {
+        try { await state.api.unschedule(s.name, s.userId && s.userId !== state.claims.sub ? { userId: s.userId } : {}); }
+        catch (e) { showError(e); }
+        refreshSchedules();
+      };
+      td.append(b);
+    }
+    tr.append(td);
+    return tr;
+  }));
+  $('#no-schedules').hidden = list.length > 0;
+}
+state.refreshSchedules = refreshSchedules;
+
 function drawChart() {
   const cv = $('#chart');
   const g = cv.getContext('2d');
@@ -252,8 +290,12 @@ async function loadJobs(reset) {
 }
 
 function detail(job) {
-  if (TERMINAL.has(job.status)) return job.status === 'completed' ? '' : (job.error || job.message || '');
+  if (TERMINAL.has(job.status)) {
+    if (job.status !== 'completed') return job.error || job.message || '';
+    return job.sameAs ? `the result of ${job.sameAs}` : job.cached ? 'cached: an earlier run of the same payload' : '';
+  }
   const bits = [];
+  if (job.sameAs) bits.push(`follows ${job.sameAs} (the same payload, running)`);
   if (job.epoch != null && job.epochs) bits.push(`epoch ${job.epoch}/${job.epochs}`);
   else if (job.step != null && job.steps) bits.push(`step ${job.step}/${job.steps}`);
   if (job.loss != null) bits.push(`loss ${Number(job.loss).toFixed(4)}`);

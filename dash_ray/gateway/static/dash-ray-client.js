@@ -291,6 +291,11 @@ export function createClient({ url = '', token, fetch: doFetch = globalThis.fetc
     jobs: ({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to } = {}) =>
       call('GET', `/v1/jobs${q({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to })}`),
     queues: () => call('GET', '/v1/queues'),
+    /** A recurring job: `{name, queue, payload, every (s) | cron, tz?, endAt?, limit?, options?}`;
+     *  the same name replaces it. */
+    schedule: (body) => call('POST', '/v1/schedules', { json: body }),
+    schedules: ({ userId } = {}) => call('GET', `/v1/schedules${q({ userId })}`),
+    unschedule: (name, { userId } = {}) => call('DELETE', `/v1/schedules/${encodeURIComponent(name)}${q({ userId })}`),
     pause: (queue) => call('POST', `/v1/queues/${queue}/pause`),
     resume: (queue) => call('POST', `/v1/queues/${queue}/resume`),
     upload: (blob) => call('POST', '/v1/uploads', { body: blob }),
