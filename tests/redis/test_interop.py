@@ -163,3 +163,47 @@ def test_node_bullmq_queue_events_see_a_dash_ray_jobs_progress(make_client: Any,
     assert out["state"] == view["status"] == "completed"
     assert out["jobProgress"] == view["progress"] == 100
     assert out["returnvalue"] == view["result"] == {"images": ["a.png"]}
+
+
+def test_a_node_flow_producer_flow_across_two_dash_ray_queues_runs_child_then_parent(
+        make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    """Node BullMQ's FlowProducer: a parent on the sleep queue and its child on generation. The
+    parent waits (BullMQ's `waiting-children`) while the child runs on dash-ray's generation
+    consumer; the child's completion releases it, and dash-ray's sleep consumer runs it, with the
+    child's result among its children's values (BullMQ's `processed`)."""
+    script = ROOT / "clients/js/interop/flow.mjs"
+    if not (ROOT / "clients/js/node_modules/bullmq").exists() or not shutil.which("node"):
+        if os.environ.get("DASH_REQUIRE_BROWSER"):
+            pytest.fail("Node BullMQ is not installed: npm ci --prefix clients/js")
+        pytest.skip("Node BullMQ is not installed: npm ci --prefix clients/js (.ci/run does)")
+    client = make_client(enable_sleep_queue=True)
+    h = {"Authorization": f"Bearer {tokens('node-user')}"}
+    out = subprocess.run(["node", str(script), redis_url, prefix, "sleep",
+                          json.dumps({"userId": "node-user", "durationS": 0.01}), "generation",
+                          json.dumps({"userId": "node-user", "prompt": "a child"})],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    ids = json.loads(out.stdout)
+    parent, child = ids["parent"], ids["child"]
+    assert client.get(f"/v1/jobs/{parent}", headers=h).json()["status"] == "waiting"
+
+    async def take_from(queue: str, block_s: float) -> list[str]:
+        from dash_ray.queues import JobStore, QueueConsumer, connect
+
+        r, b = connect(redis_url), connect(redis_url, blocking=True)
+        try:
+            c = QueueConsumer(r, b, queue, JobStore(r, prefix=prefix, queues=(queue,)).lifecycle, prefix=prefix)
+            jobs = await c.take(block_s=block_s)
+            for job in jobs:
+                await complete(c, job, {"ran": queue})
+            return [j.id for j in jobs]
+        finally:
+            await r.aclose()
+            await b.aclose()
+
+    assert asyncio.run(take_from("sleep", 0.5)) == []  # the parent is not ready while its child runs
+    assert asyncio.run(take_from("generation", 5)) == [child]
+    assert asyncio.run(take_from("sleep", 5)) == [parent]
+    for job_id, ran in ((child, "generation"), (parent, "sleep")):
+        view = client.get(f"/v1/jobs/{job_id}", headers=h).json()
+        assert view["status"] == "completed" and view["result"] == {"ran": ran}, view
