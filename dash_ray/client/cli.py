@@ -106,6 +106,13 @@ def cmd_submit(_settings_obj: Any, args: argparse.Namespace) -> int:
         options["priority"] = args.priority
     if args.timeout_s is not None:
         options["timeoutS"] = args.timeout_s
+    if args.start_by is not None:
+        start_by: float | str = args.start_by
+        with contextlib.suppress(ValueError):  # (else an ISO 8601 time)
+            start_by = float(args.start_by)  # seconds from the submit
+        options["startBy"] = start_by
+    if args.cache:
+        options["cache"] = True
     with _client(args) as c:
         handle = _SUBMITTERS.get(args.queue, _submit_payload)(c, args, options)
         if not args.wait:
@@ -215,6 +222,9 @@ def add_client_commands(sub: Any, run: Any) -> None:
     job_opts.add_argument("--wait", action="store_true", help="follow the job to its end (exit 1 if it fails)")
     job_opts.add_argument("--priority", type=int, choices=(1, 2, 3), help="1 = high, 3 = low")
     job_opts.add_argument("--timeout-s", type=float, help="the job's run-time limit")
+    job_opts.add_argument("--start-by", help="not started by then, it ends `expired`: seconds from now, or an ISO time")
+    job_opts.add_argument("--cache", action="store_true",
+                          help="answer with your completed run of the same payload (needs --seed), or follow a running one")
     job_opts.add_argument("--job-id", help="your id for the job (a retried submit never makes two)")
     job_opts.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other setting (JSON values)")
 

@@ -58,6 +58,12 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
         out.append(_line("dash_job_duration_seconds_bucket", {"queue": queue, "le": "+Inf"}, cum))
         out.append(_line("dash_job_duration_seconds_sum", {"queue": queue}, float(h.get("sum", 0))))
         out.append(_line("dash_job_duration_seconds_count", {"queue": queue}, cum))
+    out += ["# HELP dash_jobs_ended_total Jobs that ended, by final status (completed, failed, cancelled, expired).",
+            "# TYPE dash_jobs_ended_total counter"]
+    for queue, h in durations.items():
+        for field, n in sorted(h.items()):
+            if field.startswith("ended:"):
+                out.append(_line("dash_jobs_ended_total", {"queue": queue, "status": field[6:]}, int(n)))
     out += ["# HELP dash_worker_gpu_fraction GPU share a queue's workers ask for (sized by measured memory).",
             "# TYPE dash_worker_gpu_fraction gauge"]
     for queue, (fraction, _) in (sizing or {}).items():

@@ -77,7 +77,8 @@ class QueueControl:
         }
 
     async def durations(self, queue: str) -> dict[str, str]:
-        """The queue's job-duration histogram (bucket counts and sum) as kept by its consumer."""
+        """The queue's job-duration histogram (bucket counts and sum) and its jobs ended by final
+        status (`ended:<status>`), as its consumer keeps them."""
         return cast(dict[str, str], await self.redis.hgetall(self.keys.metrics(queue)))
 
     async def cold_starts(self, queues: list[str]) -> dict[str, dict[str, dict[str, float]]]:

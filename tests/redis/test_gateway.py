@@ -196,6 +196,7 @@ def test_health_metrics_and_docs(make_client: Any, tokens: Any, redis_url: str, 
     text = c.get("/metrics").text
     assert 'dash_jobs{queue="sleep",state="completed"} 1' in text
     assert 'dash_job_duration_seconds_count{queue="sleep"} 1' in text
+    assert 'dash_jobs_ended_total{queue="sleep",status="completed"} 1' in text
     assert "dash_ws_open_sockets" in text and "dash_queue_depth" in text
     assert c.get("/docs").status_code == 200
     paths = c.get("/openapi.json").json()["paths"]
@@ -539,3 +540,4 @@ def test_a_deadline_to_start_through_the_api(make_client: Any, tokens: Any, redi
         run_async(sweep())
     view = c.get(f"/v1/jobs/{job_id}", headers=h).json()
     assert view["error"].startswith("expired: not started by its deadline")
+    assert 'dash_jobs_ended_total{queue="sleep",status="expired"} 1' in c.get("/metrics").text

@@ -11,7 +11,7 @@
     KEYS[3]  finished     its queue's finished jobs
     KEYS[4]  open         its owner's unfinished jobs
     KEYS[5]  cancel       its cancel flag (and CANCELLING in `job`: both go)
-    KEYS[6]  durations    its queue's run-time histogram
+    KEYS[6]  durations    its queue's run-time histogram (and its count of jobs ended, by status)
     KEYS[7]  bull_job     BullMQ's job hash
     KEYS[8]  hooks        the webhook outbox: deliveries due
     KEYS[9]  hook_bodies  the webhook outbox: their bodies
@@ -40,8 +40,10 @@ redis.call('HDEL', K_job, CANCELLING)  -- the final status is (or was) written: 
 local was = redis.call('HMGET', K_job, 'status', 'cacheKey')
 if FINAL[was[1]] then return {0} end
 local seq = emit(-1)
+local ended = redis.call('HGET', K_job, 'status')
+redis.call('HINCRBY', K_durations, 'ended:' .. (ended or '?'), 1)  -- jobs ended, by final status
 if was[2] then  -- a repeatable payload's run: its result is the cache's while its record lives
-  if redis.call('HGET', K_job, 'status') == COMPLETED then
+  if ended == COMPLETED then
     redis.call('SET', was[2], A_job_id, 'EX', TTL)
   elseif redis.call('GET', was[2]) == A_job_id then
     redis.call('DEL', was[2])
