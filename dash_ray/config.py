@@ -135,6 +135,7 @@ class Settings(_QueueFields):
     # Repeatable submits (an explicit seed; a lanczos upscale of an upload) answered by the user's
     # completed run of the same payload, or following its unfinished run (options.cache's default).
     cache_results: bool = False
+    allow_cache: bool = True  # false: no submit is answered from the cache or follows a run (options.cache: 422)
     schedule_min_every_s: float = Field(1.0, ge=0.01)  # the shortest `every` a schedule may have
     max_schedules_per_user: int = Field(20, ge=1)
     ws_ids_per_s: float = Field(200.0, ge=100)  # job ids a socket may subscribe per second (burst: 2 s)

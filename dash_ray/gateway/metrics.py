@@ -61,9 +61,9 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
     out += ["# HELP dash_jobs_ended_total Jobs that ended, by final status (completed, failed, cancelled, expired).",
             "# TYPE dash_jobs_ended_total counter"]
     for queue, h in durations.items():
-        for field, n in sorted(h.items()):
-            if field.startswith("ended:"):
-                out.append(_line("dash_jobs_ended_total", {"queue": queue, "status": field[6:]}, int(n)))
+        for name, count in sorted(h.items()):
+            if name.startswith("ended:"):
+                out.append(_line("dash_jobs_ended_total", {"queue": queue, "status": name[6:]}, int(count)))
     out += ["# HELP dash_worker_gpu_fraction GPU share a queue's workers ask for (sized by measured memory).",
             "# TYPE dash_worker_gpu_fraction gauge"]
     for queue, (fraction, _) in (sizing or {}).items():

@@ -41,7 +41,9 @@ async def post_schedule(body: ScheduleRequest, who: Caller, svc: Svc) -> JSONRes
     `payload` on `queue` every `every` seconds, or on a `cron` pattern (5 or 6 fields, in `tz`),
     until `endAt` (Unix seconds or ISO 8601; a number is seconds from now) or `limit` runs.
     Each run is a job of yours (`repeat:{user}.{name}:{ms}`) with its own events, in your
-    history; the next is made as it starts, so one waits at a time."""
+    history; the next is made as it starts, so one waits at a time. Your schedules together may
+    run at most as often as your submission rate allows (`DASH_RATE_SUBMIT`), at most
+    `DASH_MAX_SCHEDULES_PER_USER` of them."""
     s = svc.settings
     if body.queue not in svc.queues:
         raise UnknownQueue(body.queue)
@@ -72,7 +74,7 @@ async def post_schedule(body: ScheduleRequest, who: Caller, svc: Svc) -> JSONRes
     view, new = await svc.schedules.upsert(
         owner, body.name, body.queue, payload, o, every_ms=int(body.every * 1000) if body.every else None,
         cron=body.cron, tz=body.tz, end_ms=body.end_ms(int(time.time() * 1000)), limit=body.limit,
-        most=s.max_schedules_per_user)
+        most=s.max_schedules_per_user, budget_per_min=svc.limiter.rate.limit * 60_000 / svc.limiter.rate.window_ms)
     return JSONResponse(view.wire(), status_code=201 if new else 200)
 
 
@@ -92,6 +94,6 @@ async def list_schedules(who: Caller, svc: Svc,
 @raises(ScheduleNotFound, Forbidden)
 async def delete_schedule(name: str, who: Caller, svc: Svc,
                           user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None) -> JSONResponse:
-    """Stop one of your schedules: no more runs (its next one, waiting, goes; one running ends
-    as it would). Admins: another user's (`userId`)."""
+    """Stop one of your schedules: no more runs (its next one goes if it is not due yet: it ends
+    `cancelled`; one due or running ends as it would). Admins: another user's (`userId`)."""
     return JSONResponse((await svc.schedules.remove(_owner(who, user_id), name)).wire())

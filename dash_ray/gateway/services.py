@@ -55,7 +55,8 @@ class GatewayServices:
         self.accounts = Accounts(self.redis, self.store.keys)
         self.feed = Feed(self.hub, self.store.keys.feed)
         o = self.store.producer.options
-        self.schedules = Schedules(self.redis, self.store.keys, self.store.control, keep_completed=o.keep_completed,
+        self.schedules = Schedules(self.redis, self.store.keys, self.store.control, self.store.lifecycle,
+                                   keep_completed=o.keep_completed,
                                    keep_failed=o.keep_failed, keep_s=o.finished_ttl_s,
                                    default_attempts=o.default_attempts)
 
@@ -77,7 +78,7 @@ class GatewayServices:
             user_history_max=settings.user_history_max, queues=queues, validate=validate,
             fair_share=settings.fair_share, user_weights=settings.user_weights,
             start_by_s={q: s for q in queues if (s := getattr(settings, f"{q}_start_by_s", None))},
-            cache_results=settings.cache_results, content=registry.content,
+            cache_results=settings.cache_results, allow_cache=settings.allow_cache, content=registry.content,
         )
         limiter = SubmitLimiter(redis, store.keys, settings.rate_submit)
         signer = UrlSigner(settings.secret(), settings.artifact_url_ttl_s)

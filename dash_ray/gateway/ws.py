@@ -67,6 +67,7 @@ MAX_BUFFERED_BYTES = 16 * 1024 * 1024  # ... or bytes (previews are images)
 MAX_REFRESHED = 50  # waiting jobs whose place one socket gets refreshed, a round
 MAX_OPEN_FOLLOWED = 200  # a `scope: mine` subscribe follows at most this many unfinished jobs
 MAX_FEED_QUEUED = 1000  # new jobs announced to a socket and not followed yet; past it the socket is too slow
+MAX_ENDED = 1000  # jobs the feed brought that ended, remembered per socket (not followed again)
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_UNAUTHORIZED = 4401
@@ -123,6 +124,7 @@ class _Session:
         self.scope_previews = True
         self.feed_in: asyncio.Queue[Frame] = asyncio.Queue()  # new jobs announced, to follow
         self.feeder: asyncio.Task[None] | None = None
+        self.ended: dict[str, None] = {}  # jobs the feed brought that ended and were let go (the latest MAX_ENDED)
 
     # --- outgoing ---
     def _enqueue(self, text: str, owner: str | None = None) -> None:
@@ -174,9 +176,18 @@ class _Session:
         if sub.previews or kind != "job:preview":
             self._enqueue(frame.text, sub.owner)
         if sub.auto and frame.is_final and not self.closing:  # a job the feed brought: followed to its end
-            self.subs.pop(sub.cursor.job_id, None)
+            self._let_go(sub)
+
+    def _let_go(self, sub: _Sub) -> None:
+        """Stop following a job the feed brought, that ended (remembered: not followed again)."""
+        job_id = sub.cursor.job_id
+        if self.subs.get(job_id) is sub:
+            del self.subs[job_id]
             task = asyncio.ensure_future(self.svc.hub.remove(sub.channel, self.on_event))
             task.add_done_callback(_done)
+        self.ended[job_id] = None
+        if len(self.ended) > MAX_ENDED:
+            del self.ended[next(iter(self.ended))]
 
     def _frames(self, sub: _Sub, frames: list[Frame]) -> None:
         for frame in frames:
@@ -307,10 +318,12 @@ class _Session:
         self.subs[job_id] = sub
         try:
             await self.svc.hub.add(sub.channel, self.on_event)
-            await self._snapshot(job_id, sub, since)
+            final = await self._snapshot(job_id, sub, since)
         except BaseException:
             await self.drop(job_id)  # a subscribe fully succeeds or leaves nothing behind
             raise
+        if final and auto:  # it ended meanwhile: its end was sent, nothing more will come
+            self._let_go(sub)
 
     # --- the feed of new jobs (`scope`) ---
     async def follow(self, scope: str, previews: bool) -> None:
@@ -319,17 +332,30 @@ class _Session:
         if scope == "all" and not self.who.admin:
             raise Forbidden("only an admin may follow every user's jobs (scope 'all')")
         self.scope_previews = previews
-        if self.scope != scope:
-            if self.scope is not None:
-                await self.unfollow()
-            await self.svc.feed.join(None if scope == "all" else self.who.user_id, self.on_feed)
-            self.scope = scope
-            if self.feeder is None:
-                self.feeder = asyncio.create_task(self._feed_loop())
-        if scope == "mine":
-            for job_id in await self.svc.store.reader.open_jobs(self.who.user_id, MAX_OPEN_FOLLOWED):
-                if job_id not in self.subs and len(self.subs) + self.not_found < MAX_SUBSCRIPTIONS:
-                    await self._subscribe(job_id, None, previews, auto=True)
+        if self.scope == scope:
+            return  # followed already: nothing to list again
+        if self.scope is not None:
+            await self.unfollow()
+        await self.svc.feed.join(None if scope == "all" else self.who.user_id, self.on_feed)
+        self.scope = scope
+        if self.feeder is None:
+            self.feeder = asyncio.create_task(self._feed_loop())
+        await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Follow the caller's unfinished jobs not followed yet (`scope: mine`), each paid for
+        from the socket's ids a second as a subscribe of its id would be."""
+        if self.scope != "mine":
+            return
+        room = MAX_SUBSCRIPTIONS - len(self.subs) - self.not_found
+        ids = [j for j in await self.svc.store.reader.open_jobs(self.who.user_id, MAX_OPEN_FOLLOWED)
+               if j not in self.subs][:max(room, 0)]
+        if ids and not self.ids.take(len(ids)):
+            self.send_model(ErrorMessage(code="rate_limited", message=(
+                f"too many job ids subscribed; at most {self.ids.rate:g} a second (DASH_WS_IDS_PER_S)")))
+            return
+        for job_id in ids:
+            await self._subscribe(job_id, None, self.scope_previews, auto=True)
 
     async def unfollow(self) -> None:
         """Stop the feed of new jobs (the jobs it brought are followed to their end)."""
@@ -363,8 +389,8 @@ class _Session:
         """Follow a job the feed announced: its events from the announced one on (read back from its
         replay stream once its channel is listened to, so none falls between)."""
         job_id = frame.job_id
-        if job_id is None or job_id in self.subs or self.scope is None:
-            return  # followed already: its own channel brings its events
+        if job_id is None or job_id in self.subs or job_id in self.ended or self.scope is None:
+            return  # followed already (its own channel brings its events), or followed to its end
         owner = frame.user_id
         if not self.who.may_see(owner):
             return
@@ -395,14 +421,20 @@ class _Session:
                 self.close_later(CLOSE_RESTART)
                 return
             self._frames(sub, frames)
+        if self.scope == "mine" and not self.closing:  # jobs made while pub/sub was down: not announced
+            try:
+                await self._sweep()
+            except Exception as exc:
+                log.warning("cannot list a socket's unfinished jobs after a pub/sub reconnect (%s)", exc)
 
-    async def _snapshot(self, job_id: str, sub: _Sub, since: int | None) -> None:
+    async def _snapshot(self, job_id: str, sub: _Sub, since: int | None) -> bool:
         """Send the subscription its start: with `since`, the events after it; else the job's
-        current state as one event. Then the live events held meanwhile; from there it follows."""
+        current state as one event. Then the live events held meanwhile; from there it follows.
+        Returns True when the state sent was the job's end."""
         bus = self.svc.store.bus
         if since is not None:
             self._frames(sub, await sub.cursor.catch_up(bus.replay, since))
-            return
+            return False
         state = await bus.state(job_id)
         if not state:  # plain BullMQ job that no dash-ray consumer touched yet
             view = await self.svc.store.get(job_id)
@@ -411,7 +443,7 @@ class _Session:
         event = event_from_state(job_id, state)
         if event is None:  # no state to send: the held events only
             self._frames(sub, await sub.cursor.catch_up(bus.replay, 0, replay=False))
-            return
+            return False
         if isinstance(event, JobProgressEvent) and event.status == Status.WAITING:  # with its place in line
             sub.waiting = True
             with contextlib.suppress(Exception):
@@ -421,6 +453,7 @@ class _Session:
                 sub.place = (view.queue_position, view.eta_s)
         self.send_model(event, sub.owner)
         self._frames(sub, await sub.cursor.catch_up(bus.replay, event.seq, replay=False))
+        return not isinstance(event, JobProgressEvent)
 
     async def drop(self, job_id: str) -> None:
         sub = self.subs.pop(job_id, None)

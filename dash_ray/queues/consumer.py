@@ -29,7 +29,7 @@ from bullmq.scripts import raw2NextJobData
 from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
-from dash_ray.models.status import CANCELLING
+from dash_ray.models.status import CANCELLING, FINAL
 from dash_ray.queues.active import ActiveJob, FailOutcome, LockLost
 from dash_ray.queues.adoption import Adoption
 from dash_ray.queues.batch import Batch, register
@@ -175,11 +175,17 @@ class QueueConsumer:
     async def _next_iteration(self, bull: BullJob) -> None:
         """Make the next job of the job scheduler that made `bull` (`upsertJobScheduler` with
         override off, as BullMQ's own workers call it; a scheduler removed meanwhile makes none)."""
-        try:
-            await self.queue.upsertJobScheduler(bull.repeatJobKey, (bull.opts or {}).get("repeat") or {}, bull.name,
-                                                bull.data, bull.opts, override=False, producer_id=bull.id)
-        except Exception as exc:
-            log.warning("%s: could not schedule the run after %s (%s)", self.name, bull.id, exc)
+        for attempt in range(4):  # a Redis blip must not end the schedule: tried again, as BullMQ's workers do
+            try:
+                await self.queue.upsertJobScheduler(bull.repeatJobKey, (bull.opts or {}).get("repeat") or {},
+                                                    bull.name, bull.data, bull.opts, override=False,
+                                                    producer_id=bull.id)
+                return
+            except Exception as exc:
+                if attempt == 3:
+                    log.warning("%s: could not schedule the run after %s (%s)", self.name, bull.id, exc)
+                    return
+                await asyncio.sleep(0.25 * 2 ** attempt)
 
     async def take(self, block_s: float = 0.0, up_to: int = 1) -> list[ActiveJob]:
         """Lock the next job (priority, then FIFO; due delayed jobs promoted), waiting up to
@@ -482,7 +488,7 @@ class QueueConsumer:
                     or status not in ("waiting", "delayed")):
                 continue
             # BullMQ removes only a job no one holds: one taken meanwhile is the take's to end.
-            if await self.queue.backend.remove(str(job_id), True):
+            if await self.queue.backend.remove(str(job_id), True) == 1:
                 await self.lifecycle.finish(JobFailedEvent(
                     job_id=str(job_id), queue=self.name, user_id=user_id, status="expired",
                     error=f"expired: not started by its deadline ({_iso(float(deadline))})"))
@@ -502,23 +508,29 @@ class QueueConsumer:
             return 0
         batch = Batch(self.redis)
         for leader in leaders:
-            batch.add("hmget", self.keys.job(leader), "status", "result", "error")
+            batch.add("hmget", self.keys.job(leader), "status", "result", "error", "userId")
             batch.add("smembers", self.keys.followers(leader))
         replies = await batch.execute()
         n = 0
         for i, leader in enumerate(leaders):
-            (status, result, error), followers = replies[2 * i], replies[2 * i + 1]
+            (status, result, error, leader_owner), followers = replies[2 * i], replies[2 * i + 1]
+            if status is not None and status not in FINAL:
+                # run again since it ended (a retry): its followers wait for that run's end
+                await self.redis.zrem(key, leader)
+                continue
             for follower in sorted(str(f) for f in followers):
                 owner = await self.redis.hget(self.keys.job(follower), "userId")
                 if owner is None:
                     continue
-                if status == "completed":
+                if status == "completed" and owner == leader_owner:
                     event: JobCompletedEvent | JobFailedEvent = JobCompletedEvent(
                         job_id=follower, queue=self.name, user_id=owner, result=json.loads(result) if result else None)
+                elif status is None or owner != leader_owner:  # its record gone, or the id another user's now
+                    event = JobFailedEvent(job_id=follower, queue=self.name, user_id=owner, status="failed",
+                                           error=f"the run it followed ({leader}) is gone")
                 else:
-                    ended = status if status in ("failed", "cancelled", "expired") else "failed"
-                    event = JobFailedEvent(job_id=follower, queue=self.name, user_id=owner, status=ended,
-                                           error=f"the run it followed ({leader}) ended {ended}: {error or ended}")
+                    event = JobFailedEvent(job_id=follower, queue=self.name, user_id=owner, status=status,
+                                           error=f"the run it followed ({leader}) ended {status}: {error or status}")
                 n += bool(await self.lifecycle.finish(event))
             await Batch(self.redis).add("delete", self.keys.followers(leader)).add("zrem", key, leader).execute()
         return n
@@ -543,6 +555,13 @@ class QueueConsumer:
         """Start background lock renewal, stalled-job checks and the worker name's presence."""
         self.locks.start()
 
+    async def next_runs_made(self) -> None:
+        """Wait until the next runs of the job schedulers whose jobs were taken are made."""
+        if self._iterations:
+            await asyncio.gather(*self._iterations, return_exceptions=True)
+
     async def close(self) -> None:
-        """Stop background tasks (held jobs keep their locks until they expire)."""
+        """Stop background tasks (held jobs keep their locks until they expire); the job
+        schedulers' next runs being made are made first."""
+        await self.next_runs_made()
         await self.locks.close()

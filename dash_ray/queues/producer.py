@@ -42,6 +42,7 @@ __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts
            "refusal"]
 
 MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept within these
+SCHEDULED_NEXT = -8  # BullMQ's removeJob: the job is its job scheduler's next run (not removed)
 MAX_START_BY_MS = MAX_DELAY_S * 1000  # a deadline to start is at most this far from the submit
 
 Validator = Callable[[JobPayload], None]
@@ -131,6 +132,7 @@ class ProducerOptions:
     validate: Validator | None = None
     start_by_s: Mapping[str, float] = field(default_factory=dict)  # queue -> default deadline to start, s
     cache_results: bool = False  # repeatable payloads answered by the owner's earlier run (options.cache's default)
+    allow_cache: bool = True  # false: the cache is off, whatever a submit asks
     content: Callable[[JobPayload], str] | None = None  # what a payload's inputs hold (a LoRA's digest), for the cache
 
     def fair(self, priority: int, owner: str, weight: float | None) -> tuple[int, float] | None:
@@ -191,7 +193,10 @@ class Producer:
         within = opts.start_within_ms(o.start_by_s.get(queue))
         start_arg = f"+{within}" if within is not None else "" if start_by is None else str(start_by)
         cache = ""
-        if opts.cache or (opts.cache is None and o.cache_results):
+        if opts.cache and not o.allow_cache:
+            raise InvalidPayload("invalid payload: options.cache: the result cache is off here (DASH_ALLOW_CACHE)",
+                                 errors=[{"field": "options.cache", "message": "the cache is off"}])
+        if o.allow_cache and (opts.cache or (opts.cache is None and o.cache_results)):
             if payload.repeatable():
                 content = await asyncio.to_thread(o.content, payload) if o.content else ""  # (reads a file once)
                 cache = cache_digest(queue, payload, content)
@@ -265,7 +270,9 @@ class Producer:
             return await self.reader.get(job_id)
         if view.status != Status.ACTIVE:
             removed = await bq.backend.remove(job_id, True)
-            if removed:
+            if removed == SCHEDULED_NEXT:
+                raise InvalidJobState(job_id, view.status, "cancel (it is its schedule's next run: delete the schedule)")
+            if removed == 1:
                 await self.lifecycle.finish(JobFailedEvent(
                     job_id=job_id, queue=view.queue, user_id=view.user_id, error="cancelled", status=Status.CANCELLED.value,
                 ))

@@ -60,6 +60,7 @@ class JobStore:
         user_weights: Mapping[str, float] | None = None,
         start_by_s: Mapping[str, float] | None = None,
         cache_results: bool = False,
+        allow_cache: bool = True,
         content: Callable[[JobPayload], str] | None = None,
     ) -> None:
         self.redis = redis
@@ -75,7 +76,8 @@ class JobStore:
         self.producer = Producer(redis, self.keys, self.control, self.reader, self.lifecycle, ProducerOptions(
             keep_completed=keep_completed, keep_failed=keep_failed, finished_ttl_s=finished_ttl_s,
             default_attempts=default_attempts, fair_share=fair_share, user_weights=dict(user_weights or {}),
-            validate=validate, start_by_s=dict(start_by_s or {}), cache_results=cache_results, content=content,
+            validate=validate, start_by_s=dict(start_by_s or {}), cache_results=cache_results, allow_cache=allow_cache,
+            content=content,
         ))
 
     async def aclose(self) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import posixpath
 import re
+import threading
 from typing import IO, Any
 
 import fsspec
@@ -32,6 +33,7 @@ class ArtifactStore:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self._digests: dict[tuple[str, Any, str], str] = {}  # (path, size, mtime) -> SHA-256
+        self._lock = threading.Lock()
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in (self.fs.protocol or ())
         if self.local:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -81,16 +83,18 @@ class ArtifactStore:
         so a file read once is not read again until it changes."""
         info = self.fs.info(self._full(rel))
         stamp = (rel, info.get("size"), str(info.get("mtime") or info.get("LastModified") or info.get("created")))
-        found = self._digests.get(stamp)
+        with self._lock:
+            found = self._digests.get(stamp)
         if found is None:
             h = hashlib.sha256()
             with self.open(rel) as f:
                 for chunk in iter(lambda: f.read(1 << 20), b""):
                     h.update(chunk)
             found = h.hexdigest()
-            if len(self._digests) >= 256:
-                self._digests.pop(next(iter(self._digests)))
-            self._digests[stamp] = found
+            with self._lock:  # (called from threads)
+                if len(self._digests) >= 256:
+                    self._digests.pop(next(iter(self._digests)))
+                self._digests[stamp] = found
         return found
 
     def local_path(self, rel: str) -> str:

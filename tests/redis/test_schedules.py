@@ -32,6 +32,7 @@ def _take_all(redis_url: str, prefix: str, seconds: float, most: int = 10) -> li
                 for job in await c.take(block_s=left):
                     out.append((job.id, time.monotonic(), job.data))
                     await complete(c, job, {"ok": True})
+            await c.next_runs_made()
             await c.adoption.adopt()  # (the upkeep's) into the owner's history
         finally:
             await r.aclose()
@@ -157,3 +158,61 @@ def test_a_node_upsert_job_scheduler_makes_jobs_dash_ray_runs(make_client: Any, 
     assert [s["id"] for s in listed] == ["node-every-second"] and listed[0]["userId"] == "node-user"
     view = c.get(f"/v1/jobs/{taken[0][0]}", headers=auth(tokens("node-user"))).json()
     assert view["status"] == "completed" and view["userId"] == "node-user", view
+
+
+def test_racing_posts_of_one_name_on_two_queues_leave_one_schedule_and_delete_removes_it(
+        make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    c = make_client(enable_sleep_queue=True)
+    alice = auth(tokens("alice"))
+    gate = threading.Barrier(2)
+    codes: list[int] = []
+    bodies = [{**TICK, "every": 3600}, {**TICK, "every": 3600, "queue": "generation", "payload": {"prompt": "p"}}]
+
+    def post(body: dict[str, Any]) -> None:
+        gate.wait()
+        codes.append(c.post("/v1/schedules", json=body, headers=alice).status_code)
+
+    threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200, 201], codes
+    everyone = c.get("/v1/schedules", params={"userId": "*"}, headers=auth(tokens("root", admin=True))).json()
+    assert [s["id"] for s in everyone] == ["alice.tick"]  # on one queue only
+    assert c.delete("/v1/schedules/tick", headers=alice).status_code == 200
+    assert c.get("/v1/schedules", params={"userId": "*"}, headers=auth(tokens("root", admin=True))).json() == []
+
+
+def test_a_users_schedules_together_stay_within_their_submission_rate(make_client: Any, tokens: Any) -> None:
+    c = make_client(enable_sleep_queue=True, rate_submit="60/minute")
+    alice = auth(tokens("alice"))
+    assert c.post("/v1/schedules", json={**TICK, "name": "a", "every": 2}, headers=alice).status_code == 201  # 30/min
+    assert c.post("/v1/schedules", json={**TICK, "name": "b", "every": 4}, headers=alice).status_code == 201  # +15
+    r = c.post("/v1/schedules", json={**TICK, "name": "c", "every": 2}, headers=alice)  # +30: over 60
+    assert r.status_code == 422 and "submission rate" in r.json()["error"]["message"], r.text
+    r = c.post("/v1/schedules", json={**TICK, "name": "c", "cron": "*/2 * * * * *"}, headers=alice)  # every 2 s
+    assert r.status_code == 422, r.text
+    assert c.post("/v1/schedules", json={**TICK, "name": "a", "every": 4}, headers=alice).status_code == 200
+    assert c.post("/v1/schedules", json={**TICK, "name": "c", "every": 4}, headers=alice).status_code == 201
+    long_user = auth(tokens("u" * 120))
+    r = c.post("/v1/schedules", json={**TICK, "name": "n" * 40}, headers=long_user)
+    assert r.status_code == 422 and r.json()["error"]["errors"][0]["field"] == "name", r.text
+
+
+def test_a_schedules_waiting_run_ends_cancelled_when_it_is_deleted_and_cannot_be_cancelled_alone(
+        make_client: Any, tokens: Any, redis_url: str, prefix: str) -> None:
+    c = make_client(enable_sleep_queue=True)
+    alice = auth(tokens("alice"))
+    assert c.post("/v1/schedules", json={**TICK, "every": 3600}, headers=alice).status_code == 201
+    _take_all(redis_url, prefix, 5.0, most=1)  # the first run; the next waits an hour (adopted: alice's)
+    pending = [j for j in c.get("/v1/jobs", params={"queue": "sleep"}, headers=alice).json()["jobs"]
+               if j["status"] == "delayed"]
+    assert len(pending) == 1, pending
+    run = pending[0]["id"]
+    r = c.delete(f"/v1/jobs/{run}", headers=alice)
+    assert r.status_code == 409 and "schedule" in r.json()["error"]["message"], r.text
+    assert c.delete("/v1/schedules/tick", headers=alice).status_code == 200
+    view = c.get(f"/v1/jobs/{run}", headers=alice).json()
+    assert view["status"] == "cancelled" and "schedule" in view["error"], view
+    assert c.get("/v1/usage", headers=alice).json()["jobsUnfinished"]["used"] == 0
