@@ -7,7 +7,14 @@ matplotlib for images and loss curves).
 
 from __future__ import annotations
 
-from dash_ray.client.aio import AsyncClient, AsyncJobHandle, Event, image_ref
+from dash_ray.client.aio import (
+    AsyncClient,
+    AsyncJobHandle,
+    Event,
+    image_ref,
+    job_image,
+    previous_image,
+)
 from dash_ray.client.errors import (
     ApiError,
     Conflict,
@@ -40,5 +47,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "image_ref",
+    "job_image",
+    "previous_image",
     "verify_webhook",
 ]

@@ -45,9 +45,9 @@ from dash_ray.models.events import (
 from dash_ray.models.images import is_image_url, sniff_image
 from dash_ray.models.queues import QUEUE_TABLE
 from dash_ray.models.status import FINAL_EVENT_TYPES, is_failure
-from dash_ray.models.views import JobList, JobView, QueueView, ScheduleView, UsageView
+from dash_ray.models.views import FlowView, JobList, JobView, QueueView, ScheduleView, UsageView
 
-__all__ = ["AsyncClient", "AsyncJobHandle", "Event", "image_ref"]
+__all__ = ["AsyncClient", "AsyncJobHandle", "Event", "image_ref", "job_image", "previous_image"]
 
 Event = JobEvent  # any job event (`models.events.JobEvent`), by its older name here
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -269,6 +269,47 @@ class AsyncClient:
         body = {k: v for k, v in (("to", to), ("before", before), ("priority", priority)) if v is not None}
         return JobView.model_validate(await self.request("POST", f"/v1/jobs/{job_id}/move", json_body=body))
 
+    async def flow(self, tree: dict[str, Any]) -> AsyncJobHandle:
+        """Make a job and the jobs it waits for in one step (`POST /v1/flows`): `tree` is
+        `{queue, payload, options?, onFailure?, children: [...]}`, each child a tree too. A
+        payload may take a child's image as `job_image(child_id)` (give the child a `jobId`).
+        Returns the job's handle; `.children` holds its children's, in order."""
+        return self._flow_handle(FlowView.model_validate(await self.request("POST", "/v1/flows", json_body=tree)))
+
+    def _flow_handle(self, view: FlowView) -> AsyncJobHandle:
+        handle = AsyncJobHandle(self, view.job)
+        handle.children = [self._flow_handle(c) for c in view.children]
+        return handle
+
+    async def chain(self, *steps: dict[str, Any]) -> AsyncJobHandle:
+        """Jobs that run one after the other, made in one step (a flow): each step is `{queue,
+        payload, options?}`, and may take the image of the step before it as `previous_image()`
+        (`previous_image(1)`: its second). Returns the last step's handle (`.children`: the one
+        before it, and so on). E.g. generate, then upscale what it made:
+
+            client.chain({"queue": "generation", "payload": {"prompt": "a fox"}},
+                         {"queue": "upscaling", "payload": {"imageUrl": previous_image(), "scale": 2}})
+        """
+        if not steps:
+            raise ValueError("chain: give at least one step")
+        tree: dict[str, Any] | None = None
+        before: str | None = None
+        for step in steps:
+            q = QUEUE_TABLE.get(step["queue"])
+            id_field = q.id_field if q is not None else "jobId"
+            payload = dict(step["payload"])
+            options = dict(step.get("options") or {})
+            job_id = payload.get(id_field) or options.get("jobId") or uuid.uuid4().hex
+            if not payload.get(id_field):
+                options["jobId"] = job_id
+            payload = _with_previous(payload, before)
+            node: dict[str, Any] = {"queue": step["queue"], "payload": payload, "options": options}
+            if tree is not None:
+                node["children"] = [tree]
+            tree, before = node, job_id
+        assert tree is not None
+        return await self.flow(tree)
+
     async def schedule(self, name: str, queue: str, payload: dict[str, Any], *, every: float | None = None,
                        cron: str | None = None, tz: str | None = None, end_at: float | str | None = None,
                        limit: int | None = None, options: dict[str, Any] | None = None) -> ScheduleView:
@@ -473,6 +514,32 @@ class AsyncClient:
         return list(views)
 
 
+def job_image(job_id: str, n: int = 0) -> str:
+    """A reference to a job's `n`th image, for another job's payload: `job://<id>/images/<n>`."""
+    return f"job://{job_id}/images/{n}"
+
+
+def previous_image(n: int = 0) -> str:
+    """In `AsyncClient.chain`: the `n`th image of the step before."""
+    return f"job://{_PREVIOUS}/images/{n}"
+
+
+_PREVIOUS = "{previous}"
+
+
+def _with_previous(value: Any, before: str | None) -> Any:
+    """`value` with each `previous_image()` made the previous step's (`before`)."""
+    if isinstance(value, str) and value.startswith(f"job://{_PREVIOUS}/"):
+        if before is None:
+            raise ValueError("chain: the first step has no step before it")
+        return value.replace(_PREVIOUS, before, 1)
+    if isinstance(value, dict):
+        return {k: _with_previous(v, before) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_with_previous(v, before) for v in value]
+    return value
+
+
 def _error_of(resp: httpx.Response) -> ApiError:
     """The typed error of an HTTP error answer (its JSON error body, or its text)."""
     try:
@@ -516,6 +583,7 @@ class AsyncJobHandle:
         self.view = view
         self._fetched = fetched
         self.history: list[Event] = []  # events this handle has seen, in order
+        self.children: list[AsyncJobHandle] = []  # a flow's: the jobs this one waits for
 
     @property
     def id(self) -> str:
@@ -589,6 +657,20 @@ class AsyncJobHandle:
         """Reorder it while it waits: `to="front"`, `before=`, `priority=` (see AsyncClient.move)."""
         self.view = await self.client.move(self.id, **where)
         return self.view
+
+    def image(self, n: int = 0) -> str:
+        """A reference to this job's `n`th image, for another job's payload (`job://<id>/images/<n>`):
+        read when that job starts (a job made after this one completed, or with it in a flow)."""
+        return job_image(self.id, n)
+
+    async def then_upscale(self, scale: int = 2, model: str | None = None, n: int = 0,
+                           options: dict[str, Any] | None = None) -> AsyncJobHandle:
+        """Upscale this job's `n`th image once it has completed (waits for it): a new job."""
+        await self.wait(raise_on_failure=True)
+        payload: dict[str, Any] = {"imageUrl": self.image(n), "scale": scale}
+        if model:
+            payload["model"] = model
+        return await self.client.submit("upscaling", payload, options)
 
     async def retry(self) -> JobView:
         """Run the failed or cancelled job again."""

@@ -136,6 +136,19 @@ class Client:
         """Run a failed or cancelled job again."""
         return self._loop.run(self.aio.retry(job_id))
 
+    def flow(self, tree: dict[str, Any]) -> JobHandle:
+        """A job and the jobs it waits for, made in one step; see AsyncClient.flow."""
+        return self._flow(self._loop.run(self.aio.flow(tree)))
+
+    def chain(self, *steps: dict[str, Any]) -> JobHandle:
+        """Jobs run one after the other (generate, then upscale...); see AsyncClient.chain."""
+        return self._flow(self._loop.run(self.aio.chain(*steps)))
+
+    def _flow(self, h: AsyncJobHandle) -> JobHandle:
+        handle = self._handle(h)
+        handle.children = [self._flow(c) for c in h.children]
+        return handle
+
     def schedule(self, name: str, queue: str, payload: dict[str, Any], **kwargs: Any) -> ScheduleView:
         """A recurring job: `every=` seconds or `cron=`; see AsyncClient.schedule."""
         return self._loop.run(self.aio.schedule(name, queue, payload, **kwargs))
@@ -206,6 +219,16 @@ class JobHandle:
     def __init__(self, client: Client, aio: AsyncJobHandle) -> None:
         self.client = client
         self.aio = aio
+        self.children: list[JobHandle] = []  # a flow's: the jobs this one waits for
+
+    def image(self, n: int = 0) -> str:
+        """A reference to this job's `n`th image, for another job's payload (`job://...`)."""
+        return self.aio.image(n)
+
+    def then_upscale(self, scale: int = 2, model: str | None = None, n: int = 0,
+                     options: dict[str, Any] | None = None) -> JobHandle:
+        """Upscale this job's `n`th image once it has completed (waits for it): a new job."""
+        return self.client._handle(self._run(self.aio.then_upscale(scale, model, n, options)))
 
     @property
     def id(self) -> str:

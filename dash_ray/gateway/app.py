@@ -44,6 +44,7 @@ from dash_ray.gateway.deps import (
     _signed_list,
     caller_or_query,
 )
+from dash_ray.gateway.flows import router as flows_router
 from dash_ray.gateway.metrics import render
 from dash_ray.gateway.schedules import router as schedules_router
 from dash_ray.gateway.services import GatewayServices
@@ -624,6 +625,7 @@ def create_app(services: GatewayServices, *, max_body_bytes: int | None = None) 
     app.include_router(router)
     app.include_router(streams_router)
     app.include_router(schedules_router)
+    app.include_router(flows_router)
 
     @app.websocket("/ws")
     async def ws(websocket: WebSocket) -> None:

@@ -6,11 +6,14 @@ priority 1 is a shared allowance) is declared on the queue's definition (models/
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
+from typing import Any
 
 from dash_ray.config import Settings
-from dash_ray.errors import RateLimited
+from dash_ray.errors import JobNotFound, RateLimited
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.ratelimit import OpenSlots
+from dash_ray.models.images import job_ref
 from dash_ray.models.options import JobOptions
 from dash_ray.models.payloads import JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
@@ -36,8 +39,10 @@ class SubmitPolicy:
         self._lookups = OpenSlots(LOOKUPS_PER_USER)  # webhook URLs being resolved now, per user
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
-                    owner: str) -> None:
-        """Raise InvalidPayload (422) or RateLimited (429) for a submission over a limit."""
+                    owner: str, flow: Collection[str] = ()) -> None:
+        """Raise InvalidPayload (422) or RateLimited (429) for a submission over a limit. A
+        `job://` image must be of a job in `flow` (those it waits for, in a flow) or of a
+        completed job of the owner's that has it."""
         s = self.settings
         opts = options or JobOptions()
         if opts.attempts is not None and opts.attempts > s.max_attempts:
@@ -53,10 +58,36 @@ class SubmitPolicy:
             if url.startswith("upload://") and not await asyncio.to_thread(self.artifacts.exists,
                                                                             upload_path(owner, url)):
                 raise bad_field(field, "no such upload of yours")
+            if url.startswith("artifact://"):
+                raise bad_field(field, "artifact:// is the server's own (name a job's image: job://<id>/images/<n>)")
+            if url.startswith("job://"):
+                await self._job_image(field, url, owner, flow)
         if q.limits is not None:  # compute per job (generation, training)
             q.limits(payload, s)
         if q.priority_share and opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
             raise bad_field("options.priority", f"priority 1 on {queue} is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
+
+    async def _job_image(self, field: str, url: str, owner: str, flow: Collection[str]) -> None:
+        """A `job://<id>/images/<n>` input: a job the flow makes first, or an image of a completed
+        job of the owner's (any other job's looks as if it did not exist)."""
+        ref = job_ref(url)
+        if ref is None:
+            raise bad_field(field, "a job's image is job://<id>/images/<n>")
+        source, n = ref
+        if source in flow:
+            return
+        try:
+            view = await self.store.get(source)
+        except JobNotFound:
+            view = None
+        if view is None or view.user_id != owner:
+            raise bad_field(field, f"no job {source} of yours (a flow's own jobs: only those this one waits for)")
+        result = view.result if isinstance(view.result, dict) else {}
+        images: list[Any] = result["images"] if isinstance(result.get("images"), list) else (
+            [result["image"]] if isinstance(result.get("image"), str) else [])
+        if view.status != "completed" or n >= len(images):
+            raise bad_field(field, f"job {source} has no image {n} (it is {view.status}); to use an image of a job "
+                                   "not done yet, make them together: POST /v1/flows")
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is

@@ -8,7 +8,10 @@ The gateway sniffs uploads with `sniff_image` and reads their header with Pillow
 
 from __future__ import annotations
 
-__all__ = ["IMAGE_FORMATS", "IMAGE_FORMATS_TEXT", "IMAGE_URL_SCHEMES", "PIL_FORMATS", "is_image_url", "sniff_image"]
+import re
+
+__all__ = ["IMAGE_FORMATS", "IMAGE_FORMATS_TEXT", "IMAGE_URL_SCHEMES", "PIL_FORMATS", "artifact_ref", "is_image_url",
+           "job_ref", "sniff_image"]
 
 # Pillow format name -> content type, in the order messages name them.
 IMAGE_FORMATS: dict[str, str] = {
@@ -22,8 +25,25 @@ PIL_FORMATS: tuple[str, ...] = tuple(IMAGE_FORMATS)
 IMAGE_FORMATS_TEXT = "PNG, JPEG, WebP, BMP or GIF"  # for messages
 
 # What a payload's image reference may be: a stored upload, a URL the worker fetches (checked
-# against DASH_ALLOWED_IMAGE_HOSTS / DASH_ALLOWED_FILE_DIRS), or the image itself as data:.
-IMAGE_URL_SCHEMES: tuple[str, ...] = ("http", "https", "file", "data", "upload")
+# against DASH_ALLOWED_IMAGE_HOSTS / DASH_ALLOWED_FILE_DIRS), the image itself as data:, or an
+# image another job of the owner's made (`job://<id>/images/<n>`, resolved when the job is handed
+# to its worker: to `artifact://<path>`, the result file, which only the dispatcher writes).
+IMAGE_URL_SCHEMES: tuple[str, ...] = ("http", "https", "file", "data", "upload", "job", "artifact")
+
+_JOB_REF = re.compile(r"^job://([A-Za-z0-9][A-Za-z0-9_.:@\-]{0,199})/images/(\d{1,2})$")
+_ARTIFACT_REF = re.compile(r"^artifact://([A-Za-z0-9][A-Za-z0-9_.@\-]{0,199}(?:/[A-Za-z0-9][A-Za-z0-9_.@\-]{0,199}){2})$")
+
+
+def job_ref(url: str) -> tuple[str, int] | None:
+    """(job id, image index) of a `job://<id>/images/<n>` reference, else None."""
+    m = _JOB_REF.match(url)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def artifact_ref(url: str) -> str | None:
+    """The result file path (`user/job/name`) of an `artifact://` reference, else None."""
+    m = _ARTIFACT_REF.match(url)
+    return m.group(1) if m else None
 
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF87a", "image/gif"),
           (b"GIF89a", "image/gif"), (b"BM", "image/bmp"))

@@ -18,8 +18,8 @@ from pydantic import (
 
 from dash_ray.models.base import JobId, LookupId, RequestModel
 
-__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "JobOptions", "MoveRequest", "Priority", "ScheduleOptions",
-           "ScheduleRequest", "Webhook"]
+__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "FlowRequest", "JobOptions", "MoveRequest", "Priority",
+           "ScheduleOptions", "ScheduleRequest", "Webhook"]
 
 Priority = Literal[1, 2, 3]
 MAX_DELAY_S = 30 * 24 * 3600
@@ -180,3 +180,16 @@ class ScheduleRequest(RequestModel):
         if isinstance(self.end_at, datetime):
             return int(self.end_at.timestamp() * 1000)
         return now_ms + int(self.end_at * 1000)
+
+
+class FlowRequest(RequestModel):
+    """A job and the jobs it waits for (`children`, each a flow of its own): made together, the
+    children run first, the job when they are done. Its payload may name a child's image as
+    `job://<child id>/images/<n>`. `onFailure` (a child's): what its failure does to the job that
+    waits for it: `fail` it (default), or `ignore` it (the job runs; an image of it fails then)."""
+
+    queue: str = Field(min_length=1, max_length=64)
+    payload: dict[str, object]
+    options: JobOptions | None = None
+    on_failure: Literal["fail", "ignore"] = "fail"
+    children: list[FlowRequest] = Field(default_factory=list, max_length=16)

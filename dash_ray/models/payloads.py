@@ -11,7 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field
 
 from dash_ray.models.base import JobId, RequestModel, UserId
-from dash_ray.models.images import IMAGE_URL_SCHEMES
+from dash_ray.models.images import IMAGE_URL_SCHEMES, artifact_ref, job_ref
 
 __all__ = [
     "MAX_IMAGE_URL_CHARS",
@@ -50,9 +50,13 @@ _UPLOAD = re.compile(r"^upload://[0-9a-f]{32}$")
 def _image_url(value: str) -> str:
     scheme = value.split(":", 1)[0].lower() if ":" in value else ""
     if scheme not in IMAGE_URL_SCHEMES:
-        raise ValueError("must be an upload://, http(s), file:// or data: URL")
+        raise ValueError("must be an upload://, job://, http(s), file:// or data: URL")
     if scheme == "upload" and not _UPLOAD.match(value):
         raise ValueError("an upload reference is upload://<id> (as POST /v1/uploads returns it)")
+    if scheme == "job" and job_ref(value) is None:
+        raise ValueError("a job's image is job://<job id>/images/<n>")
+    if scheme == "artifact" and artifact_ref(value) is None:
+        raise ValueError("not a result file reference")
     return value
 
 

@@ -9,7 +9,7 @@ from pydantic import Field
 from dash_ray.models.base import WireModel
 from dash_ray.models.status import JobStatus, is_final
 
-__all__ = ["Allowance", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult", "UsageView"]
+__all__ = ["Allowance", "FlowView", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult", "UsageView"]
 
 
 class JobView(WireModel):
@@ -40,14 +40,15 @@ class JobView(WireModel):
     # `sameAs`: the job follows that unfinished run of its payload and ends as it does.
     cached: bool | None = None
     same_as: str | None = None
+    parent_id: str | None = None  # a flow's job: the job that waits for it
 
     def wire(self, **kwargs: Any) -> dict[str, Any]:
-        """The view as a camelCase JSON-able dict; `cached` and `sameAs` only when they say something."""
+        """The view as a camelCase JSON-able dict; `cached`, `sameAs` and `parentId` only when
+        they say something."""
         out = super().wire(**kwargs)
-        if self.cached is None:
-            out.pop("cached", None)
-        if self.same_as is None:
-            out.pop("sameAs", None)
+        for name, key in (("cached", "cached"), ("same_as", "sameAs"), ("parent_id", "parentId")):
+            if getattr(self, name) is None:
+                out.pop(key, None)
         return out
 
     @property
@@ -134,3 +135,14 @@ class ScheduleView(WireModel):
     runs: int = 0
     next_at: float | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class FlowView(WireModel):
+    """A flow as made: its job and the flows it waits for."""
+
+    job: JobView
+    children: list[FlowView] = Field(default_factory=list)
+
+    def wire(self, **kwargs: Any) -> dict[str, Any]:
+        """The flow as a camelCase JSON-able dict (each job as `JobView.wire` has it)."""
+        return {"job": self.job.wire(**kwargs), "children": [c.wire(**kwargs) for c in self.children]}

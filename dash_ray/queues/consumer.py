@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from bullmq import Job as BullJob
@@ -29,6 +29,8 @@ from bullmq.scripts import raw2NextJobData
 from redis.asyncio import Redis
 
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
+from dash_ray.models.images import job_ref
+from dash_ray.models.queues import QUEUE_TABLE
 from dash_ray.models.status import CANCELLING, FINAL
 from dash_ray.queues.active import ActiveJob, FailOutcome, LockLost
 from dash_ray.queues.adoption import Adoption
@@ -496,6 +498,50 @@ class QueueConsumer:
         await self.redis.zrem(key, *[job_id for job_id, _d in due])
         return n
 
+    async def resolve_inputs(self, jobs: list[ActiveJob]) -> list[ActiveJob]:
+        """Resolve the `job://<id>/images/<n>` image inputs of jobs about to run to the result
+        files they name (`artifact://<path>`), each from a completed job of the same owner (a
+        flow's children, done by now). A job whose input cannot be had fails, not retried (its
+        input job failed, was cancelled, is another user's or is gone). Returns the others."""
+        fields = _image_fields(self.name)
+        if not fields:
+            return jobs
+        ready: list[ActiveJob] = []
+        for job in jobs:
+            refs = [(f, i, job_ref(v)) for f, i, v in _image_values(job.data, fields) if v.startswith("job://")]
+            if not refs or job.deferred_failure:  # (a flow's parent whose child failed: it fails with that)
+                ready.append(job)
+                continue
+            try:
+                for field, index, ref in refs:
+                    _put(job.data, field, index, await self._artifact_of(job, ref))
+            except ValueError as exc:
+                await self.fail(job, f"input {exc}", retry=False)
+                continue
+            ready.append(job)
+        return ready
+
+    async def _artifact_of(self, job: ActiveJob, ref: tuple[str, int] | None) -> str:
+        if ref is None:
+            raise ValueError("is not a job's image (job://<id>/images/<n>)")
+        source, n = ref
+        status, owner, result = cast(list[Any], await self.redis.hmget(self.keys.job(source), "status", "userId",
+                                                                       "result"))
+        if owner is None or owner != job.user_id:
+            raise ValueError(f"job {source} is gone")
+        if status != "completed":
+            raise ValueError(f"job {source} did not complete ({status})")
+        value = json.loads(result) if result else {}
+        images = value.get("images") if isinstance(value, dict) else None
+        if not isinstance(images, list):
+            images = [value["image"]] if isinstance(value, dict) and isinstance(value.get("image"), str) else []
+        if n >= len(images) or not isinstance(images[n], str):
+            raise ValueError(f"job {source} has no image {n}")
+        path = images[n].split("?", 1)[0].removeprefix("/v1/artifacts/")
+        if not path.startswith(f"{owner}/"):
+            raise ValueError(f"job {source}'s image {n} is not a result file")
+        return f"artifact://{path}"
+
     async def settle_followers(self, most: int = 100) -> int:
         """End the jobs that followed a run of their payload (identical submits made while it
         ran: `options.cache`) as that run ended: completed with its result, or failed, cancelled
@@ -565,3 +611,28 @@ class QueueConsumer:
         schedulers' next runs being made are made first."""
         await self.next_runs_made()
         await self.locks.close()
+
+
+def _image_fields(queue: str) -> list[str]:
+    """The wire names of a queue's image fields (none for a queue the table does not know)."""
+    q = QUEUE_TABLE.get(queue)
+    return [q.payload.model_fields[n].alias or n for n in q.image_fields] if q is not None else []
+
+
+def _image_values(data: dict[str, Any], fields: list[str]) -> list[tuple[str, int, str]]:
+    """(field, index (-1: not a list), reference) of each image a job's data names."""
+    out: list[tuple[str, int, str]] = []
+    for field in fields:
+        value = data.get(field)
+        if isinstance(value, str):
+            out.append((field, -1, value))
+        elif isinstance(value, list):
+            out.extend((field, i, v) for i, v in enumerate(value) if isinstance(v, str))
+    return out
+
+
+def _put(data: dict[str, Any], field: str, index: int, value: str) -> None:
+    if index < 0:
+        data[field] = value
+    else:
+        data[field][index] = value

@@ -418,17 +418,35 @@ class Lifecycle:
         `QueueConsumer.expire_overdue` sweeps. `cache`: the digest of a repeatable payload (and
         `data`, its JSON): the owner's completed run of it answers instead (`Created.cached`),
         an unfinished one is followed (`Created.follows`)."""
-        script: Any = self._creates.get(bull.sha)
-        if script is None:
-            prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
-            text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
-            script = self._creates[bull.sha] = self.redis.register_script(text)
+        script = self._create_script(bull)
         keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by,
                                        cache, data)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
         return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],
                                                client=self._grouped))
+
+    def _create_script(self, bull: BullAdd) -> Any:
+        """CREATE around one of BullMQ's add scripts (registered once per add script)."""
+        script: Any = self._creates.get(bull.sha)
+        if script is None:
+            prelude = with_bull_add(bull.source, len(bull.keys), len(bull.args))
+            text = self.calls.text(CREATE, after=(len(bull.keys), len(bull.args)), prelude=prelude)
+            script = self._creates[bull.sha] = self.redis.register_script(text)
+        return script
+
+    async def create_many(self, items: list[tuple[JobProgressEvent, BullAdd, dict[str, Any]]]) -> list[Created | Exception]:
+        """Several creates (each as `create`'s arguments: its event, BullMQ's add, the rest by
+        name) in one MULTI/EXEC, in order: a flow, its parent before its children (BullMQ's add
+        of a child needs its parent's job). Each one's outcome (an error reply as an exception)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for event, bull, kw in items:
+            keys, args = self.calls.create(event, kw["digest"], kw["created_ms"], kw.get("position", True),
+                                           kw.get("hook"), kw.get("fair"), kw.get("quota"), kw.get("size", 0),
+                                           kw.get("start_by", ""))
+            await self._create_script(bull)(keys=[*bull.keys, *keys], args=[*bull.args, *args], client=pipe)
+        replies = await pipe.execute(raise_on_error=False)
+        return [r if isinstance(r, Exception) else Created.from_reply(r) for r in replies]
 
     async def aclose(self) -> None:
         """Close the connection of its own that creates go out on (the client's stay open)."""

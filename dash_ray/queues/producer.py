@@ -6,13 +6,14 @@ and retry. Also BullMQ's options for ours (`bull_opts`), the id and owner rules 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bullmq import Job as BullJob
 from redis.asyncio import Redis
@@ -269,6 +270,8 @@ class Producer:
             await self.redis.srem(self.keys.followers(view.same_as), job_id)
             return await self.reader.get(job_id)
         if view.status != Status.ACTIVE:
+            # A flow's parent goes with the jobs it waits for (BullMQ removes those not running).
+            below = await self._children(view.queue, job_id)
             removed = await bq.backend.remove(job_id, True)
             if removed == SCHEDULED_NEXT:
                 raise InvalidJobState(job_id, view.status, "cancel (it is its schedule's next run: delete the schedule)")
@@ -276,10 +279,44 @@ class Producer:
                 await self.lifecycle.finish(JobFailedEvent(
                     job_id=job_id, queue=view.queue, user_id=view.user_id, error="cancelled", status=Status.CANCELLED.value,
                 ))
+                for child_queue, child in below:  # each of its flow: removed with it, or told to stop
+                    await self._cancel_child(child_queue, child, job_id)
+                return await self.reader.get(job_id)
+            if below:  # a flow's parent BullMQ would not remove (a job it waits for runs): it is told
+                await self.lifecycle.cancel(job_id)  # to stop (it will, once taken), and so is each of them
+                for _child_queue, child in below:
+                    with contextlib.suppress(DashError):
+                        await self.cancel(child)
                 return await self.reader.get(job_id)
             # It became active in between: cancel it as a running job.
         await self.lifecycle.cancel(job_id)
         return await self.reader.get(job_id)
+
+    async def _children(self, queue: str, job_id: str, depth: int = 0) -> list[tuple[str, str]]:
+        """(queue, id) of the jobs a flow's parent still waits for, at any depth (BullMQ's
+        `dependencies` sets: `{prefix}:{queue}:{id}` each)."""
+        if depth > 8:
+            return []
+        out: list[tuple[str, str]] = []
+        prefix = f"{self.keys.prefix}:"
+        for key in sorted(await self.redis.smembers(self.keys.bull(queue, f"{job_id}:dependencies"))):
+            child_queue, _, child = str(key).removeprefix(prefix).partition(":")
+            if child_queue in self.control.names and child:
+                out.append((child_queue, child))
+                out += await self._children(child_queue, child, depth + 1)
+        return out
+
+    async def _cancel_child(self, queue: str, job_id: str, parent: str) -> None:
+        """End a cancelled flow's job: gone from BullMQ with its parent (its record ends), or
+        running (told to stop, as a cancel of it would)."""
+        status, owner = cast(list[Any], await self.redis.hmget(self.keys.job(job_id), "status", "userId"))
+        if status is None or is_final(status):
+            return
+        if await self.redis.exists(self.keys.bull(queue, job_id)):
+            await self.lifecycle.cancel(job_id)
+            return
+        await self.lifecycle.finish(JobFailedEvent(job_id=job_id, queue=queue, user_id=owner, status=Status.CANCELLED.value,
+                                                   error=f"cancelled: the job waiting for it ({parent}) was cancelled"))
 
     async def move(self, job_id: str, how: str, other: str | int | None = None) -> JobView:
         """Move a waiting job in its queue (move.lua), in one step: `front` (of the whole queue),

@@ -84,7 +84,20 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
         finished_at=(_f(bull.get("finishedOn")) or 0) / 1000 or _f(ours.get("finished")),
         seq=int(ours.get("seq") or 0),
         same_as=ours.get("follows") or None,
+        parent_id=_parent_of(bull),
     )
+
+
+def _parent_of(bull: dict[str, str]) -> str | None:
+    """The id of the job a flow's job is for (BullMQ's `parent` field), if any."""
+    raw = bull.get("parent")
+    if not raw:
+        return None
+    try:
+        parent = json.loads(raw)
+    except ValueError:
+        return None
+    return str(parent["id"]) if isinstance(parent, dict) and parent.get("id") else None
 
 
 class ViewEtas:

@@ -230,6 +230,9 @@ class Dispatcher:
             if self.batch_of is not None:  # here, in the job's task: the loop goes on serving meanwhile
                 jobs += await self._company(jobs)
             while jobs:
+                jobs = await self.consumer.resolve_inputs(jobs)  # a flow's `job://` inputs, from its children
+                if not jobs:
+                    break
                 t0 = time.monotonic()
                 outcomes, models_now, alive = await self.handoff.run(slot, jobs)
                 models = models_now or models

@@ -11,6 +11,7 @@ from typing import Any
 
 from dash_ray.config import Settings
 from dash_ray.errors import WorkerError
+from dash_ray.models.images import artifact_ref
 from dash_ray.models.payloads import upload_path
 from dash_ray.runners import Runner
 from dash_ray.services.artifacts import ArtifactStore
@@ -48,9 +49,17 @@ class TorchRunner(Runner):
 
     # --- models ---
     def uploads_of(self, user_id: str | None) -> Callable[[str], bytes]:
-        """Reads `upload://` references from `user_id`'s uploads only."""
+        """Reads `upload://` references from `user_id`'s uploads, and `artifact://` ones (a job's
+        image input resolved from another job's result) from `user_id`'s result files, only."""
         def read(ref: str) -> bytes:
-            with self.artifacts.open(upload_path(user_id or "_", ref)) as f:
+            if ref.startswith("artifact://"):
+                rel = artifact_ref(ref)
+                if rel is None or not user_id or rel.split("/", 1)[0] != user_id:
+                    raise ValueError("not the job owner's result file")
+                path = rel
+            else:
+                path = upload_path(user_id or "_", ref)
+            with self.artifacts.open(path) as f:
                 return bytes(f.read(self.settings.max_image_bytes + 1))
 
         return read

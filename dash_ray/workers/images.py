@@ -29,13 +29,14 @@ def fetch_bytes(url: str, settings: Settings, uploads: Callable[[str], bytes] | 
     `uploads` reads an `upload://` reference (from the job owner's uploads)."""
     limit = settings.max_image_bytes
     scheme = url.split(":", 1)[0].lower()
-    if scheme == "upload":
+    if scheme in ("upload", "artifact"):  # an upload, or a result file of the owner's (a resolved job://)
         if uploads is None:
-            raise WorkerError("upload:// references are not available here")
+            raise WorkerError(f"{scheme}:// references are not available here")
         try:
             data = uploads(url)
         except (OSError, ValueError):
-            raise WorkerError("no such upload (it was deleted, or is not the job owner's)") from None
+            raise WorkerError(f"no such {'upload' if scheme == 'upload' else 'result file'} (it was deleted, or "
+                              "is not the job owner's)") from None
         if len(data) > limit:
             raise WorkerError(f"image too large (over {limit} bytes)")
         return data
@@ -53,6 +54,8 @@ def fetch_bytes(url: str, settings: Settings, uploads: Callable[[str], bytes] | 
         return _read_file(Path(unquote(urlparse(url).path)), settings)
     if scheme in ("http", "https"):
         return _fetch_http(url, settings)
+    if scheme == "job":
+        raise WorkerError("a job:// image was not resolved before the run")
     raise WorkerError("image URL must be http(s), file:// or data:")
 
 

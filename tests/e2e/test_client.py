@@ -133,6 +133,23 @@ def test_a_cached_resubmit_never_reaches_a_worker_and_identical_submits_run_once
     print(f"a cached resubmit was answered in {answered_s * 1000:.1f} ms")
 
 
+def test_generate_then_upscale_as_one_flow_on_ray(live: dict[str, Any]) -> None:
+    """A chain made in one step (POST /v1/flows): the generation runs, then the upscale reads the
+    image it made (`job://<id>/images/0`) and doubles it."""
+    from dash_ray.client import previous_image
+
+    with client_for(live) as c:
+        up = c.chain({"queue": "generation", "payload": {"prompt": "a tiny heron", "settings": GEN}},
+                     {"queue": "upscaling", "payload": {"imageUrl": previous_image(), "scale": 2}})
+        [gen] = up.children
+        assert up.queue == "upscaling" and gen.queue == "generation" and up.view.status == "waiting"
+        done = up.wait(timeout=180)
+        assert done.status == "completed", done
+        assert gen.status().status == "completed" and gen.status().parent_id == up.id
+        assert up.images()[0].size == (128, 128)  # the generated 64 px image, doubled
+        assert gen.status().finished_at <= done.started_at  # the child ran first
+
+
 def test_sync_client_history_queues_cancel_retry_watch_and_wait_all(live: dict[str, Any]) -> None:
     with client_for(live) as c:
         handles = [c.submit("sleep", {"durationS": 0.2, "steps": 4}) for _ in range(5)]

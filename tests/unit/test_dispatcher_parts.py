@@ -190,6 +190,12 @@ class Consumer:
         self.swept = getattr(self, "swept", 0) + 1
         return 0
 
+    async def settle_followers(self) -> int:
+        return 0
+
+    async def resolve_inputs(self, jobs: list[ActiveJob]) -> list[ActiveJob]:
+        return jobs
+
     def start_maintenance(self) -> None:
         self.maintained = True
 

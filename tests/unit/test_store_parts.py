@@ -355,7 +355,8 @@ def producer_with(view: JobView, removes: bool = True) -> tuple[Producer, FakeLi
     backend = RemovingBackend(removes)
     queues["sleep"].backend = backend
     lifecycle = FakeLifecycle()
-    producer = Producer(FakeRedis(), KEYS, control, FakeReader(view), lifecycle)  # type: ignore[arg-type]
+    producer = Producer(FakeRedis(smembers=lambda key: set()), KEYS, control, FakeReader(view),  # type: ignore[arg-type]
+                        lifecycle)  # (a job in no flow: waits for none)
     return producer, lifecycle, backend
 
 

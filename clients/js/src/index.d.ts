@@ -55,7 +55,15 @@ export interface JobView {
   cached?: boolean;
   /** The job follows this unfinished run of the same payload and ends as it does. */
   sameAs?: string;
+  /** A flow's job: the job that waits for it. */
+  parentId?: string;
 }
+export interface FlowRequest {
+  queue: string; payload: Record<string, any>; options?: Record<string, any>;
+  /** A child's: what its failure does to the job waiting for it. */
+  onFailure?: 'fail' | 'ignore'; children?: FlowRequest[];
+}
+export interface FlowView { job: JobView; children: FlowView[]; }
 export interface QueueView { name: string; counts: Record<string, number>; concurrency: number; gpuFraction: number; paused: boolean; }
 export interface JobList { jobs: JobView[]; nextCursor?: string | null; }
 
@@ -64,6 +72,8 @@ export interface RestClient {
   get(id: string): Promise<JobView>;
   cancel(id: string): Promise<JobView>;
   retry(id: string): Promise<JobView>;
+  /** A job and the jobs it waits for, made in one step (children run first). */
+  flow(tree: FlowRequest): Promise<FlowView>;
   /** Reorder a waiting job (one of): to the front, before another of yours, or (admins) a new priority. */
   move(id: string, where: { to: 'front' } | { before: string } | { priority: 1 | 2 | 3 }): Promise<JobView>;
   jobs(filter?: { queue?: string; status?: string; limit?: number; cursor?: string; userId?: string;

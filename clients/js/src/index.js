@@ -284,6 +284,9 @@ export function createClient({ url = '', token, fetch: doFetch = globalThis.fetc
     get: (id) => call('GET', `/v1/jobs/${encodeURIComponent(id)}`),
     cancel: (id) => call('DELETE', `/v1/jobs/${encodeURIComponent(id)}`),
     retry: (id) => call('POST', `/v1/jobs/${encodeURIComponent(id)}/retry`),
+    /** A job and the jobs it waits for, made in one step: `{queue, payload, options?, onFailure?,
+     *  children: [...]}`; a payload may take a child's image as `job://<childId>/images/<n>`. */
+    flow: (tree) => call('POST', '/v1/flows', { json: tree }),
     /** Reorder a waiting job: `{to: 'front'}`, `{before: otherId}` (yours, same priority), or an
      *  admin's `{priority: 1-3}`. Your jobs only trade places among themselves. */
     move: (id, where) => call('POST', `/v1/jobs/${encodeURIComponent(id)}/move`, { json: where }),

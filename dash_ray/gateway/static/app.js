@@ -296,6 +296,7 @@ function detail(job) {
   }
   const bits = [];
   if (job.sameAs) bits.push(`follows ${job.sameAs} (the same payload, running)`);
+  if (job.parentId) bits.push(`for ${job.parentId}`);
   if (job.epoch != null && job.epochs) bits.push(`epoch ${job.epoch}/${job.epochs}`);
   else if (job.step != null && job.steps) bits.push(`step ${job.step}/${job.steps}`);
   if (job.loss != null) bits.push(`loss ${Number(job.loss).toFixed(4)}`);
@@ -333,6 +334,7 @@ function render(job, append = false) {
   }
   const admin = (state.claims?.roles || []).includes('admin');
   if (admin && job.userId) $('.user', tr).textContent = job.userId;
+  if (job.parentId) { tr.classList.add('flow-child'); tr.dataset.parent = job.parentId; }
   const st = $('.status', tr);
   st.textContent = job.status || '';
   st.className = `status status-${job.status}`;

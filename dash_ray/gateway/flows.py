@@ -1,0 +1,52 @@
+"""Flows: `POST /v1/flows`, a job and the jobs it waits for, made in one step
+(queues/flows.py), each checked as a submit is."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from dash_ray.errors import (
+    Forbidden,
+    InvalidPayload,
+    JobConflict,
+    QuotaExceeded,
+    RateLimited,
+    UnknownQueue,
+)
+from dash_ray.gateway.deps import Caller, Svc
+from dash_ray.gateway.errors import DocumentedRoute, raises
+from dash_ray.models.options import FlowRequest
+from dash_ray.models.views import FlowView
+from dash_ray.queues.flows import descendants, flatten, make_flow
+
+__all__ = ["router"]
+
+router = APIRouter(route_class=DocumentedRoute)
+
+
+@router.post("/v1/flows", status_code=201, response_model=FlowView, tags=["jobs"])
+@raises(InvalidPayload, UnknownQueue, Forbidden, RateLimited, QuotaExceeded, JobConflict)
+async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
+    """Make a job and the jobs it waits for (`children`, each a flow of its own, at most 4
+    levels and 20 jobs), in one step: all are made, or none. The children run first; a job runs
+    when the jobs it waits for are done. A job's payload may take the image of one of those as
+    `job://<id>/images/<n>` (give the child a `jobId`), read when it starts. A child's
+    `onFailure`: `fail` (default) fails the job waiting for it, `ignore` lets it run without.
+    Each job counts against your limits as a submit does. Cancelling a job cancels those it
+    waits for."""
+    nodes = flatten(body, who.user_id)
+    for i, node in enumerate(nodes):
+        if node.request.queue not in svc.queues:
+            raise UnknownQueue(node.request.queue)
+        given = node.request.payload.get("userId")
+        if given is not None and given != who.user_id:
+            raise Forbidden("userId in a payload does not match the token", field="payload.userId")
+        await svc.policy.check(node.request.queue, node.payload, node.options, who, who.user_id,
+                               flow=descendants(nodes, i))
+    # each job's limits, taken as it is made (the rate counts each), as a submit's are
+    quotas = [replace(svc.policy.quota(n.request.queue, n.options, who), rate=svc.limiter.rate) for n in nodes]
+    flow = await make_flow(svc.store.producer, nodes, who.user_id, weight=who.weight, quotas=quotas)
+    return JSONResponse(flow.wire(), status_code=201)
