@@ -43,7 +43,7 @@ def errors_in(book: Any) -> list[str]:
             if o.get("output_type") == "error"]
 
 
-@pytest.mark.parametrize("name, at_least", [("quickstart", 4 + 1 + 1 + 1), ("batch", 1 + 1)])
+@pytest.mark.parametrize("name, at_least", [("quickstart", 4 + 1 + 1 + 1 + 1), ("batch", 1 + 1)])
 def test_notebook_runs_top_to_bottom_and_shows_images(up: dict[str, Any], name: str, at_least: int,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DASH_URL", up["base"])
