@@ -37,6 +37,7 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
     `onFailure`: `fail` (default) fails the job waiting for it, `ignore` lets it run without.
     Each job counts against your limits as a submit does. Cancelling a job cancels those it
     waits for."""
+    svc.limiter.refused_lately(who.user_id)  # over their rate a moment ago: 429 at once, nothing checked
     nodes = flatten(body, who.user_id)
     for i, node in enumerate(nodes):
         if node.request.queue not in svc.queues:
@@ -46,7 +47,15 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
             raise Forbidden("userId in a payload does not match the token", field="payload.userId")
         await svc.policy.check(node.request.queue, node.payload, node.options, who, who.user_id,
                                flow=descendants(nodes, i))
+        if node.options.webhook is not None:  # as a submit's: counted, then its destination checked
+            await svc.limiter.check(who.user_id)
+            await svc.policy.check_webhook(node.options, who.user_id)
     # each job's limits, taken as it is made (the rate counts each), as a submit's are
     quotas = [replace(svc.policy.quota(n.request.queue, n.options, who), rate=svc.limiter.rate) for n in nodes]
-    flow = await make_flow(svc.store.producer, nodes, who.user_id, weight=who.weight, quotas=quotas)
+    try:
+        flow = await make_flow(svc.store.producer, nodes, who.user_id, weight=who.weight, quotas=quotas)
+    except RateLimited as exc:
+        if hasattr(exc, "wait_ms"):  # the create script's refusal of the rate: remembered, as a submit's
+            raise svc.limiter.refused(who.user_id, exc.wait_ms) from None
+        raise
     return JSONResponse(flow.wire(), status_code=201)

@@ -516,7 +516,10 @@ class QueueConsumer:
                 for field, index, ref in refs:
                     _put(job.data, field, index, await self._artifact_of(job, ref))
             except ValueError as exc:
-                await self.fail(job, f"input {exc}", retry=False)
+                try:
+                    await self.fail(job, f"input {exc}", retry=False)
+                except Exception:  # (its lock lost, or Redis away: the attempt is taken back when its lock expires)
+                    log.warning("%s: could not fail job %s for its input", self.name, job.id, exc_info=True)
                 continue
             ready.append(job)
         return ready

@@ -56,11 +56,17 @@ def flatten(tree: FlowRequest, owner: str) -> list[FlowNode]:
         if depth > MAX_FLOW_DEPTH:
             raise InvalidPayload(f"invalid payload: a flow is at most {MAX_FLOW_DEPTH} levels deep",
                                  errors=[{"field": "children", "message": "too deep"}])
+        if len(out) >= MAX_FLOW_JOBS:  # before any more is parsed
+            raise InvalidPayload(f"invalid payload: a flow is at most {MAX_FLOW_JOBS} jobs",
+                                 errors=[{"field": "children", "message": "too many jobs"}])
         payload = parse_payload(node.queue, node.payload, allow_test_only=True)
         options = parse_options(node.options)
         if options.cache:
             raise InvalidPayload("invalid payload: options.cache: not for a flow's jobs",
                                  errors=[{"field": "options.cache", "message": "not in a flow"}])
+        if options.start_by is not None:  # (its expiry would take the others out of BullMQ with it)
+            raise InvalidPayload("invalid payload: options.startBy: not for a flow's jobs",
+                                 errors=[{"field": "options.startBy", "message": "not in a flow"}])
         if node.children and options.delay_s:
             raise InvalidPayload("invalid payload: options.delayS: a job with children waits for them, not a delay",
                                  errors=[{"field": "options.delayS", "message": "not with children"}])
@@ -118,7 +124,7 @@ async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, we
         wire = n.payload.wire(exclude_none=True)
         dig, size = digest(wire)
         attempts = n.options.attempts or o.default_attempts
-        start_by = n.options.start_by_ms(now_ms, o.start_by_s.get(n.request.queue))
+        start_by = None  # no deadline to start in a flow, the queue's default neither (see flatten)
         opts = bull_opts(n.job_id, n.options, attempts, o.keep_completed, o.keep_failed, o.finished_ttl_s, start_by)
         if n.parent is not None:
             parent = nodes[n.parent]
@@ -166,12 +172,16 @@ async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, we
 
 
 async def _take_back(producer: Producer, nodes: list[FlowNode], made: list[Created | Exception], why: str) -> None:
-    """Undo a flow made in part: its jobs out of BullMQ (the root with its children, then any
-    left), their records ended `cancelled`."""
+    """Undo a flow made in part: its jobs out of BullMQ (the first made, with its children),
+    their records ended `cancelled`; one a worker took meanwhile is told to stop instead (its
+    record ends when it does)."""
     mine = [n for n, m in zip(nodes, made, strict=True) if isinstance(m, Created) and m.created]
-    for n in mine:
-        await producer.control.queue(n.request.queue).backend.remove(n.job_id, True)
+    if mine:
+        await producer.control.queue(mine[0].request.queue).backend.remove(mine[0].job_id, True)
     for n in reversed(mine):
+        if await producer.redis.exists(producer.keys.bull(n.request.queue, n.job_id)):
+            await producer.lifecycle.cancel(n.job_id)
+            continue
         await producer.lifecycle.finish(JobFailedEvent(
             job_id=n.job_id, queue=n.request.queue, user_id=n.payload.user_id, status=Status.CANCELLED.value,
             error=f"cancelled: its flow could not be made ({why})"))

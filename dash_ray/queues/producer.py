@@ -77,6 +77,18 @@ def digest(data: dict[str, Any]) -> tuple[str, int]:
     return hashlib.sha256(raw).hexdigest()[:32], len(raw)
 
 
+def _failing_parent(raw: Any) -> str | None:
+    """The id of the job a flow's job fails when it fails (BullMQ's `parent` field, with
+    `fpof`), if any."""
+    if not raw:
+        return None
+    try:
+        parent = json.loads(raw)
+    except ValueError:
+        return None
+    return str(parent["id"]) if isinstance(parent, dict) and parent.get("fpof") and parent.get("id") else None
+
+
 def cache_digest(queue: str, payload: JobPayload, content: str = "") -> str:
     """The identity of a repeatable payload's result: its queue and fields (its id and owner
     aside) and what its inputs hold (`content`: a LoRA's digest)."""
@@ -270,6 +282,13 @@ class Producer:
             await self.redis.srem(self.keys.followers(view.same_as), job_id)
             return await self.reader.get(job_id)
         if view.status != Status.ACTIVE:
+            # A flow's job whose failure fails the job waiting for it: cancelling it cancels that
+            # job (and so the rest of its flow): left alone, BullMQ would start it without this one.
+            above = _failing_parent(await self.redis.hget(self.keys.bull(view.queue, job_id), "parent"))
+            if above is not None:
+                with contextlib.suppress(DashError):
+                    await self.cancel(above)
+                return await self.reader.get(job_id)
             # A flow's parent goes with the jobs it waits for (BullMQ removes those not running).
             below = await self._children(view.queue, job_id)
             removed = await bq.backend.remove(job_id, True)

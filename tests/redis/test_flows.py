@@ -130,3 +130,25 @@ def test_a_flow_is_checked_whole_and_refused_whole(make_client: Any, tokens: Any
     r = c.post("/v1/flows", json=_flow(child_id="bobs-gen"), headers=alice)
     assert r.status_code == 409, r.text
     assert c.get("/v1/usage", headers=alice).json()["jobsUnfinished"]["used"] == 0
+
+
+def test_cancelling_a_job_whose_failure_fails_its_parent_cancels_the_flow(make_client: Any, tokens: Any,
+                                                                         redis_url: str, prefix: str) -> None:
+    """Left alone, BullMQ would start the parent as if the child had done its part."""
+    c = make_client()
+    alice = auth(tokens("alice"))
+    flow = c.post("/v1/flows", json=_flow(), headers=alice).json()
+    parent, child = flow["job"]["id"], flow["children"][0]["job"]["id"]
+    r = c.delete(f"/v1/jobs/{child}", headers=alice)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled", r.text
+    assert c.get(f"/v1/jobs/{parent}", headers=alice).json()["status"] == "cancelled"
+    assert _take(redis_url, prefix, "upscaling", 0.3) == [] and _take(redis_url, prefix, "generation", 0.3) == []
+    # a deadline to start, or a flow past its size, is refused before anything is made
+    dated = {**_flow(child_id="g-dated"), "options": {"startBy": 60}}
+    assert c.post("/v1/flows", json=dated, headers=alice).status_code == 422
+    wide = {"queue": "generation", "payload": {"prompt": "top"},
+            "children": [{"queue": "generation", "payload": {"prompt": str(i)}} for i in range(16)]}
+    wide["children"][0]["children"] = [{"queue": "generation", "payload": {"prompt": f"d{i}"}} for i in range(4)]
+    r = c.post("/v1/flows", json=wide, headers=alice)  # 21 jobs
+    assert r.status_code == 422 and "at most 20 jobs" in r.json()["error"]["message"], r.text
+    assert c.get("/v1/usage", headers=alice).json()["jobsUnfinished"]["used"] == 0

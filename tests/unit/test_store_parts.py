@@ -355,8 +355,8 @@ def producer_with(view: JobView, removes: bool = True) -> tuple[Producer, FakeLi
     backend = RemovingBackend(removes)
     queues["sleep"].backend = backend
     lifecycle = FakeLifecycle()
-    producer = Producer(FakeRedis(smembers=lambda key: set()), KEYS, control, FakeReader(view),  # type: ignore[arg-type]
-                        lifecycle)  # (a job in no flow: waits for none)
+    producer = Producer(FakeRedis(smembers=lambda key: set(), hget=lambda key, field: None),  # type: ignore[arg-type]
+                        KEYS, control, FakeReader(view), lifecycle)  # (a job in no flow: in none, waits for none)
     return producer, lifecycle, backend
 
 
