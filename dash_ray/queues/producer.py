@@ -37,7 +37,7 @@ from dash_ray.queues.control import QueueControl
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota, Rate
 from dash_ray.queues.lua import MOVE
-from dash_ray.queues.reader import JobReader
+from dash_ray.queues.reader import JobReader, flow_parent
 
 __all__ = ["MAX_WEIGHT", "MIN_WEIGHT", "Producer", "ProducerOptions", "bull_opts", "cache_digest", "digest", "identify",
            "refusal"]
@@ -75,18 +75,6 @@ def digest(data: dict[str, Any]) -> tuple[str, int]:
     """A payload's digest (for idempotent adds) and its size in bytes (what it keeps in Redis)."""
     raw = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(raw).hexdigest()[:32], len(raw)
-
-
-def _failing_parent(raw: Any) -> str | None:
-    """The id of the job a flow's job fails when it fails (BullMQ's `parent` field, with
-    `fpof`), if any."""
-    if not raw:
-        return None
-    try:
-        parent = json.loads(raw)
-    except ValueError:
-        return None
-    return str(parent["id"]) if isinstance(parent, dict) and parent.get("fpof") and parent.get("id") else None
 
 
 def cache_digest(queue: str, payload: JobPayload, content: str = "") -> str:
@@ -284,7 +272,7 @@ class Producer:
         if view.status != Status.ACTIVE:
             # A flow's job whose failure fails the job waiting for it: cancelling it cancels that
             # job (and so the rest of its flow): left alone, BullMQ would start it without this one.
-            above = _failing_parent(await self.redis.hget(self.keys.bull(view.queue, job_id), "parent"))
+            above = flow_parent(await self.redis.hget(self.keys.bull(view.queue, job_id), "parent"), failing=True)
             if above is not None:
                 with contextlib.suppress(DashError):
                     await self.cancel(above)

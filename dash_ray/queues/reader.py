@@ -23,7 +23,7 @@ from dash_ray.queues.eta import estimate, left_from_progress
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import POSITION
 
-__all__ = ["ETA_CACHE_S", "JobReader", "Search", "ViewEtas", "view_of"]
+__all__ = ["ETA_CACHE_S", "JobReader", "Search", "ViewEtas", "flow_parent", "view_of"]
 
 ETA_CACHE_S = 1.0  # a waiting job's ETA is computed at most this often per replica (at the same place)
 
@@ -84,20 +84,22 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
         finished_at=(_f(bull.get("finishedOn")) or 0) / 1000 or _f(ours.get("finished")),
         seq=int(ours.get("seq") or 0),
         same_as=ours.get("follows") or None,
-        parent_id=_parent_of(bull),
+        parent_id=flow_parent(bull.get("parent")),
     )
 
 
-def _parent_of(bull: dict[str, str]) -> str | None:
-    """The id of the job a flow's job is for (BullMQ's `parent` field), if any."""
-    raw = bull.get("parent")
+def flow_parent(raw: Any, *, failing: bool = False) -> str | None:
+    """The id of the job a flow's job is for, from BullMQ's `parent` field of its hash (None if
+    none); with `failing`, only when its failure fails that job (`fpof`)."""
     if not raw:
         return None
     try:
         parent = json.loads(raw)
     except ValueError:
         return None
-    return str(parent["id"]) if isinstance(parent, dict) and parent.get("id") else None
+    if not isinstance(parent, dict) or not parent.get("id") or (failing and not parent.get("fpof")):
+        return None
+    return str(parent["id"])
 
 
 class ViewEtas:
