@@ -660,13 +660,14 @@ class AsyncJobHandle:
 
     def image(self, n: int = 0) -> str:
         """A reference to this job's `n`th image, for another job's payload (`job://<id>/images/<n>`):
-        read when that job starts (a job made after this one completed, or with it in a flow)."""
+        read when that job starts. A job submitted with it while this one runs waits for it (the
+        server adds it to the job's `options.after`)."""
         return job_image(self.id, n)
 
     async def then_upscale(self, scale: int = 2, model: str | None = None, n: int = 0,
                            options: dict[str, Any] | None = None) -> AsyncJobHandle:
-        """Upscale this job's `n`th image once it has completed (waits for it): a new job."""
-        await self.wait(raise_on_failure=True)
+        """Upscale this job's `n`th image: a new job, made now, that waits for this one to complete
+        (and fails unrun if it does not)."""
         payload: dict[str, Any] = {"imageUrl": self.image(n), "scale": scale}
         if model:
             payload["model"] = model

@@ -227,7 +227,8 @@ class JobHandle:
 
     def then_upscale(self, scale: int = 2, model: str | None = None, n: int = 0,
                      options: dict[str, Any] | None = None) -> JobHandle:
-        """Upscale this job's `n`th image once it has completed (waits for it): a new job."""
+        """Upscale this job's `n`th image: a new job, made now, that waits for this one (see
+        AsyncJobHandle.then_upscale)."""
         return self.client._handle(self._run(self.aio.then_upscale(scale, model, n, options)))
 
     @property

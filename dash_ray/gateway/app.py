@@ -46,6 +46,7 @@ from dash_ray.gateway.deps import (
 )
 from dash_ray.gateway.flows import router as flows_router
 from dash_ray.gateway.metrics import render
+from dash_ray.gateway.policy import with_waits
 from dash_ray.gateway.schedules import router as schedules_router
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.streams import prefer_wait_s, wait_final
@@ -74,7 +75,10 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     svc.limiter.refused_lately(owner)  # over their rate a moment ago: 429 at once, nothing checked
-    await svc.policy.check(queue, body, options, who, owner)
+    waits: set[str] = set()  # the unfinished jobs of the owner's its inputs name: it waits for them
+    await svc.policy.check(queue, body, options, who, owner, waits=waits)
+    if waits:
+        options = with_waits(options, waits)
     quota = svc.policy.quota(queue, options, who)
     if options is not None and options.webhook is not None:
         await svc.limiter.check(owner)  # counted before the webhook's lookup: refused callers cost none

@@ -14,18 +14,32 @@ from dash_ray.errors import JobNotFound, RateLimited
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.ratelimit import OpenSlots
 from dash_ray.models.images import job_ref
-from dash_ray.models.options import JobOptions
-from dash_ray.models.payloads import JobPayload, upload_path
+from dash_ray.models.options import MAX_AFTER, JobOptions
+from dash_ray.models.payloads import GenerationJob, JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.queues import JobStore, Quota
 from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, check_webhook_url
+from dash_ray.services.registry import lora_path
 
-__all__ = ["SubmitPolicy"]
+__all__ = ["SubmitPolicy", "with_waits"]
 
 LOOKUPS_PER_USER = 2  # webhook URLs of one user resolved at once, per replica
 
 
+
+
+def with_waits(options: JobOptions | None, waits: Collection[str]) -> JobOptions:
+    """The options with `after` naming `waits` too (the unfinished jobs a payload's inputs name:
+    `SubmitPolicy.check`); InvalidPayload (422) past MAX_AFTER, or with a delay."""
+    opts = options or JobOptions()
+    given = list(opts.after or ())
+    after = given + sorted(w for w in waits if w not in given)
+    if len(after) > MAX_AFTER:
+        raise bad_field("options.after", f"a job waits for at most {MAX_AFTER} jobs (its inputs' included)")
+    if opts.delay_s:
+        raise bad_field("options.delayS", "a job that waits for others (its inputs' jobs) takes no delay")
+    return opts.model_copy(update={"after": after})
 
 
 class SubmitPolicy:
@@ -39,10 +53,12 @@ class SubmitPolicy:
         self._lookups = OpenSlots(LOOKUPS_PER_USER)  # webhook URLs being resolved now, per user
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
-                    owner: str, flow: Collection[str] = ()) -> None:
+                    owner: str, flow: Collection[str] = (), waits: set[str] | None = None) -> None:
         """Raise InvalidPayload (422) or RateLimited (429) for a submission over a limit. A
         `job://` image must be of a job in `flow` (those it waits for, in a flow) or of a
-        completed job of the owner's that has it."""
+        completed job of the owner's that has it; with `waits` (a set to fill), an unfinished
+        job of the owner's may be named too (the image, or a LoRA its training job makes): its
+        id is added, for the job to wait for it."""
         s = self.settings
         opts = options or JobOptions()
         if opts.attempts is not None and opts.attempts > s.max_attempts:
@@ -61,15 +77,30 @@ class SubmitPolicy:
             if url.startswith("artifact://"):
                 raise bad_field(field, "artifact:// is the server's own (name a job's image: job://<id>/images/<n>)")
             if url.startswith("job://"):
-                await self._job_image(field, url, owner, flow)
+                await self._job_image(field, url, owner, flow, waits)
+        lora = payload.settings.lora_id if isinstance(payload, GenerationJob) else None
+        if waits is not None and lora and await self._training(lora, owner):
+            waits.add(lora)
         if q.limits is not None:  # compute per job (generation, training)
             q.limits(payload, s)
         if q.priority_share and opts.priority == 1 and not who.admin and s.high_priority_per_user <= 0:
             raise bad_field("options.priority", f"priority 1 on {queue} is for admins (DASH_HIGH_PRIORITY_PER_USER=0)")
 
-    async def _job_image(self, field: str, url: str, owner: str, flow: Collection[str]) -> None:
-        """A `job://<id>/images/<n>` input: a job the flow makes first, or an image of a completed
-        job of the owner's (any other job's looks as if it did not exist)."""
+    async def _training(self, lora: str, owner: str) -> bool:
+        """True if `lora` is not trained yet but an unfinished training job of the owner's makes it."""
+        if await asyncio.to_thread(self.artifacts.exists, lora_path(owner, lora)):
+            return False
+        try:
+            view = await self.store.get(lora)
+        except JobNotFound:
+            return False
+        return view.user_id == owner and view.queue == "training" and not view.done
+
+    async def _job_image(self, field: str, url: str, owner: str, flow: Collection[str],
+                         waits: set[str] | None = None) -> None:
+        """A `job://<id>/images/<n>` input: a job the flow makes first, an image of a completed
+        job of the owner's, or (`waits`) an unfinished one's, waited for (any other job's looks
+        as if it did not exist)."""
         ref = job_ref(url)
         if ref is None:
             raise bad_field(field, "a job's image is job://<id>/images/<n>")
@@ -82,12 +113,14 @@ class SubmitPolicy:
             view = None
         if view is None or view.user_id != owner:
             raise bad_field(field, f"no job {source} of yours (a flow's own jobs: only those this one waits for)")
+        if waits is not None and not view.done:
+            waits.add(source)
+            return
         result = view.result if isinstance(view.result, dict) else {}
         images: list[Any] = result["images"] if isinstance(result.get("images"), list) else (
             [result["image"]] if isinstance(result.get("image"), str) else [])
         if view.status != "completed" or n >= len(images):
-            raise bad_field(field, f"job {source} has no image {n} (it is {view.status}); to use an image of a job "
-                                   "not done yet, make them together: POST /v1/flows")
+            raise bad_field(field, f"job {source} has no image {n} (it is {view.status})")
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is

@@ -18,7 +18,7 @@ from pydantic import (
 
 from dash_ray.models.base import JobId, LookupId, RequestModel
 
-__all__ = ["MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "FlowRequest", "JobOptions", "MoveRequest", "Priority",
+__all__ = ["MAX_AFTER", "MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "FlowRequest", "JobOptions", "MoveRequest", "Priority",
            "ScheduleOptions", "ScheduleRequest", "Webhook"]
 
 Priority = Literal[1, 2, 3]
@@ -88,6 +88,9 @@ def _start_by(value: object) -> object:
     raise ValueError("a number of seconds from the submit (not in quotes), or an ISO 8601 time")
 
 
+MAX_AFTER = 20  # jobs one job may wait for (options.after)
+
+
 class JobOptions(RequestModel):
     """How a job is queued: priority 1-3 (1 = high), delay, attempts, backoff, job id, run-time
     limit, a deadline to start by, and a webhook for its events."""
@@ -105,6 +108,20 @@ class JobOptions(RequestModel):
     # completed run of the same one (200, `cached`), or following your unfinished run of it.
     # Default: the deployment's DASH_CACHE_RESULTS.
     cache: bool | None = None
+    # Jobs of yours this one waits for (BullMQ's flow layout: it sits in `waiting-children`
+    # until they end). `afterFailure`: what one of them failing does: `fail` (this job ends
+    # failed, unrun) or `ignore` (it runs without). A `job://<id>/images/<n>` input, or a
+    # `settings.loraId` that is your unfinished training job, is waited for without being named.
+    after: list[LookupId] | None = Field(None, max_length=MAX_AFTER)
+    after_failure: Literal["fail", "ignore"] = "fail"
+
+    @model_validator(mode="after")
+    def _after(self) -> JobOptions:
+        if self.after and len(set(self.after)) != len(self.after):
+            raise ValueError("options.after names a job twice")
+        if self.after and self.delay_s:
+            raise ValueError("a job that waits for others (after) takes no delay")
+        return self
 
     def start_by_ms(self, submitted_ms: int, default_s: float | None = None) -> int | None:
         """The deadline to start by, in ms (None: none), for a job submitted at `submitted_ms`."""

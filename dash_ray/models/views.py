@@ -41,12 +41,13 @@ class JobView(WireModel):
     cached: bool | None = None
     same_as: str | None = None
     parent_id: str | None = None  # a flow's job: the job that waits for it
+    after: list[str] | None = None  # the jobs it waits for (options.after, and those its inputs name)
 
     def wire(self, **kwargs: Any) -> dict[str, Any]:
-        """The view as a camelCase JSON-able dict; `cached`, `sameAs` and `parentId` only when
-        they say something."""
+        """The view as a camelCase JSON-able dict; `cached`, `sameAs`, `parentId` and `after` only
+        when they say something."""
         out = super().wire(**kwargs)
-        for name, key in (("cached", "cached"), ("same_as", "sameAs"), ("parent_id", "parentId")):
+        for name, key in (("cached", "cached"), ("same_as", "sameAs"), ("parent_id", "parentId"), ("after", "after")):
             if getattr(self, name) is None:
                 out.pop(key, None)
         return out

@@ -67,6 +67,9 @@ def flatten(tree: FlowRequest, owner: str) -> list[FlowNode]:
         if options.start_by is not None:  # (its expiry would take the others out of BullMQ with it)
             raise InvalidPayload("invalid payload: options.startBy: not for a flow's jobs",
                                  errors=[{"field": "options.startBy", "message": "not in a flow"}])
+        if options.after:  # (a flow's jobs wait for those the flow makes: its children)
+            raise InvalidPayload("invalid payload: options.after: not for a flow's jobs (give them as children)",
+                                 errors=[{"field": "options.after", "message": "not in a flow"}])
         if node.children and options.delay_s:
             raise InvalidPayload("invalid payload: options.delayS: a job with children waits for them, not a delay",
                                  errors=[{"field": "options.delayS", "message": "not with children"}])

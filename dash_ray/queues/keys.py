@@ -135,6 +135,12 @@ class Keys:
         it ends, with its result). Built in Lua too, as `followers_key(id)` (`includes/keys`)."""
         return f"{self.ns}follow:{job_id}"
 
+    def waiters(self, job_id: str) -> str:
+        """Hash: the jobs waiting for this one (`options.after`), BullMQ key of each -> how its
+        end reaches them (`after.lua`); released when it ends (finish.lua). Built in Lua too, as
+        `waiters_key(id)` (`includes/keys`)."""
+        return f"{self.ns}after:{job_id}"
+
     def settle(self, queue: str) -> str:
         """Sorted set: a queue's jobs that ended with followers to end too (by when, ms); its
         consumer's upkeep ends them."""

@@ -47,6 +47,7 @@ from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import (
     ADOPT,
     ADOPT_SCAN,
+    AFTER,
     CHECKPOINT,
     CREATE,
     EVENT,
@@ -61,6 +62,7 @@ from dash_ray.queues.lua import (
 
 __all__ = [
     "DURATION_BUCKETS",
+    "After",
     "BullAdd",
     "BullAddRecorder",
     "Created",
@@ -251,6 +253,19 @@ def started_marks(queue: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class After:
+    """The jobs a new job waits for (`options.after`): (id, queue) each, and what one of them
+    failing does to it (`fail` / `ignore`)."""
+
+    jobs: tuple[tuple[str, str], ...]
+    policy: str = "fail"
+
+    @property
+    def ids(self) -> list[str]:
+        return [job_id for job_id, _queue in self.jobs]
+
+
+@dataclass(frozen=True)
 class BullAdd:
     """One call of a BullMQ add script: its SHA and source, and the KEYS and ARGV it was given."""
 
@@ -286,7 +301,8 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, REOPEN)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, REOPEN,
+                                                     AFTER)}
 
     def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
         """A script's source with this deployment's constants."""
@@ -318,7 +334,8 @@ class _Calls:
     def create(self, event: JobProgressEvent, digest: str, created_ms: int, position: bool,
                hook: tuple[str, list[str]] | None = None,
                fair: tuple[int, float] | None = None, quota: Quota | None = None,
-               size: int = 0, start_by: str = "", cache: str = "", data: str = "") -> tuple[list[str], list[Any]]:
+               size: int = 0, start_by: str = "", cache: str = "", data: str = "",
+               after: After | None = None) -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         user = event.user_id or "_"
         k = self.keys
@@ -341,10 +358,22 @@ class _Calls:
         extra: dict[str, Any] = {"created": created_ms, "digest": digest, "made": nonce}
         if q.high:
             extra["high"] = 1
+        if after is not None:  # the jobs it waits for
+            extra["after"] = json.dumps(after.ids, separators=(",", ":"))
         if hook:  # the webhook: its URL, and the kinds of event it wants (",completed,failed,")
             extra.update(hookUrl=hook[0], hookEvents=f",{','.join(hook[1])},")
         args.update(fields=state_fields(event, extra), position="1" if position else "")
         return CREATE.pack(keys, args)
+
+    def after(self, event: JobProgressEvent, after: After) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys, args = AFTER.pack({"bull_job": k.bull(event.queue, event.job_id),
+                                 "waiting_children": k.bull(event.queue, "waiting-children")},
+                                {"job_id": event.job_id, "queue_key": k.bull(event.queue, "").removesuffix(":"),
+                                 "policy": after.policy})
+        for job_id, queue in after.jobs:
+            args += [job_id, k.bull(queue, job_id)]
+        return keys, args
 
     def adopt(self, event: JobProgressEvent, created_ms: int) -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
@@ -406,7 +435,8 @@ class Lifecycle:
     async def create(self, event: JobProgressEvent, bull: BullAdd, *, digest: str, created_ms: int,
                      position: bool = True, hook: tuple[str, list[str]] | None = None,
                      fair: tuple[int, float] | None = None, quota: Quota | None = None,
-                     size: int = 0, start_by: str = "", cache: str = "", data: str = "") -> Created:
+                     size: int = 0, start_by: str = "", cache: str = "", data: str = "",
+                     after: After | None = None) -> Created:
         """Create a job in one script: BullMQ's add (`bull`, recorded from BullMQ's client) and
         the job's record, history entry and first event; or, when a job with this id has a
         record, change nothing and say whose (`Created.created` False). `hook`: the job's
@@ -417,10 +447,18 @@ class Lifecycle:
         on Redis's clock): the record's `startBy`, and its queue's deadlines set, which
         `QueueConsumer.expire_overdue` sweeps. `cache`: the digest of a repeatable payload (and
         `data`, its JSON): the owner's completed run of it answers instead (`Created.cached`),
-        an unfinished one is followed (`Created.follows`)."""
+        an unfinished one is followed (`Created.follows`). `after`: the jobs it waits for (`bull`
+        is then BullMQ's addParentJob), attached in the same MULTI/EXEC (after.lua)."""
         script = self._create_script(bull)
         keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by,
-                                       cache, data)
+                                       cache, data, after)
+        if after is not None:
+            pipe = self.redis.pipeline(transaction=True)
+            await script(keys=[*bull.keys, *keys], args=[*bull.args, *args], client=pipe)
+            a_keys, a_args = self.calls.after(event, after)
+            await self._scripts[AFTER.name](keys=a_keys, args=a_args, client=pipe)
+            made, _attached = await pipe.execute()
+            return Created.from_reply(made)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
         return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],

@@ -33,9 +33,10 @@ from dash_ray.models.payloads import JobPayload
 from dash_ray.models.queues import parse_options, parse_payload
 from dash_ray.models.status import CANCELLING, JobStatus, Status, is_failure, is_final
 from dash_ray.models.views import JobView, SubmitResult
+from dash_ray.queues.batch import Batch
 from dash_ray.queues.control import QueueControl
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lifecycle import BullAddRecorder, Created, Lifecycle, Quota, Rate
+from dash_ray.queues.lifecycle import After, BullAddRecorder, Created, Lifecycle, Quota, Rate
 from dash_ray.queues.lua import MOVE
 from dash_ray.queues.reader import JobReader, flow_parent
 
@@ -46,7 +47,7 @@ MIN_WEIGHT, MAX_WEIGHT = 0.01, 100.0  # a user's fair-share weight is kept withi
 SCHEDULED_NEXT = -8  # BullMQ's removeJob: the job is its job scheduler's next run (not removed)
 MAX_START_BY_MS = MAX_DELAY_S * 1000  # a deadline to start is at most this far from the submit
 
-Validator = Callable[[JobPayload], None]
+Validator = Callable[..., None]  # (payload, waits=ids of the jobs it waits for) -> raises InvalidPayload
 
 
 def bull_opts(job_id: str, opts: JobOptions, attempts: int, keep_completed: int, keep_failed: int,
@@ -177,10 +178,11 @@ class Producer:
         job_id, owner, chosen = identify(payload, opts, user_id)
         payload = payload.with_ids(job_id, owner)
         if o.validate:
-            o.validate(payload)
+            o.validate(payload, waits=opts.after or ())
         wire = payload.wire(exclude_none=True)
         dig, size = digest(wire)
         attempts = opts.attempts or o.default_attempts
+        after = await self._after(opts, owner, job_id) if opts.after else None
         now_ms = int(time.time() * 1000)
         start_by = opts.start_by_ms(now_ms, o.start_by_s.get(queue))
         if start_by is not None and not now_ms + int(opts.delay_s * 1000) < start_by <= now_ms + MAX_START_BY_MS:
@@ -197,7 +199,10 @@ class Producer:
         if opts.cache and not o.allow_cache:
             raise InvalidPayload("invalid payload: options.cache: the result cache is off here (DASH_ALLOW_CACHE)",
                                  errors=[{"field": "options.cache", "message": "the cache is off"}])
-        if o.allow_cache and (opts.cache or (opts.cache is None and o.cache_results)):
+        if opts.cache and after is not None:
+            raise InvalidPayload("invalid payload: options.cache: not for a job that waits for others",
+                                 errors=[{"field": "options.cache", "message": "not with after"}])
+        if o.allow_cache and after is None and (opts.cache or (opts.cache is None and o.cache_results)):
             if payload.repeatable():
                 content = await asyncio.to_thread(o.content, payload) if o.content else ""  # (reads a file once)
                 cache = cache_digest(queue, payload, content)
@@ -209,19 +214,23 @@ class Producer:
         bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
                                                   o.finished_ttl_s, start_by))
         status: JobStatus = "delayed" if opts.delay_s else "waiting"
-        event = JobProgressEvent(
-            job_id=job_id, queue=queue, user_id=owner, status=status, progress=0,
-            message=f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting",
-        )
+        message = f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting"
+        if after is not None:
+            n = len(after.jobs)
+            message = f"waiting for {n} job{'s' if n > 1 else ''} first: {', '.join(after.ids)}"
+        event = JobProgressEvent(job_id=job_id, queue=queue, user_id=owner, status=status, progress=0, message=message)
         recorder = BullAddRecorder(bq.scripts.commands)
-        await bq.scripts.addJob(bjob, recorder)
+        if after is not None:  # in `waiting-children` until they end (after.lua, finish.lua)
+            await bq.scripts.addParentJob(bjob, recorder)
+        else:
+            await bq.scripts.addJob(bjob, recorder)
         assert recorder.call is not None
         hook = (opts.webhook.url, [str(e) for e in opts.webhook.events]) if opts.webhook else None
         made = await self.lifecycle.create(event, recorder.call, digest=dig, created_ms=now_ms,
-                                           position=not opts.delay_s, hook=hook,
+                                           position=not opts.delay_s and after is None, hook=hook,
                                            fair=o.fair(opts.priority, owner, weight), quota=quota, size=size,
                                            start_by=start_arg, cache=cache,
-                                           data=json.dumps(wire, separators=(",", ":")) if cache else "")
+                                           data=json.dumps(wire, separators=(",", ":")) if cache else "", after=after)
         if made.refused:
             raise refusal(*made.refused, rate=quota.rate if quota else None)
         if made.cached:  # the owner's completed run of this payload answers: nothing was made
@@ -235,8 +244,28 @@ class Producer:
             id=job_id, queue=queue, user_id=owner, status=status, message=event.message,
             data=wire, attempts=attempts, priority=opts.priority, created_at=now_ms / 1000,
             seq=made.seq, queue_position=made.position, same_as=made.follows or None,
+            after=after.ids if after is not None else None,
         )
         return SubmitResult.model_construct(job=view, created=True)
+
+    async def _after(self, opts: JobOptions, owner: str, job_id: str) -> After:
+        """The jobs `options.after` names, each a job of the owner's (its queue from its record);
+        InvalidPayload for one that is not (any other user's looks as if it did not exist)."""
+        ids = list(opts.after or ())
+        batch = Batch(self.redis)
+        for other in ids:
+            batch.add("hmget", self.keys.job(other), "queue", "userId", "status")
+        jobs: list[tuple[str, str]] = []
+        for other, (queue, user, status) in zip(ids, await batch.execute(), strict=True):
+            if queue is None or user != owner or queue not in self.control.names or other == job_id:
+                raise InvalidPayload(f"invalid payload: options.after: no job {other} of yours",
+                                     errors=[{"field": "options.after", "message": f"no job {other} of yours"}])
+            if opts.after_failure == "fail" and is_final(status) and status != Status.COMPLETED:
+                raise InvalidPayload(f"invalid payload: options.after: job {other} ended {status}; this job "
+                                     "would fail unrun (afterFailure: ignore runs it anyway)",
+                                     errors=[{"field": "options.after", "message": f"job {other} ended {status}"}])
+            jobs.append((str(other), str(queue)))
+        return After(tuple(jobs), opts.after_failure)
 
     async def _known(self, job_id: str, queue: str, owner: str, dig: str) -> SubmitResult | None:
         """The job an earlier submit of this id, queue, owner and payload made, if any."""
@@ -277,9 +306,10 @@ class Producer:
                 with contextlib.suppress(DashError):
                     await self.cancel(above)
                 return await self.reader.get(job_id)
-            # A flow's parent goes with the jobs it waits for (BullMQ removes those not running).
-            below = await self._children(view.queue, job_id)
-            removed = await bq.backend.remove(job_id, True)
+            # A flow's parent goes with the jobs it waits for (BullMQ removes those not running);
+            # the jobs one made with `after` waits for are not its own: they stay.
+            below = [] if view.after else await self._children(view.queue, job_id)
+            removed = await bq.backend.remove(job_id, not view.after)
             if removed == SCHEDULED_NEXT:
                 raise InvalidJobState(job_id, view.status, "cancel (it is its schedule's next run: delete the schedule)")
             if removed == 1:

@@ -85,6 +85,7 @@ def view_of(job_id: str, queue: str, ours: dict[str, str], bull: dict[str, str],
         seq=int(ours.get("seq") or 0),
         same_as=ours.get("follows") or None,
         parent_id=flow_parent(bull.get("parent")),
+        after=json.loads(ours["after"]) if ours.get("after") else None,
     )
 
 

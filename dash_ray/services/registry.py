@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from dash_ray.config import Settings
@@ -93,12 +94,13 @@ class ModelRegistry:
             return self.artifacts.digest(path) if self.artifacts.exists(path) else ""
         return ""
 
-    def validate(self, payload: JobPayload) -> None:
-        """Raise InvalidPayload (422) for an unknown model or a LoRA that was not trained."""
+    def validate(self, payload: JobPayload, waits: Collection[str] = ()) -> None:
+        """Raise InvalidPayload (422) for an unknown model or a LoRA that was not trained (nor
+        is being trained by a job it waits for: `waits`)."""
         if isinstance(payload, GenerationJob):
             self._check("settings.model", payload.settings.model)
             lora = payload.settings.lora_id
-            if (lora and self.artifacts is not None and payload.user_id
+            if (lora and lora not in waits and self.artifacts is not None and payload.user_id
                     and not self.artifacts.exists(lora_path(payload.user_id, lora))):
                 raise InvalidPayload(
                     f"invalid payload: settings.loraId: no trained LoRA {lora!r} (train it first)",

@@ -96,12 +96,15 @@ def test_sync_client_generate_upscale_train_and_generate_with_the_lora(live: dic
         train = c.submit_training(f"lora{uuid.uuid4().hex[:6]}", "sks fox", images, priority=1,
                                   settings={"epochs": 2, "resolution": 64, "rank": 4})
         assert train.lora_id == train.id
+        # a generation with the LoRA still in training waits for its training job
+        with_lora = c.submit_generation("a red fox", settings=GEN, lora=train.lora_id)
+        assert with_lora.view.after == [train.id], with_lora.view
         train.wait(timeout=180, progress=True)
         losses = train.losses()
         assert [e for e, _ in losses] == [1, 2] and all(v > 0 for _, v in losses)
         assert "loss" in train._repr_html_()  # the loss curve is drawn into the handle's HTML
-        with_lora = c.submit_generation("a red fox", settings=GEN, lora=train.lora_id)
         assert with_lora.result(timeout=120)["lora"] == train.lora_id
+        assert with_lora.status().started_at >= train.status().finished_at
         html = gen._repr_html_()
         assert html.count("data:image/png;base64") == 2 and "completed" in html
 
@@ -148,6 +151,12 @@ def test_generate_then_upscale_as_one_flow_on_ray(live: dict[str, Any]) -> None:
         assert gen.status().status == "completed" and gen.status().parent_id == up.id
         assert up.images()[0].size == (128, 128)  # the generated 64 px image, doubled
         assert gen.status().finished_at <= done.started_at  # the child ran first
+        # made alone, at once: the upscale waits for the generation it reads
+        gen2 = c.submit_generation("a tiny owl", settings={**GEN, "steps": 40})  # (still running at the next submit)
+        up2 = gen2.then_upscale(2)
+        assert up2.view.after == [gen2.id] and up2.view.status == "waiting", up2.view
+        assert up2.images()[0].size == (128, 128)
+        assert gen2.status().finished_at <= up2.status().started_at
 
 
 def test_sync_client_history_queues_cancel_retry_watch_and_wait_all(live: dict[str, Any]) -> None:

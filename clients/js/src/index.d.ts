@@ -57,12 +57,19 @@ export interface JobView {
   sameAs?: string;
   /** A flow's job: the job that waits for it. */
   parentId?: string;
+  /** The jobs it waits for (`options.after`, and the unfinished jobs its `job://` inputs name). */
+  after?: string[];
 }
 export interface FlowRequest {
   queue: string; payload: Record<string, any>; options?: Record<string, any>;
   /** A child's: what its failure does to the job waiting for it. */
   onFailure?: 'fail' | 'ignore'; children?: FlowRequest[];
 }
+export interface ChainStep { queue: string; payload: Record<string, any>; options?: Record<string, any>; }
+/** In `chain`: the `n`th image of the step before (`job://{previous}/images/<n>`). */
+export function previousImage(n?: number): string;
+/** The flow of a chain's steps (the last step on top). */
+export function chainTree(steps: ChainStep[]): FlowRequest;
 export interface FlowView { job: JobView; children: FlowView[]; }
 export interface QueueView { name: string; counts: Record<string, number>; concurrency: number; gpuFraction: number; paused: boolean; }
 export interface JobList { jobs: JobView[]; nextCursor?: string | null; }
@@ -74,6 +81,8 @@ export interface RestClient {
   retry(id: string): Promise<JobView>;
   /** A job and the jobs it waits for, made in one step (children run first). */
   flow(tree: FlowRequest): Promise<FlowView>;
+  /** Steps that run one after the other (a flow): the last step is its top job. */
+  chain(...steps: ChainStep[]): Promise<FlowView>;
   /** Reorder a waiting job (one of): to the front, before another of yours, or (admins) a new priority. */
   move(id: string, where: { to: 'front' } | { before: string } | { priority: 1 | 2 | 3 }): Promise<JobView>;
   jobs(filter?: { queue?: string; status?: string; limit?: number; cursor?: string; userId?: string;

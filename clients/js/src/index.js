@@ -261,6 +261,50 @@ export function connectJobs({
  * The REST API: submit, get, cancel, retry, jobs, queues, pause, resume, upload, wsTicket.
  * Errors are DashApiError subclasses carrying the server's status, code and message.
  */
+/** In `chain`: the `n`th image of the step before. */
+export function previousImage(n = 0) { return `job://${PREVIOUS}/images/${n}`; }
+const PREVIOUS = '{previous}';
+
+function newId() {
+  const c = globalThis.crypto;
+  if (c && typeof c.randomUUID === 'function') return c.randomUUID().replace(/-/g, '');
+  const bytes = new Uint8Array(16);
+  if (c && typeof c.getRandomValues === 'function') c.getRandomValues(bytes);
+  else for (let i = 0; i < 16; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function withPrevious(value, before) {
+  if (typeof value === 'string' && value.startsWith(`job://${PREVIOUS}/`)) {
+    if (before === null) throw new Error('chain: the first step has no step before it');
+    return value.replace(PREVIOUS, before);
+  }
+  if (Array.isArray(value)) return value.map((v) => withPrevious(v, before));
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, withPrevious(v, before)]));
+  }
+  return value;
+}
+
+/** The flow (`POST /v1/flows` body) of steps that run one after the other: each `{queue,
+ *  payload, options?}`, taking the step before's image as `previousImage()`; the last step is its
+ *  top job, the one before it its child, and so on. */
+export function chainTree(steps) {
+  if (!steps.length) throw new Error('chain: give at least one step');
+  let tree = null, before = null;
+  for (const step of steps) {
+    const payload = { ...step.payload };
+    const options = { ...(step.options || {}) };
+    const own = payload.jobId || payload.loraId;
+    const id = own || options.jobId || newId();
+    if (!own) options.jobId = id;
+    const node = { queue: step.queue, payload: withPrevious(payload, before), options };
+    if (tree) node.children = [tree];
+    tree = node; before = id;
+  }
+  return tree;
+}
+
 export function createClient({ url = '', token, fetch: doFetch = globalThis.fetch.bind(globalThis) } = {}) {
   const base = url.replace(/\/$/, '');
   async function call(method, path, { json, body, headers = {} } = {}) {
@@ -287,6 +331,11 @@ export function createClient({ url = '', token, fetch: doFetch = globalThis.fetc
     /** A job and the jobs it waits for, made in one step: `{queue, payload, options?, onFailure?,
      *  children: [...]}`; a payload may take a child's image as `job://<childId>/images/<n>`. */
     flow: (tree) => call('POST', '/v1/flows', { json: tree }),
+    /** Steps that run one after the other, made in one step (see `chainTree`); the last step's
+     *  flow view. E.g. `chain({queue: 'generation', payload: {prompt}}, {queue: 'upscaling',
+     *  payload: {imageUrl: previousImage(), scale: 2}})`. A job submitted alone may also wait
+     *  for earlier ones: `options.after`, or a `job://<id>/images/<n>` input of a job not done. */
+    chain: (...steps) => call('POST', '/v1/flows', { json: chainTree(steps) }),
     /** Reorder a waiting job: `{to: 'front'}`, `{before: otherId}` (yours, same priority), or an
      *  admin's `{priority: 1-3}`. Your jobs only trade places among themselves. */
     move: (id, where) => call('POST', `/v1/jobs/${encodeURIComponent(id)}/move`, { json: where }),

@@ -2,7 +2,7 @@
 // the browser tests in tests/browser/ run it against a live gateway).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connectJobs, createClient, errorFrom, RateLimited, Unauthorized, NotFound } from '../src/index.js';
+import { connectJobs, createClient, errorFrom, RateLimited, Unauthorized, NotFound, chainTree, previousImage } from '../src/index.js';
 
 class ScriptedSocket {
   static made = [];
@@ -175,4 +175,30 @@ test('follow: the feed is asked for once open and after each reconnect; the jobs
   sockets[1].push(ev('n9', 1));  // no feed now: an unknown job is ignored
   assert.deepEqual(jobs, ['n1', 'n2']);
   conn.close();
+});
+
+test('chain: the last step on top, each taking the image of the step before; ids chosen once', async () => {
+  const tree = chainTree([
+    { queue: 'generation', payload: { prompt: 'a fox' } },
+    { queue: 'upscaling', payload: { imageUrl: previousImage(1), scale: 2 } },
+    { queue: 'upscaling', payload: { imageUrl: previousImage(), scale: 2, jobId: 'last' } },
+  ]);
+  assert.equal(tree.queue, 'upscaling');
+  assert.equal(tree.payload.jobId, 'last');
+  assert.equal(tree.options.jobId, undefined);  // the payload's id is the job's
+  const [mid] = tree.children;
+  const [first] = mid.children;
+  assert.equal(tree.payload.imageUrl, `job://${mid.options.jobId}/images/0`);
+  assert.equal(mid.payload.imageUrl, `job://${first.options.jobId}/images/1`);
+  assert.match(first.options.jobId, /^[0-9a-f]{32}$/);
+  assert.equal(first.children, undefined);
+  assert.throws(() => chainTree([{ queue: 'upscaling', payload: { imageUrl: previousImage() } }]), /no step before/);
+  const sent = [];
+  const fetch = async (url, init) => {
+    sent.push([new URL(url).pathname, JSON.parse(init.body)]);
+    return { ok: true, status: 201, text: async () => '{"job":{},"children":[]}', headers: { get: () => null } };
+  };
+  await createClient({ url: 'http://gw', token: 'tk', fetch }).chain({ queue: 'generation', payload: { prompt: 'x' } });
+  assert.equal(sent[0][0], '/v1/flows');
+  assert.equal(sent[0][1].payload.prompt, 'x');
 });

@@ -3,7 +3,7 @@
   that finishedOn (the completion in the same round trip was ours). Counts the run time in the
   queue's histogram (`bucket` '' for none), starts the record's expiry and trims the queue's
   finished jobs to the retention (the records of the jobs trimmed: keys built here, `job_key`...,
-  since their ids are read here).
+  since their ids are read here). The jobs waiting for it (`options.after`) are released.
 
   Input:
     KEYS[1]  job          our record of the job
@@ -33,6 +33,7 @@
 --- @include "includes/final"
 --- @include "includes/keys"
 --- @include "includes/emit"
+--- @include "includes/release"
 if A_finished_on ~= '' and redis.call('HGET', K_bull_job, 'finishedOn') ~= A_finished_on then
   return {0}
 end
@@ -51,6 +52,14 @@ if was[2] then  -- a repeatable payload's run: its result is the cache's while i
   if redis.call('EXISTS', followers_key(A_job_id)) == 1 then  -- they end as it did (the consumer's upkeep)
     redis.call('ZADD', K_settle, A_now_ms, A_job_id)
   end
+end
+local waiting = redis.call('HGETALL', waiters_key(A_job_id))
+if #waiting > 0 then  -- the jobs waiting for this one (after.lua): it counts for them now
+  local value = redis.call('HGET', K_bull_job, 'returnvalue') or 'null'
+  for i = 1, #waiting, 2 do
+    release(K_bull_job, waiting[i], waiting[i + 1], ended == COMPLETED, value, 'job ' .. A_job_id .. ' ' .. (ended or '?'))
+  end
+  redis.call('DEL', waiters_key(A_job_id))
 end
 if A_bucket ~= '' then
   redis.call('HINCRBY', K_durations, A_bucket, 1)
