@@ -77,11 +77,19 @@ def test_a_failed_or_cancelled_job_fails_those_waiting_for_it_unless_ignored(mak
     assert r.status_code == 422 and "f1" in r.json()["error"]["message"], r.text
     # ...and a cancel of the job waited for fails the job waiting
     c.post("/v1/jobs/generation", json={"prompt": "b", "jobId": "c1"}, headers=alice)
-    c.post("/v1/jobs/sleep", json={"durationS": 0.1, "jobId": "c2", "options": {"after": ["c1"]}}, headers=alice)
+    c.post("/v1/jobs/generation", json={"prompt": "c", "jobId": "c3"}, headers=alice)
+    c.post("/v1/jobs/sleep", json={"durationS": 0.1, "jobId": "c2", "options": {"after": ["c1", "c3"]}},
+           headers=alice)
     assert c.delete("/v1/jobs/c1", headers=alice).json()["status"] == "cancelled"
     _take(redis_url, prefix, "sleep", 5)
     view = c.get("/v1/jobs/c2", headers=alice).json()
     assert view["status"] == "failed" and "c1 cancelled" in view["error"], view
+    # retried by its owner, it runs (it waits no longer), while c3 has not run
+    assert c.post("/v1/jobs/c2/retry", headers=alice).status_code == 200
+    assert _ids(_take(redis_url, prefix, "sleep", 5)) == ["c2"]
+    assert c.get("/v1/jobs/c2", headers=alice).json()["status"] == "completed"
+    assert _ids(_take(redis_url, prefix, "generation", 5)) == ["c3"]
+    assert c.get("/v1/jobs/c3", headers=alice).json()["status"] == "completed"
 
 
 def test_another_users_jobs_cannot_be_waited_for_nor_read(make_client: Any, tokens: Any, redis_url: str,

@@ -4,7 +4,8 @@
   after.lua recorded: its policy, queue key and id, joined by \31. BullMQ's flow layout, as
   moveToFinished treats a child: completed, it moves from the parent's `dependencies` to
   `processed` (with its return value); not, the parent either fails in advance (`defa`, BullMQ's
-  deferred failure: it is handed out and ends failed, unrun) or, with policy 'ignore', notes it
+  deferred failure: it is handed out and ends failed, unrun; what else it waited for is
+  forgotten, so a retry of it runs it) or, with policy 'ignore', notes it
   in `failed` and goes on. The parent moves to wait when nothing it waits for is left
   (`to_wait`: BullMQ's moveParentToWait, without a delay: a job with `after` has none).
 ]]
@@ -34,8 +35,9 @@ local function release(dep, pkey, how, completed, value, why)
     redis.call('HSET', pkey .. ':processed', dep, value)
   elseif policy == 'ignore' then
     redis.call('HSET', pkey .. ':failed', dep, why)
-  else
+  else  -- it waits no longer (a retry of it by its owner runs it, whatever the rest did)
     redis.call('HSET', pkey, 'defa', why)
+    redis.call('DEL', pkey .. ':dependencies')
     to_wait(qk, pkey, pid)
     return
   end
