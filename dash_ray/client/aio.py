@@ -273,8 +273,10 @@ class AsyncClient:
         """Make a job and the jobs it waits for in one step (`POST /v1/flows`): `tree` is
         `{queue, payload, options?, onFailure?, children: [...]}`, each child a tree too. A
         payload may take a child's image as `job_image(child_id)` (give the child a `jobId`).
-        Returns the job's handle; `.children` holds its children's, in order."""
-        return self._flow_handle(FlowView.model_validate(await self.request("POST", "/v1/flows", json_body=tree)))
+        Returns the job's handle; `.children` holds its children's, in order. Each job without an
+        id gets one here, so a request sent again never makes two flows."""
+        return self._flow_handle(FlowView.model_validate(await self.request("POST", "/v1/flows",
+                                                                            json_body=_with_ids(tree))))
 
     def _flow_handle(self, view: FlowView) -> AsyncJobHandle:
         handle = AsyncJobHandle(self, view.job)
@@ -525,6 +527,20 @@ def previous_image(n: int = 0) -> str:
 
 
 _PREVIOUS = "{previous}"
+
+
+def _with_ids(tree: dict[str, Any]) -> dict[str, Any]:
+    """A flow with an id on every job that has none (its `options.jobId`)."""
+    q = QUEUE_TABLE.get(str(tree.get("queue")))
+    id_field = q.id_field if q is not None else "jobId"
+    payload = tree.get("payload") if isinstance(tree.get("payload"), dict) else {}
+    options = dict(tree.get("options") or {})
+    if not payload.get(id_field) and not options.get("jobId"):
+        options["jobId"] = uuid.uuid4().hex
+    out = {**tree, "options": options}
+    if isinstance(tree.get("children"), list):
+        out["children"] = [_with_ids(c) if isinstance(c, dict) else c for c in tree["children"]]
+    return out
 
 
 def _with_previous(value: Any, before: str | None) -> Any:

@@ -36,7 +36,7 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
     `job://<id>/images/<n>` (give the child a `jobId`), read when it starts. A child's
     `onFailure`: `fail` (default) fails the job waiting for it, `ignore` lets it run without.
     Each job counts against your limits as a submit does. Cancelling a job cancels those it
-    waits for."""
+    waits for. The same flow sent again (same ids and payloads) answers 200 with what it made."""
     svc.limiter.refused_lately(who.user_id)  # over their rate a moment ago: 429 at once, nothing checked
     nodes = flatten(body, who.user_id)
     for i, node in enumerate(nodes):
@@ -58,4 +58,4 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
         if hasattr(exc, "wait_ms"):  # the create script's refusal of the rate: remembered, as a submit's
             raise svc.limiter.refused(who.user_id, exc.wait_ms) from None
         raise
-    return JSONResponse(flow.wire(), status_code=201)
+    return JSONResponse(flow.wire(), status_code=201 if flow.created else 200)

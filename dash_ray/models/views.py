@@ -143,6 +143,7 @@ class FlowView(WireModel):
 
     job: JobView
     children: list[FlowView] = Field(default_factory=list)
+    created: bool = Field(True, exclude=True)  # False: the same flow sent again, answered by what it made
 
     def wire(self, **kwargs: Any) -> dict[str, Any]:
         """The flow as a camelCase JSON-able dict (each job as `JobView.wire` has it)."""

@@ -113,9 +113,12 @@ async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, we
     pipe = producer.redis.pipeline(transaction=False)
     for n in nodes:
         pipe.exists(producer.keys.job(n.job_id), producer.keys.bull(n.request.queue, n.job_id))
-    for n, held in zip(nodes, await pipe.execute(), strict=True):
-        if held:
-            raise JobConflict(n.job_id, "this id is taken; a flow's ids must be new")
+    held = await pipe.execute()
+    if any(held):
+        if all(held) and (same := await _made_before(producer, nodes, owner)) is not None:
+            return same  # the same flow sent again (its answer lost): what it made
+        taken = next(n for n, h in zip(nodes, held, strict=True) if h)
+        raise JobConflict(taken.job_id, "this id is taken; a flow's ids must be new")
     now_ms = int(time.time() * 1000)
     items: list[tuple[JobProgressEvent, BullAdd, dict[str, Any]]] = []
     views: list[JobView] = []
@@ -172,6 +175,21 @@ async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, we
         assert isinstance(m, Created)
         view.seq, view.queue_position = m.seq, m.position
     return _tree(nodes, views, 0)
+
+
+async def _made_before(producer: Producer, nodes: list[FlowNode], owner: str) -> FlowView | None:
+    """The flow an earlier request made, if every job of this one is a job of the owner's with
+    the same queue and payload (`FlowView.created` False); else None."""
+    pipe = producer.redis.pipeline(transaction=False)
+    for n in nodes:
+        pipe.hmget(producer.keys.job(n.job_id), "queue", "digest", "userId")
+    for n, found in zip(nodes, await pipe.execute(), strict=True):
+        if list(found) != [n.request.queue, digest(n.payload.wire(exclude_none=True))[0], owner]:
+            return None
+    views = [await producer.reader.get(n.job_id) for n in nodes]
+    tree = _tree(nodes, views, 0)
+    tree.created = False
+    return tree
 
 
 async def _take_back(producer: Producer, nodes: list[FlowNode], made: list[Created | Exception], why: str) -> None:

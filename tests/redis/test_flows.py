@@ -152,3 +152,24 @@ def test_cancelling_a_job_whose_failure_fails_its_parent_cancels_the_flow(make_c
     r = c.post("/v1/flows", json=wide, headers=alice)  # 21 jobs
     assert r.status_code == 422 and "at most 20 jobs" in r.json()["error"]["message"], r.text
     assert c.get("/v1/usage", headers=alice).json()["jobsUnfinished"]["used"] == 0
+
+
+def test_the_same_flow_sent_again_answers_what_it_made(make_client: Any, tokens: Any, redis_url: str,
+                                                        prefix: str) -> None:
+    """A client that lost the answer sends the flow again: one flow, answered twice."""
+    c = make_client()
+    alice, bob = auth(tokens("alice")), auth(tokens("bob"))
+    body = {**_flow(child_id="again-kid"), "options": {"jobId": "again-top"}}
+    first = c.post("/v1/flows", json=body, headers=alice)
+    second = c.post("/v1/flows", json=body, headers=alice)
+    assert first.status_code == 201 and second.status_code == 200, second.text
+    assert second.json()["job"]["id"] == "again-top" and second.json()["children"][0]["job"]["id"] == "again-kid"
+    assert c.get("/v1/usage", headers=alice).json()["jobsUnfinished"]["used"] == 2
+    # another payload under the same ids, or another user sending it: a conflict that shows nothing
+    changed = {**body, "payload": {"imageUrl": "job://again-kid/images/0", "scale": 4}}
+    assert c.post("/v1/flows", json=changed, headers=alice).status_code == 409
+    r = c.post("/v1/flows", json=body, headers=bob)
+    assert r.status_code in (409, 422) and "a fox" not in r.text, r.text
+    assert [j for j, _ in _take(redis_url, prefix, "generation", 5, result={"images": ["/v1/artifacts/alice/x.png"]})] \
+        == ["again-kid"]
+    assert _take(redis_url, prefix, "generation", 0.3) == []
