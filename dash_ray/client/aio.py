@@ -533,7 +533,8 @@ def _with_ids(tree: dict[str, Any]) -> dict[str, Any]:
     """A flow with an id on every job that has none (its `options.jobId`)."""
     q = QUEUE_TABLE.get(str(tree.get("queue")))
     id_field = q.id_field if q is not None else "jobId"
-    payload = tree.get("payload") if isinstance(tree.get("payload"), dict) else {}
+    raw = tree.get("payload")
+    payload: dict[str, Any] = raw if isinstance(raw, dict) else {}
     options = dict(tree.get("options") or {})
     if not payload.get(id_field) and not options.get("jobId"):
         options["jobId"] = uuid.uuid4().hex
