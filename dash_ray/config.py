@@ -176,6 +176,8 @@ class Settings(_QueueFields):
     # Fair share: within a priority, each queue takes jobs round-robin across users, weighted by
     # DASH_USER_WEIGHTS (name=weight pairs or JSON; default 1) or a token's `weight` claim.
     fair_share: bool = True
+    # The usage ledger (queues/ledger.py): each attempt's GPU share x seconds charged to its owner.
+    ledger: bool = True
     user_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     # GPU arbitration (scheduler/preempt.py): a running job of a preemptible queue yields its GPU
     # at its next checkpoint once a queue in preempt_for has had jobs waiting on workers that

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import hmac
 import io
 import json
 import mimetypes
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
@@ -56,8 +58,10 @@ from dash_ray.models import JobList, JobOptions, JobView, MoveRequest, QueueDef,
 from dash_ray.models.base import WireModel
 from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS, sniff_image
 from dash_ray.models.payloads import JobPayload, upload_path
-from dash_ray.models.queues import queue_def
-from dash_ray.models.views import Allowance, MemoryPeak, UsageView
+from dash_ray.models.queues import bad_field, queue_def
+from dash_ray.models.views import Allowance, GpuUsage, MemoryPeak, UsageView
+from dash_ray.queues.ledger import METRICS as LEDGER_METRICS
+from dash_ray.queues.ledger import Group
 from dash_ray.queues.reader import Search
 from dash_ray.services import InvalidArtifactPath
 
@@ -391,16 +395,46 @@ def _pixels(data: bytes) -> tuple[int, int]:
         raise InvalidPayload("the image could not be read", errors=[{"field": "body", "message": "unreadable"}]) from None
 
 
-@router.get("/v1/usage", response_model=UsageView, tags=["usage"])
-async def usage(who: Caller, svc: Svc) -> JSONResponse:
+@router.get("/v1/usage", response_model=UsageView, tags=["usage"],
+            responses={200: {"content": {"text/csv": {}}, "description": "with `format=csv`: the GPU rows"}})
+async def usage(
+    who: Caller,
+    svc: Svc,
+    from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+    to: Annotated[str | None, Query(max_length=40)] = None,
+    group_by: Annotated[Group, Query(alias="groupBy")] = "queue",
+    user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None,
+    fmt: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> Response:
     """What you keep and hold, each against its limit: bytes your jobs keep in the queue's store,
     unfinished jobs, uploaded bytes, and the sockets and event streams you have open on this
-    replica. A submit over a limit is refused (413 for bytes, 429 for the rest)."""
+    replica. A submit over a limit is refused (413 for bytes, 429 for the rest).
+
+    `gpu`: the GPU time charged to you from `from` to `to` (Unix seconds or ISO 8601; default the
+    last 24 hours; a range reads at most the last 31 days of it, by the hour), grouped by `groupBy` (queue, model, day, hour,
+    user, none). Every attempt a worker ran is charged: its worker's GPU share x its seconds (a
+    batch's pass split between its jobs); an attempt whose worker died under it is not. Admins may
+    ask for another user (`userId`) or everyone (`userId=*`). `format=csv`: the rows as CSV."""
     s = svc.settings
-    kept, unfinished = await svc.store.users.usage(who.user_id)
-    uploads = await svc.accounts.upload_bytes(who.user_id)
+    if user_id and user_id != who.user_id and not who.admin:
+        raise Forbidden("only an admin may read another user's usage")
+    target = user_id or who.user_id
+    until = _instant("to", to) or time.time()
+    since = _instant("from", from_)
+    since = until - 24 * 3600 if since is None else since
+    if since > until:
+        raise bad_field("from", "must be before to")
+    rows = await svc.store.ledger.read(None if target == "*" else [target], since, until, group_by)
+    total = await svc.store.ledger.read(None if target == "*" else [target], since, until, "none")
+    gpu = GpuUsage(user_id=target, from_=since, to=until, group_by=group_by, total=total[0], rows=rows)
+    if fmt == "csv":
+        return _csv(gpu)
+    view_of = who.user_id if target == "*" else target
+    kept, unfinished = await svc.store.users.usage(view_of)
+    uploads = await svc.accounts.upload_bytes(view_of)
     return JSONResponse(UsageView(
-        user_id=who.user_id,
+        user_id=view_of,
+        gpu=gpu,
         bytes_kept=Allowance(used=kept, limit=s.max_bytes_per_user),
         jobs_unfinished=Allowance(used=unfinished, limit=s.max_waiting_per_user),
         upload_bytes=Allowance(used=uploads, limit=s.upload_quota_bytes),
@@ -408,6 +442,19 @@ async def usage(who: Caller, svc: Svc) -> JSONResponse:
         streams=Allowance(used=svc.streams.of(who.user_id), limit=svc.streams.limit),
         submit_rate=s.rate_submit,
     ).wire())
+
+
+def _csv(gpu: GpuUsage) -> Response:
+    """The GPU rows as CSV: the group's column, then the metrics."""
+    out = io.StringIO()
+    head = ([gpu.group_by] if gpu.group_by != "none" else []) + list(LEDGER_METRICS)
+    w = csv.writer(out)
+    w.writerow(head)
+    for row in gpu.rows:
+        w.writerow([row.get(c, "") for c in head])
+    name = f"usage-{gpu.user_id.replace('*', 'all')}-{int(gpu.from_)}-{int(gpu.to)}.csv"
+    return Response(out.getvalue(), media_type="text/csv",
+                    headers={"content-disposition": f'attachment; filename="{name}"'})
 
 
 @router.post("/v1/ws-ticket", tags=["auth"])

@@ -64,6 +64,10 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
         for name, count in sorted(h.items()):
             if name.startswith("ended:"):
                 out.append(_line("dash_jobs_ended_total", {"queue": queue, "status": name[6:]}, int(count)))
+    out += ["# HELP dash_gpu_seconds_total GPU time charged to jobs (GPU share x seconds; the usage ledger).",
+            "# TYPE dash_gpu_seconds_total counter"]
+    for queue, h in durations.items():
+        out.append(_line("dash_gpu_seconds_total", {"queue": queue}, float(h.get("gpuS", 0.0))))
     out += ["# HELP dash_worker_gpu_fraction GPU share a queue's workers ask for (sized by measured memory).",
             "# TYPE dash_worker_gpu_fraction gauge"]
     for queue, (fraction, _) in (sizing or {}).items():

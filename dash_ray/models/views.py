@@ -9,7 +9,8 @@ from pydantic import Field
 from dash_ray.models.base import WireModel
 from dash_ray.models.status import JobStatus, is_final
 
-__all__ = ["Allowance", "FlowView", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult", "UsageView"]
+__all__ = ["Allowance", "FlowView", "GpuUsage", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult",
+           "UsageView"]
 
 
 class JobView(WireModel):
@@ -105,10 +106,24 @@ class Allowance(WireModel):
     limit: int
 
 
+class GpuUsage(WireModel):
+    """GPU use charged in a time range (the ledger: queues/ledger.py), summed (`total`) and by
+    `groupBy` (`rows`, largest first). Each: `gpuS` (GPU share x seconds), `runS` (wall seconds
+    on a worker), `attempts` charged, `completed`, `failed`, `preempted`, `batched` (ran in a
+    pass with others, charged their share), `lost` (its worker died under it: not charged)."""
+
+    user_id: str
+    from_: float = Field(alias="from")
+    to: float
+    group_by: str
+    total: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+
 class UsageView(WireModel):
     """What a user holds, each against its limit (`GET /v1/usage`): bytes their jobs keep in the
     queue's store, unfinished jobs, uploaded bytes, and the sockets and event streams open on
-    the gateway replica that answered."""
+    the gateway replica that answered; and the GPU time charged to them (`gpu`)."""
 
     user_id: str
     bytes_kept: Allowance
@@ -117,6 +132,7 @@ class UsageView(WireModel):
     sockets: Allowance
     streams: Allowance
     submit_rate: str
+    gpu: GpuUsage | None = None
 
 
 class ScheduleView(WireModel):

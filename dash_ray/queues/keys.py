@@ -121,6 +121,15 @@ class Keys:
         """Hash: per-queue job duration histogram and counters."""
         return f"{self.ns}metrics:{queue}"
 
+    def ledger(self, user_id: str, hour: int) -> str:
+        """Hash: a user's use in one hour (Unix seconds at its start), `<queue>\x1f<model>\x1f<metric>`
+        -> sum (queues/ledger.py)."""
+        return f"{self.ns}led:{user_id}:{hour}"
+
+    def ledger_users(self, hour: int) -> str:
+        """Set: the users charged in one hour."""
+        return f"{self.ns}ledu:{hour}"
+
     def start_by(self, queue: str) -> str:
         """Sorted set: a queue's jobs with a deadline to start, scored by it (ms); swept by its consumer."""
         return f"{self.ns}startby:{queue}"

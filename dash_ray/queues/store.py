@@ -7,6 +7,7 @@ together the parts that own each concern and answers the common calls itself:
 | `reader`    | `queues/reader.py`    | a job's view and ETA, a user's history, a job's log           |
 | `control`   | `queues/control.py`   | BullMQ's queue objects; pause, resume, counts, durations, sizing |
 | `users`     | `queues/usage.py`     | what each user keeps: bytes, unfinished jobs, the top users   |
+| `ledger`    | `queues/ledger.py`    | the GPU time each user was charged, by hour (read side)       |
 | `lifecycle` | `queues/lifecycle.py` | every write of a job's state                                  |
 | `bus`       | `queues/events.py`    | a job's events: replay and state                              |
 """
@@ -25,6 +26,7 @@ from dash_ray.models.views import JobList, JobView, SubmitResult
 from dash_ray.queues.control import QueueControl
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
+from dash_ray.queues.ledger import Ledger
 from dash_ray.queues.lifecycle import Lifecycle, Quota, Retention
 from dash_ray.queues.producer import (
     MAX_WEIGHT,
@@ -73,6 +75,7 @@ class JobStore:
         self.control = QueueControl(redis, self.keys, prefix, queues)
         self.reader = JobReader(redis, self.keys, self.control)
         self.users = UsageBook(redis, self.keys)
+        self.ledger = Ledger(redis, self.keys)
         self.producer = Producer(redis, self.keys, self.control, self.reader, self.lifecycle, ProducerOptions(
             keep_completed=keep_completed, keep_failed=keep_failed, finished_ttl_s=finished_ttl_s,
             default_attempts=default_attempts, fair_share=fair_share, user_weights=dict(user_weights or {}),

@@ -33,6 +33,7 @@ class Outcome:
     trace: str = ""  # the failure's traceback (for BullMQ's job stacktrace, which tools show)
     preempted: bool = False  # skipped because it yielded its GPU (its worker is let go)
     memory: tuple[str, int] | None = None  # its peak memory: ("cuda", bytes) or ("rss", bytes)
+    lost: bool = False  # its worker died under it, not killed for it: the attempt is not its owner's to pay
 
     @classmethod
     def failure(cls, error: str, retry: bool = True) -> Outcome:

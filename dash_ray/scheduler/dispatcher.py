@@ -32,6 +32,7 @@ from typing import Any
 from dash_ray.loops import Backoff, supervised
 from dash_ray.models.queues import no_model, queue_def
 from dash_ray.queues import ActiveJob, EventHub, QueueConsumer, is_transient
+from dash_ray.queues.ledger import Charge, Ledger
 from dash_ray.scheduler.arbiter import Arbiter
 from dash_ray.scheduler.demand import DemandReport
 from dash_ray.scheduler.handoff import Handoff
@@ -61,8 +62,11 @@ class Dispatcher:
                  heartbeat_s: float = 5.0, heartbeat_timeout_s: float = 30.0,
                  want_workers: Callable[[int], Awaitable[None]] | None = None, max_workers: int = 64,
                  want_refresh_s: float = 30.0, arbitration: Arbitration | None = None,
-                 gpu_fraction: float = 0.0, batch_rows: int = 1, batch_window_s: float = 0.05) -> None:
+                 gpu_fraction: float = 0.0, batch_rows: int = 1, batch_window_s: float = 0.05,
+                 ledger: Ledger | None = None) -> None:
         self.consumer = consumer
+        self.ledger = ledger  # where each attempt's use is charged (None: nowhere)
+        self._charging: set[asyncio.Task[None]] = set()
         self.pool = pool
         self.hub = hub
         self.cancel_channel = cancel_channel
@@ -235,6 +239,7 @@ class Dispatcher:
                     break
                 t0 = time.monotonic()
                 outcomes, models_now, alive = await self.handoff.run(slot, jobs)
+                self._charge(slot, jobs, outcomes, time.monotonic() - t0)
                 models = models_now or models
                 jobs, outcomes = self.handoff.take_settled(jobs, outcomes)  # cancelled members: written
                 ran, jobs = jobs, await self.outcomes.record(slot, jobs, outcomes, fetch=alive and not self.stopping)
@@ -252,6 +257,38 @@ class Dispatcher:
                 self.pool.discard(slot)
             elif alive:
                 self.pool.release(slot, models)
+
+    def _charge(self, slot: Slot, jobs: list[ActiveJob], outcomes: list[Any], wall_s: float) -> None:
+        """Charge a pass's attempts to their owners (queues/ledger.py), in the background: the GPU
+        share its worker held x the seconds each ran (a batch's pass split between its jobs; an
+        attempt killed without a reply: the pass's wall time). Not charged: a job never started,
+        one whose worker died under it or was stopped by a shutdown (counted `lost`)."""
+        if self.ledger is None:
+            return
+        shared = len(jobs) > 1 and self.batch_of is not None
+        gpu = float(slot.resources.get("GPU", 0.0))
+        charges = []
+        for job, o in zip(jobs, outcomes, strict=True):
+            if o.kind == "skipped" and not o.preempted and o.run_s is None:
+                continue  # handed out, never started
+            seconds = o.run_s if o.run_s is not None else wall_s
+            charges.append(Charge(
+                user=job.user_id or "_", queue=self.consumer.name, model=self.qdef.model_of(job.data) or "",
+                seconds=seconds / len(jobs) if shared else seconds, gpu=gpu, kind=o.kind, batched=shared,
+                preempted=o.preempted, lost=o.lost or (o.kind == "skipped" and not o.preempted)))
+        if not charges:
+            return
+        task = asyncio.ensure_future(self._write_charges(charges))
+        self._charging.add(task)
+        task.add_done_callback(self._charging.discard)
+
+    async def _write_charges(self, charges: list[Charge]) -> None:
+        assert self.ledger is not None
+        try:
+            await self.ledger.charge(charges)
+        except Exception:
+            log.warning("%s: could not charge %d attempts to the ledger", self.consumer.name, len(charges),
+                        exc_info=True)
 
     async def _upkeep(self) -> None:
         """Every second: the capacity board (workers, starvation, costs, memory peaks), adoption of
@@ -306,6 +343,8 @@ class Dispatcher:
         """Release everything (workers, connections)."""
         self.stopping = True
         self.pool.shutdown()
+        if self._charging:  # the last passes' charges written first
+            await asyncio.wait(set(self._charging), timeout=5)
         await self.consumer.close()
         if self.hub is not None:
             await self.hub.close()

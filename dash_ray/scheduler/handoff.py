@@ -134,9 +134,11 @@ class Handoff:
                 outcomes[job.id] = SKIPPED
             elif reason == "cancelled":
                 outcomes[job.id] = Outcome("cancelled", error="cancelled")
-            else:
-                outcomes[job.id] = Outcome.failure(
-                    reason or f"the worker process died while running the job ({type(exc).__name__})")
+            elif reason:  # killed for it (past its time, or hung): its attempt
+                outcomes[job.id] = Outcome.failure(reason)
+            else:  # the process or its node died under it: not its owner's to pay (the ledger)
+                outcomes[job.id] = Outcome("failed", error=f"the worker process died while running the job "
+                                           f"({type(exc).__name__})", retry=True, lost=True)
 
     async def _started(self, jobs: list[ActiveJob]) -> set[str]:
         """Which of a dead worker's unfinished jobs had started. The first always counts (the take

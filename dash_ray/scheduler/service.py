@@ -12,6 +12,7 @@ import ray
 
 from dash_ray.config import Settings
 from dash_ray.queues import EventHub, Keys, Lifecycle, QueueConsumer, Retention, connect
+from dash_ray.queues.ledger import Ledger
 from dash_ray.scheduler.dispatcher import Dispatcher
 from dash_ray.scheduler.pool import WorkerPool
 from dash_ray.scheduler.preempt import Arbitration
@@ -80,7 +81,8 @@ class ConsumerService:
                                      want_workers=want, max_workers=spec.max_workers,
                                      arbitration=arbitration(settings, spec.name),
                                      gpu_fraction=float(options.get("num_gpus") or 0.0),
-                                     batch_rows=spec.max_batch, batch_window_s=settings.batch_window_s)
+                                     batch_rows=spec.max_batch, batch_window_s=settings.batch_window_s,
+                                     ledger=Ledger(redis, keys) if settings.ledger else None)
 
     async def run(self) -> None:
         """Serve until drained."""

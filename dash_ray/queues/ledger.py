@@ -1,0 +1,144 @@
+"""Ledger: who used which GPU for how long. Every attempt a worker ran is charged when its
+outcome comes back (the dispatcher): the GPU share its worker held x the seconds it
+ran (a batch's pass split between its jobs), its wall seconds, and what it came to. An attempt
+whose worker died is not the user's to pay: it is counted (`lost`), not charged.
+
+Kept in Redis per user per hour, in one hash each (`Keys.ledger`): fields `<queue>\\x1f<model>\\x1f
+<metric>`, summed with HINCRBYFLOAT, expiring after `keep_days`; the users with usage in an hour
+in a set beside it (`Keys.ledger_users`), for the admins' view of everyone. A read sums the hours
+of a range (at most MAX_RANGE_S) grouped by queue, model, day, hour or user. Each queue's GPU
+seconds also go to its metrics hash (`/metrics`: `dash_gpu_seconds_total`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from dash_ray.queues.keys import Keys
+
+__all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "Charge", "Group", "Ledger"]
+
+HOUR_S = 3600
+MAX_RANGE_S = 31 * 24 * 3600  # a read covers at most this (744 hours)
+CHUNK = 2000  # hashes read per round trip
+METRICS = ("gpuS", "runS", "attempts", "completed", "failed", "preempted", "batched", "lost")
+GROUPS = ("queue", "model", "day", "hour", "user", "none")
+Group = Literal["queue", "model", "day", "hour", "user", "none"]
+_SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One attempt's use: its owner, queue and model, the seconds it held its worker (its share
+    of a batch's pass), the GPU share that worker held, and what the attempt came to (`kind`:
+    done, failed, cancelled, skipped; `preempted`; `batched`: it ran in a pass with others;
+    `lost`: its worker died, so nothing is charged)."""
+
+    user: str
+    queue: str
+    model: str
+    seconds: float
+    gpu: float
+    kind: str
+    batched: bool = False
+    preempted: bool = False
+    lost: bool = False
+
+    def fields(self) -> dict[str, float]:
+        """The metric increments it makes."""
+        if self.lost:
+            return {"lost": 1}
+        out: dict[str, float] = {"gpuS": round(self.gpu * self.seconds, 6), "runS": round(self.seconds, 6),
+                                 "attempts": 1}
+        if self.kind == "done":
+            out["completed"] = 1
+        elif self.kind == "failed":
+            out["failed"] = 1
+        if self.preempted:
+            out["preempted"] = 1
+        if self.batched:
+            out["batched"] = 1
+        return out
+
+
+def _hour(ts: float) -> int:
+    return int(ts // HOUR_S) * HOUR_S
+
+
+class Ledger:
+    """Charges attempts, and reads the sums back."""
+
+    def __init__(self, redis: Redis, keys: Keys, keep_days: float = 400) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.keep_s = int(keep_days * 24 * 3600)
+
+    async def charge(self, charges: Iterable[Charge], now: float | None = None) -> None:
+        """Add attempts' use to their owners' hour (one round trip for them all)."""
+        hour = _hour(time.time() if now is None else now)
+        pipe = self.redis.pipeline(transaction=False)
+        users: set[str] = set()
+        for c in charges:
+            key = self.keys.ledger(c.user, hour)
+            base = f"{c.queue}{_SEP}{c.model or '-'}{_SEP}"
+            for metric, value in c.fields().items():
+                pipe.hincrbyfloat(key, base + metric, value)
+            pipe.expire(key, self.keep_s)
+            if not c.lost:
+                pipe.hincrbyfloat(self.keys.metrics(c.queue), "gpuS", round(c.gpu * c.seconds, 6))
+            users.add(c.user)
+        if not users:
+            return
+        pipe.sadd(self.keys.ledger_users(hour), *users)
+        pipe.expire(self.keys.ledger_users(hour), self.keep_s)
+        await pipe.execute()
+
+    async def used(self, user: str, since: float, until: float | None = None) -> float:
+        """The GPU seconds `user` was charged from `since` (to `until`, default now)."""
+        rows = await self.read([user], since, until if until is not None else time.time(), "none")
+        return rows[0]["gpuS"] if rows else 0.0
+
+    async def read(self, users: list[str] | None, since: float, until: float, group: Group = "queue") -> list[dict[str, Any]]:
+        """The sums over the hours from `since` to `until` (Unix seconds; at most MAX_RANGE_S),
+        for `users` (None: every user with usage then), grouped by `group`; each row is its key
+        (`queue`, `model`, `day` as YYYY-MM-DD, `hour` as Unix seconds, `user`; none for `none`)
+        and METRICS, sorted by GPU seconds, largest first."""
+        since = max(since, until - MAX_RANGE_S)
+        hours = list(range(_hour(since), _hour(until) + 1, HOUR_S))
+        if users is None:
+            pipe = self.redis.pipeline(transaction=False)
+            for h in hours:
+                pipe.smembers(self.keys.ledger_users(h))
+            per_hour = [sorted(str(u) for u in members) for members in await pipe.execute()]
+        else:
+            per_hour = [users for _h in hours]
+        cells = [(h, u) for h, us in zip(hours, per_hour, strict=True) for u in us]
+        read: list[Any] = []
+        for i in range(0, len(cells), CHUNK):  # (Redis serves others between the chunks)
+            pipe = self.redis.pipeline(transaction=False)
+            for h, u in cells[i:i + CHUNK]:
+                pipe.hgetall(self.keys.ledger(u, h))
+            read += await pipe.execute()
+        sums: dict[str, dict[str, Any]] = {}
+        for (h, u), raw in zip(cells, read, strict=True):
+            for name, value in raw.items():
+                queue, model, metric = str(name).split(_SEP, 2)
+                key = {"queue": queue, "model": model, "user": u, "none": "",
+                       "day": datetime.fromtimestamp(h, timezone.utc).strftime("%Y-%m-%d"), "hour": str(h)}[group]
+                row = sums.setdefault(key, {**({group: int(key) if group == "hour" else key} if group != "none" else {}),
+                                            **dict.fromkeys(METRICS, 0.0)})
+                if metric in METRICS:
+                    row[metric] += float(value)
+        rows = list(sums.values())
+        for row in rows:
+            for m in METRICS:
+                row[m] = round(row[m], 3) if m in ("gpuS", "runS") else int(row[m])
+        rows.sort(key=lambda r: (-r["gpuS"], str(r.get(group, ""))))
+        if group == "none" and not rows:
+            rows = [dict.fromkeys(METRICS, 0)]
+        return rows
