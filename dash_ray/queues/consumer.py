@@ -482,16 +482,15 @@ class QueueConsumer:
             return 0
         batch = Batch(self.redis)
         for job_id, _deadline in due:
-            batch.add("hmget", self.keys.job(str(job_id)), "queue", "startBy", "started", "status", "userId", "after")
+            batch.add("hmget", self.keys.job(str(job_id)), "queue", "startBy", "started", "status", "userId")
         records = await batch.execute()
         n = 0
-        for (job_id, deadline), (queue, start_by, started, status, user_id, after) in zip(due, records, strict=True):
+        for (job_id, deadline), (queue, start_by, started, status, user_id) in zip(due, records, strict=True):
             if (queue != self.name or start_by is None or int(float(start_by)) != int(deadline) or started
                     or status not in ("waiting", "delayed")):
                 continue
             # BullMQ removes only a job no one holds: one taken meanwhile is the take's to end.
-            # (the jobs one made with `after` waits for are not its own: they stay)
-            if await self.queue.backend.remove(str(job_id), not after) == 1:
+            if await self.queue.backend.remove(str(job_id), True) == 1:
                 await self.lifecycle.finish(JobFailedEvent(
                     job_id=str(job_id), queue=self.name, user_id=user_id, status="expired",
                     error=f"expired: not started by its deadline ({_iso(float(deadline))})"))

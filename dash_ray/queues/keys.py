@@ -130,6 +130,11 @@ class Keys:
         """Set: the users charged in one hour."""
         return f"{self.ns}ledu:{hour}"
 
+    @property
+    def audit(self) -> str:
+        """Stream: the audit trail (queues/audit.py), capped."""
+        return f"{self.ns}audit"
+
     def start_by(self, queue: str) -> str:
         """Sorted set: a queue's jobs with a deadline to start, scored by it (ms); swept by its consumer."""
         return f"{self.ns}startby:{queue}"
@@ -145,10 +150,15 @@ class Keys:
         return f"{self.ns}follow:{job_id}"
 
     def waiters(self, job_id: str) -> str:
-        """Hash: the jobs waiting for this one (`options.after`), BullMQ key of each -> how its
-        end reaches them (`after.lua`); released when it ends (finish.lua). Built in Lua too, as
-        `waiters_key(id)` (`includes/keys`)."""
+        """Hash: the jobs waiting for this one (`options.after`), id of each -> its policy and
+        BullMQ queue key (`includes/after`); released when it ends (finish.lua). Built in Lua
+        too, as `waiters_key(id)` (`includes/keys`)."""
         return f"{self.ns}after:{job_id}"
+
+    def deps(self, job_id: str) -> str:
+        """Set: the ids of the jobs this one still waits for (`options.after`; BullMQ's own
+        `dependencies` are a flow's). Built in Lua too, as `deps_key(id)`."""
+        return f"{self.ns}deps:{job_id}"
 
     def settle(self, queue: str) -> str:
         """Sorted set: a queue's jobs that ended with followers to end too (by when, ms); its

@@ -47,7 +47,6 @@ from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import (
     ADOPT,
     ADOPT_SCAN,
-    AFTER,
     CHECKPOINT,
     CREATE,
     EVENT,
@@ -301,8 +300,7 @@ class _Calls:
     def __init__(self, keys: Keys, retention: Retention) -> None:
         self.keys = keys
         self.retention = retention
-        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, REOPEN,
-                                                     AFTER)}
+        self.texts = {s.name: self.text(s) for s in (EVENT, FINISH, CHECKPOINT, ADOPT, ADOPT_SCAN, FAIR_PRUNE, REOPEN)}
 
     def text(self, script: Script, after: tuple[int, int] = (0, 0), prelude: str = "") -> str:
         """A script's source with this deployment's constants."""
@@ -354,7 +352,8 @@ class _Calls:
                     high="1" if q.high else "", max_high=_limit(q.max_high),
                     rate_limit=_limit(q.rate.limit if q.rate else None),
                     rate_window_ms=q.rate.window_ms if q.rate else 0,
-                    start_by=start_by, nonce=nonce, feed=k.feed, cache="1" if cache else "", data=data if cache else "")
+                    start_by=start_by, nonce=nonce, feed=k.feed, cache="1" if cache else "", data=data if cache else "",
+                    after="" if after is None else _SEP.join([after.policy, *after.ids]))
         extra: dict[str, Any] = {"created": created_ms, "digest": digest, "made": nonce}
         if q.high:
             extra["high"] = 1
@@ -364,16 +363,6 @@ class _Calls:
             extra.update(hookUrl=hook[0], hookEvents=f",{','.join(hook[1])},")
         args.update(fields=state_fields(event, extra), position="1" if position else "")
         return CREATE.pack(keys, args)
-
-    def after(self, event: JobProgressEvent, after: After) -> tuple[list[str], list[Any]]:
-        k = self.keys
-        keys, args = AFTER.pack({"bull_job": k.bull(event.queue, event.job_id),
-                                 "waiting_children": k.bull(event.queue, "waiting-children")},
-                                {"job_id": event.job_id, "queue_key": k.bull(event.queue, "").removesuffix(":"),
-                                 "policy": after.policy})
-        for job_id, queue in after.jobs:
-            args += [job_id, k.bull(queue, job_id)]
-        return keys, args
 
     def adopt(self, event: JobProgressEvent, created_ms: int) -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
@@ -448,17 +437,10 @@ class Lifecycle:
         `QueueConsumer.expire_overdue` sweeps. `cache`: the digest of a repeatable payload (and
         `data`, its JSON): the owner's completed run of it answers instead (`Created.cached`),
         an unfinished one is followed (`Created.follows`). `after`: the jobs it waits for (`bull`
-        is then BullMQ's addParentJob), attached in the same MULTI/EXEC (after.lua)."""
+        is then BullMQ's addParentJob), attached by the script that makes it (includes/after)."""
         script = self._create_script(bull)
         keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by,
                                        cache, data, after)
-        if after is not None:
-            pipe = self.redis.pipeline(transaction=True)
-            await script(keys=[*bull.keys, *keys], args=[*bull.args, *args], client=pipe)
-            a_keys, a_args = self.calls.after(event, after)
-            await self._scripts[AFTER.name](keys=a_keys, args=a_args, client=pipe)
-            made, _attached = await pipe.execute()
-            return Created.from_reply(made)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
         return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],

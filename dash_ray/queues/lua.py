@@ -38,7 +38,7 @@ from typing import Any
 from dash_ray.models.status import CANCELLING, FINAL, Status
 from dash_ray.queues.keys import Keys
 
-__all__ = ["ADOPT", "ADOPT_SCAN", "AFTER", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
+__all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
            "HOOK_CLAIM", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REOPEN", "TAKE", "USAGE", "Script",
            "ScriptError", "load", "with_bull_add", "with_bull_take"]
 
@@ -143,7 +143,7 @@ def _final_lua() -> str:
 _KEY_SHAPES: dict[str, Callable[[Keys, str], str]] = {"job_key": Keys.job, "events_key": Keys.events,
                                                       "kept_key": Keys.kept, "channel_key": Keys.channel,
                                                       "cancel_key": Keys.cancel, "followers_key": Keys.followers,
-                                                      "waiters_key": Keys.waiters}
+                                                      "waiters_key": Keys.waiters, "deps_key": Keys.deps}
 
 
 def _keys_lua() -> str:
@@ -286,7 +286,6 @@ EVENT = load("event")
 FINISH = load("finish")
 CHECKPOINT = load("checkpoint")
 MOVE = load("move")
-AFTER = load("after")  # run in the MULTI of a create (Lifecycle.create with `after`)
 # The webhook outbox's (queues/outbox.py).
 HOOK_CLAIM = load("hook_claim")
 HOOK_SETTLE = load("hook_settle")

@@ -177,12 +177,14 @@ class Producer:
         opts = parse_options(options)
         job_id, owner, chosen = identify(payload, opts, user_id)
         payload = payload.with_ids(job_id, owner)
-        if o.validate:
-            o.validate(payload, waits=opts.after or ())
+        after = await self._after(opts, owner, job_id) if opts.after else None
+        if o.validate:  # (a LoRA its training job, waited for, makes: not there yet)
+            o.validate(payload, waits=[j for j, q in after.jobs if q == "training"] if after else ())
         wire = payload.wire(exclude_none=True)
         dig, size = digest(wire)
+        if after is not None:
+            size += sum(len(j) + 3 for j in after.ids)  # its record names them
         attempts = opts.attempts or o.default_attempts
-        after = await self._after(opts, owner, job_id) if opts.after else None
         now_ms = int(time.time() * 1000)
         start_by = opts.start_by_ms(now_ms, o.start_by_s.get(queue))
         if start_by is not None and not now_ms + int(opts.delay_s * 1000) < start_by <= now_ms + MAX_START_BY_MS:
@@ -306,10 +308,10 @@ class Producer:
                 with contextlib.suppress(DashError):
                     await self.cancel(above)
                 return await self.reader.get(job_id)
-            # A flow's parent goes with the jobs it waits for (BullMQ removes those not running);
-            # the jobs one made with `after` waits for are not its own: they stay.
-            below = [] if view.after else await self._children(view.queue, job_id)
-            removed = await bq.backend.remove(job_id, not view.after)
+            # A flow's parent goes with the jobs it waits for (BullMQ removes those not running;
+            # what a job made with `after` waits for is not in BullMQ's flow keys: it stays).
+            below = await self._children(view.queue, job_id)
+            removed = await bq.backend.remove(job_id, True)
             if removed == SCHEDULED_NEXT:
                 raise InvalidJobState(job_id, view.status, "cancel (it is its schedule's next run: delete the schedule)")
             if removed == 1:

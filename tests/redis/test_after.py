@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dash_ray.queues import JobStore, QueueConsumer, connect
+import redis
+
+from dash_ray.queues import JobStore, Keys, QueueConsumer, connect
 from tests.redis.conftest import run_async
 from tests.redis.test_flows import QUEUES, _flow, _take
 from tests.redis.test_gateway import auth
@@ -51,6 +53,12 @@ def test_a_job_waits_for_one_made_before_it_and_reads_its_image(make_client: Any
            headers=alice)
     assert c.delete("/v1/jobs/g5", headers=alice).json()["status"] == "cancelled"
     assert c.get("/v1/jobs/g4", headers=alice).json()["status"] == "waiting"
+    r = redis.Redis.from_url(redis_url)
+    keys = Keys(prefix)
+    # nothing of g5 is left behind: g4 no longer names it, and BullMQ's flow keys were never used
+    assert r.hlen(keys.waiters("g4")) == 0 and not r.exists(keys.deps("g5"))
+    assert r.scard(keys.bull("upscaling", "up1:dependencies")) == 0
+    r.close()
     assert _ids(_take(redis_url, prefix, "generation", 5)) == ["g4"]
     assert _take(redis_url, prefix, "generation", 0.3) == []  # g5 never runs
     assert c.get("/v1/usage", headers=alice).json()["jobsUnfinished"]["used"] == 0
@@ -115,8 +123,22 @@ def test_another_users_jobs_cannot_be_waited_for_nor_read(make_client: Any, toke
     r = c.post("/v1/flows", json={**_flow(child_id="b-child"), "options": {"after": ["b0"]}}, headers=bob)
     assert r.status_code == 422, r.text
     assert c.get("/v1/usage", headers=bob).json()["jobsUnfinished"]["used"] == 1  # b0 alone
-    # alice's job runs untouched by any of it
+    # a training job named as a waited-for job is what lets a generation name a LoRA not made yet:
+    # another kind of job of bob's does not
+    r = c.post("/v1/jobs/generation", json={"prompt": "x", "settings": {"loraId": "b0"}, "options": {"after": ["b0"]}},
+               headers=bob)
+    assert r.status_code == 422 and "loraId" in r.text, r.text
+    # bob cannot hang his job on alice's waiting one by submitting under its id
+    c.post("/v1/jobs/generation", json={"prompt": "after", "jobId": "a2", "options": {"after": ["a1"]}},
+           headers=alice)
+    c.post("/v1/jobs/sleep", json={"durationS": 0.1, "jobId": "b1", "options": {"delayS": 3600}}, headers=bob)
+    r = c.post("/v1/jobs/generation", json={"prompt": "z", "jobId": "a2", "options": {"after": ["b1"]}}, headers=bob)
+    assert r.status_code == 409, r.text
+    assert c.delete("/v1/jobs/b1", headers=bob).status_code == 200  # were a2 waiting for it, it would fail now
+    # alice's jobs run untouched by any of it
     assert _ids(_take(redis_url, prefix, "generation", 5, result=MADE)) == ["a1"]
+    assert _ids(_take(redis_url, prefix, "generation", 5)) == ["a2"]
+    assert c.get("/v1/jobs/a2", headers=alice).json()["status"] == "completed"
 
 
 def test_a_retried_parent_does_not_rerun_its_finished_children(make_client: Any, tokens: Any, redis_url: str,

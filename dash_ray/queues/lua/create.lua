@@ -58,6 +58,8 @@
                           the same payload (KEYS cache): completed, it answers at once; unfinished,
                           this job follows it (no run of its own: it ends as that one ends)
     ARGV[22] data         the payload's JSON, kept in the record of a job that follows another
+    ARGV[23] after        '' or what it waits for (`options.after`): its policy and the ids, joined
+                          by \31 (BullMQ's add is then addParentJob: includes/after `attach`)
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -80,6 +82,7 @@
 --- @include "includes/append_capped"
 --- @include "includes/level_head"
 --- @include "includes/rate_take"
+--- @include "includes/after"
 
 -- Fair share within a priority (start-time fair queuing): BullMQ scores a prioritized job
 -- priority * 2^32 + a counter; ours replace the counter with a virtual start time. A user's
@@ -152,6 +155,9 @@ else
   local added = bull_add()
   if type(added) == 'number' and added < 0 then
     return redis.error_reply('BullMQ refused job ' .. A_job_id .. ': code ' .. added)
+  end
+  if A_after ~= '' then  -- it waits in `waiting-children` (or, nothing left to wait for, goes on)
+    attach(A_job_id, K_bull_job, string.sub(K_bull_job, 1, #K_bull_job - #A_job_id - 1), A_after, A_user)
   end
   if A_fair_inc ~= '' and redis.call('ZSCORE', K_prioritized, A_job_id) then fair_share() end
   if A_cache ~= '' then  -- identical submits follow it until it ends; then, completed, answer with it

@@ -33,7 +33,7 @@
 --- @include "includes/final"
 --- @include "includes/keys"
 --- @include "includes/emit"
---- @include "includes/release"
+--- @include "includes/after"
 if A_finished_on ~= '' and redis.call('HGET', K_bull_job, 'finishedOn') ~= A_finished_on then
   return {0}
 end
@@ -54,13 +54,13 @@ if was[2] then  -- a repeatable payload's run: its result is the cache's while i
   end
 end
 local waiting = redis.call('HGETALL', waiters_key(A_job_id))
-if #waiting > 0 then  -- the jobs waiting for this one (after.lua): it counts for them now
-  local value = redis.call('HGET', K_bull_job, 'returnvalue') or 'null'
+if #waiting > 0 then  -- the jobs waiting for this one (includes/after): it counts for them now
   for i = 1, #waiting, 2 do
-    release(K_bull_job, waiting[i], waiting[i + 1], ended == COMPLETED, value, 'job ' .. A_job_id .. ' ' .. (ended or '?'))
+    release(A_job_id, waiting[i], waiting[i + 1], ended == COMPLETED, 'job ' .. A_job_id .. ' ' .. (ended or '?'))
   end
   redis.call('DEL', waiters_key(A_job_id))
 end
+forget(A_job_id)  -- and those it waited for name it no more
 if A_bucket ~= '' then
   redis.call('HINCRBY', K_durations, A_bucket, 1)
   redis.call('HINCRBYFLOAT', K_durations, 'sum', A_seconds)
