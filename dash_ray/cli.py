@@ -173,7 +173,39 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dash-ray: {exc}", file=sys.stderr)
         return 2
+    _audit_token(settings, args.user, role="admin" if args.admin else "user", ttl_s=ttl, weight=args.weight)
     return 0
+
+
+def _audit_token(settings: Settings, user: str, **detail: object) -> None:
+    """Record the token's issuance in the audit trail, if Redis is configured and answers within
+    a few seconds (a token minted offline is not recorded: the secret alone mints one)."""
+    url = settings.resolved_redis_url()
+    if not url:
+        return
+    import asyncio
+    import getpass
+    import socket
+
+    from redis.asyncio import Redis
+
+    from dash_ray.queues.audit import AuditLog
+    from dash_ray.queues.keys import Keys
+
+    async def record() -> None:
+        r = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=3)
+        try:
+            await AuditLog(r, Keys(settings.key_prefix), max_len=settings.audit_max_entries).record(
+                f"cli:{getpass.getuser()}", "token.issue", user, admin=True, owner=user, ip=socket.gethostname(),
+                **detail)
+        finally:
+            await r.aclose()
+
+    try:
+        asyncio.run(record())
+    except Exception as exc:  # the token is printed; only its record is missing
+        print(f"dash-ray: the token's issuance was not recorded in the audit trail ({type(exc).__name__})",
+              file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -178,6 +178,8 @@ class Settings(_QueueFields):
     fair_share: bool = True
     # The usage ledger (queues/ledger.py): each attempt's GPU share x seconds charged to its owner.
     ledger: bool = True
+    # The audit trail (queues/audit.py): admins' actions and actions on another user's job, capped.
+    audit_max_entries: int = Field(100_000, ge=100, le=10_000_000)
     user_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     # GPU arbitration (scheduler/preempt.py): a running job of a preemptible queue yields its GPU
     # at its next checkpoint once a queue in preempt_for has had jobs waiting on workers that

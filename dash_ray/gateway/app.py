@@ -39,6 +39,7 @@ from dash_ray.errors import (
 from dash_ray.gateway import errors
 from dash_ray.gateway.auth import Principal, bearer
 from dash_ray.gateway.deps import (
+    Audit,
     Caller,
     Svc,
     _owned,
@@ -229,33 +230,35 @@ def _iso_seconds(value: str) -> float:
 @router.delete("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"],
                responses={202: {"model": JobView, "description": "A running job: it stops at its next step"}})
 @errors.raises(JobNotFound, InvalidJobState)
-async def cancel_job(job_id: str, who: Caller, svc: Svc) -> Response:
+async def cancel_job(job_id: str, who: Caller, svc: Svc, audit: Audit) -> Response:
     """Cancel: a waiting job is removed (200); a running one stops at its next step (202)."""
-    await _owned(job_id, who, svc)
+    owned = await _owned(job_id, who, svc)
     view = await svc.store.cancel(job_id)
+    await audit("cancel", job_id, owner=owned.user_id, queue=owned.queue)
     return _signed(svc, view.wire(), 202 if view.status == "active" else 200)
 
 
 @router.post("/v1/jobs/{job_id}/retry", response_model=JobView, tags=["jobs"])
 @errors.raises(JobNotFound, InvalidJobState, RateLimited, QuotaExceeded)
-async def retry_job(job_id: str, who: Caller, svc: Svc) -> Response:
+async def retry_job(job_id: str, who: Caller, svc: Svc, audit: Audit) -> Response:
     """Run a failed or cancelled job again: a new run, so it counts against your submission
     rate and unfinished-job limits like a submit."""
     view = await _owned(job_id, who, svc)
     await svc.limiter.check(view.user_id or who.user_id)  # the store takes the rest, atomically
-    return _signed(svc, (await svc.store.retry(job_id, quota=svc.policy.quota(view.queue, None, who,
-                                                                           retry=True))).wire())
+    again = await svc.store.retry(job_id, quota=svc.policy.quota(view.queue, None, who, retry=True))
+    await audit("retry", job_id, owner=view.user_id, queue=view.queue)
+    return _signed(svc, again.wire())
 
 
 @router.post("/v1/jobs/{job_id}/move", response_model=JobView, tags=["jobs"])
 @errors.raises(JobNotFound, InvalidJobState, Forbidden, InvalidPayload)
-async def move_job(job_id: str, body: MoveRequest, who: Caller, svc: Svc) -> Response:
+async def move_job(job_id: str, body: MoveRequest, who: Caller, svc: Svc, audit: Audit) -> Response:
     """Reorder a waiting job. `{"to": "front"}` puts one of yours first among your waiting
     jobs of its queue and priority; `{"before": id}` just before another of them. Your jobs
     trade places among themselves only: never ahead of another user's, whose places stay as
     they were. Admins: `{"to": "front"}` puts any job at the front of its whole queue (it runs
     next), `{"priority": 1-3}` moves it to the back of that priority."""
-    await _owned(job_id, who, svc)
+    owned = await _owned(job_id, who, svc)
     other: str | int | None = None
     if body.priority is not None:
         _admin(who)
@@ -264,7 +267,10 @@ async def move_job(job_id: str, body: MoveRequest, who: Caller, svc: Svc) -> Res
         how, other = "before", body.before
     else:
         how = "front" if who.admin else "own"
-    return _signed(svc, (await svc.store.move(job_id, how, other)).wire())
+    moved = await svc.store.move(job_id, how, other)
+    await audit("move", job_id, owner=owned.user_id, queue=owned.queue, how=how, other=other,
+                power=how in ("front", "priority"))
+    return _signed(svc, moved.wire())
 
 
 async def _queue_view(name: str, svc: GatewayServices) -> QueueView:
@@ -289,23 +295,25 @@ def _admin(who: Principal) -> None:
 
 @router.post("/v1/queues/{queue}/pause", response_model=QueueView, tags=["queues"])
 @errors.raises(Forbidden, UnknownQueue)
-async def pause_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
+async def pause_queue(queue: str, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
     """Stop starting this queue's jobs (admin)."""
     _admin(who)
     if queue not in svc.queues:
         raise UnknownQueue(queue)
     await svc.store.pause(queue)
+    await audit("pause", queue)
     return JSONResponse((await _queue_view(queue, svc)).wire())
 
 
 @router.post("/v1/queues/{queue}/resume", response_model=QueueView, tags=["queues"])
 @errors.raises(Forbidden, UnknownQueue)
-async def resume_queue(queue: str, who: Caller, svc: Svc) -> JSONResponse:
+async def resume_queue(queue: str, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
     """Start this queue's jobs again (admin)."""
     _admin(who)
     if queue not in svc.queues:
         raise UnknownQueue(queue)
     await svc.store.resume(queue)
+    await audit("resume", queue)
     return JSONResponse((await _queue_view(queue, svc)).wire())
 
 
@@ -455,6 +463,26 @@ def _csv(gpu: GpuUsage) -> Response:
     name = f"usage-{gpu.user_id.replace('*', 'all')}-{int(gpu.from_)}-{int(gpu.to)}.csv"
     return Response(out.getvalue(), media_type="text/csv",
                     headers={"content-disposition": f'attachment; filename="{name}"'})
+
+
+@router.get("/v1/audit", tags=["ops"])
+@errors.raises(Forbidden)
+async def audit_log(
+    who: Caller,
+    svc: Svc,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(max_length=40, pattern=r"^\d{1,20}-\d{1,20}$")] = None,
+    action: Annotated[str | None, Query(max_length=40)] = None,
+    by: Annotated[str | None, Query(max_length=128)] = None,
+) -> JSONResponse:
+    """Admins: the audit trail, newest first: every admin action (pause, resume, moving a job
+    to the front of its queue or to another priority, tokens issued by `dash-ray token`) and
+    every action on another user's job or schedule (cancel, retry, move, schedule removal), each
+    with who, what, the target and whose it is, when and from which address. Filter by `action`
+    or actor (`by`); pass `nextCursor` back as `cursor` for older entries."""
+    _admin(who)
+    entries, nxt = await svc.audit.read(limit, cursor, action=action, who=by)
+    return JSONResponse({"entries": [e.wire() for e in entries], "nextCursor": nxt})
 
 
 @router.post("/v1/ws-ticket", tags=["auth"])

@@ -5,6 +5,8 @@ lists them in OpenAPI."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, Response
@@ -16,7 +18,7 @@ from dash_ray.gateway.errors import raises
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.models import JobView
 
-__all__ = ["Caller", "QueryCaller", "Svc"]
+__all__ = ["Audit", "AuditTrail", "Caller", "QueryCaller", "Svc"]
 
 
 def _services_of(request: Request) -> GatewayServices:
@@ -71,6 +73,38 @@ def _json(data: Any, status: int = 200) -> Response:
 
 Svc = Annotated[GatewayServices, Depends(_services)]
 Caller = Annotated[Principal, Depends(_caller)]
+
+
+@dataclass(frozen=True)
+class AuditTrail:
+    """The audit trail as one request writes it: `await audit(action, target, owner=...)` records
+    an admin's action, or any action on another user's (`owner`'s) job; one on the caller's own
+    is not recorded (its job's events say it) unless it used an admin's power (`power=True`).
+    A write that fails is logged, not raised: the action was done."""
+
+    log: Any
+    who: Principal
+    ip: str | None
+
+    async def __call__(self, action: str, target: str, *, owner: str | None = None, **detail: Any) -> None:
+        if owner is not None and owner == self.who.user_id and not detail.get("power"):
+            return
+        try:
+            await self.log.record(self.who.user_id, action, target, admin=self.who.admin, owner=owner, ip=self.ip,
+                                  **detail)
+        except Exception:
+            _log.warning("could not record %s of %s in the audit trail", action, target, exc_info=True)
+
+
+_log = logging.getLogger(__name__)
+
+
+@raises(Unauthorized)
+async def _audit_trail(request: Request, who: Caller, svc: Svc) -> AuditTrail:
+    return AuditTrail(svc.audit, who, request.client.host if request.client else None)
+
+
+Audit = Annotated[AuditTrail, Depends(_audit_trail)]
 
 QueryCaller = Annotated[Principal, Depends(_caller_or_query)]
 

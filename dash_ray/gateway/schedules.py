@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from dash_ray.errors import Forbidden, InvalidPayload, RateLimited, ScheduleNotFound, UnknownQueue
-from dash_ray.gateway.deps import Caller, Svc
+from dash_ray.gateway.deps import Audit, Caller, Svc
 from dash_ray.gateway.errors import DocumentedRoute, raises
 from dash_ray.models.options import JobOptions, ScheduleRequest
 from dash_ray.models.queues import bad_field, parse_payload
@@ -92,8 +92,11 @@ async def list_schedules(who: Caller, svc: Svc,
 
 @router.delete("/v1/schedules/{name}", response_model=ScheduleView, tags=["schedules"])
 @raises(ScheduleNotFound, Forbidden)
-async def delete_schedule(name: str, who: Caller, svc: Svc,
+async def delete_schedule(name: str, who: Caller, svc: Svc, audit: Audit,
                           user_id: Annotated[str | None, Query(alias="userId", max_length=128)] = None) -> JSONResponse:
     """Stop one of your schedules: no more runs (its next one goes if it is not due yet: it ends
     `cancelled`; one due or running ends as it would). Admins: another user's (`userId`)."""
-    return JSONResponse((await svc.schedules.remove(_owner(who, user_id), name)).wire())
+    owner = _owner(who, user_id)
+    removed = await svc.schedules.remove(owner, name)
+    await audit("schedule.remove", name, owner=owner)
+    return JSONResponse(removed.wire())

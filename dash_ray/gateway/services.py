@@ -22,6 +22,7 @@ from dash_ray.gateway.webhooks import WebhookSender
 from dash_ray.models.payloads import JobPayload
 from dash_ray.queues import EventHub, Feed, JobStore, connect
 from dash_ray.queues.accounts import Accounts, SubmitLimiter
+from dash_ray.queues.audit import AuditLog
 from dash_ray.queues.schedules import Schedules
 from dash_ray.services import ArtifactStore, ModelRegistry
 
@@ -53,6 +54,7 @@ class GatewayServices:
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.redis, self.store.keys)
+        self.audit = AuditLog(self.redis, self.store.keys, max_len=self.settings.audit_max_entries)
         self.feed = Feed(self.hub, self.store.keys.feed)
         o = self.store.producer.options
         self.schedules = Schedules(self.redis, self.store.keys, self.store.control, self.store.lifecycle,
