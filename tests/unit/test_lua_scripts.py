@@ -51,7 +51,7 @@ def test_the_python_api_of_the_scripts_is_unchanged() -> None:
     assert lua.FINISH.args == ("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds")
     assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-6:] == ("usage", "sizes", "kept", "rate", "start_by",
                                                                                "cache")
-    assert len(lua.CREATE.keys) == 21 and lua.CREATE.args[-3:] == ("feed", "cache", "data")
+    assert len(lua.CREATE.keys) == 21 and lua.CREATE.args[-3:] == ("cache", "data", "after")
     assert lua.RATE.keys == ("rate",) and lua.RATE.args == ("rate_limit", "rate_window_ms", "now_ms")
     keys, args = lua.CHECKPOINT.pack({"yield": "y", "job": "j", "lock": "l"}, {"path": "p", "token": "t"})
     assert (keys, args) == (["j", "l", "y"], ["t", "p"])
