@@ -178,6 +178,12 @@ class Settings(_QueueFields):
     fair_share: bool = True
     # The usage ledger (queues/ledger.py): each attempt's GPU share x seconds charged to its owner.
     ledger: bool = True
+    # GPU budgets (queues/ledger.py `Budgets`): GPU seconds per UTC day / month for every user
+    # without one of their own (set by admins: PUT /v1/budgets/{user}); none by default. Hard: a
+    # submit past it is refused (429 budget_exceeded) until it resets; soft: a lower fair share.
+    gpu_seconds_per_day: float | None = Field(None, gt=0)
+    gpu_seconds_per_month: float | None = Field(None, gt=0)
+    budget_hard: bool = True
     # The audit trail (queues/audit.py): admins' actions and actions on another user's job, capped.
     audit_max_entries: int = Field(100_000, ge=100, le=10_000_000)
     user_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)

@@ -7,6 +7,7 @@ from typing import Any
 __all__ = [
     "BadRequest",
     "BodyTooLarge",
+    "BudgetExceeded",
     "ConfigError",
     "DashError",
     "DeviceOutOfMemory",
@@ -127,6 +128,17 @@ class RateLimited(DashError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message, retryAfterS=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class BudgetExceeded(RateLimited):
+    """A user's hard GPU budget (per day or month) is spent; it resets after `retry_after_s`."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int, budget: str, limit: float, used: float,
+                 resets_at: float) -> None:
+        super().__init__(message, retry_after_s)
+        self.data.update(budget=budget, limit=limit, used=round(used, 3), resetsAt=resets_at)
 
 
 class JobPreempted(DashError):

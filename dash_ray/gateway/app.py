@@ -56,13 +56,14 @@ from dash_ray.gateway.streams import prefer_wait_s, wait_final
 from dash_ray.gateway.streams import router as streams_router
 from dash_ray.gateway.ws import serve_socket
 from dash_ray.models import JobList, JobOptions, JobView, MoveRequest, QueueDef, QueueView
-from dash_ray.models.base import WireModel
+from dash_ray.models.base import WireModel, is_user_id
 from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS, sniff_image
+from dash_ray.models.options import BudgetRequest
 from dash_ray.models.payloads import JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
-from dash_ray.models.views import Allowance, GpuUsage, MemoryPeak, UsageView
+from dash_ray.models.views import Allowance, BudgetUse, BudgetView, GpuUsage, MemoryPeak, UsageView
 from dash_ray.queues.ledger import METRICS as LEDGER_METRICS
-from dash_ray.queues.ledger import Group
+from dash_ray.queues.ledger import Budget, Group, resets_at
 from dash_ray.queues.reader import Search
 from dash_ray.services import InvalidArtifactPath
 
@@ -80,6 +81,9 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         raise Forbidden("userId in the payload does not match the token", field="userId")
     owner = body.user_id if (who.admin and body.user_id) else who.user_id
     svc.limiter.refused_lately(owner)  # over their rate a moment ago: 429 at once, nothing checked
+    # the token's weight is its user's (an admin submitting for someone else uses theirs), within
+    # the owner's GPU budget: past a hard one, refused here
+    weight = await svc.policy.budget_weight(owner, who.weight if owner == who.user_id else None)
     waits: set[str] = set()  # the unfinished jobs of the owner's its inputs name: it waits for them
     await svc.policy.check(queue, body, options, who, owner, waits=waits)
     if waits:
@@ -91,9 +95,7 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
     else:  # counted by the script that makes the job, with the owner's other limits: one round trip
         quota = replace(quota, rate=svc.limiter.rate)
     try:
-        # the token's weight is its user's: an admin submitting for someone else uses theirs
-        result = await svc.store.add(queue, body, options, user_id=owner,
-                                     weight=who.weight if owner == who.user_id else None, quota=quota)
+        result = await svc.store.add(queue, body, options, user_id=owner, weight=weight, quota=quota)
     except RateLimited as exc:
         if quota.rate is not None and hasattr(exc, "wait_ms"):  # the create script's refusal of the rate
             raise svc.limiter.refused(owner, exc.wait_ms) from None
@@ -244,6 +246,7 @@ async def retry_job(job_id: str, who: Caller, svc: Svc, audit: Audit) -> Respons
     """Run a failed or cancelled job again: a new run, so it counts against your submission
     rate and unfinished-job limits like a submit."""
     view = await _owned(job_id, who, svc)
+    await svc.policy.budget_weight(view.user_id or who.user_id, None)  # a run again: within the budget
     await svc.limiter.check(view.user_id or who.user_id)  # the store takes the rest, atomically
     again = await svc.store.retry(job_id, quota=svc.policy.quota(view.queue, None, who, retry=True))
     await audit("retry", job_id, owner=view.user_id, queue=view.queue)
@@ -443,6 +446,7 @@ async def usage(
     return JSONResponse(UsageView(
         user_id=view_of,
         gpu=gpu,
+        budget=await _budget_view(svc, view_of),
         bytes_kept=Allowance(used=kept, limit=s.max_bytes_per_user),
         jobs_unfinished=Allowance(used=unfinished, limit=s.max_waiting_per_user),
         upload_bytes=Allowance(used=uploads, limit=s.upload_quota_bytes),
@@ -450,6 +454,58 @@ async def usage(
         streams=Allowance(used=svc.streams.of(who.user_id), limit=svc.streams.limit),
         submit_rate=s.rate_submit,
     ).wire())
+
+
+async def _budget_view(svc: GatewayServices, user: str) -> BudgetView | None:
+    budget = await svc.policy.budgets.of(user)
+    if budget.empty:
+        return None
+    now = time.time()
+    day, month = await svc.store.ledger.spent(user, now)
+    return BudgetView(
+        hard=budget.hard,
+        gpu_seconds_per_day=None if budget.per_day is None else BudgetUse(
+            used=round(day, 3), limit=budget.per_day, resets_at=resets_at("day", now)),
+        gpu_seconds_per_month=None if budget.per_month is None else BudgetUse(
+            used=round(month, 3), limit=budget.per_month, resets_at=resets_at("month", now)))
+
+
+@router.get("/v1/budgets", tags=["usage"])
+@errors.raises(Forbidden)
+async def list_budgets(who: Caller, svc: Svc) -> JSONResponse:
+    """Admins: the budgets set per user, and the default every other user has."""
+    _admin(who)
+    table = await svc.policy.budgets.all()
+    return JSONResponse({"default": svc.policy.budgets.default.wire(),
+                         "users": {u: b.wire() for u, b in sorted(table.items())}})
+
+
+@router.put("/v1/budgets/{user_id}", response_model=BudgetView, tags=["usage"])
+@errors.raises(Forbidden, InvalidPayload)
+async def set_budget(user_id: str, body: BudgetRequest, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
+    """Admins: set a user's GPU budget (GPU seconds per UTC day / month; `hard` refuses their
+    submits past it until it resets, soft lowers their fair share). Answers it with its use."""
+    _admin(who)
+    _user_id(user_id)
+    await svc.policy.budgets.set(user_id, Budget(body.gpu_seconds_per_day, body.gpu_seconds_per_month, body.hard))
+    await audit("budget.set", user_id, owner=user_id, **body.wire())
+    return JSONResponse(((await _budget_view(svc, user_id)) or BudgetView(hard=body.hard)).wire())
+
+
+@router.delete("/v1/budgets/{user_id}", tags=["usage"])
+@errors.raises(Forbidden)
+async def delete_budget(user_id: str, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
+    """Admins: remove a user's own budget (the default holds for them again)."""
+    _admin(who)
+    _user_id(user_id)
+    now = await svc.policy.budgets.set(user_id, None)
+    await audit("budget.set", user_id, owner=user_id, removed=True)
+    return JSONResponse({"default": now.wire()})
+
+
+def _user_id(user_id: str) -> None:
+    if not is_user_id(user_id):
+        raise bad_field("userId", "not a user id")
 
 
 def _csv(gpu: GpuUsage) -> Response:

@@ -38,6 +38,7 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
     Each job counts against your limits as a submit does. Cancelling a job cancels those it
     waits for. The same flow sent again (same ids and payloads) answers 200 with what it made."""
     svc.limiter.refused_lately(who.user_id)  # over their rate a moment ago: 429 at once, nothing checked
+    weight = await svc.policy.budget_weight(who.user_id, who.weight)  # past a hard GPU budget: refused
     nodes = flatten(body, who.user_id)
     for i, node in enumerate(nodes):
         if node.request.queue not in svc.queues:
@@ -53,7 +54,7 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
     # each job's limits, taken as it is made (the rate counts each), as a submit's are
     quotas = [replace(svc.policy.quota(n.request.queue, n.options, who), rate=svc.limiter.rate) for n in nodes]
     try:
-        flow = await make_flow(svc.store.producer, nodes, who.user_id, weight=who.weight, quotas=quotas)
+        flow = await make_flow(svc.store.producer, nodes, who.user_id, weight=weight, quotas=quotas)
     except RateLimited as exc:
         if hasattr(exc, "wait_ms"):  # the create script's refusal of the rate: remembered, as a submit's
             raise svc.limiter.refused(who.user_id, exc.wait_ms) from None

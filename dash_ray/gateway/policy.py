@@ -6,11 +6,14 @@ priority 1 is a shared allowance) is declared on the queue's definition (models/
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Collection
+from datetime import datetime, timezone
 from typing import Any
 
 from dash_ray.config import Settings
-from dash_ray.errors import JobNotFound, RateLimited
+from dash_ray.errors import BudgetExceeded, JobNotFound, RateLimited
 from dash_ray.gateway.auth import Principal
 from dash_ray.gateway.ratelimit import OpenSlots
 from dash_ray.models.images import job_ref
@@ -18,6 +21,7 @@ from dash_ray.models.options import MAX_AFTER, JobOptions
 from dash_ray.models.payloads import GenerationJob, JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.queues import JobStore, Quota
+from dash_ray.queues.ledger import SOFT_WEIGHT, Budget, Budgets, resets_at
 from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, check_webhook_url
 from dash_ray.services.registry import lora_path
@@ -50,6 +54,8 @@ class SubmitPolicy:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
+        self.budgets = Budgets(store.redis, store.keys, Budget(settings.gpu_seconds_per_day,
+                                                               settings.gpu_seconds_per_month, settings.budget_hard))
         self._lookups = OpenSlots(LOOKUPS_PER_USER)  # webhook URLs being resolved now, per user
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
@@ -121,6 +127,28 @@ class SubmitPolicy:
             [result["image"]] if isinstance(result.get("image"), str) else [])
         if view.status != "completed" or n >= len(images):
             raise bad_field(field, f"job {source} has no image {n} (it is {view.status})")
+
+    async def budget_weight(self, owner: str, weight: float | None) -> float | None:
+        """The owner's fair-share weight for a new job against their GPU budget: as given while
+        within it; past a soft one, SOFT_WEIGHT of it; past a hard one, BudgetExceeded (429,
+        with the budget, what was used and when it resets). No budget: no round trip."""
+        budget = await self.budgets.of(owner)
+        if budget.empty:
+            return weight
+        now = time.time()
+        over = budget.over(*await self.store.ledger.spent(owner, now))
+        if over is None:
+            return weight
+        period, limit, used = over
+        if budget.hard:
+            at = resets_at(period, now)
+            raise BudgetExceeded(
+                f"your GPU budget of {limit:g} GPU-seconds per {period} is spent ({used:.1f} used); it resets at "
+                f"{datetime.fromtimestamp(at, timezone.utc).isoformat(timespec='seconds')}",
+                retry_after_s=max(1, math.ceil(at - now)), budget=f"gpuSecondsPer{period.title()}", limit=limit,
+                used=used, resets_at=at)
+        base = weight if weight is not None else self.settings.user_weights.get(owner, 1.0)
+        return base * SOFT_WEIGHT
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is

@@ -18,7 +18,7 @@ from pydantic import (
 
 from dash_ray.models.base import JobId, LookupId, RequestModel
 
-__all__ = ["MAX_AFTER", "MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "FlowRequest", "JobOptions", "MoveRequest", "Priority",
+__all__ = ["MAX_AFTER", "MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "BudgetRequest", "FlowRequest", "JobOptions", "MoveRequest", "Priority",
            "ScheduleOptions", "ScheduleRequest", "Webhook"]
 
 Priority = Literal[1, 2, 3]
@@ -153,6 +153,16 @@ class MoveRequest(RequestModel):
         if sum(x is not None for x in (self.to, self.before, self.priority)) != 1:
             raise ValueError("give one of to, before, priority")
         return self
+
+
+class BudgetRequest(RequestModel):
+    """A user's GPU budget (admins: `PUT /v1/budgets/{userId}`): GPU seconds per UTC day and per
+    UTC month (null: no limit), and whether it is `hard` (a submit past it is refused until it
+    resets) or soft (the user's fair-share weight is lowered while past it)."""
+
+    gpu_seconds_per_day: float | None = Field(None, gt=0, le=1e9)
+    gpu_seconds_per_month: float | None = Field(None, gt=0, le=1e10)
+    hard: bool = True
 
 
 ScheduleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")]

@@ -9,7 +9,7 @@ from pydantic import Field
 from dash_ray.models.base import WireModel
 from dash_ray.models.status import JobStatus, is_final
 
-__all__ = ["Allowance", "FlowView", "GpuUsage", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult",
+__all__ = ["Allowance", "BudgetUse", "BudgetView", "FlowView", "GpuUsage", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult",
            "UsageView"]
 
 
@@ -120,6 +120,23 @@ class GpuUsage(WireModel):
     rows: list[dict[str, Any]]
 
 
+class BudgetUse(WireModel):
+    """One GPU budget and what is spent of it: GPU seconds `used` of `limit` in the current UTC
+    day or month, which ends at `resetsAt` (Unix seconds)."""
+
+    used: float
+    limit: float
+    resets_at: float
+
+
+class BudgetView(WireModel):
+    """A user's GPU budget (their own, or the deployment's default) and its use now."""
+
+    hard: bool
+    gpu_seconds_per_day: BudgetUse | None = None
+    gpu_seconds_per_month: BudgetUse | None = None
+
+
 class UsageView(WireModel):
     """What a user holds, each against its limit (`GET /v1/usage`): bytes their jobs keep in the
     queue's store, unfinished jobs, uploaded bytes, and the sockets and event streams open on
@@ -133,6 +150,7 @@ class UsageView(WireModel):
     streams: Allowance
     submit_rate: str
     gpu: GpuUsage | None = None
+    budget: BudgetView | None = None
 
 
 class ScheduleView(WireModel):

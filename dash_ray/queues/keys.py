@@ -126,6 +126,15 @@ class Keys:
         -> sum (queues/ledger.py)."""
         return f"{self.ns}led:{user_id}:{hour}"
 
+    def spend(self, user_id: str, period: str) -> str:
+        """Float: a user's GPU seconds charged in one UTC day (`d20261207`) or month (`m202612`)."""
+        return f"{self.ns}spend:{user_id}:{period}"
+
+    @property
+    def budgets(self) -> str:
+        """Hash: user -> their GPU budget (JSON), as admins set it."""
+        return f"{self.ns}budgets"
+
     def ledger_users(self, hour: int) -> str:
         """Set: the users charged in one hour."""
         return f"{self.ns}ledu:{hour}"

@@ -7,21 +7,25 @@ Kept in Redis per user per hour, in one hash each (`Keys.ledger`): fields `<queu
 <metric>`, summed with HINCRBYFLOAT, expiring after `keep_days`; the users with usage in an hour
 in a set beside it (`Keys.ledger_users`), for the admins' view of everyone. A read sums the hours
 of a range (at most MAX_RANGE_S) grouped by queue, model, day, hour or user. Each queue's GPU
-seconds also go to its metrics hash (`/metrics`: `dash_gpu_seconds_total`)."""
+seconds also go to its metrics hash (`/metrics`: `dash_gpu_seconds_total`), and to the user's
+spend of the UTC day and month (`Keys.spend`), which their budget (`Budgets`, set by admins,
+DASH_GPU_SECONDS_PER_DAY / _PER_MONTH by default) is held to."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from redis.asyncio import Redis
 
 from dash_ray.queues.keys import Keys
 
-__all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "Charge", "Group", "Ledger"]
+__all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "SOFT_WEIGHT", "Budget", "Budgets", "Charge", "Group", "Ledger",
+           "resets_at"]
 
 HOUR_S = 3600
 MAX_RANGE_S = 31 * 24 * 3600  # a read covers at most this (744 hours)
@@ -70,6 +74,92 @@ def _hour(ts: float) -> int:
     return int(ts // HOUR_S) * HOUR_S
 
 
+def _periods(ts: float) -> tuple[str, str]:
+    """The budget periods a moment falls in: its UTC day (`d20261207`) and month (`m202612`)."""
+    at = datetime.fromtimestamp(ts, timezone.utc)
+    return at.strftime("d%Y%m%d"), at.strftime("m%Y%m")
+
+
+def resets_at(period: str, now: float) -> float:
+    """When the current `day` or `month` (UTC) ends, Unix seconds."""
+    at = datetime.fromtimestamp(now, timezone.utc)
+    start = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return (start + timedelta(days=1)).timestamp()
+    first = start.replace(day=1)
+    return (first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1)).timestamp()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A user's GPU budget: GPU seconds per UTC day and per UTC month (None: no limit). `hard`: a
+    submit past it is refused until it resets; soft: the user's fair-share weight is lowered
+    (`SOFT_WEIGHT` of it) while past it."""
+
+    per_day: float | None = None
+    per_month: float | None = None
+    hard: bool = True
+
+    def wire(self) -> dict[str, Any]:
+        return {"gpuSecondsPerDay": self.per_day, "gpuSecondsPerMonth": self.per_month, "hard": self.hard}
+
+    @property
+    def empty(self) -> bool:
+        return self.per_day is None and self.per_month is None
+
+    def over(self, day_used: float, month_used: float) -> tuple[str, float, float] | None:
+        """(period, limit, used) of the first budget spent, or None."""
+        for period, limit, used in (("day", self.per_day, day_used), ("month", self.per_month, month_used)):
+            if limit is not None and used >= limit:
+                return period, limit, used
+        return None
+
+
+SOFT_WEIGHT = 0.25  # a user past a soft budget keeps this share of their fair-share weight
+
+
+class Budgets:
+    """Per-user GPU budgets set by admins (`Keys.budgets`: user -> JSON), over the deployment's
+    default; read through a short cache (a submit costs no round trip for them)."""
+
+    CACHE_S = 2.0
+
+    def __init__(self, redis: Redis, keys: Keys, default: Budget | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.default = default or Budget()
+        self._cache: tuple[float, dict[str, Budget]] = (0.0, {})
+
+    async def all(self) -> dict[str, Budget]:
+        """Every user's own budget (set by an admin), fresh within CACHE_S."""
+        at, table = self._cache
+        if time.monotonic() - at < self.CACHE_S:
+            return table
+        raw = await self.redis.hgetall(self.keys.budgets)
+        table = {}
+        for user, text in raw.items():
+            try:
+                b = json.loads(text)
+                table[str(user)] = Budget(b.get("gpuSecondsPerDay"), b.get("gpuSecondsPerMonth"), bool(b.get("hard", True)))
+            except (ValueError, AttributeError):
+                continue
+        self._cache = (time.monotonic(), table)
+        return table
+
+    async def of(self, user: str) -> Budget:
+        """A user's budget: their own, else the deployment's default."""
+        return (await self.all()).get(user, self.default)
+
+    async def set(self, user: str, budget: Budget | None) -> Budget:
+        """Set (None: remove, back to the default) a user's budget; returns what holds now."""
+        if budget is None:
+            await self.redis.hdel(self.keys.budgets, user)
+        else:
+            await self.redis.hset(self.keys.budgets, user, json.dumps(budget.wire()))
+        self._cache = (0.0, {})
+        return await self.of(user)
+
+
 class Ledger:
     """Charges attempts, and reads the sums back."""
 
@@ -83,6 +173,7 @@ class Ledger:
         hour = _hour(time.time() if now is None else now)
         pipe = self.redis.pipeline(transaction=False)
         users: set[str] = set()
+        day, month = _periods(hour)
         for c in charges:
             key = self.keys.ledger(c.user, hour)
             base = f"{c.queue}{_SEP}{c.model or '-'}{_SEP}"
@@ -90,7 +181,11 @@ class Ledger:
                 pipe.hincrbyfloat(key, base + metric, value)
             pipe.expire(key, self.keep_s)
             if not c.lost:
-                pipe.hincrbyfloat(self.keys.metrics(c.queue), "gpuS", round(c.gpu * c.seconds, 6))
+                gpu_s = round(c.gpu * c.seconds, 6)
+                pipe.hincrbyfloat(self.keys.metrics(c.queue), "gpuS", gpu_s)
+                for period, ttl in ((day, 3 * 86400), (month, 63 * 86400)):  # what budgets are held to
+                    pipe.incrbyfloat(self.keys.spend(c.user, period), gpu_s)
+                    pipe.expire(self.keys.spend(c.user, period), ttl)
             users.add(c.user)
         if not users:
             return
@@ -98,10 +193,11 @@ class Ledger:
         pipe.expire(self.keys.ledger_users(hour), self.keep_s)
         await pipe.execute()
 
-    async def used(self, user: str, since: float, until: float | None = None) -> float:
-        """The GPU seconds `user` was charged from `since` (to `until`, default now)."""
-        rows = await self.read([user], since, until if until is not None else time.time(), "none")
-        return rows[0]["gpuS"] if rows else 0.0
+    async def spent(self, user: str, now: float | None = None) -> tuple[float, float]:
+        """The GPU seconds `user` was charged this day and this month (UTC), as budgets count them."""
+        day, month = _periods(time.time() if now is None else now)
+        raw = await self.redis.mget(self.keys.spend(user, day), self.keys.spend(user, month))
+        return float(raw[0] or 0), float(raw[1] or 0)
 
     async def read(self, users: list[str] | None, since: float, until: float, group: Group = "queue") -> list[dict[str, Any]]:
         """The sums over the hours from `since` to `until` (Unix seconds; at most MAX_RANGE_S),

@@ -1,0 +1,82 @@
+"""GPU budgets on a real Redis, through the gateway app: an admin sets a user's budget; past a
+hard one their submits are refused (429 `budget_exceeded`, naming the budget, what was used and
+when it resets) and what was spent on an earlier day does not count; past a soft one they get a
+lower fair share; users cannot set budgets. The spend is the ledger's (queues/ledger.py; the
+charges of real attempts are tested on Ray in tests/ray/test_ledger.py)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from dash_ray.queues import Keys, connect
+from dash_ray.queues.ledger import Charge, Ledger
+from tests.redis.conftest import run_async
+from tests.redis.test_gateway import auth
+
+
+def _spend(redis_url: str, prefix: str, user: str, gpu_s: float, at: float | None = None) -> None:
+    """Charge `user` one attempt of `gpu_s` GPU seconds (at time `at`), as the dispatcher does."""
+
+    async def go() -> None:
+        r = connect(redis_url)
+        try:
+            await Ledger(r, Keys(prefix)).charge([Charge(user, "sleep", "", gpu_s / 0.2, 0.2, "done")], now=at)
+        finally:
+            await r.aclose()
+
+    run_async(go())
+
+
+def test_a_hard_budget_refuses_until_it_resets_and_a_soft_one_lowers_the_share(make_client: Any, tokens: Any,
+                                                                             redis_url: str, prefix: str) -> None:
+    c = make_client()
+    root, alice, bob = auth(tokens("root", admin=True)), auth(tokens("alice")), auth(tokens("bob"))
+    r = c.put("/v1/budgets/alice", json={"gpuSecondsPerDay": 10}, headers=alice)
+    assert r.status_code == 403, r.text
+    r = c.put("/v1/budgets/alice", json={"gpuSecondsPerDay": 10, "gpuSecondsPerMonth": 100}, headers=root)
+    assert r.status_code == 200 and r.json()["gpuSecondsPerDay"]["limit"] == 10, r.text
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=alice).status_code == 201
+    _spend(redis_url, prefix, "alice", 12.0)
+    r = c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=alice)
+    body = r.json()["error"]
+    midnight = (datetime.now(timezone.utc) + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert r.status_code == 429 and body["code"] == "budget_exceeded", r.text
+    assert body["budget"] == "gpuSecondsPerDay" and body["limit"] == 10 and body["used"] == 12.0
+    assert body["resetsAt"] == midnight.timestamp() and "resets at" in body["message"]
+    assert abs(int(r.headers["retry-after"]) - (midnight.timestamp() - time.time())) <= 5
+    # the same for a flow and a retry; the user sees it in their usage
+    assert c.post("/v1/flows", json={"queue": "sleep", "payload": {"durationS": 0.1}}, headers=alice).status_code == 429
+    usage = c.get("/v1/usage", headers=alice).json()
+    assert usage["budget"]["hard"] and usage["budget"]["gpuSecondsPerDay"]["used"] == 12.0
+    assert usage["budget"]["gpuSecondsPerMonth"] == {"used": 12.0, "limit": 100.0, "resetsAt": usage["budget"][
+        "gpuSecondsPerMonth"]["resetsAt"]}
+    assert usage["gpu"]["total"]["gpuS"] == 12.0
+    # what was spent on an earlier day does not count today: the day's budget has reset
+    c.put("/v1/budgets/bob", json={"gpuSecondsPerDay": 10}, headers=root)
+    _spend(redis_url, prefix, "bob", 50.0, at=time.time() - 86400)
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=bob).status_code == 201
+    # an admin lifts alice's: she submits again
+    assert c.delete("/v1/budgets/alice", headers=root).status_code == 200
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=alice).status_code == 201
+    listed = c.get("/v1/budgets", headers=root).json()
+    assert set(listed["users"]) == {"bob"} and c.get("/v1/budgets", headers=bob).status_code == 403
+    assert [e["action"] for e in c.get("/v1/audit", headers=root).json()["entries"]] == ["budget.set"] * 3
+
+
+def test_past_a_soft_budget_a_user_gets_a_quarter_of_the_share(make_client: Any, tokens: Any, redis_url: str,
+                                                               prefix: str) -> None:
+    c = make_client()
+    root, carol, dave = auth(tokens("root", admin=True)), auth(tokens("carol")), auth(tokens("dave"))
+    c.put("/v1/budgets/carol", json={"gpuSecondsPerDay": 1, "hard": False}, headers=root)
+    _spend(redis_url, prefix, "carol", 2.0)
+    made = {}
+    for who, name in ((carol, "carol"), (dave, "dave")):
+        for i in range(4):
+            r = c.post("/v1/jobs/sleep", json={"durationS": 0.1, "jobId": f"{name}-{i}"}, headers=who)
+            assert r.status_code == 201, r.text
+            made[f"{name}-{i}"] = r.json()["id"]
+    place = {j: c.get(f"/v1/jobs/{j}", headers=root).json()["queuePosition"] for j in made}
+    # weight 1/4: carol's second job comes after all four of dave's
+    assert place["carol-0"] < place["dave-0"] < place["dave-3"] < place["carol-1"], place
