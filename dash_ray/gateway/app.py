@@ -457,7 +457,7 @@ async def usage(
 
 
 async def _budget_view(svc: GatewayServices, user: str) -> BudgetView | None:
-    budget = await svc.policy.budgets.of(user)
+    budget = await svc.budgets.of(user)
     if budget.empty:
         return None
     now = time.time()
@@ -475,8 +475,8 @@ async def _budget_view(svc: GatewayServices, user: str) -> BudgetView | None:
 async def list_budgets(who: Caller, svc: Svc) -> JSONResponse:
     """Admins: the budgets set per user, and the default every other user has."""
     _admin(who)
-    table = await svc.policy.budgets.all()
-    return JSONResponse({"default": svc.policy.budgets.default.wire(),
+    table = await svc.budgets.all()
+    return JSONResponse({"default": svc.budgets.default.wire(),
                          "users": {u: b.wire() for u, b in sorted(table.items())}})
 
 
@@ -487,7 +487,7 @@ async def set_budget(user_id: str, body: BudgetRequest, who: Caller, svc: Svc, a
     submits past it until it resets, soft lowers their fair share). Answers it with its use."""
     _admin(who)
     _user_id(user_id)
-    await svc.policy.budgets.set(user_id, Budget(body.gpu_seconds_per_day, body.gpu_seconds_per_month, body.hard))
+    await svc.budgets.set(user_id, Budget(body.gpu_seconds_per_day, body.gpu_seconds_per_month, body.hard))
     await audit("budget.set", user_id, owner=user_id, **body.wire())
     return JSONResponse(((await _budget_view(svc, user_id)) or BudgetView(hard=body.hard)).wire())
 
@@ -498,7 +498,7 @@ async def delete_budget(user_id: str, who: Caller, svc: Svc, audit: Audit) -> JS
     """Admins: remove a user's own budget (the default holds for them again)."""
     _admin(who)
     _user_id(user_id)
-    now = await svc.policy.budgets.set(user_id, None)
+    now = await svc.budgets.set(user_id, None)
     await audit("budget.set", user_id, owner=user_id, removed=True)
     return JSONResponse({"default": now.wire()})
 

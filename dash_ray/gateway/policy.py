@@ -54,8 +54,8 @@ class SubmitPolicy:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
-        self.budgets = Budgets(store.redis, store.keys, Budget(settings.gpu_seconds_per_day,
-                                                               settings.gpu_seconds_per_month, settings.budget_hard))
+        default = Budget(settings.gpu_seconds_per_day, settings.gpu_seconds_per_month, settings.budget_hard)
+        self.budgets = Budgets(store.redis, store.keys, default) if store is not None else None
         self._lookups = OpenSlots(LOOKUPS_PER_USER)  # webhook URLs being resolved now, per user
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
@@ -132,6 +132,8 @@ class SubmitPolicy:
         """The owner's fair-share weight for a new job against their GPU budget: as given while
         within it; past a soft one, SOFT_WEIGHT of it; past a hard one, BudgetExceeded (429,
         with the budget, what was used and when it resets). No budget: no round trip."""
+        if self.budgets is None:
+            return weight
         budget = await self.budgets.of(owner)
         if budget.empty:
             return weight

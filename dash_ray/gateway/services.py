@@ -54,6 +54,9 @@ class GatewayServices:
 
     def __post_init__(self) -> None:
         self.accounts = Accounts(self.redis, self.store.keys)
+        budgets = self.policy.budgets
+        assert budgets is not None  # (a policy over a store has them)
+        self.budgets = budgets  # GPU budgets per user (queues/ledger.py)
         self.audit = AuditLog(self.redis, self.store.keys, max_len=self.settings.audit_max_entries)
         self.feed = Feed(self.hub, self.store.keys.feed)
         o = self.store.producer.options
