@@ -176,6 +176,12 @@ class Settings(_QueueFields):
     # Fair share: within a priority, each queue takes jobs round-robin across users, weighted by
     # DASH_USER_WEIGHTS (name=weight pairs or JSON; default 1) or a token's `weight` claim.
     fair_share: bool = True
+    # Fair share remembers (queues/ledger.py): the work a user was served lately, decayed with this
+    # half-life, delays their new jobs behind other users' (0: it forgets a user once their backlog
+    # drains). Aging: a waiting priority-3 job older than aging_after_s moves to the front of
+    # priority 2 (0: never), so no job waits behind newer higher-priority work forever.
+    fair_half_life_s: float = Field(3600.0, ge=0)
+    aging_after_s: float = Field(3600.0, ge=0)
     # The usage ledger (queues/ledger.py): each attempt's GPU share x seconds charged to its owner.
     ledger: bool = True
     # GPU budgets (queues/ledger.py `Budgets`): GPU seconds per UTC day / month for every user

@@ -408,6 +408,7 @@ def _pixels(data: bytes) -> tuple[int, int]:
 
 @router.get("/v1/usage", response_model=UsageView, tags=["usage"],
             responses={200: {"content": {"text/csv": {}}, "description": "with `format=csv`: the GPU rows"}})
+@errors.raises(Forbidden, InvalidPayload)
 async def usage(
     who: Caller,
     svc: Svc,

@@ -84,6 +84,7 @@ class GatewayServices:
             fair_share=settings.fair_share, user_weights=settings.user_weights,
             start_by_s={q: s for q in queues if (s := getattr(settings, f"{q}_start_by_s", None))},
             cache_results=settings.cache_results, allow_cache=settings.allow_cache, content=registry.content,
+            fair_half_life_s=settings.fair_half_life_s,
         )
         limiter = SubmitLimiter(redis, store.keys, settings.rate_submit)
         signer = UrlSigner(settings.secret(), settings.artifact_url_ttl_s)

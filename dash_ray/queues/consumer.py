@@ -40,7 +40,7 @@ from dash_ray.queues.connection import is_transient
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import Lifecycle
 from dash_ray.queues.locks import LockKeeper
-from dash_ray.queues.lua import PEEK_READY
+from dash_ray.queues.lua import AGE, PEEK_READY
 
 # A queue's batch rule (`QueueDef.batch_of`): a job's (key, rows), or None when it runs alone.
 BatchOf = Callable[[dict[str, Any]], "tuple[str, int] | None"]
@@ -133,6 +133,7 @@ class QueueConsumer:
         self._iterations: set[asyncio.Task[None]] = set()  # job schedulers' next runs being made
         self._next_delayed_ms = 0.0
         self._peek: Any = redis.register_script(PEEK_READY)  # called with a Batch as its client
+        self._age: Any = redis.register_script(AGE.text())
         # TAKE: moveToActive at Redis's clock, and the taken job's `active` event (see take.lua)
         self._take: Any = redis.register_script(lifecycle.calls.take_text(self.scripts.commands["moveToActive"].script))
         self._take_call = lifecycle.calls.take(queue)
@@ -462,6 +463,17 @@ class QueueConsumer:
             status="retrying", attempt=job.attempt + 1, attempts=job.attempts, position=not delay_s,
         )
         return FailOutcome("retrying", delay_s)
+
+    async def age_waiting(self, after_s: float, most: int = 200) -> int:
+        """Aging: the queue's waiting priority-3 jobs made more than `after_s` ago move to the
+        front of priority 2 (age.lua), so newer higher-priority work cannot hold them back for
+        longer than that. Returns how many moved."""
+        if after_s <= 0:
+            return 0
+        keys, args = AGE.pack({"prioritized": self.keys.bull(self.name, "prioritized")},
+                              {"bull_prefix": self.keys.bull(self.name, ""), "level": 3,
+                               "cutoff_ms": int((time.time() - after_s) * 1000), "most": most})
+        return int(await self._age(keys=keys, args=args))
 
     async def expire_overdue(self, most: int = 200) -> int:
         """End `expired` this queue's jobs still waiting (or delayed) past their deadline to start

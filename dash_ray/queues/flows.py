@@ -154,7 +154,7 @@ async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, we
         items.append((event, recorder.call, {
             "digest": dig, "created_ms": now_ms, "position": not children and not n.options.delay_s, "hook": hook,
             "fair": o.fair(n.options.priority, owner, weight), "quota": quota, "size": size,
-            "start_by": "" if start_by is None else str(start_by)}))
+            "start_by": "" if start_by is None else str(start_by), "half_life_s": o.fair_half_life_s}))
         views.append(JobView.model_construct(
             id=n.job_id, queue=n.request.queue, user_id=owner, status=status, message=message, data=wire,
             attempts=attempts, priority=n.options.priority, created_at=now_ms / 1000))

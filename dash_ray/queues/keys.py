@@ -90,6 +90,12 @@ class Keys:
         """Hash: a queue's measured peak memory per job shape (`kind:bytes`, kind `cuda` or `rss`)."""
         return f"{self.ns}mem:{queue}"
 
+    def fair_usage(self, queue: str) -> str:
+        """Hash: fair share's memory of a queue: user -> `<turns> <ms>`, the jobs' worth of work
+        they were served lately (each attempt's seconds over the queue's mean, decayed with a
+        half-life) as of that time (queues/ledger.py writes it, create.lua reads it)."""
+        return f"{self.ns}fairuse:{queue}"
+
     def fair(self, queue: str) -> str:
         """Hash: a queue's fair-share clocks: `u:{priority}:{user}` (where the user's next job
         starts, in virtual time) and `last:{priority}` (the latest end given: where a job starts

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from dash_ray.queues.keys import Keys
+from dash_ray.queues.lua import REMEMBER
 
 __all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "SOFT_WEIGHT", "Budget", "Budgets", "Charge", "Group", "Ledger",
            "resets_at"]
@@ -52,6 +53,7 @@ class Charge:
     batched: bool = False
     preempted: bool = False
     lost: bool = False
+    turns: float = 0.0  # its work in jobs' worth (its seconds over the queue's mean): fair share's memory
 
     def fields(self) -> dict[str, float]:
         """The metric increments it makes."""
@@ -163,10 +165,12 @@ class Budgets:
 class Ledger:
     """Charges attempts, and reads the sums back."""
 
-    def __init__(self, redis: Redis, keys: Keys, keep_days: float = 400) -> None:
+    def __init__(self, redis: Redis, keys: Keys, keep_days: float = 400, half_life_s: float = 0.0) -> None:
         self.redis = redis
         self.keys = keys
         self.keep_s = int(keep_days * 24 * 3600)
+        self.half_life_ms = int(half_life_s * 1000)
+        self._remember: Any = redis.register_script(REMEMBER.text()) if half_life_s > 0 else None
 
     async def charge(self, charges: Iterable[Charge], now: float | None = None) -> None:
         """Add attempts' use to their owners' hour (one round trip for them all)."""
@@ -189,6 +193,17 @@ class Ledger:
             users.add(c.user)
         if not users:
             return
+        if self._remember is not None:  # fair share's memory: each user's work, decayed, per queue
+            now_ms = int((time.time() if now is None else now) * 1000)
+            served: dict[tuple[str, str], float] = {}
+            for c in charges:
+                if not c.lost and c.turns > 0:
+                    served[(c.queue, c.user)] = served.get((c.queue, c.user), 0.0) + c.turns
+            for (queue, user), turns in served.items():
+                keys, args = REMEMBER.pack({"fair_usage": self.keys.fair_usage(queue)},
+                                           {"user": user, "turns": repr(turns), "now_ms": now_ms,
+                                            "half_life_ms": self.half_life_ms})
+                await self._remember(keys=keys, args=args, client=pipe)
         pipe.sadd(self.keys.ledger_users(hour), *users)
         pipe.expire(self.keys.ledger_users(hour), self.keep_s)
         await pipe.execute()

@@ -333,7 +333,7 @@ class _Calls:
                hook: tuple[str, list[str]] | None = None,
                fair: tuple[int, float] | None = None, quota: Quota | None = None,
                size: int = 0, start_by: str = "", cache: str = "", data: str = "",
-               after: After | None = None) -> tuple[list[str], list[Any]]:
+               after: After | None = None, half_life_s: float = 0.0) -> tuple[list[str], list[Any]]:
         keys, args = self._common(event)
         user = event.user_id or "_"
         k = self.keys
@@ -341,7 +341,7 @@ class _Calls:
                     prioritized=k.bull(event.queue, "prioritized"), bull_job=k.bull(event.queue, event.job_id),
                     recent=k.recent, recent_n=k.recent_counter, fair=k.fair(event.queue), pc=k.bull(event.queue, "pc"),
                     usage=k.usage, sizes=k.sizes(user), rate=k.rate(user), start_by=k.start_by(event.queue),
-                    cache=k.cache(user, cache) if cache else k.cache(user, "-"))
+                    cache=k.cache(user, cache) if cache else k.cache(user, "-"), fair_usage=k.fair_usage(event.queue))
         level, inc = fair if fair else (0, None)
         q = quota or Quota()
         nonce = secrets.token_hex(8)  # this call's: a copy of it sent again is told from other submits
@@ -353,7 +353,8 @@ class _Calls:
                     rate_limit=_limit(q.rate.limit if q.rate else None),
                     rate_window_ms=q.rate.window_ms if q.rate else 0,
                     start_by=start_by, nonce=nonce, feed=k.feed, cache="1" if cache else "", data=data if cache else "",
-                    after="" if after is None else _SEP.join([after.policy, *after.ids]))
+                    after="" if after is None else _SEP.join([after.policy, *after.ids]),
+                    half_life_ms=str(int(half_life_s * 1000)) if half_life_s > 0 else "")
         extra: dict[str, Any] = {"created": created_ms, "digest": digest, "made": nonce}
         if q.high:
             extra["high"] = 1
@@ -425,12 +426,13 @@ class Lifecycle:
                      position: bool = True, hook: tuple[str, list[str]] | None = None,
                      fair: tuple[int, float] | None = None, quota: Quota | None = None,
                      size: int = 0, start_by: str = "", cache: str = "", data: str = "",
-                     after: After | None = None) -> Created:
+                     after: After | None = None, half_life_s: float = 0.0) -> Created:
         """Create a job in one script: BullMQ's add (`bull`, recorded from BullMQ's client) and
         the job's record, history entry and first event; or, when a job with this id has a
         record, change nothing and say whose (`Created.created` False). `hook`: the job's
         webhook (URL, event kinds), whose events then go to the outbox. `fair`: (its priority,
-        1 / its owner's weight) to place it in its priority by fair share (None: FIFO). `quota`:
+        1 / its owner's weight) to place it in its priority by fair share (None: FIFO), later by the
+        work its owner was served lately, decayed over `half_life_s` (0: no memory). `quota`:
         the owner's limits it must fit, `size` its payload's bytes (refused: `Created.refused`,
         nothing written). `start_by`: its deadline to start, ms ('+<ms>': that long after the create,
         on Redis's clock): the record's `startBy`, and its queue's deadlines set, which
@@ -440,7 +442,7 @@ class Lifecycle:
         is then BullMQ's addParentJob), attached by the script that makes it (includes/after)."""
         script = self._create_script(bull)
         keys, args = self.calls.create(event, digest, created_ms, position, hook, fair, quota, size, start_by,
-                                       cache, data, after)
+                                       cache, data, after, half_life_s)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
         return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],
@@ -463,7 +465,7 @@ class Lifecycle:
         for event, bull, kw in items:
             keys, args = self.calls.create(event, kw["digest"], kw["created_ms"], kw.get("position", True),
                                            kw.get("hook"), kw.get("fair"), kw.get("quota"), kw.get("size", 0),
-                                           kw.get("start_by", ""))
+                                           kw.get("start_by", ""), half_life_s=kw.get("half_life_s", 0.0))
             await self._create_script(bull)(keys=[*bull.keys, *keys], args=[*bull.args, *args], client=pipe)
         replies = await pipe.execute(raise_on_error=False)
         return [r if isinstance(r, Exception) else Created.from_reply(r) for r in replies]

@@ -38,8 +38,8 @@ from typing import Any
 from dash_ray.models.status import CANCELLING, FINAL, Status
 from dash_ray.queues.keys import Keys
 
-__all__ = ["ADOPT", "ADOPT_SCAN", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
-           "HOOK_CLAIM", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REOPEN", "TAKE", "USAGE", "Script",
+__all__ = ["ADOPT", "ADOPT_SCAN", "AGE", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
+           "HOOK_CLAIM", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REMEMBER", "REOPEN", "TAKE", "USAGE", "Script",
            "ScriptError", "load", "with_bull_add", "with_bull_take"]
 
 
@@ -286,6 +286,8 @@ EVENT = load("event")
 FINISH = load("finish")
 CHECKPOINT = load("checkpoint")
 MOVE = load("move")
+REMEMBER = load("remember")
+AGE = load("age")
 # The webhook outbox's (queues/outbox.py).
 HOOK_CLAIM = load("hook_claim")
 HOOK_SETTLE = load("hook_settle")

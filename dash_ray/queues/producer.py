@@ -136,6 +136,7 @@ class ProducerOptions:
     cache_results: bool = False  # repeatable payloads answered by the owner's earlier run (options.cache's default)
     allow_cache: bool = True  # false: the cache is off, whatever a submit asks
     content: Callable[[JobPayload], str] | None = None  # what a payload's inputs hold (a LoRA's digest), for the cache
+    fair_half_life_s: float = 0.0  # fair share's memory of the work a user was served (0: none)
 
     def fair(self, priority: int, owner: str, weight: float | None) -> tuple[int, float] | None:
         """(priority, 1 / the owner's weight) to place a job by fair share; None: FIFO. `weight`:
@@ -232,7 +233,8 @@ class Producer:
                                            position=not opts.delay_s and after is None, hook=hook,
                                            fair=o.fair(opts.priority, owner, weight), quota=quota, size=size,
                                            start_by=start_arg, cache=cache,
-                                           data=json.dumps(wire, separators=(",", ":")) if cache else "", after=after)
+                                           data=json.dumps(wire, separators=(",", ":")) if cache else "", after=after,
+                                           half_life_s=o.fair_half_life_s)
         if made.refused:
             raise refusal(*made.refused, rate=quota.rate if quota else None)
         if made.cached:  # the owner's completed run of this payload answers: nothing was made

@@ -64,6 +64,7 @@ class JobStore:
         cache_results: bool = False,
         allow_cache: bool = True,
         content: Callable[[JobPayload], str] | None = None,
+        fair_half_life_s: float = 0.0,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
@@ -80,7 +81,7 @@ class JobStore:
             keep_completed=keep_completed, keep_failed=keep_failed, finished_ttl_s=finished_ttl_s,
             default_attempts=default_attempts, fair_share=fair_share, user_weights=dict(user_weights or {}),
             validate=validate, start_by_s=dict(start_by_s or {}), cache_results=cache_results, allow_cache=allow_cache,
-            content=content,
+            content=content, fair_half_life_s=fair_half_life_s,
         ))
 
     async def aclose(self) -> None:

@@ -63,9 +63,10 @@ class Dispatcher:
                  want_workers: Callable[[int], Awaitable[None]] | None = None, max_workers: int = 64,
                  want_refresh_s: float = 30.0, arbitration: Arbitration | None = None,
                  gpu_fraction: float = 0.0, batch_rows: int = 1, batch_window_s: float = 0.05,
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger | None = None, aging_after_s: float = 0.0) -> None:
         self.consumer = consumer
         self.ledger = ledger  # where each attempt's use is charged (None: nowhere)
+        self.aging_after_s = aging_after_s  # a waiting priority-3 job this old moves up (0: never)
         self._charging: set[asyncio.Task[None]] = set()
         self.pool = pool
         self.hub = hub
@@ -268,6 +269,7 @@ class Dispatcher:
         shared = len(jobs) > 1 and self.batch_of is not None
         gpu = float(slot.resources.get("GPU", 0.0))
         charges = []
+        mean = self.book.cost_s  # the queue's mean run time: a job's worth of work, for fair share
         for job, o in zip(jobs, outcomes, strict=True):
             if o.kind == "skipped" and not o.preempted and o.run_s is None:
                 continue  # handed out, never started
@@ -275,7 +277,8 @@ class Dispatcher:
             charges.append(Charge(
                 user=job.user_id or "_", queue=self.consumer.name, model=self.qdef.model_of(job.data) or "",
                 seconds=seconds / len(jobs) if shared else seconds, gpu=gpu, kind=o.kind, batched=shared,
-                preempted=o.preempted, lost=o.lost or (o.kind == "skipped" and not o.preempted)))
+                preempted=o.preempted, lost=o.lost or (o.kind == "skipped" and not o.preempted),
+                turns=seconds / mean if mean else 1.0))
         if not charges:
             return
         task = asyncio.ensure_future(self._write_charges(charges))
@@ -314,6 +317,7 @@ class Dispatcher:
         if self.arbiter.arb.peers:
             await self.arbiter.arbitrate(backlog, self.handoff.active)
         await self.consumer.expire_overdue()  # waiting jobs past their deadline to start: `expired`
+        await self.consumer.age_waiting(self.aging_after_s)  # old priority-3 jobs: to priority 2's front
         await self.consumer.settle_followers()  # identical submits that followed a run that ended
 
     # ------------------------------------------------------------------ lifecycle

@@ -18,7 +18,8 @@ LUA_DIR = Path(lua.__file__).parent / "lua"
 CONSTANTS: dict[str, Any] = {"maxlen": 1000, "ttl": 60, "logs_max": 100, "keep": 10, "ns": "p:__dash__:", "history_max": 5,
              "recent_max": 7, "dead_max": 3}
 SCRIPTS = {s.name: s for s in (lua.CREATE, lua.REOPEN, lua.RATE, lua.USAGE, lua.FAIR_PRUNE, lua.ADOPT_SCAN, lua.ADOPT, lua.EVENT,
-                               lua.FINISH, lua.CHECKPOINT, lua.HOOK_CLAIM, lua.HOOK_SETTLE, lua.TAKE, lua.MOVE)}
+                               lua.FINISH, lua.CHECKPOINT, lua.HOOK_CLAIM, lua.HOOK_SETTLE, lua.TAKE, lua.MOVE,
+                               lua.REMEMBER, lua.AGE)}
 
 
 @pytest.fixture
@@ -49,9 +50,9 @@ def test_the_python_api_of_the_scripts_is_unchanged() -> None:
     assert lua.FINISH.keys == ("job", "events", "finished", "open", "cancel", "durations", "bull_job", "hooks",
                                "hook_bodies", "kept", "settle")
     assert lua.FINISH.args == ("channel", "frame", "fields", "job_id", "now_ms", "finished_on", "bucket", "seconds")
-    assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-6:] == ("usage", "sizes", "kept", "rate", "start_by",
-                                                                               "cache")
-    assert len(lua.CREATE.keys) == 21 and lua.CREATE.args[-3:] == ("cache", "data", "after")
+    assert lua.CREATE.keys[:2] == ("job", "events") and lua.CREATE.keys[-6:] == ("sizes", "kept", "rate", "start_by", "cache",
+                                                                               "fair_usage")
+    assert len(lua.CREATE.keys) == 22 and lua.CREATE.args[-3:] == ("data", "after", "half_life_ms")
     assert lua.RATE.keys == ("rate",) and lua.RATE.args == ("rate_limit", "rate_window_ms", "now_ms")
     keys, args = lua.CHECKPOINT.pack({"yield": "y", "job": "j", "lock": "l"}, {"path": "p", "token": "t"})
     assert (keys, args) == (["j", "l", "y"], ["t", "p"])

@@ -27,6 +27,7 @@
     KEYS[19] rate         its owner's submission times (the rate limit's window)
     KEYS[20] start_by     its queue's jobs with a deadline to start, by deadline (ms)
     KEYS[21] cache        its owner's job of this repeatable payload (used only with ARGV cache)
+    KEYS[22] fair_usage   its queue's fair-share memory: user -> work served lately (`<turns> <ms>`)
 
     ARGV[1]  channel      its live channel
     ARGV[2]  frame        the `waiting` / `delayed` event, without its closing brace
@@ -60,6 +61,7 @@
     ARGV[22] data         the payload's JSON, kept in the record of a job that follows another
     ARGV[23] after        '' or what it waits for (`options.after`): its policy and the ids, joined
                           by \31 (BullMQ's add is then addParentJob: includes/after `attach`)
+    ARGV[24] half_life_ms fair share's memory: the half-life of the work a user was served ('': none)
 
   Output:
     {seq, position}: created, its event's seq and queue position (-1: none)
@@ -94,13 +96,30 @@
 -- is at or below the floor (and fair_prune forgets it). BullMQ's counter (`pc`) is moved past
 -- every end given, so jobs BullMQ scores itself (retried, promoted from delayed, added by plain
 -- BullMQ with a priority) go to the back of their level, as in BullMQ.
+--
+-- With a memory (A_half_life_ms), a user's job starts later by the work they were served lately
+-- (K_fair_usage: jobs' worth, decayed with the half-life) over their weight: a user back from a
+-- burst starts after a newcomer, however their backlog drained in between. The job's record
+-- keeps that delay (`fairPen`), so the floor a later job starts from is the head's without it.
+local function penalty()
+  if A_half_life_ms == '' then return 0 end
+  local raw = redis.call('HGET', K_fair_usage, A_fair_user)
+  if not raw then return 0 end
+  local sp = string.find(raw, ' ', 1, true)
+  local served, at = tonumber(string.sub(raw, 1, sp - 1)), tonumber(string.sub(raw, sp + 1))
+  local pen = served * 2 ^ (-math.max(0, tonumber(A_now_ms) - at) / tonumber(A_half_life_ms)) * tonumber(A_fair_inc)
+  if pen < 1 / 1024 then return 0 end
+  return pen
+end
+
 local function fair_share()
   local base, head = level_head(K_prioritized, A_fair_level, 2)
   local lastKey = 'last:' .. A_fair_level
   local floor
   for i = 1, #head, 2 do
     if head[i] ~= A_job_id then  -- just after the head (a tie would be broken by job id)
-      floor = tonumber(head[i + 1]) - base + 1 / 1024
+      local pen = tonumber(redis.call('HGET', job_key(head[i]), 'fairPen') or '0')
+      floor = tonumber(head[i + 1]) - base - pen + 1 / 1024
       break
     end
   end
@@ -108,11 +127,13 @@ local function fair_share()
   local clocks = redis.call('HMGET', K_fair, lastKey, userKey)
   local last = tonumber(clocks[1] or '0')
   if not floor then floor = last end
-  local v = math.max(tonumber(clocks[2] or '0'), floor)
+  local pen = penalty()
+  local v = math.max(tonumber(clocks[2] or '0'), floor + pen)
   local fin = v + tonumber(A_fair_inc)
   local finText = string.format('%.17g', fin)
-  if fin > last then
-    redis.call('HSET', K_fair, userKey, finText, lastKey, finText)
+  if pen > 0 then redis.call('HSET', K_job, 'fairPen', string.format('%.17g', pen)) end
+  if fin - pen > last then
+    redis.call('HSET', K_fair, userKey, finText, lastKey, string.format('%.17g', fin - pen))
   else
     redis.call('HSET', K_fair, userKey, finText)
   end
