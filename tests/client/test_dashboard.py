@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.workers.conftest import png_data_url
@@ -216,5 +217,38 @@ def test_schedules_are_listed_and_deleted_from_the_page(browser: Any, up: dict[s
         page.click("#schedules tr[data-schedule='tester.hourly-fox'] button.unschedule")
         page.wait_for_selector("#schedules tr[data-schedule='tester.hourly-fox']", state="detached", timeout=10_000)
         assert client.schedules() == []
+    assert page.errors == []
+    page.close()
+
+
+def test_usage_against_the_budget_and_an_admins_audit_trail_on_the_page(browser: Any, up: dict[str, Any]) -> None:
+    from dash_ray.client import Client
+
+    page = open_page(browser, up, up["token"])
+    root = admin_token(up)
+    as_root = {"Authorization": f"Bearer {root}"}
+    with Client(up["base"], up["token"]) as client:
+        job = client.submit_generation("a fox", settings={"steps": 2, "width": 64, "height": 64})
+        assert job.wait(timeout=120).status == "completed"
+        # the attempt's GPU time reaches the ledger once its worker's reply is recorded
+        page.wait_for_function("async () => { await window.dash.refreshUsage();"
+                               " return !!document.querySelector(\"#usage tr[data-usage='generation']\"); }",
+                               timeout=30_000, polling=1000)
+        assert "No GPU budget" in page.text_content("#budget")
+        r = httpx.put(f"{up['base']}/v1/budgets/tester", json={"gpuSecondsPerDay": 1e6}, headers=as_root, timeout=10)
+        assert r.status_code == 200 and r.json()["gpuSecondsPerDay"]["limit"] == 1e6, r.text
+        try:
+            page.evaluate("window.dash.refreshUsage()")
+            page.wait_for_function("() => document.querySelector('#budget').textContent.includes('1000000 GPU-seconds')",
+                                   timeout=10_000)
+            admin = open_page(browser, up, root)
+            admin.wait_for_selector("#usage tr[data-usage='tester']", timeout=30_000)
+            admin.wait_for_selector("#audit-panel:not([hidden])")
+            assert "budget.set" in admin.inner_text("#audit") and "tester" in admin.inner_text("#audit")
+            assert page.is_hidden("#audit-panel")  # not for a user
+            assert admin.errors == []
+            admin.close()
+        finally:
+            httpx.delete(f"{up['base']}/v1/budgets/tester", headers=as_root, timeout=10)
     assert page.errors == []
     page.close()

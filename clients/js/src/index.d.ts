@@ -70,6 +70,15 @@ export interface ChainStep { queue: string; payload: Record<string, any>; option
 export function previousImage(n?: number): string;
 /** The flow of a chain's steps (the last step on top). */
 export function chainTree(steps: ChainStep[]): FlowRequest;
+export interface GpuRow { gpuS: number; runS: number; attempts: number; completed: number; failed: number; preempted: number; batched: number; lost: number; [group: string]: any; }
+export interface BudgetUse { used: number; limit: number; resetsAt: number; }
+export interface UsageView {
+  userId: string; submitRate: string;
+  bytesKept: { used: number; limit: number }; jobsUnfinished: { used: number; limit: number };
+  gpu?: { userId: string; from: number; to: number; groupBy: string; total: GpuRow; rows: GpuRow[] };
+  budget?: { hard: boolean; gpuSecondsPerDay?: BudgetUse | null; gpuSecondsPerMonth?: BudgetUse | null } | null;
+}
+export interface AuditEntry { id: string; at: number; who: string; admin: boolean; action: string; target: string; owner: string | null; ip: string | null; detail: Record<string, any>; }
 export interface FlowView { job: JobView; children: FlowView[]; }
 export interface QueueView { name: string; counts: Record<string, number>; concurrency: number; gpuFraction: number; paused: boolean; }
 export interface JobList { jobs: JobView[]; nextCursor?: string | null; }
@@ -89,6 +98,10 @@ export interface RestClient {
     /** Search: text in the prompt, an id prefix, a creation time range (Unix seconds or ISO 8601). */
     q?: string; idPrefix?: string; from?: number | string; to?: number | string }): Promise<JobList>;
   queues(): Promise<QueueView[]>;
+  /** Your limits, the GPU time charged to you (admins: `userId`, '*' for everyone) and your budget. */
+  usage(filter?: { from?: number | string; to?: number | string; groupBy?: 'queue' | 'model' | 'day' | 'hour' | 'user' | 'none'; userId?: string }): Promise<UsageView>;
+  /** Admins: the audit trail, newest first. */
+  audit(filter?: { limit?: number; cursor?: string; action?: string; by?: string }): Promise<{ entries: AuditEntry[]; nextCursor: string | null }>;
   /** A recurring job (every N seconds, or a cron pattern); the same name replaces it. */
   schedule(body: ScheduleRequest): Promise<ScheduleView>;
   schedules(filter?: { userId?: string }): Promise<ScheduleView[]>;

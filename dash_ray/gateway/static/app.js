@@ -91,7 +91,11 @@ function start() {
   setConn(state.conn.state);
   refreshQueues();
   refreshSchedules();
-  state.queueTimer = setInterval(() => { refreshQueues(); if ((state.ticks = (state.ticks || 0) + 1) % 3 === 0) refreshSchedules(); }, 2000);
+  refreshUsage();
+  state.queueTimer = setInterval(() => {
+    refreshQueues();
+    if ((state.ticks = (state.ticks || 0) + 1) % 3 === 0) { refreshSchedules(); refreshUsage(); }
+  }, 2000);
   loadJobs(true);
 }
 
@@ -235,6 +239,43 @@ async function refreshSchedules() {
   $('#no-schedules').hidden = list.length > 0;
 }
 state.refreshSchedules = refreshSchedules;
+
+// ---------------------------------------------------------------- usage and audit
+function cells(tr, texts) {
+  for (const text of texts) { const td = document.createElement('td'); td.textContent = text; tr.append(td); }
+  return tr;
+}
+
+async function refreshUsage() {
+  const admin = (state.claims?.roles || []).includes('admin');
+  let usage;
+  try {
+    usage = await state.api.usage(admin ? { userId: '*', groupBy: 'user' } : { groupBy: 'queue' });
+  } catch (e) {
+    if (e instanceof Unauthorized) showSignIn('Your session ended (401). Sign in again.');
+    return;
+  }
+  const by = admin ? 'user' : 'queue';
+  $('#usage-by').textContent = by;
+  $('#usage tbody').replaceChildren(...(usage.gpu?.rows || []).map((r) => {
+    const tr = cells(document.createElement('tr'), [r[by], r.gpuS.toFixed(1), r.runS.toFixed(1), String(r.attempts),
+      String(r.failed), String(r.lost)]);
+    tr.dataset.usage = r[by];
+    return tr;
+  }));
+  const b = usage.budget;
+  const part = (name, u) => u ? `${u.used.toFixed(1)} of ${u.limit} GPU-seconds this ${name} (resets ${new Date(u.resetsAt * 1000).toLocaleString()})` : null;
+  $('#budget').textContent = b
+    ? `Your ${b.hard ? '' : 'soft '}budget: ${[part('day', b.gpuSecondsPerDay), part('month', b.gpuSecondsPerMonth)].filter(Boolean).join('; ')}`
+    : (admin ? 'Every user\'s GPU time.' : 'No GPU budget set for you.');
+  if (!admin) return;
+  $('#audit-panel').hidden = false;
+  let trail;
+  try { trail = await state.api.audit({ limit: 20 }); } catch (e) { return; }
+  $('#audit tbody').replaceChildren(...trail.entries.map((e) => cells(document.createElement('tr'), [
+    new Date(e.at * 1000).toLocaleTimeString(), e.who, e.action, e.target, e.owner || '-', e.ip || '-'])));
+}
+state.refreshUsage = refreshUsage;
 
 function drawChart() {
   const cv = $('#chart');

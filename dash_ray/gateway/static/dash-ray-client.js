@@ -343,6 +343,12 @@ export function createClient({ url = '', token, fetch: doFetch = globalThis.fetc
     jobs: ({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to } = {}) =>
       call('GET', `/v1/jobs${q({ queue, status, limit, cursor, userId, q: text, idPrefix, from, to })}`),
     queues: () => call('GET', '/v1/queues'),
+    /** What you hold against your limits, the GPU time charged to you (`gpu`: `from` / `to`,
+     *  `groupBy` queue | model | day | hour | user | none; admins: `userId`, or '*' for everyone)
+     *  and your GPU budget (`budget`). */
+    usage: ({ from, to, groupBy, userId } = {}) => call('GET', `/v1/usage${q({ from, to, groupBy, userId })}`),
+    /** Admins: the audit trail, newest first (`action`, `by`: filters; `cursor`: nextCursor). */
+    audit: ({ limit, cursor, action, by } = {}) => call('GET', `/v1/audit${q({ limit, cursor, action, by })}`),
     /** A recurring job: `{name, queue, payload, every (s) | cron, tz?, endAt?, limit?, options?}`;
      *  the same name replaces it. */
     schedule: (body) => call('POST', '/v1/schedules', { json: body }),
