@@ -40,6 +40,7 @@ from dash_ray.gateway import errors
 from dash_ray.gateway.auth import Principal, bearer
 from dash_ray.gateway.deps import (
     Audit,
+    AuditTrail,
     Caller,
     Svc,
     _owned,
@@ -64,6 +65,7 @@ from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.models.views import Allowance, BudgetUse, BudgetView, GpuUsage, MemoryPeak, UsageView
 from dash_ray.queues.ledger import METRICS as LEDGER_METRICS
 from dash_ray.queues.ledger import Budget, Group, resets_at
+from dash_ray.queues.ledger import total as ledger_total
 from dash_ray.queues.reader import Search
 from dash_ray.services import InvalidArtifactPath
 
@@ -104,6 +106,8 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         if quota.rate is not None:  # refused before the create counted it (an unknown model, LoRA): count it
             await svc.limiter.check(owner)
         raise
+    if owner != who.user_id:  # an admin's submit for another user (this path has no address to give)
+        await AuditTrail(svc.audit, who, None)("submit", result.job.id, owner=owner, queue=queue)
     wait_s = min(prefer_wait_s(prefer), svc.settings.max_prefer_wait_s)
     if wait_s > 0 and await wait_final(svc, result.job.id, wait_s):
         # `Prefer: wait=N` (RFC 7240): the job ended within N seconds: 200 with its outcome
@@ -437,8 +441,7 @@ async def usage(
     if since > until:
         raise bad_field("from", "must be before to")
     rows = await svc.store.ledger.read(None if target == "*" else [target], since, until, group_by)
-    total = await svc.store.ledger.read(None if target == "*" else [target], since, until, "none")
-    gpu = GpuUsage(user_id=target, from_=since, to=until, group_by=group_by, total=total[0], rows=rows)
+    gpu = GpuUsage(user_id=target, from_=since, to=until, group_by=group_by, total=ledger_total(rows), rows=rows)
     if fmt == "csv":
         return _csv(gpu)
     view_of = who.user_id if target == "*" else target
@@ -489,7 +492,7 @@ async def set_budget(user_id: str, body: BudgetRequest, who: Caller, svc: Svc, a
     _admin(who)
     _user_id(user_id)
     await svc.budgets.set(user_id, Budget(body.gpu_seconds_per_day, body.gpu_seconds_per_month, body.hard))
-    await audit("budget.set", user_id, owner=user_id, **body.wire())
+    await audit("budget.set", user_id, owner=user_id, power=True, **body.wire())
     return JSONResponse(((await _budget_view(svc, user_id)) or BudgetView(hard=body.hard)).wire())
 
 
@@ -500,7 +503,7 @@ async def delete_budget(user_id: str, who: Caller, svc: Svc, audit: Audit) -> JS
     _admin(who)
     _user_id(user_id)
     now = await svc.budgets.set(user_id, None)
-    await audit("budget.set", user_id, owner=user_id, removed=True)
+    await audit("budget.set", user_id, owner=user_id, power=True, removed=True)
     return JSONResponse({"default": now.wire()})
 
 

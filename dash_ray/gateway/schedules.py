@@ -36,7 +36,7 @@ def _owner(who: Caller, user_id: str | None) -> str:
 @router.post("/v1/schedules", status_code=201, response_model=ScheduleView, tags=["schedules"],
              responses={200: {"model": ScheduleView, "description": "A schedule of this name was replaced"}})
 @raises(InvalidPayload, UnknownQueue, RateLimited, Forbidden)
-async def post_schedule(body: ScheduleRequest, who: Caller, svc: Svc) -> JSONResponse:
+async def post_schedule(body: ScheduleRequest, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
     """Make one of your schedules (201), or replace the one of this name (200): a job of
     `payload` on `queue` every `every` seconds, or on a `cron` pattern (5 or 6 fields, in `tz`),
     until `endAt` (Unix seconds or ISO 8601; a number is seconds from now) or `limit` runs.
@@ -64,6 +64,7 @@ async def post_schedule(body: ScheduleRequest, who: Caller, svc: Svc) -> JSONRes
     if payload.get_id():
         raise bad_field(f"payload.{payload.model_fields[payload.id_field].alias}", "each run gets its own id")
     owner = payload.user_id if (who.admin and payload.user_id) else who.user_id
+    await svc.policy.budget_weight(owner, None)  # past a hard GPU budget: no new schedule either
     payload = payload.model_copy(update={"user_id": owner})
     o = body.options
     await svc.policy.check(body.queue, payload, JobOptions(priority=o.priority, attempts=o.attempts, backoff=o.backoff,
@@ -75,6 +76,7 @@ async def post_schedule(body: ScheduleRequest, who: Caller, svc: Svc) -> JSONRes
         owner, body.name, body.queue, payload, o, every_ms=int(body.every * 1000) if body.every else None,
         cron=body.cron, tz=body.tz, end_ms=body.end_ms(int(time.time() * 1000)), limit=body.limit,
         most=s.max_schedules_per_user, budget_per_min=svc.limiter.rate.limit * 60_000 / svc.limiter.rate.window_ms)
+    await audit("schedule.set", body.name, owner=owner, queue=body.queue)  # (another user's: audited)
     return JSONResponse(view.wire(), status_code=201 if new else 200)
 
 

@@ -19,7 +19,8 @@ from dash_ray.queues.keys import Keys
 __all__ = ["ACTIONS", "AuditEntry", "AuditLog"]
 
 # What is recorded (an action on one's own job is not: it is in the job's events).
-ACTIONS = ("pause", "resume", "cancel", "retry", "move", "schedule.remove", "token.issue", "budget.set")
+ACTIONS = ("pause", "resume", "cancel", "retry", "move", "submit", "schedule.set", "schedule.remove", "token.issue",
+           "budget.set")
 
 
 @dataclass(frozen=True)

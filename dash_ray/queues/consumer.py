@@ -133,7 +133,7 @@ class QueueConsumer:
         self._iterations: set[asyncio.Task[None]] = set()  # job schedulers' next runs being made
         self._next_delayed_ms = 0.0
         self._peek: Any = redis.register_script(PEEK_READY)  # called with a Batch as its client
-        self._age: Any = redis.register_script(AGE.text())
+        self._age: Any = redis.register_script(AGE.text(ns=self.keys.ns))
         # TAKE: moveToActive at Redis's clock, and the taken job's `active` event (see take.lua)
         self._take: Any = redis.register_script(lifecycle.calls.take_text(self.scripts.commands["moveToActive"].script))
         self._take_call = lifecycle.calls.take(queue)
@@ -464,7 +464,7 @@ class QueueConsumer:
         )
         return FailOutcome("retrying", delay_s)
 
-    async def age_waiting(self, after_s: float, most: int = 200) -> int:
+    async def age_waiting(self, after_s: float, most: int = 1000) -> int:
         """Aging: the queue's waiting priority-3 jobs made more than `after_s` ago move to the
         front of priority 2 (age.lua), so newer higher-priority work cannot hold them back for
         longer than that. Returns how many moved."""

@@ -26,12 +26,12 @@ from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import REMEMBER
 
 __all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "SOFT_WEIGHT", "Budget", "Budgets", "Charge", "Group", "Ledger",
-           "resets_at"]
+           "resets_at", "total"]
 
 HOUR_S = 3600
 MAX_RANGE_S = 31 * 24 * 3600  # a read covers at most this (744 hours)
 CHUNK = 2000  # hashes read per round trip
-METRICS = ("gpuS", "runS", "attempts", "completed", "failed", "preempted", "batched", "lost")
+METRICS = ("gpuS", "runS", "attempts", "completed", "failed", "preempted", "batched", "lost", "lostGpuS")
 GROUPS = ("queue", "model", "day", "hour", "user", "none")
 Group = Literal["queue", "model", "day", "hour", "user", "none"]
 _SEP = "\x1f"
@@ -57,8 +57,8 @@ class Charge:
 
     def fields(self) -> dict[str, float]:
         """The metric increments it makes."""
-        if self.lost:
-            return {"lost": 1}
+        if self.lost:  # counted, with what it held, but not the owner's to pay
+            return {"lost": 1, "lostGpuS": round(self.gpu * self.seconds, 6)}
         out: dict[str, float] = {"gpuS": round(self.gpu * self.seconds, 6), "runS": round(self.seconds, 6),
                                  "attempts": 1}
         if self.kind == "done":
@@ -70,6 +70,20 @@ class Charge:
         if self.batched:
             out["batched"] = 1
         return out
+
+
+_SECONDS = ("gpuS", "runS", "lostGpuS")  # the metrics in seconds; the others are counts
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    for m in METRICS:
+        row[m] = round(row[m], 3) if m in _SECONDS else int(row[m])
+    return row
+
+
+def total(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of `Ledger.read`'s rows, metric by metric."""
+    return _rounded({m: sum(float(r[m]) for r in rows) for m in METRICS})
 
 
 def _hour(ts: float) -> int:
@@ -173,37 +187,46 @@ class Ledger:
         self._remember: Any = redis.register_script(REMEMBER.text()) if half_life_s > 0 else None
 
     async def charge(self, charges: Iterable[Charge], now: float | None = None) -> None:
-        """Add attempts' use to their owners' hour (one round trip for them all)."""
-        hour = _hour(time.time() if now is None else now)
-        pipe = self.redis.pipeline(transaction=False)
-        users: set[str] = set()
+        """Add attempts' use to their owners' hour, summed per owner, queue and model first (a
+        batch of short jobs costs a few commands, not a few per job), in one round trip."""
+        at = time.time() if now is None else now
+        hour = _hour(at)
         day, month = _periods(hour)
+        cells: dict[tuple[str, str, str], dict[str, float]] = {}
+        spent: dict[str, float] = {}
+        by_queue: dict[str, float] = {}
+        served: dict[tuple[str, str], float] = {}
         for c in charges:
-            key = self.keys.ledger(c.user, hour)
-            base = f"{c.queue}{_SEP}{c.model or '-'}{_SEP}"
+            cell = cells.setdefault((c.user, c.queue, c.model or "-"), {})
             for metric, value in c.fields().items():
-                pipe.hincrbyfloat(key, base + metric, value)
-            pipe.expire(key, self.keep_s)
+                cell[metric] = cell.get(metric, 0.0) + value
             if not c.lost:
-                gpu_s = round(c.gpu * c.seconds, 6)
-                pipe.hincrbyfloat(self.keys.metrics(c.queue), "gpuS", gpu_s)
-                for period, ttl in ((day, 3 * 86400), (month, 63 * 86400)):  # what budgets are held to
-                    pipe.incrbyfloat(self.keys.spend(c.user, period), gpu_s)
-                    pipe.expire(self.keys.spend(c.user, period), ttl)
-            users.add(c.user)
-        if not users:
-            return
-        if self._remember is not None:  # fair share's memory: each user's work, decayed, per queue
-            now_ms = int((time.time() if now is None else now) * 1000)
-            served: dict[tuple[str, str], float] = {}
-            for c in charges:
-                if not c.lost and c.turns > 0:
+                gpu_s = c.gpu * c.seconds
+                spent[c.user] = spent.get(c.user, 0.0) + gpu_s
+                by_queue[c.queue] = by_queue.get(c.queue, 0.0) + gpu_s
+                if c.turns > 0:
                     served[(c.queue, c.user)] = served.get((c.queue, c.user), 0.0) + c.turns
+        if not cells:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for (user, queue, model), cell in cells.items():
+            key = self.keys.ledger(user, hour)
+            for metric, value in cell.items():
+                pipe.hincrbyfloat(key, f"{queue}{_SEP}{model}{_SEP}{metric}", round(value, 6))
+            pipe.expire(key, self.keep_s)
+        for queue, gpu_s in by_queue.items():
+            pipe.hincrbyfloat(self.keys.metrics(queue), "gpuS", round(gpu_s, 6))
+        for user, gpu_s in spent.items():
+            for period, ttl in ((day, 3 * 86400), (month, 63 * 86400)):  # what budgets are held to
+                pipe.incrbyfloat(self.keys.spend(user, period), round(gpu_s, 6))
+                pipe.expire(self.keys.spend(user, period), ttl)
+        if self._remember is not None:  # fair share's memory: each user's work, decayed, per queue
             for (queue, user), turns in served.items():
                 keys, args = REMEMBER.pack({"fair_usage": self.keys.fair_usage(queue)},
-                                           {"user": user, "turns": repr(turns), "now_ms": now_ms,
+                                           {"user": user, "turns": repr(turns), "now_ms": int(at * 1000),
                                             "half_life_ms": self.half_life_ms})
                 await self._remember(keys=keys, args=args, client=pipe)
+        users = {user for user, _q, _m in cells}
         pipe.sadd(self.keys.ledger_users(hour), *users)
         pipe.expire(self.keys.ledger_users(hour), self.keep_s)
         await pipe.execute()
@@ -247,8 +270,7 @@ class Ledger:
                     row[metric] += float(value)
         rows = list(sums.values())
         for row in rows:
-            for m in METRICS:
-                row[m] = round(row[m], 3) if m in ("gpuS", "runS") else int(row[m])
+            _rounded(row)
         rows.sort(key=lambda r: (-r["gpuS"], str(r.get(group, ""))))
         if group == "none" and not rows:
             rows = [dict.fromkeys(METRICS, 0)]

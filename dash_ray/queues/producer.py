@@ -158,7 +158,7 @@ class Producer:
         self.reader = reader
         self.lifecycle = lifecycle
         self.options = options or ProducerOptions()
-        self._move = redis.register_script(MOVE.text())
+        self._move = redis.register_script(MOVE.text(ns=keys.ns))
 
     async def add(
         self,

@@ -269,7 +269,9 @@ class Dispatcher:
         shared = len(jobs) > 1 and self.batch_of is not None
         gpu = float(slot.resources.get("GPU", 0.0))
         charges = []
-        mean = self.book.cost_s  # the queue's mean run time: a job's worth of work, for fair share
+        # a job's worth of work, for fair share's memory: the queue's mean run time, at least 1 s
+        # (short failures cannot make others' work count for more), and one attempt at most 10
+        unit = max(1.0, self.book.cost_s or 1.0)
         for job, o in zip(jobs, outcomes, strict=True):
             if o.kind == "skipped" and not o.preempted and o.run_s is None:
                 continue  # handed out, never started
@@ -278,7 +280,7 @@ class Dispatcher:
                 user=job.user_id or "_", queue=self.consumer.name, model=self.qdef.model_of(job.data) or "",
                 seconds=seconds / len(jobs) if shared else seconds, gpu=gpu, kind=o.kind, batched=shared,
                 preempted=o.preempted, lost=o.lost or (o.kind == "skipped" and not o.preempted),
-                turns=seconds / mean if mean else 1.0))
+                turns=min(10.0, seconds / unit)))
         if not charges:
             return
         task = asyncio.ensure_future(self._write_charges(charges))

@@ -138,8 +138,9 @@ local function fair_share()
     redis.call('HSET', K_fair, userKey, finText)
   end
   redis.call('ZADD', K_prioritized, string.format('%.17g', base + (v % 4294967296)), A_job_id)
-  if tonumber(redis.call('GET', K_pc) or '0') < fin + 1 then
-    redis.call('SET', K_pc, string.format('%d', math.floor(fin) + 1))
+  -- (not past its delay: a job BullMQ scores itself, for any user, is not put behind it)
+  if tonumber(redis.call('GET', K_pc) or '0') < fin - pen + 1 then
+    redis.call('SET', K_pc, string.format('%d', math.floor(fin - pen) + 1))
   end
 end
 

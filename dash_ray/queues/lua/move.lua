@@ -25,6 +25,7 @@
     {-2}: a job in the wait list (a plain BullMQ job of priority 0) has no owner's places to take
 ]]
 --- @include "includes/queue_position"
+--- @include "includes/keys"
 local LEVEL = 4294967296
 local score = redis.call('ZSCORE', K_prioritized, A_job_id)
 if not score then
@@ -47,6 +48,7 @@ if A_how == 'front' then
   local first = redis.call('ZRANGE', K_prioritized, 0, 0, 'WITHSCORES')
   if first[1] ~= A_job_id then
     redis.call('ZADD', K_prioritized, string.format('%.17g', tonumber(first[2]) - 1), A_job_id)
+    redis.call('HDEL', job_key(A_job_id), 'fairPen')  -- (fair share's delay: no longer where it is)
   end
   return {1, queue_position(K_wait, K_prioritized, A_job_id)}
 end
@@ -54,6 +56,7 @@ if A_how == 'priority' then
   local n = redis.call('INCR', K_pc)
   redis.call('ZADD', K_prioritized, tonumber(A_other) * LEVEL + n % LEVEL, A_job_id)
   redis.call('HSET', K_bull_job, 'priority', A_other)
+  redis.call('HDEL', job_key(A_job_id), 'fairPen')
   return {1, queue_position(K_wait, K_prioritized, A_job_id)}
 end
 -- Its owner's places at its priority: their waiting jobs of that level, in the queue's order.
@@ -85,6 +88,7 @@ table.insert(order, to, A_job_id)
 for i, id in ipairs(order) do
   if id ~= mine[i][2] then
     redis.call('ZADD', K_prioritized, string.format('%.17g', mine[i][1]), id)
+    redis.call('HDEL', job_key(id), 'fairPen')  -- (a place's delay was its job's, not the place's)
   end
 end
 return {1, queue_position(K_wait, K_prioritized, A_job_id)}

@@ -1,7 +1,7 @@
 --[[
   Fair share's memory of one user in one queue (create.lua reads it): the work they were served
   lately, in jobs' worth, as of a time: what it held, decayed to now with the half-life, plus the
-  work just charged.
+  work just charged, at most 100 jobs' worth.
 
   Input:
     KEYS[1] fair_usage  the queue's memory: user -> `<turns> <ms>`
@@ -22,5 +22,6 @@ if raw then
   local age = math.max(0, now - tonumber(string.sub(raw, sp + 1)))
   served = tonumber(string.sub(raw, 1, sp - 1)) * 2 ^ (-age / tonumber(A_half_life_ms))
 end
-redis.call('HSET', K_fair_usage, A_user, string.format('%.6g %d', served + tonumber(A_turns), now))
+-- at most 100 jobs' worth remembered: a user's delay behind a newcomer is bounded, whatever they ran
+redis.call('HSET', K_fair_usage, A_user, string.format('%.17g %d', math.min(served + tonumber(A_turns), 100), now))
 return 1
