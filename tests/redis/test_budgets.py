@@ -48,6 +48,9 @@ def test_a_hard_budget_refuses_until_it_resets_and_a_soft_one_lowers_the_share(m
     assert abs(int(r.headers["retry-after"]) - (midnight.timestamp() - time.time())) <= 5
     # the same for a flow and a retry; the user sees it in their usage
     assert c.post("/v1/flows", json={"queue": "sleep", "payload": {"durationS": 0.1}}, headers=alice).status_code == 429
+    r = c.post("/v1/schedules", json={"name": "more", "queue": "sleep", "every": 60, "payload": {"durationS": 0.1}},
+               headers=alice)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
     usage = c.get("/v1/usage", headers=alice).json()
     assert usage["budget"]["hard"] and usage["budget"]["gpuSecondsPerDay"]["used"] == 12.0
     assert usage["budget"]["gpuSecondsPerMonth"] == {"used": 12.0, "limit": 100.0, "resetsAt": usage["budget"][
@@ -63,6 +66,11 @@ def test_a_hard_budget_refuses_until_it_resets_and_a_soft_one_lowers_the_share(m
     listed = c.get("/v1/budgets", headers=root).json()
     assert set(listed["users"]) == {"bob"} and c.get("/v1/budgets", headers=bob).status_code == 403
     assert [e["action"] for e in c.get("/v1/audit", headers=root).json()["entries"]] == ["budget.set"] * 3
+    # an admin submitting for a user is held to that user's budget, and audited
+    r = c.post("/v1/jobs/sleep", json={"durationS": 0.1, "userId": "bob", "jobId": "for-bob"}, headers=root)
+    assert r.status_code == 201, r.text
+    [entry] = c.get("/v1/audit", params={"action": "submit"}, headers=root).json()["entries"]
+    assert (entry["target"], entry["owner"], entry["who"]) == ("for-bob", "bob", "root")
 
 
 def test_past_a_soft_budget_a_user_gets_a_quarter_of_the_share(make_client: Any, tokens: Any, redis_url: str,
