@@ -118,7 +118,8 @@ local function fair_share()
   local floor
   for i = 1, #head, 2 do
     if head[i] ~= A_job_id then  -- just after the head (a tie would be broken by job id)
-      local pen = tonumber(redis.call('HGET', job_key(head[i]), 'fairPen') or '0')
+      local pen = 0
+      if A_half_life_ms ~= '' then pen = tonumber(redis.call('HGET', job_key(head[i]), 'fairPen') or '0') end
       floor = tonumber(head[i + 1]) - base - pen + 1 / 1024
       break
     end
