@@ -190,6 +190,11 @@ class Settings(_QueueFields):
     gpu_seconds_per_day: float | None = Field(None, gt=0)
     gpu_seconds_per_month: float | None = Field(None, gt=0)
     budget_hard: bool = True
+    # Traces (dash_ray/tracing.py): each process appends its spans to this file, one JSON a line
+    # (OTLP export is on with the standard OTEL_EXPORTER_OTLP_ENDPOINT instead, or as well).
+    trace_file: str | None = None
+    otel_endpoint: str | None = Field(None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "otel_endpoint"))
     # The audit trail (queues/audit.py): admins' actions and actions on another user's job, capped.
     audit_max_entries: int = Field(100_000, ge=100, le=10_000_000)
     user_weights: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)

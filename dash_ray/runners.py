@@ -35,6 +35,7 @@ class JobContext:
     # none; `stop`: a cancel was requested before it reached the worker.
     announced: bool = False
     stop: bool = False
+    trace: str | None = None  # the trace its run on the worker belongs to (dash_ray/tracing.py carrier)
 
 
 class Reporter(Protocol):

@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Str
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError, create_model
 
-from dash_ray import __version__, runtime
+from dash_ray import __version__, runtime, tracing
 from dash_ray.errors import (
     BodyTooLarge,
     DashError,
@@ -97,7 +97,13 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
     else:  # counted by the script that makes the job, with the owner's other limits: one round trip
         quota = replace(quota, rate=svc.limiter.rate)
     try:
-        result = await svc.store.add(queue, body, options, user_id=owner, weight=weight, quota=quota)
+        if tracing.tracer() is None:
+            result = await svc.store.add(queue, body, options, user_id=owner, weight=weight, quota=quota)
+        else:  # the submit's span; the job carries it to the consumer and the worker
+            with tracing.span(f"submit {queue}", kind="SERVER", **{"dash.queue": queue, "enduser.id": owner}) as s:
+                result = await svc.store.add(queue, body, options, user_id=owner, weight=weight, quota=quota,
+                                             trace=tracing.carrier())
+                s.set_attribute("dash.job_id", result.job.id)
     except RateLimited as exc:
         if quota.rate is not None and hasattr(exc, "wait_ms"):  # the create script's refusal of the rate
             raise svc.limiter.refused(owner, exc.wait_ms) from None

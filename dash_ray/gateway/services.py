@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from dash_ray import tracing
 from dash_ray.config import Settings
 from dash_ray.errors import Unauthorized
 from dash_ray.gateway.auth import Principal, TokenAuth, UrlSigner
@@ -75,6 +76,7 @@ class GatewayServices:
         registry = ModelRegistry(settings, artifacts)
         if validate is None:
             validate = registry.validate
+        tracing.configure("dash-ray-gateway", settings)
         redis = connect(redis_url, name="dash:gateway")
         store = JobStore(
             redis, prefix=settings.key_prefix, keep_completed=settings.keep_completed,

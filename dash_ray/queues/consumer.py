@@ -167,6 +167,7 @@ class QueueConsumer:
             deferred_failure=bull.deferredFailure,
             timeout_s=float(bull.opts.get("timeoutS") or 0) or None,
             start_by_ms=int(bull.opts["startBy"]) if isinstance(bull.opts.get("startBy"), int | float) else None,
+            trace=_carrier(bull.opts),
         )
         self.held[job.id] = job
         if bull.repeatJobKey:  # a job scheduler's: its next run is made as this one starts (as BullMQ's workers do)
@@ -626,6 +627,15 @@ class QueueConsumer:
         schedulers' next runs being made are made first."""
         await self.next_runs_made()
         await self.locks.close()
+
+
+def _carrier(opts: dict[str, Any]) -> str | None:
+    """A job's trace carrier: BullMQ's `tm` (as Node BullMQ stores `telemetry.metadata`), or the
+    undecoded form."""
+    tm = opts.get("tm")
+    if tm is None and isinstance(opts.get("telemetry"), dict):
+        tm = opts["telemetry"].get("metadata")
+    return tm if isinstance(tm, str) and len(tm) <= 1024 else None
 
 
 def _image_fields(queue: str) -> list[str]:

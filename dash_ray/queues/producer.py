@@ -168,6 +168,7 @@ class Producer:
         user_id: str | None = None,
         weight: float | None = None,
         quota: Quota | None = None,
+        trace: str | None = None,
     ) -> SubmitResult:
         """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict).
         `weight`: the owner's share in fair share (else DASH_USER_WEIGHTS', else 1). `quota`: the
@@ -214,8 +215,10 @@ class Producer:
                     "invalid payload: options.cache: this payload gives another result each run (give "
                     "settings.seed; an upscale: the lanczos model on an upload)",
                     errors=[{"field": "options.cache", "message": "the payload is not repeatable"}])
-        bjob = BullJob(bq, queue, wire, bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed,
-                                                  o.finished_ttl_s, start_by))
+        bull = bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed, o.finished_ttl_s, start_by)
+        if trace:  # its trace's carrier, where bullmq-otel keeps it (dash_ray/tracing.py)
+            bull["tm"] = trace
+        bjob = BullJob(bq, queue, wire, bull)
         status: JobStatus = "delayed" if opts.delay_s else "waiting"
         message = f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting"
         if after is not None:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dash_ray import tracing
 from dash_ray.loops import Backoff, supervised
 from dash_ray.models.queues import no_model, queue_def
 from dash_ray.queues import ActiveJob, EventHub, QueueConsumer, is_transient
@@ -239,11 +240,19 @@ class Dispatcher:
                 if not jobs:
                     break
                 t0 = time.monotonic()
+                began = time.time() if tracing.tracer() is not None else 0.0
+                if began:  # each job's wait, then its run handed to the worker under it
+                    for job in jobs:
+                        job.trace = self._traced(job, began)
                 outcomes, models_now, alive = await self.handoff.run(slot, jobs)
                 self._charge(slot, jobs, outcomes, time.monotonic() - t0)
                 models = models_now or models
                 jobs, outcomes = self.handoff.take_settled(jobs, outcomes)  # cancelled members: written
                 ran, jobs = jobs, await self.outcomes.record(slot, jobs, outcomes, fetch=alive and not self.stopping)
+                if began:
+                    for job, outcome in zip(ran, outcomes, strict=False):
+                        tracing.record(f"dispatch {self.consumer.name}", began, time.time(), job.trace,
+                                       **{"dash.job_id": job.id, "dash.outcome": outcome.kind, "dash.slot": slot.id})
                 # a batching queue's jobs handed over together ran in one pass
                 self.book.costed(ran, outcomes, time.monotonic() - t0,
                                  shared=len(ran) > 1 and self.batch_of is not None)
@@ -258,6 +267,13 @@ class Dispatcher:
                 self.pool.discard(slot)
             elif alive:
                 self.pool.release(slot, models)
+
+    def _traced(self, job: ActiveJob, began: float) -> str:
+        """A job's trace as it is handed to a worker: its wait (from its submit) recorded under
+        the carrier it came with (a job made without one starts a trace here); returns the carrier
+        the worker's spans and the dispatch span go under."""
+        attrs = {"dash.job_id": job.id, "dash.queue": self.consumer.name, "dash.attempt": job.attempts_made + 1}
+        return tracing.record(f"wait {self.consumer.name}", job.created_at or began, began, job.trace, **attrs)
 
     def _charge(self, slot: Slot, jobs: list[ActiveJob], outcomes: list[Any], wall_s: float) -> None:
         """Charge a pass's attempts to their owners (queues/ledger.py), in the background: the GPU

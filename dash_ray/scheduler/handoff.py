@@ -81,7 +81,7 @@ class Handoff:
             ctxs.append(JobContext(id=job.id, queue=job.queue, data=job.data, attempt=job.attempt,
                                    attempts=job.attempts, user_id=job.user_id, token=job.token,
                                    created_at=job.created_at, announced=job.announced,
-                                   stop=job.stop or self._cancelled_early(job)))
+                                   stop=job.stop or self._cancelled_early(job), trace=job.trace))
         alive, models = True, ()
         together = self._together(ctxs)
         if together:

@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 
+from dash_ray import tracing
 from dash_ray.config import Settings
 from dash_ray.queues import EventHub, Keys, Lifecycle, QueueConsumer, Retention, connect
 from dash_ray.queues.ledger import Ledger
@@ -40,6 +41,7 @@ class ConsumerService:
                  demand: Any = None) -> None:
         """`demand`: the DemandActor's handle, told how many workers this queue wants (autoscaling)."""
         self.spec = spec
+        tracing.configure(f"dash-ray-consumer-{spec.name}", settings)
         keys = Keys(settings.key_prefix)
         redis = connect(redis_url, name=f"dash:consumer:{spec.name}")
         worker = f"dash-{socket.gethostname()}-{os.getpid()}"

@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+from dash_ray import tracing
 from dash_ray.config import Settings
 from dash_ray.errors import DeviceOutOfMemory, JobCancelled, JobPreempted, WorkerError
 from dash_ray.queues import Keys, Retention, SyncLifecycle, connect_sync, started_event
@@ -62,6 +63,7 @@ class WorkerCore:
         self.settings = settings
         self.spec = spec
         self.gpu_fraction = gpu_fraction
+        tracing.configure(f"dash-ray-worker-{queue}", settings)
         self.lifecycle = SyncLifecycle(connect_sync(redis_url, name=f"dash:worker:{queue}"),
                                        Keys(settings.key_prefix), Retention.of(settings))
         self.publisher = Publisher(self.lifecycle)
@@ -195,6 +197,8 @@ class WorkerCore:
         run_s = time.perf_counter() - t0
         if isinstance(result, BaseException) and not isinstance(result, Exception):
             raise result
+        if tracing.tracer() is not None:
+            self._trace(ctx, result, began, run_s)
         if not isinstance(result, Exception):
             self.jobs_done += 1
             if isinstance(result, dict):
@@ -224,6 +228,17 @@ class WorkerCore:
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         log.warning("job %s failed: %s\n%s", ctx.id, exc, trace, extra={"job_id": ctx.id})
         return Outcome("failed", error=public_error(exc), retry=True, run_s=run_s, trace=trace[-8000:])
+
+    def _trace(self, ctx: JobContext, result: Any, began: float, run_s: float) -> None:
+        """The run's span on this worker (under the consumer's, by the job's carrier), and its
+        model load's when it loaded one."""
+        timings = result.get("timings") if isinstance(result, dict) else None
+        load_s = float(timings.get("load_s") or 0.0) if isinstance(timings, dict) else 0.0
+        outcome = "done" if not isinstance(result, Exception) else type(result).__name__
+        tm = tracing.record(f"run {ctx.queue}", began, began + run_s, ctx.trace, **{
+            "dash.job_id": ctx.id, "dash.attempt": ctx.attempt, "dash.outcome": outcome, "process.pid": os.getpid()})
+        if load_s > 0:
+            tracing.record(f"load model {ctx.queue}", began, began + load_s, tm, **{"dash.job_id": ctx.id})
 
     def _with_timings(self, result: dict[str, Any], ctx: JobContext, reporter: EventReporter, began: float,
                       first: bool) -> dict[str, Any]:

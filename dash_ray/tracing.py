@@ -1,0 +1,162 @@
+"""Traces of a job's life (OpenTelemetry): the submit request and the job's creation in the
+gateway, its wait, the run handed to a worker and the result written in the consumer, and the
+run on the worker (with its model load), all in one trace. The context travels in the job
+itself, as a W3C `traceparent` carrier in BullMQ's job options (`opts.tm`, the key bullmq-otel
+uses), so a Node producer's trace continues into dash-ray, and one that plain BullMQ tools made
+without one starts in the consumer.
+
+Off unless configured, and then free: `tracer()` is None and the call sites do nothing else.
+On with the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, read by `Settings`; the SDK reads the rest of the
+`OTEL_*` family itself), exported over OTLP/HTTP by `opentelemetry-exporter-otlp-proto-http` (the `otel` extra); and/or
+with `DASH_TRACE_FILE`: each process appends its finished spans to that file, one JSON object a
+line (for a look without a collector, and for tests)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from dash_ray.config import Settings
+
+__all__ = ["carrier", "configure", "parent", "record", "shutdown", "span", "tracer"]
+
+log = logging.getLogger(__name__)
+
+_tracer: Any = None
+_lock = threading.Lock()
+
+
+def tracer() -> Any:
+    """The process's tracer, or None when tracing is off."""
+    return _tracer
+
+
+def configure(service: str, settings: Settings) -> None:
+    """Turn tracing on for this process if the settings ask for it (an OTLP endpoint, a trace
+    file); once per process. A missing exporter package leaves OTLP off, with a warning."""
+    global _tracer
+    endpoint, trace_file = settings.otel_endpoint, settings.trace_file
+    if not endpoint and not trace_file:
+        return
+    with _lock:
+        if _tracer is not None:
+            return
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
+        provider = TracerProvider(resource=Resource.create({"service.name": service, "process.pid": os.getpid()}))
+        if trace_file:
+            provider.add_span_processor(SimpleSpanProcessor(cast(Any, _FileExporter(trace_file))))  # (duck-typed)
+        if endpoint:
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp-proto-http is not "
+                            "installed (pip install 'dash-ray[otel]'): no spans are exported over OTLP")
+            else:
+                provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        _tracer = provider.get_tracer("dash-ray")
+        _tracer._provider = provider  # (for shutdown)
+
+
+def shutdown() -> None:
+    """Flush and stop this process's tracing (it is off after)."""
+    global _tracer
+    with _lock:
+        if _tracer is None:
+            return
+        from opentelemetry import trace
+
+        provider = getattr(_tracer, "_provider", None) or trace.get_tracer_provider()
+        _tracer = None
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
+
+
+def carrier() -> str:
+    """The current span's context as a JSON carrier (`{"traceparent": ...}`), for a job's `opts.tm`."""
+    from opentelemetry.propagate import inject
+
+    out: dict[str, str] = {}
+    inject(out)
+    return json.dumps(out, separators=(",", ":"))
+
+
+def parent(tm: str | None) -> Any:
+    """The context a job's carrier names (None: none, or not a carrier)."""
+    if not tm:
+        return None
+    try:
+        fields = json.loads(tm)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict):
+        return None
+    from opentelemetry.propagate import extract
+
+    return extract({str(k): str(v) for k, v in fields.items()})
+
+
+@contextmanager
+def span(name: str, tm: str | None = None, kind: str = "INTERNAL", **attributes: Any) -> Iterator[Any]:
+    """A span around a block (a child of the current one, or of the job's carrier `tm`); yields
+    it. Only called when `tracer()` is not None."""
+    from opentelemetry.trace import SpanKind
+
+    with _tracer.start_as_current_span(name, context=parent(tm), kind=getattr(SpanKind, kind),
+                                       attributes={k: v for k, v in attributes.items() if v is not None}) as s:
+        yield s
+
+
+def record(name: str, start_s: float, end_s: float, tm: str | None = None, **attributes: Any) -> str:
+    """A span that already happened (from `start_s` to `end_s`, epoch seconds), a child of the
+    job's carrier `tm`; returns its own carrier. Only called when `tracer()` is not None."""
+    from opentelemetry import trace
+
+    s = _tracer.start_span(name, context=parent(tm), start_time=int(start_s * 1e9),
+                           attributes={k: v for k, v in attributes.items() if v is not None})
+    s.end(end_time=int(max(end_s, start_s) * 1e9))
+    ctx = trace.set_span_in_context(s)
+    from opentelemetry.propagate import inject
+
+    out: dict[str, str] = {}
+    inject(out, context=ctx)
+    return json.dumps(out, separators=(",", ":"))
+
+
+class _FileExporter:
+    """Appends finished spans to a file, one JSON object a line (whole lines: several processes
+    may share the file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        lines = []
+        for s in spans:
+            ctx, up = s.get_span_context(), s.parent
+            lines.append(json.dumps({
+                "name": s.name, "trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
+                "parent_id": f"{up.span_id:016x}" if up is not None else None,
+                "service": s.resource.attributes.get("service.name"), "pid": os.getpid(),
+                "start": s.start_time / 1e9, "end": (s.end_time or s.start_time) / 1e9,
+                "attributes": dict(s.attributes or {})}, default=str))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True

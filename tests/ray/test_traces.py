@@ -1,0 +1,76 @@
+"""Traces from the outside: one job submitted through the gateway gives one connected trace whose
+spans come from three processes (the gateway here, the queue's consumer actor and its worker
+actor), as each appends its finished spans to DASH_TRACE_FILE; with tracing off, a job carries
+no trace context."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dash_ray import tracing
+
+pytestmark = pytest.mark.once  # what crosses the processes does not depend on the Redis server
+
+SECRET = "trace-secret-0123456789abcdef-012345"
+
+
+def _until(check: Any, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {check}")
+
+
+def _spans(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_one_job_gives_one_trace_across_gateway_consumer_and_worker(make_scheduler: Any, redis_url: str, prefix: str,
+                                                                    tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from dash_ray.config import load_settings
+    from dash_ray.gateway import GatewayServices, TokenAuth, create_app
+
+    path = tmp_path / "spans.jsonl"
+    make_scheduler(trace_file=str(path))
+    settings = load_settings(key_prefix=prefix, token_secret=SECRET, data_dir=tmp_path / "data",
+                             trace_file=str(path))
+    services = GatewayServices.create(settings, redis_url, queues=("sleep",))
+    auth = {"Authorization": f"Bearer {TokenAuth(SECRET).mint('tracer')}"}
+    try:
+        with TestClient(create_app(services)) as c:
+            job = c.post("/v1/jobs/sleep", json={"durationS": 0.2, "steps": 2}, headers=auth).json()["id"]
+            _until(lambda: c.get(f"/v1/jobs/{job}", headers=auth).json()["status"] == "completed", 60)
+            # the consumer's dispatch span is written once the outcome is: the last of the three
+            _until(lambda: any(s["name"] == "dispatch sleep" and s["attributes"].get("dash.job_id") == job
+                               for s in _spans(path)), 30)
+    finally:
+        tracing.shutdown()
+    spans = _spans(path)
+    [root] = [s for s in spans if s["name"] == "submit sleep" and s["attributes"].get("dash.job_id") == job]
+    trace = [s for s in spans if s["trace_id"] == root["trace_id"]]
+    assert {s["name"] for s in trace} >= {"submit sleep", "wait sleep", "dispatch sleep", "run sleep"}, trace
+    assert {s["service"] for s in trace} == {"dash-ray-gateway", "dash-ray-consumer-sleep", "dash-ray-worker-sleep"}
+    assert len({s["pid"] for s in trace}) == 3  # three processes
+    ids = {s["span_id"] for s in trace}
+    assert [s for s in trace if s["parent_id"] is None] == [root]  # one root: the submit
+    assert all(s["parent_id"] in ids for s in trace if s is not root)  # every other span hangs from it
+    run = next(s for s in trace if s["name"] == "run sleep")
+    wait = next(s for s in trace if s["name"] == "wait sleep")
+    assert root["start"] <= wait["start"] <= wait["end"] <= run["start"] + 0.5 and run["end"] - run["start"] >= 0.2
+
+
+async def test_with_tracing_off_a_job_carries_no_context(make_store: Any) -> None:
+    assert tracing.tracer() is None
+    store = make_store()
+    view = (await store.add("sleep", {"userId": "u", "durationS": 0.1})).job
+    assert "tm" not in json.loads(await store.redis.hget(store.keys.bull("sleep", view.id), "opts"))
