@@ -18,6 +18,7 @@ from typing import Any, cast
 from bullmq import Job as BullJob
 from redis.asyncio import Redis
 
+from dash_ray import tracing
 from dash_ray.errors import (
     DashError,
     Forbidden,
@@ -232,7 +233,7 @@ class Producer:
             await bq.scripts.addJob(bjob, recorder)
         assert recorder.call is not None
         hook = (opts.webhook.url, [str(e) for e in opts.webhook.events]) if opts.webhook else None
-        made = await self.lifecycle.create(event, recorder.call, digest=dig, created_ms=now_ms,
+        made = await self._create(trace, queue, event, recorder.call, digest=dig, created_ms=now_ms,
                                            position=not opts.delay_s and after is None, hook=hook,
                                            fair=o.fair(opts.priority, owner, weight), quota=quota, size=size,
                                            start_by=start_arg, cache=cache,
@@ -254,6 +255,13 @@ class Producer:
             after=after.ids if after is not None else None,
         )
         return SubmitResult.model_construct(job=view, created=True)
+
+    async def _create(self, trace: str | None, queue: str, event: JobProgressEvent, bull: Any, **kw: Any) -> Created:
+        """The lifecycle's create, in a span of its own when the job is traced."""
+        if not trace or tracing.tracer() is None:
+            return await self.lifecycle.create(event, bull, **kw)
+        with tracing.span(f"create {queue}", **{"dash.job_id": event.job_id}):
+            return await self.lifecycle.create(event, bull, **kw)
 
     async def _after(self, opts: JobOptions, owner: str, job_id: str) -> After:
         """The jobs `options.after` names, each a job of the owner's (its queue from its record);

@@ -245,14 +245,17 @@ class Dispatcher:
                     for job in jobs:
                         job.trace = self._traced(job, began)
                 outcomes, models_now, alive = await self.handoff.run(slot, jobs)
+                ran_at = time.time() if began else 0.0
                 self._charge(slot, jobs, outcomes, time.monotonic() - t0)
                 models = models_now or models
                 jobs, outcomes = self.handoff.take_settled(jobs, outcomes)  # cancelled members: written
                 ran, jobs = jobs, await self.outcomes.record(slot, jobs, outcomes, fetch=alive and not self.stopping)
-                if began:
+                if began:  # handed to the worker and back; then its outcome written
+                    written = time.time()
                     for job, outcome in zip(ran, outcomes, strict=False):
-                        tracing.record(f"dispatch {self.consumer.name}", began, time.time(), job.trace,
-                                       **{"dash.job_id": job.id, "dash.outcome": outcome.kind, "dash.slot": slot.id})
+                        attrs = {"dash.job_id": job.id, "dash.outcome": outcome.kind, "dash.slot": slot.id}
+                        tracing.record(f"dispatch {self.consumer.name}", began, ran_at, job.trace, **attrs)
+                        tracing.record(f"write {self.consumer.name}", ran_at, written, job.trace, **attrs)
                 # a batching queue's jobs handed over together ran in one pass
                 self.book.costed(ran, outcomes, time.monotonic() - t0,
                                  shared=len(ran) > 1 and self.batch_of is not None)

@@ -51,14 +51,15 @@ def test_one_job_gives_one_trace_across_gateway_consumer_and_worker(make_schedul
             job = c.post("/v1/jobs/sleep", json={"durationS": 0.2, "steps": 2}, headers=auth).json()["id"]
             _until(lambda: c.get(f"/v1/jobs/{job}", headers=auth).json()["status"] == "completed", 60)
             # the consumer's dispatch span is written once the outcome is: the last of the three
-            _until(lambda: any(s["name"] == "dispatch sleep" and s["attributes"].get("dash.job_id") == job
+            _until(lambda: any(s["name"] == "write sleep" and s["attributes"].get("dash.job_id") == job
                                for s in _spans(path)), 30)
     finally:
         tracing.shutdown()
     spans = _spans(path)
     [root] = [s for s in spans if s["name"] == "submit sleep" and s["attributes"].get("dash.job_id") == job]
     trace = [s for s in spans if s["trace_id"] == root["trace_id"]]
-    assert {s["name"] for s in trace} >= {"submit sleep", "wait sleep", "dispatch sleep", "run sleep"}, trace
+    assert {s["name"] for s in trace} >= {"submit sleep", "create sleep", "wait sleep", "dispatch sleep", "write sleep",
+                                          "run sleep"}, trace
     assert {s["service"] for s in trace} == {"dash-ray-gateway", "dash-ray-consumer-sleep", "dash-ray-worker-sleep"}
     assert len({s["pid"] for s in trace}) == 3  # three processes
     ids = {s["span_id"] for s in trace}
