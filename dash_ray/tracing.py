@@ -61,8 +61,11 @@ def configure(service: str, settings: Settings) -> None:
             except ImportError:
                 log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but opentelemetry-exporter-otlp-proto-http is not "
                             "installed (pip install 'dash-ray[otel]'): no spans are exported over OTLP")
-            else:
-                provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+                if not trace_file:
+                    return  # nothing to export to: stays off
+            else:  # (the endpoint as this deployment's settings give it, in every process alike)
+                url = endpoint if endpoint.rstrip("/").endswith("/v1/traces") else endpoint.rstrip("/") + "/v1/traces"
+                provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=url)))
         _tracer = provider.get_tracer("dash-ray")
         _tracer._provider = provider  # (for shutdown)
 
@@ -73,11 +76,9 @@ def shutdown() -> None:
     with _lock:
         if _tracer is None:
             return
-        from opentelemetry import trace
-
-        provider = getattr(_tracer, "_provider", None) or trace.get_tracer_provider()
+        provider: Any = getattr(_tracer, "_provider", None)
         _tracer = None
-    if hasattr(provider, "shutdown"):
+    if provider is not None:
         provider.shutdown()
 
 
@@ -94,15 +95,15 @@ def parent(tm: str | None) -> Any:
     """The context a job's carrier names (None: none, or not a carrier)."""
     if not tm:
         return None
-    try:
+    try:  # (whatever a job carries: a plain BullMQ producer's may be anything)
         fields = json.loads(tm)
-    except ValueError:
-        return None
-    if not isinstance(fields, dict):
-        return None
-    from opentelemetry.propagate import extract
+        if not isinstance(fields, dict):
+            return None
+        from opentelemetry.propagate import extract
 
-    return extract({str(k): str(v) for k, v in fields.items()})
+        return extract({str(k): str(v) for k, v in fields.items()})
+    except Exception:
+        return None
 
 
 @contextmanager
@@ -116,9 +117,18 @@ def span(name: str, tm: str | None = None, kind: str = "INTERNAL", **attributes:
         yield s
 
 
-def record(name: str, start_s: float, end_s: float, tm: str | None = None, **attributes: Any) -> str:
+def record(name: str, start_s: float, end_s: float, tm: str | None = None, **attributes: Any) -> str | None:
     """A span that already happened (from `start_s` to `end_s`, epoch seconds), a child of the
-    job's carrier `tm`; returns its own carrier. Only called when `tracer()` is not None."""
+    job's carrier `tm`; returns its own carrier (the one given if tracing failed: it never fails
+    a job). Only called when `tracer()` is not None."""
+    try:
+        return _record(name, start_s, end_s, tm, attributes)
+    except Exception:
+        log.debug("span %s not recorded", name, exc_info=True)
+        return tm
+
+
+def _record(name: str, start_s: float, end_s: float, tm: str | None, attributes: dict[str, Any]) -> str:
     from opentelemetry import trace
 
     s = _tracer.start_span(name, context=parent(tm), start_time=int(start_s * 1e9),

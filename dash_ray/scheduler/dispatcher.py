@@ -271,7 +271,7 @@ class Dispatcher:
             elif alive:
                 self.pool.release(slot, models)
 
-    def _traced(self, job: ActiveJob, began: float) -> str:
+    def _traced(self, job: ActiveJob, began: float) -> str | None:
         """A job's trace as it is handed to a worker: its wait (from its submit) recorded under
         the carrier it came with (a job made without one starts a trace here); returns the carrier
         the worker's spans and the dispatch span go under."""
