@@ -297,13 +297,8 @@ class AsyncClient:
         tree: dict[str, Any] | None = None
         before: str | None = None
         for step in steps:
-            q = QUEUE_TABLE.get(step["queue"])
-            id_field = q.id_field if q is not None else "jobId"
             payload = dict(step["payload"])
-            options = dict(step.get("options") or {})
-            job_id = payload.get(id_field) or options.get("jobId") or uuid.uuid4().hex
-            if not payload.get(id_field):
-                options["jobId"] = job_id
+            job_id, options = _identified(step["queue"], payload, step.get("options"))
             payload = _with_previous(payload, before)
             node: dict[str, Any] = {"queue": step["queue"], "payload": payload, "options": options}
             if tree is not None:
@@ -529,15 +524,21 @@ def previous_image(n: int = 0) -> str:
 _PREVIOUS = "{previous}"
 
 
+def _identified(queue: str, payload: dict[str, Any], options: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """A job's id (its payload's own id field, `loraId` on training; else `options.jobId`; else a
+    new one, set as `options.jobId`) and its options."""
+    q = QUEUE_TABLE.get(queue)
+    opts = dict(options or {})
+    job_id = payload.get(q.id_field if q is not None else "jobId") or opts.get("jobId")
+    if not job_id:
+        job_id = opts["jobId"] = uuid.uuid4().hex
+    return str(job_id), opts
+
+
 def _with_ids(tree: dict[str, Any]) -> dict[str, Any]:
     """A flow with an id on every job that has none (its `options.jobId`)."""
-    q = QUEUE_TABLE.get(str(tree.get("queue")))
-    id_field = q.id_field if q is not None else "jobId"
     raw = tree.get("payload")
-    payload: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    options = dict(tree.get("options") or {})
-    if not payload.get(id_field) and not options.get("jobId"):
-        options["jobId"] = uuid.uuid4().hex
+    _job_id, options = _identified(str(tree.get("queue")), raw if isinstance(raw, dict) else {}, tree.get("options"))
     out = {**tree, "options": options}
     if isinstance(tree.get("children"), list):
         out["children"] = [_with_ids(c) if isinstance(c, dict) else c for c in tree["children"]]

@@ -35,6 +35,10 @@ def test_a_hard_budget_refuses_until_it_resets_and_a_soft_one_lowers_the_share(m
     root, alice, bob = auth(tokens("root", admin=True)), auth(tokens("alice")), auth(tokens("bob"))
     r = c.put("/v1/budgets/alice", json={"gpuSecondsPerDay": 10}, headers=alice)
     assert r.status_code == 403, r.text
+    # another user's usage, everyone's, or its CSV: an admin's only, and nothing of it shown
+    for params in ({"userId": "alice"}, {"userId": "*"}, {"userId": "alice", "format": "csv"}):
+        r = c.get("/v1/usage", params=params, headers=bob)
+        assert r.status_code == 403 and "gpuS" not in r.text, (params, r.text)
     r = c.put("/v1/budgets/alice", json={"gpuSecondsPerDay": 10, "gpuSecondsPerMonth": 100}, headers=root)
     assert r.status_code == 200 and r.json()["gpuSecondsPerDay"]["limit"] == 10, r.text
     assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=alice).status_code == 201
