@@ -14,10 +14,11 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dash_ray.errors import Forbidden, InvalidPayload, JobNotFound, RateLimited
-from dash_ray.gateway.deps import Caller, QueryCaller, Svc, _owned
+from dash_ray.gateway.deps import Audit, Caller, QueryCaller, Svc, _owned
 from dash_ray.gateway.errors import DocumentedRoute, raises
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.models.events import Frame
+from dash_ray.models.options import ReplayRequest
 from dash_ray.models.status import is_final
 from dash_ray.queues.frames import catch_up
 
@@ -55,6 +56,24 @@ async def webhook_dead(who: Caller, svc: Svc, limit: Annotated[int, Query(ge=1, 
     assert svc.webhooks is not None
     out = {"pending": await svc.webhooks.outbox.pending(), "dead": await svc.webhooks.outbox.dead(limit)}
     return Response(json.dumps(out), media_type="application/json")
+
+
+@router.post("/v1/webhooks/dead/replay", tags=["webhooks"])
+@raises(Forbidden)
+async def webhook_replay(who: Caller, svc: Svc, audit: Audit, body: ReplayRequest | None = None) -> Response:
+    """Admins: send given-up deliveries again (a receiver that was down is back): each is taken out
+    of the dead list and put back in the outbox, due now with fresh tries, to its job's webhook URL
+    as it is now (checked again, as every send is). Answers the deliveries replayed; a delivery is
+    replayed once, however many admins ask at once. Recorded in the audit trail."""
+    if not who.admin:
+        raise Forbidden("admins only")
+    assert svc.webhooks is not None
+    req = body or ReplayRequest()
+    done = await svc.webhooks.outbox.replay(req.ids, req.limit)
+    if done:
+        await audit("webhook.replay", ",".join(d["id"] for d in done[:20]) + (" ..." if len(done) > 20 else ""),
+                    power=True, deliveries=len(done))
+    return Response(json.dumps({"replayed": done}), media_type="application/json")
 
 
 @router.get("/v1/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse)

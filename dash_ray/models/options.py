@@ -18,7 +18,7 @@ from pydantic import (
 
 from dash_ray.models.base import JobId, LookupId, RequestModel
 
-__all__ = ["MAX_AFTER", "MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "BudgetRequest", "FlowRequest", "JobOptions", "MoveRequest", "Priority",
+__all__ = ["MAX_AFTER", "MAX_DELAY_S", "WEBHOOK_EVENTS", "Backoff", "BudgetRequest", "FlowRequest", "JobOptions", "MoveRequest", "Priority", "ReplayRequest",
            "ScheduleOptions", "ScheduleRequest", "Webhook"]
 
 Priority = Literal[1, 2, 3]
@@ -163,6 +163,14 @@ class BudgetRequest(RequestModel):
     gpu_seconds_per_day: float | None = Field(None, gt=0, le=1e9)
     gpu_seconds_per_month: float | None = Field(None, gt=0, le=1e10)
     hard: bool = True
+
+
+class ReplayRequest(RequestModel):
+    """Which given-up webhook deliveries to send again (admins: `POST /v1/webhooks/dead/replay`):
+    `ids` (`<jobId>:<seq>`, as the dead list names them), or else the newest `limit`."""
+
+    ids: list[Annotated[str, Field(max_length=200)]] | None = Field(None, max_length=1000)
+    limit: int = Field(100, ge=1, le=1000)
 
 
 ScheduleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")]

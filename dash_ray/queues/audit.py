@@ -20,7 +20,7 @@ __all__ = ["ACTIONS", "AuditEntry", "AuditLog"]
 
 # What is recorded (an action on one's own job is not: it is in the job's events).
 ACTIONS = ("pause", "resume", "cancel", "retry", "move", "submit", "schedule.set", "schedule.remove", "token.issue",
-           "budget.set")
+           "budget.set", "webhook.replay")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dash_ray.models.status import CANCELLING, FINAL, Status
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "AGE", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
-           "HOOK_CLAIM", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REMEMBER", "REOPEN", "TAKE", "USAGE", "Script",
+           "HOOK_CLAIM", "HOOK_REPLAY", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REMEMBER", "REOPEN", "TAKE", "USAGE", "Script",
            "ScriptError", "load", "with_bull_add", "with_bull_take"]
 
 
@@ -291,6 +291,7 @@ AGE = load("age")
 # The webhook outbox's (queues/outbox.py).
 HOOK_CLAIM = load("hook_claim")
 HOOK_SETTLE = load("hook_settle")
+HOOK_REPLAY = load("hook_replay")
 # Reads and lock renewal, registered as plain text (KEYS and ARGV in their headers' order).
 POSITION: str = load("position").text()
 EXTEND_LOCKS: str = load("extend_locks").text()

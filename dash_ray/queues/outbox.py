@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from dash_ray.models.events import Frame
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import HOOK_CLAIM as _CLAIM
+from dash_ray.queues.lua import HOOK_REPLAY as _REPLAY
 from dash_ray.queues.lua import HOOK_SETTLE as _SETTLE
 
 __all__ = ["Delivery", "WebhookOutbox"]
@@ -73,6 +74,7 @@ class WebhookOutbox:
         self._keys = {"hooks": k.hooks, "bodies": k.hook_bodies, "tries": k.hook_tries, "dead": k.hook_dead}
         self._claim = redis.register_script(_CLAIM.text())
         self._settle = redis.register_script(_SETTLE.text(dead_max=DEAD_MAX))
+        self._replay = redis.register_script(_REPLAY.text())
 
     async def claim(self, n: int, lease_s: float) -> list[Delivery]:
         """Up to `n` due deliveries, each leased for `lease_s` (then due again unless settled) under
@@ -108,7 +110,8 @@ class WebhookOutbox:
 
     async def give_up(self, d: Delivery, url: str, why: str) -> bool:
         """Drop it, recorded in the dead list (newest first) with why (False as `delivered`)."""
-        dead = json.dumps({"id": d.message_id, "url": url, "tries": d.attempt, "why": why, "ts": round(time.time(), 3)})
+        dead = json.dumps({"id": d.message_id, "url": url, "tries": d.attempt, "why": why, "ts": round(time.time(), 3),
+                           "delivery": d.id, "body": d.body})  # (what a replay sends again)
         return await self._settle_as(d, "", dead)
 
     async def destination(self, job_id: str) -> tuple[str, str]:
@@ -122,8 +125,47 @@ class WebhookOutbox:
         return int(await self.redis.zcard(self.keys.hooks))
 
     async def dead(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest given-up deliveries."""
-        return [json.loads(x) for x in await self.redis.lrange(self.keys.hook_dead, 0, limit - 1)]
+        """The newest given-up deliveries (id, url, tries, why, ts; without the event they carry)."""
+        out = []
+        for x in await self.redis.lrange(self.keys.hook_dead, 0, limit - 1):
+            record = json.loads(x)
+            record.pop("body", None)
+            record.pop("delivery", None)
+            out.append(record)
+        return out
+
+    async def replay(self, ids: list[str] | None = None, limit: int = DEAD_MAX) -> list[dict[str, Any]]:
+        """Put given-up deliveries back in the outbox, due now with fresh tries: those of the dead
+        list whose `id` (`<jobId>:<seq>`) is in `ids` (None: the newest `limit`); returns their
+        records (as `dead` gives them). Each is taken out of the dead list as it is replayed, in
+        one script: a record two admins replay at once is replayed once. A record from before
+        replays were possible (no event kept with it) is left in the list. Sent again, a
+        delivery goes to the job's webhook URL as it is then, checked again as every send is."""
+        wanted = None if ids is None else set(ids)
+        chosen: list[tuple[str, dict[str, Any]]] = []
+        for raw in await self.redis.lrange(self.keys.hook_dead, 0, DEAD_MAX - 1):
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            record = json.loads(text)
+            if not record.get("delivery") or not isinstance(record.get("body"), str):
+                continue
+            if wanted is not None and record.get("id") not in wanted:
+                continue
+            chosen.append((text, record))
+            if len(chosen) >= limit:
+                break
+        if not chosen:
+            return []
+        keys, args = _REPLAY.pack(self._keys, {"now_ms": int(time.time() * 1000)})
+        for text, record in chosen:
+            args += [text, record["delivery"], record["body"]]
+        done = await self._replay(keys=keys, args=args)
+        out = []
+        for i in done:
+            record = dict(chosen[int(i) - 1][1])
+            record.pop("body", None)
+            record.pop("delivery", None)
+            out.append(record)
+        return out
 
 
 def _text(x: Any) -> str:

@@ -173,3 +173,40 @@ def test_a_webhook_port_out_of_range_is_a_422_at_submit(make_client: Any, tokens
                         headers=auth(tokens("alice")))
         assert r.status_code == 422, (url, r.text)
         assert r.json()["error"]["errors"][0]["field"] == "options.webhook.url", r.text
+
+
+def test_given_up_deliveries_are_replayed_once_by_an_admin(make_client: Any, tokens: Any, redis_url: str,
+                                                           prefix: str) -> None:
+    """A receiver down for longer than the retries lands its delivery in the dead list; back up,
+    an admin replays it: sent again (the same event, the same webhook-id), gone from the list,
+    recorded in the audit trail. Two admins replaying at once replay it once; a user gets 403."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    up = {"ok": False}
+    client = make_client(**LOOPBACK, webhook_max_attempts=2)
+    token, admin = tokens("alice"), auth(tokens("root", admin=True))
+    with WebhookReceiver(lambda: 200 if up["ok"] else 503) as rx:
+        job_id = submit(client, token, {"url": rx.url}).json()["id"]
+        run_one(redis_url, prefix, "sleep", result={"ok": 1})
+        deadline = time.monotonic() + 20
+        while not (dead := client.get("/v1/webhooks/dead", headers=admin).json()["dead"]):
+            assert time.monotonic() < deadline, "the delivery was never given up"
+            time.sleep(0.05)
+        [record] = dead
+        assert record["id"].startswith(f"{job_id}:") and record["tries"] == 2 and "body" not in record
+        assert client.post("/v1/webhooks/dead/replay", headers=auth(token)).status_code == 403
+        up["ok"] = True
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda _: client.post("/v1/webhooks/dead/replay", json={"ids": [record["id"]]},
+                                                          headers=admin), range(2)))
+        assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+        assert sorted(len(r.json()["replayed"]) for r in answers) == [0, 1]
+        got = rx.wait(lambda g: any(s == 200 for _, _, s in g))
+        assert [s for _, _, s in got] == [503, 503, 200]
+        headers, body, _ = got[-1]
+        assert headers["webhook-id"] == record["id"] and json.loads(body)["type"] == "job:completed"
+        assert client.get("/v1/webhooks/dead", headers=admin).json()["dead"] == []
+        assert client.post("/v1/webhooks/dead/replay", headers=admin).json()["replayed"] == []
+    trail = client.get("/v1/audit", headers=admin).json()["entries"]
+    replays = [e for e in trail if e["action"] == "webhook.replay"]
+    assert len(replays) == 1 and replays[0]["target"] == record["id"], replays
