@@ -184,6 +184,9 @@ class Settings(_QueueFields):
     aging_after_s: float = Field(3600.0, ge=0)
     # The usage ledger (queues/ledger.py): each attempt's GPU share x seconds charged to its owner.
     ledger: bool = True
+    # /metrics per user (`dash_user_gpu_seconds_total`): the N users with the most GPU time per
+    # queue, only where /metrics wants its token (user ids are personal data); 0: off (cardinality).
+    metrics_users: int = Field(0, ge=0, le=1000)
     # GPU budgets (queues/ledger.py `Budgets`): GPU seconds per UTC day / month for every user
     # without one of their own (set by admins: PUT /v1/budgets/{user}); none by default. Hard: a
     # submit past it is refused (429 budget_exceeded) until it resets; soft: a lower fair share.

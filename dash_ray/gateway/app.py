@@ -599,7 +599,9 @@ async def metrics(request: Request, svc: Svc) -> PlainTextResponse:
     page = render(counts, durations, svc.metrics, sizing, open_streams=svc.streams.total,
                   bytes_kept=await svc.store.users.top_usage(20) if want else None,
                   cold=await svc.store.control.cold_starts(list(svc.queues)),
-                  min_workers={q: svc.settings.queue(q).min_workers for q in svc.queues})
+                  min_workers={q: svc.settings.queue(q).min_workers for q in svc.queues},
+                  gpu_users=await svc.store.ledger.top_users(list(svc.queues), svc.settings.metrics_users)
+                  if want and svc.settings.metrics_users > 0 else None)
     return PlainTextResponse(page, media_type="text/plain; version=0.0.4")
 
 

@@ -23,7 +23,7 @@ class ReplicaMetrics:
 
 def _line(name: str, labels: dict[str, str], value: float) -> str:
     lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    text = str(value) if isinstance(value, int) else f"{value:g}"
+    text = str(value) if isinstance(value, int) else f"{value:.12g}"  # (:g would round a large counter to 6 digits)
     return f"{name}{{{lab}}} {text}" if lab else f"{name} {text}"
 
 
@@ -31,12 +31,13 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
            sizing: dict[str, tuple[float, dict[str, tuple[str, int]]]] | None = None, *,
            open_streams: int = 0, bytes_kept: list[tuple[str, int]] | None = None,
            cold: dict[str, dict[str, dict[str, float]]] | None = None,
-           min_workers: dict[str, int] | None = None) -> str:
+           min_workers: dict[str, int] | None = None,
+           gpu_users: dict[str, list[tuple[str, float]]] | None = None) -> str:
     """The metrics page: counts[queue][state], durations[queue] (our Redis histogram hash),
     sizing[queue] (the GPU share its workers ask for, the measured peaks by job shape), the
     replica's open event streams, the users who keep the most bytes in Redis, cold[queue][phase]
     (its workers' starts: count, sum and max seconds, `board.cold_starts`) and min_workers[queue]
-    (the warm workers it keeps)."""
+    (the warm workers it keeps), gpu_users[queue] (the users with the most GPU time there)."""
     out = [
         "# HELP dash_jobs Jobs per queue and state.",
         "# TYPE dash_jobs gauge",
@@ -68,6 +69,11 @@ def render(counts: dict[str, dict[str, int]], durations: dict[str, dict[str, str
             "# TYPE dash_gpu_seconds_total counter"]
     for queue, h in durations.items():
         out.append(_line("dash_gpu_seconds_total", {"queue": queue}, float(h.get("gpuS", 0.0))))
+    if gpu_users is not None:
+        out += ["# HELP dash_user_gpu_seconds_total GPU time charged to a user's jobs (the users with the most, "
+                "DASH_METRICS_USERS per queue).", "# TYPE dash_user_gpu_seconds_total counter"]
+        for queue, rows in gpu_users.items():
+            out += [_line("dash_user_gpu_seconds_total", {"queue": queue, "user": u}, v) for u, v in rows]
     out += ["# HELP dash_worker_gpu_fraction GPU share a queue's workers ask for (sized by measured memory).",
             "# TYPE dash_worker_gpu_fraction gauge"]
     for queue, (fraction, _) in (sizing or {}).items():

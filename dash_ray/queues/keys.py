@@ -141,6 +141,10 @@ class Keys:
         """Hash: user -> their GPU budget (JSON), as admins set it."""
         return f"{self.ns}budgets"
 
+    def gpu_users(self, queue: str) -> str:
+        """Sorted set: each user's GPU seconds on a queue, all time (`/metrics` per user, when on)."""
+        return f"{self.ns}gpuu:{queue}"
+
     def ledger_users(self, hour: int) -> str:
         """Set: the users charged in one hour."""
         return f"{self.ns}ledu:{hour}"

@@ -179,9 +179,11 @@ class Budgets:
 class Ledger:
     """Charges attempts, and reads the sums back."""
 
-    def __init__(self, redis: Redis, keys: Keys, keep_days: float = 400, half_life_s: float = 0.0) -> None:
+    def __init__(self, redis: Redis, keys: Keys, keep_days: float = 400, half_life_s: float = 0.0,
+                 per_user: bool = False) -> None:
         self.redis = redis
         self.keys = keys
+        self.per_user = per_user  # each user's all-time GPU seconds per queue too (`Keys.gpu_users`: /metrics)
         self.keep_s = int(keep_days * 24 * 3600)
         self.half_life_ms = int(half_life_s * 1000)
         self._remember: Any = redis.register_script(REMEMBER.text()) if half_life_s > 0 else None
@@ -196,6 +198,7 @@ class Ledger:
         spent: dict[str, float] = {}
         by_queue: dict[str, float] = {}
         served: dict[tuple[str, str], float] = {}
+        per_user: dict[tuple[str, str], float] = {}
         for c in charges:
             cell = cells.setdefault((c.user, c.queue, c.model or "-"), {})
             for metric, value in c.fields().items():
@@ -206,6 +209,8 @@ class Ledger:
                 by_queue[c.queue] = by_queue.get(c.queue, 0.0) + gpu_s
                 if c.turns > 0:
                     served[(c.queue, c.user)] = served.get((c.queue, c.user), 0.0) + c.turns
+                if self.per_user:
+                    per_user[(c.queue, c.user)] = per_user.get((c.queue, c.user), 0.0) + gpu_s
         if not cells:
             return
         pipe = self.redis.pipeline(transaction=False)
@@ -216,6 +221,8 @@ class Ledger:
             pipe.expire(key, self.keep_s)
         for queue, gpu_s in by_queue.items():
             pipe.hincrbyfloat(self.keys.metrics(queue), "gpuS", round(gpu_s, 6))
+        for (queue, user), gpu_s in per_user.items():
+            pipe.zincrby(self.keys.gpu_users(queue), round(gpu_s, 6), user)
         for user, gpu_s in spent.items():
             for period, ttl in ((day, 3 * 86400), (month, 63 * 86400)):  # what budgets are held to
                 pipe.incrbyfloat(self.keys.spend(user, period), round(gpu_s, 6))
@@ -230,6 +237,13 @@ class Ledger:
         pipe.sadd(self.keys.ledger_users(hour), *users)
         pipe.expire(self.keys.ledger_users(hour), self.keep_s)
         await pipe.execute()
+
+    async def top_users(self, queues: list[str], n: int) -> dict[str, list[tuple[str, float]]]:
+        """Per queue, the `n` users with the most GPU seconds (all time; kept only with `per_user`)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for q in queues:
+            pipe.zrevrange(self.keys.gpu_users(q), 0, n - 1, withscores=True)
+        return {q: [(str(u), float(v)) for u, v in rows] for q, rows in zip(queues, await pipe.execute(), strict=True)}
 
     async def spent(self, user: str, now: float | None = None) -> tuple[float, float]:
         """The GPU seconds `user` was charged this day and this month (UTC), as budgets count them."""

@@ -84,7 +84,8 @@ class ConsumerService:
                                      arbitration=arbitration(settings, spec.name),
                                      gpu_fraction=float(options.get("num_gpus") or 0.0),
                                      batch_rows=spec.max_batch, batch_window_s=settings.batch_window_s,
-                                     ledger=Ledger(redis, keys, half_life_s=settings.fair_half_life_s)
+                                     ledger=Ledger(redis, keys, half_life_s=settings.fair_half_life_s,
+                                                   per_user=settings.metrics_users > 0)
                                      if settings.ledger else None, aging_after_s=settings.aging_after_s)
 
     async def run(self) -> None:

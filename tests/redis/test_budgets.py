@@ -92,3 +92,29 @@ def test_past_a_soft_budget_a_user_gets_a_quarter_of_the_share(make_client: Any,
     place = {j: c.get(f"/v1/jobs/{j}", headers=root).json()["queuePosition"] for j in made}
     # weight 1/4: carol's second job comes after all four of dave's
     assert place["carol-0"] < place["dave-0"] < place["dave-3"] < place["carol-1"], place
+
+
+def test_per_user_gpu_metrics_only_behind_the_option_and_the_metrics_token(make_client: Any, redis_url: str,
+                                                                           prefix: str) -> None:
+    """`dash_user_gpu_seconds_total` lists the DASH_METRICS_USERS users with the most GPU time per
+    queue, and only where /metrics wants its token; off, no user id is on the page."""
+
+    async def go() -> None:
+        r = connect(redis_url)
+        try:
+            ledger = Ledger(r, Keys(prefix), per_user=True)
+            await ledger.charge([Charge(u, "sleep", "", s, 0.5, "done") for u, s in
+                                 (("alice", 10.0), ("bob", 4.0), ("carol", 1.0), ("alice", 2.0))])
+            await ledger.charge([Charge("mallory", "sleep", "", 100.0, 0.5, "failed", lost=True)])  # not charged
+        finally:
+            await r.aclose()
+
+    run_async(go())
+    token = "m" * 32
+    shown = make_client(metrics_token=token, metrics_users=2).get("/metrics", headers={"authorization": f"Bearer {token}"})
+    lines = [x for x in shown.text.splitlines() if x.startswith("dash_user_gpu_seconds_total")]
+    assert lines == ['dash_user_gpu_seconds_total{queue="sleep",user="alice"} 6',
+                     'dash_user_gpu_seconds_total{queue="sleep",user="bob"} 2'], lines
+    for settings in ({"metrics_users": 2}, {"metrics_token": token}):
+        page = make_client(**settings).get("/metrics", headers={"authorization": f"Bearer {token}"}).text
+        assert "dash_user_gpu_seconds_total" not in page and "alice" not in page
