@@ -169,11 +169,12 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
     ttl = int(args.ttl_h * 3600) if args.ttl_h else None
     try:
-        print(TokenAuth.of(settings).mint(args.user, admin=args.admin, ttl_s=ttl, weight=args.weight))
+        print(TokenAuth.of(settings).mint(args.user, admin=args.admin, ttl_s=ttl, weight=args.weight, org=args.org))
     except ValueError as exc:
         print(f"dash-ray: {exc}", file=sys.stderr)
         return 2
-    _audit_token(settings, args.user, role="admin" if args.admin else "user", ttl_s=ttl, weight=args.weight)
+    _audit_token(settings, args.user, role="admin" if args.admin else "user", ttl_s=ttl, weight=args.weight,
+                 org=args.org)
     return 0
 
 
@@ -235,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--ttl-h", type=float, default=None, help="hours until it expires (default: settings)")
     tok.add_argument("--weight", type=float, default=None,
                      help="the user's fair share of each queue, relative to others' (default 1, DASH_USER_WEIGHTS)")
+    tok.add_argument("--org", default=None,
+                     help="the user's group: its members share the group's GPU budget (PUT /v1/budgets/org:<name>)")
     tok.set_defaults(fn=cmd_token)
     from dash_ray.client.cli import add_client_commands, api_errors
 

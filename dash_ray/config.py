@@ -193,6 +193,10 @@ class Settings(_QueueFields):
     gpu_seconds_per_day: float | None = Field(None, gt=0)
     gpu_seconds_per_month: float | None = Field(None, gt=0)
     budget_hard: bool = True
+    # The same for every group of users (a token's `org` claim: its members' GPU time together)
+    # without a budget of its own (PUT /v1/budgets/org:<group>); none by default.
+    org_gpu_seconds_per_day: float | None = Field(None, gt=0)
+    org_gpu_seconds_per_month: float | None = Field(None, gt=0)
     # Traces (dash_ray/tracing.py): each process appends its spans to this file, one JSON a line
     # (OTLP export is on with the standard OTEL_EXPORTER_OTLP_ENDPOINT instead, or as well).
     trace_file: str | None = None

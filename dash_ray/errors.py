@@ -131,14 +131,17 @@ class RateLimited(DashError):
 
 
 class BudgetExceeded(RateLimited):
-    """A user's hard GPU budget (per day or month) is spent; it resets after `retry_after_s`."""
+    """A user's hard GPU budget (per day or month), or their group's (`org`), is spent; it resets
+    after `retry_after_s`."""
 
     code = "budget_exceeded"
 
     def __init__(self, message: str, retry_after_s: int, budget: str, limit: float, used: float,
-                 resets_at: float) -> None:
+                 resets_at: float, org: str | None = None) -> None:
         super().__init__(message, retry_after_s)
         self.data.update(budget=budget, limit=limit, used=round(used, 3), resetsAt=resets_at)
+        if org is not None:
+            self.data["org"] = org
 
 
 class JobPreempted(DashError):

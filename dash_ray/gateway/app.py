@@ -64,7 +64,7 @@ from dash_ray.models.payloads import JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.models.views import Allowance, BudgetUse, BudgetView, GpuUsage, MemoryPeak, UsageView
 from dash_ray.queues.ledger import METRICS as LEDGER_METRICS
-from dash_ray.queues.ledger import Budget, Group, resets_at
+from dash_ray.queues.ledger import ORG, Budget, Group, org_id, resets_at
 from dash_ray.queues.ledger import total as ledger_total
 from dash_ray.queues.reader import Search
 from dash_ray.services import InvalidArtifactPath
@@ -85,7 +85,7 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
     svc.limiter.refused_lately(owner)  # over their rate a moment ago: 429 at once, nothing checked
     # the token's weight is its user's (an admin submitting for someone else uses theirs), within
     # the owner's GPU budget: past a hard one, refused here
-    weight = await svc.policy.budget_weight(owner, who.weight if owner == who.user_id else None)
+    weight = await svc.policy.budget_weight(owner, who.weight if owner == who.user_id else None, who)
     waits: set[str] = set()  # the unfinished jobs of the owner's its inputs name: it waits for them
     await svc.policy.check(queue, body, options, who, owner, waits=waits)
     if waits:
@@ -256,7 +256,7 @@ async def retry_job(job_id: str, who: Caller, svc: Svc, audit: Audit) -> Respons
     """Run a failed or cancelled job again: a new run, so it counts against your submission
     rate and unfinished-job limits like a submit."""
     view = await _owned(job_id, who, svc)
-    await svc.policy.budget_weight(view.user_id or who.user_id, None)  # a run again: within the budget
+    await svc.policy.budget_weight(view.user_id or who.user_id, None, who)  # a run again: within the budgets
     await svc.limiter.check(view.user_id or who.user_id)  # the store takes the rest, atomically
     again = await svc.store.retry(job_id, quota=svc.policy.quota(view.queue, None, who, retry=True))
     await audit("retry", job_id, owner=view.user_id, queue=view.queue)
@@ -457,6 +457,8 @@ async def usage(
         user_id=view_of,
         gpu=gpu,
         budget=await _budget_view(svc, view_of),
+        org=(org := who.org if view_of == who.user_id else await svc.budgets.org_of(view_of)),
+        org_budget=await _budget_view(svc, org_id(org)) if org else None,
         bytes_kept=Allowance(used=kept, limit=s.max_bytes_per_user),
         jobs_unfinished=Allowance(used=unfinished, limit=s.max_waiting_per_user),
         upload_bytes=Allowance(used=uploads, limit=s.upload_quota_bytes),
@@ -483,10 +485,11 @@ async def _budget_view(svc: GatewayServices, user: str) -> BudgetView | None:
 @router.get("/v1/budgets", tags=["usage"])
 @errors.raises(Forbidden)
 async def list_budgets(who: Caller, svc: Svc) -> JSONResponse:
-    """Admins: the budgets set per user, and the default every other user has."""
+    """Admins: the budgets set per user (and per group: `org:<group>`), and the defaults every
+    other user and group has."""
     _admin(who)
     table = await svc.budgets.all()
-    return JSONResponse({"default": svc.budgets.default.wire(),
+    return JSONResponse({"default": svc.budgets.default.wire(), "orgDefault": svc.budgets.org_default.wire(),
                          "users": {u: b.wire() for u, b in sorted(table.items())}})
 
 
@@ -494,7 +497,8 @@ async def list_budgets(who: Caller, svc: Svc) -> JSONResponse:
 @errors.raises(Forbidden, InvalidPayload)
 async def set_budget(user_id: str, body: BudgetRequest, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
     """Admins: set a user's GPU budget (GPU seconds per UTC day / month; `hard` refuses their
-    submits past it until it resets, soft lowers their fair share). Answers it with its use."""
+    submits past it until it resets, soft lowers their fair share), or a group's (`org:<group>`:
+    the members its tokens' `org` claim names, their GPU time together). Answers it with its use."""
     _admin(who)
     _user_id(user_id)
     await svc.budgets.set(user_id, Budget(body.gpu_seconds_per_day, body.gpu_seconds_per_month, body.hard))
@@ -505,7 +509,7 @@ async def set_budget(user_id: str, body: BudgetRequest, who: Caller, svc: Svc, a
 @router.delete("/v1/budgets/{user_id}", tags=["usage"])
 @errors.raises(Forbidden)
 async def delete_budget(user_id: str, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
-    """Admins: remove a user's own budget (the default holds for them again)."""
+    """Admins: remove a user's (or `org:<group>`'s) own budget (the default holds for them again)."""
     _admin(who)
     _user_id(user_id)
     now = await svc.budgets.set(user_id, None)
@@ -514,8 +518,9 @@ async def delete_budget(user_id: str, who: Caller, svc: Svc, audit: Audit) -> JS
 
 
 def _user_id(user_id: str) -> None:
-    if not is_user_id(user_id):
-        raise bad_field("userId", "not a user id")
+    """A budget's owner: a user id, or `org:<group>` (a token's `org`)."""
+    if not is_user_id(user_id.removeprefix(ORG)):
+        raise bad_field("userId", "not a user id (nor org:<group>)")
 
 
 def _csv(gpu: GpuUsage) -> Response:

@@ -35,12 +35,13 @@ def bearer(authorization: str | bytes | None) -> str | None:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user id, whether they are an admin, and their fair-share weight if the
-    token carries one."""
+    """Who is calling: a user id, whether they are an admin, their fair-share weight if the
+    token carries one, and the group (`org` claim) whose GPU budget they share, if any."""
 
     user_id: str
     admin: bool = False
     weight: float | None = None  # the token's fair-share weight (None: the deployment's for the user)
+    org: str | None = None  # the token's `org`: its members share that group's budget (queues/ledger.py)
 
     def may_see(self, owner: str | None) -> bool:
         """True if this caller may read or act on a job owned by `owner`."""
@@ -79,9 +80,10 @@ class TokenAuth:
                    max_admin_lifetime_s=s.max_admin_token_lifetime_s, audience=s.token_audience,
                    issuer=s.token_issuer)
 
-    def mint(self, user_id: str, admin: bool = False, ttl_s: int | None = None, weight: float | None = None) -> str:
-        """A token for `user_id` (with the admin role if asked), valid for ttl_s seconds
-        (default: the user or admin lifetime; never over the maximum)."""
+    def mint(self, user_id: str, admin: bool = False, ttl_s: int | None = None, weight: float | None = None,
+             org: str | None = None) -> str:
+        """A token for `user_id` (with the admin role if asked, in the group `org` if given),
+        valid for ttl_s seconds (default: the user or admin lifetime; never over the maximum)."""
         if not is_user_id(user_id):
             raise ValueError("user id must be 1-128 letters, digits, '_', '.', '@' or '-'")
         ttl = ttl_s or (min(self.admin_ttl_s, self.ttl_s) if admin else self.ttl_s)
@@ -94,6 +96,10 @@ class TokenAuth:
             if not 0.01 <= weight <= 100:
                 raise ValueError("a weight must be within 0.01 and 100")
             claims["weight"] = weight
+        if org is not None:
+            if not is_user_id(org):
+                raise ValueError("an org must be 1-128 letters, digits, '_', '.', '@' or '-'")
+            claims["org"] = org
         if self.audience:
             claims["aud"] = self.audience
         if self.issuer:
@@ -139,7 +145,10 @@ class TokenAuth:
         if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)
                                    or not 0.01 <= weight <= 100):
             raise Unauthorized("invalid token: bad weight")
-        who = Principal(user_id=sub, admin=admin, weight=None if weight is None else float(weight))
+        org = claims.get("org")
+        if org is not None and not is_user_id(org):
+            raise Unauthorized("invalid token: bad org")
+        who = Principal(user_id=sub, admin=admin, weight=None if weight is None else float(weight), org=org)
         if len(self._accepted) >= self.remembered:  # only accepted tokens count: minted with our secret
             self._accepted.clear()  # a bound, not an LRU: refilled by the clients still calling
         self._accepted[token] = (who, float(claims["exp"]))

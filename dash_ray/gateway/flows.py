@@ -38,7 +38,7 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
     Each job counts against your limits as a submit does. Cancelling a job cancels those it
     waits for. The same flow sent again (same ids and payloads) answers 200 with what it made."""
     svc.limiter.refused_lately(who.user_id)  # over their rate a moment ago: 429 at once, nothing checked
-    weight = await svc.policy.budget_weight(who.user_id, who.weight)  # past a hard GPU budget: refused
+    weight = await svc.policy.budget_weight(who.user_id, who.weight, who)  # past a hard GPU budget: refused
     nodes = flatten(body, who.user_id)
     for i, node in enumerate(nodes):
         if node.request.queue not in svc.queues:

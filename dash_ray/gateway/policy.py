@@ -21,7 +21,7 @@ from dash_ray.models.options import MAX_AFTER, JobOptions
 from dash_ray.models.payloads import GenerationJob, JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.queues import JobStore, Quota
-from dash_ray.queues.ledger import SOFT_WEIGHT, Budget, Budgets, resets_at
+from dash_ray.queues.ledger import ORG, SOFT_WEIGHT, Budget, Budgets, org_id, resets_at
 from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, check_webhook_url
 from dash_ray.services.registry import lora_path
@@ -55,7 +55,8 @@ class SubmitPolicy:
         self.store = store
         self.artifacts = artifacts
         default = Budget(settings.gpu_seconds_per_day, settings.gpu_seconds_per_month, settings.budget_hard)
-        self.budgets = Budgets(store.redis, store.keys, default) if store is not None else None
+        org_default = Budget(settings.org_gpu_seconds_per_day, settings.org_gpu_seconds_per_month, settings.budget_hard)
+        self.budgets = Budgets(store.redis, store.keys, default, org_default) if store is not None else None
         self._lookups = OpenSlots(LOOKUPS_PER_USER)  # webhook URLs being resolved now, per user
 
     async def check(self, queue: str, payload: JobPayload, options: JobOptions | None, who: Principal,
@@ -128,29 +129,50 @@ class SubmitPolicy:
         if view.status != "completed" or n >= len(images):
             raise bad_field(field, f"job {source} has no image {n} (it is {view.status})")
 
-    async def budget_weight(self, owner: str, weight: float | None) -> float | None:
-        """The owner's fair-share weight for a new job against their GPU budget: as given while
-        within it; past a soft one, SOFT_WEIGHT of it; past a hard one, BudgetExceeded (429,
+    async def budget_weight(self, owner: str, weight: float | None, who: Principal | None = None) -> float | None:
+        """The owner's fair-share weight for a new job against their GPU budgets, their own and
+        their group's (`who`'s token `org`, for their own job: recorded, so the ledger charges the
+        group too; an admin's job for another user: that user's recorded group): as given while
+        within them; past a soft one, SOFT_WEIGHT of it; past a hard one, BudgetExceeded (429,
         with the budget, what was used and when it resets). No budget: no round trip."""
         if self.budgets is None:
             return weight
-        budget = await self.budgets.of(owner)
-        if budget.empty:
-            return weight
+        if who is not None and who.user_id == owner:
+            await self.budgets.join(owner, who.org)
+            org = who.org
+        else:
+            org = await self.budgets.org_of(owner) if await self._org_budgets() else None
+        held = [(owner, await self.budgets.of(owner))]
+        if org is not None:
+            held.append((org_id(org), await self.budgets.of(org_id(org))))
+        soft = False
         now = time.time()
-        over = budget.over(*await self.store.ledger.spent(owner, now))
-        if over is None:
-            return weight
-        period, limit, used = over
-        if budget.hard:
+        for whose, budget in held:
+            if budget.empty:
+                continue
+            over = budget.over(*await self.store.ledger.spent(whose, now))
+            if over is None:
+                continue
+            if not budget.hard:
+                soft = True
+                continue
+            period, limit, used = over
             at = resets_at(period, now)
+            of = f"your group {org}'s" if whose != owner else "your"
             raise BudgetExceeded(
-                f"your GPU budget of {limit:g} GPU-seconds per {period} is spent ({used:.1f} used); it resets at "
+                f"{of} GPU budget of {limit:g} GPU-seconds per {period} is spent ({used:.1f} used); it resets at "
                 f"{datetime.fromtimestamp(at, timezone.utc).isoformat(timespec='seconds')}",
                 retry_after_s=max(1, math.ceil(at - now)), budget=f"gpuSecondsPer{period.title()}", limit=limit,
-                used=used, resets_at=at)
+                used=used, resets_at=at, **({"org": org} if whose != owner else {}))
+        if not soft:
+            return weight
         base = weight if weight is not None else self.settings.user_weights.get(owner, 1.0)
         return base * SOFT_WEIGHT
+
+    async def _org_budgets(self) -> bool:
+        """True if any group may have a budget (a default, or one set): only then is a group looked up."""
+        assert self.budgets is not None
+        return not self.budgets.org_default.empty or any(k.startswith(ORG) for k in await self.budgets.all())
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is

@@ -64,7 +64,7 @@ async def post_schedule(body: ScheduleRequest, who: Caller, svc: Svc, audit: Aud
     if payload.get_id():
         raise bad_field(f"payload.{payload.model_fields[payload.id_field].alias}", "each run gets its own id")
     owner = payload.user_id if (who.admin and payload.user_id) else who.user_id
-    await svc.policy.budget_weight(owner, None)  # past a hard GPU budget: no new schedule either
+    await svc.policy.budget_weight(owner, None, who)  # past a hard GPU budget: no new schedule either
     payload = payload.model_copy(update={"user_id": owner})
     o = body.options
     await svc.policy.check(body.queue, payload, JobOptions(priority=o.priority, attempts=o.attempts, backoff=o.backoff,

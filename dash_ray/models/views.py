@@ -151,6 +151,8 @@ class UsageView(WireModel):
     submit_rate: str
     gpu: GpuUsage | None = None
     budget: BudgetView | None = None
+    org: str | None = None  # the group (token `org`) whose budget they share, if any
+    org_budget: BudgetView | None = None  # that group's, and what its members used of it
 
 
 class ScheduleView(WireModel):

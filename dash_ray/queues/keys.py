@@ -138,8 +138,14 @@ class Keys:
 
     @property
     def budgets(self) -> str:
-        """Hash: user -> their GPU budget (JSON), as admins set it."""
+        """Hash: user (or `org:<group>`) -> their GPU budget (JSON), as admins set it."""
         return f"{self.ns}budgets"
+
+    @property
+    def orgs(self) -> str:
+        """Hash: user -> the group (a token's `org`) whose budget they share, as their latest
+        submit's token said (queues/ledger.py)."""
+        return f"{self.ns}orgs"
 
     def gpu_users(self, queue: str) -> str:
         """Sorted set: each user's GPU seconds on a queue, all time (`/metrics` per user, when on)."""

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import REMEMBER
 
-__all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "SOFT_WEIGHT", "Budget", "Budgets", "Charge", "Group", "Ledger",
-           "resets_at", "total"]
+__all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "ORG", "SOFT_WEIGHT", "Budget", "Budgets", "Charge", "Group",
+           "Ledger", "org_id", "resets_at", "total"]
 
 HOUR_S = 3600
 MAX_RANGE_S = 31 * 24 * 3600  # a read covers at most this (744 hours)
@@ -134,17 +134,31 @@ class Budget:
 SOFT_WEIGHT = 0.25  # a user past a soft budget keeps this share of their fair-share weight
 
 
+ORG = "org:"  # a group's name in budgets and spends: `org:<group>` (no user id has a colon)
+MEMBERS_KEPT = 100_000  # users whose group a gateway replica remembers having written
+
+
+def org_id(org: str) -> str:
+    """The budget and spend id of a group (a token's `org`)."""
+    return ORG + org
+
+
 class Budgets:
-    """Per-user GPU budgets set by admins (`Keys.budgets`: user -> JSON), over the deployment's
-    default; read through a short cache (a submit costs no round trip for them)."""
+    """GPU budgets set by admins (`Keys.budgets`: user or `org:<group>` -> JSON), over the
+    deployment's defaults (one for users, one for groups); read through a short cache (a submit
+    costs no round trip for them). Also who is in which group (`Keys.orgs`), as their tokens
+    say: the ledger charges a member's GPU time to their group's spend too."""
 
     CACHE_S = 2.0
 
-    def __init__(self, redis: Redis, keys: Keys, default: Budget | None = None) -> None:
+    def __init__(self, redis: Redis, keys: Keys, default: Budget | None = None,
+                 org_default: Budget | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.default = default or Budget()
+        self.org_default = org_default or Budget()
         self._cache: tuple[float, dict[str, Budget]] = (0.0, {})
+        self._members: dict[str, str | None] = {}  # user -> the group last written for them (this replica)
 
     async def all(self) -> dict[str, Budget]:
         """Every user's own budget (set by an admin), fresh within CACHE_S."""
@@ -163,8 +177,26 @@ class Budgets:
         return table
 
     async def of(self, user: str) -> Budget:
-        """A user's budget: their own, else the deployment's default."""
-        return (await self.all()).get(user, self.default)
+        """A user's (or `org:<group>`'s) budget: their own, else the deployment's default for them."""
+        return (await self.all()).get(user, self.org_default if user.startswith(ORG) else self.default)
+
+    async def join(self, user: str, org: str | None) -> None:
+        """Record that `user`'s token says they are in `org` (None: in none), written when it
+        changes (a replica remembers what it wrote: one write per user, not per submit)."""
+        if user in self._members and self._members[user] == org:
+            return
+        if org is None:
+            await self.redis.hdel(self.keys.orgs, user)
+        else:
+            await self.redis.hset(self.keys.orgs, user, org)
+        if len(self._members) >= MEMBERS_KEPT:
+            self._members.clear()
+        self._members[user] = org
+
+    async def org_of(self, user: str) -> str | None:
+        """The group `user` is in, as their latest submit's token said."""
+        org = await self.redis.hget(self.keys.orgs, user)
+        return None if org is None else str(org)
 
     async def set(self, user: str, budget: Budget | None) -> Budget:
         """Set (None: remove, back to the default) a user's budget; returns what holds now."""
@@ -223,6 +255,11 @@ class Ledger:
             pipe.hincrbyfloat(self.keys.metrics(queue), "gpuS", round(gpu_s, 6))
         for (queue, user), gpu_s in per_user.items():
             pipe.zincrby(self.keys.gpu_users(queue), round(gpu_s, 6), user)
+        if spent:  # a member's GPU time is their group's too
+            members = list(spent)
+            for user, org in zip(members, await self.redis.hmget(self.keys.orgs, members), strict=True):
+                if org:
+                    spent[org_id(str(org))] = spent.get(org_id(str(org)), 0.0) + spent[user]
         for user, gpu_s in spent.items():
             for period, ttl in ((day, 3 * 86400), (month, 63 * 86400)):  # what budgets are held to
                 pipe.incrbyfloat(self.keys.spend(user, period), round(gpu_s, 6))
@@ -246,7 +283,8 @@ class Ledger:
         return {q: [(str(u), float(v)) for u, v in rows] for q, rows in zip(queues, await pipe.execute(), strict=True)}
 
     async def spent(self, user: str, now: float | None = None) -> tuple[float, float]:
-        """The GPU seconds `user` was charged this day and this month (UTC), as budgets count them."""
+        """The GPU seconds `user` (or `org:<group>`: its members') was charged this day and this
+        month (UTC), as budgets count them."""
         day, month = _periods(time.time() if now is None else now)
         raw = await self.redis.mget(self.keys.spend(user, day), self.keys.spend(user, month))
         return float(raw[0] or 0), float(raw[1] or 0)

@@ -250,5 +250,20 @@ def test_usage_against_the_budget_and_an_admins_audit_trail_on_the_page(browser:
             admin.close()
         finally:
             httpx.delete(f"{up['base']}/v1/budgets/tester", headers=as_root, timeout=10)
+    # a member of a group (`dash-ray token --org`) sees the group's budget too
+    out = subprocess.run([sys.executable, "-m", "dash_ray.cli", "token", "--user", "member", "--org", "acme"],
+                         env=up["env"], capture_output=True, text=True, timeout=60, check=True)
+    r = httpx.put(f"{up['base']}/v1/budgets/org:acme", json={"gpuSecondsPerMonth": 5e5}, headers=as_root, timeout=10)
+    assert r.status_code == 200, r.text
+    try:
+        member = open_page(browser, up, out.stdout.strip())
+        member.wait_for_function("async () => { await window.dash.refreshUsage(); return document.querySelector("
+                                 "'#budget').textContent.includes(\"Your group acme's budget: 0.0 of 500000\"); }",
+                                 timeout=30_000, polling=1000)
+        assert "No GPU budget set for you" in member.text_content("#budget")
+        assert member.errors == []
+        member.close()
+    finally:
+        httpx.delete(f"{up['base']}/v1/budgets/org:acme", headers=as_root, timeout=10)
     assert page.errors == []
     page.close()

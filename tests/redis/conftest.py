@@ -47,8 +47,8 @@ def tokens() -> Callable[..., str]:
 
     auth = TokenAuth(SECRET)
 
-    def mint(user: str, admin: bool = False, ttl_s: int | None = None) -> str:
-        return auth.mint(user, admin=admin, ttl_s=ttl_s)
+    def mint(user: str, admin: bool = False, ttl_s: int | None = None, org: str | None = None) -> str:
+        return auth.mint(user, admin=admin, ttl_s=ttl_s, org=org)
 
     return mint
 

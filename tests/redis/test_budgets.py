@@ -118,3 +118,50 @@ def test_per_user_gpu_metrics_only_behind_the_option_and_the_metrics_token(make_
     for settings in ({"metrics_users": 2}, {"metrics_token": token}):
         page = make_client(**settings).get("/metrics", headers={"authorization": f"Bearer {token}"}).text
         assert "dash_user_gpu_seconds_total" not in page and "alice" not in page
+
+
+def test_a_groups_budget_is_shared_by_the_members_its_tokens_name(make_client: Any, tokens: Any, redis_url: str,
+                                                                  prefix: str) -> None:
+    """Two users whose tokens say `org: acme` share acme's budget: their GPU time together is held
+    to it (each within their own), a member is refused once the group's is spent, naming the
+    group, and someone outside it is not; a token cannot claim a malformed group; a member whose
+    new token names no group is held to their own budget only from their next submit."""
+    import jwt
+
+    from tests.redis.conftest import SECRET
+
+    c = make_client()
+    root = auth(tokens("root", admin=True))
+    alice, bob = (auth(tokens(u, org="acme")) for u in ("alice", "bob"))
+    carol = auth(tokens("carol"))
+    assert c.put("/v1/budgets/org:acme", json={"gpuSecondsPerDay": 10}, headers=alice).status_code == 403
+    r = c.put("/v1/budgets/org:acme", json={"gpuSecondsPerDay": 10}, headers=root)
+    assert r.status_code == 200 and r.json()["gpuSecondsPerDay"] == {"used": 0.0, "limit": 10.0,
+                                                                      "resetsAt": r.json()["gpuSecondsPerDay"]["resetsAt"]}
+    assert c.put("/v1/budgets/org:a b", json={"gpuSecondsPerDay": 10}, headers=root).status_code == 422
+    for who in (alice, bob, carol):  # each submit records its user's group, as their token says
+        assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=who).status_code == 201
+    _spend(redis_url, prefix, "alice", 6.0)
+    _spend(redis_url, prefix, "bob", 5.0)
+    _spend(redis_url, prefix, "carol", 50.0)  # not a member: not acme's
+    for who in (alice, bob):
+        r = c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=who)
+        err = r.json()["error"]
+        assert r.status_code == 429 and err["code"] == "budget_exceeded" and err["org"] == "acme", r.text
+        assert err["used"] == 11.0 and err["limit"] == 10 and "acme" in err["message"]
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=carol).status_code == 201
+    usage = c.get("/v1/usage", headers=alice).json()
+    assert usage["org"] == "acme" and usage["orgBudget"]["gpuSecondsPerDay"]["used"] == 11.0
+    assert usage["budget"] is None  # her own: none
+    assert c.get("/v1/usage", headers=carol).json()["orgBudget"] is None
+    listed = c.get("/v1/budgets", headers=root).json()
+    assert listed["users"]["org:acme"]["gpuSecondsPerDay"] == 10 and "orgDefault" in listed
+    forged = jwt.encode({"sub": "mallory", "exp": int(time.time()) + 60, "org": "a b"}, SECRET, algorithm="HS256")
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=auth(forged)).status_code == 401
+    # bob's new token names no group: his submits are his own again (and no longer charged to acme)
+    bob_alone = auth(tokens("bob"))
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=bob_alone).status_code == 201
+    _spend(redis_url, prefix, "bob", 100.0)
+    assert c.get("/v1/usage", headers=alice).json()["orgBudget"]["gpuSecondsPerDay"]["used"] == 11.0
+    assert c.delete("/v1/budgets/org:acme", headers=root).status_code == 200
+    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=alice).status_code == 201

@@ -265,9 +265,12 @@ async function refreshUsage() {
   }));
   const b = usage.budget;
   const part = (name, u) => u ? `${u.used.toFixed(1)} of ${u.limit} GPU-seconds this ${name} (resets ${new Date(u.resetsAt * 1000).toLocaleString()})` : null;
-  $('#budget').textContent = b
-    ? `Your ${b.hard ? '' : 'soft '}budget: ${[part('day', b.gpuSecondsPerDay), part('month', b.gpuSecondsPerMonth)].filter(Boolean).join('; ')}`
-    : (admin ? 'Every user\'s GPU time.' : 'No GPU budget set for you.');
+  const line = (whose, x) => `${whose} ${x.hard ? '' : 'soft '}budget: ${[part('day', x.gpuSecondsPerDay), part('month', x.gpuSecondsPerMonth)].filter(Boolean).join('; ')}`;
+  const ob = usage.orgBudget;
+  $('#budget').textContent = [
+    b ? line('Your', b) : (admin ? 'Every user\'s GPU time.' : 'No GPU budget set for you.'),
+    ob ? line(`Your group ${usage.org}'s`, ob) : null,
+  ].filter(Boolean).join(' ');
   if (!admin) return;
   $('#audit-panel').hidden = false;
   let trail;
