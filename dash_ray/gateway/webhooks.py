@@ -16,6 +16,9 @@
   DASH_WEBHOOK_RETRY_MAX_S, at most DASH_WEBHOOK_MAX_ATTEMPTS times, then dropped into the dead
   list (`GET /v1/webhooks/dead`, admins).
 - Artifact links in the body are signed, like the REST answers, so the receiver can fetch them.
+- With tracing on (dash_ray/tracing.py), each try is a `webhook <event>` span (CLIENT) in its
+  job's trace, found by the job's carrier in BullMQ's `opts.tm` (one Redis read a try, with
+  tracing on only).
 """
 
 from __future__ import annotations
@@ -23,16 +26,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import random
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
 
-from dash_ray import __version__
+from dash_ray import __version__, tracing
 from dash_ray.config import Settings
 from dash_ray.gateway.auth import UrlSigner
 from dash_ray.gateway.metrics import ReplicaMetrics
@@ -51,6 +55,16 @@ _BUSY_S = 1.0  # a delivery to a destination at its limit is due again after thi
 
 class _Busy(Exception):
     """The delivery's destination has DASH_WEBHOOK_PER_DESTINATION sends in flight already."""
+
+
+class _Sent(NamedTuple):
+    """How one try went: `delivered` (answered 2xx), else whether to give up now (`final`) and
+    why; the HTTP status when an answer came."""
+
+    delivered: bool
+    final: bool = False
+    why: str = ""
+    status: int | None = None
 
 
 class _Slots:
@@ -179,25 +193,27 @@ class WebhookSender:
             if not url or d.frame.of_another(owner):  # the record is gone, or its id changed hands since:
                 await self.outbox.delivered(d)  # nothing to send, and never to the new owner's URL
                 return
+            began = time.time()
             try:
-                outcome = await self._post(d, url, owner)
+                sent = await self._post(d, url, owner)
             except _Busy:  # its receiver has its share of senders: back soon, this try not counted
                 await self.outbox.release(d, _BUSY_S * random.uniform(1.0, 2.0))
                 return
             except Exception as exc:  # a defect, not the receiver's: a try all the same, so it ends
                 log.warning("webhook %s to %s failed: %r", d.message_id, url, exc, exc_info=True,
                             extra={"job_id": d.job_id})
-                outcome = False, type(exc).__name__
-            if outcome is None:
+                sent = _Sent(False, False, type(exc).__name__)
+            if tracing.tracer() is not None:
+                await self._trace(d, url, began, sent)
+            if sent.delivered:
                 self.metrics.webhooks["delivered"] = self.metrics.webhooks.get("delivered", 0) + 1
                 await self.outbox.delivered(d)
                 return
-            final, why = outcome
-            if final or d.attempt >= self.settings.webhook_max_attempts:
-                log.warning("webhook %s to %s dropped after %d attempt(s): %s", d.message_id, url, d.attempt, why,
-                            extra={"job_id": d.job_id})
+            if sent.final or d.attempt >= self.settings.webhook_max_attempts:
+                log.warning("webhook %s to %s dropped after %d attempt(s): %s", d.message_id, url, d.attempt,
+                            sent.why, extra={"job_id": d.job_id})
                 self.metrics.webhooks["dropped"] = self.metrics.webhooks.get("dropped", 0) + 1
-                await self.outbox.give_up(d, url, why)
+                await self.outbox.give_up(d, url, sent.why)
                 return
             self.metrics.webhooks["retried"] = self.metrics.webhooks.get("retried", 0) + 1
             await self.outbox.retry(d, self.retries.delay(d.attempt - 1))
@@ -206,16 +222,43 @@ class WebhookSender:
         except Exception:  # Redis went away mid-send: the lease runs out and it is sent again
             log.debug("webhook %s: could not settle", d.id, exc_info=True)
 
-    async def _post(self, d: Delivery, url: str, owner: str) -> tuple[bool, str] | None:
-        """None when delivered, else (whether to give up now, why); _Busy when the destination
-        has its share of sends in flight. Never longer than DASH_WEBHOOK_DEADLINE_S."""
+    async def _trace(self, d: Delivery, url: str, began: float, sent: _Sent) -> None:
+        """A try's span, `webhook <event>` (CLIENT), in its job's trace: under the carrier the job
+        carries. A job with none (submitted with tracing off, or its BullMQ job already removed)
+        gets no span: a root of its own would be a trace of one span, tied to no job's. Never
+        fails the delivery."""
+        end = time.time()
+        try:
+            tm = await self._carrier(d)
+            if not tm:
+                return
+            attributes = {"dash.job_id": d.job_id, "dash.attempt": d.attempt, "dash.delivered": sent.delivered,
+                          "dash.webhook_id": d.message_id, "http.request.method": "POST",
+                          "http.response.status_code": sent.status, "server.address": urlsplit(url).hostname,
+                          "dash.error": None if sent.delivered else sent.why}
+            tracing.record_span(f"webhook {d.frame.type or 'event'}", began, end, tm, attributes, kind="CLIENT",
+                                error=None if sent.delivered else sent.why)
+        except Exception:
+            log.debug("webhook %s: span not recorded", d.id, exc_info=True)
+
+    async def _carrier(self, d: Delivery) -> str | None:
+        """The trace carrier of a delivery's job: `tm` in its BullMQ job's options (the queue
+        from the event). One Redis read; tracing on only."""
+        queue = d.frame.event().queue
+        opts = await self.redis.hget(self.keys.bull(queue, d.job_id), "opts")
+        tm = json.loads(opts).get("tm") if opts else None
+        return tm if isinstance(tm, str) and len(tm) <= 1024 else None
+
+    async def _post(self, d: Delivery, url: str, owner: str) -> _Sent:
+        """How the try went; _Busy when the destination has its share of sends in flight. Never
+        longer than DASH_WEBHOOK_DEADLINE_S."""
         deadline_s = self.settings.webhook_deadline_s
         try:
             return await asyncio.wait_for(self._post_once(d, url, owner, deadline_s), deadline_s)
         except asyncio.TimeoutError:
-            return False, f"no answer within {deadline_s:g}s (DASH_WEBHOOK_DEADLINE_S)"
+            return _Sent(False, False, f"no answer within {deadline_s:g}s (DASH_WEBHOOK_DEADLINE_S)")
 
-    async def _post_once(self, d: Delivery, url: str, owner: str, deadline_s: float) -> tuple[bool, str] | None:
+    async def _post_once(self, d: Delivery, url: str, owner: str, deadline_s: float) -> _Sent:
         with contextlib.ExitStack() as slots:
             slots.enter_context(self._owners.hold(f"owner {owner}"))
             name = _name_key(url)
@@ -225,7 +268,7 @@ class WebhookSender:
                 pinned, host_header, sni = await pinned_url_async(url, self.settings.webhook_allowed_networks,
                                                                   deadline_s)
             except PrivateAddress as exc:  # a name that does not resolve now may later: retried
-                return not exc.unresolved, f"{exc} (DASH_WEBHOOK_ALLOWED_NETWORKS)"
+                return _Sent(False, not exc.unresolved, f"{exc} (DASH_WEBHOOK_ALLOWED_NETWORKS)")
             slots.enter_context(self._slots.hold(_address_key(pinned)))
             body = self.signer.sign_json(d.body, owner)  # links to the owner's files only
             ts = int(time.time())
@@ -238,9 +281,9 @@ class WebhookSender:
                 r = await self._http.send(request, stream=True)
                 await r.aclose()  # the answer's body is not read
             except httpx.HTTPError as exc:
-                return False, f"{type(exc).__name__}"
+                return _Sent(False, False, f"{type(exc).__name__}")
             except (httpx.InvalidURL, ValueError, UnicodeError) as exc:  # what httpx cannot send: it stays so
-                return True, f"cannot send to this URL ({type(exc).__name__})"
+                return _Sent(False, True, f"cannot send to this URL ({type(exc).__name__})")
         if 200 <= r.status_code < 300:
-            return None
-        return r.status_code == 410, f"HTTP {r.status_code}"
+            return _Sent(True, status=r.status_code)
+        return _Sent(False, r.status_code == 410, f"HTTP {r.status_code}", r.status_code)

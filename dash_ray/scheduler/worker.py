@@ -128,7 +128,10 @@ class WorkerCore:
         if not ctx.announced:
             self.publisher.send(started_event(ctx.id, ctx.queue, ctx.user_id, ctx.attempt, ctx.attempts),
                                 cancel=cancel, token=ctx.token)
-        return EventReporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel), time.time()
+        began = time.time()
+        if tracing.tracer() is None:
+            return EventReporter(ctx, self.publisher, max_hz=self.settings.progress_max_hz, cancelled=cancel), began
+        return _PhasedReporter(ctx, self.publisher, began, max_hz=self.settings.progress_max_hz, cancelled=cancel), began
 
     def run(self, ctx: JobContext, wait: bool = True) -> Outcome:
         """Run one job to its outcome (with the seconds it ran). Its reports are all published
@@ -198,7 +201,7 @@ class WorkerCore:
         if isinstance(result, BaseException) and not isinstance(result, Exception):
             raise result
         if tracing.tracer() is not None:
-            self._trace(ctx, result, began, run_s)
+            self._trace(ctx, reporter, result, began, run_s)
         if not isinstance(result, Exception):
             self.jobs_done += 1
             if isinstance(result, dict):
@@ -229,9 +232,9 @@ class WorkerCore:
         log.warning("job %s failed: %s\n%s", ctx.id, exc, trace, extra={"job_id": ctx.id})
         return Outcome("failed", error=public_error(exc), retry=True, run_s=run_s, trace=trace[-8000:])
 
-    def _trace(self, ctx: JobContext, result: Any, began: float, run_s: float) -> None:
-        """The run's span on this worker (under the consumer's, by the job's carrier), and its
-        model load's when it loaded one."""
+    def _trace(self, ctx: JobContext, reporter: EventReporter, result: Any, began: float, run_s: float) -> None:
+        """The run's span on this worker (under the consumer's, by the job's carrier), its model
+        load's when it loaded one, and a `phase <name>` span for each phase its reports named."""
         timings = result.get("timings") if isinstance(result, dict) else None
         load_s = float(timings.get("load_s") or 0.0) if isinstance(timings, dict) else 0.0
         outcome = "done" if not isinstance(result, Exception) else type(result).__name__
@@ -239,6 +242,12 @@ class WorkerCore:
             "dash.job_id": ctx.id, "dash.attempt": ctx.attempt, "dash.outcome": outcome, "process.pid": os.getpid()})
         if load_s > 0:
             tracing.record(f"load model {ctx.queue}", began, began + load_s, tm, **{"dash.job_id": ctx.id})
+        if isinstance(reporter, _PhasedReporter):
+            try:
+                for name, start, end, attributes in reporter.phases.spans(began + run_s):
+                    tracing.record(f"phase {name}", start, end, tm, **{"dash.job_id": ctx.id, **attributes})
+            except Exception:  # (never fails a job)
+                log.debug("phases of job %s not recorded", ctx.id, exc_info=True)
 
     def _with_timings(self, result: dict[str, Any], ctx: JobContext, reporter: EventReporter, began: float,
                       first: bool) -> dict[str, Any]:
@@ -312,6 +321,24 @@ class WorkerCore:
             self.runner.close()
         self.publisher.close()
         self.lifecycle.redis.close()
+
+
+class _PhasedReporter(EventReporter):
+    """The reporter of a run while tracing is on: an EventReporter that also notes the phases
+    its progress reports name (`tracing.Phases`), for the run's `phase <name>` spans. With
+    tracing off the plain EventReporter runs: the hot path has nothing more to do."""
+
+    def __init__(self, job: JobContext, publisher: Publisher, began: float, **kwargs: Any) -> None:
+        super().__init__(job, publisher, **kwargs)
+        self.phases = tracing.Phases(began)
+
+    def progress(self, progress: float, message: str = "", *, milestone: bool = False, **extra: Any) -> None:
+        """Report progress (EventReporter.progress), and note the phase it names."""
+        super().progress(progress, message, milestone=milestone, **extra)
+        try:
+            self.phases.note(progress, message, extra, time.time())
+        except Exception:  # (a report that names no phase, oddly: still a report)
+            log.debug("phase of job %s not noted", self.job.id, exc_info=True)
 
 
 def _peak(runner: Runner) -> tuple[str, int]:
