@@ -197,6 +197,10 @@ class Settings(_QueueFields):
     # without a budget of its own (PUT /v1/budgets/org:<group>); none by default.
     org_gpu_seconds_per_day: float | None = Field(None, gt=0)
     org_gpu_seconds_per_month: float | None = Field(None, gt=0)
+    # The GPU share (in GPUs) a user's running jobs may hold at once, and a group's members'
+    # together (queues/shares.py: a job taken past it waits until theirs free some); none by default.
+    gpu_share_per_user: float | None = Field(None, gt=0)
+    org_gpu_share: float | None = Field(None, gt=0)
     # Traces (dash_ray/tracing.py): each process appends its spans to this file, one JSON a line
     # (OTLP export is on with the standard OTEL_EXPORTER_OTLP_ENDPOINT instead, or as well).
     trace_file: str | None = None

@@ -62,7 +62,15 @@ from dash_ray.models.images import IMAGE_FORMATS_TEXT, PIL_FORMATS, sniff_image
 from dash_ray.models.options import BudgetRequest
 from dash_ray.models.payloads import JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
-from dash_ray.models.views import Allowance, BudgetUse, BudgetView, GpuUsage, MemoryPeak, UsageView
+from dash_ray.models.views import (
+    Allowance,
+    BudgetUse,
+    BudgetView,
+    GpuUsage,
+    MemoryPeak,
+    ShareUse,
+    UsageView,
+)
 from dash_ray.queues.ledger import METRICS as LEDGER_METRICS
 from dash_ray.queues.ledger import ORG, Budget, Group, org_id, resets_at
 from dash_ray.queues.ledger import total as ledger_total
@@ -470,12 +478,14 @@ async def usage(
 
 async def _budget_view(svc: GatewayServices, user: str) -> BudgetView | None:
     budget = await svc.budgets.of(user)
-    if budget.empty:
+    if budget.empty and budget.share is None:
         return None
     now = time.time()
     day, month = await svc.store.ledger.spent(user, now)
     return BudgetView(
         hard=budget.hard,
+        gpu_share=None if budget.share is None else ShareUse(held=await svc.budgets.share_held(user),
+                                                             limit=budget.share),
         gpu_seconds_per_day=None if budget.per_day is None else BudgetUse(
             used=round(day, 3), limit=budget.per_day, resets_at=resets_at("day", now)),
         gpu_seconds_per_month=None if budget.per_month is None else BudgetUse(
@@ -497,11 +507,13 @@ async def list_budgets(who: Caller, svc: Svc) -> JSONResponse:
 @errors.raises(Forbidden, InvalidPayload)
 async def set_budget(user_id: str, body: BudgetRequest, who: Caller, svc: Svc, audit: Audit) -> JSONResponse:
     """Admins: set a user's GPU budget (GPU seconds per UTC day / month; `hard` refuses their
-    submits past it until it resets, soft lowers their fair share), or a group's (`org:<group>`:
+    submits past it until it resets, soft lowers their fair share; `gpuShare`: the GPUs their
+    running jobs may hold at once, a job past it waits for one of theirs to end), or a group's (`org:<group>`:
     the members its tokens' `org` claim names, their GPU time together). Answers it with its use."""
     _admin(who)
     _user_id(user_id)
-    await svc.budgets.set(user_id, Budget(body.gpu_seconds_per_day, body.gpu_seconds_per_month, body.hard))
+    await svc.budgets.set(user_id, Budget(body.gpu_seconds_per_day, body.gpu_seconds_per_month, body.hard,
+                                          body.gpu_share))
     await audit("budget.set", user_id, owner=user_id, power=True, **body.wire())
     return JSONResponse(((await _budget_view(svc, user_id)) or BudgetView(hard=body.hard)).wire())
 

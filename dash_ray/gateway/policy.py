@@ -21,7 +21,7 @@ from dash_ray.models.options import MAX_AFTER, JobOptions
 from dash_ray.models.payloads import GenerationJob, JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.queues import JobStore, Quota
-from dash_ray.queues.ledger import ORG, SOFT_WEIGHT, Budget, Budgets, org_id, resets_at
+from dash_ray.queues.ledger import ORG, SOFT_WEIGHT, Budgets, default_budgets, org_id, resets_at
 from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, check_webhook_url
 from dash_ray.services.registry import lora_path
@@ -54,8 +54,7 @@ class SubmitPolicy:
         self.settings = settings
         self.store = store
         self.artifacts = artifacts
-        default = Budget(settings.gpu_seconds_per_day, settings.gpu_seconds_per_month, settings.budget_hard)
-        org_default = Budget(settings.org_gpu_seconds_per_day, settings.org_gpu_seconds_per_month, settings.budget_hard)
+        default, org_default = default_budgets(settings)
         self.budgets = Budgets(store.redis, store.keys, default, org_default) if store is not None else None
         self._lookups = OpenSlots(LOOKUPS_PER_USER)  # webhook URLs being resolved now, per user
 
@@ -172,7 +171,8 @@ class SubmitPolicy:
     async def _org_budgets(self) -> bool:
         """True if any group may have a budget (a default, or one set): only then is a group looked up."""
         assert self.budgets is not None
-        return not self.budgets.org_default.empty or any(k.startswith(ORG) for k in await self.budgets.all())
+        return not self.budgets.org_default.empty or any(k.startswith(ORG) and not b.empty
+                                                         for k, b in (await self.budgets.all()).items())
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is

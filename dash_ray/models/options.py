@@ -158,11 +158,13 @@ class MoveRequest(RequestModel):
 class BudgetRequest(RequestModel):
     """A user's GPU budget (admins: `PUT /v1/budgets/{userId}`): GPU seconds per UTC day and per
     UTC month (null: no limit), and whether it is `hard` (a submit past it is refused until it
-    resets) or soft (the user's fair-share weight is lowered while past it)."""
+    resets) or soft (the user's fair-share weight is lowered while past it); and the GPU share
+    their running jobs may hold at once (`gpuShare`, in GPUs; null: no limit)."""
 
     gpu_seconds_per_day: float | None = Field(None, gt=0, le=1e9)
     gpu_seconds_per_month: float | None = Field(None, gt=0, le=1e10)
     hard: bool = True
+    gpu_share: float | None = Field(None, gt=0, le=10_000)  # GPUs their running jobs may hold at once
 
 
 class ReplayRequest(RequestModel):

@@ -9,7 +9,7 @@ from pydantic import Field
 from dash_ray.models.base import WireModel
 from dash_ray.models.status import JobStatus, is_final
 
-__all__ = ["Allowance", "BudgetUse", "BudgetView", "FlowView", "GpuUsage", "JobList", "JobView", "QueueView", "ScheduleView", "SubmitResult",
+__all__ = ["Allowance", "BudgetUse", "BudgetView", "FlowView", "GpuUsage", "JobList", "JobView", "QueueView", "ScheduleView", "ShareUse", "SubmitResult",
            "UsageView"]
 
 
@@ -129,12 +129,20 @@ class BudgetUse(WireModel):
     resets_at: float
 
 
+class ShareUse(WireModel):
+    """A GPU share: the GPUs a user's (or group's) running jobs hold now (`held`), of `limit`."""
+
+    held: float
+    limit: float
+
+
 class BudgetView(WireModel):
     """A user's GPU budget (their own, or the deployment's default) and its use now."""
 
     hard: bool
     gpu_seconds_per_day: BudgetUse | None = None
     gpu_seconds_per_month: BudgetUse | None = None
+    gpu_share: ShareUse | None = None
 
 
 class UsageView(WireModel):

@@ -41,6 +41,7 @@ from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import Lifecycle
 from dash_ray.queues.locks import LockKeeper
 from dash_ray.queues.lua import AGE, PEEK_READY
+from dash_ray.queues.shares import GpuShares
 
 # A queue's batch rule (`QueueDef.batch_of`): a job's (key, rows), or None when it runs alone.
 BatchOf = Callable[[dict[str, Any]], "tuple[str, int] | None"]
@@ -140,6 +141,8 @@ class QueueConsumer:
         register(self._peek, self._take)
         # Batched runs: with a rule, a take of several jobs takes the head's compatible ones only.
         self.batch_of: BatchOf | None = None
+        # GPU shares (queues/shares.py): what it takes is admitted to its owners' shares, if set.
+        self.shares: GpuShares | None = None
 
     # ------------------------------------------------------------ taking
     def _active(self, reply: Any, token: str) -> ActiveJob | None:
@@ -221,6 +224,7 @@ class QueueConsumer:
             job = self._active(raw, token)
             if job is not None:
                 job.announced, job.stop = int(seq) > 0, bool(int(cancelled))
+                head = await self.expire_taken([job], float(now_ms))  # first: it comes before those behind it
                 followers: list[ActiveJob] = []  # taken by take_more, which ends the late ones itself
                 if batched:
                     try:
@@ -230,7 +234,7 @@ class QueueConsumer:
                 else:
                     more = min(up_to - 1, _ready(*counts[:3]))
                     followers = await self.take_more(more) if more > 0 else []
-                jobs = [*await self.expire_taken([job], float(now_ms)), *followers]
+                jobs = [*head, *followers]
                 if jobs:
                     return jobs
                 wait_s = None  # every one was past its deadline (ended `expired`): the next, at once
@@ -255,6 +259,25 @@ class QueueConsumer:
         return await self.expire_taken([job for job in jobs if job is not None])
 
     async def expire_taken(self, jobs: list[ActiveJob], now_ms: float | None = None) -> list[ActiveJob]:
+        """The taken jobs that may start (every take ends here): those not past their deadline to
+        start (`_expire`), admitted to their owners' GPU shares (`shares.admit`: the others wait
+        for them, their locks given up)."""
+        jobs = await self._expire(jobs, now_ms)
+        if self.shares is None or not jobs:
+            return jobs
+        try:
+            admitted = await self.shares.admit(jobs)
+        except Exception:  # (Redis unreachable: they run, uncounted, rather than wait on it)
+            log.warning("%s: could not count the GPU shares of %d taken job(s)", self.name, len(jobs), exc_info=True)
+            return jobs
+        if len(admitted) < len(jobs):
+            kept = {j.id for j in admitted}
+            for j in jobs:
+                if j.id not in kept:
+                    self.held.pop(j.id, None)  # parked: its lock was given up with it
+        return admitted
+
+    async def _expire(self, jobs: list[ActiveJob], now_ms: float | None = None) -> list[ActiveJob]:
         """The taken jobs that may start: one that was never started (its record has no `started`:
         a job put back after it started keeps it), not announced, and past its deadline to start
         (the record's `startBy`, on Redis's clock: `now_ms` where the take read it) ends
@@ -383,8 +406,12 @@ class QueueConsumer:
             await self.lifecycle.finish(event, batch=batch, guard=str(args[1]),
                                         duration_s=time.monotonic() - job.taken_at)
             calls.append((job, event, fetch))
+        # Their GPU shares given back in the same round trip: before the next jobs it locks are admitted.
+        released = self.shares is not None and await self.shares.release([j.id for j, _ in done], batch)
         # Raises if Redis cannot be reached: the jobs stay held (their locks renewed) for a retry.
         replies = await batch.execute()
+        if released:
+            replies.pop()
         nxt: list[ActiveJob] = []
         lost: list[LockLost] = []
         for (job, event, fetch), raw, (seq,) in zip(calls, replies[::2], replies[1::2], strict=True):
@@ -415,6 +442,8 @@ class QueueConsumer:
             if isinstance(code, int) and code < 0:
                 log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
                 ok = False
+        if self.shares is not None:  # back in the queue: they hold no GPU share
+            await self.shares.release([j.id for j in jobs])
         return ok
 
     async def attempts_started(self, jobs: list[ActiveJob]) -> set[str]:

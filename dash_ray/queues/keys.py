@@ -147,6 +147,21 @@ class Keys:
         submit's token said (queues/ledger.py)."""
         return f"{self.ns}orgs"
 
+    def gpu_held(self, queue: str) -> str:
+        """Hash: a queue's running jobs counted against GPU shares, job -> `<milli-GPUs>\x1f<user>
+        [\x1forg:<group>]` (queues/shares.py)."""
+        return f"{self.ns}held:{queue}"
+
+    @property
+    def gpu_holding(self) -> str:
+        """Hash: user or `org:<group>` -> the GPU share their running jobs hold now, milli-GPUs."""
+        return f"{self.ns}holding"
+
+    def parked(self, who: str) -> str:
+        """Sorted set: jobs taken while `who`'s (a user's, `org:<group>`'s) GPU share was full,
+        waiting for it, by when: `<BullMQ job prefix>\x1f<job id>`."""
+        return f"{self.ns}parked:{who}"
+
     def gpu_users(self, queue: str) -> str:
         """Sorted set: each user's GPU seconds on a queue, all time (`/metrics` per user, when on)."""
         return f"{self.ns}gpuu:{queue}"

@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 
+from dash_ray.config import Settings
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lua import REMEMBER
 
 __all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "ORG", "SOFT_WEIGHT", "Budget", "Budgets", "Charge", "Group",
-           "Ledger", "org_id", "resets_at", "total"]
+           "Ledger", "default_budgets", "org_id", "resets_at", "total"]
 
 HOUR_S = 3600
 MAX_RANGE_S = 31 * 24 * 3600  # a read covers at most this (744 hours)
@@ -108,19 +109,27 @@ def resets_at(period: str, now: float) -> float:
 
 @dataclass(frozen=True)
 class Budget:
-    """A user's GPU budget: GPU seconds per UTC day and per UTC month (None: no limit). `hard`: a
-    submit past it is refused until it resets; soft: the user's fair-share weight is lowered
-    (`SOFT_WEIGHT` of it) while past it."""
+    """A user's (or a group's) GPU budget: GPU seconds per UTC day and per UTC month (None: no
+    limit) and the GPU share their running jobs may hold at once (`share`, in GPUs; enforced as
+    jobs are taken: queues/shares.py). `hard`: a submit past a GPU-seconds budget is refused
+    until it resets; soft: the user's fair-share weight is lowered (`SOFT_WEIGHT` of it) while past it."""
 
     per_day: float | None = None
     per_month: float | None = None
     hard: bool = True
+    share: float | None = None
 
     def wire(self) -> dict[str, Any]:
-        return {"gpuSecondsPerDay": self.per_day, "gpuSecondsPerMonth": self.per_month, "hard": self.hard}
+        return {"gpuSecondsPerDay": self.per_day, "gpuSecondsPerMonth": self.per_month, "hard": self.hard,
+                "gpuShare": self.share}
+
+    @classmethod
+    def of_wire(cls, b: dict[str, Any]) -> Budget:
+        return cls(b.get("gpuSecondsPerDay"), b.get("gpuSecondsPerMonth"), bool(b.get("hard", True)), b.get("gpuShare"))
 
     @property
     def empty(self) -> bool:
+        """No GPU-seconds budget (a GPU share may still be set)."""
         return self.per_day is None and self.per_month is None
 
     def over(self, day_used: float, month_used: float) -> tuple[str, float, float] | None:
@@ -129,6 +138,12 @@ class Budget:
             if limit is not None and used >= limit:
                 return period, limit, used
         return None
+
+
+def default_budgets(s: Settings) -> tuple[Budget, Budget]:
+    """A deployment's default budgets: every user's without one of their own, and every group's."""
+    return (Budget(s.gpu_seconds_per_day, s.gpu_seconds_per_month, s.budget_hard, s.gpu_share_per_user),
+            Budget(s.org_gpu_seconds_per_day, s.org_gpu_seconds_per_month, s.budget_hard, s.org_gpu_share))
 
 
 SOFT_WEIGHT = 0.25  # a user past a soft budget keeps this share of their fair-share weight
@@ -170,7 +185,7 @@ class Budgets:
         for user, text in raw.items():
             try:
                 b = json.loads(text)
-                table[str(user)] = Budget(b.get("gpuSecondsPerDay"), b.get("gpuSecondsPerMonth"), bool(b.get("hard", True)))
+                table[str(user)] = Budget.of_wire(b)
             except (ValueError, AttributeError):
                 continue
         self._cache = (time.monotonic(), table)
@@ -192,6 +207,16 @@ class Budgets:
         if len(self._members) >= MEMBERS_KEPT:
             self._members.clear()
         self._members[user] = org
+
+    async def shares(self) -> bool:
+        """True if a GPU share is limited for anyone (a default, or a budget set): only then are
+        the shares of taken jobs counted (queues/shares.py)."""
+        return (self.default.share is not None or self.org_default.share is not None
+                or any(b.share is not None for b in (await self.all()).values()))
+
+    async def share_held(self, who: str) -> float:
+        """The GPU share `who` (a user, `org:<group>`) holds now, in GPUs (queues/shares.py)."""
+        return int(await self.redis.hget(self.keys.gpu_holding, who) or 0) / 1000
 
     async def org_of(self, user: str) -> str | None:
         """The group `user` is in, as their latest submit's token said."""

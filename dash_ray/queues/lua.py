@@ -38,8 +38,8 @@ from typing import Any
 from dash_ray.models.status import CANCELLING, FINAL, Status
 from dash_ray.queues.keys import Keys
 
-__all__ = ["ADOPT", "ADOPT_SCAN", "AGE", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH",
-           "HOOK_CLAIM", "HOOK_REPLAY", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REMEMBER", "REOPEN", "TAKE", "USAGE", "Script",
+__all__ = ["ADOPT", "ADOPT_SCAN", "AGE", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH", "HOLD",
+           "HOOK_CLAIM", "HOOK_REPLAY", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REMEMBER", "REOPEN", "TAKE", "UNHOLD", "USAGE", "Script",
            "ScriptError", "load", "with_bull_add", "with_bull_take"]
 
 
@@ -143,7 +143,8 @@ def _final_lua() -> str:
 _KEY_SHAPES: dict[str, Callable[[Keys, str], str]] = {"job_key": Keys.job, "events_key": Keys.events,
                                                       "kept_key": Keys.kept, "channel_key": Keys.channel,
                                                       "cancel_key": Keys.cancel, "followers_key": Keys.followers,
-                                                      "waiters_key": Keys.waiters, "deps_key": Keys.deps}
+                                                      "waiters_key": Keys.waiters, "deps_key": Keys.deps,
+                                                      "parked_key": Keys.parked}
 
 
 def _keys_lua() -> str:
@@ -288,6 +289,8 @@ CHECKPOINT = load("checkpoint")
 MOVE = load("move")
 REMEMBER = load("remember")
 AGE = load("age")
+HOLD = load("hold")  # GPU shares (queues/shares.py)
+UNHOLD = load("unhold")
 # The webhook outbox's (queues/outbox.py).
 HOOK_CLAIM = load("hook_claim")
 HOOK_SETTLE = load("hook_settle")

@@ -250,6 +250,7 @@ class Dispatcher:
                 models = models_now or models
                 jobs, outcomes = self.handoff.take_settled(jobs, outcomes)  # cancelled members: written
                 ran, jobs = jobs, await self.outcomes.record(slot, jobs, outcomes, fetch=alive and not self.stopping)
+                await self._release(ran)  # (a completion gave its share back as it was written)
                 if began:  # handed to the worker and back; then its outcome written
                     written = time.time()
                     for job, outcome in zip(ran, outcomes, strict=False):
@@ -277,6 +278,18 @@ class Dispatcher:
         the worker's spans and the dispatch span go under."""
         attrs = {"dash.job_id": job.id, "dash.queue": self.consumer.name, "dash.attempt": job.attempts_made + 1}
         return tracing.record(f"wait {self.consumer.name}", job.created_at or began, began, job.trace, **attrs)
+
+    async def _release(self, jobs: list[ActiveJob]) -> None:
+        """The attempts' outcomes are written: their GPU shares are given back (queues/shares.py),
+        after their final events (a user never sees more of theirs running than their share); a
+        count not given back now is, once their locks are gone (`GpuShares.settle`)."""
+        shares = getattr(self.consumer, "shares", None)
+        if shares is None:
+            return
+        try:
+            await shares.release([j.id for j in jobs])
+        except Exception:
+            log.warning("%s: could not give back the GPU shares of %d job(s)", self.queue, len(jobs), exc_info=True)
 
     def _charge(self, slot: Slot, jobs: list[ActiveJob], outcomes: list[Any], wall_s: float) -> None:
         """Charge a pass's attempts to their owners (queues/ledger.py), in the background: the GPU
@@ -340,6 +353,8 @@ class Dispatcher:
         await self.consumer.expire_overdue()  # waiting jobs past their deadline to start: `expired`
         await self.consumer.age_waiting(self.aging_after_s)  # old priority-3 jobs: to priority 2's front
         await self.consumer.settle_followers()  # identical submits that followed a run that ended
+        if (shares := getattr(self.consumer, "shares", None)) is not None:
+            await shares.settle()  # GPU shares counted for jobs whose consumer died
 
     # ------------------------------------------------------------------ lifecycle
     async def drain(self, timeout_s: float, interrupt_s: float = 15.0) -> dict[str, int]:

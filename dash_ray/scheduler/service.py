@@ -13,7 +13,8 @@ import ray
 from dash_ray import tracing
 from dash_ray.config import Settings
 from dash_ray.queues import EventHub, Keys, Lifecycle, QueueConsumer, Retention, connect
-from dash_ray.queues.ledger import Ledger
+from dash_ray.queues.ledger import Budgets, Ledger, default_budgets
+from dash_ray.queues.shares import GpuShares
 from dash_ray.scheduler.dispatcher import Dispatcher
 from dash_ray.scheduler.pool import WorkerPool
 from dash_ray.scheduler.preempt import Arbitration
@@ -52,6 +53,10 @@ class ConsumerService:
             max_stalled_count=settings.max_stalled_count,
             consumer_id=f"{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
         )
+        gpu_fraction = float(spec.actor_options().get("num_gpus") or 0.0)
+        if gpu_fraction > 0:  # GPU shares: what a user's running jobs may hold at once (queues/shares.py)
+            consumer.shares = GpuShares(redis, keys, spec.name, keys.bull(spec.name, ""), gpu_fraction,
+                                        Budgets(redis, keys, *default_budgets(settings)), consumer.lifecycle)
         options = spec.actor_options()
         worker_settings = settings.for_workers()  # no secret of the gateway's reaches a GPU node
 
@@ -82,7 +87,7 @@ class ConsumerService:
                                      heartbeat_timeout_s=settings.worker_heartbeat_timeout_s,
                                      want_workers=want, max_workers=spec.max_workers,
                                      arbitration=arbitration(settings, spec.name),
-                                     gpu_fraction=float(options.get("num_gpus") or 0.0),
+                                     gpu_fraction=gpu_fraction,
                                      batch_rows=spec.max_batch, batch_window_s=settings.batch_window_s,
                                      ledger=Ledger(redis, keys, half_life_s=settings.fair_half_life_s,
                                                    per_user=settings.metrics_users > 0)

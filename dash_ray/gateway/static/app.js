@@ -265,7 +265,8 @@ async function refreshUsage() {
   }));
   const b = usage.budget;
   const part = (name, u) => u ? `${u.used.toFixed(1)} of ${u.limit} GPU-seconds this ${name} (resets ${new Date(u.resetsAt * 1000).toLocaleString()})` : null;
-  const line = (whose, x) => `${whose} ${x.hard ? '' : 'soft '}budget: ${[part('day', x.gpuSecondsPerDay), part('month', x.gpuSecondsPerMonth)].filter(Boolean).join('; ')}`;
+  const share = (u) => u ? `${u.held} of ${u.limit} GPUs held at once now` : null;
+  const line = (whose, x) => `${whose} ${x.hard ? '' : 'soft '}budget: ${[part('day', x.gpuSecondsPerDay), part('month', x.gpuSecondsPerMonth), share(x.gpuShare)].filter(Boolean).join('; ')}`;
   const ob = usage.orgBudget;
   $('#budget').textContent = [
     b ? line('Your', b) : (admin ? 'Every user\'s GPU time.' : 'No GPU budget set for you.'),
