@@ -128,6 +128,10 @@ class Runner(ABC):
         """Bytes of the worker's GPU (None: no GPU)."""
         return None
 
+    def device_name(self) -> str:
+        """The worker's device, as the usage ledger names it: the GPU's model, else `cpu`."""
+        return "cpu"
+
     def reset_peak_memory(self) -> None:
         """Start measuring a job's peak memory (called before each job)."""
         return None

@@ -7,6 +7,7 @@ import csv
 import hmac
 import io
 import json
+import logging
 import mimetypes
 import time
 import uuid
@@ -72,12 +73,14 @@ from dash_ray.models.views import (
     UsageView,
 )
 from dash_ray.queues.ledger import METRICS as LEDGER_METRICS
-from dash_ray.queues.ledger import ORG, Budget, Group, org_id, resets_at
+from dash_ray.queues.ledger import ORG, Budget, Charge, Group, org_id, resets_at
 from dash_ray.queues.ledger import total as ledger_total
 from dash_ray.queues.reader import Search
 from dash_ray.services import InvalidArtifactPath
 
 __all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
 
 
 # Each route's error responses in OpenAPI: what it declares with `@raises`, plus its dependencies'
@@ -120,6 +123,8 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         if quota.rate is not None:  # refused before the create counted it (an unknown model, LoRA): count it
             await svc.limiter.check(owner)
         raise
+    if result.job.cached and svc.settings.ledger:  # answered by the result cache: counted in the ledger, free
+        await _count_cached(svc, queue, body, owner)
     if owner != who.user_id:  # an admin's submit for another user (this path has no address to give)
         await AuditTrail(svc.audit, who, None)("submit", result.job.id, owner=owner, queue=queue)
     wait_s = min(prefer_wait_s(prefer), svc.settings.max_prefer_wait_s)
@@ -130,6 +135,14 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         return resp
     return _signed(svc, result.job.wire() if wait_s <= 0 else (await svc.store.get(result.job.id)).wire(),
                    201 if result.created else 200)
+
+
+async def _count_cached(svc: GatewayServices, queue: str, body: JobPayload, owner: str) -> None:
+    try:
+        model = queue_def(queue).model_of(body.wire(exclude_none=True)) or ""
+        await svc.store.ledger.charge([Charge(owner, queue, model, 0.0, 0.0, "cached", cached=True)])
+    except Exception:
+        log.warning("could not count a cached answer in the ledger", exc_info=True)
 
 
 # A submit route's handler of a validated body: (body, caller, services, Prefer header) -> answer.
@@ -441,8 +454,8 @@ async def usage(
     replica. A submit over a limit is refused (413 for bytes, 429 for the rest).
 
     `gpu`: the GPU time charged to you from `from` to `to` (Unix seconds or ISO 8601; default the
-    last 24 hours; a range reads at most the last 31 days of it, by the hour), grouped by `groupBy` (queue, model, day, hour,
-    user, none). Every attempt a worker ran is charged: its worker's GPU share x its seconds (a
+    last 24 hours; a range reads at most the last 31 days of it, by the hour), grouped by `groupBy` (queue, model,
+    device, day, hour, user, none). Every attempt a worker ran is charged: its worker's GPU share x its seconds (a
     batch's pass split between its jobs); an attempt whose worker died under it is not. Admins may
     ask for another user (`userId`) or everyone (`userId=*`). `format=csv`: the rows as CSV."""
     s = svc.settings

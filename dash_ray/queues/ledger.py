@@ -4,9 +4,12 @@ ran (a batch's pass split between its jobs), its wall seconds, and what it came 
 whose worker died is not the user's to pay: it is counted (`lost`), not charged.
 
 Kept in Redis per user per hour, in one hash each (`Keys.ledger`): fields `<queue>\\x1f<model>\\x1f
-<metric>`, summed with HINCRBYFLOAT, expiring after `keep_days`; the users with usage in an hour
-in a set beside it (`Keys.ledger_users`), for the admins' view of everyone. A read sums the hours
-of a range (at most MAX_RANGE_S) grouped by queue, model, day, hour or user. Each queue's GPU
+<device>\\x1f<metric>`, summed with HINCRBYFLOAT (a peak, `peakMemB`: the largest, peak.lua),
+expiring after `keep_days`; the users with usage in an hour in a set beside it
+(`Keys.ledger_users`), for the admins' view of everyone. A read sums the hours of a range (at
+most MAX_RANGE_S) grouped by queue, model, device, day, hour or user. Besides GPU seconds: the
+attempts' wall and CPU seconds, their peak memory, what they came to, and the submits the result
+cache answered (`cached`, free). Each queue's GPU
 seconds also go to its metrics hash (`/metrics`: `dash_gpu_seconds_total`), and to the user's
 spend of the UTC day and month (`Keys.spend`), which their budget (`Budgets`, set by admins,
 DASH_GPU_SECONDS_PER_DAY / _PER_MONTH by default) is held to."""
@@ -24,7 +27,7 @@ from redis.asyncio import Redis
 
 from dash_ray.config import Settings
 from dash_ray.queues.keys import Keys
-from dash_ray.queues.lua import REMEMBER
+from dash_ray.queues.lua import PEAK, REMEMBER
 
 __all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "ORG", "SOFT_WEIGHT", "Budget", "Budgets", "Charge", "Group",
            "Ledger", "default_budgets", "org_id", "resets_at", "total"]
@@ -32,18 +35,22 @@ __all__ = ["GROUPS", "HOUR_S", "MAX_RANGE_S", "METRICS", "ORG", "SOFT_WEIGHT", "
 HOUR_S = 3600
 MAX_RANGE_S = 31 * 24 * 3600  # a read covers at most this (744 hours)
 CHUNK = 2000  # hashes read per round trip
-METRICS = ("gpuS", "runS", "attempts", "completed", "failed", "preempted", "batched", "lost", "lostGpuS")
-GROUPS = ("queue", "model", "day", "hour", "user", "none")
-Group = Literal["queue", "model", "day", "hour", "user", "none"]
+METRICS = ("gpuS", "runS", "cpuS", "attempts", "completed", "failed", "preempted", "batched", "lost", "lostGpuS",
+           "cached", "peakMemB")
+GROUPS = ("queue", "model", "device", "day", "hour", "user", "none")
+Group = Literal["queue", "model", "device", "day", "hour", "user", "none"]
+PEAKS = ("peakMemB",)  # the metrics kept as the largest value, not summed
 _SEP = "\x1f"
 
 
 @dataclass(frozen=True)
 class Charge:
     """One attempt's use: its owner, queue and model, the seconds it held its worker (its share
-    of a batch's pass), the GPU share that worker held, and what the attempt came to (`kind`:
+    of a batch's pass), the GPU share that worker held and its device (the GPU's model, `cpu`),
+    the CPU seconds and peak memory (bytes) it took, and what the attempt came to (`kind`:
     done, failed, cancelled, skipped; `preempted`; `batched`: it ran in a pass with others;
-    `lost`: its worker died, so nothing is charged)."""
+    `lost`: its worker died, so nothing is charged). `cached`: no attempt, a submit the result
+    cache answered (counted, free)."""
 
     user: str
     queue: str
@@ -55,13 +62,23 @@ class Charge:
     preempted: bool = False
     lost: bool = False
     turns: float = 0.0  # its work in jobs' worth (its seconds over the queue's mean): fair share's memory
+    device: str = ""
+    cpu_s: float = 0.0
+    memory: int = 0
+    cached: bool = False
 
     def fields(self) -> dict[str, float]:
-        """The metric increments it makes."""
+        """The metric increments it makes (and `peakMemB`, a peak)."""
+        if self.cached:
+            return {"cached": 1}
         if self.lost:  # counted, with what it held, but not the owner's to pay
             return {"lost": 1, "lostGpuS": round(self.gpu * self.seconds, 6)}
         out: dict[str, float] = {"gpuS": round(self.gpu * self.seconds, 6), "runS": round(self.seconds, 6),
                                  "attempts": 1}
+        if self.cpu_s:
+            out["cpuS"] = round(self.cpu_s, 6)
+        if self.memory:
+            out["peakMemB"] = self.memory
         if self.kind == "done":
             out["completed"] = 1
         elif self.kind == "failed":
@@ -73,7 +90,7 @@ class Charge:
         return out
 
 
-_SECONDS = ("gpuS", "runS", "lostGpuS")  # the metrics in seconds; the others are counts
+_SECONDS = ("gpuS", "runS", "cpuS", "lostGpuS")  # the metrics in seconds; the others are counts (or bytes)
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +100,14 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def total(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The sum of `Ledger.read`'s rows, metric by metric."""
-    return _rounded({m: sum(float(r[m]) for r in rows) for m in METRICS})
+    """The sum of `Ledger.read`'s rows, metric by metric (a peak: the largest)."""
+    return _rounded({m: max((float(r[m]) for r in rows), default=0.0) if m in PEAKS else sum(float(r[m]) for r in rows)
+                     for m in METRICS})
+
+
+def _dim(value: str) -> str:
+    """A name as a ledger field's part (no separator in it; none: `-`)."""
+    return value.replace(_SEP, " ") or "-"
 
 
 def _hour(ts: float) -> int:
@@ -244,6 +267,7 @@ class Ledger:
         self.keep_s = int(keep_days * 24 * 3600)
         self.half_life_ms = int(half_life_s * 1000)
         self._remember: Any = redis.register_script(REMEMBER.text()) if half_life_s > 0 else None
+        self._peak: Any = redis.register_script(PEAK.text())
 
     async def charge(self, charges: Iterable[Charge], now: float | None = None) -> None:
         """Add attempts' use to their owners' hour, summed per owner, queue and model first (a
@@ -251,16 +275,16 @@ class Ledger:
         at = time.time() if now is None else now
         hour = _hour(at)
         day, month = _periods(hour)
-        cells: dict[tuple[str, str, str], dict[str, float]] = {}
+        cells: dict[tuple[str, str, str, str], dict[str, float]] = {}
         spent: dict[str, float] = {}
         by_queue: dict[str, float] = {}
         served: dict[tuple[str, str], float] = {}
         per_user: dict[tuple[str, str], float] = {}
         for c in charges:
-            cell = cells.setdefault((c.user, c.queue, c.model or "-"), {})
+            cell = cells.setdefault((c.user, c.queue, c.model or "-", _dim(c.device)), {})
             for metric, value in c.fields().items():
-                cell[metric] = cell.get(metric, 0.0) + value
-            if not c.lost:
+                cell[metric] = max(cell.get(metric, 0.0), value) if metric in PEAKS else cell.get(metric, 0.0) + value
+            if not c.lost and not c.cached:
                 gpu_s = c.gpu * c.seconds
                 spent[c.user] = spent.get(c.user, 0.0) + gpu_s
                 by_queue[c.queue] = by_queue.get(c.queue, 0.0) + gpu_s
@@ -271,10 +295,17 @@ class Ledger:
         if not cells:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for (user, queue, model), cell in cells.items():
+        for (user, queue, model, device), cell in cells.items():
             key = self.keys.ledger(user, hour)
+            peaks: list[Any] = []
             for metric, value in cell.items():
-                pipe.hincrbyfloat(key, f"{queue}{_SEP}{model}{_SEP}{metric}", round(value, 6))
+                field = f"{queue}{_SEP}{model}{_SEP}{device}{_SEP}{metric}"
+                if metric in PEAKS:
+                    peaks += [field, int(value)]
+                else:
+                    pipe.hincrbyfloat(key, field, round(value, 6))
+            if peaks:
+                await self._peak(keys=[key], args=peaks, client=pipe)
             pipe.expire(key, self.keep_s)
         for queue, gpu_s in by_queue.items():
             pipe.hincrbyfloat(self.keys.metrics(queue), "gpuS", round(gpu_s, 6))
@@ -295,7 +326,7 @@ class Ledger:
                                            {"user": user, "turns": repr(turns), "now_ms": int(at * 1000),
                                             "half_life_ms": self.half_life_ms})
                 await self._remember(keys=keys, args=args, client=pipe)
-        users = {user for user, _q, _m in cells}
+        users = {user for user, _q, _m, _d in cells}
         pipe.sadd(self.keys.ledger_users(hour), *users)
         pipe.expire(self.keys.ledger_users(hour), self.keep_s)
         await pipe.execute()
@@ -338,12 +369,16 @@ class Ledger:
         sums: dict[str, dict[str, Any]] = {}
         for (h, u), raw in zip(cells, read, strict=True):
             for name, value in raw.items():
-                queue, model, metric = str(name).split(_SEP, 2)
-                key = {"queue": queue, "model": model, "user": u, "none": "",
+                parts = str(name).split(_SEP)
+                queue, model, metric = parts[0], parts[1], parts[-1]
+                device = parts[2] if len(parts) == 4 else "-"  # (a field from before devices were kept)
+                key = {"queue": queue, "model": model, "device": device, "user": u, "none": "",
                        "day": datetime.fromtimestamp(h, timezone.utc).strftime("%Y-%m-%d"), "hour": str(h)}[group]
                 row = sums.setdefault(key, {**({group: int(key) if group == "hour" else key} if group != "none" else {}),
                                             **dict.fromkeys(METRICS, 0.0)})
-                if metric in METRICS:
+                if metric in PEAKS:
+                    row[metric] = max(row[metric], float(value))
+                elif metric in METRICS:
                     row[metric] += float(value)
         rows = list(sums.values())
         for row in rows:

@@ -39,7 +39,7 @@ from dash_ray.models.status import CANCELLING, FINAL, Status
 from dash_ray.queues.keys import Keys
 
 __all__ = ["ADOPT", "ADOPT_SCAN", "AGE", "CHECKPOINT", "CREATE", "EVENT", "EXTEND_LOCKS", "FAIR_PRUNE", "FINISH", "HOLD",
-           "HOOK_CLAIM", "HOOK_REPLAY", "HOOK_SETTLE", "MOVE", "PEEK_READY", "POSITION", "RATE", "REMEMBER", "REOPEN", "TAKE", "UNHOLD", "USAGE", "Script",
+           "HOOK_CLAIM", "HOOK_REPLAY", "HOOK_SETTLE", "MOVE", "PEAK", "PEEK_READY", "POSITION", "RATE", "REMEMBER", "REOPEN", "TAKE", "UNHOLD", "USAGE", "Script",
            "ScriptError", "load", "with_bull_add", "with_bull_take"]
 
 
@@ -288,6 +288,7 @@ FINISH = load("finish")
 CHECKPOINT = load("checkpoint")
 MOVE = load("move")
 REMEMBER = load("remember")
+PEAK = load("peak")
 AGE = load("age")
 HOLD = load("hold")  # GPU shares (queues/shares.py)
 UNHOLD = load("unhold")

@@ -34,6 +34,7 @@ class Outcome:
     preempted: bool = False  # skipped because it yielded its GPU (its worker is let go)
     memory: tuple[str, int] | None = None  # its peak memory: ("cuda", bytes) or ("rss", bytes)
     lost: bool = False  # its worker died under it, not killed for it: the attempt is not its owner's to pay
+    cpu_s: float | None = None  # the CPU seconds its worker process spent on it (a batch's pass split)
 
     @classmethod
     def failure(cls, error: str, retry: bool = True) -> Outcome:

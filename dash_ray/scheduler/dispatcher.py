@@ -312,7 +312,8 @@ class Dispatcher:
                 user=job.user_id or "_", queue=self.consumer.name, model=self.qdef.model_of(job.data) or "",
                 seconds=seconds / len(jobs) if shared else seconds, gpu=gpu, kind=o.kind, batched=shared,
                 preempted=o.preempted, lost=o.lost or (o.kind == "skipped" and not o.preempted),
-                turns=min(10.0, seconds / unit)))
+                turns=min(10.0, seconds / unit), device=slot.device or "", cpu_s=o.cpu_s or 0.0,
+                memory=o.memory[1] if o.memory else 0))
         if not charges:
             return
         task = asyncio.ensure_future(self._write_charges(charges))

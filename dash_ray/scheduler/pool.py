@@ -42,6 +42,7 @@ class Slot:
     node: str | None = None  # the Ray node it runs on
     retire: bool = False  # let go after its current jobs (its job yielded the GPU)
     gpu_bytes: int | None = None  # its GPU's memory (None: no GPU)
+    device: str | None = None  # its device's name (the GPU's model, `cpu`), as the usage ledger records it
     cold: dict[str, float] | None = None  # its start's phases in seconds (COLD_PHASES; None: not reported)
 
     def describe(self) -> dict[str, Any]:
@@ -100,6 +101,7 @@ class Starter:
         slot.models = tuple(info.get("models", ()))
         slot.node = info.get("node")
         slot.gpu_bytes = info.get("gpu_bytes")
+        slot.device = info.get("device")
         log.info("worker %d ready (pid %s) after %.1fs", slot.id, slot.pid, time.monotonic() - slot.created)
         self.pool.changed.set()
 

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
 from dash_ray import tracing
@@ -109,7 +110,8 @@ class WorkerCore:
         """pid, queue, jobs done, the models held, the jobs running and the cold start's phases."""
         return {"pid": os.getpid(), "queue": self.queue, "jobs_done": self.jobs_done, "models": list(self.models()),
                 "running": list(self._cancels), "cold": dict(self.cold),
-                "gpu_bytes": self.runner.device_memory() if self.runner is not None else None}
+                "gpu_bytes": self.runner.device_memory() if self.runner is not None else None,
+                "device": _device(self.runner)}
 
     def _runner(self) -> Runner:
         if self.runner is None:
@@ -140,7 +142,7 @@ class WorkerCore:
         runner = self._runner()
         first = self.jobs_run == 0
         reporter, began = self._begin(ctx)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             try:
                 reporter.check()
@@ -148,7 +150,7 @@ class WorkerCore:
                 result: Any = runner.run(ctx, reporter)
             except Exception as exc:
                 result = exc
-            out = self._settle(runner, ctx, reporter, result, t0, began, first)
+            out = self._settle(runner, ctx, reporter, result, t0, began, first, time.process_time() - c0)
             reporter.flush(wait)  # every report is published before the outcome goes back
             return out
         finally:
@@ -161,7 +163,7 @@ class WorkerCore:
         runner = self._runner()
         first = self.jobs_run == 0
         begun = [self._begin(ctx) for ctx in jobs]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results: list[Any] = [JobCancelled(ctx.id) if rep.cancelled else None for ctx, (rep, _) in zip(jobs, begun, strict=True)]
         live = [i for i, r in enumerate(results) if r is None]
         try:
@@ -178,7 +180,8 @@ class WorkerCore:
             # A member cancelled during the pass is discarded at its end, whatever it returned.
             results = [JobCancelled(ctx.id) if rep.cancelled and not isinstance(r, JobPreempted) else r
                        for ctx, (rep, _), r in zip(jobs, begun, results, strict=True)]
-            out = [self._settle(runner, ctx, rep, result, t0, began, first)
+            cpu_s = (time.process_time() - c0) / len(jobs)  # the pass's CPU time, split as its GPU time is
+            out = [self._settle(runner, ctx, rep, result, t0, began, first, cpu_s)
                    for ctx, (rep, began), result in zip(jobs, begun, results, strict=True)]
             for rep, _ in begun:
                 rep.flush()
@@ -195,8 +198,13 @@ class WorkerCore:
             log.exception("runner cleanup failed")
 
     def _settle(self, runner: Runner, ctx: JobContext, reporter: EventReporter, result: Any, t0: float,
-                began: float, first: bool) -> Outcome:
-        """A job's outcome from what its run returned or raised."""
+                began: float, first: bool, cpu_s: float) -> Outcome:
+        """A job's outcome from what its run returned or raised, with the CPU seconds this
+        process spent on it (the usage ledger's)."""
+        return replace(self._outcome(runner, ctx, reporter, result, t0, began, first), cpu_s=round(cpu_s, 6))
+
+    def _outcome(self, runner: Runner, ctx: JobContext, reporter: EventReporter, result: Any, t0: float,
+                 began: float, first: bool) -> Outcome:
         run_s = time.perf_counter() - t0
         if isinstance(result, BaseException) and not isinstance(result, Exception):
             raise result
@@ -339,6 +347,17 @@ class _PhasedReporter(EventReporter):
             self.phases.note(progress, message, extra, time.time())
         except Exception:  # (a report that names no phase, oddly: still a report)
             log.debug("phase of job %s not noted", self.job.id, exc_info=True)
+
+
+def _device(runner: Runner | None) -> str | None:
+    """The worker's device name (the ledger's `device`), None before its runner is made."""
+    if runner is None:
+        return None
+    try:
+        return runner.device_name()
+    except Exception:
+        log.debug("device name not known", exc_info=True)
+        return None
 
 
 def _peak(runner: Runner) -> tuple[str, int]:

@@ -112,6 +112,14 @@ class TorchRunner(Runner):
             return int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
         return None
 
+    def device_name(self) -> str:
+        """The GPU's model (`NVIDIA H100 80GB HBM3`), else `cpu`."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            return str(torch.cuda.get_device_name(torch.cuda.current_device()))
+        return "cpu"
+
     def loaded_models(self) -> list[str]:
         """Names of the models this worker holds (the consumer prefers it for them)."""
         return self.cache.names()

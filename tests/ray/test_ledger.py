@@ -1,6 +1,6 @@
 """The usage ledger on the real scheduler (local Ray with logical GPUs, the sleep runner): what
 each user was charged matches their attempts as their events show them (GPU share x run time,
-within 5%); an attempt whose worker was SIGKILLed under it is counted, not charged."""
+within 5%), with their device, CPU seconds and peak memory; an attempt whose worker was SIGKILLed under it is counted, not charged."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ async def test_the_ledger_matches_the_attempts(make_scheduler: Any, make_store: 
     assert by_queue["queue"] == "sleep" and by_queue["attempts"] == 3
     everyone = {r["user"]: r for r in await store.ledger.read(None, time.time() - 3600, time.time(), "user")}
     assert everyone["led-b"]["attempts"] == 1 and everyone["led-a"]["gpuS"] == row["gpuS"]
+    # what each attempt took besides: its device, CPU seconds (a sleep takes little), peak memory
+    [by_device] = await store.ledger.read(["led-a"], time.time() - 3600, time.time(), "device")
+    assert by_device["device"] == "cpu" and by_device["gpuS"] == row["gpuS"]
+    assert 0 <= row["cpuS"] < row["runS"] and row["peakMemB"] > 10 * 2**20, row
 
 
 async def test_an_attempt_whose_worker_was_killed_is_not_charged(make_scheduler: Any, make_store: Any) -> None:

@@ -49,6 +49,9 @@ def test_a_repeat_of_a_completed_run_answers_at_once_with_its_result_and_runs_no
     assert body["cached"] is True and body["id"] == first.json()["id"] and body["status"] == "completed"
     assert body["result"]["images"][0].startswith("/v1/artifacts/alice/x/0.png")
     assert _waiting(c, root) == 0  # nothing was queued
+    # counted in her usage as an answer of the cache: no attempt, no GPU time
+    gpu = c.get("/v1/usage", params={"groupBy": "model"}, headers=auth(alice)).json()["gpu"]
+    assert gpu["total"]["cached"] == 1 and gpu["total"]["attempts"] == 0 and gpu["total"]["gpuS"] == 0, gpu
     # another user's identical submit is not answered by alice's run; nor a different seed, nor no cache
     for token, payload in ((bob, SEEDED), (alice, {**SEEDED, "settings": {"seed": 8, "steps": 4}}),
                            (alice, {**SEEDED, "options": {"cache": False}})):

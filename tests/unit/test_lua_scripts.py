@@ -18,7 +18,7 @@ LUA_DIR = Path(lua.__file__).parent / "lua"
 CONSTANTS: dict[str, Any] = {"maxlen": 1000, "ttl": 60, "logs_max": 100, "keep": 10, "ns": "p:__dash__:", "history_max": 5,
              "recent_max": 7, "dead_max": 3}
 SCRIPTS = {s.name: s for s in (lua.CREATE, lua.REOPEN, lua.RATE, lua.USAGE, lua.FAIR_PRUNE, lua.ADOPT_SCAN, lua.ADOPT, lua.EVENT,
-                               lua.FINISH, lua.CHECKPOINT, lua.HOOK_CLAIM, lua.HOOK_SETTLE, lua.HOOK_REPLAY, lua.HOLD, lua.UNHOLD, lua.TAKE, lua.MOVE,
+                               lua.FINISH, lua.CHECKPOINT, lua.HOOK_CLAIM, lua.HOOK_SETTLE, lua.HOOK_REPLAY, lua.HOLD, lua.UNHOLD, lua.PEAK, lua.TAKE, lua.MOVE,
                                lua.REMEMBER, lua.AGE)}
 
 
