@@ -51,7 +51,7 @@ from dash_ray.gateway.deps import (
 )
 from dash_ray.gateway.flows import router as flows_router
 from dash_ray.gateway.metrics import render
-from dash_ray.gateway.policy import with_waits
+from dash_ray.gateway.policy import job_org, with_waits
 from dash_ray.gateway.schedules import router as schedules_router
 from dash_ray.gateway.services import GatewayServices
 from dash_ray.gateway.streams import prefer_wait_s, wait_final
@@ -109,11 +109,12 @@ async def _submit(queue: str, body: JobPayload, options: JobOptions | None, who:
         quota = replace(quota, rate=svc.limiter.rate)
     try:
         if tracing.tracer() is None:
-            result = await svc.store.add(queue, body, options, user_id=owner, weight=weight, quota=quota)
+            result = await svc.store.add(queue, body, options, user_id=owner, weight=weight, quota=quota,
+                                         org=job_org(owner, who))
         else:  # the submit's span; the job carries it to the consumer and the worker
             with tracing.span(f"submit {queue}", kind="SERVER", **{"dash.queue": queue, "enduser.id": owner}) as s:
                 result = await svc.store.add(queue, body, options, user_id=owner, weight=weight, quota=quota,
-                                             trace=tracing.carrier())
+                                             trace=tracing.carrier(), org=job_org(owner, who))
                 s.set_attribute("dash.job_id", result.job.id)
     except RateLimited as exc:
         if quota.rate is not None and hasattr(exc, "wait_ms"):  # the create script's refusal of the rate
@@ -478,7 +479,7 @@ async def usage(
         user_id=view_of,
         gpu=gpu,
         budget=await _budget_view(svc, view_of),
-        org=(org := who.org if view_of == who.user_id else await svc.budgets.org_of(view_of)),
+        org=(org := job_org(view_of, who)),
         org_budget=await _budget_view(svc, org_id(org)) if org else None,
         bytes_kept=Allowance(used=kept, limit=s.max_bytes_per_user),
         jobs_unfinished=Allowance(used=unfinished, limit=s.max_waiting_per_user),

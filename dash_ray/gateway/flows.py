@@ -54,7 +54,7 @@ async def post_flow(body: FlowRequest, who: Caller, svc: Svc) -> JSONResponse:
     # each job's limits, taken as it is made (the rate counts each), as a submit's are
     quotas = [replace(svc.policy.quota(n.request.queue, n.options, who), rate=svc.limiter.rate) for n in nodes]
     try:
-        flow = await make_flow(svc.store.producer, nodes, who.user_id, weight=weight, quotas=quotas)
+        flow = await make_flow(svc.store.producer, nodes, who.user_id, weight=weight, quotas=quotas, org=who.org)
     except RateLimited as exc:
         if hasattr(exc, "wait_ms"):  # the create script's refusal of the rate: remembered, as a submit's
             raise svc.limiter.refused(who.user_id, exc.wait_ms) from None

@@ -21,16 +21,22 @@ from dash_ray.models.options import MAX_AFTER, JobOptions
 from dash_ray.models.payloads import GenerationJob, JobPayload, upload_path
 from dash_ray.models.queues import bad_field, queue_def
 from dash_ray.queues import JobStore, Quota
-from dash_ray.queues.ledger import ORG, SOFT_WEIGHT, Budgets, default_budgets, org_id, resets_at
+from dash_ray.queues.ledger import SOFT_WEIGHT, Budgets, default_budgets, org_id, resets_at
 from dash_ray.services import ArtifactStore
 from dash_ray.services.netguard import PrivateAddress, check_webhook_url
 from dash_ray.services.registry import lora_path
 
-__all__ = ["SubmitPolicy", "with_waits"]
+__all__ = ["SubmitPolicy", "job_org", "with_waits"]
 
 LOOKUPS_PER_USER = 2  # webhook URLs of one user resolved at once, per replica
 
 
+
+
+def job_org(owner: str, who: Principal | None) -> str | None:
+    """The group a new job of `owner`'s is charged to: the caller's token's `org`, when it is
+    their own job (an admin's job for another user is that user's alone)."""
+    return who.org if who is not None and who.user_id == owner else None
 
 
 def with_waits(options: JobOptions | None, waits: Collection[str]) -> JobOptions:
@@ -129,18 +135,14 @@ class SubmitPolicy:
             raise bad_field(field, f"job {source} has no image {n} (it is {view.status})")
 
     async def budget_weight(self, owner: str, weight: float | None, who: Principal | None = None) -> float | None:
-        """The owner's fair-share weight for a new job against their GPU budgets, their own and
-        their group's (`who`'s token `org`, for their own job: recorded, so the ledger charges the
-        group too; an admin's job for another user: that user's recorded group): as given while
-        within them; past a soft one, SOFT_WEIGHT of it; past a hard one, BudgetExceeded (429,
-        with the budget, what was used and when it resets). No budget: no round trip."""
+        """The owner's fair-share weight for a new job against their GPU budgets, their own and,
+        for their own job, their group's (`who`'s token `org`: the job carries it, so its GPU time
+        is the group's too): as given while within them; past a soft one, SOFT_WEIGHT of it; past
+        a hard one, BudgetExceeded (429, with the budget, what was used and when it resets). No
+        budget: no round trip."""
         if self.budgets is None:
             return weight
-        if who is not None and who.user_id == owner:
-            await self.budgets.join(owner, who.org)
-            org = who.org
-        else:
-            org = await self.budgets.org_of(owner) if await self._org_budgets() else None
+        org = job_org(owner, who)
         held = [(owner, await self.budgets.of(owner))]
         if org is not None:
             held.append((org_id(org), await self.budgets.of(org_id(org))))
@@ -167,12 +169,6 @@ class SubmitPolicy:
             return weight
         base = weight if weight is not None else self.settings.user_weights.get(owner, 1.0)
         return base * SOFT_WEIGHT
-
-    async def _org_budgets(self) -> bool:
-        """True if any group may have a budget (a default, or one set): only then is a group looked up."""
-        assert self.budgets is not None
-        return not self.budgets.org_default.empty or any(k.startswith(ORG) and not b.empty
-                                                         for k, b in (await self.budgets.all()).items())
 
     async def check_webhook(self, options: JobOptions | None, owner: str) -> None:
         """Raise InvalidPayload (422) for a webhook that points inside the network. Its name is

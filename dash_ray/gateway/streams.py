@@ -61,10 +61,13 @@ async def webhook_dead(who: Caller, svc: Svc, limit: Annotated[int, Query(ge=1, 
 @router.post("/v1/webhooks/dead/replay", tags=["webhooks"])
 @raises(Forbidden)
 async def webhook_replay(who: Caller, svc: Svc, audit: Audit, body: ReplayRequest | None = None) -> Response:
-    """Admins: send given-up deliveries again (a receiver that was down is back): each is taken out
-    of the dead list and put back in the outbox, due now with fresh tries, to its job's webhook URL
-    as it is now (checked again, as every send is). Answers the deliveries replayed; a delivery is
-    replayed once, however many admins ask at once. Recorded in the audit trail."""
+    """Admins: send given-up deliveries again (a receiver that was down is back): those named by
+    `ids`, or the newest `limit` (100) its receiver did not refuse for good (410, a URL that cannot
+    be sent to); at most `limit` either way. Each is taken out of the dead list and put back in the
+    outbox, due now with fresh tries, to its job's webhook URL as it is now (checked again, as
+    every send is, and sent only while the job's owner is the same). Answers the deliveries
+    replayed; a delivery is replayed once, however many admins ask at once. Recorded in the
+    audit trail (the count, and the first 20 ids)."""
     if not who.admin:
         raise Forbidden("admins only")
     assert svc.webhooks is not None

@@ -213,7 +213,7 @@ class WebhookSender:
                 log.warning("webhook %s to %s dropped after %d attempt(s): %s", d.message_id, url, d.attempt,
                             sent.why, extra={"job_id": d.job_id})
                 self.metrics.webhooks["dropped"] = self.metrics.webhooks.get("dropped", 0) + 1
-                await self.outbox.give_up(d, url, sent.why)
+                await self.outbox.give_up(d, url, sent.why, final=sent.final)
                 return
             self.metrics.webhooks["retried"] = self.metrics.webhooks.get("retried", 0) + 1
             await self.outbox.retry(d, self.retries.delay(d.attempt - 1))

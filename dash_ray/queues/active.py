@@ -36,6 +36,7 @@ class ActiveJob:
     timeout_s: float | None = None  # the job's own run-time limit (options.timeoutS), if any
     start_by_ms: int | None = None  # its deadline to start (options.startBy), if any: later, it expires
     trace: str | None = None  # its trace's carrier (BullMQ's opts.tm; dash_ray/tracing.py), if any
+    org: str | None = None  # the group its GPU time and share count against too (BullMQ's opts.org)
     batch_closed: bool = False  # a batch's head: the job behind its batch cannot join it (or it is full)
     moved_to_failed: bool = False  # fail() got past BullMQ's move (a retried fail() skips it)
     # Its `active` event went out as it was taken (`QueueConsumer.take`): its worker publishes no

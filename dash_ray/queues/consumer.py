@@ -28,6 +28,7 @@ from bullmq.redis_connection import loadScript
 from bullmq.scripts import raw2NextJobData
 from redis.asyncio import Redis
 
+from dash_ray.models.base import is_user_id
 from dash_ray.models.events import JobCompletedEvent, JobFailedEvent
 from dash_ray.models.images import job_ref
 from dash_ray.models.queues import QUEUE_TABLE
@@ -171,6 +172,7 @@ class QueueConsumer:
             timeout_s=float(bull.opts.get("timeoutS") or 0) or None,
             start_by_ms=int(bull.opts["startBy"]) if isinstance(bull.opts.get("startBy"), int | float) else None,
             trace=_carrier(bull.opts),
+            org=bull.opts.get("org") if is_user_id(bull.opts.get("org")) else None,
         )
         self.held[job.id] = job
         if bull.repeatJobKey:  # a job scheduler's: its next run is made as this one starts (as BullMQ's workers do)
@@ -265,11 +267,7 @@ class QueueConsumer:
         jobs = await self._expire(jobs, now_ms)
         if self.shares is None or not jobs:
             return jobs
-        try:
-            admitted = await self.shares.admit(jobs)
-        except Exception:  # (Redis unreachable: they run, uncounted, rather than wait on it)
-            log.warning("%s: could not count the GPU shares of %d taken job(s)", self.name, len(jobs), exc_info=True)
-            return jobs
+        admitted = await self.shares.admit(jobs)
         if len(admitted) < len(jobs):
             kept = {j.id for j in admitted}
             for j in jobs:
@@ -407,7 +405,7 @@ class QueueConsumer:
                                         duration_s=time.monotonic() - job.taken_at)
             calls.append((job, event, fetch))
         # Their GPU shares given back in the same round trip: before the next jobs it locks are admitted.
-        released = self.shares is not None and await self.shares.release([j.id for j, _ in done], batch)
+        released = self.shares is not None and await self.shares.release([j for j, _ in done], batch)
         # Raises if Redis cannot be reached: the jobs stay held (their locks renewed) for a retry.
         replies = await batch.execute()
         if released:
@@ -437,13 +435,15 @@ class QueueConsumer:
             await self._requeue(keys=keys, args=[job.id, job.token, self.keys.bull(self.name, job.id)],
                                 client=batch)  # type: ignore[arg-type]
         ok = True
-        for job, code in zip(reversed(jobs), await batch.execute(), strict=True):
+        codes = await batch.execute()
+        for job, code in zip(reversed(jobs), codes, strict=True):
             self.held.pop(job.id, None)
             if isinstance(code, int) and code < 0:
                 log.warning("job %s: cannot requeue (code %s)", job.id, code, extra={"job_id": job.id})
                 ok = False
-        if self.shares is not None:  # back in the queue: they hold no GPU share
-            await self.shares.release([j.id for j in jobs])
+        if self.shares is not None:  # back in the queue (those put back): they hold no GPU share
+            await self.shares.release([j for j, code in zip(reversed(jobs), codes, strict=True)
+                                       if not (isinstance(code, int) and code < 0)])
         return ok
 
     async def attempts_started(self, jobs: list[ActiveJob]) -> set[str]:

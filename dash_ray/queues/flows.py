@@ -106,7 +106,7 @@ def descendants(nodes: list[FlowNode], i: int) -> set[str]:
 
 
 async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, weight: float | None = None,
-                    quotas: list[Quota] | None = None) -> FlowView:
+                    quotas: list[Quota] | None = None, org: str | None = None) -> FlowView:
     """Make a flow's jobs (`flatten`'s list) in one MULTI/EXEC; JobConflict when an id is taken
     (nothing made), the refusal of a limit (what was made in the same step is taken back)."""
     o = producer.options
@@ -132,6 +132,8 @@ async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, we
         attempts = n.options.attempts or o.default_attempts
         start_by = None  # no deadline to start in a flow, the queue's default neither (see flatten)
         opts = bull_opts(n.job_id, n.options, attempts, o.keep_completed, o.keep_failed, o.finished_ttl_s, start_by)
+        if org:  # the group its GPU time and share count against too
+            opts["org"] = org
         if n.parent is not None:
             parent = nodes[n.parent]
             opts["parent"] = {"id": parent.job_id, "queue": producer.control.queue(parent.request.queue).qualifiedName}

@@ -141,15 +141,9 @@ class Keys:
         """Hash: user (or `org:<group>`) -> their GPU budget (JSON), as admins set it."""
         return f"{self.ns}budgets"
 
-    @property
-    def orgs(self) -> str:
-        """Hash: user -> the group (a token's `org`) whose budget they share, as their latest
-        submit's token said (queues/ledger.py)."""
-        return f"{self.ns}orgs"
-
     def gpu_held(self, queue: str) -> str:
-        """Hash: a queue's running jobs counted against GPU shares, job -> `<milli-GPUs>\x1f<user>
-        [\x1forg:<group>]` (queues/shares.py)."""
+        """Hash: a queue's running jobs counted against GPU shares, job -> `<milli-GPUs>\\x1f<the
+        attempt's lock token>\\x1f<user>[\\x1forg:<group>]` (queues/shares.py)."""
         return f"{self.ns}held:{queue}"
 
     @property
@@ -161,6 +155,11 @@ class Keys:
         """Sorted set: jobs taken while `who`'s (a user's, `org:<group>`'s) GPU share was full,
         waiting for it, by when: `<BullMQ job prefix>\x1f<job id>`."""
         return f"{self.ns}parked:{who}"
+
+    @property
+    def parkers(self) -> str:
+        """Set: the users and groups with jobs parked for their GPU share (queues/shares.py)."""
+        return f"{self.ns}parkers"
 
     def gpu_users(self, queue: str) -> str:
         """Sorted set: each user's GPU seconds on a queue, all time (`/metrics` per user, when on)."""

@@ -66,6 +66,7 @@ class Charge:
     cpu_s: float = 0.0
     memory: int = 0
     cached: bool = False
+    org: str | None = None  # the group its job was submitted for (its token's `org`), charged too
 
     def fields(self) -> dict[str, float]:
         """The metric increments it makes (and `peakMemB`, a peak)."""
@@ -173,7 +174,6 @@ SOFT_WEIGHT = 0.25  # a user past a soft budget keeps this share of their fair-s
 
 
 ORG = "org:"  # a group's name in budgets and spends: `org:<group>` (no user id has a colon)
-MEMBERS_KEPT = 100_000  # users whose group a gateway replica remembers having written
 
 
 def org_id(org: str) -> str:
@@ -184,8 +184,9 @@ def org_id(org: str) -> str:
 class Budgets:
     """GPU budgets set by admins (`Keys.budgets`: user or `org:<group>` -> JSON), over the
     deployment's defaults (one for users, one for groups); read through a short cache (a submit
-    costs no round trip for them). Also who is in which group (`Keys.orgs`), as their tokens
-    say: the ledger charges a member's GPU time to their group's spend too."""
+    costs no round trip for them). A job submitted with a token naming a group (`org`) carries
+    it: the ledger charges its GPU time to the group's spend too, and its GPU share counts
+    against the group's (queues/shares.py)."""
 
     CACHE_S = 2.0
 
@@ -196,7 +197,6 @@ class Budgets:
         self.default = default or Budget()
         self.org_default = org_default or Budget()
         self._cache: tuple[float, dict[str, Budget]] = (0.0, {})
-        self._members: dict[str, str | None] = {}  # user -> the group last written for them (this replica)
 
     async def all(self) -> dict[str, Budget]:
         """Every user's own budget (set by an admin), fresh within CACHE_S."""
@@ -215,36 +215,21 @@ class Budgets:
         return table
 
     async def of(self, user: str) -> Budget:
-        """A user's (or `org:<group>`'s) budget: their own, else the deployment's default for them."""
-        return (await self.all()).get(user, self.org_default if user.startswith(ORG) else self.default)
-
-    async def join(self, user: str, org: str | None) -> None:
-        """Record that `user`'s token says they are in `org` (None: in none), written when it
-        changes (a replica remembers what it wrote: one write per user, not per submit)."""
-        if user in self._members and self._members[user] == org:
-            return
-        if org is None:
-            await self.redis.hdel(self.keys.orgs, user)
-        else:
-            await self.redis.hset(self.keys.orgs, user, org)
-        if len(self._members) >= MEMBERS_KEPT:
-            self._members.clear()
-        self._members[user] = org
+        """A user's (or `org:<group>`'s) budget: each limit their own set, else the deployment's
+        default for them (setting one limit leaves the others at the default; `hard` is theirs)."""
+        default = self.org_default if user.startswith(ORG) else self.default
+        own = (await self.all()).get(user)
+        if own is None:
+            return default
+        return Budget(default.per_day if own.per_day is None else own.per_day,
+                      default.per_month if own.per_month is None else own.per_month, own.hard,
+                      default.share if own.share is None else own.share)
 
     async def shares(self) -> bool:
         """True if a GPU share is limited for anyone (a default, or a budget set): only then are
         the shares of taken jobs counted (queues/shares.py)."""
         return (self.default.share is not None or self.org_default.share is not None
                 or any(b.share is not None for b in (await self.all()).values()))
-
-    async def share_held(self, who: str) -> float:
-        """The GPU share `who` (a user, `org:<group>`) holds now, in GPUs (queues/shares.py)."""
-        return int(await self.redis.hget(self.keys.gpu_holding, who) or 0) / 1000
-
-    async def org_of(self, user: str) -> str | None:
-        """The group `user` is in, as their latest submit's token said."""
-        org = await self.redis.hget(self.keys.orgs, user)
-        return None if org is None else str(org)
 
     async def set(self, user: str, budget: Budget | None) -> Budget:
         """Set (None: remove, back to the default) a user's budget; returns what holds now."""
@@ -254,6 +239,10 @@ class Budgets:
             await self.redis.hset(self.keys.budgets, user, json.dumps(budget.wire()))
         self._cache = (0.0, {})
         return await self.of(user)
+
+    async def share_held(self, who: str) -> float:
+        """The GPU share `who` (a user, `org:<group>`) holds now, in GPUs (queues/shares.py)."""
+        return int(await self.redis.hget(self.keys.gpu_holding, who) or 0) / 1000
 
 
 class Ledger:
@@ -287,6 +276,8 @@ class Ledger:
             if not c.lost and not c.cached:
                 gpu_s = c.gpu * c.seconds
                 spent[c.user] = spent.get(c.user, 0.0) + gpu_s
+                if c.org:  # a job its group's token made: the group's GPU time too
+                    spent[org_id(c.org)] = spent.get(org_id(c.org), 0.0) + gpu_s
                 by_queue[c.queue] = by_queue.get(c.queue, 0.0) + gpu_s
                 if c.turns > 0:
                     served[(c.queue, c.user)] = served.get((c.queue, c.user), 0.0) + c.turns
@@ -311,11 +302,6 @@ class Ledger:
             pipe.hincrbyfloat(self.keys.metrics(queue), "gpuS", round(gpu_s, 6))
         for (queue, user), gpu_s in per_user.items():
             pipe.zincrby(self.keys.gpu_users(queue), round(gpu_s, 6), user)
-        if spent:  # a member's GPU time is their group's too
-            members = list(spent)
-            for user, org in zip(members, await self.redis.hmget(self.keys.orgs, members), strict=True):
-                if org:
-                    spent[org_id(str(org))] = spent.get(org_id(str(org)), 0.0) + spent[user]
         for user, gpu_s in spent.items():
             for period, ttl in ((day, 3 * 86400), (month, 63 * 86400)):  # what budgets are held to
                 pipe.incrbyfloat(self.keys.spend(user, period), round(gpu_s, 6))

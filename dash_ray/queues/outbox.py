@@ -108,10 +108,12 @@ class WebhookOutbox:
         """Give it back unsent, due in `after_s` seconds, this try not counted (False as `delivered`)."""
         return await self._settle_as(d, str(int((time.time() + after_s) * 1000)), "", uncount=True)
 
-    async def give_up(self, d: Delivery, url: str, why: str) -> bool:
-        """Drop it, recorded in the dead list (newest first) with why (False as `delivered`)."""
+    async def give_up(self, d: Delivery, url: str, why: str, final: bool = False) -> bool:
+        """Drop it, recorded in the dead list (newest first) with why (False as `delivered`);
+        `final`: the receiver refused it for good (410, a URL that cannot be sent to), so a
+        replay of the newest leaves it unless named."""
         dead = json.dumps({"id": d.message_id, "url": url, "tries": d.attempt, "why": why, "ts": round(time.time(), 3),
-                           "delivery": d.id, "body": d.body})  # (what a replay sends again)
+                           "final": final, "delivery": d.id, "body": d.body})  # (what a replay sends again)
         return await self._settle_as(d, "", dead)
 
     async def destination(self, job_id: str) -> tuple[str, str]:
@@ -136,7 +138,8 @@ class WebhookOutbox:
 
     async def replay(self, ids: list[str] | None = None, limit: int = DEAD_MAX) -> list[dict[str, Any]]:
         """Put given-up deliveries back in the outbox, due now with fresh tries: those of the dead
-        list whose `id` (`<jobId>:<seq>`) is in `ids` (None: the newest `limit`); returns their
+        list whose `id` (`<jobId>:<seq>`) is in `ids` (None: the newest `limit` not refused for
+        good by their receiver, `final`), at most `limit` either way; returns their
         records (as `dead` gives them). Each is taken out of the dead list as it is replayed, in
         one script: a record two admins replay at once is replayed once. A record from before
         replays were possible (no event kept with it) is left in the list. Sent again, a
@@ -149,6 +152,8 @@ class WebhookOutbox:
             if not record.get("delivery") or not isinstance(record.get("body"), str):
                 continue
             if wanted is not None and record.get("id") not in wanted:
+                continue
+            if wanted is None and record.get("final"):
                 continue
             chosen.append((text, record))
             if len(chosen) >= limit:

@@ -170,6 +170,7 @@ class Producer:
         weight: float | None = None,
         quota: Quota | None = None,
         trace: str | None = None,
+        org: str | None = None,
     ) -> SubmitResult:
         """Add a job; idempotent on its id (same payload -> the existing job, else JobConflict).
         `weight`: the owner's share in fair share (else DASH_USER_WEIGHTS', else 1). `quota`: the
@@ -219,6 +220,8 @@ class Producer:
         bull = bull_opts(job_id, opts, attempts, o.keep_completed, o.keep_failed, o.finished_ttl_s, start_by)
         if trace:  # its trace's carrier, where bullmq-otel keeps it (dash_ray/tracing.py)
             bull["tm"] = trace
+        if org:  # the group its GPU time and share count against too (queues/ledger.py, queues/shares.py)
+            bull["org"] = org
         bjob = BullJob(bq, queue, wire, bull)
         status: JobStatus = "delayed" if opts.delay_s else "waiting"
         message = f"delayed {opts.delay_s:g}s" if opts.delay_s else "waiting"

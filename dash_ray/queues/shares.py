@@ -62,33 +62,39 @@ class GpuShares:
         self._hold = redis.register_script(HOLD.text(ns=keys.ns))
         self._unhold = redis.register_script(UNHOLD.text(ns=keys.ns))
         register(self._hold, self._unhold)
-        self.counted: set[str] = set()  # jobs this consumer counted, not released yet
+        self.counted: dict[str, str] = {}  # job -> the token of the attempt this consumer counted
         self._settled = 0.0
 
     async def admit(self, jobs: list[ActiveJob]) -> list[ActiveJob]:
         """The taken jobs that may run now; the others were parked (they wait for their owner's
         share, their `waiting` event says so). No cap anywhere (or a queue holding no GPU): all,
-        at no cost."""
+        at no cost. If the count cannot be made (Redis unreachable, or its answer lost), the jobs
+        whose locks are still theirs run, uncounted: a job parked by a script whose answer was
+        lost has no lock any more."""
         owned = [j for j in jobs if j.user_id]
         if not owned or self.share <= 0 or not await self.budgets.shares():
             return jobs
         d, o = self.budgets.default, self.budgets.org_default
         keys, args = HOLD.pack(
             {"held": self.keys.gpu_held(self.queue), "holding": self.keys.gpu_holding, "budgets": self.keys.budgets,
-             "orgs": self.keys.orgs, "active": self.job_prefix + "active", "stalled": self.job_prefix + "stalled",
-             "waiting_children": self.job_prefix + "waiting-children"},
+             "parkers": self.keys.parkers, "active": self.job_prefix + "active",
+             "stalled": self.job_prefix + "stalled", "waiting_children": self.job_prefix + "waiting-children"},
             {"share": self.share, "user_cap": _milli(d.share), "org_cap": _milli(o.share),
              "now_ms": int(time.time() * 1000), "job_prefix": self.job_prefix})
         for j in owned:
-            args += [j.id, j.token, j.user_id or ""]
-        reply = await self._hold(keys=keys, args=args)
+            args += [j.id, j.token, j.user_id or "", j.org or ""]
+        try:
+            reply = await self._hold(keys=keys, args=args)
+        except Exception:
+            log.warning("%s: could not count the GPU shares of %d taken job(s)", self.queue, len(owned), exc_info=True)
+            return await self._still_ours(jobs)
         parked = {str(reply[i]): str(reply[i + 1]) for i in range(0, len(reply), 2)}
         admitted = []
         for j in jobs:
             if j.id not in parked:
                 admitted.append(j)
                 if j.user_id:
-                    self.counted.add(j.id)
+                    self.counted[j.id] = j.token
                 continue
             who = parked[j.id]
             whose = f"your group {who[4:]}'s" if who.startswith("org:") else "your"
@@ -99,32 +105,46 @@ class GpuShares:
                 log.warning("job %s: parked, but its waiting event was not written", j.id, exc_info=True)
         return admitted
 
-    async def release(self, job_ids: list[str], batch: Batch | None = None) -> bool:
-        """These jobs' attempts ended: their share is given back, and jobs parked for it go back
-        to be taken; on `batch` if given (True: a reply was queued there, to drop). Only jobs this
-        consumer counted cost anything."""
-        mine = [i for i in job_ids if i in self.counted]
+    async def _still_ours(self, jobs: list[ActiveJob]) -> list[ActiveJob]:
+        try:
+            locks = await self.redis.mget([f"{self.job_prefix}{j.id}:lock" for j in jobs])
+        except Exception:
+            return jobs  # nothing can be known now: they run (their completion checks their locks)
+        return [j for j, lock in zip(jobs, locks, strict=True) if lock == j.token]
+
+    async def release(self, jobs: list[ActiveJob], batch: Batch | None = None) -> bool:
+        """These jobs' attempts ended (or they went back unstarted): the share each attempt holds
+        is given back (an attempt whose job was taken again since, under another token, gives
+        back nothing), and jobs parked for it go back to be taken; on `batch` if given (True: a
+        reply was queued there, to drop). Only attempts this consumer counted cost anything."""
+        mine = [j for j in jobs if self.counted.get(j.id) == j.token]
         if not mine:
             return False
-        self.counted.difference_update(mine)
-        keys, args = self._unhold_call("", mine)
+        for j in mine:
+            del self.counted[j.id]
+        pairs: list[Any] = []
+        for j in mine:
+            pairs += [j.id, j.token]
+        keys, args = self._unhold_call("", pairs)
         await self._unhold(keys=keys, args=args, client=batch)  # type: ignore[arg-type]  # (a Batch stands in)
         return batch is not None
 
     async def settle(self) -> None:
-        """Every SETTLE_S: give back what jobs of this queue whose lock is gone still hold (their
-        consumer died, or they were put back without an attempt's end)."""
+        """Every SETTLE_S: give back what jobs of this queue whose lock is gone (and that are not
+        running: not in `active`) still hold, their consumer dead or they put back; and put back
+        the parked jobs of anyone who holds nothing now."""
         now = time.monotonic()
         if now - self._settled < SETTLE_S:
             return
         self._settled = now
         keys, args = self._unhold_call("1", [])
         n, back = await self._unhold(keys=keys, args=args)
-        if int(n):
-            log.info("%s: gave back the GPU share of %s job(s) whose lock was gone (%s parked job(s) back)",
+        if int(n) or int(back):
+            log.info("%s: gave back the GPU share of %s job(s) whose lock was gone; %s parked job(s) back",
                      self.queue, n, back)
 
-    def _unhold_call(self, unlocked: str, jobs: list[str]) -> tuple[list[str], list[Any]]:
-        keys, args = UNHOLD.pack({"held": self.keys.gpu_held(self.queue), "holding": self.keys.gpu_holding},
+    def _unhold_call(self, unlocked: str, pairs: list[Any]) -> tuple[list[str], list[Any]]:
+        keys, args = UNHOLD.pack({"held": self.keys.gpu_held(self.queue), "holding": self.keys.gpu_holding,
+                                  "parkers": self.keys.parkers, "active": self.job_prefix + "active"},
                                  {"job_prefix": self.job_prefix, "unlocked": unlocked, "most": UNPARK})
-        return keys, args + jobs
+        return keys, args + pairs

@@ -91,10 +91,12 @@ class JobStore:
     # ------------------------------------------------------------------ jobs
     async def add(self, queue: str, data: dict[str, Any] | JobPayload,
                   options: dict[str, Any] | JobOptions | None = None, user_id: str | None = None,
-                  weight: float | None = None, quota: Quota | None = None, trace: str | None = None) -> SubmitResult:
+                  weight: float | None = None, quota: Quota | None = None, trace: str | None = None,
+                  org: str | None = None) -> SubmitResult:
         """Add a job (`Producer.add`): idempotent on its id; `weight` the owner's fair share,
-        `quota` the owner's limits, taken atomically with the job; `trace` its trace's carrier."""
-        return await self.producer.add(queue, data, options, user_id, weight, quota, trace)
+        `quota` the owner's limits, taken atomically with the job; `trace` its trace's carrier;
+        `org` the group its GPU time is charged to as well."""
+        return await self.producer.add(queue, data, options, user_id, weight, quota, trace, org)
 
     async def get(self, job_id: str) -> JobView:
         """The job's view, with its ETA; raises JobNotFound."""

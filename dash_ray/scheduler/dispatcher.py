@@ -287,7 +287,7 @@ class Dispatcher:
         if shares is None:
             return
         try:
-            await shares.release([j.id for j in jobs])
+            await shares.release(jobs)
         except Exception:
             log.warning("%s: could not give back the GPU shares of %d job(s)", self.queue, len(jobs), exc_info=True)
 
@@ -312,7 +312,7 @@ class Dispatcher:
                 user=job.user_id or "_", queue=self.consumer.name, model=self.qdef.model_of(job.data) or "",
                 seconds=seconds / len(jobs) if shared else seconds, gpu=gpu, kind=o.kind, batched=shared,
                 preempted=o.preempted, lost=o.lost or (o.kind == "skipped" and not o.preempted),
-                turns=min(10.0, seconds / unit), device=slot.device or "", cpu_s=o.cpu_s or 0.0,
+                turns=min(10.0, seconds / unit), device=slot.device or "", org=job.org, cpu_s=o.cpu_s or 0.0,
                 memory=o.memory[1] if o.memory else 0))
         if not charges:
             return

@@ -16,17 +16,33 @@ from tests.redis.conftest import run_async
 from tests.redis.test_gateway import auth
 
 
-def _spend(redis_url: str, prefix: str, user: str, gpu_s: float, at: float | None = None) -> None:
-    """Charge `user` one attempt of `gpu_s` GPU seconds (at time `at`), as the dispatcher does."""
+def _spend(redis_url: str, prefix: str, user: str, gpu_s: float, at: float | None = None, org: str | None = None) -> None:
+    """Charge `user` one attempt of `gpu_s` GPU seconds (at time `at`; of a job their group `org`'s
+    token made), as the dispatcher does."""
 
     async def go() -> None:
         r = connect(redis_url)
         try:
-            await Ledger(r, Keys(prefix)).charge([Charge(user, "sleep", "", gpu_s / 0.2, 0.2, "done")], now=at)
+            await Ledger(r, Keys(prefix)).charge([Charge(user, "sleep", "", gpu_s / 0.2, 0.2, "done", org=org)], now=at)
         finally:
             await r.aclose()
 
     run_async(go())
+
+
+def _org_of(redis_url: str, prefix: str, job_id: str) -> str | None:
+    """The group a job carries (BullMQ's opts.org), as the consumer reads it."""
+    import json
+
+    async def go() -> str | None:
+        r = connect(redis_url)
+        try:
+            raw = await r.hget(Keys(prefix).bull("sleep", job_id), "opts")
+            return json.loads(raw).get("org")  # type: ignore[no-any-return]
+        finally:
+            await r.aclose()
+
+    return run_async(go())  # type: ignore[no-any-return]
 
 
 def test_a_hard_budget_refuses_until_it_resets_and_a_soft_one_lowers_the_share(make_client: Any, tokens: Any,
@@ -122,10 +138,10 @@ def test_per_user_gpu_metrics_only_behind_the_option_and_the_metrics_token(make_
 
 def test_a_groups_budget_is_shared_by_the_members_its_tokens_name(make_client: Any, tokens: Any, redis_url: str,
                                                                   prefix: str) -> None:
-    """Two users whose tokens say `org: acme` share acme's budget: their GPU time together is held
-    to it (each within their own), a member is refused once the group's is spent, naming the
-    group, and someone outside it is not; a token cannot claim a malformed group; a member whose
-    new token names no group is held to their own budget only from their next submit."""
+    """Two users whose tokens say `org: acme` share acme's budget: the jobs those tokens make
+    carry the group, their GPU time together is held to it (each within their own), a member is
+    refused once the group's is spent, naming the group, and someone outside it is not; a token
+    cannot claim a malformed group; a job made with a token naming no group is its user's alone."""
     import jwt
 
     from tests.redis.conftest import SECRET
@@ -139,10 +155,11 @@ def test_a_groups_budget_is_shared_by_the_members_its_tokens_name(make_client: A
     assert r.status_code == 200 and r.json()["gpuSecondsPerDay"] == {"used": 0.0, "limit": 10.0,
                                                                       "resetsAt": r.json()["gpuSecondsPerDay"]["resetsAt"]}
     assert c.put("/v1/budgets/org:a b", json={"gpuSecondsPerDay": 10}, headers=root).status_code == 422
-    for who in (alice, bob, carol):  # each submit records its user's group, as their token says
-        assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=who).status_code == 201
-    _spend(redis_url, prefix, "alice", 6.0)
-    _spend(redis_url, prefix, "bob", 5.0)
+    for who in (alice, bob, carol):  # a job carries its token's group
+        job = c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=who).json()["id"]
+        assert _org_of(redis_url, prefix, job) == ("acme" if who != carol else None)
+    _spend(redis_url, prefix, "alice", 6.0, org="acme")
+    _spend(redis_url, prefix, "bob", 5.0, org="acme")
     _spend(redis_url, prefix, "carol", 50.0)  # not a member: not acme's
     for who in (alice, bob):
         r = c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=who)
@@ -158,10 +175,25 @@ def test_a_groups_budget_is_shared_by_the_members_its_tokens_name(make_client: A
     assert listed["users"]["org:acme"]["gpuSecondsPerDay"] == 10 and "orgDefault" in listed
     forged = jwt.encode({"sub": "mallory", "exp": int(time.time()) + 60, "org": "a b"}, SECRET, algorithm="HS256")
     assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=auth(forged)).status_code == 401
-    # bob's new token names no group: his submits are his own again (and no longer charged to acme)
+    # a token of bob's naming no group: the jobs it makes are his alone (not acme's to pay)
     bob_alone = auth(tokens("bob"))
-    assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=bob_alone).status_code == 201
+    job = c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=bob_alone).json()["id"]
+    assert _org_of(redis_url, prefix, job) is None
     _spend(redis_url, prefix, "bob", 100.0)
     assert c.get("/v1/usage", headers=alice).json()["orgBudget"]["gpuSecondsPerDay"]["used"] == 11.0
     assert c.delete("/v1/budgets/org:acme", headers=root).status_code == 200
     assert c.post("/v1/jobs/sleep", json={"durationS": 0.1}, headers=alice).status_code == 201
+
+
+def test_a_budget_that_sets_one_limit_keeps_the_defaults_of_the_others(make_client: Any, tokens: Any) -> None:
+    """DASH_GPU_SECONDS_PER_DAY=100 for everyone; a share set for alice alone leaves her the
+    default day (and a day set for bob leaves him the default share)."""
+    c = make_client(gpu_seconds_per_day=100, gpu_share_per_user=2.0)
+    root, alice, bob = auth(tokens("root", admin=True)), auth(tokens("alice")), auth(tokens("bob"))
+    r = c.put("/v1/budgets/alice", json={"gpuShare": 0.5}, headers=root)
+    assert r.status_code == 200, r.text
+    assert r.json()["gpuSecondsPerDay"]["limit"] == 100 and r.json()["gpuShare"] == {"held": 0.0, "limit": 0.5}
+    c.put("/v1/budgets/bob", json={"gpuSecondsPerDay": 10}, headers=root)
+    for who, day, share in ((alice, 100, 0.5), (bob, 10, 2.0)):
+        budget = c.get("/v1/usage", headers=who).json()["budget"]
+        assert budget["gpuSecondsPerDay"]["limit"] == day and budget["gpuShare"]["limit"] == share, budget

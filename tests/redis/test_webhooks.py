@@ -127,6 +127,11 @@ def test_a_destination_checked_again_at_send_time_and_a_receiver_gone_for_good(
         assert len(rx.received()) == 1  # the 410, once; nothing sent for the refused one
     assert dead[gone_id]["why"] == "HTTP 410" and dead[gone_id]["tries"] == 1
     assert "private address" in dead[refused_id]["why"]
+    # refused for good: a replay of the newest leaves them; named, one is sent again
+    assert closed.post("/v1/webhooks/dead/replay", headers=admin).json()["replayed"] == []
+    gone = dead[gone_id]["id"]
+    r = closed.post("/v1/webhooks/dead/replay", json={"ids": [gone]}, headers=admin)
+    assert [d["id"] for d in r.json()["replayed"]] == [gone], r.text
 
 
 def test_a_receiver_that_hangs_is_cut_off_and_tried_again(make_client: Any, tokens: Any, redis_url: str,

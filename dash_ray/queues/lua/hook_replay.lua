@@ -2,7 +2,8 @@
   Replay given-up webhook deliveries (queues/outbox.py `replay`): each named record of the dead
   list that is still there is taken out of it and its delivery put back in the outbox, due now
   with its tries counted afresh. A record replayed meanwhile (by another admin) is skipped, so a
-  delivery is replayed once; a delivery the outbox holds a newer body of keeps the newer one.
+  delivery is replayed once; a delivery the outbox holds already (a newer latest progress, being
+  sent or due) is left as it is: it goes out anyway, and its claim is not disturbed.
 
   Input:
     KEYS[1] hooks    deliveries by when they are due (ms)
@@ -21,9 +22,10 @@ local out = {}
 for i = 2, #ARGV, 3 do
   if redis.call('LREM', K_dead, 1, ARGV[i]) == 1 then
     local id, body = ARGV[i + 1], ARGV[i + 2]
-    redis.call('HSETNX', K_bodies, id, body)
-    redis.call('HDEL', K_tries, id)
-    redis.call('ZADD', K_hooks, tonumber(A_now_ms), id)
+    if redis.call('HSETNX', K_bodies, id, body) == 1 then
+      redis.call('HDEL', K_tries, id)
+      redis.call('ZADD', K_hooks, tonumber(A_now_ms), id)
+    end
     out[#out + 1] = (i + 1) / 3
   end
 end
