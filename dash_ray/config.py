@@ -92,6 +92,15 @@ class Settings(_QueueFields):
     redis_host: str | None = Field(None, validation_alias=AliasChoices("REDIS_HOST"))
     redis_port: int = Field(6379, ge=1, le=65535, validation_alias=AliasChoices("REDIS_PORT"))
     redis_password: str | None = Field(None, validation_alias=AliasChoices("REDIS_PASSWORD"))
+    # A Sentinel-managed Redis (queues/connection.py): the sentinels (`host:port,...`) and the name
+    # of the primary they watch; every connection follows the primary through a failover.
+    redis_sentinels: str | None = Field(None, validation_alias=AliasChoices("REDIS_SENTINELS"))
+    # Acknowledged writes on replicas (queues/lifecycle.py `Durability`): a job's creation and its
+    # completion wait for this many replicas' WAIT (up to the timeout); 0: asynchronous replication.
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    redis_sentinel_master: str = Field("mymaster", pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+                                       validation_alias=AliasChoices("REDIS_SENTINEL_MASTER"))
     key_prefix: str = Field("bull", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
 
     # --- Gateway ---
@@ -349,12 +358,17 @@ class Settings(_QueueFields):
     @property
     def redis_configured(self) -> bool:
         """True when the user pointed us at a Redis server (else we embed one)."""
-        return bool(self.redis_url or self.redis_host)
+        return bool(self.redis_url or self.redis_host or self.redis_sentinels)
 
     def resolved_redis_url(self) -> str | None:
-        """The Redis URL from REDIS_URL or REDIS_HOST/PORT/PASSWORD, or None to embed."""
+        """The Redis URL from REDIS_URL, REDIS_SENTINELS (+ REDIS_SENTINEL_MASTER, REDIS_PASSWORD:
+        a `redis+sentinel://` URL) or REDIS_HOST/PORT/PASSWORD, or None to embed."""
         if self.redis_url:
             return self.redis_url
+        if self.redis_sentinels:
+            auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+            hosts = ",".join(h.strip() for h in self.redis_sentinels.split(",") if h.strip())
+            return f"redis+sentinel://{auth}{hosts}/{self.redis_sentinel_master}/0"
         if self.redis_host:
             auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
             return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
@@ -420,6 +434,8 @@ _ENV_NAMES = {
     "redis_host": "REDIS_HOST",
     "redis_port": "REDIS_PORT",
     "redis_password": "REDIS_PASSWORD",
+    "redis_sentinels": "REDIS_SENTINELS",
+    "redis_sentinel_master": "REDIS_SENTINEL_MASTER",
     "websocket_port": "WEBSOCKET_PORT",
 }
 

@@ -21,7 +21,7 @@ from dash_ray.gateway.policy import SubmitPolicy
 from dash_ray.gateway.ratelimit import OpenSlots
 from dash_ray.gateway.webhooks import WebhookSender
 from dash_ray.models.payloads import JobPayload
-from dash_ray.queues import EventHub, Feed, JobStore, connect
+from dash_ray.queues import Durability, EventHub, Feed, JobStore, connect
 from dash_ray.queues.accounts import Accounts, SubmitLimiter
 from dash_ray.queues.audit import AuditLog
 from dash_ray.queues.schedules import Schedules
@@ -86,7 +86,7 @@ class GatewayServices:
             fair_share=settings.fair_share, user_weights=settings.user_weights,
             start_by_s={q: s for q in queues if (s := getattr(settings, f"{q}_start_by_s", None))},
             cache_results=settings.cache_results, allow_cache=settings.allow_cache, content=registry.content,
-            fair_half_life_s=settings.fair_half_life_s,
+            fair_half_life_s=settings.fair_half_life_s, durability=Durability.of(settings),
         )
         limiter = SubmitLimiter(redis, store.keys, settings.rate_submit)
         signer = UrlSigner(settings.secret(), settings.artifact_url_ttl_s)

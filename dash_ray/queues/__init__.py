@@ -19,6 +19,7 @@ from dash_ray.queues.eta import CostBook
 from dash_ray.queues.events import EventBus, EventHub, Feed, event_from_state
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.lifecycle import (
+    Durability,
     Lifecycle,
     Quota,
     Rate,
@@ -36,6 +37,7 @@ __all__ = [
     "Batch",
     "CostBook",
     "Delivery",
+    "Durability",
     "EmbeddedRedis",
     "EventBus",
     "EventHub",

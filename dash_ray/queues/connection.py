@@ -1,21 +1,34 @@
-"""Redis connections: one place that builds clients from a URL."""
+"""Redis connections: one place that builds clients from a URL.
+
+A URL is `redis://` / `rediss://`, or `redis+sentinel://[:password@]host:port[,host:port...]/
+<primary name>[/<db>]` for a Sentinel-managed Redis: the client asks the sentinels for the
+current primary before it connects, and a connection that meets a demoted primary (READONLY, or
+its blocking wait ended by the failover) is dropped and made again to the new one. Every part of
+dash-ray (gateway, consumers, workers, pub/sub, scripts: a Batch reloads a script the new primary
+answers NOSCRIPT to) connects through here, so each follows a failover by itself."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import hiredis
 from redis import Redis as SyncRedis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry as AsyncRetry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-__all__ = ["MAYBE_TRANSIENT", "TRANSIENT_ERRORS", "connect", "connect_sync", "is_transient", "redacted"]
+__all__ = ["MAYBE_TRANSIENT", "SENTINEL_SCHEME", "TRANSIENT_ERRORS", "SentinelUrl", "connect", "connect_sync",
+           "is_transient", "redacted", "sentinel_url"]
+
+SENTINEL_SCHEME = "redis+sentinel://"
 
 # Errors that pass when Redis comes back: lost or refused connections, time-outs, a Redis still
 # loading its data (BusyLoadingError is a ConnectionError), a read-only replica mid-failover.
@@ -54,6 +67,51 @@ class _FastSSLConnection(_HiredisPacking, SSLConnection):
     pass
 
 
+class _FastSentinelConnection(_HiredisPacking, SentinelManagedConnection):
+    pass
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Sentinel's pool (the primary looked up before each new connection), waiting for a free
+    connection past `max_connections` as the plain pool does."""
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A `redis+sentinel://` URL's parts."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    primary: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def sentinel_url(url: str) -> SentinelUrl | None:
+    """The parts of a `redis+sentinel://[user:password@]h1:p1,h2:p2/<primary>[/<db>]` URL (the
+    password is the primary's, and the sentinels' too); None for any other URL. ValueError for a
+    malformed one."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return None
+    rest = url[len(SENTINEL_SCHEME):]
+    auth, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    username = password = None
+    if auth:
+        user, _, pw = auth.partition(":")
+        username, password = unquote(user) or None, unquote(pw) or None
+    sentinels = []
+    for h in hosts.split(","):
+        host, _, port = h.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a sentinel is host:port, not {h!r} (in {redacted(url)})")
+        sentinels.append((host.strip("[]"), int(port)))
+    name, _, db = path.partition("/")
+    if not name:
+        raise ValueError(f"{redacted(url)}: name the primary the sentinels watch: redis+sentinel://host:port/<name>")
+    return SentinelUrl(tuple(sentinels), name, int(db) if db.isdigit() else 0, username, password)
+
+
 def connect(url: str, *, blocking: bool = False, name: str | None = None, max_connections: int = 64) -> Redis:
     """An asyncio Redis client (str responses, as BullMQ needs); `blocking`: one connection, for
     BZPOPMIN waits (the consumer's, with its take queued behind: `QueueConsumer.take`).
@@ -72,11 +130,19 @@ def connect(url: str, *, blocking: bool = False, name: str | None = None, max_co
     }
     if name:
         kwargs["client_name"] = name
+    size = 1 if blocking else max_connections
+    sentinel = sentinel_url(url)
+    if sentinel is not None:
+        auth = {"username": sentinel.username, "password": sentinel.password, "db": sentinel.db}
+        manager = Sentinel(sentinel.sentinels, sentinel_kwargs={"password": sentinel.password, "socket_timeout": 2.0,
+                                                                "socket_connect_timeout": 2.0})
+        managed = _BlockingSentinelPool(sentinel.primary, manager, max_connections=size, timeout=30,
+                                        connection_class=_FastSentinelConnection, is_master=True, **kwargs, **auth)
+        return Redis(connection_pool=managed)
     fast = _FastSSLConnection if url.startswith("rediss://") else _FastConnection
     # `blocking`: one connection (its waits, and what is queued behind them, take turns on it; a
     # pipeline cannot use a single-connection client's own connection, so it is a pool of one).
-    pool = BlockingConnectionPool.from_url(url, max_connections=1 if blocking else max_connections, timeout=30,
-                                           connection_class=fast, **kwargs)
+    pool = BlockingConnectionPool.from_url(url, max_connections=size, timeout=30, connection_class=fast, **kwargs)
     return Redis(connection_pool=pool)
 
 
@@ -86,6 +152,17 @@ def connect_sync(url: str, *, name: str | None = None) -> SyncRedis:
                                  "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)}
     if name:
         kwargs["client_name"] = name
+    sentinel = sentinel_url(url)
+    if sentinel is not None:
+        from redis.sentinel import Sentinel as SyncSentinel
+
+        manager = SyncSentinel(sentinel.sentinels, sentinel_kwargs={"password": sentinel.password,
+                                                                    "socket_timeout": 2.0,
+                                                                    "socket_connect_timeout": 2.0})
+        client: SyncRedis = manager.master_for(sentinel.primary, redis_class=SyncRedis, username=sentinel.username,
+                                               password=sentinel.password, db=sentinel.db,
+                                               **kwargs)  # type: ignore[arg-type]  # (its stub types **kwargs narrowly)
+        return client
     return SyncRedis.from_url(url, **kwargs)
 
 
@@ -93,6 +170,10 @@ def redacted(url: str) -> str:
     """A Redis URL without its password (for logs and the console)."""
     from urllib.parse import urlsplit, urlunsplit
 
+    if url.startswith(SENTINEL_SCHEME) and "@" in url:  # (several hosts: not a URL urlsplit reads)
+        auth, _, rest = url[len(SENTINEL_SCHEME):].rpartition("@")
+        user = auth.partition(":")[0]
+        return f"{SENTINEL_SCHEME}{user}:***@{rest}"
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -406,8 +406,14 @@ class QueueConsumer:
             calls.append((job, event, fetch))
         # Their GPU shares given back in the same round trip: before the next jobs it locks are admitted.
         released = self.shares is not None and await self.shares.release([j for j, _ in done], batch)
+        waited = self.lifecycle.durability.replicas
+        if waited:  # on the batch's connection: its replicas have the completions (DASH_REDIS_WAIT_REPLICAS)
+            batch.add("wait", waited, self.lifecycle.durability.timeout_ms)
         # Raises if Redis cannot be reached: the jobs stay held (their locks renewed) for a retry.
         replies = await batch.execute()
+        if waited and int(acked := replies.pop()) < waited:
+            log.warning("%s: %d completion(s) written, but %s of %d replicas acknowledged them in time", self.name,
+                        len(done), acked, waited)
         if released:
             replies.pop()
         nxt: list[ActiveJob] = []

@@ -17,6 +17,7 @@ Each operation builds its event here (the only place that does) and runs one scr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import secrets
@@ -30,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from dash_ray.config import Settings
-from dash_ray.errors import RateLimited
+from dash_ray.errors import RateLimited, Unavailable
 from dash_ray.models.events import (
     Frame,
     JobCompletedEvent,
@@ -65,6 +66,7 @@ __all__ = [
     "BullAdd",
     "BullAddRecorder",
     "Created",
+    "Durability",
     "Lifecycle",
     "Quota",
     "Rate",
@@ -96,6 +98,23 @@ class Retention:
         return cls(events_per_job=settings.events_per_job, finished_ttl_s=settings.finished_ttl_s,
                    keep_finished=settings.keep_completed + settings.keep_failed,
                    history_max=settings.user_history_max)
+
+
+@dataclass(frozen=True)
+class Durability:
+    """Writes a replica must have before they count (DASH_REDIS_WAIT_REPLICAS): a job's creation
+    and its completion are followed by Redis's `WAIT replicas timeout_ms` on their connection; a
+    creation fewer replicas acknowledged in time is refused (`Unavailable`, a 503: the job may
+    exist on the primary, and a submit sent again with its id answers it), a completion is
+    logged. 0 replicas: nothing waits (asynchronous replication: a failover may lose the writes
+    of the last moments)."""
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+    @classmethod
+    def of(cls, settings: Settings) -> Durability:
+        return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
 
 
 @dataclass(frozen=True)
@@ -406,9 +425,11 @@ class Lifecycle:
     """The lifecycle operations on an asyncio Redis client; `batch=` queues one on a Batch
     (its reply then comes from `batch.execute()`)."""
 
-    def __init__(self, redis: Redis, keys: Keys, retention: Retention | None = None) -> None:
+    def __init__(self, redis: Redis, keys: Keys, retention: Retention | None = None,
+                 durability: Durability | None = None) -> None:
         self.redis = redis
         self.keys = keys
+        self.durability = durability or Durability()
         self.calls = _Calls(keys, retention or Retention())
         self._scripts: dict[str, Any] = {n: redis.register_script(t) for n, t in self.calls.texts.items()}
         self._creates: dict[str, Any] = {}  # BullMQ add script's SHA -> CREATE around it
@@ -445,8 +466,17 @@ class Lifecycle:
                                        cache, data, after, half_life_s)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
-        return Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],
-                                               client=self._grouped))
+        made = script(keys=[*bull.keys, *keys], args=[*bull.args, *args], client=self._grouped)
+        d = self.durability
+        if not d.replicas:
+            return Created.from_reply(await made)
+        # WAIT right behind it on the same connection (in the same group): its replicas have it
+        reply, acked = await asyncio.gather(made, self._grouped.execute_command("WAIT", d.replicas, d.timeout_ms))
+        created = Created.from_reply(reply)
+        if int(acked) < d.replicas and created.created:
+            raise Unavailable(f"the job was written, but {acked} of {d.replicas} replicas acknowledged it within "
+                                f"{d.timeout_ms} ms (DASH_REDIS_WAIT_REPLICAS); send it again with its id")
+        return created
 
     def _create_script(self, bull: BullAdd) -> Any:
         """CREATE around one of BullMQ's add scripts (registered once per add script)."""

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlparse
 import hiredis
 
 from dash_ray.loops import Backoff, supervised
+from dash_ray.queues.connection import SentinelUrl, sentinel_url
 
 __all__ = ["Endpoint", "RawPubSub"]
 
@@ -32,18 +33,23 @@ def _pack(command: tuple[str, ...]) -> bytes:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the reader connects, from a `redis://` / `rediss://` URL, and the connection's
-    opening: the socket, AUTH (if the URL has a password) and SUBSCRIBE of the channels held."""
+    """Where the reader connects, from a `redis://` / `rediss://` URL (or a `redis+sentinel://`
+    one: the primary the sentinels name as it connects), and the connection's opening: the
+    socket, AUTH (if the URL has a password) and SUBSCRIBE of the channels held."""
 
     host: str
     port: int
     username: str | None = None
     password: str | None = None
     ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    sentinel: SentinelUrl | None = None
 
     @classmethod
     def of(cls, url: str) -> Endpoint:
-        """The endpoint a URL names; ValueError for a scheme other than redis / rediss."""
+        """The endpoint a URL names; ValueError for a scheme other than redis / rediss / redis+sentinel."""
+        found = sentinel_url(url)
+        if found is not None:
+            return cls("", 0, found.username, found.password, sentinel=found)
         u = urlparse(url)
         if u.scheme not in ("redis", "rediss"):
             raise ValueError(f"unsupported Redis URL scheme {u.scheme!r} for pub/sub")
@@ -51,9 +57,42 @@ class Endpoint:
                    unquote(u.password) if u.password else None,
                    ssl.create_default_context() if u.scheme == "rediss" else None)
 
+    async def _address(self) -> tuple[str, int]:
+        """The primary's address: the URL's, or the first sentinel's that answers (ConnectionError: none)."""
+        if self.sentinel is None:
+            return self.host, self.port
+        for host, port in self.sentinel.sentinels:
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+            except (OSError, asyncio.TimeoutError):
+                continue
+            try:
+                parser = hiredis.Reader(encoding="utf-8", errors="replace")
+                if self.password:
+                    writer.write(_pack(("AUTH", self.password)))
+                writer.write(_pack(("SENTINEL", "get-master-addr-by-name", self.sentinel.primary)))
+                await writer.drain()
+                replies: list[Any] = []
+                while len(replies) < (2 if self.password else 1):
+                    while (reply := parser.gets()) is False:
+                        data = await asyncio.wait_for(reader.read(4096), 2.0)
+                        if not data:
+                            raise ConnectionError("the sentinel closed the connection")
+                        parser.feed(data)
+                    replies.append(reply)
+                addr = replies[-1]
+                if isinstance(addr, list) and len(addr) == 2:
+                    return str(addr[0]), int(addr[1])
+            except (OSError, asyncio.TimeoutError, ValueError):
+                continue
+            finally:
+                writer.close()
+        raise ConnectionError(f"no sentinel named a primary {self.sentinel.primary!r}")
+
     async def open(self, channels: Iterable[str]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, hiredis.Reader]:
         """Connect, authenticate (ConnectionError if refused) and subscribe to `channels` (if any)."""
-        reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
+        host, port = await self._address()
+        reader, writer = await asyncio.open_connection(host, port, ssl=self.ssl)
         parser = hiredis.Reader(encoding="utf-8", errors="replace")
         if self.password:
             auth = ("AUTH", self.username, self.password) if self.username else ("AUTH", self.password)

@@ -27,7 +27,7 @@ from dash_ray.queues.control import QueueControl
 from dash_ray.queues.events import EventBus
 from dash_ray.queues.keys import Keys
 from dash_ray.queues.ledger import Ledger
-from dash_ray.queues.lifecycle import Lifecycle, Quota, Retention
+from dash_ray.queues.lifecycle import Durability, Lifecycle, Quota, Retention
 from dash_ray.queues.producer import (
     MAX_WEIGHT,
     MIN_WEIGHT,
@@ -65,6 +65,7 @@ class JobStore:
         allow_cache: bool = True,
         content: Callable[[JobPayload], str] | None = None,
         fair_half_life_s: float = 0.0,
+        durability: Durability | None = None,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
@@ -72,7 +73,7 @@ class JobStore:
         self.lifecycle = Lifecycle(redis, self.keys, Retention(
             events_per_job=events_per_job, finished_ttl_s=finished_ttl_s,
             keep_finished=keep_completed + keep_failed, history_max=user_history_max,
-        ))
+        ), durability)
         self.control = QueueControl(redis, self.keys, prefix, queues)
         self.reader = JobReader(redis, self.keys, self.control)
         self.users = UsageBook(redis, self.keys)

@@ -12,7 +12,7 @@ import ray
 
 from dash_ray import tracing
 from dash_ray.config import Settings
-from dash_ray.queues import EventHub, Keys, Lifecycle, QueueConsumer, Retention, connect
+from dash_ray.queues import Durability, EventHub, Keys, Lifecycle, QueueConsumer, Retention, connect
 from dash_ray.queues.ledger import Budgets, Ledger, default_budgets
 from dash_ray.queues.shares import GpuShares
 from dash_ray.scheduler.dispatcher import Dispatcher
@@ -48,7 +48,8 @@ class ConsumerService:
         worker = f"dash-{socket.gethostname()}-{os.getpid()}"
         blocking = connect(redis_url, blocking=True, name=keys.worker_client(spec.name, worker))
         consumer = QueueConsumer(
-            redis, blocking, spec.name, Lifecycle(redis, keys, Retention.of(settings)), prefix=settings.key_prefix,
+            redis, blocking, spec.name, Lifecycle(redis, keys, Retention.of(settings), Durability.of(settings)),
+            prefix=settings.key_prefix,
             lock_duration_s=settings.lock_duration_s, stalled_interval_s=settings.stalled_interval_s,
             max_stalled_count=settings.max_stalled_count,
             consumer_id=f"{spec.name}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
