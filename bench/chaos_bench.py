@@ -3,6 +3,7 @@ Redis primary lost and replaced) and a killed worker.
 
     python bench/chaos_bench.py [--outage-s 3] [--fsync always] [--job-s 0.02]
     python bench/chaos_bench.py --sentinel [--wait-replicas 1]
+    python bench/chaos_bench.py --gcs [--outage-s 3]
 
 The `sleep` queue (5 warm workers) runs short jobs, kept topped up to a backlog of 200. Then:
 1. Redis is SIGKILLed, stays down `--outage-s`, and restarts from its append-only file;
@@ -11,6 +12,9 @@ With `--sentinel`, Redis is a primary, its replicas and three sentinels of this 
 `redis-server` (dash_ray/testing/sentinel.py), every part connected through the sentinels, and
 fault 1 is the primary SIGKILLed: the sentinels promote a replica and everything follows it.
 `--wait-replicas 1` turns on DASH_REDIS_WAIT_REPLICAS (with two replicas, so one is left).
+With `--gcs`, Ray is a head and a GPU node raylet (`ray.cluster_utils.Cluster`) whose GCS keeps
+its state in a Redis of its own (GCS fault tolerance, `RAY_REDIS_ADDRESS`), and fault 1 is the
+head's GCS process killed and started again `--outage-s` later.
 For each fault it prints the jobs/s over the 5 s before it, the time from the fault to the next
 completed job, the time until throughput is back to 80% of before (measured in 1 s windows),
 and the jobs/s over the 5 s from then on. At the end: jobs acknowledged but never run (lost),
@@ -109,6 +113,7 @@ async def main() -> None:
     ap.add_argument("--job-s", type=float, default=0.02, help="run time of one job")
     ap.add_argument("--sentinel", action="store_true", help="a Sentinel-managed Redis; fault 1: its primary killed")
     ap.add_argument("--wait-replicas", type=int, default=0, help="DASH_REDIS_WAIT_REPLICAS (with --sentinel)")
+    ap.add_argument("--gcs", action="store_true", help="GCS fault tolerance; fault 1: the head's GCS killed")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="dash-chaos-"))
@@ -129,7 +134,33 @@ async def main() -> None:
     settings = load_settings(key_prefix=prefix, worker_idle_s=600, redis_wait_replicas=args.wait_replicas)
     specs = with_runner(queue_specs(settings, test_queues=True), RunnerSpec(
         "dash_ray.scheduler.sleep:SleepRunner", {"record_dir": str(runs)}))
-    init_ray(settings, specs)
+    cluster = None
+    gcs_redis = None
+    if args.gcs:
+        import subprocess
+
+        from ray.cluster_utils import Cluster
+
+        from dash_ray import runtime
+        from dash_ray.scheduler.cluster import NAMESPACE
+        from dash_ray.testing import free_port
+
+        gport = free_port()
+        gcs_redis = subprocess.Popen(["redis-server", "--port", str(gport), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(root)], stdout=subprocess.DEVNULL)
+        await asyncio.sleep(0.5)  # (its own server: up in milliseconds; the head retries besides)
+        os.environ["RAY_REDIS_ADDRESS"] = f"127.0.0.1:{gport}"
+        runtime.loopback_ray()
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "gcs_server_port": free_port(),
+            "_system_config": {"gcs_rpc_server_reconnect_timeout_s": 60}})
+        cluster.add_node(num_cpus=1, num_gpus=1, resources={"dash_sleep": 5})
+        cluster.wait_for_nodes()
+        import ray
+
+        ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    else:
+        init_ray(settings, specs)
     sched = Scheduler(settings, url, [s for s in specs if s.name == "sleep"])
     sched.start()
     load = Load(url, prefix, args.job_s, Durability.of(settings))
@@ -148,6 +179,7 @@ async def main() -> None:
     task = asyncio.create_task(load.run())
     try:
         what = (f"sentinel (replicas {2 if args.wait_replicas else 1}, wait {args.wait_replicas})" if args.sentinel
+                else f"GCS fault tolerance, GCS down {args.outage_s}s" if args.gcs
                 else f"fsync={args.fsync} outage={args.outage_s}s")
         print(f"{what} job={args.job_s}s, 5 workers, backlog {BACKLOG}", flush=True)
         await asyncio.sleep(10)  # workers warm, steady state
@@ -155,6 +187,11 @@ async def main() -> None:
         if sentinels is not None:
             await asyncio.to_thread(sentinels.kill_primary)
             await fault_report(load, "primary killed", t_fault, 20)
+        elif cluster is not None:
+            await asyncio.to_thread(cluster.head_node.kill_gcs_server)
+            await asyncio.sleep(args.outage_s)
+            await asyncio.to_thread(cluster.head_node.start_gcs_server)
+            await fault_report(load, "GCS killed", t_fault, 15 + args.outage_s)
         else:
             assert server is not None
             os.kill(server.pid or 0, signal.SIGKILL)  # our own redis-server
@@ -192,6 +229,13 @@ async def main() -> None:
         server.stop()
     if sentinels is not None:
         sentinels.stop()
+    if cluster is not None:
+        import ray
+
+        ray.shutdown()
+        cluster.shutdown()
+    if gcs_redis is not None:
+        gcs_redis.kill()
 
 
 if __name__ == "__main__":
