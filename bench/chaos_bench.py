@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dash_ray.config import load_settings
+from dash_ray.errors import Unavailable
 from dash_ray.queues import Durability, EmbeddedRedis, EventHub, JobStore, connect, is_transient
 from dash_ray.scheduler import RunnerSpec, queue_specs, with_runner
 from dash_ray.scheduler.cluster import Scheduler, init_ray
@@ -72,7 +73,7 @@ class Load:
                     if self.watch is not None and len(self.ids) % 10 == 0:  # a sample, heard as a socket would
                         await self.watch(self.ids[-1])
             except Exception as exc:
-                if not is_transient(exc):
+                if not (is_transient(exc) or isinstance(exc, Unavailable)):  # (a 503: sent again)
                     raise
                 store = self.store()  # Redis is away: try again shortly
             await asyncio.sleep(0.1)

@@ -188,13 +188,12 @@ def _audit_token(settings: Settings, user: str, **detail: object) -> None:
     import getpass
     import socket
 
-    from redis.asyncio import Redis
-
     from dash_ray.queues.audit import AuditLog
+    from dash_ray.queues.connection import connect
     from dash_ray.queues.keys import Keys
 
     async def record() -> None:
-        r = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=3)
+        r = connect(url, max_connections=1)  # (the one connection module: a sentinel URL works too)
         try:
             await AuditLog(r, Keys(settings.key_prefix), max_len=settings.audit_max_entries).record(
                 f"cli:{getpass.getuser()}", "token.issue", user, admin=True, owner=user, ip=socket.gethostname(),
@@ -203,7 +202,7 @@ def _audit_token(settings: Settings, user: str, **detail: object) -> None:
             await r.aclose()
 
     try:
-        asyncio.run(record())
+        asyncio.run(asyncio.wait_for(record(), 8))
     except Exception as exc:  # the token is printed; only its record is missing
         print(f"dash-ray: the token's issuance was not recorded in the audit trail ({type(exc).__name__})",
               file=sys.stderr)

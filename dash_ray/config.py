@@ -99,6 +99,7 @@ class Settings(_QueueFields):
     # completion wait for this many replicas' WAIT (up to the timeout); 0: asynchronous replication.
     redis_wait_replicas: int = Field(0, ge=0, le=16)
     redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    redis_sentinel_password: str | None = Field(None, validation_alias=AliasChoices("REDIS_SENTINEL_PASSWORD"))
     redis_sentinel_master: str = Field("mymaster", pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
                                        validation_alias=AliasChoices("REDIS_SENTINEL_MASTER"))
     key_prefix: str = Field("bull", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -368,7 +369,8 @@ class Settings(_QueueFields):
         if self.redis_sentinels:
             auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
             hosts = ",".join(h.strip() for h in self.redis_sentinels.split(",") if h.strip())
-            return f"redis+sentinel://{auth}{hosts}/{self.redis_sentinel_master}/0"
+            spw = f"?sentinel_password={quote(self.redis_sentinel_password, safe='')}" if self.redis_sentinel_password else ""
+            return f"redis+sentinel://{auth}{hosts}/{self.redis_sentinel_master}/0{spw}"
         if self.redis_host:
             auth = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
             return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
@@ -436,6 +438,7 @@ _ENV_NAMES = {
     "redis_password": "REDIS_PASSWORD",
     "redis_sentinels": "REDIS_SENTINELS",
     "redis_sentinel_master": "REDIS_SENTINEL_MASTER",
+    "redis_sentinel_password": "REDIS_SENTINEL_PASSWORD",
     "websocket_port": "WEBSOCKET_PORT",
 }
 

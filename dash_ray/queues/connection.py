@@ -1,7 +1,7 @@
 """Redis connections: one place that builds clients from a URL.
 
 A URL is `redis://` / `rediss://`, or `redis+sentinel://[:password@]host:port[,host:port...]/
-<primary name>[/<db>]` for a Sentinel-managed Redis: the client asks the sentinels for the
+<primary name>[/<db>][?sentinel_password=...]` for a Sentinel-managed Redis: the client asks the sentinels for the
 current primary before it connects, and a connection that meets a demoted primary (READONLY, or
 its blocking wait ended by the failover) is dropped and made again to the new one. Every part of
 dash-ray (gateway, consumers, workers, pub/sub, scripts: a Batch reloads a script the new primary
@@ -85,15 +85,18 @@ class SentinelUrl:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    sentinel_password: str | None = None  # the sentinels' own (`?sentinel_password=`; none by default)
 
 
 def sentinel_url(url: str) -> SentinelUrl | None:
-    """The parts of a `redis+sentinel://[user:password@]h1:p1,h2:p2/<primary>[/<db>]` URL (the
-    password is the primary's, and the sentinels' too); None for any other URL. ValueError for a
-    malformed one."""
+    """The parts of a `redis+sentinel://[user:password@]h1:p1,h2:p2/<primary>[/<db>][?sentinel_password=]`
+    URL (the password is the primary's; the sentinels are asked without one unless
+    `sentinel_password` gives theirs); None for any other URL. ValueError for a malformed one."""
     if not url.startswith(SENTINEL_SCHEME):
         return None
-    rest = url[len(SENTINEL_SCHEME):]
+    rest, _, query = url[len(SENTINEL_SCHEME):].partition("?")
+    spw = next((unquote(v) for k, _, v in (p.partition("=") for p in query.split("&")) if k == "sentinel_password"),
+               None)
     auth, _, rest = rest.rpartition("@")
     hosts, _, path = rest.partition("/")
     username = password = None
@@ -109,7 +112,7 @@ def sentinel_url(url: str) -> SentinelUrl | None:
     name, _, db = path.partition("/")
     if not name:
         raise ValueError(f"{redacted(url)}: name the primary the sentinels watch: redis+sentinel://host:port/<name>")
-    return SentinelUrl(tuple(sentinels), name, int(db) if db.isdigit() else 0, username, password)
+    return SentinelUrl(tuple(sentinels), name, int(db) if db.isdigit() else 0, username, password, spw or None)
 
 
 def connect(url: str, *, blocking: bool = False, name: str | None = None, max_connections: int = 64) -> Redis:
@@ -134,8 +137,8 @@ def connect(url: str, *, blocking: bool = False, name: str | None = None, max_co
     sentinel = sentinel_url(url)
     if sentinel is not None:
         auth = {"username": sentinel.username, "password": sentinel.password, "db": sentinel.db}
-        manager = Sentinel(sentinel.sentinels, sentinel_kwargs={"password": sentinel.password, "socket_timeout": 2.0,
-                                                                "socket_connect_timeout": 2.0})
+        manager = Sentinel(sentinel.sentinels, sentinel_kwargs={"password": sentinel.sentinel_password,
+                                                                "socket_timeout": 2.0, "socket_connect_timeout": 2.0})
         managed = _BlockingSentinelPool(sentinel.primary, manager, max_connections=size, timeout=30,
                                         connection_class=_FastSentinelConnection, is_master=True, **kwargs, **auth)
         return Redis(connection_pool=managed)
@@ -156,7 +159,7 @@ def connect_sync(url: str, *, name: str | None = None) -> SyncRedis:
     if sentinel is not None:
         from redis.sentinel import Sentinel as SyncSentinel
 
-        manager = SyncSentinel(sentinel.sentinels, sentinel_kwargs={"password": sentinel.password,
+        manager = SyncSentinel(sentinel.sentinels, sentinel_kwargs={"password": sentinel.sentinel_password,
                                                                     "socket_timeout": 2.0,
                                                                     "socket_connect_timeout": 2.0})
         client: SyncRedis = manager.master_for(sentinel.primary, redis_class=SyncRedis, username=sentinel.username,
@@ -170,10 +173,11 @@ def redacted(url: str) -> str:
     """A Redis URL without its password (for logs and the console)."""
     from urllib.parse import urlsplit, urlunsplit
 
-    if url.startswith(SENTINEL_SCHEME) and "@" in url:  # (several hosts: not a URL urlsplit reads)
-        auth, _, rest = url[len(SENTINEL_SCHEME):].rpartition("@")
-        user = auth.partition(":")[0]
-        return f"{SENTINEL_SCHEME}{user}:***@{rest}"
+    if url.startswith(SENTINEL_SCHEME):  # (several hosts: not a URL urlsplit reads)
+        body, _, query = url[len(SENTINEL_SCHEME):].partition("?")
+        auth, at, rest = body.rpartition("@")
+        shown = f"{auth.partition(':')[0]}:***@{rest}" if at else rest
+        return f"{SENTINEL_SCHEME}{shown}" + ("?sentinel_password=***" if "sentinel_password=" in query else "")
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -406,14 +406,17 @@ class QueueConsumer:
             calls.append((job, event, fetch))
         # Their GPU shares given back in the same round trip: before the next jobs it locks are admitted.
         released = self.shares is not None and await self.shares.release([j for j, _ in done], batch)
-        waited = self.lifecycle.durability.replicas
-        if waited:  # on the batch's connection: its replicas have the completions (DASH_REDIS_WAIT_REPLICAS)
-            batch.add("wait", waited, self.lifecycle.durability.timeout_ms)
         # Raises if Redis cannot be reached: the jobs stay held (their locks renewed) for a retry.
         replies = await batch.execute()
-        if waited and int(acked := replies.pop()) < waited:
-            log.warning("%s: %d completion(s) written, but %s of %d replicas acknowledged them in time", self.name,
-                        len(done), acked, waited)
+        durable = self.lifecycle.durability
+        if durable.replicas:  # (DASH_REDIS_WAIT_REPLICAS) the completions on a replica before the next jobs run
+            try:
+                acked = await durable.replicated(self.redis, self.keys)
+            except Exception:
+                acked = -1
+            if acked < durable.replicas:
+                log.warning("%s: %d completion(s) written, but %s of %d replicas acknowledged them in time",
+                            self.name, len(done), max(acked, 0), durable.replicas)
         if released:
             replies.pop()
         nxt: list[ActiveJob] = []

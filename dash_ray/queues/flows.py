@@ -116,6 +116,7 @@ async def make_flow(producer: Producer, nodes: list[FlowNode], owner: str, *, we
     held = await pipe.execute()
     if any(held):
         if all(held) and (same := await _made_before(producer, nodes, owner)) is not None:
+            await producer.lifecycle.durability.check(producer.redis, producer.keys, "the flow")
             return same  # the same flow sent again (its answer lost): what it made
         taken = next(n for n, h in zip(nodes, held, strict=True) if h)
         raise JobConflict(taken.job_id, "this id is taken; a flow's ids must be new")

@@ -157,6 +157,11 @@ class Keys:
         return f"{self.ns}parked:{who}"
 
     @property
+    def durability(self) -> str:
+        """Counter: written before each WAIT for replicas (queues/lifecycle.py `Durability`)."""
+        return f"{self.ns}durable"
+
+    @property
     def parkers(self) -> str:
         """Set: the users and groups with jobs parked for their GPU share (queues/shares.py)."""
         return f"{self.ns}parkers"

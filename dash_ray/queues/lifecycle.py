@@ -17,7 +17,6 @@ Each operation builds its event here (the only place that does) and runs one scr
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import secrets
@@ -102,12 +101,15 @@ class Retention:
 
 @dataclass(frozen=True)
 class Durability:
-    """Writes a replica must have before they count (DASH_REDIS_WAIT_REPLICAS): a job's creation
-    and its completion are followed by Redis's `WAIT replicas timeout_ms` on their connection; a
-    creation fewer replicas acknowledged in time is refused (`Unavailable`, a 503: the job may
-    exist on the primary, and a submit sent again with its id answers it), a completion is
-    logged. 0 replicas: nothing waits (asynchronous replication: a failover may lose the writes
-    of the last moments)."""
+    """Writes a replica must have before they count (DASH_REDIS_WAIT_REPLICAS): after a job's
+    creation (a flow's too) and after a completion, `replicated` writes a counter of its own and
+    WAITs for `replicas` acknowledgements of it, on one connection, in one round trip. The
+    replication offset is the primary's, one for all its writes: a replica that has the counter's
+    write has every write made before it, from any connection (scripts run again after NOSCRIPT
+    included). A creation fewer replicas acknowledged in time is refused (`Unavailable`, a 503:
+    the job may exist on the primary; a submit sent again with its id is answered only once a
+    replica has it too); a completion is logged (it is written: the job does not run again
+    unless the primary is lost before a replica has it). 0 replicas: nothing waits."""
 
     replicas: int = 0
     timeout_ms: int = 1000
@@ -115,6 +117,23 @@ class Durability:
     @classmethod
     def of(cls, settings: Settings) -> Durability:
         return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+
+    async def replicated(self, redis: Redis, keys: Keys) -> int:
+        """How many replicas have every write made so far (at most `replicas`; waits up to `timeout_ms`)."""
+        pipe = redis.pipeline(transaction=False)
+        pipe.incr(keys.durability)
+        pipe.wait(self.replicas, self.timeout_ms)
+        _n, acked = await pipe.execute()
+        return int(acked)
+
+    async def check(self, redis: Redis, keys: Keys, what: str) -> None:
+        """Unavailable unless `replicas` replicas have every write made so far (no-op with 0)."""
+        if not self.replicas:
+            return
+        acked = await self.replicated(redis, keys)
+        if acked < self.replicas:
+            raise Unavailable(f"{what} was written, but {acked} of {self.replicas} replicas acknowledged it within "
+                              f"{self.timeout_ms} ms (DASH_REDIS_WAIT_REPLICAS); send it again with its id")
 
 
 @dataclass(frozen=True)
@@ -466,17 +485,11 @@ class Lifecycle:
                                        cache, data, after, half_life_s)
         # Concurrent submits share a connection and its round trips (Grouped); a CREATE sent
         # again after a dropped connection answers as the first did (create.lua).
-        made = script(keys=[*bull.keys, *keys], args=[*bull.args, *args], client=self._grouped)
-        d = self.durability
-        if not d.replicas:
-            return Created.from_reply(await made)
-        # WAIT right behind it on the same connection (in the same group): its replicas have it
-        reply, acked = await asyncio.gather(made, self._grouped.execute_command("WAIT", d.replicas, d.timeout_ms))
-        created = Created.from_reply(reply)
-        if int(acked) < d.replicas and created.created:
-            raise Unavailable(f"the job was written, but {acked} of {d.replicas} replicas acknowledged it within "
-                                f"{d.timeout_ms} ms (DASH_REDIS_WAIT_REPLICAS); send it again with its id")
-        return created
+        made = Created.from_reply(await script(keys=[*bull.keys, *keys], args=[*bull.args, *args],
+                                               client=self._grouped))
+        if not made.refused:  # (made now, or before: either way acknowledged once a replica has it)
+            await self.durability.check(self.redis, self.keys, "the job")
+        return made
 
     def _create_script(self, bull: BullAdd) -> Any:
         """CREATE around one of BullMQ's add scripts (registered once per add script)."""
@@ -498,6 +511,7 @@ class Lifecycle:
                                            kw.get("start_by", ""), half_life_s=kw.get("half_life_s", 0.0))
             await self._create_script(bull)(keys=[*bull.keys, *keys], args=[*bull.args, *args], client=pipe)
         replies = await pipe.execute(raise_on_error=False)
+        await self.durability.check(self.redis, self.keys, "the flow")
         return [r if isinstance(r, Exception) else Created.from_reply(r) for r in replies]
 
     async def aclose(self) -> None:

@@ -68,12 +68,13 @@ class Endpoint:
                 continue
             try:
                 parser = hiredis.Reader(encoding="utf-8", errors="replace")
-                if self.password:
-                    writer.write(_pack(("AUTH", self.password)))
+                spw = self.sentinel.sentinel_password
+                if spw:
+                    writer.write(_pack(("AUTH", spw)))
                 writer.write(_pack(("SENTINEL", "get-master-addr-by-name", self.sentinel.primary)))
                 await writer.drain()
                 replies: list[Any] = []
-                while len(replies) < (2 if self.password else 1):
+                while len(replies) < (2 if spw else 1):
                     while (reply := parser.gets()) is False:
                         data = await asyncio.wait_for(reader.read(4096), 2.0)
                         if not data:

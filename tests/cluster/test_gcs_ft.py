@@ -42,18 +42,18 @@ def ft_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                                   "--appendonly", "no", "--dir", str(root)], stdout=subprocess.DEVNULL)
     from redis import Redis
 
-    deadline = time.monotonic() + 30
-    while True:  # it answers before the head's GCS connects to it
-        try:
-            if Redis(port=port, socket_timeout=1).ping():
-                break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)
     before = os.environ.get("RAY_REDIS_ADDRESS")
-    os.environ["RAY_REDIS_ADDRESS"] = f"127.0.0.1:{port}"
     try:
+        deadline = time.monotonic() + 30
+        while True:  # it answers before the head's GCS connects to it
+            try:
+                if Redis(port=port, socket_timeout=1).ping():
+                    break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        os.environ["RAY_REDIS_ADDRESS"] = f"127.0.0.1:{port}"
         runtime.loopback_ray()
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 2, "num_gpus": 0, "include_dashboard": False, "gcs_server_port": free_port(),

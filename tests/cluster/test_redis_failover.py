@@ -44,8 +44,6 @@ async def _load(url: str, prefix: str, replicas: int, sentinels: SentinelSet, tm
     hub = EventHub(url)
     await hub.start(wait_s=10)
     heard: list[str] = []
-    # pub/sub follows too: a job submitted after the failover is heard on its channel
-    await hub.add(store.keys.channel("j00079"), lambda _channel, data: heard.append(data))
     acked: dict[str, float] = {}
     answers: Counter[int] = Counter()
     runs: Counter[str] = Counter()
@@ -97,9 +95,17 @@ async def _load(url: str, prefix: str, replicas: int, sentinels: SentinelSet, tm
     try:
         await asyncio.gather(submit(), consume())
         states = {j: (await store.get(j)).status for j in acked if await redis.exists(store.keys.job(j))}
-        for _ in range(100):  # (its completion's event may still be on its way)
-            if any('"job:completed"' in h for h in heard):
-                break
+        # pub/sub follows too: back on the new primary, a job's completion is heard on its channel
+        until = time.monotonic() + 30
+        while not (hub.connected and hub.reconnects >= 1) and time.monotonic() < until:
+            await asyncio.sleep(0.05)
+        await hub.add(store.keys.channel("last"), lambda _channel, data: heard.append(data))
+        r = await asyncio.to_thread(gateway.post, "/v1/jobs/sleep", json={"jobId": "last", "durationS": 0},
+                                    headers=headers)
+        assert r.status_code == 201, r.text
+        [last] = await consumer.take(block_s=10)
+        await consumer.complete([(last, {"ok": 1})])
+        while not any('"job:completed"' in h for h in heard) and time.monotonic() < until:
             await asyncio.sleep(0.05)
     finally:
         for t in consumer.locks.tasks:
@@ -142,3 +148,31 @@ async def test_without_wait_a_killed_primary_is_replaced_within_seconds(tmp_path
     assert all(acked[j] > out["killed_at"] - 1.0 for j in lost), lost
     # a job in flight at the kill may run again (its take or completion was not on the replica yet)
     assert sum(runs[j] > 1 for j in acked) <= 4, {j: runs[j] for j in acked if runs[j] > 1}
+
+
+async def test_with_no_replica_to_acknowledge_a_submit_answers_503_and_so_does_its_resend(tmp_path: Path,
+                                                                                           prefix: str) -> None:
+    """DASH_REDIS_WAIT_REPLICAS=1 and the only replica gone: a submit is refused within the wait
+    (the job may be on the primary), and sent again with its id it is refused again, not answered
+    as made: a job is acknowledged only once a replica has it."""
+    from dash_ray.errors import Unavailable
+    from dash_ray.queues import Durability
+
+    with SentinelSet(tmp_path) as sentinels:
+        redis = connect(sentinels.url)
+        store = JobStore(redis, prefix=prefix, queues=QUEUES, durability=Durability(1, 300))
+        try:
+            ok = await store.add("sleep", {"userId": "u", "jobId": "first", "durationS": 0})
+            assert ok.created
+            replica = sentinels.procs["replica0"]
+            replica.kill()
+            replica.wait(10)
+            for _ in range(2):
+                t0 = time.monotonic()
+                with pytest.raises(Unavailable, match="replicas acknowledged"):
+                    await store.add("sleep", {"userId": "u", "jobId": "second", "durationS": 0})
+                assert time.monotonic() - t0 < 5
+            assert (await store.get("second")).status == "waiting"  # on the primary, not acknowledged
+        finally:
+            await store.aclose()
+            await redis.aclose()
