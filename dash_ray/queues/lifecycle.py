@@ -102,8 +102,9 @@ class Retention:
 @dataclass(frozen=True)
 class Durability:
     """Writes a replica must have before they count (DASH_REDIS_WAIT_REPLICAS): after a job's
-    creation (a flow's too) and after a completion, `replicated` writes a counter of its own and
-    WAITs for `replicas` acknowledgements of it, on one connection, in one round trip. The
+    creation (a flow's too), `replicated` writes a counter of its own and WAITs for `replicas`
+    acknowledgements of it, on one connection, in one round trip (a completion does the same at
+    the end of its own batch: `QueueConsumer.complete`). The
     replication offset is the primary's, one for all its writes: a replica that has the counter's
     write has every write made before it, from any connection (scripts run again after NOSCRIPT
     included). A creation fewer replicas acknowledged in time is refused (`Unavailable`, a 503:
