@@ -407,17 +407,12 @@ class QueueConsumer:
         # Their GPU shares given back in the same round trip: before the next jobs it locks are admitted.
         released = self.shares is not None and await self.shares.release([j for j, _ in done], batch)
         durable = self.lifecycle.durability
-        if durable.replicas:  # (DASH_REDIS_WAIT_REPLICAS) the completions on a replica, in the same round trip
-            batch.add("incr", self.keys.durability)
-            batch.add("wait", durable.replicas, durable.timeout_ms)
+        waited = durable.on(batch, self.keys)  # (DASH_REDIS_WAIT_REPLICAS) on a replica, in the same round trip
         # Raises if Redis cannot be reached: the jobs stay held (their locks renewed) for a retry.
         replies = await batch.execute()
-        if durable.replicas:
-            acked = replies.pop()
-            replies.pop()
-            if not isinstance(acked, int) or acked < durable.replicas:
-                log.warning("%s: %d completion(s) written, but %s of %d replicas acknowledged them in time",
-                            self.name, len(done), acked, durable.replicas)
+        if waited and (acked := durable.acked(replies)) < durable.replicas:
+            log.warning("%s: %d completion(s) written, but %s of %d replicas acknowledged them in time",
+                        self.name, len(done), acked, durable.replicas)
         if released:
             replies.pop()
         nxt: list[ActiveJob] = []

@@ -119,13 +119,26 @@ class Durability:
     def of(cls, settings: Settings) -> Durability:
         return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
 
+    def on(self, batch: Batch, keys: Keys) -> bool:
+        """Queue the counter's write and the WAIT at the end of `batch` (False: no replicas asked
+        for, nothing queued); `acked` takes their replies off its replies."""
+        if not self.replicas:
+            return False
+        batch.add("incr", keys.durability).add("wait", self.replicas, self.timeout_ms)
+        return True
+
+    @staticmethod
+    def acked(replies: list[Any]) -> int:
+        """The replicas that acknowledged, from the end of a batch's replies (the two `on` queued
+        are taken off)."""
+        acked = replies.pop()
+        replies.pop()
+        return acked if isinstance(acked, int) else 0
+
     async def replicated(self, redis: Redis, keys: Keys) -> int:
         """How many replicas have every write made so far (at most `replicas`; waits up to `timeout_ms`)."""
-        pipe = redis.pipeline(transaction=False)
-        pipe.incr(keys.durability)
-        pipe.wait(self.replicas, self.timeout_ms)
-        _n, acked = await pipe.execute()
-        return int(acked)
+        batch = Batch(redis)
+        return self.acked(await batch.execute()) if self.on(batch, keys) else 0
 
     async def check(self, redis: Redis, keys: Keys, what: str) -> None:
         """Unavailable unless `replicas` replicas have every write made so far (no-op with 0)."""

@@ -26,17 +26,8 @@
     {jobs uncounted, parked jobs put back}
 ]]
 --- @include "includes/keys"
+--- @include "includes/split"
 local SCAN = 50
-local function split(s)
-  local parts, from = {}, 1
-  while true do
-    local i = string.find(s, '\31', from, true)
-    if not i then parts[#parts + 1] = string.sub(s, from); return parts end
-    parts[#parts + 1] = string.sub(s, from, i - 1)
-    from = i + 1
-  end
-end
-
 local back = 0
 local function unpark(who)
   local key = parked_key(who)

@@ -16,6 +16,7 @@
 
   `to_wait` is BullMQ's moveParentToWait without a delay (a job with `after` has none).
 ]]
+--- @include "split"
 local function to_wait(qk, wkey, w)
   if not redis.call('ZSCORE', qk .. ':waiting-children', w) then return end
   redis.call('ZREM', qk .. ':waiting-children', w)
@@ -34,13 +35,7 @@ local function to_wait(qk, wkey, w)
 end
 
 local function attach(w, wkey, qk, spec, owner)
-  local parts, from = {}, 1
-  while true do
-    local i = string.find(spec, '\31', from, true)
-    if not i then parts[#parts + 1] = string.sub(spec, from); break end
-    parts[#parts + 1] = string.sub(spec, from, i - 1)
-    from = i + 1
-  end
+  local parts = split(spec)
   local policy = parts[1]
   local how = policy .. '\31' .. qk
   local failed

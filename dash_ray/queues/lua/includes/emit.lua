@@ -15,6 +15,7 @@
   Uses KEYS job, events, hooks, hook_bodies; ARGV channel, frame, fields, job_id. The frame as
   sent is left in `emitted` (a script that announces a new job publishes it on the feed too).
 ]]
+--- @include "split"
 local SEQ_GAP = 1000
 local emitted
 local function emit(pos, known, last)
@@ -26,16 +27,7 @@ local function emit(pos, known, last)
   local body = A_frame
   if pos > 0 then body = body .. ',"queuePosition":' .. pos end
   local msg = body .. ',"seq":' .. seq .. '}'
-  local fields, s, from = {}, A_fields, 1
-  while s ~= '' do
-    local i = string.find(s, '\31', from, true)
-    if not i then
-      fields[#fields + 1] = string.sub(s, from)
-      break
-    end
-    fields[#fields + 1] = string.sub(s, from, i - 1)
-    from = i + 1
-  end
+  local fields = split(A_fields)
   if tonumber(last) ~= boot then  -- with the state fields: one write
     fields[#fields + 1] = 'boot'
     fields[#fields + 1] = boot
